@@ -1,1 +1,375 @@
-//! placeholder
+//! Fine-tuning: an encoder (pre-trained, or fresh for the `scratch` baseline) plus a new head
+//! sized to the labeled classes, trained by one of several strategies. The loop is generic over
+//! the dfdx device, prints nothing, and returns the model and its metrics.
+
+mod metrics;
+
+pub use metrics::{evaluate, Metrics};
+
+use dfdx::prelude::*;
+use imprint_data::{augment::random_shift_batch, Dataset, ImageShape};
+use imprint_nn::checkpoint::NamedTensor;
+use imprint_nn::loss::{check_finite, cross_entropy};
+use imprint_nn::optim::adam_config;
+use imprint_nn::{Activation, Adam, Dense, Encoder, ImprintDevice, Matrix, ParamGroup};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    #[error("invalid fine-tuning setting `{key}`: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("{0}")]
+    Data(String),
+    #[error(transparent)]
+    Nn(#[from] imprint_nn::NnError),
+}
+
+pub type Result<T> = std::result::Result<T, FinetuneError>;
+
+/// How the classifier is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Same architecture from a fresh init, everything trained: the baseline.
+    Scratch,
+    /// Pre-trained encoder frozen, only the head trained (linear probe).
+    Probe,
+    /// Everything trained; the encoder at `lr * encoder_lr_scale`.
+    Full,
+    /// Head alone for `probe_fraction` of the steps, then everything as in `Full`.
+    ProbeThenFull,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [
+        Strategy::Scratch,
+        Strategy::Probe,
+        Strategy::Full,
+        Strategy::ProbeThenFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Scratch => "scratch",
+            Strategy::Probe => "probe",
+            Strategy::Full => "full",
+            Strategy::ProbeThenFull => "probe-then-full",
+        }
+    }
+
+    /// Whether the strategy starts from the pre-trained encoder.
+    pub fn uses_pretrained(self) -> bool {
+        self != Strategy::Scratch
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!("unknown strategy `{s}` (expected scratch, probe, full or probe-then-full)")
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Optimizer steps.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// Images per step; 0 = the whole labeled set each step.
+    #[serde(default)]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decoupled (AdamW) weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Encoder learning rate relative to the head's, for `full` and `probe-then-full`.
+    #[serde(default = "one")]
+    pub encoder_lr_scale: f64,
+    /// Share of the steps spent training the head alone in `probe-then-full`.
+    #[serde(default = "default_probe_fraction")]
+    pub probe_fraction: f64,
+    /// Random shifts of up to this many pixels each step; 0 = no augmentation.
+    #[serde(default)]
+    pub augment_shift: usize,
+}
+
+fn default_steps() -> usize {
+    300
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_probe_fraction() -> f64 {
+    0.3
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            batch_size: 0,
+            lr: default_lr(),
+            weight_decay: 0.0,
+            encoder_lr_scale: 1.0,
+            probe_fraction: default_probe_fraction(),
+            augment_shift: 0,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key, message: &str| {
+            Err(FinetuneError::Config {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(self.encoder_lr_scale >= 0.0 && self.encoder_lr_scale.is_finite()) {
+            return bad("encoder_lr_scale", "must be a non-negative number");
+        }
+        if !(0.0..=1.0).contains(&self.probe_fraction) {
+            return bad("probe_fraction", "must be in [0, 1]");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay", "must be a non-negative number");
+        }
+        Ok(())
+    }
+}
+
+/// Encoder plus a linear head over its features.
+#[derive(Clone, Debug)]
+pub struct Classifier<D: ImprintDevice> {
+    pub encoder: Encoder<D>,
+    pub head: Dense<D>,
+    pub classes: Vec<String>,
+    pub shape: ImageShape,
+}
+
+impl<D: ImprintDevice> Classifier<D> {
+    /// A new head for `classes` on `encoder`, initialised from `seed`.
+    pub fn new(dev: &D, encoder: Encoder<D>, classes: Vec<String>, shape: ImageShape, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let head = Dense::new(
+            dev,
+            encoder.architecture.latent(),
+            classes.len(),
+            Activation::Identity,
+            &mut rng,
+        );
+        Self {
+            encoder,
+            head,
+            classes,
+            shape,
+        }
+    }
+
+    /// Class logits `[batch, classes]` on a tape; `train_encoder = false` keeps the encoder off it.
+    fn train_logits(&self, x: Matrix<D>, train_encoder: bool) -> Matrix<D, OwnedTape<f32, D>> {
+        if train_encoder {
+            self.head
+                .forward(self.encoder.forward(x.leaky_trace(), false), true)
+        } else {
+            self.head
+                .forward(self.encoder.forward(x, false).leaky_trace(), false)
+        }
+    }
+
+    /// Class logits `[batch, classes]` without a tape.
+    pub fn logits(&self, x: Matrix<D>) -> Matrix<D> {
+        self.head.forward(self.encoder.forward(x, false), false)
+    }
+
+    /// Predicted class and its softmax probability for each image (`n * shape.len()` floats).
+    pub fn predict(&self, dev: &D, images: &[f32]) -> Vec<(usize, f32)> {
+        let len = self.shape.len();
+        let mut out = Vec::with_capacity(images.len() / len.max(1));
+        for chunk in images.chunks(1024 * len) {
+            let n = chunk.len() / len;
+            let x: Matrix<D> = dev.tensor_from_vec(chunk.to_vec(), (n, len));
+            let probs = self.logits(x).softmax::<dfdx::shapes::Axis<1>>().as_vec();
+            for row in probs.chunks_exact(self.classes.len()) {
+                let (best, p) = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+                out.push((best, p));
+            }
+        }
+        out
+    }
+
+    /// `encoder.*` as in the pre-training checkpoint, plus `head.weight` `[classes, latent]` and `head.bias`.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut tensors = self.encoder.named_tensors("encoder");
+        tensors.push(NamedTensor {
+            name: "head.weight".into(),
+            shape: vec![self.head.out_features, self.head.in_features],
+            data: self.head.weight.as_vec(),
+        });
+        tensors.push(NamedTensor {
+            name: "head.bias".into(),
+            shape: vec![self.head.out_features],
+            data: self.head.bias.as_vec(),
+        });
+        tensors
+    }
+
+    /// Loads weights saved by [`Classifier::named_tensors`], checking names and shapes.
+    pub fn load_named(&mut self, tensors: &BTreeMap<String, NamedTensor>, source: &str) -> Result<()> {
+        self.encoder.load_named("encoder", tensors, source)?;
+        for (name, param, shape) in [
+            ("head.weight", &mut self.head.weight, vec![self.head.out_features, self.head.in_features]),
+            ("head.bias", &mut self.head.bias, vec![self.head.out_features]),
+        ] {
+            match tensors.get(name) {
+                Some(t) if t.shape == shape => param.copy_from(&t.data),
+                Some(t) => {
+                    return Err(FinetuneError::Data(format!(
+                        "{source}: tensor `{name}` has shape {:?}, the model needs {shape:?}",
+                        t.shape
+                    )))
+                }
+                None => return Err(FinetuneError::Data(format!("{source}: missing tensor `{name}`"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loss after each step, for curves.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub train_loss: Vec<f64>,
+}
+
+/// Trains `encoder` (pre-trained, or fresh for `Scratch`) with a new head on the labeled `train`
+/// set. All randomness (head init, batches, augmentation) follows from `seed`.
+pub fn finetune<D: ImprintDevice>(
+    dev: &D,
+    encoder: Encoder<D>,
+    train: &Dataset,
+    cfg: &FinetuneConfig,
+    strategy: Strategy,
+    seed: u64,
+) -> Result<(Classifier<D>, History)> {
+    cfg.validate()?;
+    let labels = train
+        .labels
+        .as_ref()
+        .ok_or_else(|| FinetuneError::Data("the fine-tuning data has no labels".into()))?;
+    if train.is_empty() {
+        return Err(FinetuneError::Data("the labeled set is empty".into()));
+    }
+    if encoder.input_len != train.shape.len() {
+        return Err(FinetuneError::Data(format!(
+            "the encoder takes {} values per image, the labeled images are {} ({} values): set the preprocessing size to match",
+            encoder.input_len,
+            train.shape,
+            train.shape.len()
+        )));
+    }
+    let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
+    let n = train.len();
+    let len = train.shape.len();
+    let batch = if cfg.batch_size == 0 { n } else { cfg.batch_size.min(n) };
+    let probe_steps = match strategy {
+        Strategy::Probe => cfg.steps,
+        Strategy::ProbeThenFull => (cfg.steps as f64 * cfg.probe_fraction).round() as usize,
+        Strategy::Scratch | Strategy::Full => 0,
+    };
+    let encoder_lr = match strategy {
+        Strategy::Scratch => cfg.lr,
+        _ => cfg.lr * cfg.encoder_lr_scale,
+    };
+    let head_cfg = adam_config(cfg.lr, cfg.weight_decay, true);
+    let encoder_cfg = adam_config(encoder_lr, cfg.weight_decay, true);
+
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut cursor = n;
+    let mut ids = Vec::with_capacity(batch);
+    let mut images = vec![0.0f32; batch * len];
+    let mut shifted = vec![0.0f32; batch * len];
+    let mut batch_labels = Vec::with_capacity(batch);
+    let mut history = History::default();
+    let mut opt = Adam::new();
+    for step in 0..cfg.steps {
+        if step == probe_steps && probe_steps > 0 {
+            // A fresh optimizer when the encoder joins, as a new optimizer would in PyTorch:
+            // the head's moment estimates would otherwise dwarf the encoder's first steps.
+            opt = Adam::new();
+        }
+        ids.clear();
+        if batch == n {
+            ids.extend(0..n);
+        } else {
+            while ids.len() < batch {
+                if cursor == n {
+                    order.shuffle(&mut rng);
+                    cursor = 0;
+                }
+                ids.push(order[cursor]);
+                cursor += 1;
+            }
+        }
+        for (dst, &i) in images.chunks_exact_mut(len).zip(&ids) {
+            dst.copy_from_slice(train.image(i));
+        }
+        batch_labels.clear();
+        batch_labels.extend(ids.iter().map(|&i| labels[i]));
+        let input = if cfg.augment_shift > 0 {
+            let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+            random_shift_batch(&images, train.shape, cfg.augment_shift, step_seed, &mut shifted);
+            &shifted
+        } else {
+            &images
+        };
+        let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
+        let train_encoder = step >= probe_steps;
+        let loss = cross_entropy(
+            model.train_logits(x, train_encoder),
+            &batch_labels,
+        );
+        let value = check_finite(loss.as_vec()[0], 0, step)?;
+        history.train_loss.push(value as f64);
+        let mut grads = loss.backward();
+        let mut groups = vec![ParamGroup {
+            config: head_cfg,
+            params: vec![&mut model.head.weight, &mut model.head.bias],
+        }];
+        if train_encoder {
+            groups.push(ParamGroup {
+                config: encoder_cfg,
+                params: model.encoder.params_mut(),
+            });
+        }
+        opt.step(&mut groups, &mut grads)?;
+    }
+    Ok((model, history))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,47 @@
-//! placeholder
+//! Neural-network building blocks on dfdx with shapes chosen at run time: fused ops with
+//! hand-written backward passes, dense stacks, an Adam optimizer with parameter groups, and
+//! safetensors checkpoints whose tensor names follow the module tree.
+
+pub mod checkpoint;
+pub mod layers;
+pub mod loss;
+pub mod models;
+pub mod ops;
+pub mod optim;
+
+pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
+pub use layers::{Dense, Mlp};
+pub use models::{Architecture, Decoder, Encoder};
+pub use ops::{linear, Activation, LinearKernel};
+pub use optim::{Adam, ParamGroup};
+
+use dfdx::prelude::*;
+
+/// A `[rows, cols]` activation matrix, with or without a tape.
+pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
+/// Parameters are stored flat; the layer that owns them knows their logical shape.
+pub type Vector<D> = Tensor<(usize,), f32, D>;
+
+/// The devices our models run on: dfdx's own ops plus ours.
+pub trait ImprintDevice: Device<f32> + LinearKernel {}
+impl<D: Device<f32> + LinearKernel> ImprintDevice for D {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    #[error("{path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error(transparent)]
+    Fs(#[from] imprint_fs::FsError),
+    #[error("device error: {0:?}")]
+    Device(String),
+    #[error("{0}")]
+    NonFinite(String),
+}
+
+pub type Result<T> = std::result::Result<T, NnError>;
+
+impl NnError {
+    pub(crate) fn device(e: impl std::fmt::Debug) -> Self {
+        NnError::Device(format!("{e:?}"))
+    }
+}

@@ -1,0 +1,407 @@
+//! The idx format used by MNIST: a big-endian magic number `0x0000_08_nd` (u8 data, `nd`
+//! dimensions), `nd` big-endian u32 sizes, then the bytes. Checked strictly, because a truncated
+//! download otherwise shows up only as a mysteriously bad model.
+
+use crate::images::{fit_grey, Target};
+use crate::{alloc_pixels, invalid, io_err, DataError, Dataset, Preprocess, Result, SourceFile};
+use rayon::prelude::*;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// A parsed idx array borrowing its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdxArray<'a> {
+    pub dims: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+fn what(magic: u32) -> &'static str {
+    match magic {
+        IMAGES_MAGIC => "image",
+        LABELS_MAGIC => "labels",
+        _ => "u8",
+    }
+}
+
+/// Parses idx bytes (already decompressed) that must carry the `expected` magic number
+/// ([`IDX_IMAGES_MAGIC`](crate::IDX_IMAGES_MAGIC) or
+/// [`IDX_LABELS_MAGIC`](crate::IDX_LABELS_MAGIC)); `path` only names the file in errors.
+/// The data length must match the header exactly: short means truncated, long means the file
+/// is not what its header says.
+pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32) -> Result<IdxArray<'a>> {
+    let kind = what(expected);
+    let Some(head) = bytes.get(..4) else {
+        return Err(invalid(
+            path,
+            format!(
+                "truncated idx file: {} bytes, too short for the 4-byte magic number",
+                bytes.len()
+            ),
+        ));
+    };
+    let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    if magic != expected {
+        let hint = match (expected, magic) {
+            (IMAGES_MAGIC, LABELS_MAGIC) => "; this is a labels file, load the images-idx3 file",
+            (LABELS_MAGIC, IMAGES_MAGIC) => "; this is an images file, not labels",
+            _ => "",
+        };
+        return Err(invalid(
+            path,
+            format!(
+                "not an idx {kind} file: magic 0x{magic:08x} (expected 0x{expected:08x}){hint}"
+            ),
+        ));
+    }
+    let nd = (expected & 0xff) as usize;
+    let header = 4 + 4 * nd;
+    let Some(dim_bytes) = bytes.get(4..header) else {
+        return Err(invalid(
+            path,
+            format!(
+                "truncated idx file: header needs {header} bytes, found {}",
+                bytes.len()
+            ),
+        ));
+    };
+    let dims: Vec<usize> = dim_bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let promised = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| invalid(path, format!("idx dimensions {dims:?} are too large")))?;
+    let data = bytes.get(header..).unwrap_or_default();
+    let noun = if expected == LABELS_MAGIC {
+        "labels"
+    } else {
+        "pixels"
+    };
+    if data.len() < promised {
+        return Err(invalid(
+            path,
+            format!(
+                "truncated idx file: header promises {promised} bytes of {noun}, found {}",
+                data.len()
+            ),
+        ));
+    }
+    if data.len() > promised {
+        return Err(invalid(
+            path,
+            format!(
+                "trailing bytes after idx data: header promises {promised} bytes of {noun}, found {}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(IdxArray { dims, data })
+}
+
+/// Reads a file and gunzips it when it starts with the gzip magic, so `.gz` and raw files load
+/// alike whatever their names say.
+fn read_maybe_gz(path: &Path) -> Result<(Vec<u8>, SourceFile)> {
+    let raw = std::fs::read(path).map_err(io_err(path))?;
+    let source = SourceFile::of_bytes(path, &raw);
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| invalid(path, format!("corrupt gzip data: {e}")))?;
+        Ok((out, source))
+    } else {
+        Ok((raw, source))
+    }
+}
+
+/// The standard labels file next to an images file (`*-images-idx3-ubyte[.gz]` ->
+/// `*-labels-idx1-ubyte[.gz]`), trying the same compression first.
+fn labels_path(images: &Path) -> Option<PathBuf> {
+    let name = images.file_name()?.to_str()?;
+    if !name.contains("images-idx3") {
+        return None;
+    }
+    let same = name.replacen("images-idx3", "labels-idx1", 1);
+    let other = match same.strip_suffix(".gz") {
+        Some(raw) => raw.to_string(),
+        None => format!("{same}.gz"),
+    };
+    [same, other]
+        .into_iter()
+        .map(|n| images.with_file_name(n))
+        .find(|p| p.is_file())
+}
+
+pub(crate) fn load_idx(path: &Path, prep: &Preprocess) -> Result<Dataset> {
+    let (bytes, source) = read_maybe_gz(path)?;
+    let mut files = vec![source];
+    let arr = parse_idx(path, &bytes, IMAGES_MAGIC)?;
+    let (n, h, w) = match arr.dims[..] {
+        [n, h, w] => (n, h, w),
+        _ => return Err(invalid(path, "idx image file must have 3 dimensions")),
+    };
+    if n == 0 {
+        return Err(invalid(path, "idx file holds no images"));
+    }
+    if h == 0 || w == 0 {
+        return Err(invalid(path, format!("idx images have zero size {h}x{w}")));
+    }
+
+    let (labels, classes) = match labels_path(path) {
+        None => (None, Vec::new()),
+        Some(lp) => {
+            let (lbytes, lsource) = read_maybe_gz(&lp)?;
+            files.push(lsource);
+            let larr = parse_idx(&lp, &lbytes, LABELS_MAGIC)?;
+            if larr.data.len() != n {
+                return Err(invalid(
+                    &lp,
+                    format!(
+                        "labels file has {} labels but {} has {n} images",
+                        larr.data.len(),
+                        path.display()
+                    ),
+                ));
+            }
+            let max = larr.data.iter().copied().max().unwrap_or(0) as usize;
+            let labels: Vec<usize> = larr.data.iter().map(|&l| l as usize).collect();
+            let classes = (0..=max).map(|c| c.to_string()).collect();
+            (Some(labels), classes)
+        }
+    };
+
+    let target = Target::resolve(prep, 1, h, w).map_err(|m| invalid(path, m))?;
+    let shape = target.shape;
+    let src_len = h * w;
+    let mut pixels = alloc_pixels(path, n, shape)?;
+    if target.channels() == 1 && shape.height == h && shape.width == w {
+        for (o, &b) in pixels.iter_mut().zip(arr.data) {
+            *o = f32::from(b) / 255.0;
+        }
+    } else {
+        let (sw, sh) = (
+            u32::try_from(w).map_err(|_| invalid(path, "idx images too wide"))?,
+            u32::try_from(h).map_err(|_| invalid(path, "idx images too tall"))?,
+        );
+        pixels
+            .par_chunks_mut(shape.len())
+            .zip(arr.data.par_chunks(src_len))
+            .try_for_each(|(out, src)| {
+                let grey: Vec<f32> = src.iter().map(|&b| f32::from(b) / 255.0).collect();
+                let buf = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(sw, sh, grey)
+                    .ok_or_else(|| invalid(path, "idx image buffer size mismatch"))?;
+                fit_grey(buf, &target, out);
+                Ok::<(), DataError>(())
+            })?;
+    }
+    let name = path.display().to_string();
+    Ok(Dataset {
+        shape,
+        pixels,
+        labels,
+        classes,
+        items: (0..n).map(|i| format!("{name}#{i}")).collect(),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use crate::{load, ImageShape, Preprocess};
+    use proptest::prelude::*;
+
+    #[test]
+    fn idx_round_trip_with_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("toy-images-idx3-ubyte");
+        write_idx_images(&img, 3, 2, 2, &[0, 51, 102, 255, 1, 2, 3, 4, 9, 8, 7, 6]);
+        write_idx_labels(&dir.path().join("toy-labels-idx1-ubyte"), &[7, 0, 2]);
+        let ds = load(&img, &Preprocess::default()).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert_eq!(
+            ds.shape,
+            ImageShape {
+                channels: 1,
+                height: 2,
+                width: 2
+            }
+        );
+        assert_eq!(ds.image(0), &[0.0, 0.2, 0.4, 1.0]);
+        assert_eq!(ds.image(2)[0], 9.0 / 255.0);
+        assert_eq!(ds.labels, Some(vec![7, 0, 2]));
+        assert_eq!(ds.classes.len(), 8);
+        assert_eq!(ds.classes[7], "7");
+        assert_eq!(ds.items[1], format!("{}#1", img.display()));
+        assert_eq!(ds.files.len(), 2);
+        assert_eq!(ds.files[0].bytes, 16 + 12);
+        assert_eq!(ds.files[0].sha256.len(), 64);
+    }
+
+    #[test]
+    fn gz_idx_with_raw_labels_and_resize() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("toy-images-idx3-ubyte.gz");
+        write_idx_images(&img, 2, 2, 2, &[255; 8]);
+        // labels stored uncompressed beside gzipped images are still found
+        write_idx_labels(&dir.path().join("toy-labels-idx1-ubyte"), &[1, 0]);
+        let ds = load(&img, &Preprocess::default()).unwrap();
+        assert_eq!(ds.pixels, vec![1.0; 8]);
+        assert_eq!(ds.labels, Some(vec![1, 0]));
+        let prep = Preprocess {
+            channels: Some(3),
+            height: Some(4),
+            width: Some(3),
+            invert: false,
+        };
+        let ds = load(&img, &prep).unwrap();
+        assert_eq!(ds.shape.len(), 36);
+        assert_eq!(ds.pixels.len(), 72);
+        assert!(
+            ds.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-5),
+            "{:?}",
+            ds.pixels
+        );
+    }
+
+    #[test]
+    fn unlabeled_when_no_labels_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x-images-idx3-ubyte");
+        write_idx_images(&img, 1, 1, 1, &[0]);
+        let ds = load(&img, &Preprocess::default()).unwrap();
+        assert!(ds.labels.is_none());
+        assert!(ds.classes.is_empty());
+        assert_eq!(ds.describe(), "1 images 1x1x1, unlabeled");
+    }
+
+    #[test]
+    fn truncated_idx_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("t-images-idx3-ubyte");
+        let mut bytes = vec![0, 0, 8, 3];
+        for d in [60000u32, 28, 28] {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0; 1000]);
+        std::fs::write(&img, &bytes).unwrap();
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: truncated idx file: header promises 47040000 bytes of pixels, found 1000",
+                img.display()
+            )
+        );
+        bytes.truncate(10);
+        std::fs::write(&img, &bytes).unwrap();
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("header needs 16 bytes, found 10"), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("t-images-idx3-ubyte");
+        write_idx_images(&img, 1, 1, 2, &[1, 2, 3]);
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("trailing bytes"), "{err}");
+        assert!(err.contains("promises 2 bytes of pixels, found 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_magic_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("w-images-idx3-ubyte");
+        std::fs::write(&img, [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]).unwrap();
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: not an idx image file: magic 0x12345678 (expected 0x00000803)",
+                img.display()
+            )
+        );
+        let lab = dir.path().join("w-labels-idx1-ubyte");
+        write_idx_labels(&lab, &[1, 2]);
+        let err = load(&lab, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("this is a labels file"), "{err}");
+    }
+
+    #[test]
+    fn label_count_mismatch_names_labels_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("m-images-idx3-ubyte.gz");
+        write_idx_images(&img, 3, 1, 1, &[1, 2, 3]);
+        let lab = dir.path().join("m-labels-idx1-ubyte.gz");
+        write_idx_labels(&lab, &[1, 2]);
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.starts_with(&lab.display().to_string()), "{err}");
+        assert!(err.contains("has 2 labels but"), "{err}");
+        assert!(err.contains("has 3 images"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_gzip_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("c-images-idx3-ubyte.gz");
+        std::fs::write(&img, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
+        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("corrupt gzip"), "{err}");
+    }
+
+    #[test]
+    fn mnist_if_present() {
+        let dir = Path::new("/tmp/mnistpkg/package/data");
+        let img = dir.join("t10k-images-idx3-ubyte");
+        if !img.is_file() {
+            eprintln!("skipping: {} not present", img.display());
+            return;
+        }
+        let ds = load(&img, &Preprocess::default()).unwrap();
+        assert_eq!(ds.len(), 10000);
+        assert_eq!(ds.shape.len(), 784);
+        assert_eq!(ds.classes.len(), 10);
+        let err = load(dir, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("several idx image files"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..64),
+                               images in any::<bool>(), with_magic in any::<bool>()) {
+            let magic = if images { IMAGES_MAGIC } else { LABELS_MAGIC };
+            let mut bytes = Vec::new();
+            if with_magic {
+                bytes.extend_from_slice(&magic.to_be_bytes());
+            }
+            bytes.extend_from_slice(&body);
+            if let Ok(arr) = parse_idx(Path::new("fuzz"), &bytes, magic) {
+                let promised: usize = arr.dims.iter().product();
+                prop_assert_eq!(arr.data.len(), promised);
+            }
+        }
+
+        #[test]
+        fn loader_never_panics(body in proptest::collection::vec(any::<u8>(), 0..40),
+                               n in 0u32..4, h in 0u32..4, w in 0u32..4) {
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("f-images-idx3-ubyte");
+            let mut bytes = vec![0, 0, 8, 3];
+            for d in [n, h, w] {
+                bytes.extend_from_slice(&d.to_be_bytes());
+            }
+            bytes.extend_from_slice(&body);
+            std::fs::write(&img, &bytes).unwrap();
+            let res = load(&img, &Preprocess { height: Some(3), ..Default::default() });
+            if let Ok(ds) = res {
+                prop_assert_eq!(ds.pixels.len(), ds.len() * ds.shape.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Folders of image files and CSV lists of them, decoded in parallel into one pixel buffer.
+
+use crate::{
+    alloc_pixels, invalid, io_err, DataError, Dataset, ImageShape, Preprocess, Result, SourceFile,
+};
+use image::imageops::{resize, FilterType};
+use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Luma, Rgb};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
+
+/// The shape every image is converted to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target {
+    pub shape: ImageShape,
+}
+
+impl Target {
+    /// Preprocess settings win; otherwise the source's own channels and size are kept.
+    pub fn resolve(
+        prep: &Preprocess,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> std::result::Result<Target, String> {
+        let shape = ImageShape {
+            channels: prep.channels.unwrap_or(channels),
+            height: prep.height.unwrap_or(height),
+            width: prep.width.unwrap_or(width),
+        };
+        if shape.height == 0 || shape.width == 0 {
+            return Err(format!(
+                "image size {}x{} is empty",
+                shape.height, shape.width
+            ));
+        }
+        if u32::try_from(shape.height).is_err() || u32::try_from(shape.width).is_err() {
+            return Err(format!(
+                "image size {}x{} is too large",
+                shape.height, shape.width
+            ));
+        }
+        Ok(Target { shape })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.shape.channels
+    }
+
+    fn dims(&self) -> (u32, u32) {
+        // Both fit in u32: checked in `resolve`.
+        (self.shape.width as u32, self.shape.height as u32)
+    }
+}
+
+/// Resizes a grey image to the target (Triangle filter) and writes it as 1 or 3 channels.
+pub(crate) fn fit_grey(buf: ImageBuffer<Luma<f32>, Vec<f32>>, target: &Target, out: &mut [f32]) {
+    let (w, h) = target.dims();
+    let buf = if buf.dimensions() == (w, h) {
+        buf
+    } else {
+        resize(&buf, w, h, FilterType::Triangle)
+    };
+    let plane = buf.as_raw();
+    if plane.is_empty() {
+        return;
+    }
+    for chunk in out.chunks_mut(plane.len()) {
+        for (o, &v) in chunk.iter_mut().zip(plane) {
+            *o = v.clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// Resizes an RGB image to the target and writes it channel-major (CHW).
+fn fit_rgb(buf: ImageBuffer<Rgb<f32>, Vec<f32>>, target: &Target, out: &mut [f32]) {
+    let (w, h) = target.dims();
+    let buf = if buf.dimensions() == (w, h) {
+        buf
+    } else {
+        resize(&buf, w, h, FilterType::Triangle)
+    };
+    let plane = (w as usize) * (h as usize);
+    for (p, px) in buf.as_raw().chunks_exact(3).enumerate() {
+        for (c, &v) in px.iter().enumerate() {
+            if let Some(o) = out.get_mut(c * plane + p) {
+                *o = v.clamp(0.0, 1.0);
+            }
+        }
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// Sorted entries of a directory, hidden ones (`.git`, editor droppings) left out.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if !is_hidden(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_file() && is_image(p))
+        .collect())
+}
+
+/// One sub-folder per class, or images directly inside for unlabeled data.
+pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
+    let all = entries(dir)?;
+    let loose: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| p.is_file() && is_image(p))
+        .cloned()
+        .collect();
+    let mut classes = Vec::new();
+    let mut paths = Vec::new();
+    let mut labels = Vec::new();
+    for sub in all.iter().filter(|p| p.is_dir()) {
+        let imgs = images_in(sub)?;
+        if imgs.is_empty() {
+            continue;
+        }
+        let name = sub
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        labels.extend(std::iter::repeat_n(classes.len(), imgs.len()));
+        classes.push(name);
+        paths.extend(imgs);
+    }
+    if classes.is_empty() && loose.is_empty() {
+        // a folder holding one idx image file (like data/digits) names that file
+        let idx: Vec<&PathBuf> = all
+            .iter()
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.contains("images-idx3"))
+            })
+            .collect();
+        match idx[..] {
+            [one] => return crate::idx::load_idx(one, prep),
+            [] => {}
+            _ => {
+                let names: Vec<String> = idx
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "holds several idx image files ({}); name the one to load",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if classes.is_empty() {
+        return decode_dataset(dir, loose, None, Vec::new(), Vec::new(), prep);
+    }
+    if let Some(stray) = loose.first() {
+        return Err(invalid(
+            dir,
+            format!(
+                "has class sub-folders and also loose images such as {}; \
+                 move every image into a class folder",
+                stray.display()
+            ),
+        ));
+    }
+    decode_dataset(dir, paths, Some(labels), classes, Vec::new(), prep)
+}
+
+fn is_header(rec: &csv::StringRecord) -> bool {
+    rec.len() == 2
+        && (rec[0].eq_ignore_ascii_case("path") || rec[0].eq_ignore_ascii_case("file"))
+        && rec[1].eq_ignore_ascii_case("label")
+}
+
+/// `path,label` rows, paths relative to the CSV's folder.
+pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess) -> Result<Dataset> {
+    let raw = std::fs::read(csv_path).map_err(io_err(csv_path))?;
+    let source = SourceFile::of_bytes(csv_path, &raw);
+    let base = csv_path.parent().unwrap_or(Path::new(""));
+    let shown = csv_path.display().to_string();
+    let csv_err = |line: u64, msg: String| DataError::Csv {
+        path: shown.clone(),
+        line,
+        msg,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(raw.as_slice());
+    let mut paths = Vec::new();
+    let mut names = Vec::new();
+    for (k, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            csv_err(line, e.to_string().replace('\n', " "))
+        })?;
+        let line = rec.position().map_or(k as u64 + 1, |p| p.line());
+        if k == 0 && is_header(&rec) {
+            continue;
+        }
+        if rec.len() != 2 {
+            return Err(csv_err(
+                line,
+                format!("expected 2 fields (path,label), found {}", rec.len()),
+            ));
+        }
+        let (file, label) = (&rec[0], &rec[1]);
+        if file.is_empty() || label.is_empty() {
+            return Err(csv_err(line, "empty path or label".into()));
+        }
+        let full = base.join(file);
+        if !full.is_file() {
+            return Err(csv_err(
+                line,
+                format!("image file not found: {}", full.display()),
+            ));
+        }
+        paths.push(full);
+        names.push(label.to_string());
+    }
+    let classes = sorted_classes(&names);
+    let index: std::collections::HashMap<&str, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let labels = names
+        .iter()
+        .map(|n| index.get(n.as_str()).copied().unwrap_or(0))
+        .collect();
+    decode_dataset(csv_path, paths, Some(labels), classes, vec![source], prep)
+}
+
+/// Numeric order when every label is an integer (so "10" follows "9"), text order otherwise.
+fn class_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
+        _ => a.cmp(b),
+    }
+}
+
+fn sorted_classes(names: &[String]) -> Vec<String> {
+    let mut classes = names.to_vec();
+    let numeric = classes.iter().all(|c| c.parse::<i64>().is_ok());
+    if numeric {
+        classes.sort_by(|a, b| class_order(a, b));
+    } else {
+        classes.sort();
+    }
+    classes.dedup();
+    classes
+}
+
+/// Reads and decodes one image, recording provenance of the exact bytes decoded.
+fn decode(path: &Path) -> Result<(DynamicImage, SourceFile)> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let source = SourceFile::of_bytes(path, &bytes);
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice()));
+    if let Ok(format) = ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader.with_guessed_format().map_err(io_err(path))?;
+    let img = reader.decode().map_err(|e| {
+        invalid(
+            path,
+            format!("cannot decode image: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(invalid(path, "image has zero size"));
+    }
+    Ok((img, source))
+}
+
+fn decode_dataset(
+    origin: &Path,
+    paths: Vec<PathBuf>,
+    labels: Option<Vec<usize>>,
+    classes: Vec<String>,
+    mut files: Vec<SourceFile>,
+    prep: &Preprocess,
+) -> Result<Dataset> {
+    let Some(first) = paths.first() else {
+        return Err(invalid(origin, "no images found"));
+    };
+    let target = match (prep.channels, prep.height, prep.width) {
+        (Some(c), Some(h), Some(w)) => Target::resolve(prep, c, h, w),
+        _ => {
+            let (img, _) = decode(first)?;
+            let channels = if img.color().has_color() { 3 } else { 1 };
+            Target::resolve(prep, channels, img.height() as usize, img.width() as usize)
+        }
+    }
+    .map_err(|m| invalid(origin, m))?;
+    let shape = target.shape;
+    let mut pixels = alloc_pixels(origin, paths.len(), shape)?;
+    let sources: Vec<Result<SourceFile>> = pixels
+        .par_chunks_mut(shape.len())
+        .zip(paths.par_iter())
+        .map(|(out, path)| {
+            let (img, source) = decode(path)?;
+            if target.channels() == 1 {
+                fit_grey(img.to_luma32f(), &target, out);
+            } else {
+                fit_rgb(img.to_rgb32f(), &target, out);
+            }
+            Ok(source)
+        })
+        .collect();
+    for s in sources {
+        files.push(s?);
+    }
+    Ok(Dataset {
+        shape,
+        pixels,
+        labels,
+        classes,
+        items: paths.iter().map(|p| p.display().to_string()).collect(),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{load, ImageShape, Preprocess};
+    use image::{ImageBuffer, Luma, Rgb, Rgba};
+    use std::path::Path;
+
+    fn grey(path: &Path, w: u32, h: u32, v: u8) {
+        ImageBuffer::from_pixel(w, h, Luma([v])).save(path).unwrap();
+    }
+
+    #[test]
+    fn folder_per_class_mixed_formats_and_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for c in ["b_cat", "a_dog", "empty"] {
+            std::fs::create_dir(root.join(c)).unwrap();
+        }
+        grey(&root.join("a_dog/1.png"), 4, 3, 255);
+        // RGBA: alpha dropped, colour kept as luma
+        ImageBuffer::from_pixel(4, 3, Rgba([0u8, 0, 0, 10]))
+            .save(root.join("a_dog/2.PNG"))
+            .unwrap();
+        // 16-bit grey of another size: resized to 4x3
+        ImageBuffer::from_pixel(8, 6, Luma([65535u16]))
+            .save(root.join("b_cat/x.png"))
+            .unwrap();
+        std::fs::write(root.join("b_cat/notes.txt"), "not an image").unwrap();
+        std::fs::write(root.join(".hidden.png"), "ignored").unwrap();
+
+        let ds = load(root, &Preprocess::default()).unwrap();
+        assert_eq!(ds.classes, vec!["a_dog", "b_cat"]);
+        assert_eq!(ds.labels, Some(vec![0, 0, 1]));
+        assert_eq!(
+            ds.shape,
+            ImageShape {
+                channels: 1,
+                height: 3,
+                width: 4
+            }
+        );
+        assert!(ds.image(0).iter().all(|&v| v == 1.0));
+        assert!(ds.image(1).iter().all(|&v| v == 0.0));
+        assert!(ds.image(2).iter().all(|&v| (v - 1.0).abs() < 1e-5));
+        assert_eq!(ds.files.len(), 3);
+        assert!(ds.items[1].ends_with("2.PNG"));
+        assert_eq!(ds.describe(), "3 images 1x3x4, 2 classes: a_dog:2 b_cat:1");
+
+        // forced RGB at another size
+        let prep = Preprocess {
+            channels: Some(3),
+            height: Some(2),
+            width: Some(2),
+            invert: false,
+        };
+        let ds = load(root, &prep).unwrap();
+        assert_eq!(ds.shape.len(), 12);
+        assert!(ds.image(0).iter().all(|&v| (v - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn rgb_is_stored_channel_major() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = ImageBuffer::from_pixel(2, 1, Rgb([255u8, 0, 0]));
+        img.put_pixel(1, 0, Rgb([0, 0, 255]));
+        img.save(dir.path().join("a.bmp")).unwrap();
+        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        assert!(ds.labels.is_none());
+        assert_eq!(ds.shape.channels, 3);
+        assert_eq!(ds.image(0), &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn unlabeled_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, v) in [10u8, 20, 30].iter().enumerate() {
+            grey(&dir.path().join(format!("{i}.png")), 2, 2, *v);
+        }
+        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert!(ds.labels.is_none());
+        assert!(ds.class_counts().is_empty());
+        assert_eq!(ds.image(2)[0], 30.0 / 255.0);
+    }
+
+    #[test]
+    fn loose_images_beside_class_folders_are_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        grey(&dir.path().join("a/1.png"), 2, 2, 0);
+        grey(&dir.path().join("stray.png"), 2, 2, 0);
+        let err = load(dir.path(), &Preprocess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stray.png"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_png_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        grey(&dir.path().join("a.png"), 2, 2, 0);
+        let bad = dir.path().join("b.png");
+        std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+        let err = load(dir.path(), &Preprocess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: cannot decode image", bad.display())),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn csv_with_header_and_numeric_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("img")).unwrap();
+        for (i, v) in [0u8, 100, 200].iter().enumerate() {
+            grey(&dir.path().join(format!("img/{i}.png")), 2, 2, *v);
+        }
+        let csv = dir.path().join("list.csv");
+        std::fs::write(
+            &csv,
+            "path,label\nimg/0.png,10\nimg/1.png, 9\nimg/2.png,10\n",
+        )
+        .unwrap();
+        let ds = load(&csv, &Preprocess::default()).unwrap();
+        assert_eq!(ds.classes, vec!["9", "10"]);
+        assert_eq!(ds.labels, Some(vec![1, 0, 1]));
+        assert_eq!(ds.image(1)[0], 100.0 / 255.0);
+        assert_eq!(ds.files.len(), 4, "csv and three images");
+        assert_eq!(ds.files[0].path, csv.display().to_string());
+
+        // no header, text labels
+        std::fs::write(&csv, "img/0.png,zebra\nimg/1.png,ant\n").unwrap();
+        let ds = load(&csv, &Preprocess::default()).unwrap();
+        assert_eq!(ds.classes, vec!["ant", "zebra"]);
+        assert_eq!(ds.labels, Some(vec![1, 0]));
+    }
+
+    #[test]
+    fn csv_missing_file_names_csv_line_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        grey(&dir.path().join("0.png"), 2, 2, 0);
+        let csv = dir.path().join("list.csv");
+        std::fs::write(&csv, "file,label\n0.png,a\nmissing.png,b\n").unwrap();
+        let err = load(&csv, &Preprocess::default()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: line 3: image file not found: {}",
+                csv.display(),
+                dir.path().join("missing.png").display()
+            )
+        );
+        std::fs::write(&csv, "0.png,a,extra\n").unwrap();
+        let err = load(&csv, &Preprocess::default()).unwrap_err().to_string();
+        assert!(err.contains("line 1: expected 2 fields"), "{err}");
+    }
+}

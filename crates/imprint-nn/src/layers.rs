@@ -1,0 +1,179 @@
+//! Dense layers and stacks with sizes chosen at run time.
+
+use crate::checkpoint::NamedTensor;
+use crate::{linear, Activation, ImprintDevice, Matrix, NnError, Result, Vector};
+use dfdx::prelude::*;
+use rand::distributions::{Distribution, Uniform};
+use rand::Rng;
+use std::collections::BTreeMap;
+
+/// One fully connected layer, `act(x · Wᵀ + b)`, weight `[out, in]` as in PyTorch.
+#[derive(Clone, Debug)]
+pub struct Dense<D: ImprintDevice> {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub activation: Activation,
+    pub weight: Vector<D>,
+    pub bias: Vector<D>,
+}
+
+impl<D: ImprintDevice> Dense<D> {
+    /// PyTorch's default init: weight and bias uniform in ±1/sqrt(in).
+    pub fn new(
+        dev: &D,
+        in_features: usize,
+        out_features: usize,
+        activation: Activation,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let bound = 1.0 / (in_features as f32).sqrt();
+        let dist = Uniform::new_inclusive(-bound, bound);
+        let weight: Vec<f32> = (0..in_features * out_features)
+            .map(|_| dist.sample(rng))
+            .collect();
+        let bias: Vec<f32> = (0..out_features).map(|_| dist.sample(rng)).collect();
+        Self {
+            in_features,
+            out_features,
+            activation,
+            weight: dev.tensor_from_vec(weight, (in_features * out_features,)),
+            bias: dev.tensor_from_vec(bias, (out_features,)),
+        }
+    }
+
+    pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>, input_grad: bool) -> Matrix<D, T> {
+        linear(
+            x,
+            &self.weight,
+            &self.bias,
+            self.out_features,
+            self.activation,
+            input_grad,
+        )
+        .expect("linear forward failed on the device")
+    }
+}
+
+/// A stack of dense layers: `dims[0] -> dims[1] -> ...`, `hidden` activation between layers and
+/// `last` after the final one.
+#[derive(Clone, Debug)]
+pub struct Mlp<D: ImprintDevice> {
+    pub layers: Vec<Dense<D>>,
+}
+
+impl<D: ImprintDevice> Mlp<D> {
+    pub fn new(
+        dev: &D,
+        dims: &[usize],
+        hidden: Activation,
+        last: Activation,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let n = dims.len().saturating_sub(1);
+        let layers = (0..n)
+            .map(|i| {
+                let act = if i + 1 == n { last } else { hidden };
+                Dense::new(dev, dims[i], dims[i + 1], act, rng)
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// Layer widths, input first.
+    pub fn dims(&self) -> Vec<usize> {
+        let mut dims: Vec<usize> = self.layers.iter().map(|l| l.in_features).take(1).collect();
+        dims.extend(self.layers.iter().map(|l| l.out_features));
+        dims
+    }
+
+    pub fn output_features(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.out_features)
+    }
+
+    /// `input_grad = false` when `x` is data, which needs no gradient.
+    pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>, input_grad: bool) -> Matrix<D, T> {
+        self.layers
+            .iter()
+            .enumerate()
+            .fold(x, |h, (i, layer)| layer.forward(h, input_grad || i > 0))
+    }
+
+    pub fn params(&self) -> Vec<&Vector<D>> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.weight, &l.bias])
+            .collect()
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Vector<D>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.weight, &mut l.bias])
+            .collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.shape().0).sum()
+    }
+
+    /// Tensors named as in a PyTorch `nn.Sequential` of `Linear` and activation modules:
+    /// `{prefix}.0.weight`, `{prefix}.0.bias`, `{prefix}.2.weight`, ... so `load_state_dict` takes
+    /// them unchanged. Weights are `[out, in]`, row-major.
+    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                [
+                    NamedTensor {
+                        name: format!("{prefix}.{}.weight", 2 * i),
+                        shape: vec![l.out_features, l.in_features],
+                        data: l.weight.as_vec(),
+                    },
+                    NamedTensor {
+                        name: format!("{prefix}.{}.bias", 2 * i),
+                        shape: vec![l.out_features],
+                        data: l.bias.as_vec(),
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// Copies weights from `tensors` into this stack, checking every name and shape; `source`
+    /// names the checkpoint in errors.
+    pub fn load_named(
+        &mut self,
+        prefix: &str,
+        tensors: &BTreeMap<String, NamedTensor>,
+        source: &str,
+    ) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (suffix, param, shape) in [
+                (
+                    "weight",
+                    &mut layer.weight,
+                    vec![layer.out_features, layer.in_features],
+                ),
+                ("bias", &mut layer.bias, vec![layer.out_features]),
+            ] {
+                let name = format!("{prefix}.{}.{suffix}", 2 * i);
+                let t = tensors.get(&name).ok_or_else(|| NnError::Checkpoint {
+                    path: source.to_string(),
+                    message: format!("missing tensor `{name}` (architecture mismatch)"),
+                })?;
+                if t.shape != shape {
+                    return Err(NnError::Checkpoint {
+                        path: source.to_string(),
+                        message: format!(
+                            "tensor `{name}` has shape {:?}, the model needs {:?} (architecture mismatch)",
+                            t.shape, shape
+                        ),
+                    });
+                }
+                param.copy_from(&t.data);
+            }
+        }
+        Ok(())
+    }
+}

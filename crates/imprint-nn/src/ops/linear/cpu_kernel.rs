@@ -1,0 +1,174 @@
+use super::{Activation, LinearKernel};
+use crate::{Matrix, Vector};
+use dfdx::prelude::*;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Below this many multiply-adds, threading costs more than it saves.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// Row-major matrix view for [`gemm_acc`]: pointer, rows, columns, row stride, column stride.
+struct View {
+    ptr: *const f32,
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, dst row-major with `n` columns.
+fn gemm_acc(dst: &mut [f32], lhs: View, rhs: View) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "inner dimensions differ");
+    assert_eq!(dst.len(), m * n, "destination size");
+    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: shapes and strides were checked against the slice lengths by the callers' asserts
+    // (every view covers exactly rows x cols elements of a live slice), and dst is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn row_major(data: &[f32], rows: usize, cols: usize) -> View {
+    assert_eq!(data.len(), rows * cols);
+    View {
+        ptr: data.as_ptr(),
+        rows,
+        cols,
+        row_stride: cols as isize,
+        col_stride: 1,
+    }
+}
+
+fn transposed(data: &[f32], rows: usize, cols: usize) -> View {
+    // `data` is row-major `[cols, rows]`; the view is its transpose `[rows, cols]`.
+    assert_eq!(data.len(), rows * cols);
+    View {
+        ptr: data.as_ptr(),
+        rows,
+        cols,
+        row_stride: 1,
+        col_stride: rows as isize,
+    }
+}
+
+/// Forward pass into `y` (`[batch, out]`): bias, product, activation.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+    act: Activation,
+    y: &mut [f32],
+) {
+    y.par_chunks_mut(n_out).for_each(|row| row.copy_from_slice(b));
+    gemm_acc(y, row_major(x, batch, n_in), transposed(w, n_in, n_out));
+    if act != Activation::Identity {
+        y.par_chunks_mut(4096)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = act.apply(*v)));
+    }
+}
+
+/// Saved forward values the backward pass reads.
+struct Saved {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    y: Vec<f32>,
+}
+
+impl LinearKernel for Cpu {
+    fn linear_fused<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weight: &Vector<Self>,
+        bias: &Vector<Self>,
+        out_features: usize,
+        activation: Activation,
+        input_grad: bool,
+    ) -> Result<Matrix<Self, T>, Self::Err> {
+        let (batch, n_in) = *x.shape();
+        let n_out = out_features;
+        assert_eq!(weight.shape().0, n_in * n_out, "weight is not [out, in]");
+        assert_eq!(bias.shape().0, n_out, "bias is not [out]");
+        let dev = x.device().clone();
+        let (x, mut tape) = x.split_tape();
+
+        let mut xs = vec![0.0; batch * n_in];
+        x.copy_into(&mut xs);
+        let mut ws = vec![0.0; n_in * n_out];
+        weight.copy_into(&mut ws);
+        let mut bs = vec![0.0; n_out];
+        bias.copy_into(&mut bs);
+        let mut y = vec![0.0; batch * n_out];
+        forward(&xs, &ws, &bs, batch, n_in, n_out, activation, &mut y);
+
+        if !T::OWNS_TAPE {
+            return Ok(dev.tensor_from_vec(y, (batch, n_out)).put_tape(tape));
+        }
+        let saved = Arc::new(Saved { x: xs, w: ws, y: y.clone() });
+        let out = dev.tensor_from_vec(y, (batch, n_out));
+        let (x_g, w_g, b_g, out_g) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+        tape.add_backward_op(move |grads| {
+            // dz = dy ⊙ act'(y)
+            let mut dz = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            if activation != Activation::Identity {
+                dz.par_chunks_mut(4096)
+                    .zip(saved.y.par_chunks(4096))
+                    .for_each(|(d, y)| {
+                        for (d, &y) in d.iter_mut().zip(y) {
+                            *d *= activation.derivative_from_output(y);
+                        }
+                    });
+            }
+            let gb = grads.get_or_alloc_mut(&b_g)?;
+            for row in dz.chunks_exact(n_out) {
+                for (g, &d) in gb.iter_mut().zip(row) {
+                    *g += d;
+                }
+            }
+            // dW[out, in] += dzᵀ[out, batch] · x[batch, in]
+            let gw = grads.get_or_alloc_mut(&w_g)?;
+            gemm_acc(
+                gw,
+                transposed(&dz, n_out, batch),
+                row_major(&saved.x, batch, n_in),
+            );
+            if input_grad {
+                // dx[batch, in] += dz[batch, out] · W[out, in]
+                let gx = grads.get_or_alloc_mut(&x_g)?;
+                gemm_acc(
+                    gx,
+                    row_major(&dz, batch, n_out),
+                    row_major(&saved.w, n_out, n_in),
+                );
+            }
+            Ok(())
+        });
+        Ok(out.put_tape(tape))
+    }
+}
