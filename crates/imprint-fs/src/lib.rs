@@ -52,12 +52,10 @@ impl AtomicFile {
 
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("writer present until commit");
-        let file = writer
-            .into_inner()
-            .map_err(|e| FsError {
-                path: self.temp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = writer.into_inner().map_err(|e| FsError {
+            path: self.temp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(at(&self.temp))?;
         fs::rename(&self.temp, &self.target).map_err(at(&self.target))
     }
@@ -126,7 +124,11 @@ mod tests {
             // dropped without commit, as a crash mid-write would
         }
         assert_eq!(fs::read(&path).unwrap(), b"first");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file removed");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file removed"
+        );
         write_atomic(&path, b"second").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second");
     }

@@ -72,8 +72,8 @@ pub fn load_tensors(
         let shape = view.shape().to_vec();
         tensors.insert(name.clone(), NamedTensor { name, shape, data });
     }
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(path, format!("bad header: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("bad header: {e}")))?;
     let metadata = meta
         .metadata()
         .clone()

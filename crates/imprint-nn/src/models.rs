@@ -95,7 +95,12 @@ impl<D: ImprintDevice> Encoder<D> {
 }
 
 impl<D: ImprintDevice> Decoder<D> {
-    pub fn new(dev: &D, architecture: &Architecture, output_len: usize, rng: &mut impl Rng) -> Self {
+    pub fn new(
+        dev: &D,
+        architecture: &Architecture,
+        output_len: usize,
+        rng: &mut impl Rng,
+    ) -> Self {
         let net = match architecture {
             Architecture::Dense { hidden, latent } => {
                 let mut dims = vec![*latent];

@@ -35,14 +35,24 @@ impl<D: Device<f32>> Adam<D> {
 
     /// One update of every parameter in `groups` from `grads`; a parameter without a gradient
     /// (frozen, or unused this step) is left as it is.
-    pub fn step(&mut self, groups: &mut [ParamGroup<'_, D>], grads: &mut Gradients<f32, D>) -> Result<()> {
+    pub fn step(
+        &mut self,
+        groups: &mut [ParamGroup<'_, D>],
+        grads: &mut Gradients<f32, D>,
+    ) -> Result<()> {
         self.step += 1;
         for group in groups.iter_mut() {
             let cfg = group.config;
             for param in group.params.iter_mut() {
                 let grad = grads.get_or_alloc_mut(&**param).map_err(NnError::device)?;
-                let m1 = self.moment1.get_or_alloc_mut(&**param).map_err(NnError::device)?;
-                let m2 = self.moment2.get_or_alloc_mut(&**param).map_err(NnError::device)?;
+                let m1 = self
+                    .moment1
+                    .get_or_alloc_mut(&**param)
+                    .map_err(NnError::device)?;
+                let m2 = self
+                    .moment2
+                    .get_or_alloc_mut(&**param)
+                    .map_err(NnError::device)?;
                 cfg.try_update(self.step, param, m1, m2, grad)
                     .map_err(NnError::device)?;
             }

@@ -1,1 +1,74 @@
-//! placeholder
+//! The jobs a user runs: pre-train, fine-tune, compare, predict. Each reads a [`Pipeline`],
+//! writes its artifacts into an output folder (every file crash-safely), reports progress to an
+//! [`Observer`] and returns its results; presentation stays with the caller.
+
+pub mod config;
+mod jobs;
+mod prepared;
+mod sidecar;
+
+pub use config::{Overrides, Pipeline};
+pub use jobs::{compare, finetune_job, predict, pretrain_job, CompareOutcome, FinetuneOutcome};
+pub use prepared::Prepared;
+pub use sidecar::{EncoderSidecar, ModelSidecar};
+
+use imprint_pretrain::EpochStats;
+use imprint_report::RunRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{path}: {message}")]
+    Input { path: String, message: String },
+    #[error("{0}")]
+    Output(String),
+    #[error(transparent)]
+    Data(#[from] imprint_data::DataError),
+    #[error(transparent)]
+    Nn(#[from] imprint_nn::NnError),
+    #[error(transparent)]
+    Pretrain(#[from] imprint_pretrain::PretrainError),
+    #[error(transparent)]
+    Finetune(#[from] imprint_finetune::FinetuneError),
+    #[error(transparent)]
+    Report(#[from] imprint_report::ReportError),
+    #[error(transparent)]
+    Fs(#[from] imprint_fs::FsError),
+}
+
+pub type Result<T> = std::result::Result<T, PipelineError>;
+
+/// Receives progress; every method has a silent default.
+pub trait Observer {
+    fn info(&self, _message: &str) {}
+    /// Within a pre-training epoch: (seed, epoch, epochs, batches done, batches per epoch, running loss).
+    fn pretrain_batch(
+        &self,
+        _seed: u64,
+        _epoch: usize,
+        _epochs: usize,
+        _done: usize,
+        _total: usize,
+        _loss: f64,
+    ) {
+    }
+    fn pretrain_epoch(&self, _seed: u64, _stats: &EpochStats, _epochs: usize) {}
+    fn run_finished(&self, _record: &RunRecord) {}
+}
+
+/// An observer that ignores everything (tests, library use).
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Creates `dir` for a job's outputs; refuses one that exists and is not empty unless `force`.
+pub fn prepare_output_dir(dir: &std::path::Path, force: bool) -> Result<()> {
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() && !force {
+            return Err(PipelineError::Output(format!(
+                "{}: output folder exists and is not empty; choose another --out or pass --force",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PipelineError::Output(format!("{}: {e}", dir.display())))
+}

@@ -27,9 +27,13 @@ pub type Result<T> = std::result::Result<T, PretrainError>;
 pub enum Noise {
     None,
     /// Each pixel set to 0 with probability `fraction`.
-    Masking { fraction: f32 },
+    Masking {
+        fraction: f32,
+    },
     /// Adds N(0, std²) to every pixel, clipped to [0, 1].
-    Gaussian { std: f32 },
+    Gaussian {
+        std: f32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,8 +193,11 @@ pub fn pretrain<D: ImprintDevice>(
         let stats = EpochStats {
             epoch,
             train_loss: total / steps_per_epoch as f64,
-            heldout_loss: (!heldout.is_empty())
-                .then(|| evaluate_loss(dev, &encoder, &decoder, images, input_len, &heldout, cfg.loss)),
+            heldout_loss: (!heldout.is_empty()).then(|| {
+                evaluate_loss(
+                    dev, &encoder, &decoder, images, input_len, &heldout, cfg.loss,
+                )
+            }),
             images_per_second: (steps_per_epoch * batch) as f64 / seconds.max(1e-9),
             seconds,
         };
@@ -246,7 +253,8 @@ pub fn evaluate_loss<D: ImprintDevice>(
         let mut buf = vec![0.0; chunk.len() * len];
         gather(images, len, chunk, &mut buf);
         let x: Matrix<D> = dev.tensor_from_vec(buf, (chunk.len(), len));
-        let value = reconstruction_loss(loss, decoder.forward(encoder.forward(x.clone(), false)), x);
+        let value =
+            reconstruction_loss(loss, decoder.forward(encoder.forward(x.clone(), false)), x);
         total += value.as_vec()[0] as f64 * chunk.len() as f64;
     }
     total / ids.len().max(1) as f64
@@ -262,7 +270,10 @@ pub fn reconstruct<D: ImprintDevice>(
 ) -> Vec<f32> {
     let n = images.len() / len;
     let x: Matrix<D> = dev.tensor_from_vec(images.to_vec(), (n, len));
-    decoder.forward(encoder.forward(x, false)).sigmoid().as_vec()
+    decoder
+        .forward(encoder.forward(x, false))
+        .sigmoid()
+        .as_vec()
 }
 
 #[cfg(test)]
@@ -310,7 +321,18 @@ mod tests {
             (Noise::Gaussian { std: 0.2 }, Reconstruction::Mse),
         ] {
             let cfg = config(noise, loss);
-            let run = || pretrain(&dev, &images, 64, &cfg, 7, &mut |_, _, _, _| {}, &mut |_| {}).unwrap();
+            let run = || {
+                pretrain(
+                    &dev,
+                    &images,
+                    64,
+                    &cfg,
+                    7,
+                    &mut |_, _, _, _| {},
+                    &mut |_| {},
+                )
+                .unwrap()
+            };
             let a = run();
             let first = a.history.first().unwrap();
             let last = a.history.last().unwrap();
@@ -321,7 +343,8 @@ mod tests {
                 last.heldout_loss
             );
             let b = run();
-            let losses = |p: &Pretrained<Cpu>| p.history.iter().map(|h| h.train_loss).collect::<Vec<_>>();
+            let losses =
+                |p: &Pretrained<Cpu>| p.history.iter().map(|h| h.train_loss).collect::<Vec<_>>();
             assert_eq!(losses(&a), losses(&b), "same seed, same losses");
         }
     }
@@ -334,6 +357,10 @@ mod tests {
         assert!(e.contains("batch_size"), "{e}");
         cfg.batch_size = 4;
         cfg.noise = Noise::Masking { fraction: 1.5 };
-        assert!(cfg.validate().unwrap_err().to_string().contains("noise.fraction"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("noise.fraction"));
     }
 }

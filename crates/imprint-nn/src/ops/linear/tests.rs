@@ -22,7 +22,10 @@ fn loss_value(
     let (batch, n_in, n_out) = dims;
     let mut y = vec![0.0; batch * n_out];
     super::cpu_kernel::forward(x, w, b, batch, n_in, n_out, act, &mut y);
-    y.iter().zip(r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+    y.iter()
+        .zip(r)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum()
 }
 
 #[test]
@@ -49,9 +52,15 @@ fn forward_matches_naive_loops_on_odd_sizes() {
         super::cpu_kernel::forward(&x, &w, &b, batch, n_in, n_out, Activation::Sigmoid, &mut y);
         for i in 0..batch {
             for o in 0..n_out {
-                let z: f32 = b[o] + (0..n_in).map(|k| x[i * n_in + k] * w[o * n_in + k]).sum::<f32>();
+                let z: f32 = b[o]
+                    + (0..n_in)
+                        .map(|k| x[i * n_in + k] * w[o * n_in + k])
+                        .sum::<f32>();
                 let expect = 1.0 / (1.0 + (-z).exp());
-                assert!((y[i * n_out + o] - expect).abs() < 1e-5, "({batch},{n_in},{n_out})");
+                assert!(
+                    (y[i * n_out + o] - expect).abs() < 1e-5,
+                    "({batch},{n_in},{n_out})"
+                );
             }
         }
     }
@@ -72,7 +81,11 @@ fn check_gradients(batch: usize, n_in: usize, n_out: usize, act: Activation, see
     let rt: Matrix<Cpu> = dev.tensor_from_vec(r.clone(), (batch, n_out));
     let y = linear(xt.leaky_trace(), &wt, &bt, n_out, act, true).unwrap();
     let grads = (y * rt).sum().backward();
-    let analytic = [grads.get(&xt).as_vec(), grads.get(&wt).as_vec(), grads.get(&bt).as_vec()];
+    let analytic = [
+        grads.get(&xt).as_vec(),
+        grads.get(&wt).as_vec(),
+        grads.get(&bt).as_vec(),
+    ];
 
     let eps = 1e-2f32;
     for (which, base) in [&x, &w, &b].into_iter().enumerate() {

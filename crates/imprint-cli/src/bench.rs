@@ -1,0 +1,151 @@
+//! `imprint bench`: pre-training throughput of the dense autoencoder, and the PyTorch peer's on
+//! the identical net, batch and data size, alternated in one run so machine load hits both.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dfdx::prelude::Cpu;
+use imprint_nn::loss::Reconstruction;
+use imprint_nn::Architecture;
+use imprint_pretrain::{pretrain, Noise, PretrainConfig};
+use rand::{Rng, SeedableRng};
+use std::process::Command;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Training steps per measurement.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Image side (square, one channel).
+    #[arg(long, default_value_t = 28)]
+    side: usize,
+    #[arg(long, value_delimiter = ',', default_value = "512,256")]
+    hidden: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    latent: usize,
+    /// Measurements of each side; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// A Python with PyTorch: also time the same net there (e.g. ~/peer/bin/python).
+    #[arg(long)]
+    peer: Option<String>,
+}
+
+const PEER: &str = r#"
+import sys, time, torch, torch.nn as nn, torch.nn.functional as F
+batch, steps, side, latent = (int(a) for a in sys.argv[1:5])
+hidden = [int(h) for h in sys.argv[5].split(',')]
+torch.manual_seed(0)
+dims = [side * side] + hidden + [latent]
+enc, dec = [], []
+for i in range(len(dims) - 1):
+    enc += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+    dec += [nn.Linear(dims[-1 - i], dims[-2 - i]), nn.ReLU()]
+enc, dec = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1], nn.Sigmoid())
+opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), 1e-3)
+x = torch.rand(steps * batch, side * side)
+def epoch():
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), batch):
+        xb = x[perm[i:i + batch]]
+        loss = F.mse_loss(dec(enc(xb)), xb)
+        opt.zero_grad(); loss.backward(); opt.step(); loss.item()
+epoch()
+t = time.time(); epoch(); el = time.time() - t
+print(f"{steps * batch / el:.1f} {torch.get_num_threads()}")
+"#;
+
+fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
+    let cfg = PretrainConfig {
+        architecture: Architecture::Dense {
+            hidden: args.hidden.clone(),
+            latent: args.latent,
+        },
+        noise: Noise::None,
+        loss: Reconstruction::Mse,
+        epochs: 2,
+        batch_size: args.batch,
+        lr: 1e-3,
+        weight_decay: 0.0,
+        holdout_fraction: 0.0,
+    };
+    let run = pretrain(
+        &Cpu::default(),
+        images,
+        args.side * args.side,
+        &cfg,
+        0,
+        &mut |_, _, _, _| {},
+        &mut |_| {},
+    )?;
+    // The first epoch warms caches and the allocator, as the peer's warm-up epoch does.
+    Ok(run.history.last().map_or(0.0, |h| h.images_per_second))
+}
+
+fn peer(python: &str, args: &BenchArgs) -> Result<(f64, String)> {
+    let hidden: Vec<String> = args.hidden.iter().map(|h| h.to_string()).collect();
+    let out = Command::new(python)
+        .args(["-c", PEER])
+        .args([args.batch, args.steps, args.side, args.latent].map(|v| v.to_string()))
+        .arg(hidden.join(","))
+        .output()
+        .with_context(|| format!("cannot run the peer `{python}`"))?;
+    if !out.status.success() {
+        bail!(
+            "the peer `{python}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let speed = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .context("unexpected peer output")?;
+    Ok((speed, words.next().unwrap_or("?").to_string()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let len = args.side * args.side;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let images: Vec<f32> = (0..args.steps * args.batch * len)
+        .map(|_| rng.gen())
+        .collect();
+    let arch = Architecture::Dense {
+        hidden: args.hidden.clone(),
+        latent: args.latent,
+    };
+    println!(
+        "dense autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {} threads",
+        arch.describe(len),
+        args.batch,
+        args.steps,
+        rayon::current_num_threads()
+    );
+    let (mut ours_runs, mut peer_runs) = (Vec::new(), Vec::new());
+    for i in 0..args.repeats.max(1) {
+        let o = ours(args, &images)?;
+        print!("run {}: imprint {o:.0} images/s", i + 1);
+        ours_runs.push(o);
+        if let Some(python) = &args.peer {
+            let (p, threads) = peer(python, args)?;
+            print!(", PyTorch ({threads} threads) {p:.0} images/s");
+            peer_runs.push(p);
+        }
+        println!();
+    }
+    let o = median(ours_runs);
+    print!("median: imprint {o:.0} images/s");
+    if !peer_runs.is_empty() {
+        let p = median(peer_runs);
+        print!(", PyTorch {p:.0} images/s, ratio {:.2}x", o / p);
+    }
+    println!();
+    Ok(())
+}

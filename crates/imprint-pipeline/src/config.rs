@@ -1,0 +1,253 @@
+//! The pipeline file: which data feeds which stage, the architecture, pre-training and
+//! fine-tuning settings, and the comparison grid. Each library crate owns its section's type;
+//! this file only nests them. Unknown keys, wrong types and missing fields are rejected with the
+//! key and line, as the TOML parser reports them.
+
+use crate::{PipelineError, Result};
+use imprint_data::Preprocess;
+use imprint_finetune::{FinetuneConfig, Strategy};
+use imprint_pretrain::PretrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Short name, used for the default output folder.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub data: DataConfig,
+    pub pretrain: PretrainConfig,
+    #[serde(default)]
+    pub finetune: FinetuneConfig,
+    pub compare: CompareConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Images for pre-training; their labels, if any, are never read.
+    pub unlabeled: PathBuf,
+    /// Labeled images the few-label subsets are drawn from.
+    pub labeled: PathBuf,
+    /// Test images; when absent, `test_fraction` of `labeled` is held out (and kept out of
+    /// pre-training when `unlabeled` is the same source).
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Seed of the train/test split, fixed across run seeds so every run meets the same test set.
+    #[serde(default)]
+    pub split_seed: u64,
+    /// At most this many unlabeled images (a seeded random subset); 0 = all.
+    #[serde(default)]
+    pub max_unlabeled: usize,
+    /// Applied to every source, so target images take the encoder's input shape.
+    #[serde(default)]
+    pub preprocess: Preprocess,
+}
+
+fn default_test_fraction() -> f64 {
+    0.3
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareConfig {
+    pub strategies: Vec<Strategy>,
+    pub labels_per_class: Vec<usize>,
+    pub seeds: Vec<u64>,
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file; relative data paths are taken from the working directory.
+    pub fn from_file(path: &Path) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
+        let pipeline: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Input {
+            path: path.display().to_string(),
+            message: one_line(&e),
+        })?;
+        pipeline
+            .validate()
+            .map_err(|message| PipelineError::Input {
+                path: path.display().to_string(),
+                message,
+            })?;
+        Ok(pipeline)
+    }
+
+    /// Checks that hold across sections; each section checks its own settings too.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.pretrain.validate().map_err(|e| e.to_string())?;
+        self.finetune.validate().map_err(|e| e.to_string())?;
+        let c = &self.compare;
+        if c.strategies.is_empty() {
+            return Err("compare.strategies: name at least one strategy".into());
+        }
+        if c.labels_per_class.is_empty() || c.labels_per_class.contains(&0) {
+            return Err("compare.labels_per_class: give one or more budgets of at least 1".into());
+        }
+        if c.seeds.is_empty() {
+            return Err("compare.seeds: give at least one seed".into());
+        }
+        if self.data.test.is_none()
+            && !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0)
+        {
+            return Err("data.test_fraction: must be in (0, 1) when data.test is not given".into());
+        }
+        Ok(())
+    }
+}
+
+/// TOML errors span several lines with a source excerpt; keep the line/column and message.
+fn one_line(e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(_) => {
+            let text = e.to_string();
+            let location = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("TOML parse error at ");
+            format!("{location}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Settings a command line may override.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub unlabeled: Option<PathBuf>,
+    pub labeled: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    pub steps: Option<usize>,
+    pub strategies: Option<Vec<Strategy>>,
+    pub labels_per_class: Option<Vec<usize>>,
+    pub seeds: Option<Vec<u64>>,
+    pub max_unlabeled: Option<usize>,
+}
+
+impl Overrides {
+    pub fn apply(&self, p: &mut Pipeline) -> Result<()> {
+        if let Some(v) = &self.unlabeled {
+            p.data.unlabeled = v.clone();
+        }
+        if let Some(v) = &self.labeled {
+            p.data.labeled = v.clone();
+        }
+        if let Some(v) = &self.test {
+            p.data.test = Some(v.clone());
+        }
+        if let Some(v) = self.epochs {
+            p.pretrain.epochs = v;
+        }
+        if let Some(v) = self.steps {
+            p.finetune.steps = v;
+        }
+        if let Some(v) = &self.strategies {
+            p.compare.strategies = v.clone();
+        }
+        if let Some(v) = &self.labels_per_class {
+            p.compare.labels_per_class = v.clone();
+        }
+        if let Some(v) = &self.seeds {
+            p.compare.seeds = v.clone();
+        }
+        if let Some(v) = self.max_unlabeled {
+            p.data.max_unlabeled = v;
+        }
+        p.validate().map_err(|message| PipelineError::Input {
+            path: "command line".into(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[data]
+unlabeled = "a"
+labeled = "a"
+[pretrain]
+architecture = { kind = "dense", hidden = [8], latent = 4 }
+epochs = 1
+[compare]
+strategies = ["scratch", "probe-then-full"]
+labels_per_class = [1]
+seeds = [0]
+"#;
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        assert_eq!(
+            p.compare.strategies,
+            vec![Strategy::Scratch, Strategy::ProbeThenFull]
+        );
+        assert_eq!(p.finetune.steps, 300);
+        assert_eq!(p.pretrain.batch_size, 128);
+    }
+
+    #[test]
+    fn unknown_key_wrong_type_and_missing_field_name_key_and_line() {
+        let unknown = MINIMAL.replace("epochs = 1", "epochs = 1\nepoch = 2");
+        let e = Pipeline::from_toml(&unknown, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("epoch") && e.contains("line 10"),
+            "{e}"
+        );
+
+        let wrong = MINIMAL.replace("epochs = 1", "epochs = \"one\"");
+        let e = Pipeline::from_toml(&wrong, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 9") && e.contains("integer"), "{e}");
+
+        let missing = MINIMAL.replace("epochs = 1\n", "");
+        let e = Pipeline::from_toml(&missing, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `epochs`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_replace_and_are_validated() {
+        let mut p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        let o = Overrides {
+            seeds: Some(vec![4, 5]),
+            epochs: Some(3),
+            ..Default::default()
+        };
+        o.apply(&mut p).unwrap();
+        assert_eq!(
+            (p.compare.seeds.clone(), p.pretrain.epochs),
+            (vec![4, 5], 3)
+        );
+        let bad = Overrides {
+            labels_per_class: Some(vec![0]),
+            ..Default::default()
+        };
+        assert!(bad
+            .apply(&mut p)
+            .unwrap_err()
+            .to_string()
+            .contains("labels_per_class"));
+    }
+}
