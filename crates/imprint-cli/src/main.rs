@@ -33,6 +33,8 @@ enum Command {
         pipeline: PathBuf,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        grid: Grid,
     },
     /// Same as `run`, with the pipeline as a flag (default: pipelines/digits.toml).
     Compare {
@@ -40,6 +42,8 @@ enum Command {
         pipeline: PathBuf,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        grid: Grid,
     },
     /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
     Pretrain {
@@ -120,20 +124,25 @@ struct Common {
     /// Fine-tuning steps.
     #[arg(long)]
     steps: Option<usize>,
-    #[arg(long, value_delimiter = ',')]
-    strategies: Option<Vec<Strategy>>,
-    #[arg(long, value_delimiter = ',')]
-    labels_per_class: Option<Vec<usize>>,
-    #[arg(long, value_delimiter = ',')]
-    seeds: Option<Vec<u64>>,
     /// Use at most this many unlabeled images.
     #[arg(long)]
     max_unlabeled: Option<usize>,
 }
 
+/// The comparison grid; `finetune` names its single strategy, budget and seed instead.
+#[derive(Args, Default)]
+struct Grid {
+    #[arg(long, value_delimiter = ',')]
+    strategies: Option<Vec<Strategy>>,
+    #[arg(long = "labels-per-class", value_delimiter = ',')]
+    budgets: Option<Vec<usize>>,
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+}
+
 impl Common {
     /// The pipeline file with this command line's overrides applied, and the output folder.
-    fn resolve(&self, path: &Path, job: &str) -> Result<(Pipeline, PathBuf)> {
+    fn resolve(&self, path: &Path, job: &str, grid: &Grid) -> Result<(Pipeline, PathBuf)> {
         let mut p = Pipeline::from_file(path)?;
         Overrides {
             unlabeled: self.unlabeled.clone(),
@@ -141,9 +150,9 @@ impl Common {
             test: self.test.clone(),
             epochs: self.epochs,
             steps: self.steps,
-            strategies: self.strategies.clone(),
-            labels_per_class: self.labels_per_class.clone(),
-            seeds: self.seeds.clone(),
+            strategies: grid.strategies.clone(),
+            labels_per_class: grid.budgets.clone(),
+            seeds: grid.seeds.clone(),
             max_unlabeled: self.max_unlabeled,
         }
         .apply(&mut p)?;
@@ -165,8 +174,8 @@ fn run(cli: Cli) -> Result<()> {
     }
     let bars = Bars::new();
     match cli.command {
-        Command::Run { pipeline, common } | Command::Compare { pipeline, common } => {
-            let (p, out) = common.resolve(&pipeline, "")?;
+        Command::Run { pipeline, common, grid } | Command::Compare { pipeline, common, grid } => {
+            let (p, out) = common.resolve(&pipeline, "", &grid)?;
             let data = Prepared::load(&p, &bars)?;
             let outcome = imprint_pipeline::compare(&p, &data, &out, &bars)?;
             bars.finish();
@@ -181,7 +190,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             common,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-pretrain")?;
+            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default())?;
             let data = Prepared::load(&p, &bars)?;
             let (_, history) = imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars)?;
             bars.finish();
@@ -203,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             common,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-finetune")?;
+            let (p, out) = common.resolve(&pipeline, "-finetune", &Grid::default())?;
             let data = Prepared::load(&p, &bars)?;
             let o = imprint_pipeline::finetune_job(
                 &p,

@@ -73,7 +73,7 @@ impl Pipeline {
     pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
         let pipeline: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Input {
             path: path.display().to_string(),
-            message: one_line(&e),
+            message: one_line(&e, text),
         })?;
         pipeline
             .validate()
@@ -107,20 +107,21 @@ impl Pipeline {
     }
 }
 
-/// TOML errors span several lines with a source excerpt; keep the line/column and message.
-fn one_line(e: &toml::de::Error) -> String {
+/// TOML errors span several lines with a source excerpt; keep one line: where, which key, what.
+fn one_line(e: &toml::de::Error, text: &str) -> String {
     let message = e.message().trim().to_string();
-    match e.span() {
-        Some(_) => {
-            let text = e.to_string();
-            let location = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("TOML parse error at ");
-            format!("{location}: {message}")
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    match line.split_once('=') {
+        // A value error: name the key the value belongs to.
+        Some((key, _)) if !message.contains(key.trim()) => {
+            format!("line {line_no}: key `{}`: {message}", key.trim())
         }
-        None => message,
+        _ => format!("line {line_no}: {message}"),
     }
 }
 
@@ -210,7 +211,7 @@ seeds = [0]
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("p.toml") && e.contains("epoch") && e.contains("line 10"),
+            e.contains("p.toml") && e.contains("`epoch`") && e.contains("line 9"),
             "{e}"
         );
 
@@ -218,7 +219,7 @@ seeds = [0]
         let e = Pipeline::from_toml(&wrong, Path::new("p.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 9") && e.contains("integer"), "{e}");
+        assert!(e.contains("line 8") && e.contains("key `epochs`"), "{e}");
 
         let missing = MINIMAL.replace("epochs = 1\n", "");
         let e = Pipeline::from_toml(&missing, Path::new("p.toml"))

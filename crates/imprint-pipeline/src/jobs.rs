@@ -293,8 +293,7 @@ pub fn finetune_job(
     seed: u64,
     out: &Path,
 ) -> Result<FinetuneOutcome> {
-    dir(out)?;
-    let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
+    // Check the encoder before writing anything.
     let pretrained = match (strategy.uses_pretrained(), encoder_weights) {
         (true, Some(w)) => Some(load_encoder(w, p, data.shape())?),
         (true, None) => {
@@ -308,6 +307,8 @@ pub fn finetune_job(
         }
         (false, _) => None,
     };
+    dir(out)?;
+    let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
     let outcome = run_one(p, data, &train, pretrained.as_ref(), strategy, k, seed, out)?;
     save_tensors(
         &out.join("model.safetensors"),

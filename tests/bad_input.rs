@@ -1,0 +1,308 @@
+//! Bad input: each case must fail with exit status 1 and one `error:` line naming the file and
+//! the problem, without a panic and without touching what was there before.
+
+use imprint_e2e::{
+    arg, class_pixels, imprint, snapshot, write_grey_png, write_idx_images, write_idx_labels,
+    write_pipeline, write_png_classes, Tiny, SIDE,
+};
+use std::path::{Path, PathBuf};
+
+/// An output folder holding the results of an earlier run, which a failed run must not touch.
+fn earlier_results(t: &Path) -> PathBuf {
+    let out = t.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("results.csv"),
+        "strategy,test_accuracy\nearlier,0.5\n",
+    )
+    .unwrap();
+    out
+}
+
+/// A valid idx pair of `n` 8x8 images; returns the images path.
+fn idx_pair(t: &Path, stem: &str, n: u8) -> PathBuf {
+    let images = t.join(format!("{stem}-images-idx3-ubyte"));
+    let pixels: Vec<u8> = (0..n)
+        .flat_map(|i| class_pixels(usize::from(i % 2), i.into()))
+        .collect();
+    write_idx_images(&images, n.into(), SIDE, SIDE, &pixels);
+    let labels: Vec<u8> = (0..n).map(|i| i % 2).collect();
+    write_idx_labels(&t.join(format!("{stem}-labels-idx1-ubyte")), &labels);
+    images
+}
+
+#[test]
+fn truncated_idx_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let images = idx_pair(t, "cut", 20);
+    let bytes = std::fs::read(&images).unwrap();
+    std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&images));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]);
+    run.assert_error(&[arg(&images), "truncated idx file", "1280", "1180"]);
+    assert_eq!(snapshot(t), before, "a failed run changed files");
+}
+
+#[test]
+fn idx_file_with_wrong_magic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let images = idx_pair(t, "odd", 20);
+    let mut bytes = std::fs::read(&images).unwrap();
+    bytes[2] = 0x0d; // f32 data: not the u8 images the reader takes
+    std::fs::write(&images, bytes).unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&images));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--out",
+            arg(&out),
+            "--force",
+        ],
+    );
+    run.assert_error(&[arg(&images), "not an idx", "magic 0x00000d03"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn corrupt_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 6);
+    let bad = data.join("b/3.png");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let before = snapshot(t);
+
+    let run = imprint(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--out",
+            arg(&t.join("pre")),
+        ],
+    );
+    run.assert_error(&[arg(&bad), "cannot decode image"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn csv_list_naming_a_missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    write_grey_png(&t.join("imgs/0.png"), SIDE, SIDE, class_pixels(0, 0));
+    write_grey_png(&t.join("imgs/1.png"), SIDE, SIDE, class_pixels(1, 1));
+    let list = t.join("list.csv");
+    std::fs::write(
+        &list,
+        "path,label\nimgs/0.png,a\nimgs/missing.png,b\nimgs/1.png,b\n",
+    )
+    .unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&list));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]);
+    run.assert_error(&[arg(&list), "line 3", "not found", "missing.png"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn test_label_outside_the_labeled_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (train, test) = (t.join("train"), t.join("test"));
+    write_png_classes(&train, &["a", "b"], 0, 6);
+    write_png_classes(&test, &["a", "c"], 10, 3);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&train));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    // the test set given on the command line
+    let run = imprint(
+        t,
+        &[
+            "run",
+            arg(&pipeline),
+            "--test",
+            arg(&test),
+            "--out",
+            arg(&out),
+            "--force",
+        ],
+    );
+    run.assert_error(&[arg(&test.join("c")), "label out of range", "\"c\"", "a b"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn encoder_checkpoint_of_another_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 8);
+    let small = write_pipeline(
+        &t.join("small.toml"),
+        &Tiny {
+            hidden: &[16],
+            epochs: 1,
+            ..Tiny::on(&data)
+        },
+    );
+    let wide = write_pipeline(
+        &t.join("wide.toml"),
+        &Tiny {
+            hidden: &[24],
+            ..Tiny::on(&data)
+        },
+    );
+    let pre = t.join("pre");
+    imprint(
+        t,
+        &["pretrain", "--pipeline", arg(&small), "--out", arg(&pre)],
+    )
+    .assert_success();
+    let before = snapshot(&pre);
+    let encoder = pre.join("encoder.safetensors");
+
+    let ft = t.join("ft");
+    let run = imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&wide),
+            "--encoder",
+            arg(&encoder),
+            "--strategy",
+            "full",
+            "--labels-per-class",
+            "2",
+            "--out",
+            arg(&ft),
+        ],
+    );
+    run.assert_error_after_progress(&[
+        arg(&encoder),
+        "architecture mismatch",
+        "64-16-8",
+        "64-24-8",
+    ]);
+    assert_eq!(snapshot(&pre), before, "the checkpoint changed");
+    assert!(!ft.join("model.safetensors").exists());
+}
+
+#[test]
+fn output_folder_exists_and_is_not_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 6);
+    let pipeline = write_pipeline(
+        &t.join("p.toml"),
+        &Tiny {
+            epochs: 1,
+            steps: 5,
+            ..Tiny::on(&data)
+        },
+    );
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&out)]);
+    run.assert_error(&[arg(&out), "not empty", "--force"]);
+    assert_eq!(snapshot(t), before, "the earlier results were touched");
+
+    // the refusal is about the folder alone: with --force the same run goes through
+    imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]).assert_success();
+    assert!(out.join("summary.csv").is_file());
+}
+
+/// The line (1-based) of the first line of `text` that starts with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    1 + text
+        .lines()
+        .position(|l| l.starts_with(prefix))
+        .expect("line present")
+}
+
+#[test]
+fn pipeline_with_an_unknown_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("epochs = 3\n", "epochs = 3\nepoch_count = 2\n");
+    std::fs::write(&pipeline, &text).unwrap();
+    let line = format!("line {}", line_of(&text, "epoch_count"));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]);
+    run.assert_error(&[arg(&pipeline), "unknown field", "epoch_count", &line]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn pipeline_with_a_value_of_the_wrong_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("steps = 40", "steps = \"forty\"");
+    std::fs::write(&pipeline, &text).unwrap();
+    let line = format!("line {}", line_of(&text, "steps"));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]);
+    run.assert_error(&[arg(&pipeline), &line, "\"forty\"", "expected"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
+fn pipeline_type_error_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("steps = 40", "steps = \"forty\"");
+    std::fs::write(&pipeline, &text).unwrap();
+    let line = format!("line {}", line_of(&text, "steps"));
+
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&t.join("out"))]);
+    run.assert_error(&[arg(&pipeline), &line, "steps"]);
+}
+
+#[test]
+fn missing_pipeline_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let pipeline = t.join("nowhere.toml");
+    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&t.join("out"))]);
+    run.assert_error(&[arg(&pipeline), "os error 2"]);
+    assert!(!t.join("out").join("results.csv").exists());
+}

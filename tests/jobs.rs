@@ -1,0 +1,290 @@
+//! The separate jobs chained by hand: pre-train, fine-tune with that encoder, predict.
+
+use imprint_e2e::{
+    arg, assert_nonempty, assert_png, class_pixels, imprint, read_json, write_grey_png,
+    write_pipeline, write_png_classes, Table, Tiny, SIDE,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Checks the pre-training outputs in `dir`.
+fn check_pretrain(dir: &Path, epochs: usize) {
+    for f in ["encoder.safetensors", "decoder.safetensors"] {
+        assert_nonempty(&dir.join(f));
+    }
+    let side = read_json(&dir.join("encoder.json"));
+    assert_eq!(side["format"], "imprint-encoder/1", "{side}");
+    assert_eq!(side["input"]["height"], SIDE, "{side}");
+    assert_eq!(side["input"]["width"], SIDE, "{side}");
+    assert_eq!(side["epochs"], epochs, "{side}");
+    let loss = Table::read(&dir.join("loss.csv"));
+    assert_eq!(loss.rows.len(), epochs, "one loss row per epoch");
+    assert!(loss
+        .numbers("train_loss")
+        .iter()
+        .all(|l| l.is_finite() && *l >= 0.0));
+    assert_png(&dir.join("reconstructions.png"));
+}
+
+/// Checks the fine-tuning outputs in `dir` and returns (classes, test accuracy).
+fn check_finetune(dir: &Path, k: usize, test_images: usize) -> (Vec<String>, f64) {
+    assert_nonempty(&dir.join("model.safetensors"));
+    let side = read_json(&dir.join("model.json"));
+    assert_eq!(side["format"], "imprint-classifier/1", "{side}");
+    let classes: Vec<String> = side["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+
+    let labeled = Table::read(&dir.join("labeled.csv"));
+    let labels = labeled.column("label");
+    assert_eq!(labels.len(), k * classes.len(), "{labels:?}");
+    for c in &classes {
+        assert_eq!(labels.iter().filter(|l| *l == c).count(), k, "class {c}");
+    }
+
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert_eq!(metrics["test_images"], test_images, "{metrics}");
+    assert_eq!(metrics["labels_per_class"], k, "{metrics}");
+    let accuracy = metrics["test_accuracy"].as_f64().expect("test_accuracy");
+    assert!((0.0..=1.0).contains(&accuracy), "{metrics}");
+
+    // confusion.csv: classes x classes counts over the test set, its diagonal the accuracy
+    let confusion = Table::read(&dir.join("confusion.csv"));
+    assert_eq!(&confusion.header[1..], &classes[..]);
+    assert_eq!(confusion.rows.len(), classes.len());
+    let (mut total, mut right) = (0u64, 0u64);
+    for (i, row) in confusion.rows.iter().enumerate() {
+        assert_eq!(row[0], classes[i]);
+        for (j, v) in row[1..].iter().enumerate() {
+            let v: u64 = v.parse().unwrap();
+            total += v;
+            if i == j {
+                right += v;
+            }
+        }
+    }
+    assert_eq!(total as usize, test_images);
+    assert!((right as f64 / total as f64 - accuracy).abs() < 1e-9);
+    (classes, accuracy)
+}
+
+/// Checks a predictions CSV against the true class of every image; returns the accuracy.
+fn check_predictions(csv: &Path, truth: &BTreeMap<String, String>, classes: &[String]) -> f64 {
+    let pred = Table::read(csv);
+    assert_eq!(pred.header, ["path", "predicted", "confidence"]);
+    assert_eq!(pred.rows.len(), truth.len(), "one row per image");
+    let mut right = 0;
+    let mut seen = Vec::new();
+    for row in &pred.rows {
+        let (path, class) = (&row[0], &row[1]);
+        let want = truth
+            .get(path)
+            .unwrap_or_else(|| panic!("unknown path {path} in predictions"));
+        assert!(classes.contains(class), "{class} is not a class");
+        let confidence: f64 = row[2].parse().unwrap();
+        assert!(
+            confidence >= 1.0 / classes.len() as f64 - 1e-6 && confidence <= 1.0,
+            "{row:?}"
+        );
+        right += usize::from(class == want);
+        seen.push(path.clone());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), truth.len(), "every image exactly once");
+    right as f64 / truth.len() as f64
+}
+
+#[test]
+fn pretrain_finetune_predict_on_class_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let classes = ["ant", "bee", "cat"];
+    let train = t.join("train");
+    let test = t.join("test");
+    write_png_classes(&train, &classes, 0, 10);
+    let test_items = write_png_classes(&test, &classes, 100, 5);
+    let pipeline = write_pipeline(
+        &t.join("tiny.toml"),
+        &Tiny {
+            test: Some(&test),
+            epochs: 5,
+            steps: 60,
+            ..Tiny::on(&train)
+        },
+    );
+
+    let pre = t.join("pre");
+    imprint(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--seed",
+            "0",
+            "--out",
+            arg(&pre),
+        ],
+    )
+    .assert_success();
+    check_pretrain(&pre, 5);
+
+    let ft = t.join("ft");
+    let encoder = pre.join("encoder.safetensors");
+    let run = imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&pipeline),
+            "--encoder",
+            arg(&encoder),
+            "--strategy",
+            "full",
+            "--labels-per-class",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            arg(&ft),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("test accuracy"), "{}", run.stdout);
+    let (model_classes, accuracy) = check_finetune(&ft, 3, test_items.len());
+    assert_eq!(model_classes, classes);
+
+    let pred = t.join("predictions.csv");
+    imprint(
+        t,
+        &[
+            "predict",
+            "--model",
+            arg(&ft.join("model.safetensors")),
+            "--input",
+            arg(&test),
+            "--out",
+            arg(&pred),
+        ],
+    )
+    .assert_success();
+    let truth: BTreeMap<String, String> = test_items
+        .iter()
+        .map(|(rel, class)| (arg(&test.join(rel)).to_string(), class.clone()))
+        .collect();
+    let predicted = check_predictions(&pred, &truth, &model_classes);
+    // predict and the evaluation inside finetune see the same model and images
+    assert!(
+        (predicted - accuracy).abs() < 1e-9,
+        "predictions give {predicted}, finetune reported {accuracy}"
+    );
+    // the classes are a bright bar at different rows: far easier than chance
+    assert!(accuracy > 0.6, "accuracy {accuracy}");
+}
+
+/// Writes `n` images per class into `dir/imgs` and a `path,label` list naming them.
+fn write_list(
+    dir: &Path,
+    list: &str,
+    labels: &[&str],
+    first: usize,
+    n: usize,
+) -> Vec<(String, String)> {
+    let mut text = String::from("path,label\n");
+    let mut items = Vec::new();
+    for (c, label) in labels.iter().enumerate() {
+        for i in first..first + n {
+            let rel = format!("imgs/c{label}-{i}.png");
+            write_grey_png(&dir.join(&rel), SIDE, SIDE, class_pixels(c, i));
+            text.push_str(&format!("{rel},{label}\n"));
+            items.push((rel, label.to_string()));
+        }
+    }
+    std::fs::write(dir.join(list), text).unwrap();
+    items
+}
+
+#[test]
+fn pretrain_finetune_predict_on_csv_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // numeric labels are ordered as numbers: 10 after 7
+    let labels = ["10", "3", "7"];
+    write_list(t, "train.csv", &labels, 0, 8);
+    let test_items = write_list(t, "test.csv", &labels, 50, 4);
+    let (train, test) = (t.join("train.csv"), t.join("test.csv"));
+    let pipeline = write_pipeline(
+        &t.join("tiny.toml"),
+        &Tiny {
+            test: Some(&test),
+            epochs: 4,
+            ..Tiny::on(&train)
+        },
+    );
+
+    let pre = t.join("pre");
+    imprint(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--out",
+            arg(&pre),
+            "--threads",
+            "1",
+        ],
+    )
+    .assert_success();
+    check_pretrain(&pre, 4);
+
+    let ft = t.join("ft");
+    imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&pipeline),
+            "--encoder",
+            arg(&pre.join("encoder.safetensors")),
+            "--strategy",
+            "probe-then-full",
+            "--labels-per-class",
+            "2",
+            "--out",
+            arg(&ft),
+        ],
+    )
+    .assert_success();
+    let (classes, accuracy) = check_finetune(&ft, 2, test_items.len());
+    assert_eq!(classes, ["3", "7", "10"]);
+
+    let pred = t.join("out/predictions.csv");
+    std::fs::create_dir_all(pred.parent().unwrap()).unwrap();
+    imprint(
+        t,
+        &[
+            "predict",
+            "--model",
+            arg(&ft.join("model.safetensors")),
+            "--input",
+            arg(&test),
+            "--out",
+            arg(&pred),
+        ],
+    )
+    .assert_success();
+    let truth: BTreeMap<String, String> = test_items
+        .iter()
+        .map(|(rel, class)| (arg(&t.join(rel)).to_string(), class.clone()))
+        .collect();
+    let predicted = check_predictions(&pred, &truth, &classes);
+    assert!(
+        (predicted - accuracy).abs() < 1e-9,
+        "{predicted} vs {accuracy}"
+    );
+}

@@ -1,0 +1,256 @@
+//! The main job on the shipped digits, and determinism of a whole pipeline run.
+
+use imprint_e2e::{arg, assert_nonempty, assert_png, imprint, read_json, workspace_root, Table};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The comparison grid of a pipeline file, read independently of the program under test.
+fn grid(pipeline: &Path) -> (Vec<String>, Vec<u64>, Vec<u64>, u64) {
+    let text = std::fs::read_to_string(pipeline).expect("read pipeline file");
+    let doc: toml::Table = text.parse().expect("pipeline file is TOML");
+    let compare = doc["compare"].as_table().expect("[compare]");
+    let list = |key: &str| -> Vec<u64> {
+        compare[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(|v| v.as_integer().expect("integer") as u64)
+            .collect()
+    };
+    let strategies = compare["strategies"]
+        .as_array()
+        .expect("strategies")
+        .iter()
+        .map(|v| v.as_str().expect("strategy name").to_string())
+        .collect();
+    let epochs = doc["pretrain"]["epochs"].as_integer().expect("epochs") as u64;
+    (strategies, list("labels_per_class"), list("seeds"), epochs)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// `imprint run pipelines/digits.toml` exactly as shipped: every artifact is written and
+/// consistent, and pre-training pays off on average over the fixed seeds.
+#[test]
+fn digits_pipeline_writes_every_artifact_and_pretraining_beats_scratch() {
+    let root = workspace_root();
+    let pipeline = root.join("pipelines/digits.toml");
+    let (strategies, budgets, seeds, epochs) = grid(&pipeline);
+    assert!(strategies.iter().any(|s| s == "scratch"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+
+    let run = imprint(
+        &root,
+        &[
+            "run",
+            "pipelines/digits.toml",
+            "--out",
+            arg(&out),
+            "--threads",
+            "2",
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("probe-then-full"), "{}", run.stdout);
+
+    // results.csv: one row per strategy x budget x seed, accuracies in [0, 1]
+    let results = Table::read(&out.join("results.csv"));
+    for col in ["strategy", "labels_per_class", "seed", "test_accuracy"] {
+        results.col(col);
+    }
+    let mut expected = BTreeSet::new();
+    for s in &strategies {
+        for &k in &budgets {
+            for &seed in &seeds {
+                expected.insert((s.clone(), k, seed));
+            }
+        }
+    }
+    let found: Vec<(String, u64, u64)> = results
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r[results.col("strategy")].clone(),
+                r[results.col("labels_per_class")].parse().unwrap(),
+                r[results.col("seed")].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(found.len(), expected.len(), "one row per run: {found:?}");
+    assert_eq!(found.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    let acc = results.numbers("test_accuracy");
+    assert!(acc.iter().all(|a| (0.0..=1.0).contains(a)), "{acc:?}");
+
+    // summary.csv agrees with results.csv
+    let summary = Table::read(&out.join("summary.csv"));
+    assert_eq!(summary.rows.len(), strategies.len() * budgets.len());
+    let mut by_cell: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for (row, a) in results.rows.iter().zip(&acc) {
+        by_cell
+            .entry((
+                row[results.col("strategy")].clone(),
+                row[results.col("labels_per_class")].clone(),
+            ))
+            .or_default()
+            .push(*a);
+    }
+    for row in &summary.rows {
+        let key = (
+            row[summary.col("strategy")].clone(),
+            row[summary.col("labels_per_class")].clone(),
+        );
+        let want = mean(&by_cell[&key]);
+        let got: f64 = row[summary.col("mean_accuracy")].parse().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{key:?}: summary {got}, results {want}"
+        );
+    }
+
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for s in &strategies {
+        assert!(
+            report.contains(s.as_str()),
+            "report.md lacks {s}:\n{report}"
+        );
+    }
+    assert_png(&out.join("accuracy.png"));
+
+    // one pre-training per seed
+    for seed in &seeds {
+        let dir = out.join(format!("pretrain/seed-{seed}"));
+        for f in ["encoder.safetensors", "decoder.safetensors"] {
+            assert_nonempty(&dir.join(f));
+        }
+        let side = read_json(&dir.join("encoder.json"));
+        assert_eq!(side["format"], "imprint-encoder/1", "{side}");
+        assert_eq!(side["seed"], *seed, "{side}");
+        assert_eq!(
+            (
+                side["input"]["channels"].as_u64(),
+                side["input"]["height"].as_u64()
+            ),
+            (Some(1), Some(8)),
+            "{side}"
+        );
+        let loss = Table::read(&dir.join("loss.csv"));
+        assert_eq!(loss.rows.len() as u64, epochs, "one loss row per epoch");
+        let train = loss.numbers("train_loss");
+        assert!(train.iter().all(|l| l.is_finite()), "{train:?}");
+        assert!(
+            train.last().unwrap() < &(0.8 * train[0]),
+            "pre-training loss did not fall: {train:?}"
+        );
+        assert_png(&dir.join("reconstructions.png"));
+    }
+
+    // the labeled items of each (budget, seed): k per class, 10 classes
+    for &k in &budgets {
+        for &seed in &seeds {
+            let labeled = Table::read(&out.join(format!("labeled/k{k}-seed{seed}.csv")));
+            let labels = labeled.column("label");
+            assert_eq!(labels.len() as u64, 10 * k, "k{k}-seed{seed}");
+            for class in 0..10 {
+                let n = labels.iter().filter(|l| **l == class.to_string()).count();
+                assert_eq!(n as u64, k, "class {class} in k{k}-seed{seed}");
+            }
+        }
+    }
+
+    // pre-training helps: the best pre-trained strategy's mean beats scratch's
+    let strategy = results.column("strategy");
+    let mean_of = |name: &str| {
+        let v: Vec<f64> = strategy
+            .iter()
+            .zip(&acc)
+            .filter(|(s, _)| **s == name)
+            .map(|(_, a)| *a)
+            .collect();
+        mean(&v)
+    };
+    let scratch = mean_of("scratch");
+    let (best, best_mean) = strategies
+        .iter()
+        .filter(|s| *s != "scratch")
+        .map(|s| (s.clone(), mean_of(s)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("a pre-trained strategy");
+    assert!(
+        best_mean > scratch,
+        "best pre-trained strategy {best} averages {best_mean:.4}, scratch {scratch:.4}"
+    );
+}
+
+/// The comparison columns of results.csv, without the timings.
+fn outcome_columns(t: &Table) -> Vec<Vec<String>> {
+    let cols = [
+        "strategy",
+        "labels_per_class",
+        "seed",
+        "test_accuracy",
+        "macro_f1",
+    ];
+    t.rows
+        .iter()
+        .map(|r| cols.iter().map(|c| r[t.col(c)].clone()).collect())
+        .collect()
+}
+
+/// Two runs of the same small pipeline with the same seeds and thread count agree exactly.
+#[test]
+fn same_pipeline_twice_gives_identical_results() {
+    let root = workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_once = |name: &str| {
+        let out = tmp.path().join(name);
+        imprint(
+            &root,
+            &[
+                "run",
+                "pipelines/digits.toml",
+                "--out",
+                arg(&out),
+                "--threads",
+                "2",
+                "--epochs",
+                "4",
+                "--steps",
+                "40",
+                "--seeds",
+                "3,4",
+                "--labels-per-class",
+                "2",
+                "--strategies",
+                "scratch,probe,probe-then-full",
+            ],
+        )
+        .assert_success();
+        out
+    };
+    let a = run_once("a");
+    let b = run_once("b");
+    let (ta, tb) = (
+        Table::read(&a.join("results.csv")),
+        Table::read(&b.join("results.csv")),
+    );
+    assert_eq!(ta.rows.len(), 3 * 2, "{:?}", ta.rows);
+    assert_eq!(ta.column("test_accuracy"), tb.column("test_accuracy"));
+    assert_eq!(outcome_columns(&ta), outcome_columns(&tb));
+    for seed in [3, 4] {
+        let enc = format!("pretrain/seed-{seed}/encoder.safetensors");
+        assert!(
+            std::fs::read(a.join(&enc)).unwrap() == std::fs::read(b.join(&enc)).unwrap(),
+            "{enc} differs between the two runs"
+        );
+        let sel = format!("labeled/k2-seed{seed}.csv");
+        assert_eq!(
+            std::fs::read(a.join(&sel)).unwrap(),
+            std::fs::read(b.join(&sel)).unwrap(),
+            "{sel} differs"
+        );
+    }
+}
