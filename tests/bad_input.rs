@@ -2,8 +2,8 @@
 //! the problem, without a panic and without touching what was there before.
 
 use imprint_e2e::{
-    arg, class_pixels, imprint, snapshot, write_grey_png, write_idx_images, write_idx_labels,
-    write_pipeline, write_png_classes, Tiny, SIDE,
+    arg, class_pixels, digits_dir, imprint, snapshot, write_grey_png, write_idx_images,
+    write_idx_labels, write_pipeline, write_png_classes, Tiny, SIDE,
 };
 use std::path::{Path, PathBuf};
 
@@ -305,4 +305,38 @@ fn missing_pipeline_file() {
     let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&t.join("out"))]);
     run.assert_error(&[arg(&pipeline), "os error 2"]);
     assert!(!t.join("out").join("results.csv").exists());
+}
+
+#[test]
+fn diverging_pretraining_stops_naming_epoch_and_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let digits = digits_dir().join("digits-images-idx3-ubyte.gz");
+    let pipeline = write_pipeline(
+        &t.join("p.toml"),
+        &Tiny {
+            hidden: &[64, 32],
+            ..Tiny::on(&digits)
+        },
+    );
+    // `batch_size = 16` is in [pretrain] only; BCE on exploding logits overflows within steps
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "batch_size = 16\n",
+        "batch_size = 16\nlr = 1e6\nloss = \"bce\"\n",
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let out = t.join("pre");
+
+    let run = imprint(
+        t,
+        &["pretrain", "--pipeline", arg(&pipeline), "--out", arg(&out)],
+    );
+    run.assert_error_after_progress(&[
+        "pre-training seed 0",
+        "loss became",
+        "at epoch 1, step ",
+        "lower the learning rate",
+        "pretrain.lr is 1000000",
+    ]);
+    assert!(!out.join("encoder.safetensors").exists());
 }

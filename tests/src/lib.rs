@@ -195,6 +195,8 @@ impl Outcome {
                 "error line does not mention {needle:?}\n{dump}"
             );
         }
+        // Shown with `--nocapture`; docs/bad-input.md quotes these lines.
+        println!("{}\n  -> {last}", self.cmdline);
         last.to_string()
     }
 }

@@ -7,7 +7,7 @@ mod progress;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imprint_finetune::Strategy;
-use imprint_pipeline::{prepare_output_dir, Overrides, Pipeline, Prepared};
+use imprint_pipeline::{prepare_output_dir, Overrides, Pipeline, Prepared, RunLog, Sidecar};
 use progress::Bars;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +35,9 @@ enum Command {
         common: Common,
         #[command(flatten)]
         grid: Grid,
+        /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
     },
     /// Same as `run`, with the pipeline as a flag (default: pipelines/digits.toml).
     Compare {
@@ -44,6 +47,9 @@ enum Command {
         common: Common,
         #[command(flatten)]
         grid: Grid,
+        /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
     },
     /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
     Pretrain {
@@ -79,6 +85,22 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
         #[arg(long, default_value = "predictions.csv")]
+        out: PathBuf,
+    },
+    /// Print a checkpoint's architecture, tensor names and shapes, and its sidecar's provenance.
+    Inspect {
+        /// `encoder.safetensors` or `model.safetensors` (its `.json` sidecar beside it).
+        checkpoint: PathBuf,
+    },
+    /// Write a pre-trained encoder's features of images to a CSV `path,label,f0,f1,...`.
+    Embed {
+        /// `encoder.safetensors` (its `encoder.json` beside it).
+        #[arg(long)]
+        encoder: PathBuf,
+        /// Images: an idx file, a folder, or a CSV list; brought to the encoder's input shape.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value = "features.csv")]
         out: PathBuf,
     },
     /// Data sources: fetch MNIST, or describe a source.
@@ -142,7 +164,14 @@ struct Grid {
 
 impl Common {
     /// The pipeline file with this command line's overrides applied, and the output folder.
-    fn resolve(&self, path: &Path, job: &str, grid: &Grid) -> Result<(Pipeline, PathBuf)> {
+    /// With `resume`, an existing output folder is accepted (the job checks its content).
+    fn resolve(
+        &self,
+        path: &Path,
+        job: &str,
+        grid: &Grid,
+        resume: bool,
+    ) -> Result<(Pipeline, PathBuf)> {
         let mut p = Pipeline::from_file(path)?;
         Overrides {
             unlabeled: self.unlabeled.clone(),
@@ -160,7 +189,7 @@ impl Common {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{job}", p.name)));
-        prepare_output_dir(&out, self.force)?;
+        prepare_output_dir(&out, self.force || resume)?;
         Ok((p, out))
     }
 }
@@ -174,10 +203,22 @@ fn run(cli: Cli) -> Result<()> {
     }
     let bars = Bars::new();
     match cli.command {
-        Command::Run { pipeline, common, grid } | Command::Compare { pipeline, common, grid } => {
-            let (p, out) = common.resolve(&pipeline, "", &grid)?;
-            let data = Prepared::load(&p, &bars)?;
-            let outcome = imprint_pipeline::compare(&p, &data, &out, &bars)?;
+        Command::Run {
+            pipeline,
+            common,
+            grid,
+            resume,
+        }
+        | Command::Compare {
+            pipeline,
+            common,
+            grid,
+            resume,
+        } => {
+            let (p, out) = common.resolve(&pipeline, "", &grid, resume)?;
+            let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
+            let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            let outcome = imprint_pipeline::compare(&p, &data, &out, &bars, &mut log, resume)?;
             bars.finish();
             println!("\n{}", outcome.table);
             println!(
@@ -190,9 +231,11 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             common,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default())?;
-            let data = Prepared::load(&p, &bars)?;
-            let (_, history) = imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars)?;
+            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default(), false)?;
+            let mut log = RunLog::start("pretrain", &p, vec![seed]);
+            let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            let (_, history) =
+                imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars, &mut log)?;
             bars.finish();
             if let Some(last) = history.last() {
                 println!(
@@ -212,8 +255,9 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             common,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-finetune", &Grid::default())?;
-            let data = Prepared::load(&p, &bars)?;
+            let (p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), false)?;
+            let mut log = RunLog::start("finetune", &p, vec![seed]);
+            let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let o = imprint_pipeline::finetune_job(
                 &p,
                 &data,
@@ -222,6 +266,7 @@ fn run(cli: Cli) -> Result<()> {
                 labels_per_class,
                 seed,
                 &out,
+                &mut log,
             )?;
             println!(
                 "{} with {} labels per class: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
@@ -235,6 +280,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict { model, input, out } => {
             let n = imprint_pipeline::predict(&model, &input, &out)?;
             println!("{n} predictions in {}", out.display());
+        }
+        Command::Inspect { checkpoint } => print_inspection(&checkpoint)?,
+        Command::Embed {
+            encoder,
+            input,
+            out,
+        } => {
+            let n = imprint_pipeline::embed(&encoder, &input, &out)?;
+            println!("features of {n} images in {}", out.display());
         }
         Command::Data { command } => match command {
             DataCommand::Fetch { name, dest } => {
@@ -254,6 +308,73 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&args)?,
     }
     Ok(())
+}
+
+/// The `inspect` report: what the sidecar says, the tensors, and whether they fit.
+fn print_inspection(checkpoint: &Path) -> Result<()> {
+    let found = imprint_pipeline::inspect(checkpoint)?;
+    println!("{}", checkpoint.display());
+    let (architecture, input, preprocess, data) = match &found.sidecar {
+        Some(Sidecar::Encoder(s)) => {
+            println!("kind: pre-trained encoder ({})", s.format);
+            println!(
+                "provenance: program version {}, git revision {}, seed {}, {} epochs{}",
+                s.program_version,
+                s.git_revision.as_deref().unwrap_or("unknown"),
+                s.seed,
+                s.epochs,
+                s.seconds.map(|t| format!(", {t:.1} s")).unwrap_or_default()
+            );
+            (&s.architecture, s.input, &s.preprocess, &s.data)
+        }
+        Some(Sidecar::Model(s)) => {
+            println!("kind: classifier ({})", s.format);
+            println!("classes ({}): {}", s.classes.len(), s.classes.join(" "));
+            println!(
+                "provenance: program version {}, git revision {}, strategy {}, seed {}",
+                s.program_version,
+                s.git_revision.as_deref().unwrap_or("unknown"),
+                s.strategy,
+                s.seed
+            );
+            (&s.architecture, s.input, &s.preprocess, &s.data)
+        }
+        None => {
+            println!(
+                "kind: unknown (no sidecar at {})",
+                found.sidecar_path.display()
+            );
+            print_tensors(&found.tensors);
+            return Ok(());
+        }
+    };
+    println!(
+        "architecture: {} (input {input} = channels x height x width{})",
+        architecture.describe(input.len()),
+        if preprocess.invert { ", inverted" } else { "" }
+    );
+    print_tensors(&found.tensors);
+    println!("data ({} files):", data.len());
+    for f in data {
+        println!("  {}  {} bytes  sha256 {}", f.path, f.bytes, f.sha256);
+    }
+    match &found.fits {
+        Ok(()) => println!("check: the tensors fit the architecture"),
+        Err(e) => println!("check: MISMATCH: {e}"),
+    }
+    Ok(())
+}
+
+fn print_tensors(tensors: &[(String, Vec<usize>)]) {
+    let params: usize = tensors
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    println!("tensors ({}, {params} parameters, f32):", tensors.len());
+    let width = tensors.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, shape) in tensors {
+        println!("  {name:width$}  {shape:?}");
+    }
 }
 
 fn main() -> ExitCode {

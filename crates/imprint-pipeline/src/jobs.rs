@@ -1,12 +1,15 @@
 //! Pre-train, fine-tune, compare and predict, with their artifacts.
 
-use crate::sidecar::{read_json, sidecar_path, write_json, ENCODER_FORMAT, MODEL_FORMAT};
+use crate::provenance::{read_run_info, DataFiles, RunLog, VERSION};
+use crate::sidecar::{
+    read_json, read_sidecar, sidecar_path, write_json, Sidecar, ENCODER_FORMAT, MODEL_FORMAT,
+};
 use crate::{EncoderSidecar, ModelSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
-use dfdx::prelude::Cpu;
+use dfdx::prelude::{Cpu, TensorFromVec};
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
 use imprint_data::{Dataset, ImageShape, Preprocess};
 use imprint_finetune::{evaluate, finetune, Classifier, Metrics, Strategy};
-use imprint_nn::{load_tensors, save_tensors, Encoder};
+use imprint_nn::{load_tensors, save_tensors, Encoder, Matrix};
 use imprint_pretrain::{pretrain, reconstruct, EpochStats};
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use rand::SeedableRng;
@@ -15,23 +18,43 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// What the error of a sidecar read calls the file.
+const SIDECAR: &str = "checkpoint's sidecar";
 
 fn dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path)
         .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))
 }
 
-/// Trains the autoencoder of `p` on the unlabeled images and writes into `out`:
-/// `encoder.safetensors` + `encoder.json`, `decoder.safetensors`, `loss.csv`, `loss.png` and
-/// `reconstructions.png` (held-out originals over their reconstructions).
+/// The `pretrain` command: trains the autoencoder of `p` on the unlabeled images and writes into
+/// `out`: `encoder.safetensors` + `encoder.json`, `decoder.safetensors`, `loss.csv`, `loss.png`,
+/// `reconstructions.png` (held-out originals over their reconstructions) and `run.json`.
 pub fn pretrain_job(
     p: &Pipeline,
     data: &Prepared,
     seed: u64,
     out: &Path,
     obs: &dyn Observer,
+    log: &mut RunLog,
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
+    let (encoder, history, seconds) = pretrain_artifacts(p, data, seed, out, obs, log)?;
+    log.stage(format!("pretrain seed {seed}"), seconds, false);
+    log.write(out, data, true)?;
+    Ok((encoder, history))
+}
+
+/// Pre-trains and writes the artifacts of [`pretrain_job`] but `run.json`; returns the encoder,
+/// the loss history and the wall time. `encoder.json` is written last, so its presence marks a
+/// complete folder for `--resume`.
+fn pretrain_artifacts(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    out: &Path,
+    obs: &dyn Observer,
+    log: &RunLog,
+) -> Result<(Encoder<Cpu>, Vec<EpochStats>, f64)> {
+    let start = Instant::now();
     dir(out)?;
     let dev = Cpu::default();
     let shape = data.unlabeled.shape;
@@ -54,19 +77,6 @@ pub fn pretrain_job(
         &out.join("decoder.safetensors"),
         &trained.decoder.named_tensors("decoder"),
         &BTreeMap::new(),
-    )?;
-    write_json(
-        &out.join("encoder.json"),
-        &EncoderSidecar {
-            format: ENCODER_FORMAT.into(),
-            architecture: p.pretrain.architecture.clone(),
-            input: shape,
-            preprocess: p.data.preprocess.clone(),
-            seed,
-            epochs,
-            program_version: VERSION.into(),
-            data: data.unlabeled.files.clone(),
-        },
     )?;
     let rows: Vec<Vec<f64>> = trained
         .history
@@ -139,14 +149,29 @@ pub fn pretrain_job(
             recon.chunks(shape.len()).collect(),
         ],
     )?;
-    Ok((trained.encoder, trained.history))
+    let seconds = start.elapsed().as_secs_f64();
+    write_json(
+        &out.join("encoder.json"),
+        &EncoderSidecar {
+            format: ENCODER_FORMAT.into(),
+            architecture: p.pretrain.architecture.clone(),
+            input: shape,
+            preprocess: p.data.preprocess.clone(),
+            seed,
+            epochs,
+            program_version: VERSION.into(),
+            data: data.unlabeled.files.clone(),
+            git_revision: log.info().git_revision.clone(),
+            seconds: Some(seconds),
+        },
+    )?;
+    Ok((trained.encoder, trained.history, seconds))
 }
 
 /// Loads a pre-trained encoder, refusing one whose architecture or input shape differs from
 /// what `p` and the data need.
 pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
-    let side_path = sidecar_path(weights);
-    let side: EncoderSidecar = read_json(&side_path, ENCODER_FORMAT)?;
+    let side: EncoderSidecar = read_json(&sidecar_path(weights), ENCODER_FORMAT, SIDECAR)?;
     let input = |message: String| PipelineError::Input {
         path: weights.display().to_string(),
         message,
@@ -164,12 +189,16 @@ pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<E
             side.input, shape, side.input
         )));
     }
+    encoder_of(weights, &side)
+}
+
+/// The encoder a sidecar describes, with the weights of `weights`.
+fn encoder_of(weights: &Path, side: &EncoderSidecar) -> Result<Encoder<Cpu>> {
     let (tensors, _) = load_tensors(weights)?;
-    let dev = Cpu::default();
     let mut encoder = Encoder::new(
-        &dev,
+        &Cpu::default(),
         &side.architecture,
-        shape.len(),
+        side.input.len(),
         &mut ChaCha8Rng::seed_from_u64(0),
     );
     encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
@@ -283,7 +312,9 @@ fn run_one(
 }
 
 /// The `finetune` command: one strategy, one budget, one seed; saves the model
-/// (`model.safetensors` + `model.json`), the labeled items, metrics and confusion matrix.
+/// (`model.safetensors` + `model.json`), the labeled items, metrics, confusion matrix and
+/// `run.json`.
+#[allow(clippy::too_many_arguments)]
 pub fn finetune_job(
     p: &Pipeline,
     data: &Prepared,
@@ -292,10 +323,11 @@ pub fn finetune_job(
     k: usize,
     seed: u64,
     out: &Path,
+    log: &mut RunLog,
 ) -> Result<FinetuneOutcome> {
     // Check the encoder before writing anything.
     let pretrained = match (strategy.uses_pretrained(), encoder_weights) {
-        (true, Some(w)) => Some(load_encoder(w, p, data.shape())?),
+        (true, Some(w)) => Some(log.time("load encoder", || load_encoder(w, p, data.shape()))?),
         (true, None) => {
             return Err(PipelineError::Input {
                 path: "command line".into(),
@@ -310,6 +342,11 @@ pub fn finetune_job(
     dir(out)?;
     let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
     let outcome = run_one(p, data, &train, pretrained.as_ref(), strategy, k, seed, out)?;
+    log.stage(
+        run_name(strategy, k, seed),
+        outcome.record.finetune_seconds,
+        false,
+    );
     save_tensors(
         &out.join("model.safetensors"),
         &outcome.model.named_tensors(),
@@ -327,9 +364,16 @@ pub fn finetune_job(
             seed,
             program_version: VERSION.into(),
             data: data.labeled.files.clone(),
+            git_revision: log.info().git_revision.clone(),
         },
     )?;
+    log.write(out, data, true)?;
     Ok(outcome)
+}
+
+/// A fine-tuning run's name in folders and `run.json`.
+fn run_name(strategy: Strategy, k: usize, seed: u64) -> String {
+    format!("k{k}-seed{seed}-{}", strategy.name())
 }
 
 pub struct CompareOutcome {
@@ -340,70 +384,113 @@ pub struct CompareOutcome {
 }
 
 /// Every strategy on the identical labeled subset for each seed and budget, pre-training once
-/// per seed. Writes `results.csv` (after every run), `summary.csv`, `report.md`,
+/// per seed. Writes `results.csv` and `run.json` (after every run), `summary.csv`, `report.md`,
 /// `accuracy.png`, the resolved `pipeline.toml`, the labeled items and per-run metrics.
+///
+/// With `resume`, an interrupted run in `out` is completed: runs already in `results.csv` are
+/// kept, and a seed's finished pre-training is loaded instead of repeated. Every random draw
+/// follows from the seeds, so the result equals an uninterrupted run's.
 pub fn compare(
     p: &Pipeline,
     data: &Prepared,
     out: &Path,
     obs: &dyn Observer,
+    log: &mut RunLog,
+    resume: bool,
 ) -> Result<CompareOutcome> {
     dir(out)?;
+    let done = if resume {
+        log.set_resumed();
+        resume_state(p, data, out, log)?
+    } else {
+        Vec::new()
+    };
     let resolved = toml::to_string_pretty(p)
         .map_err(|e| PipelineError::Output(format!("pipeline.toml: {e}")))?;
     imprint_fs::write_atomic(out.join("pipeline.toml"), resolved.as_bytes())?;
+    log.write(out, data, false)?;
     let started = Instant::now();
-    let needs_pretrain = p.compare.strategies.iter().any(|s| s.uses_pretrained());
+    let c = &p.compare;
     let mut records = Vec::new();
-    for &seed in &p.compare.seeds {
-        let (pretrained, pretrain_seconds) = if needs_pretrain {
-            obs.info(&format!("pre-training, seed {seed}"));
-            let t = Instant::now();
-            let (enc, _) = pretrain_job(
-                p,
-                data,
-                seed,
-                &out.join(format!("pretrain/seed-{seed}")),
-                obs,
-            )?;
-            (Some(enc), t.elapsed().as_secs_f64())
+    for &seed in &c.seeds {
+        let kept = |strategy: Strategy, k: usize| {
+            done.iter().find(|r| {
+                r.strategy == strategy.name() && r.labels_per_class == k && r.seed == seed
+            })
+        };
+        let needs_encoder = c.strategies.iter().any(|&s| {
+            s.uses_pretrained() && c.labels_per_class.iter().any(|&k| kept(s, k).is_none())
+        });
+        let (pretrained, pretrain_seconds) = if needs_encoder {
+            let pre_dir = out.join(format!("pretrain/seed-{seed}"));
+            match resume
+                .then(|| finished_pretraining(p, data, seed, &pre_dir))
+                .flatten()
+            {
+                Some((enc, seconds)) => {
+                    obs.info(&format!(
+                        "seed {seed}: reusing the pre-trained encoder in {}",
+                        pre_dir.display()
+                    ));
+                    log.stage(format!("pretrain seed {seed}"), seconds, true);
+                    (Some(enc), seconds)
+                }
+                None => {
+                    obs.info(&format!("pre-training, seed {seed}"));
+                    let (enc, _, seconds) = pretrain_artifacts(p, data, seed, &pre_dir, obs, log)?;
+                    log.stage(format!("pretrain seed {seed}"), seconds, false);
+                    (Some(enc), seconds)
+                }
+            }
         } else {
             (None, 0.0)
         };
-        for &k in &p.compare.labels_per_class {
+        for &k in &c.labels_per_class {
             let train = labeled_subset(
                 data,
                 k,
                 seed,
                 &out.join(format!("labeled/k{k}-seed{seed}.csv")),
             )?;
-            for &strategy in &p.compare.strategies {
-                let run_dir = out.join(format!("runs/k{k}-seed{seed}-{}", strategy.name()));
-                let mut outcome = run_one(
-                    p,
-                    data,
-                    &train,
-                    pretrained.as_ref(),
-                    strategy,
-                    k,
-                    seed,
-                    &run_dir,
-                )?;
-                if strategy.uses_pretrained() {
-                    outcome.record.pretrain_seconds = pretrain_seconds;
-                }
-                obs.run_finished(&outcome.record);
-                records.push(outcome.record);
+            for &strategy in &c.strategies {
+                let name = run_name(strategy, k, seed);
+                let record = match kept(strategy, k) {
+                    Some(record) => {
+                        log.stage(name, record.finetune_seconds, true);
+                        record.clone()
+                    }
+                    None => {
+                        let mut outcome = run_one(
+                            p,
+                            data,
+                            &train,
+                            pretrained.as_ref(),
+                            strategy,
+                            k,
+                            seed,
+                            &out.join("runs").join(&name),
+                        )?;
+                        if strategy.uses_pretrained() {
+                            outcome.record.pretrain_seconds = pretrain_seconds;
+                        }
+                        log.stage(name, outcome.record.finetune_seconds, false);
+                        outcome.record
+                    }
+                };
+                obs.run_finished(&record);
+                records.push(record);
                 report::write_results_csv(&out.join("results.csv"), &records)?;
+                log.write(out, data, false)?;
             }
         }
     }
+    let report_start = Instant::now();
     let summary = report::summarize(&records, Strategy::Scratch.name());
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained {} epochs on {} unlabeled images ({:?} noise, {:?} loss); \
          fine-tuned {} steps (lr {}, encoder lr x{}, shifts ±{} px); test set of {} images; seeds {:?}. \
-         Wall time {:.1} s on {} threads.",
+         Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape().len()),
@@ -416,9 +503,10 @@ pub fn compare(
         p.finetune.encoder_lr_scale,
         p.finetune.augment_shift,
         data.test.len(),
-        p.compare.seeds,
+        c.seeds,
         started.elapsed().as_secs_f64(),
         rayon::current_num_threads(),
+        if resume { " (resumed; earlier runs kept)" } else { "" },
     );
     let md = report::render_markdown(
         &format!("Pre-training vs scratch: {}", p.name),
@@ -431,6 +519,8 @@ pub fn compare(
         &format!("{}: test accuracy", p.name),
         &summary,
     )?;
+    log.stage("report", report_start.elapsed().as_secs_f64(), false);
+    log.write(out, data, true)?;
     Ok(CompareOutcome {
         table: report::render_terminal_table(&summary),
         records,
@@ -439,18 +529,153 @@ pub fn compare(
     })
 }
 
+/// Checks that `out` holds an earlier run of this very pipeline, on the same data and thread
+/// count, and returns the runs it finished. A folder with no recorded pipeline yet starts afresh.
+fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Result<Vec<RunRecord>> {
+    let recorded_path = out.join("pipeline.toml");
+    let refuse = |path: &Path, message: String| PipelineError::Input {
+        path: path.display().to_string(),
+        message: format!("cannot resume: {message}"),
+    };
+    if !recorded_path.exists() {
+        let empty = std::fs::read_dir(out).map_or(true, |mut d| d.next().is_none());
+        if empty {
+            return Ok(Vec::new());
+        }
+        return Err(refuse(
+            out,
+            "no pipeline.toml here, so this is not an output folder of `imprint run`".into(),
+        ));
+    }
+    let recorded = Pipeline::from_file(&recorded_path)?;
+    if let Some(difference) = first_difference(&to_json(&recorded)?, &to_json(p)?, "") {
+        return Err(refuse(&recorded_path, difference));
+    }
+    let run_json = out.join("run.json");
+    if run_json.exists() {
+        let info = read_run_info(&run_json)?;
+        let threads = log.info().threads;
+        if info.threads != threads {
+            return Err(refuse(
+                &run_json,
+                format!(
+                    "it ran on {} threads, this run has {threads}; pass --threads {} (results depend on it)",
+                    info.threads, info.threads
+                ),
+            ));
+        }
+        if let Some(difference) = changed_data(&info.data, &DataFiles::of(data)) {
+            return Err(refuse(&run_json, difference));
+        }
+    }
+    let results = out.join("results.csv");
+    if results.exists() {
+        Ok(report::read_results_csv(&results)?)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+fn to_json(p: &Pipeline) -> Result<serde_json::Value> {
+    serde_json::to_value(p).map_err(|e| PipelineError::Output(format!("pipeline: {e}")))
+}
+
+/// The first setting (dotted key) whose value differs, described for the user.
+fn first_difference(
+    recorded: &serde_json::Value,
+    now: &serde_json::Value,
+    key: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (recorded, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                first_difference(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    &sub,
+                )
+            })
+        }
+        _ if recorded == now => None,
+        _ => Some(format!(
+            "setting `{key}` is {now} now but {recorded} in the recorded pipeline; \
+             resume with the same pipeline and flags, or start a new --out"
+        )),
+    }
+}
+
+/// Names the first data file whose size or content changed since `recorded`.
+fn changed_data(recorded: &DataFiles, now: &DataFiles) -> Option<String> {
+    [
+        ("unlabeled", &recorded.unlabeled, &now.unlabeled),
+        ("labeled", &recorded.labeled, &now.labeled),
+        ("test", &recorded.test, &now.test),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| a != b)
+    .map(|(role, a, b)| {
+        let detail = match a.iter().zip(b.iter()).find(|(x, y)| x != y) {
+            Some((x, y)) if x.path == y.path => format!(
+                "{} changed (sha256 {} recorded, {} now)",
+                y.path, x.sha256, y.sha256
+            ),
+            Some((x, y)) => format!("{} was read, now {}", x.path, y.path),
+            None => format!("{} files were read, now {}", a.len(), b.len()),
+        };
+        format!("the data.{role} files differ from the recorded run: {detail}")
+    })
+}
+
+/// A seed's earlier pre-training in `pre_dir`, when it finished (its sidecar is written last)
+/// and fits this pipeline and data; `None` means pre-train again.
+fn finished_pretraining(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    pre_dir: &Path,
+) -> Option<(Encoder<Cpu>, f64)> {
+    let weights = pre_dir.join("encoder.safetensors");
+    let side: EncoderSidecar = read_json(&sidecar_path(&weights), ENCODER_FORMAT, SIDECAR).ok()?;
+    let fits = side.seed == seed
+        && side.epochs == p.pretrain.epochs
+        && side.preprocess == p.data.preprocess
+        && side.data == data.unlabeled.files;
+    if !fits {
+        return None;
+    }
+    let encoder = load_encoder(&weights, p, data.shape()).ok()?;
+    Some((encoder, side.seconds.unwrap_or(0.0)))
+}
+
 /// Classifies the images of `input` with a fine-tuned model into `out_csv`
 /// (`path,predicted,confidence`).
 pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
-    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT)?;
-    let prep = Preprocess {
-        channels: Some(side.input.channels),
-        height: Some(side.input.height),
-        width: Some(side.input.width),
-        invert: side.preprocess.invert,
-    };
-    let images = imprint_data::load(input, &prep)?;
-    let (tensors, _) = load_tensors(model_weights)?;
+    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
+    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let model = model_of(model_weights, &side)?;
+    let predictions = model.predict(&Cpu::default(), &images.pixels);
+    let mut text = String::from("path,predicted,confidence\n");
+    for (item, (class, p)) in images.items.iter().zip(&predictions) {
+        text.push_str(&format!(
+            "{},{},{p:.6}\n",
+            csv_field(item),
+            csv_field(&side.classes[*class])
+        ));
+    }
+    imprint_fs::write_atomic(out_csv, text.as_bytes())?;
+    Ok(predictions.len())
+}
+
+/// The classifier a sidecar describes, with the weights of `weights`.
+fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
+    let (tensors, _) = load_tensors(weights)?;
     let dev = Cpu::default();
     let encoder = Encoder::new(
         &dev,
@@ -459,19 +684,141 @@ pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usi
         &mut ChaCha8Rng::seed_from_u64(0),
     );
     let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
-    model
-        .load_named(&tensors, &model_weights.display().to_string())
-        .map_err(PipelineError::from)?;
-    let predictions = model.predict(&dev, &images.pixels);
-    let mut text = String::from("path,predicted,confidence\n");
-    for (item, (class, p)) in images.items.iter().zip(&predictions) {
-        let item = if item.contains(',') || item.contains('"') {
-            format!("\"{}\"", item.replace('"', "\"\""))
-        } else {
-            item.clone()
-        };
-        text.push_str(&format!("{item},{},{p:.6}\n", side.classes[*class]));
+    model.load_named(&tensors, &weights.display().to_string())?;
+    Ok(model)
+}
+
+/// Preprocessing that brings any source to a checkpoint's input shape.
+fn to_input(shape: ImageShape, recorded: &Preprocess) -> Preprocess {
+    Preprocess {
+        channels: Some(shape.channels),
+        height: Some(shape.height),
+        width: Some(shape.width),
+        invert: recorded.invert,
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes the features a pre-trained encoder gives every image of `input` to `out_csv` as
+/// `path,label,f0,f1,...` (label empty when the source has none); images are brought to the
+/// encoder's input shape. Returns the number of images.
+pub fn embed(encoder_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
+    let side: EncoderSidecar = read_json(&sidecar_path(encoder_weights), ENCODER_FORMAT, SIDECAR)?;
+    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let encoder = encoder_of(encoder_weights, &side)?;
+    let (dev, len, width) = (Cpu::default(), side.input.len(), side.architecture.latent());
+    let mut text = String::from("path,label");
+    for j in 0..width {
+        text.push_str(&format!(",f{j}"));
+    }
+    text.push('\n');
+    let mut row = 0;
+    for chunk in images.pixels.chunks(1024 * len) {
+        let n = chunk.len() / len;
+        let x: Matrix<Cpu> = dev.tensor_from_vec(chunk.to_vec(), (n, len));
+        let features = encoder.forward(x, false).as_vec();
+        for f in features.chunks_exact(width) {
+            let label = images
+                .labels
+                .as_ref()
+                .map_or("", |l| images.classes[l[row]].as_str());
+            text.push_str(&csv_field(&images.items[row]));
+            text.push(',');
+            text.push_str(&csv_field(label));
+            for v in f {
+                // Shortest text that reads back as the same f32.
+                text.push_str(&format!(",{v}"));
+            }
+            text.push('\n');
+            row += 1;
+        }
     }
     imprint_fs::write_atomic(out_csv, text.as_bytes())?;
-    Ok(predictions.len())
+    Ok(row)
+}
+
+/// A checkpoint as [`inspect`] finds it.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// Name, shape and element count of every tensor, in name order.
+    pub tensors: Vec<(String, Vec<usize>)>,
+    pub sidecar_path: PathBuf,
+    /// `None` when there is no sidecar beside the weights.
+    pub sidecar: Option<Sidecar>,
+    /// Whether the weights fit the sidecar's architecture (the error otherwise).
+    pub fits: std::result::Result<(), String>,
+}
+
+/// Reads a checkpoint and its sidecar without needing a pipeline, and checks they agree.
+pub fn inspect(weights: &Path) -> Result<Inspection> {
+    let (tensors, _) = load_tensors(weights)?;
+    let sidecar_path = sidecar_path(weights);
+    let sidecar = if sidecar_path.exists() {
+        Some(read_sidecar(&sidecar_path)?)
+    } else {
+        None
+    };
+    let fits = match &sidecar {
+        None => Err(format!("no sidecar at {}", sidecar_path.display())),
+        Some(Sidecar::Encoder(side)) => encoder_of(weights, side)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Some(Sidecar::Model(side)) => model_of(weights, side).map(drop).map_err(|e| e.to_string()),
+    };
+    Ok(Inspection {
+        tensors: tensors.into_values().map(|t| (t.name, t.shape)).collect(),
+        sidecar_path,
+        sidecar,
+        fits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_data::SourceFile;
+
+    #[test]
+    fn first_difference_names_the_dotted_key() {
+        let a = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 30}});
+        let b = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 31}});
+        assert_eq!(first_difference(&a, &a, ""), None);
+        let d = first_difference(&a, &b, "").unwrap();
+        assert!(
+            d.starts_with("setting `finetune.steps` is 31 now but 30"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn changed_data_names_the_file_and_both_digests() {
+        let file = |sha: &str| SourceFile {
+            path: "d/x.gz".into(),
+            bytes: 3,
+            sha256: sha.into(),
+        };
+        let old = DataFiles {
+            unlabeled: vec![file("aa")],
+            ..Default::default()
+        };
+        let new = DataFiles {
+            unlabeled: vec![file("bb")],
+            ..Default::default()
+        };
+        assert_eq!(changed_data(&old, &old), None);
+        let d = changed_data(&old, &new).unwrap();
+        assert!(
+            d.contains("data.unlabeled")
+                && d.contains("d/x.gz changed (sha256 aa recorded, bb now)"),
+            "{d}"
+        );
+    }
 }

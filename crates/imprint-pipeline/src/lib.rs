@@ -5,12 +5,17 @@
 pub mod config;
 mod jobs;
 mod prepared;
+pub mod provenance;
 mod sidecar;
 
 pub use config::{Overrides, Pipeline};
-pub use jobs::{compare, finetune_job, predict, pretrain_job, CompareOutcome, FinetuneOutcome};
+pub use jobs::{
+    compare, embed, finetune_job, inspect, predict, pretrain_job, CompareOutcome, FinetuneOutcome,
+    Inspection,
+};
 pub use prepared::Prepared;
-pub use sidecar::{EncoderSidecar, ModelSidecar};
+pub use provenance::RunLog;
+pub use sidecar::{EncoderSidecar, ModelSidecar, Sidecar};
 
 use imprint_pretrain::EpochStats;
 use imprint_report::RunRecord;

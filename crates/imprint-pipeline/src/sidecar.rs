@@ -18,6 +18,12 @@ pub struct EncoderSidecar {
     pub epochs: usize,
     pub program_version: String,
     pub data: Vec<SourceFile>,
+    /// Source revision the program ran from (see `run.json`); absent in files written by hand.
+    #[serde(default)]
+    pub git_revision: Option<String>,
+    /// Wall time of the pre-training, reused by `--resume` for `results.csv`.
+    #[serde(default)]
+    pub seconds: Option<f64>,
 }
 
 /// Beside a fine-tuned `model.safetensors`.
@@ -32,6 +38,8 @@ pub struct ModelSidecar {
     pub seed: u64,
     pub program_version: String,
     pub data: Vec<SourceFile>,
+    #[serde(default)]
+    pub git_revision: Option<String>,
 }
 
 pub const ENCODER_FORMAT: &str = "imprint-encoder/1";
@@ -49,20 +57,58 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(())
 }
 
-pub fn read_json<T: DeserializeOwned>(path: &Path, expected_format: &str) -> Result<T> {
+fn read_value(path: &Path, what: &str) -> Result<serde_json::Value> {
     let input = |message: String| PipelineError::Input {
         path: path.display().to_string(),
         message,
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| input(format!("cannot read the checkpoint's sidecar: {e}")))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| input(format!("not JSON: {e}")))?;
-    let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read the {what}: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| input(format!("not JSON: {e}")))
+}
+
+fn format_of(value: &serde_json::Value) -> &str {
+    value.get("format").and_then(|f| f.as_str()).unwrap_or("")
+}
+
+fn parse<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| PipelineError::Input {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads a JSON file of ours, checking its `format`; `what` names it in errors.
+pub fn read_json<T: DeserializeOwned>(path: &Path, expected_format: &str, what: &str) -> Result<T> {
+    let value = read_value(path, what)?;
+    let format = format_of(&value);
     if format != expected_format {
-        return Err(input(format!(
-            "format is `{format}`, expected `{expected_format}`"
-        )));
+        return Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!("format is `{format}`, expected `{expected_format}`"),
+        });
     }
-    serde_json::from_value(value).map_err(|e| input(e.to_string()))
+    parse(path, value)
+}
+
+/// What a checkpoint's sidecar says, by kind.
+#[derive(Clone, Debug)]
+pub enum Sidecar {
+    Encoder(EncoderSidecar),
+    Model(ModelSidecar),
+}
+
+/// Reads an encoder's or a classifier's sidecar, whichever its `format` says.
+pub fn read_sidecar(path: &Path) -> Result<Sidecar> {
+    let value = read_value(path, "checkpoint's sidecar")?;
+    match format_of(&value) {
+        MODEL_FORMAT => Ok(Sidecar::Model(parse(path, value)?)),
+        ENCODER_FORMAT => Ok(Sidecar::Encoder(parse(path, value)?)),
+        other => Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!(
+                "format is `{other}`, expected `{ENCODER_FORMAT}` or `{MODEL_FORMAT}`"
+            ),
+        }),
+    }
 }

@@ -15,6 +15,13 @@ use std::time::Instant;
 pub enum PretrainError {
     #[error("invalid pre-training setting `{key}`: {message}")]
     Config { key: &'static str, message: String },
+    /// A NaN or infinite loss, with the setting most likely to blame.
+    #[error("pre-training seed {seed}: {source} (pretrain.lr is {lr})")]
+    Diverged {
+        seed: u64,
+        lr: f64,
+        source: imprint_nn::NnError,
+    },
     #[error(transparent)]
     Nn(#[from] imprint_nn::NnError),
 }
@@ -181,7 +188,14 @@ pub fn pretrain<D: ImprintDevice>(
             let y: Matrix<D> = dev.tensor_from_vec(target.clone(), (batch, input_len));
             let z = encoder.forward(x.leaky_trace(), false);
             let loss = reconstruction_loss(cfg.loss, decoder.forward(z), y);
-            let value = check_finite(loss.as_vec()[0], epoch, step)?;
+            // 1-based, as the progress lines and loss.csv count epochs.
+            let value = check_finite(loss.as_vec()[0], epoch + 1, step + 1).map_err(|source| {
+                PretrainError::Diverged {
+                    seed,
+                    lr: cfg.lr,
+                    source,
+                }
+            })?;
             let mut grads = loss.backward();
             let mut params = encoder.params_mut();
             params.extend(decoder.params_mut());

@@ -1,19 +1,12 @@
 use super::{Activation, LinearKernel};
 use crate::{Matrix, Vector};
 use dfdx::prelude::*;
-use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Below this many multiply-adds per thread, handing work to another thread costs more than it
-/// saves.
-const MIN_FLOPS_PER_PART: usize = 1 << 18;
-
-/// Row blocks handed to threads are multiples of this, so no thread ends with a ragged edge
-/// narrower than gemm's micro-kernel.
-const ROW_ALIGN: usize = 16;
+/// Below this many multiply-adds, threading costs more than it saves.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
 /// Row-major matrix view for [`gemm_acc`]: pointer, rows, columns, row stride, column stride.
-#[derive(Clone, Copy)]
 struct View {
     ptr: *const f32,
     rows: usize,
@@ -22,33 +15,19 @@ struct View {
     col_stride: isize,
 }
 
-// SAFETY: a view only ever reads the slice it was made from, which outlives every use.
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
-
-impl View {
-    /// Rows `start..start + len` of this view.
-    fn rows(self, start: usize, len: usize) -> View {
-        assert!(start + len <= self.rows, "row block out of range");
-        View {
-            // SAFETY: in bounds by the assert above.
-            ptr: unsafe { self.ptr.offset(start as isize * self.row_stride) },
-            rows: len,
-            ..self
-        }
-    }
-}
-
-/// How many threads a product of `flops` multiply-adds should use, at most `max_parts`.
-fn parts_for(flops: usize, max_parts: usize) -> usize {
-    (flops / MIN_FLOPS_PER_PART).clamp(1, max_parts.max(1))
-}
-
-/// `dst[m, n] += lhs[m, k] · rhs[k, n]` on the calling thread, dst row-major with `n` columns.
-fn gemm_acc_serial(dst: &mut [f32], lhs: View, rhs: View) {
+/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, dst row-major with `n` columns, on the rayon pool.
+/// gemm splits one product itself, sharing the packed operands between threads, which measured
+/// faster than handing each thread a block of rows (each repacks all of `rhs`).
+fn gemm_acc(dst: &mut [f32], lhs: View, rhs: View) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
+    let threads = rayon::current_num_threads();
+    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: shapes and strides were checked against the slice lengths by the callers' asserts
     // (every view covers exactly rows x cols elements of a live slice), and dst is borrowed mutably.
     unsafe {
@@ -71,42 +50,9 @@ fn gemm_acc_serial(dst: &mut [f32], lhs: View, rhs: View) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
-}
-
-/// Splits `dst` (`[rows, n]`) into at most `parts` blocks of whole rows and runs `f(block,
-/// first_row)` on each in parallel. One fork-join per call: gemm's own threading synchronises
-/// several times per product, which on a couple of cores costs as much as the small products.
-fn for_row_blocks(
-    dst: &mut [f32],
-    n: usize,
-    parts: usize,
-    f: impl Fn(&mut [f32], usize) + Send + Sync,
-) {
-    let rows = dst.len() / n.max(1);
-    let per_part = rows
-        .div_ceil(parts.max(1))
-        .next_multiple_of(ROW_ALIGN)
-        .max(1);
-    if per_part >= rows {
-        f(dst, 0);
-        return;
-    }
-    dst.par_chunks_mut(per_part * n)
-        .enumerate()
-        .for_each(|(i, block)| f(block, i * per_part));
-}
-
-/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, split over rows of `dst` across up to `max_parts` threads.
-fn gemm_acc(dst: &mut [f32], lhs: View, rhs: View, max_parts: usize) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(dst.len(), m * n, "destination size");
-    let parts = parts_for(m * n * k, max_parts);
-    for_row_blocks(dst, n, parts, |block, row| {
-        gemm_acc_serial(block, lhs.rows(row, block.len() / n), rhs)
-    });
 }
 
 fn row_major(data: &[f32], rows: usize, cols: usize) -> View {
@@ -143,8 +89,9 @@ fn activate(act: Activation, y: &mut [f32]) {
     }
 }
 
-/// Forward pass into `y` (`[batch, out]`, contents overwritten): bias, product, activation, each
-/// thread doing all three on its own block of rows while they are hot in cache.
+/// Forward pass into `y` (`[batch, out]`, contents overwritten): bias, product, activation.
+/// Plain slices and sizes rather than a struct, so tests can call it on hand-made data.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
@@ -156,15 +103,11 @@ pub(crate) fn forward(
     y: &mut [f32],
 ) {
     assert_eq!(y.len(), batch * n_out, "output size");
-    let (x, w) = (row_major(x, batch, n_in), transposed(w, n_in, n_out));
-    let parts = parts_for(batch * n_in * n_out, rayon::current_num_threads());
-    for_row_blocks(y, n_out, parts, |block, row| {
-        block
-            .chunks_exact_mut(n_out)
-            .for_each(|r| r.copy_from_slice(b));
-        gemm_acc_serial(block, x.rows(row, block.len() / n_out), w);
-        activate(act, block);
-    });
+    // Elementwise passes run on the calling thread: at these sizes they are a few microseconds,
+    // less than waking the pool.
+    y.chunks_exact_mut(n_out).for_each(|r| r.copy_from_slice(b));
+    gemm_acc(y, row_major(x, batch, n_in), transposed(w, n_in, n_out));
+    activate(act, y);
 }
 
 /// `dz = dy ⊙ act'(y)`, with the match outside the loop so each arm vectorises.
@@ -227,40 +170,22 @@ impl LinearKernel for Cpu {
                     *g += d;
                 }
             }
+            // Each product is split by gemm over all threads; running dW and dx side by side,
+            // one thread each, measured slower here.
             // dW[out, in] += dzᵀ[out, batch] · x[batch, in]
-            let dw = |gw: &mut [f32], parts| {
-                gemm_acc(
-                    gw,
-                    transposed(&dz, n_out, batch),
-                    row_major(&saved.x, batch, n_in),
-                    parts,
-                )
-            };
-            let threads = rayon::current_num_threads();
-            if !input_grad {
-                dw(grads.get_or_alloc_mut(&w_g)?, threads);
-                return Ok(());
-            }
-            // dW and dx cost the same, so each takes half the threads: one fork-join per layer
-            // instead of one per product. dx goes to a scratch buffer because `grads` lends one
-            // gradient at a time.
-            let mut dx = vec![0.0; batch * n_in];
-            let gw = grads.get_or_alloc_mut(&w_g)?;
-            let half = threads.div_ceil(2);
-            rayon::join(
-                || dw(gw, half),
-                // dx[batch, in] = dz[batch, out] · W[out, in]
-                || {
-                    gemm_acc(
-                        &mut dx,
-                        row_major(&dz, batch, n_out),
-                        row_major(&saved.w, n_out, n_in),
-                        half,
-                    )
-                },
+            gemm_acc(
+                grads.get_or_alloc_mut(&w_g)?,
+                transposed(&dz, n_out, batch),
+                row_major(&saved.x, batch, n_in),
             );
-            let gx = grads.get_or_alloc_mut(&x_g)?;
-            gx.iter_mut().zip(&dx).for_each(|(g, d)| *g += d);
+            if input_grad {
+                // dx[batch, in] += dz[batch, out] · W[out, in]
+                gemm_acc(
+                    grads.get_or_alloc_mut(&x_g)?,
+                    row_major(&dz, batch, n_out),
+                    row_major(&saved.w, n_out, n_in),
+                );
+            }
             Ok(())
         });
         Ok(out.put_tape(tape))

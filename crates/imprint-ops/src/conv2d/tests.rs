@@ -1,0 +1,271 @@
+//! conv2d against hand-computed numbers, a direct-loop reference and finite differences.
+
+use super::*;
+use crate::test_util::*;
+
+/// Direct six-loop convolution with f64 accumulation.
+pub(crate) fn naive_conv2d(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (n, h, wd): (usize, usize, usize),
+    s: &Conv2dSpec,
+) -> Vec<f32> {
+    let (oh, ow) = s.output_size(h, wd);
+    let (cin, cout, g) = (s.in_channels, s.out_channels, s.groups);
+    let (cgi, cgo) = (cin / g, cout / g);
+    let (kh, kw) = s.kernel;
+    let mut y = vec![0.0; n * cout * oh * ow];
+    for i in 0..n {
+        for o in 0..cout {
+            let grp = o / cgo;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b.map_or(0.0, |b| b[o] as f64);
+                    for ci in 0..cgi {
+                        let c = grp * cgi + ci;
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * s.stride.0 + ki * s.dilation.0) as isize
+                                    - s.padding.0 as isize;
+                                let ix = (ox * s.stride.1 + kj * s.dilation.1) as isize
+                                    - s.padding.1 as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                    continue;
+                                }
+                                let xv = x[((i * cin + c) * h + iy as usize) * wd + ix as usize];
+                                let wv = w[((o * cgi + ci) * kh + ki) * kw + kj];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((i * cout + o) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Runs the op without a tape on plain data.
+fn run(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (n, h, wd): (usize, usize, usize),
+    s: &Conv2dSpec,
+) -> Vec<f32> {
+    let dev = Cpu::default();
+    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.to_vec(), (n, s.in_channels, h, wd));
+    let wt = dev.tensor_from_vec(w.to_vec(), (w.len(),));
+    let bt = b.map(|b| dev.tensor_from_vec(b.to_vec(), (b.len(),)));
+    conv2d(xt, &wt, bt.as_ref(), s).unwrap().as_vec()
+}
+
+#[test]
+fn forward_matches_hand_computed() {
+    // x = [[1 2 3] [4 5 6] [7 8 9]], w = [[1 2] [3 4]]
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let w = [1.0, 2.0, 3.0, 4.0];
+    let spec = Conv2dSpec::new(1, 1, 2);
+    // 1*1 + 2*2 + 3*4 + 4*5 = 37, then shifting right adds 10, down adds 30.
+    assert_eq!(
+        run(&x, &w, Some(&[0.5]), (1, 3, 3), &spec),
+        vec![37.5, 47.5, 67.5, 77.5]
+    );
+    // Padding 1, stride 2: windows at (-1,-1), (-1,1), (1,-1), (1,1).
+    let spec = spec.padding(1).stride(2);
+    assert_eq!(spec.output_size(3, 3), (2, 2));
+    assert_eq!(
+        run(&x, &w, None, (1, 3, 3), &spec),
+        vec![4.0, 2.0 * 3.0 + 3.0 * 4.0, 4.0 * 2.0 + 7.0 * 4.0, 77.0]
+    );
+    // Dilation 2 with a 2x2 kernel reads the four corners: 1 + 2*3 + 3*7 + 4*9.
+    let spec = Conv2dSpec::new(1, 1, 2).dilation(2);
+    assert_eq!(run(&x, &w, None, (1, 3, 3), &spec), vec![64.0]);
+}
+
+fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
+    vec![
+        (Conv2dSpec::new(3, 5, 3), (2, 7, 9)),
+        (Conv2dSpec::new(4, 6, 3).stride(2).padding(1), (3, 9, 8)),
+        (
+            Conv2dSpec::new(4, 6, 3).dilation(2).padding(1).groups(2),
+            (3, 11, 7),
+        ),
+        (
+            Conv2dSpec {
+                kernel: (2, 3),
+                stride: (2, 1),
+                padding: (0, 2),
+                dilation: (1, 2),
+                ..Conv2dSpec::new(6, 3, 1).groups(3)
+            },
+            (3, 5, 6),
+        ),
+        (Conv2dSpec::new(4, 4, 3).groups(4).padding(1), (2, 5, 5)),
+        // 1x1 / stride 1 / no padding takes the path without im2col.
+        (Conv2dSpec::new(5, 3, 1), (3, 4, 6)),
+        (Conv2dSpec::new(4, 6, 1).groups(2), (2, 3, 3)),
+    ]
+}
+
+#[test]
+fn forward_matches_naive_loops() {
+    let mut rng = rng(11);
+    for (spec, dims) in specs() {
+        let (n, h, wd) = dims;
+        let x = random(&mut rng, n * spec.in_channels * h * wd);
+        let w = random(&mut rng, spec.weight_len());
+        let b = random(&mut rng, spec.out_channels);
+        let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
+        assert_close(
+            &format!("{spec:?}"),
+            &run(&x, &w, Some(&b), dims, &spec),
+            &want,
+            1e-5,
+        );
+        let want = naive_conv2d(&x, &w, None, dims, &spec);
+        assert_close(
+            &format!("{spec:?} no bias"),
+            &run(&x, &w, None, dims, &spec),
+            &want,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn forward_matches_naive_loops_at_autoencoder_size() {
+    // Big enough that gemm splits products and the batch is shared between threads.
+    let mut rng = rng(12);
+    let spec = Conv2dSpec::new(32, 64, 3).stride(2).padding(1);
+    let dims = (5, 14, 14);
+    let x = random(&mut rng, 5 * 32 * 14 * 14);
+    let w = random(&mut rng, spec.weight_len());
+    let b = random(&mut rng, 64);
+    let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
+    assert_close("32->64", &run(&x, &w, Some(&b), dims, &spec), &want, 1e-4);
+}
+
+pub(crate) fn check_gradients(spec: Conv2dSpec, dims: (usize, usize, usize), seed: u64) {
+    let dev = Cpu::default();
+    let mut rng = rng(seed);
+    let (n, h, wd) = dims;
+    let (oh, ow) = spec.output_size(h, wd);
+    let x = random(&mut rng, n * spec.in_channels * h * wd);
+    let w = random(&mut rng, spec.weight_len());
+    let b = random(&mut rng, spec.out_channels);
+    let r = random(&mut rng, n * spec.out_channels * oh * ow);
+
+    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, spec.in_channels, h, wd));
+    let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
+    let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
+    let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
+    let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
+    let grads = (y * rt).sum().backward();
+    let analytic = [
+        grads.get(&xt).as_vec(),
+        grads.get(&wt).as_vec(),
+        grads.get(&bt).as_vec(),
+    ];
+    check_finite_differences(&format!("{spec:?}"), &[x, w, b], &analytic, &r, |p| {
+        run(&p[0], &p[1], Some(&p[2]), dims, &spec)
+    });
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let small = [
+        (2, 5, 6),
+        (3, 6, 5),
+        (2, 7, 6),
+        (3, 5, 6),
+        (2, 4, 4),
+        (2, 3, 4),
+        (2, 3, 3),
+    ];
+    for (seed, ((spec, _), dims)) in specs().into_iter().zip(small).enumerate() {
+        let spec = Conv2dSpec {
+            in_channels: spec.in_channels.min(4),
+            out_channels: spec.out_channels.min(4),
+            ..spec
+        };
+        let spec = if spec.validate().is_ok() {
+            spec
+        } else {
+            Conv2dSpec { groups: 1, ..spec }
+        };
+        check_gradients(spec, dims, 20 + seed as u64);
+    }
+}
+
+#[test]
+fn weight_may_be_four_dimensional() {
+    let dev = Cpu::default();
+    let mut rng = rng(3);
+    let spec = Conv2dSpec::new(2, 3, 3).padding(1);
+    let x = random(&mut rng, 2 * 2 * 4 * 4);
+    let w = random(&mut rng, spec.weight_len());
+    let [o, i, kh, kw] = spec.weight_shape();
+    let w4: Tensor4<Cpu> = dev.tensor_from_vec(w.clone(), (o, i, kh, kw));
+    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (2, 2, 4, 4));
+    let y = conv2d(xt.leaky_trace(), &w4, None, &spec).unwrap();
+    assert_eq!(y.as_vec(), run(&x, &w, None, (2, 4, 4), &spec));
+    let grads = y.sum().backward();
+    assert_eq!(*grads.get(&w4).shape(), (o, i, kh, kw));
+}
+
+#[test]
+fn spec_sizes_and_errors() {
+    let spec = Conv2dSpec::new(1, 32, 3).stride(2).padding(1);
+    assert_eq!(spec.output_size(28, 28), (14, 14));
+    assert_eq!(spec.weight_shape(), [32, 1, 3, 3]);
+    // PyTorch: floor((10 + 2 - 2 * 2 - 1) / 3) + 1 = 3.
+    assert_eq!(
+        Conv2dSpec::new(1, 1, 3)
+            .stride(3)
+            .padding(1)
+            .dilation(2)
+            .output_size(10, 10),
+        (3, 3)
+    );
+    assert!(matches!(
+        Conv2dSpec::new(4, 6, 3).groups(4).validate(),
+        Err(SpecError::Groups { .. })
+    ));
+    assert!(matches!(
+        Conv2dSpec::new(4, 6, 3).stride(0).validate(),
+        Err(SpecError::Zero { .. })
+    ));
+    assert_eq!(
+        Conv2dSpec::new(1, 1, 5).output_size_checked(4, 9),
+        Err(SpecError::InputTooSmall { h: 4, w: 9 })
+    );
+    let err = Conv2dSpec::new(3, 2, 3)
+        .check((4, 5, 5), 54, Some(2))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "input has 4 channels but the spec expects 3"
+    );
+    let err = Conv2dSpec::new(3, 2, 3)
+        .check((3, 5, 5), 53, None)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "weight has 53 elements but the spec needs 54"
+    );
+}
+
+#[test]
+#[should_panic(expected = "conv2d: bias has 3 elements but the spec needs 2")]
+fn mismatched_bias_panics_with_the_reason() {
+    run(
+        &[0.0; 9],
+        &[0.0; 18],
+        Some(&[0.0; 3]),
+        (1, 3, 3),
+        &Conv2dSpec::new(1, 2, 3),
+    );
+}

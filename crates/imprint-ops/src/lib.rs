@@ -1,0 +1,48 @@
+//! Convolution-family operations for [dfdx] on stable Rust, each a first-class op on the tape
+//! with a hand-written backward pass.
+//!
+//! Images are NCHW tensors with runtime shapes ([`Tensor4`]). Weights are accepted as tensors of
+//! any shape whose element count matches, laid out like PyTorch:
+//!
+//! | op | weight layout | bias |
+//! |----|---------------|------|
+//! | [`conv2d`] | `[out, in / groups, kh, kw]` (`Conv2d.weight`) | `[out]` |
+//! | [`conv_transpose2d`] | `[in, out / groups, kh, kw]` (`ConvTranspose2d.weight`) | `[out]` |
+//!
+//! Gradients flow to every tensor an op reads (input, weight, bias, batch-norm scale and shift)
+//! whenever the input carries an owned tape, exactly as with dfdx's built-in ops. Parameters
+//! are taken by reference and never need a tape of their own.
+//!
+//! Each op is declared as a device trait ([`Conv2dKernel`], [`ConvTranspose2dKernel`],
+//! [`Pool2dKernel`], [`BatchNorm2dKernel`]) plus a generic function; this crate implements them
+//! for [`dfdx::prelude::Cpu`] with im2col + gemm, parallel over the batch with rayon. Another
+//! device can implement the traits beside it.
+//!
+//! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
+//! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
+
+mod batch_norm2d;
+mod conv2d;
+mod conv_transpose2d;
+mod cpu_util;
+mod error;
+mod pool2d;
+
+#[cfg(test)]
+mod dropout_tests;
+#[cfg(test)]
+mod test_util;
+
+pub use batch_norm2d::{batch_norm2d_eval, batch_norm2d_train, BatchNorm2d, BatchNorm2dKernel};
+pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
+pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
+pub use error::SpecError;
+pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
+
+use dfdx::prelude::{NoneTape, Tensor};
+
+/// An NCHW image batch with runtime dimensions.
+pub type Tensor4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
+
+/// A runtime-length vector, used for biases and per-channel parameters.
+pub type Tensor1<D> = Tensor<(usize,), f32, D>;

@@ -1,0 +1,345 @@
+//! Provenance (`run.json` in every output folder), `inspect`, `embed`, and checkpoints laid out
+//! as PyTorch writes them (docs/checkpoints.md).
+
+use imprint_e2e::{
+    arg, imprint, read_json, write_pipeline, write_png_classes, Lcg, Table, Tiny, SIDE,
+};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Checks what every `run.json` holds; returns it.
+fn check_run_json(dir: &Path, command: &str, seeds: &[u64]) -> serde_json::Value {
+    let run = read_json(&dir.join("run.json"));
+    assert_eq!(run["format"], "imprint-run/1", "{run}");
+    assert_eq!(run["command"], command, "{run}");
+    assert_eq!(run["program_version"], env!("CARGO_PKG_VERSION"), "{run}");
+    assert!(
+        run["git_revision"].is_null() || run["git_revision"].as_str().unwrap().len() == 40,
+        "{run}"
+    );
+    assert_eq!(run["threads"], 2, "{run}");
+    assert_eq!(run["finished"], true, "{run}");
+    assert_eq!(run["resumed"], false, "{run}");
+    let recorded: Vec<u64> = run["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(recorded, seeds, "{run}");
+    assert_eq!(run["pipeline"]["name"], "tiny", "{run}");
+    assert!(run["started_at"].as_str().unwrap().ends_with('Z'), "{run}");
+    for role in ["unlabeled", "labeled", "test"] {
+        let files = run["data"][role].as_array().unwrap();
+        assert!(!files.is_empty(), "no {role} files: {run}");
+        for f in files {
+            let sha = f["sha256"].as_str().unwrap();
+            assert!(
+                sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{f}"
+            );
+            assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
+        }
+    }
+    let stages = run["stages"].as_array().unwrap();
+    assert_eq!(stages[0]["name"], "load data", "{run}");
+    assert!(
+        stages.iter().all(|s| s["seconds"].as_f64().unwrap() >= 0.0),
+        "{run}"
+    );
+    run
+}
+
+fn stage_names(run: &serde_json::Value) -> Vec<String> {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 8);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let (pre, ft, cmp) = (t.join("pre"), t.join("ft"), t.join("cmp"));
+    let threads = ["--threads", "2"];
+
+    let p = arg(&pipeline);
+    let mut args = vec![
+        "pretrain",
+        "--pipeline",
+        p,
+        "--seed",
+        "3",
+        "--out",
+        arg(&pre),
+    ];
+    args.extend(threads);
+    imprint(t, &args).assert_success();
+    let run = check_run_json(&pre, "pretrain", &[3]);
+    assert_eq!(stage_names(&run), ["load data", "pretrain seed 3"]);
+    let side = read_json(&pre.join("encoder.json"));
+    assert_eq!(side["git_revision"], run["git_revision"], "{side}");
+
+    let encoder = pre.join("encoder.safetensors");
+    let mut args = vec!["finetune", "--pipeline", p, "--encoder", arg(&encoder)];
+    args.extend(["--labels-per-class", "2", "--seed", "3", "--out", arg(&ft)]);
+    args.extend(threads);
+    imprint(t, &args).assert_success();
+    let run = check_run_json(&ft, "finetune", &[3]);
+    assert_eq!(
+        stage_names(&run),
+        ["load data", "load encoder", "k2-seed3-full"]
+    );
+
+    let mut args = vec!["run", p, "--seeds", "0,1", "--out", arg(&cmp)];
+    args.extend(threads);
+    imprint(t, &args).assert_success();
+    let run = check_run_json(&cmp, "compare", &[0, 1]);
+    assert_eq!(
+        stage_names(&run),
+        [
+            "load data",
+            "pretrain seed 0",
+            "k2-seed0-scratch",
+            "k2-seed0-full",
+            "pretrain seed 1",
+            "k2-seed1-scratch",
+            "k2-seed1-full",
+            "report"
+        ]
+    );
+    // run.json holds the same resolved pipeline as pipeline.toml
+    let toml_text = std::fs::read_to_string(cmp.join("pipeline.toml")).unwrap();
+    let recorded: toml::Table = toml_text.parse().unwrap();
+    assert_eq!(
+        run["pipeline"]["compare"]["seeds"],
+        serde_json::json!([0, 1]),
+        "{run}"
+    );
+    assert_eq!(
+        recorded["compare"]["seeds"].as_array().unwrap().len(),
+        2,
+        "{toml_text}"
+    );
+
+    let shown = imprint(t, &["inspect", arg(&encoder)]);
+    shown.assert_success();
+    for needle in [
+        "pre-trained encoder",
+        "dense 64-16-8",
+        "seed 3",
+        "sha256",
+        "the tensors fit the architecture",
+    ] {
+        assert!(
+            shown.stdout.contains(needle),
+            "{needle:?}\n{}",
+            shown.stdout
+        );
+    }
+    assert!(lists_tensor(&shown.stdout, "encoder.0.weight", "[16, 64]"));
+    assert!(lists_tensor(&shown.stdout, "encoder.2.bias", "[8]"));
+    let shown = imprint(t, &["inspect", arg(&ft.join("model.safetensors"))]);
+    shown.assert_success();
+    assert!(lists_tensor(&shown.stdout, "head.weight", "[2, 8]"));
+    for needle in ["classifier", "classes (2): a b", "strategy full"] {
+        assert!(
+            shown.stdout.contains(needle),
+            "{needle:?}\n{}",
+            shown.stdout
+        );
+    }
+}
+
+/// Whether `inspect` output lists a tensor `name` of `shape` (`[a, b]`) on a line of its own.
+fn lists_tensor(stdout: &str, name: &str, shape: &str) -> bool {
+    let found = stdout.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with(name) && l[name.len()..].trim() == shape
+    });
+    if !found {
+        eprintln!("no tensor {name} {shape} in\n{stdout}");
+    }
+    found
+}
+
+/// Writes `tensors` to a safetensors file as PyTorch's `safetensors.torch.save_file` does:
+/// f32 little-endian, row-major, the given names and shapes.
+fn save_like_pytorch(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.to_string(), shape.clone(), raw)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, raw)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), raw).unwrap(),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let out = safetensors::tensor::serialize(views, &Some(meta)).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// `n` values in ±scale from a fixed generator.
+fn values(rng: &mut Lcg, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (f32::from(rng.next_u8(201)) - 100.0) / 100.0 * scale)
+        .collect()
+}
+
+/// An encoder written the way docs/checkpoints.md tells PyTorch users to, with a hand-written
+/// sidecar, is accepted by `finetune --encoder`, and `embed` computes exactly its forward pass.
+#[test]
+fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 8);
+    let (input, hidden, latent) = ((SIDE * SIDE) as usize, 16usize, 8usize);
+
+    // nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8)); weights [out, in]
+    let mut rng = Lcg::new(42);
+    let w0 = values(&mut rng, hidden * input, 0.125);
+    let b0 = values(&mut rng, hidden, 0.1);
+    let w2 = values(&mut rng, latent * hidden, 0.25);
+    let b2 = values(&mut rng, latent, 0.1);
+    let encoder = t.join("torch/encoder.safetensors");
+    std::fs::create_dir_all(encoder.parent().unwrap()).unwrap();
+    save_like_pytorch(
+        &encoder,
+        &[
+            ("encoder.0.weight", vec![hidden, input], &w0),
+            ("encoder.0.bias", vec![hidden], &b0),
+            ("encoder.2.weight", vec![latent, hidden], &w2),
+            ("encoder.2.bias", vec![latent], &b2),
+        ],
+    );
+    let sidecar = serde_json::json!({
+        "format": "imprint-encoder/1",
+        "architecture": {"kind": "dense", "hidden": [hidden], "latent": latent},
+        "input": {"channels": 1, "height": SIDE, "width": SIDE},
+        "preprocess": {"channels": null, "height": null, "width": null, "invert": false},
+        "seed": 0,
+        "epochs": 0,
+        "program_version": "pytorch",
+        "data": []
+    });
+    std::fs::write(t.join("torch/encoder.json"), sidecar.to_string()).unwrap();
+
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let ft = t.join("ft");
+    imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&pipeline),
+            "--encoder",
+            arg(&encoder),
+            "--strategy",
+            "probe",
+            "--labels-per-class",
+            "2",
+            "--out",
+            arg(&ft),
+        ],
+    )
+    .assert_success();
+    // a probe keeps the encoder: the saved model carries the PyTorch weights unchanged
+    let model = load_tensors(&ft.join("model.safetensors"));
+    assert_eq!(model["encoder.0.weight"], w0);
+    assert_eq!(model["encoder.2.bias"], b2);
+
+    let features = t.join("features.csv");
+    imprint(
+        t,
+        &[
+            "embed",
+            "--encoder",
+            arg(&encoder),
+            "--input",
+            arg(&data),
+            "--out",
+            arg(&features),
+        ],
+    )
+    .assert_success();
+    let table = Table::read(&features);
+    let mut header = vec!["path".to_string(), "label".to_string()];
+    header.extend((0..latent).map(|j| format!("f{j}")));
+    assert_eq!(table.header, header);
+    assert_eq!(table.rows.len(), 16, "one row per image");
+    for row in &table.rows {
+        let path = Path::new(&row[0]);
+        let label = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(row[1], label, "{row:?}");
+        let x: Vec<f32> = image::open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .to_luma8()
+            .into_raw()
+            .into_iter()
+            .map(|p| f32::from(p) / 255.0)
+            .collect();
+        let h: Vec<f32> = (0..hidden)
+            .map(|o| {
+                let s: f32 = (0..input).map(|i| w0[o * input + i] * x[i]).sum();
+                (s + b0[o]).max(0.0)
+            })
+            .collect();
+        for o in 0..latent {
+            let z: f32 = (0..hidden).map(|i| w2[o * hidden + i] * h[i]).sum::<f32>() + b2[o];
+            let got: f32 = row[2 + o].parse().unwrap();
+            assert!(
+                (got - z).abs() <= 1e-5 * (1.0 + z.abs()),
+                "{}: f{o} is {got}, by hand {z}",
+                row[0]
+            );
+        }
+    }
+
+    let shown = imprint(t, &["inspect", arg(&encoder)]);
+    shown.assert_success();
+    assert!(
+        shown.stdout.contains("the tensors fit the architecture")
+            && shown.stdout.contains("program version pytorch"),
+        "{}",
+        shown.stdout
+    );
+}
+
+/// Every tensor of a safetensors file by name.
+fn load_tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, data)
+        })
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! `run --resume` after a hard kill completes the comparison with the same results as an
+//! uninterrupted run, without repeating finished runs or pre-trainings.
+
+use imprint_e2e::{arg, imprint, imprint_bin, read_json, workspace_root, Table};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small comparison on the shipped digits: 2 seeds x 2 strategies, pre-training per seed
+/// long enough that a kill after the first result lands mid-run.
+const ARGS: [&str; 14] = [
+    "run",
+    "pipelines/digits.toml",
+    "--threads",
+    "2",
+    "--epochs",
+    "20",
+    "--steps",
+    "40",
+    "--seeds",
+    "0,1",
+    "--labels-per-class",
+    "2",
+    "--strategies",
+    "scratch,probe-then-full",
+];
+
+fn args_with<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = ARGS.to_vec();
+    args.extend(["--out", arg(out)]);
+    args.extend(extra);
+    args
+}
+
+/// Rows of results.csv, 0 while it does not exist.
+fn rows(results: &Path) -> usize {
+    std::fs::read_to_string(results).map_or(0, |t| t.lines().count().saturating_sub(1))
+}
+
+/// (strategy, labels_per_class, seed, test_accuracy, macro_f1) of every row, in order.
+fn outcomes(results: &Path) -> Vec<Vec<String>> {
+    let t = Table::read(results);
+    let cols = [
+        "strategy",
+        "labels_per_class",
+        "seed",
+        "test_accuracy",
+        "macro_f1",
+    ];
+    t.rows
+        .iter()
+        .map(|r| cols.iter().map(|c| r[t.col(c)].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_uninterrupted_result() {
+    let root = workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+
+    let mut child = Command::new(imprint_bin())
+        .current_dir(&root)
+        .args(args_with(&killed, &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start imprint");
+    let results = killed.join("results.csv");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rows(&results) == 0 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("imprint ended ({status}) before writing a result");
+        }
+        assert!(Instant::now() < deadline, "no result within 5 minutes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL imprint");
+    child.wait().unwrap();
+    let done = rows(&results);
+    assert!(done < 4, "the run finished before the kill ({done} rows)");
+    let encoder = killed.join("pretrain/seed-0/encoder.safetensors");
+    let trained_at = std::fs::metadata(&encoder).unwrap().modified().unwrap();
+
+    // a changed setting is refused, naming it, and leaves the folder as it was
+    let refused = imprint(
+        &root,
+        &args_with(&killed, &["--resume", "--max-unlabeled", "500"]),
+    );
+    refused.assert_error_after_progress(&["cannot resume", "data.max_unlabeled", "500"]);
+    assert_eq!(rows(&results), done);
+
+    imprint(&root, &args_with(&killed, &["--resume"])).assert_success();
+    imprint(&root, &args_with(&whole, &[])).assert_success();
+
+    assert_eq!(outcomes(&results), outcomes(&whole.join("results.csv")));
+    assert_eq!(
+        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        trained_at,
+        "seed 0 was pre-trained again"
+    );
+    let run = read_json(&killed.join("run.json"));
+    assert_eq!(
+        (&run["resumed"], &run["finished"]),
+        (&true.into(), &true.into())
+    );
+    let stages = run["stages"].as_array().unwrap();
+    let reused = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no stage {name}: {run}"))["reused"]
+            .clone()
+    };
+    assert_eq!(reused("pretrain seed 0"), true, "{run}");
+    assert_eq!(reused("k2-seed0-scratch"), true, "{run}");
+    assert_eq!(reused("pretrain seed 1"), false, "{run}");
+    assert_eq!(
+        std::fs::read(killed.join("summary.csv")).unwrap(),
+        std::fs::read(whole.join("summary.csv")).unwrap()
+    );
+}
