@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
+use imprint_data::ImageShape;
 use imprint_nn::loss::Reconstruction;
 use imprint_nn::Architecture;
 use imprint_pretrain::{pretrain, Noise, PretrainConfig};
@@ -24,6 +25,11 @@ pub struct BenchArgs {
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 64)]
     latent: usize,
+    /// `dense`, or `conv` (3x3 stride-2 convolutions with `--channels` filters, then linear).
+    #[arg(long, default_value = "dense")]
+    arch: String,
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    channels: Vec<usize>,
     /// Measurements of each side; medians are reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -35,14 +41,27 @@ pub struct BenchArgs {
 const PEER: &str = r#"
 import sys, time, torch, torch.nn as nn, torch.nn.functional as F
 batch, steps, side, latent = (int(a) for a in sys.argv[1:5])
-hidden = [int(h) for h in sys.argv[5].split(',')]
+widths = [int(h) for h in sys.argv[5].split(',')]
 torch.manual_seed(0)
-dims = [side * side] + hidden + [latent]
-enc, dec = [], []
-for i in range(len(dims) - 1):
-    enc += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
-    dec += [nn.Linear(dims[-1 - i], dims[-2 - i]), nn.ReLU()]
-enc, dec = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1], nn.Sigmoid())
+if sys.argv[6] == 'dense':
+    dims = [side * side] + widths + [latent]
+    enc, dec = [], []
+    for i in range(len(dims) - 1):
+        enc += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+        dec += [nn.Linear(dims[-1 - i], dims[-2 - i]), nn.ReLU()]
+    enc, dec = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1], nn.Sigmoid())
+else:
+    chans, sizes = [1] + widths, [side]
+    for _ in widths: sizes.append((sizes[-1] - 1) // 2 + 1)
+    enc = []
+    for i in range(len(widths)): enc += [nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.ReLU()]
+    flat = chans[-1] * sizes[-1] ** 2
+    enc = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, latent))
+    dec = [nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, (chans[-1], sizes[-1], sizes[-1]))]
+    for i in reversed(range(len(widths))):
+        op = sizes[i] - ((sizes[i + 1] - 1) * 2 + 3 - 2)
+        dec += [nn.ConvTranspose2d(chans[i + 1], chans[i], 3, 2, 1, output_padding=op), nn.ReLU()]
+    dec = nn.Sequential(*dec[:-1], nn.Sigmoid(), nn.Flatten())
 opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), 1e-3)
 x = torch.rand(steps * batch, side * side)
 def epoch():
@@ -56,12 +75,43 @@ t = time.time(); epoch(); el = time.time() - t
 print(f"{steps * batch / el:.1f} {torch.get_num_threads()}")
 "#;
 
+impl BenchArgs {
+    fn architecture(&self) -> Result<Architecture> {
+        Ok(match self.arch.as_str() {
+            "dense" => Architecture::Dense {
+                hidden: self.hidden.clone(),
+                latent: self.latent,
+            },
+            "conv" => Architecture::Conv {
+                channels: self.channels.clone(),
+                kernel: 3,
+                stride: 2,
+                latent: self.latent,
+            },
+            other => bail!("unknown --arch `{other}` (dense or conv)"),
+        })
+    }
+
+    fn widths(&self) -> &[usize] {
+        if self.arch == "conv" {
+            &self.channels
+        } else {
+            &self.hidden
+        }
+    }
+}
+
+fn shape(args: &BenchArgs) -> ImageShape {
+    ImageShape {
+        channels: 1,
+        height: args.side,
+        width: args.side,
+    }
+}
+
 fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     let cfg = PretrainConfig {
-        architecture: Architecture::Dense {
-            hidden: args.hidden.clone(),
-            latent: args.latent,
-        },
+        architecture: args.architecture()?,
         noise: Noise::None,
         loss: Reconstruction::Mse,
         epochs: 2,
@@ -73,7 +123,7 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     let run = pretrain(
         &Cpu::default(),
         images,
-        args.side * args.side,
+        shape(args),
         &cfg,
         0,
         &mut |_, _, _, _| {},
@@ -84,11 +134,12 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
 }
 
 fn peer(python: &str, args: &BenchArgs) -> Result<(f64, String)> {
-    let hidden: Vec<String> = args.hidden.iter().map(|h| h.to_string()).collect();
+    let widths: Vec<String> = args.widths().iter().map(|h| h.to_string()).collect();
     let out = Command::new(python)
         .args(["-c", PEER])
         .args([args.batch, args.steps, args.side, args.latent].map(|v| v.to_string()))
-        .arg(hidden.join(","))
+        .arg(widths.join(","))
+        .arg(&args.arch)
         .output()
         .with_context(|| format!("cannot run the peer `{python}`"))?;
     if !out.status.success() {
@@ -117,13 +168,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let images: Vec<f32> = (0..args.steps * args.batch * len)
         .map(|_| rng.gen())
         .collect();
-    let arch = Architecture::Dense {
-        hidden: args.hidden.clone(),
-        latent: args.latent,
-    };
     println!(
-        "dense autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {} threads",
-        arch.describe(len),
+        "autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {} threads",
+        args.architecture()?.describe(shape(args)),
         args.batch,
         args.steps,
         rayon::current_num_threads()

@@ -350,7 +350,7 @@ fn print_inspection(checkpoint: &Path) -> Result<()> {
     };
     println!(
         "architecture: {} (input {input} = channels x height x width{})",
-        architecture.describe(input.len()),
+        architecture.describe(input),
         if preprocess.invert { ", inverted" } else { "" }
     );
     print_tensors(&found.tensors);

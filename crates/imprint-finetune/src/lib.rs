@@ -308,12 +308,10 @@ pub fn finetune<D: ImprintDevice>(
     if train.is_empty() {
         return Err(FinetuneError::Data("the labeled set is empty".into()));
     }
-    if encoder.input_len != train.shape.len() {
+    if encoder.input != train.shape {
         return Err(FinetuneError::Data(format!(
-            "the encoder takes {} values per image, the labeled images are {} ({} values): set the preprocessing size to match",
-            encoder.input_len,
-            train.shape,
-            train.shape.len()
+            "the encoder takes {} images, the labeled images are {}: set the preprocessing to match",
+            encoder.input, train.shape
         )));
     }
     let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);

@@ -38,10 +38,17 @@ fn encoder(seed: u64) -> Encoder<Cpu> {
     Encoder::new(
         &Cpu::default(),
         &arch,
-        64,
+        SIDE8,
         &mut ChaCha8Rng::seed_from_u64(seed),
     )
+    .unwrap()
 }
+
+const SIDE8: ImageShape = ImageShape {
+    channels: 1,
+    height: 8,
+    width: 8,
+};
 
 /// An encoder pre-trained (without labels) on bar images.
 fn pretrained_encoder() -> Encoder<Cpu> {
@@ -62,7 +69,7 @@ fn pretrained_encoder() -> Encoder<Cpu> {
     imprint_pretrain::pretrain(
         &Cpu::default(),
         &images,
-        64,
+        SIDE8,
         &cfg,
         0,
         &mut |_, _, _, _| {},
@@ -185,7 +192,7 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
         hidden: vec![16],
         latent: 8,
     };
-    let other = Encoder::new(&dev, &arch, 64, &mut ChaCha8Rng::seed_from_u64(0));
+    let other = Encoder::new(&dev, &arch, SIDE8, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     let mut wrong = Classifier::new(&dev, other, model.classes.clone(), model.shape, 1);
     let e = wrong
         .load_named(&tensors, "model.safetensors")

@@ -27,17 +27,12 @@ impl<D: ImprintDevice> Dense<D> {
         rng: &mut impl Rng,
     ) -> Self {
         let bound = 1.0 / (in_features as f32).sqrt();
-        let dist = Uniform::new_inclusive(-bound, bound);
-        let weight: Vec<f32> = (0..in_features * out_features)
-            .map(|_| dist.sample(rng))
-            .collect();
-        let bias: Vec<f32> = (0..out_features).map(|_| dist.sample(rng)).collect();
         Self {
             in_features,
             out_features,
             activation,
-            weight: dev.tensor_from_vec(weight, (in_features * out_features,)),
-            bias: dev.tensor_from_vec(bias, (out_features,)),
+            weight: uniform_vector(dev, in_features * out_features, bound, rng),
+            bias: uniform_vector(dev, out_features, bound, rng),
         }
     }
 
@@ -149,31 +144,59 @@ impl<D: ImprintDevice> Mlp<D> {
         source: &str,
     ) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (suffix, param, shape) in [
-                (
-                    "weight",
-                    &mut layer.weight,
-                    vec![layer.out_features, layer.in_features],
-                ),
-                ("bias", &mut layer.bias, vec![layer.out_features]),
-            ] {
-                let name = format!("{prefix}.{}.{suffix}", 2 * i);
-                let t = tensors.get(&name).ok_or_else(|| NnError::Checkpoint {
-                    path: source.to_string(),
-                    message: format!("missing tensor `{name}` (architecture mismatch)"),
-                })?;
-                if t.shape != shape {
-                    return Err(NnError::Checkpoint {
-                        path: source.to_string(),
-                        message: format!(
-                            "tensor `{name}` has shape {:?}, the model needs {:?} (architecture mismatch)",
-                            t.shape, shape
-                        ),
-                    });
-                }
-                param.copy_from(&t.data);
-            }
+            let shape = [layer.out_features, layer.in_features];
+            load_param(
+                tensors,
+                &format!("{prefix}.{}.weight", 2 * i),
+                &shape,
+                &mut layer.weight,
+                source,
+            )?;
+            let shape = [layer.out_features];
+            load_param(
+                tensors,
+                &format!("{prefix}.{}.bias", 2 * i),
+                &shape,
+                &mut layer.bias,
+                source,
+            )?;
         }
         Ok(())
     }
+}
+
+/// Copies tensor `name` of `tensors` into `param`, refusing a missing tensor or another shape.
+pub(crate) fn load_param<D: ImprintDevice>(
+    tensors: &BTreeMap<String, NamedTensor>,
+    name: &str,
+    shape: &[usize],
+    param: &mut Vector<D>,
+    source: &str,
+) -> Result<()> {
+    let t = tensors.get(name).ok_or_else(|| NnError::Checkpoint {
+        path: source.to_string(),
+        message: format!("missing tensor `{name}` (architecture mismatch)"),
+    })?;
+    if t.shape != shape {
+        return Err(NnError::Checkpoint {
+            path: source.to_string(),
+            message: format!(
+                "tensor `{name}` has shape {:?}, the model needs {shape:?} (architecture mismatch)",
+                t.shape
+            ),
+        });
+    }
+    param.copy_from(&t.data);
+    Ok(())
+}
+
+/// `len` values uniform in ±`bound`: PyTorch's default init for linear and conv layers.
+pub(crate) fn uniform_vector<D: ImprintDevice>(
+    dev: &D,
+    len: usize,
+    bound: f32,
+    rng: &mut impl Rng,
+) -> Vector<D> {
+    let dist = Uniform::new_inclusive(-bound, bound);
+    dev.tensor_from_vec((0..len).map(|_| dist.sample(rng)).collect(), (len,))
 }

@@ -23,8 +23,14 @@ pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
 pub type Vector<D> = Tensor<(usize,), f32, D>;
 
 /// The devices our models run on: dfdx's own ops plus ours.
-pub trait ImprintDevice: Device<f32> + LinearKernel {}
-impl<D: Device<f32> + LinearKernel> ImprintDevice for D {}
+pub trait ImprintDevice:
+    Device<f32> + LinearKernel + imprint_ops::Conv2dKernel + imprint_ops::ConvTranspose2dKernel
+{
+}
+impl<D> ImprintDevice for D where
+    D: Device<f32> + LinearKernel + imprint_ops::Conv2dKernel + imprint_ops::ConvTranspose2dKernel
+{
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {
@@ -36,6 +42,8 @@ pub enum NnError {
     Device(String),
     #[error("{0}")]
     NonFinite(String),
+    #[error("architecture {0}")]
+    Architecture(String),
 }
 
 pub type Result<T> = std::result::Result<T, NnError>;

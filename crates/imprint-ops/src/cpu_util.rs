@@ -1,5 +1,5 @@
 //! Building blocks shared by the CPU kernels: a strided gemm wrapper, im2col / col2im and the
-//! split of a batch between threads.
+//! split of a batch into chunks of images that share one product.
 
 /// Below this many multiply-adds, splitting one product between threads costs more than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -113,12 +113,11 @@ impl Geometry {
         self.grid.0 * self.grid.1
     }
 
-    /// A 1x1 kernel with unit stride and no padding: the column matrix is the image itself.
-    pub fn is_identity(&self) -> bool {
-        self.kernel == (1, 1)
-            && self.stride == (1, 1)
-            && self.padding == (0, 0)
-            && self.grid == self.image
+    /// Elements a column matrix with rows `pitch` apart must hold: all rows but the last in
+    /// full, then the last row's own columns.
+    fn col_span(&self, pitch: usize) -> usize {
+        assert!(pitch >= self.cols(), "pitch shorter than a row");
+        (self.rows() - 1) * pitch + self.cols()
     }
 }
 
@@ -140,128 +139,186 @@ fn valid_range(offset: isize, stride: usize, size: usize, count: usize) -> (usiz
     (lo.min(hi), hi)
 }
 
-/// Where one grid row of one column-matrix row reads from: the image row starting at `start`,
-/// with grid columns `lo..hi` reading image columns `x * stride + offset`.
+/// Index of the first element of phase `p` in an image row of width `w` reordered by
+/// [`split_phases`] with stride `sx`.
+fn phase_start(p: usize, w: usize, sx: usize) -> usize {
+    (0..p).map(|q| w.saturating_sub(q).div_ceil(sx)).sum()
+}
+
+/// Reorders every `w`-wide row of `img` by phase: first the columns `0, sx, 2 sx, ..`, then
+/// `1, 1 + sx, ..`, and so on. The columns one kernel offset reads with horizontal stride `sx`
+/// then lie next to each other, so im2col and col2im move contiguous runs instead of strided
+/// single elements.
+fn split_phases(img: &[f32], w: usize, sx: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(img.len());
+    for row in img.chunks_exact(w) {
+        for p in 0..sx.min(w) {
+            out.extend(row[p..].iter().step_by(sx));
+        }
+    }
+    out
+}
+
+/// Adds `split`, laid out by [`split_phases`], back onto `img` in the natural order.
+fn merge_phases_add(split: &[f32], w: usize, sx: usize, img: &mut [f32]) {
+    for (src, row) in split.chunks_exact(w).zip(img.chunks_exact_mut(w)) {
+        let mut src = src.iter();
+        for p in 0..sx.min(w) {
+            row[p..]
+                .iter_mut()
+                .step_by(sx)
+                .zip(&mut src)
+                .for_each(|(d, v)| *d += v);
+        }
+    }
+}
+
+/// Where one grid row of one column-matrix row reads from: grid columns `lo..hi` read the
+/// consecutive elements starting at `src` of the image with rows split by [`split_phases`]
+/// (the image itself when the horizontal stride is 1); the other columns read padding.
 #[derive(Clone, Copy)]
 struct Segment {
-    start: usize,
+    src: usize,
     lo: usize,
     hi: usize,
-    offset: isize,
 }
 
 /// Calls `f(col_start, segment)` for every grid row of every column-matrix row, where
-/// `col_start` indexes the column matrix and `segment` is `None` when the source image row
-/// lies entirely in the padding.
+/// `col_start` indexes a column matrix whose rows are `pitch` elements apart and `segment` is
+/// `None` when every column of that grid row reads padding.
 #[inline(always)]
-fn for_each_segment(g: &Geometry, mut f: impl FnMut(usize, Option<Segment>)) {
+fn for_each_segment(g: &Geometry, pitch: usize, mut f: impl FnMut(usize, Option<Segment>)) {
     let (kh, kw) = g.kernel;
     let (gh, gw) = g.grid;
     let (h, w) = g.image;
+    let sx = g.stride.1;
     for c in 0..g.channels {
         for i in 0..kh {
             let off_y = (i * g.dilation.0) as isize - g.padding.0 as isize;
             let (y_lo, y_hi) = valid_range(off_y, g.stride.0, h, gh);
             for j in 0..kw {
                 let offset = (j * g.dilation.1) as isize - g.padding.1 as isize;
-                let (lo, hi) = valid_range(offset, g.stride.1, w, gw);
-                let row = ((c * kh + i) * kw + j) * gh * gw;
+                let (lo, hi) = valid_range(offset, sx, w, gw);
+                let row = ((c * kh + i) * kw + j) * pitch;
+                // Image column `x * sx + offset` sits in phase `offset mod sx`, at position
+                // `x + offset div sx` within it.
+                let in_row = if lo < hi {
+                    let phase = phase_start(offset.rem_euclid(sx as isize) as usize, w, sx);
+                    (phase as isize + offset.div_euclid(sx as isize) + lo as isize) as usize
+                } else {
+                    0
+                };
                 for y in 0..gh {
                     let col_start = row + y * gw;
-                    if y < y_lo || y >= y_hi {
+                    if lo == hi || y < y_lo || y >= y_hi {
                         f(col_start, None);
                         continue;
                     }
                     let iy = ((y * g.stride.0) as isize + off_y) as usize;
-                    let start = (c * h + iy) * w;
-                    f(
-                        col_start,
-                        Some(Segment {
-                            start,
-                            lo,
-                            hi,
-                            offset,
-                        }),
-                    );
+                    let src = (c * h + iy) * w + in_row;
+                    f(col_start, Some(Segment { src, lo, hi }));
                 }
             }
         }
     }
 }
 
-/// Writes the column matrix of `img` into `col` (every element overwritten).
-pub(crate) fn im2col(g: &Geometry, img: &[f32], col: &mut [f32]) {
+/// Writes the column matrix of `img` into the first `g.cols()` columns of `col`, whose rows are
+/// `pitch` elements apart (every one of those elements overwritten, the rest left alone). A
+/// pitch wider than one image's columns lets several images share one column matrix.
+pub(crate) fn im2col(g: &Geometry, img: &[f32], col: &mut [f32], pitch: usize) {
     assert_eq!(img.len(), g.image_len(), "image size");
-    assert_eq!(col.len(), g.rows() * g.cols(), "column matrix size");
+    assert!(col.len() >= g.col_span(pitch), "column matrix size");
     let (gw, w, sx) = (g.grid.1, g.image.1, g.stride.1);
-    for_each_segment(g, |col_start, seg| {
+    let split;
+    let src = if sx == 1 {
+        img
+    } else {
+        split = split_phases(img, w, sx);
+        &split
+    };
+    for_each_segment(g, pitch, |col_start, seg| {
         let dst = &mut col[col_start..col_start + gw];
-        let Some(Segment {
-            start,
-            lo,
-            hi,
-            offset,
-        }) = seg
-        else {
+        let Some(Segment { src: s, lo, hi }) = seg else {
             dst.fill(0.0);
             return;
         };
-        let src = &img[start..start + w];
         dst[..lo].fill(0.0);
+        dst[lo..hi].copy_from_slice(&src[s..s + (hi - lo)]);
         dst[hi..].fill(0.0);
-        if lo == hi {
-            // Every column of this row reads padding; already zeroed above.
-            return;
-        }
-        if sx == 1 {
-            let s = (lo as isize + offset) as usize;
-            dst[lo..hi].copy_from_slice(&src[s..s + (hi - lo)]);
-        } else {
-            for (x, d) in (lo..hi).zip(&mut dst[lo..hi]) {
-                *d = src[((x * sx) as isize + offset) as usize];
-            }
-        }
     });
 }
 
-/// Adds the column matrix `col` back onto `img` (the adjoint of [`im2col`]): every pixel
-/// receives the sum of the column entries that read it.
-pub(crate) fn col2im(g: &Geometry, col: &[f32], img: &mut [f32]) {
+/// Adds the column matrix in the first `g.cols()` columns of `col` (rows `pitch` apart) back
+/// onto `img` (the adjoint of [`im2col`]): every pixel receives the sum of the column entries
+/// that read it.
+pub(crate) fn col2im(g: &Geometry, col: &[f32], pitch: usize, img: &mut [f32]) {
     assert_eq!(img.len(), g.image_len(), "image size");
-    assert_eq!(col.len(), g.rows() * g.cols(), "column matrix size");
+    assert!(col.len() >= g.col_span(pitch), "column matrix size");
     let (w, sx) = (g.image.1, g.stride.1);
-    for_each_segment(g, |col_start, seg| {
-        let Some(Segment {
-            start,
-            lo,
-            hi,
-            offset,
-        }) = seg.filter(|s| s.lo < s.hi)
-        else {
-            return;
-        };
-        let src = &col[col_start + lo..col_start + hi];
-        let dst = &mut img[start..start + w];
-        if sx == 1 {
-            let s = (lo as isize + offset) as usize;
+    let accumulate = |dst: &mut [f32]| {
+        for_each_segment(g, pitch, |col_start, seg| {
+            let Some(Segment { src: s, lo, hi }) = seg else {
+                return;
+            };
+            let src = &col[col_start + lo..col_start + hi];
             for (d, v) in dst[s..s + (hi - lo)].iter_mut().zip(src) {
                 *d += v;
             }
-        } else {
-            for (x, v) in (lo..hi).zip(src) {
-                dst[((x * sx) as isize + offset) as usize] += v;
-            }
-        }
-    });
+        })
+    };
+    if sx == 1 {
+        accumulate(img);
+    } else {
+        let mut split = vec![0.0; img.len()];
+        accumulate(&mut split);
+        merge_phases_add(&split, w, sx, img);
+    }
 }
 
-/// Images per task when `n` images are split between the pool's threads, and how many threads
-/// each task's gemm may use itself (more than one only when the batch is smaller than the pool).
-pub(crate) fn batch_split(n: usize) -> (usize, usize) {
-    let threads = rayon::current_num_threads().max(1);
-    let per_task = n.div_ceil(threads).max(1);
-    let gemm_threads = (threads / n.max(1)).max(1);
-    (per_task, gemm_threads)
+/// Scratch bytes one chunk of images may claim. A chunk's column matrix is written by im2col
+/// and read straight back by the products; sized to stay in the core's L2 cache, and already
+/// wide enough (hundreds of columns) that the products run at full speed.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// How a batch of `n` images is cut into chunks whose columns sit side by side in one matrix,
+/// so that each product spans a whole chunk instead of one image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chunks {
+    /// Images per chunk (the last chunk may hold fewer).
+    pub images: usize,
+    /// Threads each chunk's products may use themselves.
+    pub gemm_threads: usize,
+}
+
+impl Chunks {
+    /// Chunks of at most [`CHUNK_BYTES`] given `floats_per_image` scratch floats per image,
+    /// at least one chunk per thread, and sizes evened out so that no chunk is a small
+    /// remainder.
+    pub fn new(n: usize, floats_per_image: usize) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let per_thread = n.div_ceil(threads).max(1);
+        let cap = (CHUNK_BYTES / (4 * floats_per_image.max(1))).max(1);
+        let images = per_thread.div_ceil(per_thread.div_ceil(cap));
+        // Only a batch smaller than the pool leaves threads for the products themselves.
+        let gemm_threads = (threads / n.max(1)).max(1);
+        Self {
+            images,
+            gemm_threads,
+        }
+    }
+}
+
+/// Copies `src`, `[images, rows, len]`, into `dst`, `[rows, images * len]`: row `r` of `dst`
+/// holds row `r` of every image, one after another.
+pub(crate) fn gather(src: &[f32], dst: &mut [f32], rows: usize, len: usize) {
+    assert_eq!(src.len(), dst.len(), "gather size");
+    let pitch = src.len() / rows.max(1);
+    for (b, img) in src.chunks_exact(rows * len).enumerate() {
+        for (r, row) in img.chunks_exact(len).enumerate() {
+            dst[r * pitch + b * len..][..len].copy_from_slice(row);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -317,12 +374,20 @@ mod tests {
                 .map(|i| (i as f32 * 0.37).sin())
                 .collect();
             let mut col = vec![f32::NAN; g.rows() * g.cols()];
-            im2col(&g, &img, &mut col);
+            im2col(&g, &img, &mut col, g.cols());
             assert_eq!(col, naive_im2col(&g, &img), "{g:?}");
+            // As the second of three images side by side: only its own columns change.
+            let l = g.cols();
+            let mut wide = vec![f32::NAN; g.rows() * 3 * l];
+            im2col(&g, &img, &mut wide[l..], 3 * l);
+            for (r, row) in wide.chunks_exact(3 * l).enumerate() {
+                assert!(row[..l].iter().chain(&row[2 * l..]).all(|v| v.is_nan()));
+                assert_eq!(row[l..2 * l], col[r * l..(r + 1) * l], "{g:?} row {r}");
+            }
             // <im2col(img), r> == <img, col2im(r)>
             let r: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.71).cos()).collect();
             let mut back = vec![0.0; img.len()];
-            col2im(&g, &r, &mut back);
+            col2im(&g, &r, g.cols(), &mut back);
             let lhs: f64 = col.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum();
             let rhs: f64 = img
                 .iter()
@@ -330,6 +395,26 @@ mod tests {
                 .map(|(a, b)| *a as f64 * *b as f64)
                 .sum();
             assert!((lhs - rhs).abs() < 1e-4, "{g:?}: {lhs} vs {rhs}");
+            // The same from the middle of a wider matrix, with NaN in the other columns.
+            let mut wide = vec![f32::NAN; g.rows() * 3 * l];
+            for (dst, src) in wide.chunks_exact_mut(3 * l).zip(r.chunks_exact(l)) {
+                dst[l..2 * l].copy_from_slice(src);
+            }
+            let mut back_wide = vec![0.0; img.len()];
+            col2im(&g, &wide[l..], 3 * l, &mut back_wide);
+            assert_eq!(back, back_wide, "{g:?}");
         }
+    }
+
+    #[test]
+    fn gather_puts_image_rows_side_by_side() {
+        let src: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut dst = vec![0.0; 12];
+        // Two images of three rows of two.
+        gather(&src, &mut dst, 3, 2);
+        assert_eq!(
+            dst,
+            [0.0, 1.0, 6.0, 7.0, 2.0, 3.0, 8.0, 9.0, 4.0, 5.0, 10.0, 11.0]
+        );
     }
 }

@@ -62,7 +62,7 @@ fn pretrain_artifacts(
     let trained = pretrain(
         &dev,
         &data.unlabeled.pixels,
-        shape.len(),
+        shape,
         &p.pretrain,
         seed,
         &mut |epoch, done, total, loss| obs.pretrain_batch(seed, epoch, epochs, done, total, loss),
@@ -149,6 +149,16 @@ fn pretrain_artifacts(
             recon.chunks(shape.len()).collect(),
         ],
     )?;
+    if let Some((weights, [filters, channels, kh, kw])) = trained.encoder.first_filters() {
+        write_filters(
+            &out.join("filters.png"),
+            &weights,
+            filters,
+            channels,
+            kh,
+            kw,
+        )?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     write_json(
         &out.join("encoder.json"),
@@ -168,6 +178,38 @@ fn pretrain_artifacts(
     Ok((trained.encoder, trained.history, seconds))
 }
 
+/// The first convolution's filters as a grid of small images, each stretched to [0, 1] on its
+/// own so faint and strong filters both show their pattern: what the encoder learned to see.
+fn write_filters(
+    path: &Path,
+    weights: &[f32],
+    filters: usize,
+    channels: usize,
+    kh: usize,
+    kw: usize,
+) -> Result<()> {
+    // RGB filters show in colour; otherwise the first input channel in grey.
+    let shown = if channels == 3 { 3 } else { 1 };
+    let per_filter = channels * kh * kw;
+    let images: Vec<Vec<f32>> = weights
+        .chunks_exact(per_filter)
+        .take(filters)
+        .map(|f| {
+            let f = &f[..shown * kh * kw];
+            let (lo, hi) = f
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            f.iter().map(|&v| (v - lo) / (hi - lo).max(1e-12)).collect()
+        })
+        .collect();
+    let rows: Vec<Vec<&[f32]>> = images
+        .chunks(8)
+        .map(|r| r.iter().map(|i| i.as_slice()).collect())
+        .collect();
+    report::image_grid(path, shown, kh, kw, &rows)?;
+    Ok(())
+}
+
 /// Loads a pre-trained encoder, refusing one whose architecture or input shape differs from
 /// what `p` and the data need.
 pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
@@ -179,8 +221,8 @@ pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<E
     if side.architecture != p.pretrain.architecture {
         return Err(input(format!(
             "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
-            side.architecture.describe(side.input.len()),
-            p.pretrain.architecture.describe(shape.len())
+            side.architecture.describe(side.input),
+            p.pretrain.architecture.describe(shape)
         )));
     }
     if side.input != shape {
@@ -198,22 +240,22 @@ fn encoder_of(weights: &Path, side: &EncoderSidecar) -> Result<Encoder<Cpu>> {
     let mut encoder = Encoder::new(
         &Cpu::default(),
         &side.architecture,
-        side.input.len(),
+        side.input,
         &mut ChaCha8Rng::seed_from_u64(0),
-    );
+    )?;
     encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
     Ok(encoder)
 }
 
 /// A fresh encoder for the `scratch` baseline, its init drawn from `seed`.
-fn fresh_encoder(p: &Pipeline, shape: ImageShape, seed: u64) -> Encoder<Cpu> {
+fn fresh_encoder(p: &Pipeline, shape: ImageShape, seed: u64) -> Result<Encoder<Cpu>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1000));
-    Encoder::new(
+    Ok(Encoder::new(
         &Cpu::default(),
         &p.pretrain.architecture,
-        shape.len(),
+        shape,
         &mut rng,
-    )
+    )?)
 }
 
 pub struct FinetuneOutcome {
@@ -270,7 +312,7 @@ fn run_one(
 ) -> Result<FinetuneOutcome> {
     let dev = Cpu::default();
     let encoder = match (strategy.uses_pretrained(), pretrained) {
-        (false, _) => fresh_encoder(p, train.shape, seed),
+        (false, _) => fresh_encoder(p, train.shape, seed)?,
         (true, Some(e)) => e.clone(),
         (true, None) => {
             return Err(PipelineError::Output(format!(
@@ -493,7 +535,7 @@ pub fn compare(
          Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
-        p.pretrain.architecture.describe(data.shape().len()),
+        p.pretrain.architecture.describe(data.shape()),
         p.pretrain.epochs,
         data.unlabeled.len(),
         p.pretrain.noise,
@@ -680,9 +722,9 @@ fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
     let encoder = Encoder::new(
         &dev,
         &side.architecture,
-        side.input.len(),
+        side.input,
         &mut ChaCha8Rng::seed_from_u64(0),
-    );
+    )?;
     let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
     model.load_named(&tensors, &weights.display().to_string())?;
     Ok(model)

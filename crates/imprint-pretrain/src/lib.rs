@@ -2,6 +2,7 @@
 //! returns its history and prints nothing; callers render progress from [`EpochStats`].
 
 use dfdx::prelude::*;
+use imprint_data::ImageShape;
 use imprint_nn::loss::{check_finite, reconstruction_loss, Reconstruction};
 use imprint_nn::optim::adam_config;
 use imprint_nn::{Adam, Architecture, Decoder, Encoder, ImprintDevice, Matrix, ParamGroup};
@@ -106,14 +107,12 @@ impl PretrainConfig {
                 return bad("noise.std", "must be a non-negative number");
             }
         }
-        match &self.architecture {
-            Architecture::Dense { hidden, latent } => {
-                if *latent == 0 || hidden.contains(&0) {
-                    return bad("architecture", "layer widths must be at least 1");
-                }
-            }
-        }
-        Ok(())
+        self.architecture
+            .check_widths()
+            .map_err(|message| PretrainError::Config {
+                key: "architecture",
+                message,
+            })
     }
 }
 
@@ -139,18 +138,19 @@ pub struct Pretrained<D: ImprintDevice> {
 /// Progress within an epoch, for progress bars: (epoch, batches done, batches in the epoch, running loss).
 pub type BatchProgress<'a> = dyn FnMut(usize, usize, usize, f64) + 'a;
 
-/// Trains an autoencoder on `images` (`n * input_len` floats in [0,1]) from a fresh init drawn
+/// Trains an autoencoder on `images` (`n` images of `input`'s shape, in [0,1]) from a fresh init drawn
 /// from `seed`. Every random draw (init, held-out split, shuffles, noise) follows from `seed`.
 pub fn pretrain<D: ImprintDevice>(
     dev: &D,
     images: &[f32],
-    input_len: usize,
+    input: ImageShape,
     cfg: &PretrainConfig,
     seed: u64,
     on_batch: &mut BatchProgress<'_>,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Result<Pretrained<D>> {
     cfg.validate()?;
+    let input_len = input.len();
     let n = images.len() / input_len.max(1);
     if n == 0 {
         return Err(PretrainError::Config {
@@ -159,8 +159,8 @@ pub fn pretrain<D: ImprintDevice>(
         });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut encoder = Encoder::new(dev, &cfg.architecture, input_len, &mut rng);
-    let mut decoder = Decoder::new(dev, &cfg.architecture, input_len, &mut rng);
+    let mut encoder = Encoder::new(dev, &cfg.architecture, input, &mut rng)?;
+    let mut decoder = Decoder::new(dev, &cfg.architecture, input, &mut rng)?;
 
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
@@ -309,6 +309,42 @@ mod tests {
         out
     }
 
+    const SIDE8: ImageShape = ImageShape {
+        channels: 1,
+        height: 8,
+        width: 8,
+    };
+
+    #[test]
+    fn conv_autoencoder_loss_falls() {
+        let dev = Cpu::default();
+        let images = bars(400, 8, 1);
+        let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
+        cfg.architecture = Architecture::Conv {
+            channels: vec![8, 16],
+            kernel: 3,
+            stride: 2,
+            latent: 8,
+        };
+        let run = pretrain(
+            &dev,
+            &images,
+            SIDE8,
+            &cfg,
+            3,
+            &mut |_, _, _, _| {},
+            &mut |_| {},
+        )
+        .unwrap();
+        let (first, last) = (&run.history[0], run.history.last().unwrap());
+        assert!(
+            last.heldout_loss.unwrap() < 0.8 * first.heldout_loss.unwrap(),
+            "held-out loss {:?} -> {:?}",
+            first.heldout_loss,
+            last.heldout_loss
+        );
+    }
+
     fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
         PretrainConfig {
             architecture: Architecture::Dense {
@@ -339,7 +375,7 @@ mod tests {
                 pretrain(
                     &dev,
                     &images,
-                    64,
+                    SIDE8,
                     &cfg,
                     7,
                     &mut |_, _, _, _| {},

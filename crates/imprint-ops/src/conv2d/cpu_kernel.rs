@@ -1,5 +1,5 @@
 use super::{Conv2dKernel, Conv2dSpec};
-use crate::cpu_util::{batch_split, col2im, gemm, im2col, row_major, transposed, Geometry};
+use crate::cpu_util::{col2im, gather, gemm, im2col, row_major, transposed, Chunks, Geometry};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -55,124 +55,99 @@ impl Dims {
 
 /// Forward pass on plain slices: `x` is `[batch, in, h, w]`, `w` the weight, `b` the bias;
 /// returns `[batch, out, oh, ow]`.
+///
+/// Each chunk of images is one column matrix `[in * kh * kw, images * oh * ow]`, so each group
+/// costs one wide product per chunk rather than one narrow product per image.
 pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<f32> {
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
+    let out_channels = d.groups * cgo;
+    let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
+    // Every element is written below; `vec!` of zeros costs no pass of its own.
     let mut y = vec![0.0; d.batch * d.out_len()];
-    let (per_task, gemm_threads) = batch_split(d.batch);
-    let identity = d.geo.is_identity();
-    y.par_chunks_mut(per_task * d.out_len())
-        .zip(x.par_chunks(per_task * d.in_len()))
+    y.par_chunks_mut(chunks.images * d.out_len())
+        .zip(x.par_chunks(chunks.images * d.in_len()))
         .for_each(|(ys, xs)| {
-            let mut col = vec![0.0; if identity { 0 } else { d.col_len() }];
-            for (yi, xi) in ys
-                .chunks_exact_mut(d.out_len())
-                .zip(xs.chunks_exact(d.in_len()))
-            {
-                let col: &[f32] = if identity {
-                    xi
-                } else {
-                    im2col(&d.geo, xi, &mut col);
-                    &col
-                };
-                if let Some(b) = b {
-                    for (row, &bias) in yi.chunks_exact_mut(l).zip(b) {
-                        row.fill(bias);
-                    }
-                }
-                for g in 0..d.groups {
-                    // y_g[cgo, l] (+)= W_g[cgo, kg] · col_g[kg, l]
-                    gemm(
-                        &mut yi[g * cgo * l..(g + 1) * cgo * l],
-                        row_major(&w[g * cgo * kg..(g + 1) * cgo * kg], cgo, kg),
-                        row_major(&col[g * kg * l..(g + 1) * kg * l], kg, l),
-                        b.is_some(),
-                        gemm_threads,
-                    );
+            let images = xs.len() / d.in_len();
+            let pitch = images * l;
+            let mut col = vec![0.0; d.geo.rows() * pitch];
+            let mut prod = vec![0.0; out_channels * pitch];
+            for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                im2col(&d.geo, xi, &mut col[i * l..], pitch);
+            }
+            for g in 0..d.groups {
+                // prod_g[cgo, images * l] = W_g[cgo, kg] · col_g[kg, images * l]
+                gemm(
+                    &mut prod[g * cgo * pitch..(g + 1) * cgo * pitch],
+                    row_major(&w[g * cgo * kg..(g + 1) * cgo * kg], cgo, kg),
+                    row_major(&col[g * kg * pitch..(g + 1) * kg * pitch], kg, pitch),
+                    false,
+                    chunks.gemm_threads,
+                );
+            }
+            for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
+                for (c, row) in yi.chunks_exact_mut(l).enumerate() {
+                    let src = &prod[c * pitch + i * l..][..l];
+                    let bias = b.map_or(0.0, |b| b[c]);
+                    row.iter_mut().zip(src).for_each(|(y, p)| *y = p + bias);
                 }
             }
         });
     y
 }
 
-/// Backward pass on plain slices: adds `dL/dx` to `gx` (when given) and returns `dL/dW`.
-pub(crate) fn backward(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    gx: Option<&mut [f32]>,
-    d: &Dims,
-) -> Vec<f32> {
+/// Backward pass on plain slices: adds `dL/dx` to `gx` and returns `dL/dW`.
+pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) -> Vec<f32> {
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
-    let (per_task, gemm_threads) = batch_split(d.batch);
-    let identity = d.geo.is_identity();
-    let task = |xs: &[f32], dys: &[f32], mut gxs: Option<&mut [f32]>| {
-        let mut gw = vec![0.0; w.len()];
-        // One scratch matrix per task: first the image's columns for dW, then dL/dcol for dx.
-        let mut buf = vec![0.0; if identity { 0 } else { d.col_len() }];
-        for (i, (xi, dyi)) in xs
-            .chunks_exact(d.in_len())
-            .zip(dys.chunks_exact(d.out_len()))
-            .enumerate()
-        {
-            if !identity {
-                im2col(&d.geo, xi, &mut buf);
-            }
-            let col: &[f32] = if identity { xi } else { &buf };
-            for g in 0..d.groups {
-                // dW_g[cgo, kg] += dY_g[cgo, l] · col_gᵀ[l, kg]
-                gemm(
-                    &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
-                    row_major(&dyi[g * cgo * l..(g + 1) * cgo * l], cgo, l),
-                    transposed(&col[g * kg * l..(g + 1) * kg * l], l, kg),
-                    true,
-                    gemm_threads,
-                );
-            }
-            let Some(gxs) = gxs.as_deref_mut() else {
-                continue;
-            };
-            let gxi = &mut gxs[i * d.in_len()..(i + 1) * d.in_len()];
-            // dcol_g[kg, l] = W_gᵀ[kg, cgo] · dY_g[cgo, l], then dx += col2im(dcol). With an
-            // identity geometry the column matrix is the image, so the product lands in dx.
-            let dcol_into = |dcol: &mut [f32], accumulate: bool| {
+    let out_channels = d.groups * cgo;
+    let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
+    gx.par_chunks_mut(chunks.images * d.in_len())
+        .zip(x.par_chunks(chunks.images * d.in_len()))
+        .zip(dy.par_chunks(chunks.images * d.out_len()))
+        .fold(
+            || vec![0.0; w.len()],
+            |mut gw, ((gxs, xs), dys)| {
+                let images = xs.len() / d.in_len();
+                let pitch = images * l;
+                // First the chunk's columns for dW, then dL/dcol for dx.
+                let mut col = vec![0.0; d.geo.rows() * pitch];
+                let mut dyc = vec![0.0; out_channels * pitch];
+                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
+                }
+                gather(dys, &mut dyc, out_channels, l);
                 for g in 0..d.groups {
+                    let dy_g =
+                        || row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
+                    let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
+                    // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
                     gemm(
-                        &mut dcol[g * kg * l..(g + 1) * kg * l],
+                        &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
+                        dy_g(),
+                        transposed(col_g, pitch, kg),
+                        true,
+                        chunks.gemm_threads,
+                    );
+                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l], over
+                    // this group's columns, which dW no longer needs.
+                    gemm(
+                        col_g,
                         transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
-                        row_major(&dyi[g * cgo * l..(g + 1) * cgo * l], cgo, l),
-                        accumulate,
-                        gemm_threads,
+                        dy_g(),
+                        false,
+                        chunks.gemm_threads,
                     );
                 }
-            };
-            if identity {
-                dcol_into(gxi, true);
-            } else {
-                dcol_into(&mut buf, false);
-                col2im(&d.geo, &buf, gxi);
-            }
-        }
-        gw
-    };
-    let partials: Vec<Vec<f32>> = match gx {
-        Some(gx) => gx
-            .par_chunks_mut(per_task * d.in_len())
-            .zip(x.par_chunks(per_task * d.in_len()))
-            .zip(dy.par_chunks(per_task * d.out_len()))
-            .map(|((gxs, xs), dys)| task(xs, dys, Some(gxs)))
-            .collect(),
-        None => x
-            .par_chunks(per_task * d.in_len())
-            .zip(dy.par_chunks(per_task * d.out_len()))
-            .map(|(xs, dys)| task(xs, dys, None))
-            .collect(),
-    };
-    let mut parts = partials.into_iter();
-    let mut gw = parts.next().unwrap_or_else(|| vec![0.0; w.len()]);
-    for p in parts {
-        gw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    gw
+                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                    col2im(&d.geo, &col[i * l..], pitch, gxi);
+                }
+                gw
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; w.len()])
 }
 
 /// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`.
@@ -230,13 +205,7 @@ impl Conv2dKernel for Cpu {
             if let Some(b_g) = &b_g {
                 bias_grad(&dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
             }
-            let gw = backward(
-                &xs,
-                &ws,
-                &dy,
-                Some(&mut grads.get_or_alloc_mut(&x_g)?[..]),
-                &d,
-            );
+            let gw = backward(&xs, &ws, &dy, grads.get_or_alloc_mut(&x_g)?, &d);
             let acc = grads.get_or_alloc_mut(&w_g)?;
             acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
             Ok(())

@@ -104,7 +104,7 @@ fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
             (3, 5, 6),
         ),
         (Conv2dSpec::new(4, 4, 3).groups(4).padding(1), (2, 5, 5)),
-        // 1x1 / stride 1 / no padding takes the path without im2col.
+        // 1x1 / stride 1 / no padding: the column matrix is the image itself.
         (Conv2dSpec::new(5, 3, 1), (3, 4, 6)),
         (Conv2dSpec::new(4, 6, 1).groups(2), (2, 3, 3)),
     ]

@@ -1,6 +1,6 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
 use crate::conv2d::cpu_kernel::bias_grad;
-use crate::cpu_util::{batch_split, col2im, gemm, im2col, row_major, transposed, Geometry};
+use crate::cpu_util::{col2im, gather, gemm, im2col, row_major, transposed, Chunks, Geometry};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -57,105 +57,99 @@ impl Dims {
 }
 
 /// Forward pass on plain slices: `x` is `[batch, in, h, w]`; returns `[batch, out, oh, ow]`.
+///
+/// Each chunk of images is gathered into one `[in, images * h * w]` matrix, so each group
+/// costs one wide product per chunk rather than one narrow product per image.
 pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<f32> {
     let (l, cgi, kg) = (d.geo.cols(), d.in_per_group, d.k_per_group);
+    let in_channels = d.groups * cgi;
     let plane = d.geo.image.0 * d.geo.image.1;
+    let chunks = Chunks::new(d.batch, d.col_len() + d.in_len());
     let mut y = vec![0.0; d.batch * d.out_len()];
-    let (per_task, gemm_threads) = batch_split(d.batch);
-    y.par_chunks_mut(per_task * d.out_len())
-        .zip(x.par_chunks(per_task * d.in_len()))
+    y.par_chunks_mut(chunks.images * d.out_len())
+        .zip(x.par_chunks(chunks.images * d.in_len()))
         .for_each(|(ys, xs)| {
-            let mut col = vec![0.0; d.col_len()];
-            for (yi, xi) in ys
-                .chunks_exact_mut(d.out_len())
-                .zip(xs.chunks_exact(d.in_len()))
-            {
-                for g in 0..d.groups {
-                    // col_g[kg, l] = W_gᵀ[kg, cgi] · x_g[cgi, l]
-                    gemm(
-                        &mut col[g * kg * l..(g + 1) * kg * l],
-                        transposed(&w[g * cgi * kg..(g + 1) * cgi * kg], kg, cgi),
-                        row_major(&xi[g * cgi * l..(g + 1) * cgi * l], cgi, l),
-                        false,
-                        gemm_threads,
-                    );
-                }
+            let images = xs.len() / d.in_len();
+            let pitch = images * l;
+            let mut xc = vec![0.0; xs.len()];
+            let mut col = vec![0.0; d.geo.rows() * pitch];
+            gather(xs, &mut xc, in_channels, l);
+            for g in 0..d.groups {
+                // col_g[kg, images * l] = W_gᵀ[kg, cgi] · x_g[cgi, images * l]
+                gemm(
+                    &mut col[g * kg * pitch..(g + 1) * kg * pitch],
+                    transposed(&w[g * cgi * kg..(g + 1) * cgi * kg], kg, cgi),
+                    row_major(&xc[g * cgi * pitch..(g + 1) * cgi * pitch], cgi, pitch),
+                    false,
+                    chunks.gemm_threads,
+                );
+            }
+            for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
                 if let Some(b) = b {
                     for (row, &bias) in yi.chunks_exact_mut(plane).zip(b) {
                         row.fill(bias);
                     }
                 }
-                col2im(&d.geo, &col, yi);
+                col2im(&d.geo, &col[i * l..], pitch, yi);
             }
         });
     y
 }
 
-/// Backward pass on plain slices: adds `dL/dx` to `gx` (when given) and returns `dL/dW`.
-pub(crate) fn backward(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    gx: Option<&mut [f32]>,
-    d: &Dims,
-) -> Vec<f32> {
+/// Backward pass on plain slices: adds `dL/dx` to `gx` and returns `dL/dW`.
+pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) -> Vec<f32> {
     let (l, cgi, kg) = (d.geo.cols(), d.in_per_group, d.k_per_group);
-    let (per_task, gemm_threads) = batch_split(d.batch);
-    let task = |xs: &[f32], dys: &[f32], mut gxs: Option<&mut [f32]>| {
-        let mut gw = vec![0.0; w.len()];
-        let mut dcol = vec![0.0; d.col_len()];
-        for (i, (xi, dyi)) in xs
-            .chunks_exact(d.in_len())
-            .zip(dys.chunks_exact(d.out_len()))
-            .enumerate()
-        {
-            im2col(&d.geo, dyi, &mut dcol);
-            for g in 0..d.groups {
-                // dW_g[cgi, kg] += x_g[cgi, l] · dcol_gᵀ[l, kg]
-                gemm(
-                    &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
-                    row_major(&xi[g * cgi * l..(g + 1) * cgi * l], cgi, l),
-                    transposed(&dcol[g * kg * l..(g + 1) * kg * l], l, kg),
-                    true,
-                    gemm_threads,
-                );
-            }
-            let Some(gxs) = gxs.as_deref_mut() else {
-                continue;
-            };
-            let gxi = &mut gxs[i * d.in_len()..(i + 1) * d.in_len()];
-            for g in 0..d.groups {
-                // dx_g[cgi, l] += W_g[cgi, kg] · dcol_g[kg, l]
-                gemm(
-                    &mut gxi[g * cgi * l..(g + 1) * cgi * l],
-                    row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
-                    row_major(&dcol[g * kg * l..(g + 1) * kg * l], kg, l),
-                    true,
-                    gemm_threads,
-                );
-            }
-        }
-        gw
-    };
-    let partials: Vec<Vec<f32>> = match gx {
-        Some(gx) => gx
-            .par_chunks_mut(per_task * d.in_len())
-            .zip(x.par_chunks(per_task * d.in_len()))
-            .zip(dy.par_chunks(per_task * d.out_len()))
-            .map(|((gxs, xs), dys)| task(xs, dys, Some(gxs)))
-            .collect(),
-        None => x
-            .par_chunks(per_task * d.in_len())
-            .zip(dy.par_chunks(per_task * d.out_len()))
-            .map(|(xs, dys)| task(xs, dys, None))
-            .collect(),
-    };
-    let mut parts = partials.into_iter();
-    let mut gw = parts.next().unwrap_or_else(|| vec![0.0; w.len()]);
-    for p in parts {
-        gw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    gw
+    let in_channels = d.groups * cgi;
+    let chunks = Chunks::new(d.batch, d.col_len() + d.in_len());
+    gx.par_chunks_mut(chunks.images * d.in_len())
+        .zip(x.par_chunks(chunks.images * d.in_len()))
+        .zip(dy.par_chunks(chunks.images * d.out_len()))
+        .fold(
+            || vec![0.0; w.len()],
+            |mut gw, ((gxs, xs), dys)| {
+                let images = xs.len() / d.in_len();
+                let pitch = images * l;
+                let mut dcol = vec![0.0; d.geo.rows() * pitch];
+                // First the chunk's inputs for dW, then dL/dx in the same layout.
+                let mut xc = vec![0.0; xs.len()];
+                for (i, dyi) in dys.chunks_exact(d.out_len()).enumerate() {
+                    im2col(&d.geo, dyi, &mut dcol[i * l..], pitch);
+                }
+                gather(xs, &mut xc, in_channels, l);
+                for g in 0..d.groups {
+                    let dcol_g = &dcol[g * kg * pitch..(g + 1) * kg * pitch];
+                    let x_g = &mut xc[g * cgi * pitch..(g + 1) * cgi * pitch];
+                    // dW_g[cgi, kg] += x_g[cgi, images * l] · dcol_gᵀ[images * l, kg]
+                    gemm(
+                        &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
+                        row_major(x_g, cgi, pitch),
+                        transposed(dcol_g, pitch, kg),
+                        true,
+                        chunks.gemm_threads,
+                    );
+                    // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
+                    gemm(
+                        x_g,
+                        row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
+                        row_major(dcol_g, kg, pitch),
+                        false,
+                        chunks.gemm_threads,
+                    );
+                }
+                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                    for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
+                        let src = &xc[c * pitch + i * l..][..l];
+                        row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
+                    }
+                }
+                gw
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; w.len()])
 }
 
 impl ConvTranspose2dKernel for Cpu {
@@ -199,13 +193,7 @@ impl ConvTranspose2dKernel for Cpu {
             if let Some(b_g) = &b_g {
                 bias_grad(&dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
             }
-            let gw = backward(
-                &xs,
-                &ws,
-                &dy,
-                Some(&mut grads.get_or_alloc_mut(&x_g)?[..]),
-                &d,
-            );
+            let gw = backward(&xs, &ws, &dy, grads.get_or_alloc_mut(&x_g)?, &d);
             let acc = grads.get_or_alloc_mut(&w_g)?;
             acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
             Ok(())
