@@ -119,6 +119,7 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         lr: 1e-3,
         weight_decay: 0.0,
         holdout_fraction: 0.0,
+        loss_on_hidden_only: false,
     };
     let run = pretrain(
         &Cpu::default(),

@@ -102,6 +102,39 @@ pub struct FinetuneConfig {
     /// Random shifts of up to this many pixels each step; 0 = no augmentation.
     #[serde(default)]
     pub augment_shift: usize,
+    /// Learning-rate schedule over the steps.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Share of the steps over which the rate ramps up linearly from 0 (with any schedule).
+    #[serde(default)]
+    pub warmup_fraction: f64,
+}
+
+/// How the learning rate evolves over the fine-tuning steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// Half a cosine from the full rate down to 0 after the warm-up.
+    Cosine,
+}
+
+impl FinetuneConfig {
+    /// Multiplier of the learning rate at `step` (0-based).
+    pub fn lr_factor(&self, step: usize) -> f64 {
+        let warmup = (self.steps as f64 * self.warmup_fraction).round() as usize;
+        if step < warmup {
+            return (step + 1) as f64 / warmup as f64;
+        }
+        match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let span = (self.steps - warmup).max(1) as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * (step - warmup) as f64 / span).cos())
+            }
+        }
+    }
 }
 
 fn default_steps() -> usize {
@@ -127,6 +160,8 @@ impl Default for FinetuneConfig {
             encoder_lr_scale: 1.0,
             probe_fraction: default_probe_fraction(),
             augment_shift: 0,
+            schedule: Schedule::Constant,
+            warmup_fraction: 0.0,
         }
     }
 }
@@ -150,6 +185,9 @@ impl FinetuneConfig {
         }
         if !(0.0..=1.0).contains(&self.probe_fraction) {
             return bad("probe_fraction", "must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            return bad("warmup_fraction", "must be in [0, 1)");
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight_decay", "must be a non-negative number");
@@ -332,8 +370,13 @@ pub fn finetune<D: ImprintDevice>(
         Strategy::Scratch => cfg.lr,
         _ => cfg.lr * cfg.encoder_lr_scale,
     };
-    let head_cfg = adam_config(cfg.lr, cfg.weight_decay, true);
-    let encoder_cfg = adam_config(encoder_lr, cfg.weight_decay, true);
+    let configs = |step: usize| {
+        let f = cfg.lr_factor(step);
+        (
+            adam_config(cfg.lr * f, cfg.weight_decay, true),
+            adam_config(encoder_lr * f, cfg.weight_decay, true),
+        )
+    };
 
     let mut order: Vec<usize> = (0..n).collect();
     let mut cursor = n;
@@ -344,6 +387,7 @@ pub fn finetune<D: ImprintDevice>(
     let mut history = History::default();
     let mut opt = Adam::new();
     for step in 0..cfg.steps {
+        let (head_cfg, encoder_cfg) = configs(step);
         if step == probe_steps && probe_steps > 0 {
             // A fresh optimizer when the encoder joins, as a new optimizer would in PyTorch:
             // the head's moment estimates would otherwise dwarf the encoder's first steps.

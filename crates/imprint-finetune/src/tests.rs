@@ -64,6 +64,7 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         lr: 3e-3,
         weight_decay: 0.0,
         holdout_fraction: 0.0,
+        loss_on_hidden_only: false,
     };
     let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(
@@ -202,4 +203,24 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
         e.contains("model.safetensors") && e.contains("encoder.0.weight"),
         "{e}"
     );
+}
+
+#[test]
+fn warmup_then_cosine_schedule() {
+    let cfg = FinetuneConfig {
+        steps: 10,
+        warmup_fraction: 0.2,
+        schedule: Schedule::Cosine,
+        ..Default::default()
+    };
+    // Warm-up over 2 steps: 1/2, 2/2; then cos from 1 down: step 2 -> 1, step 6 -> 0.5 (halfway of 8).
+    let f: Vec<f64> = (0..10).map(|s| cfg.lr_factor(s)).collect();
+    assert_eq!((f[0], f[1], f[2]), (0.5, 1.0, 1.0));
+    assert!((f[6] - 0.5).abs() < 1e-12, "{f:?}");
+    assert!(
+        f[9] < 0.05 && f.windows(2).skip(2).all(|w| w[1] < w[0]),
+        "{f:?}"
+    );
+    let constant = FinetuneConfig::default();
+    assert!((0..300).all(|s| constant.lr_factor(s) == 1.0));
 }

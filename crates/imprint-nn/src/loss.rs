@@ -26,6 +26,22 @@ pub fn reconstruction_loss<D: ImprintDevice, T: Tape<f32, D>>(
     }
 }
 
+/// Reconstruction loss averaged over the pixels where `weight` is 1 (e.g. the hidden patches of
+/// a masked autoencoder), 0 elsewhere.
+pub fn weighted_reconstruction_loss<D: ImprintDevice, T: Tape<f32, D>>(
+    kind: Reconstruction,
+    logits: Matrix<D, T>,
+    target: Matrix<D>,
+    weight: Matrix<D>,
+) -> Tensor<(), f32, D, T> {
+    let count = weight.as_vec().iter().sum::<f32>().max(1.0);
+    let per_pixel = match kind {
+        Reconstruction::Mse => (logits.sigmoid() - target).square(),
+        Reconstruction::Bce => logits.bce_with_logits(target),
+    };
+    (per_pixel * weight).sum::<(), _>() / count
+}
+
 /// Softmax cross-entropy of `logits` `[batch, classes]` against class indices.
 pub fn cross_entropy<D: ImprintDevice, T: Tape<f32, D>>(
     logits: Matrix<D, T>,

@@ -3,7 +3,9 @@
 
 use dfdx::prelude::*;
 use imprint_data::ImageShape;
-use imprint_nn::loss::{check_finite, reconstruction_loss, Reconstruction};
+use imprint_nn::loss::{
+    check_finite, reconstruction_loss, weighted_reconstruction_loss, Reconstruction,
+};
 use imprint_nn::optim::adam_config;
 use imprint_nn::{Adam, Architecture, Decoder, Encoder, ImprintDevice, Matrix, ParamGroup};
 use rand::seq::SliceRandom;
@@ -42,6 +44,12 @@ pub enum Noise {
     Gaussian {
         std: f32,
     },
+    /// Masked autoencoding: the image is cut into `patch` x `patch` squares and `fraction` of
+    /// them (drawn per image) are hidden; the whole image is reconstructed.
+    Patches {
+        patch: usize,
+        fraction: f32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +70,9 @@ pub struct PretrainConfig {
     /// Share of the unlabeled images kept out of training to report a held-out loss.
     #[serde(default = "default_holdout")]
     pub holdout_fraction: f64,
+    /// With `Patches` noise: score only the hidden pixels, as masked autoencoders do.
+    #[serde(default)]
+    pub loss_on_hidden_only: bool,
 }
 
 fn default_noise() -> Noise {
@@ -101,6 +112,17 @@ impl PretrainConfig {
             if !(0.0..1.0).contains(&fraction) {
                 return bad("noise.fraction", "must be in [0, 1)");
             }
+        }
+        if let Noise::Patches { patch, fraction } = self.noise {
+            if patch == 0 || !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
+                return bad("noise", "patches need patch >= 1 and fraction in (0, 1)");
+            }
+        }
+        if self.loss_on_hidden_only && !matches!(self.noise, Noise::Patches { .. }) {
+            return bad(
+                "loss_on_hidden_only",
+                "needs noise = { kind = \"patches\", ... }",
+            );
         }
         if let Noise::Gaussian { std } = self.noise {
             if !(std >= 0.0 && std.is_finite()) {
@@ -172,8 +194,10 @@ pub fn pretrain<D: ImprintDevice>(
 
     let config = adam_config(cfg.lr, cfg.weight_decay, false);
     let mut opt = Adam::new();
+    let input_shape = input;
     let mut input = vec![0.0f32; batch * input_len];
     let mut target = vec![0.0f32; batch * input_len];
+    let mut hidden = vec![0.0f32; batch * input_len];
     let mut history = Vec::with_capacity(cfg.epochs);
     for epoch in 0..cfg.epochs {
         let start = Instant::now();
@@ -183,11 +207,17 @@ pub fn pretrain<D: ImprintDevice>(
             let ids = &train[step * batch..(step + 1) * batch];
             gather(images, input_len, ids, &mut target);
             input.copy_from_slice(&target);
-            corrupt(&mut input, cfg.noise, &mut rng);
+            corrupt(&mut input, input_shape, cfg.noise, &mut rng, &mut hidden);
             let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, input_len));
             let y: Matrix<D> = dev.tensor_from_vec(target.clone(), (batch, input_len));
             let z = encoder.forward(x.leaky_trace(), false);
-            let loss = reconstruction_loss(cfg.loss, decoder.forward(z), y);
+            let logits = decoder.forward(z);
+            let loss = if cfg.loss_on_hidden_only {
+                let mask: Matrix<D> = dev.tensor_from_vec(hidden.clone(), (batch, input_len));
+                weighted_reconstruction_loss(cfg.loss, logits, y, mask)
+            } else {
+                reconstruction_loss(cfg.loss, logits, y)
+            };
             // 1-based, as the progress lines and loss.csv count epochs.
             let value = check_finite(loss.as_vec()[0], epoch + 1, step + 1).map_err(|source| {
                 PretrainError::Diverged {
@@ -232,9 +262,34 @@ fn gather(images: &[f32], len: usize, ids: &[usize], out: &mut [f32]) {
     }
 }
 
-fn corrupt(x: &mut [f32], noise: Noise, rng: &mut impl Rng) {
+/// Corrupts a batch of images in place; `hidden` gets 1 where a `Patches` mask hid a pixel.
+fn corrupt(x: &mut [f32], shape: ImageShape, noise: Noise, rng: &mut impl Rng, hidden: &mut [f32]) {
     match noise {
         Noise::None => {}
+        Noise::Patches { patch, fraction } => {
+            let (rows, cols) = (shape.height.div_ceil(patch), shape.width.div_ceil(patch));
+            let mut order: Vec<usize> = (0..rows * cols).collect();
+            let hide = ((rows * cols) as f32 * fraction).round().max(1.0) as usize;
+            hidden.fill(0.0);
+            for (img, mask) in x
+                .chunks_exact_mut(shape.len())
+                .zip(hidden.chunks_exact_mut(shape.len()))
+            {
+                order.shuffle(rng);
+                for &p in &order[..hide] {
+                    let (r0, c0) = ((p / cols) * patch, (p % cols) * patch);
+                    for c in 0..shape.channels {
+                        for r in r0..(r0 + patch).min(shape.height) {
+                            let row = (c * shape.height + r) * shape.width;
+                            for i in row + c0..row + (c0 + patch).min(shape.width) {
+                                img[i] = 0.0;
+                                mask[i] = 1.0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
         Noise::Masking { fraction } => x.iter_mut().for_each(|v| {
             if rng.gen::<f32>() < fraction {
                 *v = 0.0
@@ -326,23 +381,65 @@ mod tests {
             stride: 2,
             latent: 8,
         };
-        let run = pretrain(
-            &dev,
-            &images,
-            SIDE8,
-            &cfg,
-            3,
-            &mut |_, _, _, _| {},
-            &mut |_| {},
-        )
-        .unwrap();
-        let (first, last) = (&run.history[0], run.history.last().unwrap());
-        assert!(
-            last.heldout_loss.unwrap() < 0.8 * first.heldout_loss.unwrap(),
-            "held-out loss {:?} -> {:?}",
-            first.heldout_loss,
-            last.heldout_loss
+        for masked in [false, true] {
+            if masked {
+                cfg.noise = Noise::Patches {
+                    patch: 2,
+                    fraction: 0.25,
+                };
+                cfg.loss_on_hidden_only = true;
+            }
+            let run = pretrain(
+                &dev,
+                &images,
+                SIDE8,
+                &cfg,
+                3,
+                &mut |_, _, _, _| {},
+                &mut |_| {},
+            )
+            .unwrap();
+            let (first, last) = (&run.history[0], run.history.last().unwrap());
+            // Scored on hidden pixels only, the net is never asked to copy the visible ones, so
+            // the whole-image held-out loss falls less.
+            let factor = if masked { 0.85 } else { 0.8 };
+            assert!(
+                last.heldout_loss.unwrap() < factor * first.heldout_loss.unwrap(),
+                "masked {masked}: held-out loss {:?} -> {:?}",
+                first.heldout_loss,
+                last.heldout_loss
+            );
+        }
+    }
+
+    #[test]
+    fn patches_hide_whole_squares_and_mark_them() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 6,
+            width: 6,
+        };
+        let mut x = vec![1.0f32; 2 * 36];
+        let mut hidden = vec![0.0f32; 2 * 36];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        corrupt(
+            &mut x,
+            shape,
+            Noise::Patches {
+                patch: 3,
+                fraction: 0.5,
+            },
+            &mut rng,
+            &mut hidden,
         );
+        for (img, mask) in x.chunks(36).zip(hidden.chunks(36)) {
+            // 4 patches of 3x3, half hidden: 18 pixels, each zeroed exactly where marked.
+            assert_eq!(mask.iter().filter(|&&m| m == 1.0).count(), 18);
+            assert!(img
+                .iter()
+                .zip(mask)
+                .all(|(v, m)| (*v == 0.0) == (*m == 1.0)));
+        }
     }
 
     fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
@@ -358,6 +455,7 @@ mod tests {
             lr: 3e-3,
             weight_decay: 0.0,
             holdout_fraction: 0.1,
+            loss_on_hidden_only: false,
         }
     }
 
