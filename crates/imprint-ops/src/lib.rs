@@ -15,8 +15,9 @@
 //!
 //! Each op is declared as a device trait ([`Conv2dKernel`], [`ConvTranspose2dKernel`],
 //! [`Pool2dKernel`], [`BatchNorm2dKernel`]) plus a generic function; this crate implements them
-//! for [`dfdx::prelude::Cpu`] with im2col + gemm, parallel over the batch with rayon. Another
-//! device can implement the traits beside it.
+//! for [`dfdx::prelude::Cpu`] with im2col + gemm, the batch cut into chunks of images that
+//! share one column matrix (one wide product per chunk) and the chunks spread over rayon's
+//! threads. Another device can implement the traits beside it.
 //!
 //! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).

@@ -1,5 +1,8 @@
 use super::{Conv2dKernel, Conv2dSpec};
-use crate::cpu_util::{col2im, gather, gemm, im2col, row_major, transposed, Chunks, Geometry};
+use crate::cpu_util::{
+    col2im, gather, gemm, im2col, row_major, transposed, with_scratch, Chunks, Geometry,
+    CHUNK_SCRATCH, IO_SCRATCH,
+};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -62,35 +65,38 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
     let out_channels = d.groups * cgo;
     let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    // Every element is written below; `vec!` of zeros costs no pass of its own.
+    // Every element is overwritten below; a large zeroed `vec!` comes from fresh zero pages
+    // rather than a fill pass.
     let mut y = vec![0.0; d.batch * d.out_len()];
     y.par_chunks_mut(chunks.images * d.out_len())
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .for_each(|(ys, xs)| {
             let images = xs.len() / d.in_len();
             let pitch = images * l;
-            let mut col = vec![0.0; d.geo.rows() * pitch];
-            let mut prod = vec![0.0; out_channels * pitch];
-            for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                im2col(&d.geo, xi, &mut col[i * l..], pitch);
-            }
-            for g in 0..d.groups {
-                // prod_g[cgo, images * l] = W_g[cgo, kg] · col_g[kg, images * l]
-                gemm(
-                    &mut prod[g * cgo * pitch..(g + 1) * cgo * pitch],
-                    row_major(&w[g * cgo * kg..(g + 1) * cgo * kg], cgo, kg),
-                    row_major(&col[g * kg * pitch..(g + 1) * kg * pitch], kg, pitch),
-                    false,
-                    chunks.gemm_threads,
-                );
-            }
-            for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
-                for (c, row) in yi.chunks_exact_mut(l).enumerate() {
-                    let src = &prod[c * pitch + i * l..][..l];
-                    let bias = b.map_or(0.0, |b| b[c]);
-                    row.iter_mut().zip(src).for_each(|(y, p)| *y = p + bias);
+            let col_len = d.geo.rows() * pitch;
+            with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
+                let (col, prod) = buf.split_at_mut(col_len);
+                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
                 }
-            }
+                for g in 0..d.groups {
+                    // prod_g[cgo, images * l] = W_g[cgo, kg] · col_g[kg, images * l]
+                    gemm(
+                        &mut prod[g * cgo * pitch..(g + 1) * cgo * pitch],
+                        row_major(&w[g * cgo * kg..(g + 1) * cgo * kg], cgo, kg),
+                        row_major(&col[g * kg * pitch..(g + 1) * kg * pitch], kg, pitch),
+                        false,
+                        chunks.gemm_threads,
+                    );
+                }
+                for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
+                    for (c, row) in yi.chunks_exact_mut(l).enumerate() {
+                        let src = &prod[c * pitch + i * l..][..l];
+                        let bias = b.map_or(0.0, |b| b[c]);
+                        row.iter_mut().zip(src).for_each(|(y, p)| *y = p + bias);
+                    }
+                }
+            });
         });
     y
 }
@@ -108,38 +114,40 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
             |mut gw, ((gxs, xs), dys)| {
                 let images = xs.len() / d.in_len();
                 let pitch = images * l;
-                // First the chunk's columns for dW, then dL/dcol for dx.
-                let mut col = vec![0.0; d.geo.rows() * pitch];
-                let mut dyc = vec![0.0; out_channels * pitch];
-                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
-                }
-                gather(dys, &mut dyc, out_channels, l);
-                for g in 0..d.groups {
-                    let dy_g =
-                        || row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
-                    let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
-                    // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
-                    gemm(
-                        &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
-                        dy_g(),
-                        transposed(col_g, pitch, kg),
-                        true,
-                        chunks.gemm_threads,
-                    );
-                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l], over
-                    // this group's columns, which dW no longer needs.
-                    gemm(
-                        col_g,
-                        transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
-                        dy_g(),
-                        false,
-                        chunks.gemm_threads,
-                    );
-                }
-                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
-                    col2im(&d.geo, &col[i * l..], pitch, gxi);
-                }
+                let col_len = d.geo.rows() * pitch;
+                with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
+                    // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
+                    let (col, dyc) = buf.split_at_mut(col_len);
+                    for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                        im2col(&d.geo, xi, &mut col[i * l..], pitch);
+                    }
+                    gather(dys, dyc, out_channels, l);
+                    for g in 0..d.groups {
+                        let dy_g =
+                            row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
+                        let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
+                        // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
+                        gemm(
+                            &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
+                            dy_g,
+                            transposed(col_g, pitch, kg),
+                            true,
+                            chunks.gemm_threads,
+                        );
+                        // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l],
+                        // over this group's columns, which dW no longer needs.
+                        gemm(
+                            col_g,
+                            transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
+                            row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch),
+                            false,
+                            chunks.gemm_threads,
+                        );
+                    }
+                    for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                        col2im(&d.geo, &col[i * l..], pitch, gxi);
+                    }
+                });
                 gw
             },
         )
@@ -150,17 +158,43 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
         .unwrap_or_else(|| vec![0.0; w.len()])
 }
 
-/// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`.
+/// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`, the images split
+/// between threads.
 pub(crate) fn bias_grad(dy: &[f32], channels: usize, plane: usize, gb: &mut [f32]) {
     assert_eq!(gb.len(), channels);
     if dy.is_empty() {
         return;
     }
-    for img in dy.chunks_exact(channels * plane) {
-        for (g, row) in gb.iter_mut().zip(img.chunks_exact(plane)) {
-            *g += row.iter().sum::<f32>();
-        }
+    let sums = dy
+        .par_chunks_exact(channels * plane)
+        .fold(
+            || vec![0.0; channels],
+            |mut acc, img| {
+                for (a, row) in acc.iter_mut().zip(img.chunks_exact(plane)) {
+                    *a += lane_sum(row);
+                }
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        });
+    if let Some(sums) = sums {
+        gb.iter_mut().zip(&sums).for_each(|(g, s)| *g += s);
     }
+}
+
+/// Sum of `v` over eight running totals: one total makes every add wait for the previous one,
+/// eight let them pipeline and vectorise.
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, x)| *l += x);
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 impl Conv2dKernel for Cpu {
@@ -182,8 +216,6 @@ impl Conv2dKernel for Cpu {
         let dev = x.device().clone();
         let (x, mut tape) = x.split_tape();
 
-        let mut xs = vec![0.0; x.shape().num_elements()];
-        x.copy_into(&mut xs);
         let mut ws = vec![0.0; spec.weight_len()];
         weight.copy_into(&mut ws);
         let bs = bias.map(|b| {
@@ -191,7 +223,14 @@ impl Conv2dKernel for Cpu {
             b.copy_into(&mut v);
             v
         });
-        let y = forward(&xs, &ws, bs.as_deref(), &d);
+        // The kernels read plain slices. Copying into reused scratch (here and in backward)
+        // rather than keeping a fresh copy of the input spares faulting in new pages per call;
+        // the backward pass holds on to `x` itself, which costs no copy.
+        let x_len = x.shape().num_elements();
+        let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
+            x.copy_into(xs);
+            forward(xs, &ws, bs.as_deref(), &d)
+        });
         let shape = (n, spec.out_channels, out.0, out.1);
         let y = dev.try_tensor_from_vec(y, shape)?;
         if !T::OWNS_TAPE {
@@ -201,11 +240,16 @@ impl Conv2dKernel for Cpu {
         let b_g = bias.map(|b| b.ghost());
         let channels = spec.out_channels;
         tape.add_backward_op(move |grads| {
-            let dy = grads.get_or_alloc_mut(&y_g)?.to_vec();
-            if let Some(b_g) = &b_g {
-                bias_grad(&dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
-            }
-            let gw = backward(&xs, &ws, &dy, grads.get_or_alloc_mut(&x_g)?, &d);
+            let y_len = y_g.shape().num_elements();
+            let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
+                let (xs, dy) = buf.split_at_mut(x_len);
+                x.copy_into(xs);
+                dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
+                if let Some(b_g) = &b_g {
+                    bias_grad(dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
+                }
+                Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?, &d))
+            })?;
             let acc = grads.get_or_alloc_mut(&w_g)?;
             acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
             Ok(())

@@ -1,6 +1,9 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
 use crate::conv2d::cpu_kernel::bias_grad;
-use crate::cpu_util::{col2im, gather, gemm, im2col, row_major, transposed, Chunks, Geometry};
+use crate::cpu_util::{
+    col2im, gather, gemm, im2col, row_major, transposed, with_scratch, Chunks, Geometry,
+    CHUNK_SCRATCH, IO_SCRATCH,
+};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -71,27 +74,28 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<
         .for_each(|(ys, xs)| {
             let images = xs.len() / d.in_len();
             let pitch = images * l;
-            let mut xc = vec![0.0; xs.len()];
-            let mut col = vec![0.0; d.geo.rows() * pitch];
-            gather(xs, &mut xc, in_channels, l);
-            for g in 0..d.groups {
-                // col_g[kg, images * l] = W_gᵀ[kg, cgi] · x_g[cgi, images * l]
-                gemm(
-                    &mut col[g * kg * pitch..(g + 1) * kg * pitch],
-                    transposed(&w[g * cgi * kg..(g + 1) * cgi * kg], kg, cgi),
-                    row_major(&xc[g * cgi * pitch..(g + 1) * cgi * pitch], cgi, pitch),
-                    false,
-                    chunks.gemm_threads,
-                );
-            }
-            for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
-                if let Some(b) = b {
-                    for (row, &bias) in yi.chunks_exact_mut(plane).zip(b) {
-                        row.fill(bias);
-                    }
+            with_scratch(&CHUNK_SCRATCH, xs.len() + d.geo.rows() * pitch, |buf| {
+                let (xc, col) = buf.split_at_mut(xs.len());
+                gather(xs, xc, in_channels, l);
+                for g in 0..d.groups {
+                    // col_g[kg, images * l] = W_gᵀ[kg, cgi] · x_g[cgi, images * l]
+                    gemm(
+                        &mut col[g * kg * pitch..(g + 1) * kg * pitch],
+                        transposed(&w[g * cgi * kg..(g + 1) * cgi * kg], kg, cgi),
+                        row_major(&xc[g * cgi * pitch..(g + 1) * cgi * pitch], cgi, pitch),
+                        false,
+                        chunks.gemm_threads,
+                    );
                 }
-                col2im(&d.geo, &col[i * l..], pitch, yi);
-            }
+                for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
+                    if let Some(b) = b {
+                        for (row, &bias) in yi.chunks_exact_mut(plane).zip(b) {
+                            row.fill(bias);
+                        }
+                    }
+                    col2im(&d.geo, &col[i * l..], pitch, yi);
+                }
+            });
         });
     y
 }
@@ -109,39 +113,40 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
             |mut gw, ((gxs, xs), dys)| {
                 let images = xs.len() / d.in_len();
                 let pitch = images * l;
-                let mut dcol = vec![0.0; d.geo.rows() * pitch];
-                // First the chunk's inputs for dW, then dL/dx in the same layout.
-                let mut xc = vec![0.0; xs.len()];
-                for (i, dyi) in dys.chunks_exact(d.out_len()).enumerate() {
-                    im2col(&d.geo, dyi, &mut dcol[i * l..], pitch);
-                }
-                gather(xs, &mut xc, in_channels, l);
-                for g in 0..d.groups {
-                    let dcol_g = &dcol[g * kg * pitch..(g + 1) * kg * pitch];
-                    let x_g = &mut xc[g * cgi * pitch..(g + 1) * cgi * pitch];
-                    // dW_g[cgi, kg] += x_g[cgi, images * l] · dcol_gᵀ[images * l, kg]
-                    gemm(
-                        &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
-                        row_major(x_g, cgi, pitch),
-                        transposed(dcol_g, pitch, kg),
-                        true,
-                        chunks.gemm_threads,
-                    );
-                    // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
-                    gemm(
-                        x_g,
-                        row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
-                        row_major(dcol_g, kg, pitch),
-                        false,
-                        chunks.gemm_threads,
-                    );
-                }
-                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
-                    for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
-                        let src = &xc[c * pitch + i * l..][..l];
-                        row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
+                with_scratch(&CHUNK_SCRATCH, xs.len() + d.geo.rows() * pitch, |buf| {
+                    // `xc` holds first the chunk's inputs for dW, then dL/dx in the same layout.
+                    let (xc, dcol) = buf.split_at_mut(xs.len());
+                    for (i, dyi) in dys.chunks_exact(d.out_len()).enumerate() {
+                        im2col(&d.geo, dyi, &mut dcol[i * l..], pitch);
                     }
-                }
+                    gather(xs, xc, in_channels, l);
+                    for g in 0..d.groups {
+                        let dcol_g = &dcol[g * kg * pitch..(g + 1) * kg * pitch];
+                        let x_g = &mut xc[g * cgi * pitch..(g + 1) * cgi * pitch];
+                        // dW_g[cgi, kg] += x_g[cgi, images * l] · dcol_gᵀ[images * l, kg]
+                        gemm(
+                            &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
+                            row_major(x_g, cgi, pitch),
+                            transposed(dcol_g, pitch, kg),
+                            true,
+                            chunks.gemm_threads,
+                        );
+                        // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
+                        gemm(
+                            x_g,
+                            row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
+                            row_major(dcol_g, kg, pitch),
+                            false,
+                            chunks.gemm_threads,
+                        );
+                    }
+                    for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                        for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
+                            let src = &xc[c * pitch + i * l..][..l];
+                            row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
+                        }
+                    }
+                });
                 gw
             },
         )
@@ -171,8 +176,6 @@ impl ConvTranspose2dKernel for Cpu {
         let dev = x.device().clone();
         let (x, mut tape) = x.split_tape();
 
-        let mut xs = vec![0.0; x.shape().num_elements()];
-        x.copy_into(&mut xs);
         let mut ws = vec![0.0; spec.weight_len()];
         weight.copy_into(&mut ws);
         let bs = bias.map(|b| {
@@ -180,7 +183,12 @@ impl ConvTranspose2dKernel for Cpu {
             b.copy_into(&mut v);
             v
         });
-        let y = forward(&xs, &ws, bs.as_deref(), &d);
+        // The kernels read plain slices; see the conv2d kernel for why through scratch.
+        let x_len = x.shape().num_elements();
+        let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
+            x.copy_into(xs);
+            forward(xs, &ws, bs.as_deref(), &d)
+        });
         let y = dev.try_tensor_from_vec(y, (n, spec.out_channels, out.0, out.1))?;
         if !T::OWNS_TAPE {
             return Ok(y.put_tape(tape));
@@ -189,11 +197,16 @@ impl ConvTranspose2dKernel for Cpu {
         let b_g = bias.map(|b| b.ghost());
         let channels = spec.out_channels;
         tape.add_backward_op(move |grads| {
-            let dy = grads.get_or_alloc_mut(&y_g)?.to_vec();
-            if let Some(b_g) = &b_g {
-                bias_grad(&dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
-            }
-            let gw = backward(&xs, &ws, &dy, grads.get_or_alloc_mut(&x_g)?, &d);
+            let y_len = y_g.shape().num_elements();
+            let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
+                let (xs, dy) = buf.split_at_mut(x_len);
+                x.copy_into(xs);
+                dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
+                if let Some(b_g) = &b_g {
+                    bias_grad(dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
+                }
+                Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?, &d))
+            })?;
             let acc = grads.get_or_alloc_mut(&w_g)?;
             acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
             Ok(())
