@@ -68,7 +68,8 @@ def epoch():
     perm = torch.randperm(len(x))
     for i in range(0, len(x), batch):
         xb = x[perm[i:i + batch]]
-        loss = F.mse_loss(dec(enc(xb)), xb)
+        inp = xb if sys.argv[6] == 'dense' else xb.view(-1, 1, side, side)
+        loss = F.mse_loss(dec(enc(inp)), xb)
         opt.zero_grad(); loss.backward(); opt.step(); loss.item()
 epoch()
 t = time.time(); epoch(); el = time.time() - t
