@@ -6,21 +6,20 @@ pub mod checkpoint;
 pub mod layers;
 pub mod loss;
 pub mod models;
-pub mod ops;
 pub mod optim;
 
 pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
+pub use imprint_ops::{linear, Activation, LinearKernel};
 pub use layers::{Dense, Mlp};
 pub use models::{Architecture, Decoder, Encoder};
-pub use ops::{linear, Activation, LinearKernel};
 pub use optim::{Adam, ParamGroup};
 
 use dfdx::prelude::*;
 
 /// A `[rows, cols]` activation matrix, with or without a tape.
-pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
+pub use imprint_ops::Matrix;
 /// Parameters are stored flat; the layer that owns them knows their logical shape.
-pub type Vector<D> = Tensor<(usize,), f32, D>;
+pub type Vector<D> = imprint_ops::Tensor1<D>;
 
 /// The devices our models run on: dfdx's own ops plus ours.
 pub trait ImprintDevice:

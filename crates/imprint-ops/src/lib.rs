@@ -27,6 +27,7 @@ mod conv2d;
 mod conv_transpose2d;
 mod cpu_util;
 mod error;
+mod linear;
 mod pool2d;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use batch_norm2d::{batch_norm2d_eval, batch_norm2d_train, BatchNorm2d, Batch
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
 pub use error::SpecError;
+pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
 
 use dfdx::prelude::{NoneTape, Tensor};
@@ -47,3 +49,6 @@ pub type Tensor4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D,
 
 /// A runtime-length vector, used for biases and per-channel parameters.
 pub type Tensor1<D> = Tensor<(usize,), f32, D>;
+
+/// A `[rows, cols]` matrix (a batch of flat rows), with or without a tape.
+pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;

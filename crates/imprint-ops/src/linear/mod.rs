@@ -4,7 +4,7 @@
 
 mod cpu_kernel;
 
-use crate::{Matrix, Vector};
+use crate::{Matrix, Tensor1 as Vector};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -1,81 +1,14 @@
 use super::{Activation, LinearKernel};
-use crate::{Matrix, Vector};
+use crate::cpu_util::{gemm, row_major, transposed, View};
+use crate::{Matrix, Tensor1 as Vector};
 use dfdx::prelude::*;
 use std::sync::Arc;
 
-/// Below this many multiply-adds, threading costs more than it saves.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
-
-/// Row-major matrix view for [`gemm_acc`]: pointer, rows, columns, row stride, column stride.
-struct View {
-    ptr: *const f32,
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, dst row-major with `n` columns, on the rayon pool.
-/// gemm splits one product itself, sharing the packed operands between threads, which measured
-/// faster than handing each thread a block of rows (each repacks all of `rhs`).
+/// `dst[m, n] += lhs[m, k] · rhs[k, n]` on the rayon pool. gemm splits one product itself,
+/// sharing the packed operands between threads, which measured faster than handing each thread
+/// a block of rows (each repacks all of `rhs`).
 fn gemm_acc(dst: &mut [f32], lhs: View, rhs: View) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(k, rhs.rows, "inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "destination size");
-    let threads = rayon::current_num_threads();
-    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: shapes and strides were checked against the slice lengths by the callers' asserts
-    // (every view covers exactly rows x cols elements of a live slice), and dst is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-fn row_major(data: &[f32], rows: usize, cols: usize) -> View {
-    assert_eq!(data.len(), rows * cols);
-    View {
-        ptr: data.as_ptr(),
-        rows,
-        cols,
-        row_stride: cols as isize,
-        col_stride: 1,
-    }
-}
-
-fn transposed(data: &[f32], rows: usize, cols: usize) -> View {
-    // `data` is row-major `[cols, rows]`; the view is its transpose `[rows, cols]`.
-    assert_eq!(data.len(), rows * cols);
-    View {
-        ptr: data.as_ptr(),
-        rows,
-        cols,
-        row_stride: 1,
-        col_stride: rows as isize,
-    }
+    gemm(dst, lhs, rhs, true, rayon::current_num_threads());
 }
 
 /// Applies `act` in place; the match sits outside the loop so each arm vectorises.

@@ -1,7 +1,7 @@
 //! The fused op against plain loops (forward) and central finite differences (backward).
 
 use super::*;
-use crate::{Matrix, Vector};
+use crate::{Matrix, Tensor1 as Vector};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
