@@ -1,6 +1,6 @@
-//! Neural-network building blocks on dfdx with shapes chosen at run time: fused ops with
-//! hand-written backward passes, dense stacks, an Adam optimizer with parameter groups, and
-//! safetensors checkpoints whose tensor names follow the module tree.
+//! Neural-network building blocks on dfdx with shapes chosen at run time: dense stacks and
+//! dense or convolutional autoencoders (on the ops of `imprint-ops`), losses, an Adam optimizer
+//! with parameter groups, and safetensors checkpoints whose tensor names follow the module tree.
 
 pub mod checkpoint;
 pub mod layers;
