@@ -1,5 +1,5 @@
 //! Provenance (`run.json` in every output folder), `inspect`, `embed`, and checkpoints laid out
-//! as PyTorch writes them (docs/checkpoints.md).
+//! as PyTorch writes them (crates/imprint-nn/CHECKPOINTS.md).
 
 use imprint_e2e::{
     arg, imprint, read_json, write_pipeline, write_png_classes, Lcg, Table, Tiny, SIDE,
@@ -201,7 +201,7 @@ fn values(rng: &mut Lcg, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// An encoder written the way docs/checkpoints.md tells PyTorch users to, with a hand-written
+/// An encoder written the way crates/imprint-nn/CHECKPOINTS.md tells PyTorch users to, with a hand-written
 /// sidecar, is accepted by `finetune --encoder`, and `embed` computes exactly its forward pass.
 #[test]
 fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {

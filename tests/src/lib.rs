@@ -195,7 +195,7 @@ impl Outcome {
                 "error line does not mention {needle:?}\n{dump}"
             );
         }
-        // Shown with `--nocapture`; docs/bad-input.md quotes these lines.
+        // Shown with `--nocapture`; tests/BAD_INPUT.md quotes these lines.
         println!("{}\n  -> {last}", self.cmdline);
         last.to_string()
     }

@@ -505,4 +505,19 @@ mod tests {
         let err = load(&csv, &Preprocess::default()).unwrap_err().to_string();
         assert!(err.contains("line 1: expected 2 fields"), "{err}");
     }
+
+    proptest::proptest! {
+        /// A label list of any content (beside one real image) loads or gives an error naming
+        /// the list, never a panic (`PROPTEST_CASES` raises the count for longer fuzzing runs).
+        #[test]
+        fn csv_list_never_panics(text in "(a\\.png|b\\.png|,|\n|\"|x|7|path|label| ){0,60}") {
+            let dir = tempfile::tempdir().unwrap();
+            ImageBuffer::from_pixel(3, 2, Luma([200u8])).save(dir.path().join("a.png")).unwrap();
+            let list = dir.path().join("list.csv");
+            std::fs::write(&list, &text).unwrap();
+            if let Err(e) = crate::load(&list, &crate::Preprocess::default()) {
+                proptest::prop_assert!(e.to_string().contains("list.csv"), "{e}");
+            }
+        }
+    }
 }

@@ -82,3 +82,52 @@ pub fn load_tensors(
         .collect();
     Ok((tensors, metadata))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<NamedTensor> {
+        vec![NamedTensor {
+            name: "encoder.0.weight".into(),
+            shape: vec![2, 3],
+            data: vec![1.0, -2.0, 3.5, 0.0, 1e-3, -7.25],
+        }]
+    }
+
+    #[test]
+    fn save_then_load_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        save_tensors(&path, &sample(), &meta).unwrap();
+        let (tensors, back) = load_tensors(&path).unwrap();
+        assert_eq!(tensors["encoder.0.weight"], sample()[0]);
+        assert_eq!(back, meta);
+    }
+
+    proptest! {
+        /// Arbitrary bytes, and a valid file with one byte changed or cut short, load or give an
+        /// error naming the file; never a panic (`PROPTEST_CASES` raises the count).
+        #[test]
+        fn loader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                               at in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("w.safetensors");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(e) = load_tensors(&path) {
+                prop_assert!(e.to_string().contains("w.safetensors"));
+            }
+            save_tensors(&path, &sample(), &BTreeMap::new()).unwrap();
+            let mut valid = std::fs::read(&path).unwrap();
+            let at = at % valid.len();
+            valid[at] = byte;
+            valid.truncate(valid.len() - cut.min(valid.len()));
+            std::fs::write(&path, &valid).unwrap();
+            if let Err(e) = load_tensors(&path) {
+                prop_assert!(e.to_string().contains("w.safetensors"));
+            }
+        }
+    }
+}

@@ -251,4 +251,22 @@ seeds = [0]
             .to_string()
             .contains("labels_per_class"));
     }
+
+    proptest::proptest! {
+        /// Any text, and any single-byte corruption of a valid file, is an error or a pipeline,
+        /// never a panic (`PROPTEST_CASES` raises the count for longer fuzzing runs).
+        #[test]
+        fn parser_never_panics_on_arbitrary_text(text in ".{0,400}") {
+            let _ = Pipeline::from_toml(&text, Path::new("fuzz.toml"));
+        }
+
+        #[test]
+        fn parser_never_panics_on_corrupted_files(at in 0usize..MINIMAL.len(), byte in proptest::prelude::any::<u8>()) {
+            let mut bytes = MINIMAL.as_bytes().to_vec();
+            bytes[at] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = Pipeline::from_toml(&text, Path::new("fuzz.toml"));
+            }
+        }
+    }
 }
