@@ -74,17 +74,6 @@ impl<D: ImprintDevice> Mlp<D> {
         Self { layers }
     }
 
-    /// Layer widths, input first.
-    pub fn dims(&self) -> Vec<usize> {
-        let mut dims: Vec<usize> = self.layers.iter().map(|l| l.in_features).take(1).collect();
-        dims.extend(self.layers.iter().map(|l| l.out_features));
-        dims
-    }
-
-    pub fn output_features(&self) -> usize {
-        self.layers.last().map_or(0, |l| l.out_features)
-    }
-
     /// `input_grad = false` when `x` is data, which needs no gradient.
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>, input_grad: bool) -> Matrix<D, T> {
         self.layers
@@ -93,22 +82,11 @@ impl<D: ImprintDevice> Mlp<D> {
             .fold(x, |h, (i, layer)| layer.forward(h, input_grad || i > 0))
     }
 
-    pub fn params(&self) -> Vec<&Vector<D>> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.weight, &l.bias])
-            .collect()
-    }
-
     pub fn params_mut(&mut self) -> Vec<&mut Vector<D>> {
         self.layers
             .iter_mut()
             .flat_map(|l| [&mut l.weight, &mut l.bias])
             .collect()
-    }
-
-    pub fn num_params(&self) -> usize {
-        self.params().iter().map(|p| p.shape().0).sum()
     }
 
     /// Tensors named as in a PyTorch `nn.Sequential` of `Linear` and activation modules:

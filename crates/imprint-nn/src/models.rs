@@ -251,12 +251,13 @@ pub struct Decoder<D: ImprintDevice> {
     net: DecoderNet<D>,
 }
 
-fn invalid(
+/// The convolution stages of `architecture` on `input`, or an error naming what does not fit.
+fn checked_stages(
     architecture: &Architecture,
     input: ImageShape,
 ) -> Result<Vec<(Conv2dSpec, ImageShape)>> {
     architecture
-        .validate(input)
+        .check_widths()
         .and_then(|()| architecture.conv_stages(input))
         .map_err(|m| NnError::Architecture(format!("{}: {m}", architecture.describe(input))))
 }
@@ -283,7 +284,7 @@ impl<D: ImprintDevice> Encoder<D> {
                 ))
             }
             Architecture::Conv { latent, .. } => {
-                let mut stages = invalid(architecture, input)?;
+                let mut stages = checked_stages(architecture, input)?;
                 let (_, last) = stages
                     .pop()
                     .expect("conv_stages ends with the flattened shape");
@@ -343,10 +344,6 @@ impl<D: ImprintDevice> Encoder<D> {
                 params
             }
         }
-    }
-
-    pub fn num_params(&self) -> usize {
-        self.named_tensors("p").iter().map(|t| t.data.len()).sum()
     }
 
     /// The first layer's filters as images `[filters, kernel_h, kernel_w]` per input channel,
@@ -438,7 +435,7 @@ impl<D: ImprintDevice> Decoder<D> {
                 ))
             }
             Architecture::Conv { latent, .. } => {
-                let mut enc = invalid(architecture, output)?;
+                let mut enc = checked_stages(architecture, output)?;
                 let (_, start) = enc
                     .pop()
                     .expect("conv_stages ends with the flattened shape");
