@@ -3,6 +3,14 @@ use imprint_nn::*;
 use rand::SeedableRng;
 use std::time::Instant;
 fn main() {
+    // As the CLI does: run on a pool worker, so parallel products do not wake this thread.
+    rayon::ThreadPoolBuilder::new()
+        .build()
+        .unwrap()
+        .install(train);
+}
+
+fn train() {
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut enc = Mlp::new(

@@ -21,13 +21,24 @@ pub use imprint_ops::Matrix;
 /// Parameters are stored flat; the layer that owns them knows their logical shape.
 pub type Vector<D> = imprint_ops::Tensor1<D>;
 
-/// The devices our models run on: dfdx's own ops plus ours.
+/// The devices our models run on: dfdx's own ops plus ours, shareable between threads (the
+/// optimizer updates parameters in parallel).
 pub trait ImprintDevice:
-    Device<f32> + LinearKernel + imprint_ops::Conv2dKernel + imprint_ops::ConvTranspose2dKernel
+    Device<f32>
+    + LinearKernel
+    + imprint_ops::Conv2dKernel
+    + imprint_ops::ConvTranspose2dKernel
+    + Send
+    + Sync
 {
 }
 impl<D> ImprintDevice for D where
-    D: Device<f32> + LinearKernel + imprint_ops::Conv2dKernel + imprint_ops::ConvTranspose2dKernel
+    D: Device<f32>
+        + LinearKernel
+        + imprint_ops::Conv2dKernel
+        + imprint_ops::ConvTranspose2dKernel
+        + Send
+        + Sync
 {
 }
 

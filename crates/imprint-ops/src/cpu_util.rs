@@ -370,9 +370,46 @@ pub(crate) fn gather(src: &[f32], dst: &mut [f32], rows: usize, len: usize) {
     }
 }
 
+/// Writes the transpose of row-major `src` (`[rows, cols]`) into `dst` (`[cols, rows]`), in
+/// square tiles so that reads and writes both stay within a few cache lines.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    assert_eq!(src.len(), rows * cols, "transpose source size");
+    assert_eq!(dst.len(), rows * cols, "transpose destination size");
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let out = &mut dst[c * rows + r0..c * rows + r1];
+                for (o, r) in out.iter_mut().zip(r0..r1) {
+                    *o = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (3, 40), (17, 16), (33, 5)] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut dst = vec![-1.0; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+        }
+    }
 
     fn naive_im2col(g: &Geometry, img: &[f32]) -> Vec<f32> {
         let (kh, kw) = g.kernel;

@@ -1,5 +1,5 @@
 use super::{Activation, LinearKernel};
-use crate::cpu_util::{gemm, row_major, transposed, View};
+use crate::cpu_util::{gemm, row_major, transpose, transposed, View};
 use crate::{Matrix, Tensor1 as Vector};
 use dfdx::prelude::*;
 use std::sync::Arc;
@@ -22,8 +22,16 @@ fn activate(act: Activation, y: &mut [f32]) {
     }
 }
 
-/// Forward pass into `y` (`[batch, out]`, contents overwritten): bias, product, activation.
+/// Below this many units on either side of a layer, `x·Wᵀ` beats `(W·xᵀ)ᵀ` (see [`forward`]).
+const TRANSPOSED_PRODUCT_MIN_UNITS: usize = 128;
+
+/// Forward pass into `y` (`[batch, out]`, contents overwritten): product, bias, activation.
 /// Plain slices and sizes rather than a struct, so tests can call it on hand-made data.
+///
+/// Which layout gemm runs faster depends on the layer (`examples/gemm_layouts.rs`, batch 128):
+/// with a few hundred units on both sides, `yᵀ = W·xᵀ` with both operands row-major ran
+/// 1.2-1.9x faster than `x·Wᵀ` with `W` read transposed, the two transposes included; with 64
+/// units on one side, `x·Wᵀ` ran about twice as fast.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
@@ -38,8 +46,24 @@ pub(crate) fn forward(
     assert_eq!(y.len(), batch * n_out, "output size");
     // Elementwise passes run on the calling thread: at these sizes they are a few microseconds,
     // less than waking the pool.
-    y.chunks_exact_mut(n_out).for_each(|r| r.copy_from_slice(b));
-    gemm_acc(y, row_major(x, batch, n_in), transposed(w, n_in, n_out));
+    if n_in.min(n_out) >= TRANSPOSED_PRODUCT_MIN_UNITS {
+        let mut xt = vec![0.0; n_in * batch];
+        transpose(x, batch, n_in, &mut xt);
+        let mut yt = vec![0.0; n_out * batch];
+        gemm(
+            &mut yt,
+            row_major(w, n_out, n_in),
+            row_major(&xt, n_in, batch),
+            false,
+            rayon::current_num_threads(),
+        );
+        transpose(&yt, n_out, batch, y);
+        y.chunks_exact_mut(n_out)
+            .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+    } else {
+        y.chunks_exact_mut(n_out).for_each(|r| r.copy_from_slice(b));
+        gemm_acc(y, row_major(x, batch, n_in), transposed(w, n_in, n_out));
+    }
     activate(act, y);
 }
 

@@ -44,7 +44,16 @@ fn forward_matches_hand_computed() {
 #[test]
 fn forward_matches_naive_loops_on_odd_sizes() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    for &(batch, n_in, n_out) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (130, 70, 65)] {
+    // The last two take the transposed product (both sides of at least 128 units).
+    let sizes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (17, 33, 9),
+        (130, 70, 65),
+        (5, 129, 130),
+        (33, 200, 131),
+    ];
+    for &(batch, n_in, n_out) in &sizes {
         let x = random(&mut rng, batch * n_in);
         let w = random(&mut rng, n_out * n_in);
         let b = random(&mut rng, n_out);
