@@ -340,3 +340,53 @@ fn diverging_pretraining_stops_naming_epoch_and_step() {
     ]);
     assert!(!out.join("encoder.safetensors").exists());
 }
+
+/// A pre-training that diverges after finishing an epoch stops naming where, and keeps the
+/// checkpoint of the last finished epoch.
+#[test]
+fn diverging_pretraining_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let digits = digits_dir();
+    let pipeline = write_pipeline(
+        &t.join("p.toml"),
+        &Tiny {
+            hidden: &[64, 32],
+            ..Tiny::on(&digits)
+        },
+    );
+    // One step per epoch (a batch larger than the data): epoch 1's loss is still finite, its
+    // update blows the weights up, and epoch 2's loss is not.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "batch_size = 16\n",
+        "batch_size = 100000\nlr = 1e6\nloss = \"bce\"\n",
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let out = t.join("pre");
+    let run = imprint(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--out",
+            arg(&out),
+            "--epochs",
+            "5",
+        ],
+    );
+    run.assert_error_after_progress(&[
+        "loss became",
+        "at epoch 2, step 1",
+        "the last good checkpoint (after epoch 1) is kept in",
+        "checkpoint.safetensors",
+    ]);
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let weight = file.tensor("encoder.0.weight").unwrap();
+    assert!(weight
+        .data()
+        .chunks_exact(4)
+        .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()));
+    assert!(!out.join("encoder.safetensors").exists());
+}

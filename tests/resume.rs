@@ -120,3 +120,77 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
         std::fs::read(whole.join("summary.csv")).unwrap()
     );
 }
+
+/// `pretrain --resume` after a hard kill mid-way continues from the last epoch checkpoint (not
+/// from scratch) and writes the weights and losses of an uninterrupted pre-training.
+#[test]
+fn killed_pretraining_resumes_from_its_epoch_checkpoint() {
+    let root = workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let args = |out: &Path, extra: &[&'static str]| {
+        let mut a = vec!["pretrain", "--threads", "2", "--epochs", "400", "--out"];
+        a.push(arg(out));
+        a.extend(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let mut child = Command::new(imprint_bin())
+        .current_dir(&root)
+        .args(args(&killed, &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start imprint");
+    let checkpoint = killed.join("checkpoint.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !checkpoint.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("imprint ended ({status}) before its first checkpoint");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("SIGKILL imprint");
+    child.wait().unwrap();
+    assert!(
+        !killed.join("encoder.json").exists(),
+        "the pre-training finished before the kill"
+    );
+    assert!(checkpoint.exists());
+
+    let run = |out: &Path, extra: &[&'static str]| {
+        let a = args(out, extra);
+        imprint(&root, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let outcome = run(&killed, &["--resume"]);
+    outcome.assert_success();
+    assert!(
+        outcome
+            .stdout
+            .contains("continuing pre-training after epoch")
+            || outcome
+                .stderr
+                .contains("continuing pre-training after epoch"),
+        "did not continue from the checkpoint:\n{}{}",
+        outcome.stdout,
+        outcome.stderr
+    );
+    assert!(
+        !checkpoint.exists(),
+        "the finished run keeps its checkpoint"
+    );
+    run(&whole, &[]).assert_success();
+
+    for file in ["encoder.safetensors", "decoder.safetensors"] {
+        assert!(
+            std::fs::read(killed.join(file)).unwrap() == std::fs::read(whole.join(file)).unwrap(),
+            "{file} differs from the uninterrupted run's"
+        );
+    }
+    let losses = |dir: &Path| {
+        let t = Table::read(&dir.join("loss.csv"));
+        (t.numbers("train_loss"), t.numbers("heldout_loss"))
+    };
+    assert_eq!(losses(&killed), losses(&whole));
+}

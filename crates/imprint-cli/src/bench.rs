@@ -7,7 +7,7 @@ use dfdx::prelude::Cpu;
 use imprint_data::ImageShape;
 use imprint_nn::loss::Reconstruction;
 use imprint_nn::Architecture;
-use imprint_pretrain::{pretrain, Noise, PretrainConfig};
+use imprint_pretrain::{pretrain, Hooks, Noise, PretrainConfig};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
 
@@ -128,8 +128,8 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         shape(args),
         &cfg,
         0,
-        &mut |_, _, _, _| {},
-        &mut |_| {},
+        None,
+        Hooks::default(),
     )?;
     // The first epoch warms caches and the allocator, as the peer's warm-up epoch does.
     Ok(run.history.last().map_or(0.0, |h| h.images_per_second))

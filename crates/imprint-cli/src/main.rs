@@ -59,6 +59,9 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         common: Common,
+        /// Continue an interrupted pre-training in --out from its last epoch checkpoint.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
     },
     /// Fine-tune a classifier on a few labels per class and report test metrics.
     Finetune {
@@ -237,12 +240,13 @@ fn run_command(cli: Cli) -> Result<()> {
             pipeline,
             seed,
             common,
+            resume,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default(), false)?;
+            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default(), resume)?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let (_, history) =
-                imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars, &mut log)?;
+                imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars, &mut log, resume)?;
             bars.finish();
             if let Some(last) = history.last() {
                 println!(

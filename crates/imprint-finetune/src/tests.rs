@@ -73,8 +73,8 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         SIDE8,
         &cfg,
         0,
-        &mut |_, _, _, _| {},
-        &mut |_| {},
+        None,
+        imprint_pretrain::Hooks::default(),
     )
     .unwrap()
     .encoder

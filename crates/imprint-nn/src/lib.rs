@@ -12,7 +12,7 @@ pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
 pub use imprint_ops::{linear, Activation, LinearKernel};
 pub use layers::{Dense, Mlp};
 pub use models::{Architecture, Decoder, Encoder};
-pub use optim::{Adam, ParamGroup};
+pub use optim::{Adam, AdamState, HostBuffer, ParamGroup};
 
 use dfdx::prelude::*;
 
@@ -22,9 +22,10 @@ pub use imprint_ops::Matrix;
 pub type Vector<D> = imprint_ops::Tensor1<D>;
 
 /// The devices our models run on: dfdx's own ops plus ours, shareable between threads (the
-/// optimizer updates parameters in parallel).
+/// optimizer updates parameters in parallel), with optimizer state that checkpoints can restore.
 pub trait ImprintDevice:
     Device<f32>
+    + HostBuffer
     + LinearKernel
     + imprint_ops::Conv2dKernel
     + imprint_ops::ConvTranspose2dKernel
@@ -34,6 +35,7 @@ pub trait ImprintDevice:
 }
 impl<D> ImprintDevice for D where
     D: Device<f32>
+        + HostBuffer
         + LinearKernel
         + imprint_ops::Conv2dKernel
         + imprint_ops::ConvTranspose2dKernel
@@ -54,6 +56,9 @@ pub enum NnError {
     NonFinite(String),
     #[error("architecture {0}")]
     Architecture(String),
+    /// Saved optimizer state that does not fit the model's parameters.
+    #[error("{0}")]
+    OptimizerState(String),
 }
 
 pub type Result<T> = std::result::Result<T, NnError>;

@@ -6,6 +6,26 @@ use dfdx::prelude::*;
 pub use dfdx::tensor_ops::{AdamConfig, WeightDecay};
 use rayon::prelude::*;
 
+/// Writing host values into a device buffer, for optimizer state restored from a checkpoint
+/// (reading goes through dfdx's own tensors).
+pub trait HostBuffer: Storage<f32> {
+    fn write_buffer(buffer: &mut Self::Vec, values: &[f32]);
+}
+
+impl HostBuffer for Cpu {
+    fn write_buffer(buffer: &mut Self::Vec, values: &[f32]) {
+        buffer.copy_from_slice(values);
+    }
+}
+
+/// Adam's state for a list of parameters, in their order: enough to continue training exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState {
+    pub step: i32,
+    /// First and second moment of each parameter.
+    pub moments: Vec<[Vec<f32>; 2]>,
+}
+
 /// Parameters updated with one configuration.
 pub struct ParamGroup<'a, D: Device<f32>> {
     pub config: AdamConfig,
@@ -120,6 +140,53 @@ impl<D: Device<f32> + Send + Sync> Adam<D> {
         } else {
             updates.into_par_iter().try_for_each(apply)
         }
+    }
+}
+
+impl<D: Device<f32> + HostBuffer> Adam<D> {
+    /// The step count and the moments of `params` (zeros for one never updated).
+    pub fn state(&mut self, params: &[&Vector<D>]) -> Result<AdamState> {
+        let mut moments = Vec::with_capacity(params.len());
+        for &param in params {
+            let read = |map: &mut Gradients<f32, D>| -> Result<Vec<f32>> {
+                map.try_alloc_for(param).map_err(NnError::device)?;
+                Ok(map.get(param).as_vec())
+            };
+            moments.push([read(&mut self.moment1)?, read(&mut self.moment2)?]);
+        }
+        Ok(AdamState {
+            step: self.step,
+            moments,
+        })
+    }
+
+    /// Continues from `state`, taken by [`Adam::state`] for parameters of the same sizes in the
+    /// same order.
+    pub fn restore(&mut self, state: &AdamState, params: &[&Vector<D>]) -> Result<()> {
+        if state.moments.len() != params.len() {
+            return Err(NnError::OptimizerState(format!(
+                "optimizer state holds {} parameters, the model {}",
+                state.moments.len(),
+                params.len()
+            )));
+        }
+        for (i, (&param, [m1, m2])) in params.iter().zip(&state.moments).enumerate() {
+            let len = param.shape().0;
+            if m1.len() != len || m2.len() != len {
+                return Err(NnError::OptimizerState(format!(
+                    "optimizer state of parameter {i} has {} values, the parameter {len}",
+                    m1.len()
+                )));
+            }
+            for (map, values) in [(&mut self.moment1, m1), (&mut self.moment2, m2)] {
+                D::write_buffer(
+                    map.get_or_alloc_mut(param).map_err(NnError::device)?,
+                    values,
+                );
+            }
+        }
+        self.step = state.step;
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Pre-train, fine-tune, compare and predict, with their artifacts.
 
 use crate::provenance::{read_run_info, DataFiles, RunLog, VERSION};
+use crate::resume_point;
 use crate::sidecar::{
     read_json, read_sidecar, sidecar_path, write_json, Sidecar, ENCODER_FORMAT, MODEL_FORMAT,
 };
@@ -10,7 +11,7 @@ use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
 use imprint_data::{Dataset, ImageShape, Preprocess};
 use imprint_finetune::{evaluate, finetune, Classifier, Metrics, Strategy};
 use imprint_nn::{load_tensors, save_tensors, Encoder, Matrix};
-use imprint_pretrain::{pretrain, reconstruct, EpochStats};
+use imprint_pretrain::{pretrain, reconstruct, EpochStats, Hooks, PretrainError, Snapshot};
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -28,7 +29,8 @@ fn dir(path: &Path) -> Result<()> {
 
 /// The `pretrain` command: trains the autoencoder of `p` on the unlabeled images and writes into
 /// `out`: `encoder.safetensors` + `encoder.json`, `decoder.safetensors`, `loss.csv`, `loss.png`,
-/// `reconstructions.png` (held-out originals over their reconstructions) and `run.json`.
+/// `reconstructions.png` (held-out originals over their reconstructions) and `run.json`. With
+/// `resume`, an interrupted pre-training in `out` continues from its last epoch checkpoint.
 pub fn pretrain_job(
     p: &Pipeline,
     data: &Prepared,
@@ -36,8 +38,12 @@ pub fn pretrain_job(
     out: &Path,
     obs: &dyn Observer,
     log: &mut RunLog,
+    resume: bool,
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
-    let (encoder, history, seconds) = pretrain_artifacts(p, data, seed, out, obs, log)?;
+    if resume {
+        log.set_resumed();
+    }
+    let (encoder, history, seconds) = pretrain_artifacts(p, data, seed, out, obs, log, resume)?;
     log.stage(format!("pretrain seed {seed}"), seconds, false);
     log.write(out, data, true)?;
     Ok((encoder, history))
@@ -45,7 +51,8 @@ pub fn pretrain_job(
 
 /// Pre-trains and writes the artifacts of [`pretrain_job`] but `run.json`; returns the encoder,
 /// the loss history and the wall time. `encoder.json` is written last, so its presence marks a
-/// complete folder for `--resume`.
+/// complete folder for `--resume`. Until then, each epoch end leaves a checkpoint that `resume`
+/// continues from, and that a diverged run keeps as its last good state.
 fn pretrain_artifacts(
     p: &Pipeline,
     data: &Prepared,
@@ -53,21 +60,62 @@ fn pretrain_artifacts(
     out: &Path,
     obs: &dyn Observer,
     log: &RunLog,
+    resume: bool,
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>, f64)> {
     let start = Instant::now();
     dir(out)?;
     let dev = Cpu::default();
     let shape = data.unlabeled.shape;
     let epochs = p.pretrain.epochs;
-    let trained = pretrain(
+    let checkpoint = resume_point::checkpoint_path(out);
+    let snapshot = if resume && checkpoint.exists() {
+        let snapshot = resume_point::load(&checkpoint, p, data)?;
+        obs.info(&format!(
+            "seed {seed}: continuing pre-training after epoch {} from {}",
+            snapshot.state.epochs_done,
+            checkpoint.display()
+        ));
+        Some(snapshot)
+    } else {
+        None
+    };
+    let mut on_batch =
+        |epoch, done, total, loss| obs.pretrain_batch(seed, epoch, epochs, done, total, loss);
+    let mut on_epoch = |stats: &EpochStats| obs.pretrain_epoch(seed, stats, epochs);
+    let mut last_saved = snapshot.as_ref().map(|s| s.state.epochs_done);
+    let mut on_checkpoint = |snapshot: &Snapshot| {
+        resume_point::save(&checkpoint, p, data, snapshot)
+            .map_err(|e| PretrainError::Checkpoint(e.to_string()))?;
+        last_saved = Some(snapshot.state.epochs_done);
+        Ok(())
+    };
+    let hooks = Hooks {
+        on_batch: Some(&mut on_batch),
+        on_epoch: Some(&mut on_epoch),
+        on_checkpoint: Some(&mut on_checkpoint),
+    };
+    let trained = match pretrain(
         &dev,
         &data.unlabeled.pixels,
         shape,
         &p.pretrain,
         seed,
-        &mut |epoch, done, total, loss| obs.pretrain_batch(seed, epoch, epochs, done, total, loss),
-        &mut |stats| obs.pretrain_epoch(seed, stats, epochs),
-    )?;
+        snapshot.as_ref(),
+        hooks,
+    ) {
+        Ok(trained) => trained,
+        Err(e @ PretrainError::Diverged { .. }) => {
+            let kept = match last_saved {
+                Some(epoch) => format!(
+                    "; the last good checkpoint (after epoch {epoch}) is kept in {}",
+                    checkpoint.display()
+                ),
+                None => String::new(),
+            };
+            return Err(PipelineError::Output(format!("{e}{kept}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
     save_tensors(
         &out.join("encoder.safetensors"),
         &trained.encoder.named_tensors("encoder"),
@@ -175,6 +223,17 @@ fn pretrain_artifacts(
             seconds: Some(seconds),
         },
     )?;
+    // The finished encoder supersedes it; a crash before this line leaves both, and either
+    // resumes correctly.
+    match std::fs::remove_file(&checkpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(PipelineError::Output(format!(
+                "{}: {e}",
+                checkpoint.display()
+            )));
+        }
+        _ => {}
+    }
     Ok((trained.encoder, trained.history, seconds))
 }
 
@@ -479,7 +538,8 @@ pub fn compare(
                 }
                 None => {
                     obs.info(&format!("pre-training, seed {seed}"));
-                    let (enc, _, seconds) = pretrain_artifacts(p, data, seed, &pre_dir, obs, log)?;
+                    let (enc, _, seconds) =
+                        pretrain_artifacts(p, data, seed, &pre_dir, obs, log, resume)?;
                     log.stage(format!("pretrain seed {seed}"), seconds, false);
                     (Some(enc), seconds)
                 }

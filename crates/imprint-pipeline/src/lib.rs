@@ -6,6 +6,7 @@ pub mod config;
 mod jobs;
 mod prepared;
 pub mod provenance;
+mod resume_point;
 mod sidecar;
 
 pub use config::{Overrides, Pipeline};

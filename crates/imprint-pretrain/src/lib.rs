@@ -7,11 +7,15 @@ use imprint_nn::loss::{
     check_finite, reconstruction_loss, weighted_reconstruction_loss, Reconstruction,
 };
 use imprint_nn::optim::adam_config;
-use imprint_nn::{Adam, Architecture, Decoder, Encoder, ImprintDevice, Matrix, ParamGroup};
+use imprint_nn::{
+    Adam, AdamState, Architecture, Decoder, Encoder, ImprintDevice, Matrix, NamedTensor,
+    ParamGroup, Vector,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,12 @@ pub enum PretrainError {
         lr: f64,
         source: imprint_nn::NnError,
     },
+    /// Saving an epoch checkpoint failed.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// A snapshot that is not of this run.
+    #[error("cannot resume from this checkpoint: {0}")]
+    Resume(String),
     #[error(transparent)]
     Nn(#[from] imprint_nn::NnError),
 }
@@ -160,16 +170,52 @@ pub struct Pretrained<D: ImprintDevice> {
 /// Progress within an epoch, for progress bars: (epoch, batches done, batches in the epoch, running loss).
 pub type BatchProgress<'a> = dyn FnMut(usize, usize, usize, f64) + 'a;
 
-/// Trains an autoencoder on `images` (`n` images of `input`'s shape, in [0,1]) from a fresh init drawn
-/// from `seed`. Every random draw (init, held-out split, shuffles, noise) follows from `seed`.
+/// Receives each epoch end's snapshot, e.g. to write it to disk; an error stops the run.
+pub type SaveCheckpoint<'a> = dyn FnMut(&Snapshot) -> Result<()> + 'a;
+
+/// What the caller hears of a run as it goes; each hook is optional.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub on_batch: Option<&'a mut BatchProgress<'a>>,
+    pub on_epoch: Option<&'a mut dyn FnMut(&EpochStats)>,
+    /// At each epoch end, everything needed to continue from there; an error stops the run.
+    pub on_checkpoint: Option<&'a mut SaveCheckpoint<'a>>,
+}
+
+/// The loop's state at an epoch end: resuming from it gives what the uninterrupted run gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Weights (`encoder.*`, `decoder.*`) and Adam moments (`adam.m1.{i}`, `adam.m2.{i}`, in
+    /// the order of the encoder's then the decoder's parameters).
+    pub tensors: Vec<NamedTensor>,
+    pub state: TrainingState,
+}
+
+/// The non-tensor part of a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    pub seed: u64,
+    pub epochs_done: usize,
+    pub adam_step: i32,
+    /// Position in the seed's random stream (shuffles and noise draws so far).
+    pub rng_word_pos: u128,
+    /// Training images in the order the last epoch shuffled them to (the next shuffles start
+    /// from it).
+    pub train_order: Vec<usize>,
+    pub history: Vec<EpochStats>,
+}
+
+/// Trains an autoencoder on `images` (`n` images of `input`'s shape, in [0,1]) from a fresh init
+/// drawn from `seed`, or continues from `resume`, a snapshot of the same run. Every random draw
+/// (init, held-out split, shuffles, noise) follows from `seed`.
 pub fn pretrain<D: ImprintDevice>(
     dev: &D,
     images: &[f32],
     input: ImageShape,
     cfg: &PretrainConfig,
     seed: u64,
-    on_batch: &mut BatchProgress<'_>,
-    on_epoch: &mut dyn FnMut(&EpochStats),
+    resume: Option<&Snapshot>,
+    mut hooks: Hooks<'_>,
 ) -> Result<Pretrained<D>> {
     cfg.validate()?;
     let input_len = input.len();
@@ -194,12 +240,25 @@ pub fn pretrain<D: ImprintDevice>(
 
     let config = adam_config(cfg.lr, cfg.weight_decay, false);
     let mut opt = Adam::new();
+    let mut history = Vec::with_capacity(cfg.epochs);
+    if let Some(snapshot) = resume {
+        restore(
+            snapshot,
+            seed,
+            cfg.epochs,
+            &mut encoder,
+            &mut decoder,
+            &mut opt,
+            &mut train,
+        )?;
+        rng.set_word_pos(snapshot.state.rng_word_pos);
+        history = snapshot.state.history.clone();
+    }
     let input_shape = input;
     let mut input = vec![0.0f32; batch * input_len];
     let mut target = vec![0.0f32; batch * input_len];
     let mut hidden = vec![0.0f32; batch * input_len];
-    let mut history = Vec::with_capacity(cfg.epochs);
-    for epoch in 0..cfg.epochs {
+    for epoch in history.len()..cfg.epochs {
         let start = Instant::now();
         train.shuffle(&mut rng);
         let mut total = 0.0f64;
@@ -231,7 +290,9 @@ pub fn pretrain<D: ImprintDevice>(
             params.extend(decoder.params_mut());
             opt.step(&mut [ParamGroup { config, params }], &mut grads)?;
             total += value as f64;
-            on_batch(epoch, step + 1, steps_per_epoch, total / (step + 1) as f64);
+            if let Some(f) = hooks.on_batch.as_mut() {
+                f(epoch, step + 1, steps_per_epoch, total / (step + 1) as f64);
+            }
         }
         let seconds = start.elapsed().as_secs_f64();
         let stats = EpochStats {
@@ -245,8 +306,38 @@ pub fn pretrain<D: ImprintDevice>(
             images_per_second: (steps_per_epoch * batch) as f64 / seconds.max(1e-9),
             seconds,
         };
-        on_epoch(&stats);
+        if let Some(f) = hooks.on_epoch.as_mut() {
+            f(&stats);
+        }
         history.push(stats);
+        if let Some(save) = hooks.on_checkpoint.as_mut() {
+            let mut tensors = encoder.named_tensors("encoder");
+            tensors.extend(decoder.named_tensors("decoder"));
+            let mut params = encoder.params_mut();
+            params.extend(decoder.params_mut());
+            let params: Vec<&Vector<D>> = params.into_iter().map(|p| &*p).collect();
+            let adam = opt.state(&params)?;
+            for (i, [m1, m2]) in adam.moments.into_iter().enumerate() {
+                for (which, data) in [("m1", m1), ("m2", m2)] {
+                    tensors.push(NamedTensor {
+                        name: format!("adam.{which}.{i}"),
+                        shape: vec![data.len()],
+                        data,
+                    });
+                }
+            }
+            save(&Snapshot {
+                tensors,
+                state: TrainingState {
+                    seed,
+                    epochs_done: history.len(),
+                    adam_step: adam.step,
+                    rng_word_pos: rng.get_word_pos(),
+                    train_order: train.clone(),
+                    history: history.clone(),
+                },
+            })?;
+        }
     }
     Ok(Pretrained {
         encoder,
@@ -254,6 +345,64 @@ pub fn pretrain<D: ImprintDevice>(
         history,
         heldout,
     })
+}
+
+/// Loads `snapshot` into a freshly built run, after checking that it is a snapshot of this run:
+/// same seed, no more epochs than asked for, the same training images.
+fn restore<D: ImprintDevice>(
+    snapshot: &Snapshot,
+    seed: u64,
+    epochs: usize,
+    encoder: &mut Encoder<D>,
+    decoder: &mut Decoder<D>,
+    opt: &mut Adam<D>,
+    train: &mut Vec<usize>,
+) -> Result<()> {
+    let state = &snapshot.state;
+    let mismatch = |message: String| Err(PretrainError::Resume(message));
+    if state.seed != seed {
+        return mismatch(format!("it is of seed {}, not {seed}", state.seed));
+    }
+    if state.epochs_done > epochs || state.history.len() != state.epochs_done {
+        return mismatch(format!(
+            "it holds {} epochs, more than the {epochs} asked for",
+            state.epochs_done
+        ));
+    }
+    let (mut saved, mut ours) = (state.train_order.clone(), train.clone());
+    saved.sort_unstable();
+    ours.sort_unstable();
+    if saved != ours {
+        return mismatch("it was trained on other images".into());
+    }
+    let tensors: BTreeMap<String, NamedTensor> = snapshot
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    encoder.load_named("encoder", &tensors, "checkpoint")?;
+    decoder.load_named("decoder", &tensors, "checkpoint")?;
+    let mut params = encoder.params_mut();
+    params.extend(decoder.params_mut());
+    let moment = |which: &str, i: usize| {
+        tensors
+            .get(&format!("adam.{which}.{i}"))
+            .map(|t| t.data.clone())
+            .ok_or_else(|| PretrainError::Resume(format!("it lacks `adam.{which}.{i}`")))
+    };
+    let moments = (0..params.len())
+        .map(|i| Ok([moment("m1", i)?, moment("m2", i)?]))
+        .collect::<Result<Vec<_>>>()?;
+    let params: Vec<&Vector<D>> = params.into_iter().map(|p| &*p).collect();
+    opt.restore(
+        &AdamState {
+            step: state.adam_step,
+            moments,
+        },
+        &params,
+    )?;
+    *train = state.train_order.clone();
+    Ok(())
 }
 
 fn gather(images: &[f32], len: usize, ids: &[usize], out: &mut [f32]) {
@@ -389,16 +538,7 @@ mod tests {
                 };
                 cfg.loss_on_hidden_only = true;
             }
-            let run = pretrain(
-                &dev,
-                &images,
-                SIDE8,
-                &cfg,
-                3,
-                &mut |_, _, _, _| {},
-                &mut |_| {},
-            )
-            .unwrap();
+            let run = pretrain(&dev, &images, SIDE8, &cfg, 3, None, Hooks::default()).unwrap();
             let (first, last) = (&run.history[0], run.history.last().unwrap());
             // Scored on hidden pixels only, the net is never asked to copy the visible ones, so
             // the whole-image held-out loss falls less.
@@ -459,6 +599,82 @@ mod tests {
         }
     }
 
+    /// A run stopped after an epoch and resumed from its snapshot ends with the weights and
+    /// losses of the run that never stopped, for a dense and a conv net with noise drawn each
+    /// step (the random stream must continue, not restart).
+    #[test]
+    fn resumed_run_equals_uninterrupted_run() {
+        let dev = Cpu::default();
+        let images = bars(300, 8, 2);
+        let mut cfg = config(Noise::Masking { fraction: 0.3 }, Reconstruction::Bce);
+        cfg.epochs = 4;
+        for conv in [false, true] {
+            if conv {
+                cfg.architecture = Architecture::Conv {
+                    channels: vec![4, 8],
+                    kernel: 3,
+                    stride: 2,
+                    latent: 8,
+                };
+            }
+            let weights = |run: &Pretrained<Cpu>| {
+                let mut t = run.encoder.named_tensors("encoder");
+                t.extend(run.decoder.named_tensors("decoder"));
+                t
+            };
+            let losses = |run: &Pretrained<Cpu>| {
+                let h = run.history.iter();
+                h.map(|h| (h.train_loss, h.heldout_loss))
+                    .collect::<Vec<_>>()
+            };
+            let whole = pretrain(&dev, &images, SIDE8, &cfg, 5, None, Hooks::default()).unwrap();
+
+            let mut saved = None;
+            let mut crash_after_second = |s: &Snapshot| {
+                saved = Some(s.clone());
+                if s.state.epochs_done == 2 {
+                    return Err(PretrainError::Checkpoint("simulated crash".into()));
+                }
+                Ok(())
+            };
+            let hooks = Hooks {
+                on_checkpoint: Some(&mut crash_after_second),
+                ..Hooks::default()
+            };
+            let crashed = pretrain(&dev, &images, SIDE8, &cfg, 5, None, hooks);
+            assert!(crashed.is_err());
+            let snapshot = saved.expect("a snapshot after epoch 2");
+            assert_eq!(snapshot.state.epochs_done, 2);
+
+            let resumed = pretrain(
+                &dev,
+                &images,
+                SIDE8,
+                &cfg,
+                5,
+                Some(&snapshot),
+                Hooks::default(),
+            )
+            .unwrap();
+            assert_eq!(weights(&resumed), weights(&whole), "conv {conv}");
+            assert_eq!(losses(&resumed), losses(&whole), "conv {conv}");
+
+            let err = pretrain(
+                &dev,
+                &images,
+                SIDE8,
+                &cfg,
+                6,
+                Some(&snapshot),
+                Hooks::default(),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(err.contains("seed 5, not 6"), "{err}");
+        }
+    }
+
     #[test]
     fn loss_falls_and_runs_are_reproducible() {
         let dev = Cpu::default();
@@ -469,18 +685,7 @@ mod tests {
             (Noise::Gaussian { std: 0.2 }, Reconstruction::Mse),
         ] {
             let cfg = config(noise, loss);
-            let run = || {
-                pretrain(
-                    &dev,
-                    &images,
-                    SIDE8,
-                    &cfg,
-                    7,
-                    &mut |_, _, _, _| {},
-                    &mut |_| {},
-                )
-                .unwrap()
-            };
+            let run = || pretrain(&dev, &images, SIDE8, &cfg, 7, None, Hooks::default()).unwrap();
             let a = run();
             let first = a.history.first().unwrap();
             let last = a.history.last().unwrap();
