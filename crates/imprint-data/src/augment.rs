@@ -5,12 +5,25 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-/// Random integer translation by up to `max_shift` pixels in x and y (zero padded), one draw
-/// per image, in parallel. Each image's generator comes from `seed` and the image's position,
-/// so the result does not depend on the thread count.
-///
-/// Panics if `images` is not a whole number of images or `out` differs in length from it
-/// (caller bugs, not data problems).
+/// Label-preserving random transforms, drawn per image.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Augment {
+    /// Integer translation by up to this many pixels in x and y (zero padded).
+    pub shift: usize,
+    /// Rotation about the centre by an angle drawn from `[-rotate, rotate]` degrees.
+    pub rotate_degrees: f64,
+    /// Mirror left-right with probability 1/2 (for data where that keeps the label).
+    pub flip: bool,
+}
+
+impl Augment {
+    pub fn is_identity(&self) -> bool {
+        self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip
+    }
+}
+
+/// Random integer translation by up to `max_shift` pixels in x and y (zero padded): [`augment_batch`]
+/// with a shift alone.
 pub fn random_shift_batch(
     images: &[f32],
     shape: ImageShape,
@@ -18,14 +31,36 @@ pub fn random_shift_batch(
     seed: u64,
     out: &mut [f32],
 ) {
+    let augment = Augment {
+        shift: max_shift,
+        ..Augment::default()
+    };
+    augment_batch(images, shape, &augment, seed, out);
+}
+
+/// Applies `augment` to each image of `images` into `out`, one draw per image, in parallel.
+/// Each image's generator comes from `seed` and the image's position, so the result does not
+/// depend on the thread count. A shift alone moves whole pixels; with a rotation or a flip, each
+/// output pixel samples the source bilinearly (zero outside).
+///
+/// Panics if `images` is not a whole number of images or `out` differs in length from it
+/// (caller bugs, not data problems).
+pub fn augment_batch(
+    images: &[f32],
+    shape: ImageShape,
+    augment: &Augment,
+    seed: u64,
+    out: &mut [f32],
+) {
     let n = shape.len();
-    assert_eq!(images.len(), out.len(), "random_shift_batch: output length");
+    assert_eq!(images.len(), out.len(), "augment_batch: output length");
     if n == 0 {
         return;
     }
-    assert_eq!(images.len() % n, 0, "random_shift_batch: partial image");
+    assert_eq!(images.len() % n, 0, "augment_batch: partial image");
     let (h, w) = (shape.height, shape.width);
-    let m = max_shift as i64;
+    let m = augment.shift as i64;
+    let max_angle = augment.rotate_degrees.abs().to_radians();
     out.par_chunks_mut(n)
         .zip(images.par_chunks(n))
         .enumerate()
@@ -34,8 +69,52 @@ pub fn random_shift_batch(
             rng.set_stream(i as u64);
             let dx = rng.gen_range(-m..=m);
             let dy = rng.gen_range(-m..=m);
-            shift(src, dst, shape.channels, h, w, dx, dy);
+            let angle = if max_angle > 0.0 {
+                rng.gen_range(-max_angle..=max_angle)
+            } else {
+                0.0
+            };
+            let flip = augment.flip && rng.gen_bool(0.5);
+            if angle == 0.0 && !flip {
+                shift(src, dst, shape.channels, h, w, dx, dy);
+            } else {
+                warp(src, dst, shape, (dx as f64, dy as f64), angle, flip);
+            }
         });
+}
+
+/// `dst` is `src` mirrored (if `flip`), rotated by `angle` radians about the centre, then moved
+/// by `(dx, dy)`; each output pixel samples the source bilinearly, zero outside it.
+fn warp(src: &[f32], dst: &mut [f32], shape: ImageShape, d: (f64, f64), angle: f64, flip: bool) {
+    let (h, w) = (shape.height, shape.width);
+    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
+    let (sin, cos) = angle.sin_cos();
+    let at = |plane: &[f32], y: i64, x: i64| -> f64 {
+        if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
+            0.0
+        } else {
+            plane[y as usize * w + x as usize] as f64
+        }
+    };
+    for (src_plane, dst_plane) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
+        for y in 0..h {
+            for x in 0..w {
+                // Inverse map: undo the move, then the rotation, then the mirror.
+                let (u, v) = (x as f64 - d.0 - cx, y as f64 - d.1 - cy);
+                let (mut sx, sy) = (cos * u + sin * v + cx, -sin * u + cos * v + cy);
+                if flip {
+                    sx = w as f64 - 1.0 - sx;
+                }
+                let (x0, y0) = (sx.floor(), sy.floor());
+                let (fx, fy) = (sx - x0, sy - y0);
+                let (x0, y0) = (x0 as i64, y0 as i64);
+                let top = at(src_plane, y0, x0) * (1.0 - fx) + at(src_plane, y0, x0 + 1) * fx;
+                let bottom =
+                    at(src_plane, y0 + 1, x0) * (1.0 - fx) + at(src_plane, y0 + 1, x0 + 1) * fx;
+                dst_plane[y * w + x] = (top * (1.0 - fy) + bottom * fy) as f32;
+            }
+        }
+    }
 }
 
 /// `dst(y, x) = src(y - dy, x - dx)`, zero where that falls outside.
@@ -105,6 +184,66 @@ mod tests {
         let mut c = vec![0.0; x.len()];
         random_shift_batch(&x, SHAPE, 2, 10, &mut c);
         assert_ne!(a, c, "another seed moves differently");
+    }
+
+    #[test]
+    fn warp_rotates_quarter_turns_and_mirrors_exactly() {
+        // 1 channel, 3x3: a quarter turn and a mirror move whole pixels, so no blending.
+        let shape = ImageShape {
+            channels: 1,
+            height: 3,
+            width: 3,
+        };
+        let src: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut dst = vec![0.0; 9];
+        let quarter = std::f64::consts::FRAC_PI_2;
+        warp(&src, &mut dst, shape, (0.0, 0.0), quarter, false);
+        let round = |v: &[f32]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
+        // A positive angle turns the picture clockwise as displayed (y grows downwards): the
+        // left column, read upwards, becomes the top row.
+        assert_eq!(
+            round(&dst),
+            vec![7.0, 4.0, 1.0, 8.0, 5.0, 2.0, 9.0, 6.0, 3.0]
+        );
+        warp(&src, &mut dst, shape, (0.0, 0.0), 0.0, true);
+        assert_eq!(dst, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0, 9.0, 8.0, 7.0]);
+        warp(&src, &mut dst, shape, (1.0, 0.0), 0.0, false);
+        assert_eq!(dst, vec![0.0, 1.0, 2.0, 0.0, 4.0, 5.0, 0.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn small_rotations_keep_a_centred_blob_and_vary_by_seed() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 9,
+            width: 9,
+        };
+        let mut img = vec![0.0f32; 81];
+        for y in 3..6 {
+            for x in 2..7 {
+                img[y * 9 + x] = 1.0;
+            }
+        }
+        let x: Vec<f32> = img.repeat(16);
+        let augment = Augment {
+            rotate_degrees: 15.0,
+            ..Augment::default()
+        };
+        let mut out = vec![0.0; x.len()];
+        augment_batch(&x, shape, &augment, 4, &mut out);
+        for rotated in out.chunks(81) {
+            // bilinear sampling inside the frame keeps the mass within a few percent
+            let mass: f32 = rotated.iter().sum();
+            assert!((mass - 15.0).abs() < 1.5, "mass {mass}");
+            assert_eq!(rotated[4 * 9 + 4], 1.0, "the centre stays put");
+        }
+        assert!(
+            out.chunks(81).any(|r| r != img.as_slice()),
+            "something rotated"
+        );
+        let mut again = vec![0.0; x.len()];
+        augment_batch(&x, shape, &augment, 4, &mut again);
+        assert_eq!(out, again);
     }
 
     #[test]

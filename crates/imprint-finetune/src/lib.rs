@@ -7,7 +7,9 @@ mod metrics;
 pub use metrics::{evaluate, Metrics};
 
 use dfdx::prelude::*;
-use imprint_data::{augment::random_shift_batch, Dataset, ImageShape};
+use imprint_data::augment::{augment_batch, Augment};
+use imprint_data::split::stratified_split;
+use imprint_data::{Dataset, ImageShape};
 use imprint_nn::checkpoint::NamedTensor;
 use imprint_nn::loss::{check_finite, cross_entropy};
 use imprint_nn::optim::adam_config;
@@ -102,6 +104,22 @@ pub struct FinetuneConfig {
     /// Random shifts of up to this many pixels each step; 0 = no augmentation.
     #[serde(default)]
     pub augment_shift: usize,
+    /// Random rotations of up to this many degrees either way each step; 0 = none.
+    #[serde(default)]
+    pub augment_rotate: f64,
+    /// Random left-right mirroring each step (only where that keeps the label).
+    #[serde(default)]
+    pub augment_flip: bool,
+    /// Share of each class's labeled images held out for early stopping; 0 = none, train on all.
+    #[serde(default)]
+    pub validation_fraction: f64,
+    /// Steps between validation checks (with a validation split).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// Checks without improvement, once every part trains, before stopping; 0 = run every
+    /// step. Either way the model returned is the best one validated.
+    #[serde(default)]
+    pub patience: usize,
     /// Learning-rate schedule over the steps.
     #[serde(default)]
     pub schedule: Schedule,
@@ -149,6 +167,9 @@ fn one() -> f64 {
 fn default_probe_fraction() -> f64 {
     0.3
 }
+fn default_eval_every() -> usize {
+    20
+}
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
@@ -160,6 +181,11 @@ impl Default for FinetuneConfig {
             encoder_lr_scale: 1.0,
             probe_fraction: default_probe_fraction(),
             augment_shift: 0,
+            augment_rotate: 0.0,
+            augment_flip: false,
+            validation_fraction: 0.0,
+            eval_every: default_eval_every(),
+            patience: 0,
             schedule: Schedule::Constant,
             warmup_fraction: 0.0,
         }
@@ -192,7 +218,24 @@ impl FinetuneConfig {
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight_decay", "must be a non-negative number");
         }
+        if !(0.0..=180.0).contains(&self.augment_rotate) {
+            return bad("augment_rotate", "must be in [0, 180] degrees");
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return bad("validation_fraction", "must be in [0, 1)");
+        }
+        if self.eval_every == 0 {
+            return bad("eval_every", "must be at least 1");
+        }
         Ok(())
+    }
+
+    pub fn augment(&self) -> Augment {
+        Augment {
+            shift: self.augment_shift,
+            rotate_degrees: self.augment_rotate,
+            flip: self.augment_flip,
+        }
     }
 }
 
@@ -322,14 +365,29 @@ impl<D: ImprintDevice> Classifier<D> {
     }
 }
 
-/// Loss after each step, for curves.
+/// Loss after each step, for curves, and the validation checks when early stopping.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     pub train_loss: Vec<f64>,
+    pub validation: Vec<Validation>,
+    /// Steps taken (fewer than asked for when stopped early).
+    pub steps_run: usize,
+    /// Steps taken by the model returned (the best validated one), with a validation split.
+    pub best_step: Option<usize>,
+}
+
+/// One validation check: after `step` steps, accuracy (fraction) and mean cross-entropy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub step: usize,
+    pub accuracy: f64,
+    pub loss: f64,
 }
 
 /// Trains `encoder` (pre-trained, or fresh for `Scratch`) with a new head on the labeled `train`
-/// set. All randomness (head init, batches, augmentation) follows from `seed`.
+/// set. All randomness (validation split, head init, batches, augmentation) follows from `seed`.
+/// With `validation_fraction > 0`, that share of each class is held out, the model is checked
+/// on it every `eval_every` steps, and the best checked model is returned.
 pub fn finetune<D: ImprintDevice>(
     dev: &D,
     encoder: Encoder<D>,
@@ -352,9 +410,15 @@ pub fn finetune<D: ImprintDevice>(
             encoder.input, train.shape
         )));
     }
+    let (fit, held_out) = validation_split(train, labels, cfg.validation_fraction, seed)?;
+    let validation = (!held_out.is_empty()).then(|| {
+        let v = train.subset(&held_out);
+        let labels: Vec<usize> = held_out.iter().map(|&i| labels[i]).collect();
+        (v.pixels, labels)
+    });
     let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
-    let n = train.len();
+    let n = fit.len();
     let len = train.shape.len();
     let batch = if cfg.batch_size == 0 {
         n
@@ -377,14 +441,17 @@ pub fn finetune<D: ImprintDevice>(
             adam_config(encoder_lr * f, cfg.weight_decay, true),
         )
     };
+    let augment = cfg.augment();
 
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = fit.clone();
     let mut cursor = n;
     let mut ids = Vec::with_capacity(batch);
     let mut images = vec![0.0f32; batch * len];
-    let mut shifted = vec![0.0f32; batch * len];
+    let mut augmented = vec![0.0f32; batch * len];
     let mut batch_labels = Vec::with_capacity(batch);
     let mut history = History::default();
+    let mut best: Option<(Validation, Classifier<D>)> = None;
+    let mut checks_without_gain = 0;
     let mut opt = Adam::new();
     for step in 0..cfg.steps {
         let (head_cfg, encoder_cfg) = configs(step);
@@ -395,7 +462,7 @@ pub fn finetune<D: ImprintDevice>(
         }
         ids.clear();
         if batch == n {
-            ids.extend(0..n);
+            ids.extend_from_slice(&fit);
         } else {
             while ids.len() < batch {
                 if cursor == n {
@@ -411,18 +478,12 @@ pub fn finetune<D: ImprintDevice>(
         }
         batch_labels.clear();
         batch_labels.extend(ids.iter().map(|&i| labels[i]));
-        let input = if cfg.augment_shift > 0 {
-            let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
-            random_shift_batch(
-                &images,
-                train.shape,
-                cfg.augment_shift,
-                step_seed,
-                &mut shifted,
-            );
-            &shifted
-        } else {
+        let input = if augment.is_identity() {
             &images
+        } else {
+            let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+            augment_batch(&images, train.shape, &augment, step_seed, &mut augmented);
+            &augmented
         };
         let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
         let train_encoder = step >= probe_steps;
@@ -441,8 +502,89 @@ pub fn finetune<D: ImprintDevice>(
             });
         }
         opt.step(&mut groups, &mut grads)?;
+        history.steps_run = step + 1;
+
+        let Some((images, labels)) = &validation else {
+            continue;
+        };
+        if (step + 1) % cfg.eval_every != 0 && step + 1 != cfg.steps {
+            continue;
+        }
+        let check = validate(dev, &model, images, labels, step + 1);
+        history.validation.push(check);
+        // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
+        let better = best.as_ref().is_none_or(|(b, _)| {
+            check.accuracy > b.accuracy || (check.accuracy == b.accuracy && check.loss < b.loss)
+        });
+        if better {
+            best = Some((check, model.clone()));
+            checks_without_gain = 0;
+        } else if train_encoder {
+            checks_without_gain += 1;
+            if cfg.patience > 0 && checks_without_gain >= cfg.patience {
+                break;
+            }
+        }
+    }
+    if let Some((check, best_model)) = best {
+        history.best_step = Some(check.step);
+        model = best_model;
     }
     Ok((model, history))
+}
+
+/// Indices of `train` to fit on and to validate on: `fraction` of each class held out (rounded),
+/// an error if that leaves a class nothing to train on.
+fn validation_split(
+    train: &Dataset,
+    labels: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if fraction == 0.0 {
+        return Ok(((0..train.len()).collect(), Vec::new()));
+    }
+    let (fit, held_out) = stratified_split(labels, train.classes.len(), fraction, seed);
+    for (c, name) in train.classes.iter().enumerate() {
+        if !fit.iter().any(|&i| labels[i] == c) {
+            let count = held_out.iter().filter(|&&i| labels[i] == c).count();
+            return Err(FinetuneError::Data(format!(
+                "validation_fraction {fraction} leaves class `{name}` ({count} labeled images) \
+                 nothing to train on; label more or lower it"
+            )));
+        }
+    }
+    Ok((fit, held_out))
+}
+
+/// Accuracy and mean cross-entropy of `model` on validation images, without a tape.
+fn validate<D: ImprintDevice>(
+    dev: &D,
+    model: &Classifier<D>,
+    images: &[f32],
+    labels: &[usize],
+    step: usize,
+) -> Validation {
+    let n = labels.len();
+    let x: Matrix<D> = dev.tensor_from_vec(images.to_vec(), (n, model.shape.len()));
+    let logits = model.logits(x);
+    let correct = logits
+        .as_vec()
+        .chunks_exact(model.classes.len())
+        .zip(labels)
+        .filter(|(row, &label)| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                == Some(label)
+        })
+        .count();
+    Validation {
+        step,
+        accuracy: correct as f64 / n as f64,
+        loss: cross_entropy(logits, labels).as_vec()[0] as f64,
+    }
 }
 
 #[cfg(test)]

@@ -224,3 +224,53 @@ fn warmup_then_cosine_schedule() {
     let constant = FinetuneConfig::default();
     assert!((0..300).all(|s| constant.lr_factor(s) == 1.0));
 }
+
+#[test]
+fn early_stopping_keeps_the_best_validated_model() {
+    let dev = Cpu::default();
+    let train = bars(40, 1);
+    let cfg = FinetuneConfig {
+        steps: 1000,
+        lr: 1e-2,
+        augment_shift: 1,
+        augment_rotate: 10.0,
+        validation_fraction: 0.25,
+        eval_every: 10,
+        patience: 3,
+        ..Default::default()
+    };
+    let (model, history) = finetune(&dev, encoder(3), &train, &cfg, Strategy::Scratch, 0).unwrap();
+    assert!(history.steps_run < cfg.steps, "never stopped early");
+    assert_eq!(history.train_loss.len(), history.steps_run);
+    let checks = &history.validation;
+    assert_eq!(checks.len(), history.steps_run / 10);
+    let best = checks
+        .iter()
+        .find(|c| Some(c.step) == history.best_step)
+        .expect("the best step is one of the checks");
+    assert!(checks.iter().all(|c| c.accuracy <= best.accuracy));
+    // the last checks are the patience window without a gain
+    assert!(checks[checks.len() - 3..]
+        .iter()
+        .all(|c| c.step > best.step));
+    assert!(evaluate(&dev, &model, &bars(200, 2)).unwrap().accuracy > 0.9);
+
+    // a class with one labeled image cannot give up half of it
+    let err = finetune(
+        &dev,
+        encoder(3),
+        &bars(2, 1),
+        &FinetuneConfig {
+            validation_fraction: 0.5,
+            ..cfg.clone()
+        },
+        Strategy::Scratch,
+        0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("validation_fraction 0.5 leaves class"),
+        "{err}"
+    );
+}

@@ -381,12 +381,24 @@ fn run_one(
         }
     };
     let start = Instant::now();
-    let (model, _history) = finetune(&dev, encoder, train, &p.finetune, strategy, seed)?;
+    let (model, history) = finetune(&dev, encoder, train, &p.finetune, strategy, seed)?;
     let seconds = start.elapsed().as_secs_f64();
     let metrics = evaluate(&dev, &model, &data.test)
         .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
     dir(out)?;
     write_confusion(&out.join("confusion.csv"), &model.classes, &metrics)?;
+    if !history.validation.is_empty() {
+        let rows: Vec<Vec<f64>> = history
+            .validation
+            .iter()
+            .map(|v| vec![v.step as f64, v.accuracy, v.loss])
+            .collect();
+        report::write_table_csv(
+            &out.join("validation.csv"),
+            &["step", "accuracy", "loss"],
+            &rows,
+        )?;
+    }
     let record = RunRecord {
         strategy: strategy.name().into(),
         labels_per_class: k,
@@ -395,7 +407,7 @@ fn run_one(
         macro_f1: metrics.macro_f1,
         pretrain_seconds: 0.0,
         finetune_seconds: seconds,
-        epochs_run: p.finetune.steps,
+        epochs_run: history.steps_run,
     };
     write_json(
         &out.join("metrics.json"),
@@ -591,7 +603,7 @@ pub fn compare(
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained {} epochs on {} unlabeled images ({:?} noise, {:?} loss); \
-         fine-tuned {} steps (lr {}, encoder lr x{}, shifts ±{} px); test set of {} images; seeds {:?}. \
+         fine-tuned {} steps (lr {}, encoder lr x{}, shifts ±{} px{}{}{}); test set of {} images; seeds {:?}. \
          Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
@@ -604,6 +616,22 @@ pub fn compare(
         p.finetune.lr,
         p.finetune.encoder_lr_scale,
         p.finetune.augment_shift,
+        if p.finetune.augment_rotate > 0.0 {
+            format!(", rotations ±{}°", p.finetune.augment_rotate)
+        } else {
+            String::new()
+        },
+        if p.finetune.augment_flip { ", flips" } else { "" },
+        if p.finetune.validation_fraction > 0.0 {
+            format!(
+                ", early stopping on {:.0}% of the labels held out, checked every {} steps, patience {}",
+                p.finetune.validation_fraction * 100.0,
+                p.finetune.eval_every,
+                p.finetune.patience
+            )
+        } else {
+            String::new()
+        },
         data.test.len(),
         c.seeds,
         started.elapsed().as_secs_f64(),
