@@ -370,6 +370,16 @@ pub(crate) fn gather(src: &[f32], dst: &mut [f32], rows: usize, len: usize) {
     }
 }
 
+/// Element-wise sum of `parts` (each `len` long), added in their order: the same partial results
+/// always give the same total, however the threads that made them were scheduled.
+pub(crate) fn sum_in_order(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut total = vec![0.0; len];
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
 /// Writes the transpose of row-major `src` (`[rows, cols]`) into `dst` (`[cols, rows]`), in
 /// square tiles so that reads and writes both stay within a few cache lines.
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {

@@ -1,7 +1,7 @@
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
-    col2im, gather, gemm, im2col, row_major, transposed, with_scratch, Chunks, Geometry,
-    CHUNK_SCRATCH, IO_SCRATCH,
+    col2im, gather, gemm, im2col, row_major, sum_in_order, transposed, with_scratch, Chunks,
+    Geometry, CHUNK_SCRATCH, IO_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -106,56 +106,53 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
     let out_channels = d.groups * cgo;
     let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    gx.par_chunks_mut(chunks.images * d.in_len())
+    // One dW per chunk, summed in chunk order: a fold's grouping follows the work stealing, and
+    // float sums in another order would make runs differ.
+    let parts: Vec<Vec<f32>> = gx
+        .par_chunks_mut(chunks.images * d.in_len())
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .zip(dy.par_chunks(chunks.images * d.out_len()))
-        .fold(
-            || vec![0.0; w.len()],
-            |mut gw, ((gxs, xs), dys)| {
-                let images = xs.len() / d.in_len();
-                let pitch = images * l;
-                let col_len = d.geo.rows() * pitch;
-                with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
-                    // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
-                    let (col, dyc) = buf.split_at_mut(col_len);
-                    for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                        im2col(&d.geo, xi, &mut col[i * l..], pitch);
-                    }
-                    gather(dys, dyc, out_channels, l);
-                    for g in 0..d.groups {
-                        let dy_g =
-                            row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
-                        let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
-                        // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
-                        gemm(
-                            &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
-                            dy_g,
-                            transposed(col_g, pitch, kg),
-                            true,
-                            chunks.gemm_threads,
-                        );
-                        // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l],
-                        // over this group's columns, which dW no longer needs.
-                        gemm(
-                            col_g,
-                            transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
-                            row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch),
-                            false,
-                            chunks.gemm_threads,
-                        );
-                    }
-                    for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
-                        col2im(&d.geo, &col[i * l..], pitch, gxi);
-                    }
-                });
-                gw
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+        .map(|((gxs, xs), dys)| {
+            let mut gw = vec![0.0; w.len()];
+            let images = xs.len() / d.in_len();
+            let pitch = images * l;
+            let col_len = d.geo.rows() * pitch;
+            with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
+                // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
+                let (col, dyc) = buf.split_at_mut(col_len);
+                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
+                }
+                gather(dys, dyc, out_channels, l);
+                for g in 0..d.groups {
+                    let dy_g = row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
+                    let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
+                    // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
+                    gemm(
+                        &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
+                        dy_g,
+                        transposed(col_g, pitch, kg),
+                        true,
+                        chunks.gemm_threads,
+                    );
+                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l],
+                    // over this group's columns, which dW no longer needs.
+                    gemm(
+                        col_g,
+                        transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
+                        row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch),
+                        false,
+                        chunks.gemm_threads,
+                    );
+                }
+                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                    col2im(&d.geo, &col[i * l..], pitch, gxi);
+                }
+            });
+            gw
         })
-        .unwrap_or_else(|| vec![0.0; w.len()])
+        .collect();
+    sum_in_order(&parts, w.len())
 }
 
 /// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`, the images split
@@ -165,24 +162,13 @@ pub(crate) fn bias_grad(dy: &[f32], channels: usize, plane: usize, gb: &mut [f32
     if dy.is_empty() {
         return;
     }
-    let sums = dy
+    // Per-image sums added in image order, for the same reason as in `backward`.
+    let parts: Vec<Vec<f32>> = dy
         .par_chunks_exact(channels * plane)
-        .fold(
-            || vec![0.0; channels],
-            |mut acc, img| {
-                for (a, row) in acc.iter_mut().zip(img.chunks_exact(plane)) {
-                    *a += lane_sum(row);
-                }
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        });
-    if let Some(sums) = sums {
-        gb.iter_mut().zip(&sums).for_each(|(g, s)| *g += s);
-    }
+        .map(|img| img.chunks_exact(plane).map(lane_sum).collect())
+        .collect();
+    let sums = sum_in_order(&parts, channels);
+    gb.iter_mut().zip(&sums).for_each(|(g, s)| *g += s);
 }
 
 /// Sum of `v` over eight running totals: one total makes every add wait for the previous one,

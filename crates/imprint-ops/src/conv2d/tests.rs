@@ -269,3 +269,37 @@ fn mismatched_bias_panics_with_the_reason() {
         &Conv2dSpec::new(1, 2, 3),
     );
 }
+
+/// Weight and bias gradients summed over many images in a pool of several threads come out
+/// bit-identical run after run, whatever the work stealing did.
+#[test]
+fn gradients_are_identical_run_after_run() {
+    let dev = Cpu::default();
+    let mut rng = rng(11);
+    // Large enough images that the batch splits into several chunks per thread, so that
+    // how the threads share the chunks varies between runs.
+    let spec = Conv2dSpec::new(3, 8, 3).padding(1);
+    let (n, h, wd) = (64, 32, 32);
+    let (oh, ow) = spec.output_size(h, wd);
+    let x = random(&mut rng, n * 3 * h * wd);
+    let w = random(&mut rng, spec.weight_len());
+    let b = random(&mut rng, 8);
+    let r = random(&mut rng, n * 8 * oh * ow);
+    let grads = || {
+        let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, 3, h, wd));
+        let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
+        let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
+        let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, 8, oh, ow));
+        let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
+        let g = (y * rt).sum().backward();
+        (g.get(&wt).as_vec(), g.get(&bt).as_vec())
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let first = pool.install(grads);
+    for _ in 0..30 {
+        assert!(pool.install(grads) == first, "gradients changed between runs");
+    }
+}

@@ -1,8 +1,8 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
 use crate::conv2d::cpu_kernel::bias_grad;
 use crate::cpu_util::{
-    col2im, gather, gemm, im2col, row_major, transposed, with_scratch, Chunks, Geometry,
-    CHUNK_SCRATCH, IO_SCRATCH,
+    col2im, gather, gemm, im2col, row_major, sum_in_order, transposed, with_scratch, Chunks,
+    Geometry, CHUNK_SCRATCH, IO_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -105,56 +105,54 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
     let (l, cgi, kg) = (d.geo.cols(), d.in_per_group, d.k_per_group);
     let in_channels = d.groups * cgi;
     let chunks = Chunks::new(d.batch, d.col_len() + d.in_len());
-    gx.par_chunks_mut(chunks.images * d.in_len())
+    // One dW per chunk, summed in chunk order: a fold's grouping follows the work stealing, and
+    // float sums in another order would make runs differ.
+    let parts: Vec<Vec<f32>> = gx
+        .par_chunks_mut(chunks.images * d.in_len())
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .zip(dy.par_chunks(chunks.images * d.out_len()))
-        .fold(
-            || vec![0.0; w.len()],
-            |mut gw, ((gxs, xs), dys)| {
-                let images = xs.len() / d.in_len();
-                let pitch = images * l;
-                with_scratch(&CHUNK_SCRATCH, xs.len() + d.geo.rows() * pitch, |buf| {
-                    // `xc` holds first the chunk's inputs for dW, then dL/dx in the same layout.
-                    let (xc, dcol) = buf.split_at_mut(xs.len());
-                    for (i, dyi) in dys.chunks_exact(d.out_len()).enumerate() {
-                        im2col(&d.geo, dyi, &mut dcol[i * l..], pitch);
+        .map(|((gxs, xs), dys)| {
+            let mut gw = vec![0.0; w.len()];
+            let images = xs.len() / d.in_len();
+            let pitch = images * l;
+            with_scratch(&CHUNK_SCRATCH, xs.len() + d.geo.rows() * pitch, |buf| {
+                // `xc` holds first the chunk's inputs for dW, then dL/dx in the same layout.
+                let (xc, dcol) = buf.split_at_mut(xs.len());
+                for (i, dyi) in dys.chunks_exact(d.out_len()).enumerate() {
+                    im2col(&d.geo, dyi, &mut dcol[i * l..], pitch);
+                }
+                gather(xs, xc, in_channels, l);
+                for g in 0..d.groups {
+                    let dcol_g = &dcol[g * kg * pitch..(g + 1) * kg * pitch];
+                    let x_g = &mut xc[g * cgi * pitch..(g + 1) * cgi * pitch];
+                    // dW_g[cgi, kg] += x_g[cgi, images * l] · dcol_gᵀ[images * l, kg]
+                    gemm(
+                        &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
+                        row_major(x_g, cgi, pitch),
+                        transposed(dcol_g, pitch, kg),
+                        true,
+                        chunks.gemm_threads,
+                    );
+                    // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
+                    gemm(
+                        x_g,
+                        row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
+                        row_major(dcol_g, kg, pitch),
+                        false,
+                        chunks.gemm_threads,
+                    );
+                }
+                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                    for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
+                        let src = &xc[c * pitch + i * l..][..l];
+                        row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
                     }
-                    gather(xs, xc, in_channels, l);
-                    for g in 0..d.groups {
-                        let dcol_g = &dcol[g * kg * pitch..(g + 1) * kg * pitch];
-                        let x_g = &mut xc[g * cgi * pitch..(g + 1) * cgi * pitch];
-                        // dW_g[cgi, kg] += x_g[cgi, images * l] · dcol_gᵀ[images * l, kg]
-                        gemm(
-                            &mut gw[g * cgi * kg..(g + 1) * cgi * kg],
-                            row_major(x_g, cgi, pitch),
-                            transposed(dcol_g, pitch, kg),
-                            true,
-                            chunks.gemm_threads,
-                        );
-                        // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
-                        gemm(
-                            x_g,
-                            row_major(&w[g * cgi * kg..(g + 1) * cgi * kg], cgi, kg),
-                            row_major(dcol_g, kg, pitch),
-                            false,
-                            chunks.gemm_threads,
-                        );
-                    }
-                    for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
-                        for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
-                            let src = &xc[c * pitch + i * l..][..l];
-                            row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
-                        }
-                    }
-                });
-                gw
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+                }
+            });
+            gw
         })
-        .unwrap_or_else(|| vec![0.0; w.len()])
+        .collect();
+    sum_in_order(&parts, w.len())
 }
 
 impl ConvTranspose2dKernel for Cpu {
