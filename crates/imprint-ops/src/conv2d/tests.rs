@@ -300,6 +300,9 @@ fn gradients_are_identical_run_after_run() {
         .unwrap();
     let first = pool.install(grads);
     for _ in 0..30 {
-        assert!(pool.install(grads) == first, "gradients changed between runs");
+        assert!(
+            pool.install(grads) == first,
+            "gradients changed between runs"
+        );
     }
 }
