@@ -297,16 +297,7 @@ impl<D: ImprintDevice> Classifier<D> {
             let n = chunk.len() / len;
             let x: Matrix<D> = dev.tensor_from_vec(chunk.to_vec(), (n, len));
             let probs = self.logits(x).softmax::<dfdx::shapes::Axis<1>>().as_vec();
-            for row in probs.chunks_exact(self.classes.len()) {
-                let (best, p) = row.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| {
-                    if p > acc.1 {
-                        (i, p)
-                    } else {
-                        acc
-                    }
-                });
-                out.push((best, p));
-            }
+            out.extend(probs.chunks_exact(self.classes.len()).map(best_class));
         }
         out
     }
@@ -365,6 +356,14 @@ impl<D: ImprintDevice> Classifier<D> {
     }
 }
 
+/// The index and value of the largest score in `row` (the first, on a tie).
+fn best_class(row: &[f32]) -> (usize, f32) {
+    row.iter().enumerate().fold(
+        (0, f32::MIN),
+        |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+    )
+}
+
 /// Loss after each step, for curves, and the validation checks when early stopping.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
@@ -411,11 +410,7 @@ pub fn finetune<D: ImprintDevice>(
         )));
     }
     let (fit, held_out) = validation_split(train, labels, cfg.validation_fraction, seed)?;
-    let validation = (!held_out.is_empty()).then(|| {
-        let v = train.subset(&held_out);
-        let labels: Vec<usize> = held_out.iter().map(|&i| labels[i]).collect();
-        (v.pixels, labels)
-    });
+    let validation = (!held_out.is_empty()).then(|| train.subset(&held_out));
     let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
     let n = fit.len();
@@ -504,13 +499,13 @@ pub fn finetune<D: ImprintDevice>(
         opt.step(&mut groups, &mut grads)?;
         history.steps_run = step + 1;
 
-        let Some((images, labels)) = &validation else {
+        let Some(held_out) = &validation else {
             continue;
         };
         if (step + 1) % cfg.eval_every != 0 && step + 1 != cfg.steps {
             continue;
         }
-        let check = validate(dev, &model, images, labels, step + 1);
+        let check = validate(dev, &model, held_out, step + 1);
         history.validation.push(check);
         // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
         let better = best.as_ref().is_none_or(|(b, _)| {
@@ -557,32 +552,26 @@ fn validation_split(
     Ok((fit, held_out))
 }
 
-/// Accuracy and mean cross-entropy of `model` on validation images, without a tape.
+/// Accuracy and mean cross-entropy of `model` on the labeled `held_out` images, without a tape.
 fn validate<D: ImprintDevice>(
     dev: &D,
     model: &Classifier<D>,
-    images: &[f32],
-    labels: &[usize],
+    held_out: &Dataset,
     step: usize,
 ) -> Validation {
-    let n = labels.len();
-    let x: Matrix<D> = dev.tensor_from_vec(images.to_vec(), (n, model.shape.len()));
+    let labels = held_out.labels.as_deref().unwrap_or_default();
+    let x: Matrix<D> =
+        dev.tensor_from_vec(held_out.pixels.clone(), (labels.len(), model.shape.len()));
     let logits = model.logits(x);
     let correct = logits
         .as_vec()
         .chunks_exact(model.classes.len())
         .zip(labels)
-        .filter(|(row, &label)| {
-            row.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                == Some(label)
-        })
+        .filter(|&(row, &label)| best_class(row).0 == label)
         .count();
     Validation {
         step,
-        accuracy: correct as f64 / n as f64,
+        accuracy: correct as f64 / labels.len() as f64,
         loss: cross_entropy(logits, labels).as_vec()[0] as f64,
     }
 }
