@@ -320,7 +320,7 @@ pub fn pretrain<D: ImprintDevice>(
             for (i, [m1, m2]) in adam.moments.into_iter().enumerate() {
                 for (which, data) in [("m1", m1), ("m2", m2)] {
                     tensors.push(NamedTensor {
-                        name: format!("adam.{which}.{i}"),
+                        name: moment_name(which, i),
                         shape: vec![data.len()],
                         data,
                     });
@@ -345,6 +345,11 @@ pub fn pretrain<D: ImprintDevice>(
         history,
         heldout,
     })
+}
+
+/// The snapshot's name of Adam moment `which` (`m1` or `m2`) of parameter `i`.
+fn moment_name(which: &str, i: usize) -> String {
+    format!("adam.{which}.{i}")
 }
 
 /// Loads `snapshot` into a freshly built run, after checking that it is a snapshot of this run:
@@ -386,9 +391,9 @@ fn restore<D: ImprintDevice>(
     params.extend(decoder.params_mut());
     let moment = |which: &str, i: usize| {
         tensors
-            .get(&format!("adam.{which}.{i}"))
+            .get(&moment_name(which, i))
             .map(|t| t.data.clone())
-            .ok_or_else(|| PretrainError::Resume(format!("it lacks `adam.{which}.{i}`")))
+            .ok_or_else(|| PretrainError::Resume(format!("it lacks `{}`", moment_name(which, i))))
     };
     let moments = (0..params.len())
         .map(|i| Ok([moment("m1", i)?, moment("m2", i)?]))
