@@ -15,7 +15,7 @@ use imprint_nn::loss::{check_finite, cross_entropy};
 use imprint_nn::optim::adam_config;
 use imprint_nn::{Activation, Adam, Dense, Encoder, ImprintDevice, Matrix, ParamGroup};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +110,10 @@ pub struct FinetuneConfig {
     /// Random left-right mirroring each step (only where that keeps the label).
     #[serde(default)]
     pub augment_flip: bool,
+    /// Probability of zeroing each feature the head sees, in training only (inverted dropout:
+    /// survivors are scaled by 1 / (1 - p)); 0 = none.
+    #[serde(default)]
+    pub dropout: f64,
     /// Share of each class's labeled images held out for early stopping; 0 = none, train on all.
     #[serde(default)]
     pub validation_fraction: f64,
@@ -183,6 +187,7 @@ impl Default for FinetuneConfig {
             augment_shift: 0,
             augment_rotate: 0.0,
             augment_flip: false,
+            dropout: 0.0,
             validation_fraction: 0.0,
             eval_every: default_eval_every(),
             patience: 0,
@@ -221,6 +226,9 @@ impl FinetuneConfig {
         if !(0.0..=180.0).contains(&self.augment_rotate) {
             return bad("augment_rotate", "must be in [0, 180] degrees");
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", "must be in [0, 1)");
+        }
         if !(0.0..1.0).contains(&self.validation_fraction) {
             return bad("validation_fraction", "must be in [0, 1)");
         }
@@ -228,6 +236,49 @@ impl FinetuneConfig {
             return bad("eval_every", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The settings in a phrase for reports, e.g. "1000 steps of 128 images (lr 0.003, encoder
+    /// lr x1, cosine schedule, shifts ±2 px, rotations ±12°)".
+    pub fn describe(&self) -> String {
+        let mut parts = vec![
+            format!("lr {}", self.lr),
+            format!("encoder lr x{}", self.encoder_lr_scale),
+        ];
+        if self.warmup_fraction > 0.0 {
+            parts.push(format!("{:.0}% warm-up", self.warmup_fraction * 100.0));
+        }
+        if self.schedule == Schedule::Cosine {
+            parts.push("cosine schedule".into());
+        }
+        if self.weight_decay > 0.0 {
+            parts.push(format!("weight decay {}", self.weight_decay));
+        }
+        if self.augment_shift > 0 {
+            parts.push(format!("shifts ±{} px", self.augment_shift));
+        }
+        if self.augment_rotate > 0.0 {
+            parts.push(format!("rotations ±{}°", self.augment_rotate));
+        }
+        if self.augment_flip {
+            parts.push("flips".into());
+        }
+        if self.dropout > 0.0 {
+            parts.push(format!("dropout {}", self.dropout));
+        }
+        if self.validation_fraction > 0.0 {
+            parts.push(format!(
+                "early stopping on {:.0}% of the labels held out, checked every {} steps, patience {}",
+                self.validation_fraction * 100.0,
+                self.eval_every,
+                self.patience
+            ));
+        }
+        let steps = match self.batch_size {
+            0 => format!("{} full-batch steps", self.steps),
+            b => format!("{} steps of {b} images", self.steps),
+        };
+        format!("{steps} ({})", parts.join(", "))
     }
 
     pub fn augment(&self) -> Augment {
@@ -273,15 +324,24 @@ impl<D: ImprintDevice> Classifier<D> {
         }
     }
 
-    /// Class logits `[batch, classes]` on a tape; `train_encoder = false` keeps the encoder off it.
-    fn train_logits(&self, x: Matrix<D>, train_encoder: bool) -> Matrix<D, OwnedTape<f32, D>> {
-        if train_encoder {
-            self.head
-                .forward(self.encoder.forward(x.leaky_trace(), false), true)
+    /// Class logits `[batch, classes]` on a tape; `train_encoder = false` keeps the encoder off
+    /// it. `dropout` multiplies the features before the head (a mask of 0 and 1 / (1 - p)).
+    fn train_logits(
+        &self,
+        x: Matrix<D>,
+        train_encoder: bool,
+        dropout: Option<Matrix<D>>,
+    ) -> Matrix<D, OwnedTape<f32, D>> {
+        let features = if train_encoder {
+            self.encoder.forward(x.leaky_trace(), false)
         } else {
-            self.head
-                .forward(self.encoder.forward(x, false).leaky_trace(), false)
-        }
+            self.encoder.forward(x, false).leaky_trace()
+        };
+        let features = match dropout {
+            Some(mask) => features * mask,
+            None => features,
+        };
+        self.head.forward(features, train_encoder)
     }
 
     /// Class logits `[batch, classes]` without a tape.
@@ -413,6 +473,9 @@ pub fn finetune<D: ImprintDevice>(
     let validation = (!held_out.is_empty()).then(|| train.subset(&held_out));
     let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
+    // Its own stream, so that switching dropout on leaves the batch order unchanged.
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75);
+    let latent = model.encoder.architecture.latent();
     let n = fit.len();
     let len = train.shape.len();
     let batch = if cfg.batch_size == 0 {
@@ -482,7 +545,9 @@ pub fn finetune<D: ImprintDevice>(
         };
         let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
         let train_encoder = step >= probe_steps;
-        let loss = cross_entropy(model.train_logits(x, train_encoder), &batch_labels);
+        let mask = (cfg.dropout > 0.0)
+            .then(|| dropout_mask(dev, (batch, latent), cfg.dropout, &mut dropout_rng));
+        let loss = cross_entropy(model.train_logits(x, train_encoder, mask), &batch_labels);
         let value = check_finite(loss.as_vec()[0], 0, step)?;
         history.train_loss.push(value as f64);
         let mut grads = loss.backward();
@@ -526,6 +591,20 @@ pub fn finetune<D: ImprintDevice>(
         model = best_model;
     }
     Ok((model, history))
+}
+
+/// An inverted-dropout mask: each entry 0 with probability `p`, else 1 / (1 - p).
+fn dropout_mask<D: ImprintDevice>(
+    dev: &D,
+    shape: (usize, usize),
+    p: f64,
+    rng: &mut ChaCha8Rng,
+) -> Matrix<D> {
+    let keep = 1.0 / (1.0 - p) as f32;
+    let mask = (0..shape.0 * shape.1)
+        .map(|_| if rng.gen_bool(p) { 0.0 } else { keep })
+        .collect();
+    dev.tensor_from_vec(mask, shape)
 }
 
 /// Indices of `train` to fit on and to validate on: `fraction` of each class held out (rounded),

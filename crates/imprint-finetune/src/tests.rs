@@ -150,6 +150,38 @@ fn same_seed_same_model() {
 }
 
 #[test]
+fn dropout_mask_zeroes_about_p_and_scales_the_rest() {
+    let mask = dropout_mask(
+        &Cpu::default(),
+        (100, 100),
+        0.3,
+        &mut ChaCha8Rng::seed_from_u64(1),
+    )
+    .as_vec();
+    let zeros = mask.iter().filter(|&&v| v == 0.0).count();
+    assert!((2800..3200).contains(&zeros), "{zeros} of 10000 dropped");
+    assert!(mask.iter().all(|&v| v == 0.0 || v == 1.0 / 0.7));
+}
+
+#[test]
+fn dropout_changes_training_yet_learns_and_repeats() {
+    let dev = Cpu::default();
+    let (train, test) = (bars(40, 1), bars(200, 2));
+    let cfg = |dropout| FinetuneConfig {
+        steps: 150,
+        lr: 1e-2,
+        dropout,
+        ..Default::default()
+    };
+    let run = |dropout| finetune(&dev, encoder(3), &train, &cfg(dropout), Strategy::Full, 0);
+    let (with, _) = run(0.5).unwrap();
+    assert!(evaluate(&dev, &with, &test).unwrap().accuracy > 0.9);
+    assert_eq!(with.named_tensors(), run(0.5).unwrap().0.named_tensors());
+    assert_ne!(with.named_tensors(), run(0.0).unwrap().0.named_tensors());
+    assert!(run(1.0).is_err(), "dropout 1 would zero every feature");
+}
+
+#[test]
 fn metrics_by_hand() {
     // truth 0 0 1 1 2, predicted 0 1 1 1 0: F1 = 2tp/(actual+predicted) per class:
     // class 0: 2/(2+2) = 1/2, class 1: 4/(2+3) = 4/5, class 2: 0 -> macro (1/2 + 4/5)/3 = 13/30
@@ -272,5 +304,24 @@ fn early_stopping_keeps_the_best_validated_model() {
     assert!(
         err.contains("validation_fraction 0.5 leaves class"),
         "{err}"
+    );
+}
+
+#[test]
+fn description_names_the_settings_in_use_only() {
+    let plain = FinetuneConfig::default().describe();
+    assert_eq!(plain, "300 full-batch steps (lr 0.001, encoder lr x1)");
+    let rich = FinetuneConfig {
+        steps: 1000,
+        batch_size: 128,
+        schedule: Schedule::Cosine,
+        augment_rotate: 12.0,
+        dropout: 0.2,
+        ..Default::default()
+    }
+    .describe();
+    assert_eq!(
+        rich,
+        "1000 steps of 128 images (lr 0.001, encoder lr x1, cosine schedule, rotations ±12°, dropout 0.2)"
     );
 }
