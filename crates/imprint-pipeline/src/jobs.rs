@@ -603,8 +603,7 @@ pub fn compare(
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained {} epochs on {} unlabeled images ({:?} noise, {:?} loss); \
-         fine-tuned {} steps (lr {}, encoder lr x{}, shifts ±{} px{}{}{}); test set of {} images; seeds {:?}. \
-         Wall time {:.1} s on {} threads{}.",
+         fine-tuned {}; test set of {} images; seeds {:?}. Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape()),
@@ -612,26 +611,7 @@ pub fn compare(
         data.unlabeled.len(),
         p.pretrain.noise,
         p.pretrain.loss,
-        p.finetune.steps,
-        p.finetune.lr,
-        p.finetune.encoder_lr_scale,
-        p.finetune.augment_shift,
-        if p.finetune.augment_rotate > 0.0 {
-            format!(", rotations ±{}°", p.finetune.augment_rotate)
-        } else {
-            String::new()
-        },
-        if p.finetune.augment_flip { ", flips" } else { "" },
-        if p.finetune.validation_fraction > 0.0 {
-            format!(
-                ", early stopping on {:.0}% of the labels held out, checked every {} steps, patience {}",
-                p.finetune.validation_fraction * 100.0,
-                p.finetune.eval_every,
-                p.finetune.patience
-            )
-        } else {
-            String::new()
-        },
+        p.finetune.describe(),
         data.test.len(),
         c.seeds,
         started.elapsed().as_secs_f64(),
