@@ -298,6 +298,32 @@ fn pipeline_type_error_names_the_key() {
 }
 
 #[test]
+fn setting_an_unknown_key_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    let before = snapshot(t);
+
+    let run = imprint(
+        t,
+        &[
+            "run",
+            arg(&pipeline),
+            "--set",
+            "finetune.dropot=0.3",
+            "--out",
+            arg(&out),
+            "--force",
+        ],
+    );
+    run.assert_error(&[arg(&pipeline), "--set", "unknown field `dropot`"]);
+    assert_eq!(snapshot(t), before);
+}
+
+#[test]
 fn missing_pipeline_file() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();

@@ -152,6 +152,10 @@ struct Common {
     /// Use at most this many unlabeled images.
     #[arg(long)]
     max_unlabeled: Option<usize>,
+    /// Set any pipeline key, e.g. `--set finetune.dropout=0.3` (repeatable; values are TOML,
+    /// or bare strings).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 /// The comparison grid; `finetune` names its single strategy, budget and seed instead.
@@ -175,7 +179,7 @@ impl Common {
         grid: &Grid,
         resume: bool,
     ) -> Result<(Pipeline, PathBuf)> {
-        let mut p = Pipeline::from_file(path)?;
+        let mut p = Pipeline::from_file_with_settings(path, &self.settings)?;
         Overrides {
             unlabeled: self.unlabeled.clone(),
             labeled: self.labeled.clone(),

@@ -70,6 +70,31 @@ impl Pipeline {
         Self::from_toml(&text, path)
     }
 
+    /// [`Pipeline::from_file`], then `settings` (`section.key=value`, as given to `--set`)
+    /// replace or add single keys; the result is checked as a whole file would be.
+    pub fn from_file_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut pipeline = Self::from_toml(&text, path)?;
+        let bad = |message: String| PipelineError::Input {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e| bad(one_line(&e, &text)))?;
+        // Checked after each setting, so that an error names the setting that caused it.
+        for setting in settings {
+            let named = |m: String| bad(format!("--set `{setting}`: {m}"));
+            set_key(&mut table, setting).map_err(named)?;
+            pipeline = toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| named(e.message().trim().to_string()))?;
+            pipeline.validate().map_err(named)?;
+        }
+        Ok(pipeline)
+    }
+
     pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
         let pipeline: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Input {
             path: path.display().to_string(),
@@ -123,6 +148,32 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
         }
         _ => format!("line {line_no}: {message}"),
     }
+}
+
+/// Puts `value` at the dotted `key` of `section.key=value`. The value is read as TOML (numbers,
+/// booleans, arrays, inline tables, quoted strings); anything else is taken as a bare string.
+fn set_key(table: &mut toml::Table, setting: &str) -> std::result::Result<(), String> {
+    let (key, value) = setting
+        .split_once('=')
+        .ok_or("expected KEY=VALUE, e.g. finetune.dropout=0.3")?;
+    let value = value.trim();
+    let value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts.pop().filter(|k| !k.is_empty()).ok_or("empty key")?;
+    let mut at = table;
+    for part in parts {
+        at = at
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is a value, not a section"))?;
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// Settings a command line may override.
@@ -250,6 +301,46 @@ seeds = [0]
             .unwrap_err()
             .to_string()
             .contains("labels_per_class"));
+    }
+
+    fn with_settings(settings: &[&str]) -> Result<Pipeline> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        Pipeline::from_file_with_settings(&path, &settings)
+    }
+
+    #[test]
+    fn settings_replace_or_add_keys_of_any_type() {
+        let p = with_settings(&[
+            "finetune.dropout=0.3",
+            "finetune.schedule=cosine",
+            "compare.seeds=[3, 4]",
+            "pretrain.architecture={ kind = \"dense\", hidden = [16, 8], latent = 2 }",
+            "pretrain.epochs = 5",
+        ])
+        .unwrap();
+        assert_eq!(p.finetune.dropout, 0.3);
+        assert_eq!(p.finetune.schedule, imprint_finetune::Schedule::Cosine);
+        assert_eq!(p.compare.seeds, vec![3, 4]);
+        assert_eq!(p.pretrain.architecture.latent(), 2);
+        assert_eq!(p.pretrain.epochs, 5);
+        assert_eq!(with_settings(&[]).unwrap().finetune.dropout, 0.0);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_setting() {
+        for (setting, expect) in [
+            ("finetune.dropot=0.3", "`dropot`"),
+            ("finetune.dropout", "KEY=VALUE"),
+            ("finetune.dropout=1.5", "dropout"),
+            ("name.x=1", "`name` is a value"),
+            ("pretrain.epochs=many", "epochs"),
+        ] {
+            let e = with_settings(&[setting]).unwrap_err().to_string();
+            assert!(e.contains("p.toml") && e.contains(expect), "{setting}: {e}");
+        }
     }
 
     proptest::proptest! {
