@@ -30,7 +30,7 @@ const TRANSPOSED_PRODUCT_MIN_UNITS: usize = 128;
 ///
 /// Which layout gemm runs faster depends on the layer (`examples/gemm_layouts.rs`, batch 128):
 /// with a few hundred units on both sides, `yᵀ = W·xᵀ` with both operands row-major ran
-/// 1.2-1.9x faster than `x·Wᵀ` with `W` read transposed, the two transposes included; with 64
+/// 1.2-2x faster than `x·Wᵀ` with `W` read transposed, the two transposes included; with 64
 /// units on one side, `x·Wᵀ` ran about twice as fast.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
