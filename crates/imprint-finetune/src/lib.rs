@@ -593,7 +593,9 @@ pub fn finetune<D: ImprintDevice>(
     Ok((model, history))
 }
 
-/// An inverted-dropout mask: each entry 0 with probability `p`, else 1 / (1 - p).
+/// An inverted-dropout mask: each entry 0 with probability `p`, else 1 / (1 - p). Not dfdx's
+/// `dropout`: that draws from the device's generator, which every run of a comparison shares, so
+/// a run's result would depend on the runs before it (and change on `--resume`).
 fn dropout_mask<D: ImprintDevice>(
     dev: &D,
     shape: (usize, usize),

@@ -63,20 +63,13 @@ pub struct CompareConfig {
 impl Pipeline {
     /// Reads and checks a pipeline file; relative data paths are taken from the working directory.
     pub fn from_file(path: &Path) -> Result<Pipeline> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// [`Pipeline::from_file`], then `settings` (`section.key=value`, as given to `--set`)
     /// replace or add single keys; the result is checked as a whole file would be.
     pub fn from_file_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let text = read_text(path)?;
         let mut pipeline = Self::from_toml(&text, path)?;
         let bad = |message: String| PipelineError::Input {
             path: path.display().to_string(),
@@ -130,6 +123,13 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// TOML errors span several lines with a source excerpt; keep one line: where, which key, what.
