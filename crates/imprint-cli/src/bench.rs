@@ -121,6 +121,9 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         weight_decay: 0.0,
         holdout_fraction: 0.0,
         loss_on_hidden_only: false,
+        augment_shift: 0,
+        augment_rotate: 0.0,
+        augment_flip: false,
     };
     let run = pretrain(
         &Cpu::default(),

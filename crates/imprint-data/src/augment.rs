@@ -20,6 +20,21 @@ impl Augment {
     pub fn is_identity(&self) -> bool {
         self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip
     }
+
+    /// The transforms in use, as phrases for reports ("shifts ±2 px", "rotations ±12°", "flips").
+    pub fn describe(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if self.shift > 0 {
+            parts.push(format!("shifts ±{} px", self.shift));
+        }
+        if self.rotate_degrees > 0.0 {
+            parts.push(format!("rotations ±{}°", self.rotate_degrees));
+        }
+        if self.flip {
+            parts.push("flips".into());
+        }
+        parts
+    }
 }
 
 /// Random integer translation by up to `max_shift` pixels in x and y (zero padded): [`augment_batch`]

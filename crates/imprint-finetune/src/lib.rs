@@ -254,15 +254,7 @@ impl FinetuneConfig {
         if self.weight_decay > 0.0 {
             parts.push(format!("weight decay {}", self.weight_decay));
         }
-        if self.augment_shift > 0 {
-            parts.push(format!("shifts ±{} px", self.augment_shift));
-        }
-        if self.augment_rotate > 0.0 {
-            parts.push(format!("rotations ±{}°", self.augment_rotate));
-        }
-        if self.augment_flip {
-            parts.push("flips".into());
-        }
+        parts.extend(self.augment().describe());
         if self.dropout > 0.0 {
             parts.push(format!("dropout {}", self.dropout));
         }

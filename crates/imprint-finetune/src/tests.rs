@@ -65,6 +65,9 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         weight_decay: 0.0,
         holdout_fraction: 0.0,
         loss_on_hidden_only: false,
+        augment_shift: 0,
+        augment_rotate: 0.0,
+        augment_flip: false,
     };
     let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(

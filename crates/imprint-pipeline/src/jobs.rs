@@ -602,21 +602,23 @@ pub fn compare(
     let summary = report::summarize(&records, Strategy::Scratch.name());
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
     let context = format!(
-        "Pipeline `{}`: {}. Encoder {}, pre-trained {} epochs on {} unlabeled images ({:?} noise, {:?} loss); \
+        "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
          fine-tuned {}; test set of {} images; seeds {:?}. Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape()),
-        p.pretrain.epochs,
         data.unlabeled.len(),
-        p.pretrain.noise,
-        p.pretrain.loss,
+        p.pretrain.describe(),
         p.finetune.describe(),
         data.test.len(),
         c.seeds,
         started.elapsed().as_secs_f64(),
         rayon::current_num_threads(),
-        if resume { " (resumed; earlier runs kept)" } else { "" },
+        if resume {
+            " (resumed; earlier runs kept)"
+        } else {
+            ""
+        },
     );
     let md = report::render_markdown(
         &format!("Pre-training vs scratch: {}", p.name),

@@ -2,6 +2,7 @@
 //! returns its history and prints nothing; callers render progress from [`EpochStats`].
 
 use dfdx::prelude::*;
+use imprint_data::augment::{augment_batch, Augment};
 use imprint_data::ImageShape;
 use imprint_nn::loss::{
     check_finite, reconstruction_loss, weighted_reconstruction_loss, Reconstruction,
@@ -83,6 +84,16 @@ pub struct PretrainConfig {
     /// With `Patches` noise: score only the hidden pixels, as masked autoencoders do.
     #[serde(default)]
     pub loss_on_hidden_only: bool,
+    /// Random shifts of up to this many pixels, applied to input and target alike before the
+    /// corruption; 0 = none. The encoder then sees the variety fine-tuning's augmentation brings.
+    #[serde(default)]
+    pub augment_shift: usize,
+    /// Random rotations of up to this many degrees either way; 0 = none.
+    #[serde(default)]
+    pub augment_rotate: f64,
+    /// Random left-right mirroring (only where the data allows it).
+    #[serde(default)]
+    pub augment_flip: bool,
 }
 
 fn default_noise() -> Noise {
@@ -139,12 +150,56 @@ impl PretrainConfig {
                 return bad("noise.std", "must be a non-negative number");
             }
         }
+        if !(0.0..=180.0).contains(&self.augment_rotate) {
+            return bad("augment_rotate", "must be in [0, 180] degrees");
+        }
         self.architecture
             .check_widths()
             .map_err(|message| PretrainError::Config {
                 key: "architecture",
                 message,
             })
+    }
+
+    /// The settings in a phrase for reports, e.g. "15 epochs of 128 images (lr 0.001, 4x4
+    /// patches 50% hidden, BCE loss on the hidden pixels, shifts ±2 px)".
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("lr {}", self.lr)];
+        if self.weight_decay > 0.0 {
+            parts.push(format!("weight decay {}", self.weight_decay));
+        }
+        parts.push(match self.noise {
+            Noise::None => "no noise".into(),
+            Noise::Masking { fraction } => format!("{:.0}% of pixels masked", fraction * 100.0),
+            Noise::Gaussian { std } => format!("gaussian noise std {std}"),
+            Noise::Patches { patch, fraction } => {
+                format!("{patch}x{patch} patches {:.0}% hidden", fraction * 100.0)
+            }
+        });
+        let loss = match self.loss {
+            Reconstruction::Mse => "MSE loss",
+            Reconstruction::Bce => "BCE loss",
+        };
+        parts.push(if self.loss_on_hidden_only {
+            format!("{loss} on the hidden pixels")
+        } else {
+            loss.to_string()
+        });
+        parts.extend(self.augment().describe());
+        format!(
+            "{} epochs of {} images ({})",
+            self.epochs,
+            self.batch_size,
+            parts.join(", ")
+        )
+    }
+
+    pub fn augment(&self) -> Augment {
+        Augment {
+            shift: self.augment_shift,
+            rotate_degrees: self.augment_rotate,
+            flip: self.augment_flip,
+        }
     }
 }
 
@@ -258,13 +313,27 @@ pub fn pretrain<D: ImprintDevice>(
     let mut input = vec![0.0f32; batch * input_len];
     let mut target = vec![0.0f32; batch * input_len];
     let mut hidden = vec![0.0f32; batch * input_len];
+    let augment = cfg.augment();
+    let mut original = vec![
+        0.0f32;
+        if augment.is_identity() {
+            0
+        } else {
+            batch * input_len
+        }
+    ];
     for epoch in history.len()..cfg.epochs {
         let start = Instant::now();
         train.shuffle(&mut rng);
         let mut total = 0.0f64;
         for step in 0..steps_per_epoch {
             let ids = &train[step * batch..(step + 1) * batch];
-            gather(images, input_len, ids, &mut target);
+            if augment.is_identity() {
+                gather(images, input_len, ids, &mut target);
+            } else {
+                gather(images, input_len, ids, &mut original);
+                augment_batch(&original, input_shape, &augment, rng.gen(), &mut target);
+            }
             input.copy_from_slice(&target);
             corrupt(&mut input, input_shape, cfg.noise, &mut rng, &mut hidden);
             let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, input_len));
@@ -601,12 +670,15 @@ mod tests {
             weight_decay: 0.0,
             holdout_fraction: 0.1,
             loss_on_hidden_only: false,
+            augment_shift: 0,
+            augment_rotate: 0.0,
+            augment_flip: false,
         }
     }
 
     /// A run stopped after an epoch and resumed from its snapshot ends with the weights and
-    /// losses of the run that never stopped, for a dense and a conv net with noise drawn each
-    /// step (the random stream must continue, not restart).
+    /// losses of the run that never stopped, for a dense and a conv net with noise (and, for the
+    /// conv net, augmentation) drawn each step: the random stream must continue, not restart.
     #[test]
     fn resumed_run_equals_uninterrupted_run() {
         let dev = Cpu::default();
@@ -621,6 +693,8 @@ mod tests {
                     stride: 2,
                     latent: 8,
                 };
+                cfg.augment_shift = 1;
+                cfg.augment_rotate = 10.0;
             }
             let weights = |run: &Pretrained<Cpu>| {
                 let mut t = run.encoder.named_tensors("encoder");
@@ -707,6 +781,53 @@ mod tests {
         }
     }
 
+    /// Augmented inputs and targets change what is learned, yet the net still learns to
+    /// reconstruct (the held-out images are not augmented) and a seed still fixes the run.
+    #[test]
+    fn augmented_pretraining_learns_and_repeats() {
+        let dev = Cpu::default();
+        let images = bars(600, 8, 4);
+        let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
+        let losses = |cfg: &PretrainConfig| {
+            let run = pretrain(&dev, &images, SIDE8, cfg, 7, None, Hooks::default()).unwrap();
+            run.history
+                .iter()
+                .map(|h| (h.train_loss, h.heldout_loss.unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let plain = losses(&cfg);
+        cfg.augment_shift = 1;
+        cfg.augment_rotate = 8.0;
+        let augmented = losses(&cfg);
+        assert_ne!(augmented, plain);
+        assert_eq!(augmented, losses(&cfg), "same seed, same losses");
+        let (first, last) = (augmented[0].1, augmented.last().unwrap().1);
+        assert!(last < 0.8 * first, "held-out loss {first} -> {last}");
+    }
+
+    #[test]
+    fn description_names_the_settings_in_use() {
+        let mut cfg = config(
+            Noise::Patches {
+                patch: 4,
+                fraction: 0.5,
+            },
+            Reconstruction::Bce,
+        );
+        cfg.loss_on_hidden_only = true;
+        cfg.augment_rotate = 12.0;
+        assert_eq!(
+            cfg.describe(),
+            "8 epochs of 32 images (lr 0.003, 4x4 patches 50% hidden, BCE loss on the hidden \
+             pixels, rotations ±12°)"
+        );
+        let plain = config(Noise::None, Reconstruction::Mse).describe();
+        assert_eq!(
+            plain,
+            "8 epochs of 32 images (lr 0.003, no noise, MSE loss)"
+        );
+    }
+
     #[test]
     fn bad_settings_are_rejected_by_name() {
         let mut cfg = config(Noise::None, Reconstruction::Mse);
@@ -720,5 +841,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("noise.fraction"));
+        cfg.noise = Noise::None;
+        cfg.augment_rotate = 200.0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("augment_rotate"), "{e}");
     }
 }
