@@ -21,6 +21,13 @@ impl Augment {
         self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip
     }
 
+    /// The setting (named as in pipeline files) that is out of range, and why; `None` if all
+    /// are usable. Shared by the pre-training and fine-tuning checks.
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        (!(0.0..=180.0).contains(&self.rotate_degrees))
+            .then_some(("augment_rotate", "must be in [0, 180] degrees"))
+    }
+
     /// The transforms in use, as phrases for reports ("shifts ±2 px", "rotations ±12°", "flips").
     pub fn describe(&self) -> Vec<String> {
         let mut parts = Vec::new();

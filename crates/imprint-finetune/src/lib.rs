@@ -223,8 +223,8 @@ impl FinetuneConfig {
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight_decay", "must be a non-negative number");
         }
-        if !(0.0..=180.0).contains(&self.augment_rotate) {
-            return bad("augment_rotate", "must be in [0, 180] degrees");
+        if let Some((key, message)) = self.augment().problem() {
+            return bad(key, message);
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", "must be in [0, 1)");

@@ -150,8 +150,8 @@ impl PretrainConfig {
                 return bad("noise.std", "must be a non-negative number");
             }
         }
-        if !(0.0..=180.0).contains(&self.augment_rotate) {
-            return bad("augment_rotate", "must be in [0, 180] degrees");
+        if let Some((key, message)) = self.augment().problem() {
+            return bad(key, message);
         }
         self.architecture
             .check_widths()
@@ -314,14 +314,7 @@ pub fn pretrain<D: ImprintDevice>(
     let mut target = vec![0.0f32; batch * input_len];
     let mut hidden = vec![0.0f32; batch * input_len];
     let augment = cfg.augment();
-    let mut original = vec![
-        0.0f32;
-        if augment.is_identity() {
-            0
-        } else {
-            batch * input_len
-        }
-    ];
+    let mut original = vec![0.0f32; batch * input_len];
     for epoch in history.len()..cfg.epochs {
         let start = Instant::now();
         train.shuffle(&mut rng);
