@@ -119,6 +119,29 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
         std::fs::read(killed.join("summary.csv")).unwrap(),
         std::fs::read(whole.join("summary.csv")).unwrap()
     );
+
+    // a finished comparison grows by a strategy: only its runs are new, the others are kept
+    let before = outcomes(&results);
+    let mut extended = args_with(&killed, &["--resume"]);
+    let strategies = extended.iter().position(|&a| a == "--strategies").unwrap() + 1;
+    extended[strategies] = "scratch,probe-then-full,probe";
+    imprint(&root, &extended).assert_success();
+    let after = outcomes(&results);
+    let probe: Vec<_> = after.iter().filter(|r| r[0] == "probe").collect();
+    assert_eq!(probe.len(), 2, "{after:?}");
+    let kept: Vec<_> = after.iter().filter(|r| r[0] != "probe").cloned().collect();
+    assert_eq!(kept, before);
+    let run = read_json(&killed.join("run.json"));
+    for stage in run["stages"].as_array().unwrap() {
+        let name = stage["name"].as_str().unwrap();
+        if name.starts_with("pretrain") || name.starts_with("k2-") {
+            assert_eq!(
+                stage["reused"] == false,
+                name.ends_with("-probe"),
+                "{stage}"
+            );
+        }
+    }
 }
 
 /// `pretrain --resume` after a hard kill mid-way continues from the last epoch checkpoint (not

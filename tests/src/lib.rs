@@ -430,6 +430,15 @@ impl<'a> Tiny<'a> {
     }
 }
 
+/// Replaces `from`, which must occur, by `to` in the text file at `path`; returns the new text.
+pub fn edit_file(path: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no `{from}`", path.display());
+    let text = text.replace(from, to);
+    std::fs::write(path, &text).unwrap();
+    text
+}
+
 /// Writes a small pipeline file (absolute data paths, TOML literal strings) and returns its path.
 pub fn write_pipeline(path: &Path, t: &Tiny) -> PathBuf {
     let lit = |p: &Path| {

@@ -502,7 +502,8 @@ pub struct CompareOutcome {
 ///
 /// With `resume`, an interrupted run in `out` is completed: runs already in `results.csv` are
 /// kept, and a seed's finished pre-training is loaded instead of repeated. Every random draw
-/// follows from the seeds, so the result equals an uninterrupted run's.
+/// follows from the seeds, so the result equals an uninterrupted run's. The same extends a
+/// finished comparison by more seeds, budgets or strategies.
 pub fn compare(
     p: &Pipeline,
     data: &Prepared,
@@ -641,8 +642,9 @@ pub fn compare(
     })
 }
 
-/// Checks that `out` holds an earlier run of this very pipeline, on the same data and thread
-/// count, and returns the runs it finished. A folder with no recorded pipeline yet starts afresh.
+/// Checks that `out` holds an earlier run of this pipeline (its `[compare]` grid aside), on the
+/// same data and thread count, and returns the runs it finished. A folder with no recorded
+/// pipeline yet starts afresh.
 fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Result<Vec<RunRecord>> {
     let recorded_path = out.join("pipeline.toml");
     let refuse = |path: &Path, message: String| PipelineError::Input {
@@ -660,7 +662,20 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Resu
         ));
     }
     let recorded = Pipeline::from_file(&recorded_path)?;
-    if let Some(difference) = first_difference(&to_json(&recorded)?, &to_json(p)?, "") {
+    // Every run follows from its own (strategy, budget, seed), so the grid itself may grow or
+    // shrink: the runs it still names are kept, new ones run. The name and description are
+    // words for reports and change no result.
+    let settings = |p: &Pipeline| {
+        to_json(p).map(|mut json| {
+            if let Some(o) = json.as_object_mut() {
+                for key in ["compare", "name", "description"] {
+                    o.remove(key);
+                }
+            }
+            json
+        })
+    };
+    if let Some(difference) = first_difference(&settings(&recorded)?, &settings(p)?, "") {
         return Err(refuse(&recorded_path, difference));
     }
     let run_json = out.join("run.json");

@@ -157,7 +157,7 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
 
 /// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`, the images split
 /// between threads.
-pub(crate) fn bias_grad(dy: &[f32], channels: usize, plane: usize, gb: &mut [f32]) {
+fn bias_grad(dy: &[f32], channels: usize, plane: usize, gb: &mut [f32]) {
     assert_eq!(gb.len(), channels);
     if dy.is_empty() {
         return;
@@ -183,6 +183,78 @@ fn lane_sum(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
+/// The forward and backward kernels of a convolution-like op on plain slices: forward `(x, w,
+/// bias) -> y`, backward `(x, w, dy, dx accumulator) -> dw`.
+pub(crate) struct Kernels<F, B> {
+    pub forward: F,
+    pub backward: B,
+}
+
+/// Runs `kernels.forward` on `x` (`[n, _, _, _]`) into `[n, out_channels, out.0, out.1]` and,
+/// when `x` owns its tape, records the backward pass for `x`, `weight` and `bias`. Shared by
+/// [`conv2d`](crate::conv2d) and [`conv_transpose2d`](crate::conv_transpose2d), which differ in
+/// their kernels only.
+pub(crate) fn on_tape<S, T, F, B>(
+    x: Tensor4<Cpu, T>,
+    weight: &Tensor<S, f32, Cpu>,
+    bias: Option<&Tensor1<Cpu>>,
+    (out_channels, out): (usize, (usize, usize)),
+    kernels: Kernels<F, B>,
+) -> Result<Tensor4<Cpu, T>, CpuError>
+where
+    S: Shape,
+    T: Tape<f32, Cpu>,
+    F: FnOnce(&[f32], &[f32], Option<&[f32]>) -> Vec<f32>,
+    B: Fn(&[f32], &[f32], &[f32], &mut [f32]) -> Vec<f32> + Send + Sync + 'static,
+{
+    let n = x.shape().0;
+    let dev = x.device().clone();
+    let (x, mut tape) = x.split_tape();
+    let mut ws = vec![0.0; weight.shape().num_elements()];
+    weight.copy_into(&mut ws);
+    let bs = bias.map(|b| {
+        let mut v = vec![0.0; out_channels];
+        b.copy_into(&mut v);
+        v
+    });
+    // The kernels read plain slices. Copying into reused scratch (here and in backward) rather
+    // than keeping a fresh copy of the input spares faulting in new pages per call; the backward
+    // pass holds on to `x` itself, which costs no copy.
+    let x_len = x.shape().num_elements();
+    let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
+        x.copy_into(xs);
+        (kernels.forward)(xs, &ws, bs.as_deref())
+    });
+    let y = dev.try_tensor_from_vec(y, (n, out_channels, out.0, out.1))?;
+    if !T::OWNS_TAPE {
+        return Ok(y.put_tape(tape));
+    }
+    let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
+    let b_g = bias.map(|b| b.ghost());
+    let backward = kernels.backward;
+    tape.add_backward_op(move |grads| {
+        let y_len = y_g.shape().num_elements();
+        let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
+            let (xs, dy) = buf.split_at_mut(x_len);
+            x.copy_into(xs);
+            dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
+            if let Some(b_g) = &b_g {
+                bias_grad(
+                    dy,
+                    out_channels,
+                    out.0 * out.1,
+                    grads.get_or_alloc_mut(b_g)?,
+                );
+            }
+            Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?))
+        })?;
+        let acc = grads.get_or_alloc_mut(&w_g)?;
+        acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
+        Ok(())
+    });
+    Ok(y.put_tape(tape))
+}
+
 impl Conv2dKernel for Cpu {
     fn conv2d<S: Shape, T: Tape<f32, Self>>(
         x: Tensor4<Self, T>,
@@ -199,47 +271,12 @@ impl Conv2dKernel for Cpu {
             )
             .unwrap_or_else(|e| panic!("conv2d: {e}"));
         let d = Dims::new(spec, n, (h, w), out);
-        let dev = x.device().clone();
-        let (x, mut tape) = x.split_tape();
-
-        let mut ws = vec![0.0; spec.weight_len()];
-        weight.copy_into(&mut ws);
-        let bs = bias.map(|b| {
-            let mut v = vec![0.0; spec.out_channels];
-            b.copy_into(&mut v);
-            v
-        });
-        // The kernels read plain slices. Copying into reused scratch (here and in backward)
-        // rather than keeping a fresh copy of the input spares faulting in new pages per call;
-        // the backward pass holds on to `x` itself, which costs no copy.
-        let x_len = x.shape().num_elements();
-        let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
-            x.copy_into(xs);
-            forward(xs, &ws, bs.as_deref(), &d)
-        });
-        let shape = (n, spec.out_channels, out.0, out.1);
-        let y = dev.try_tensor_from_vec(y, shape)?;
-        if !T::OWNS_TAPE {
-            return Ok(y.put_tape(tape));
-        }
-        let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
-        let b_g = bias.map(|b| b.ghost());
-        let channels = spec.out_channels;
-        tape.add_backward_op(move |grads| {
-            let y_len = y_g.shape().num_elements();
-            let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
-                let (xs, dy) = buf.split_at_mut(x_len);
-                x.copy_into(xs);
-                dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
-                if let Some(b_g) = &b_g {
-                    bias_grad(dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
-                }
-                Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?, &d))
-            })?;
-            let acc = grads.get_or_alloc_mut(&w_g)?;
-            acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
-            Ok(())
-        });
-        Ok(y.put_tape(tape))
+        let kernels = Kernels {
+            forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
+            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32]| {
+                backward(x, w, dy, gx, &d)
+            },
+        };
+        on_tape(x, weight, bias, (spec.out_channels, out), kernels)
     }
 }

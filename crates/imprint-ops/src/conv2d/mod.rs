@@ -151,30 +151,37 @@ impl Conv2dSpec {
         bias_len: Option<usize>,
     ) -> Result<(usize, usize), SpecError> {
         let out = self.output_size_checked(h, w)?;
-        if channels != self.in_channels {
-            return Err(SpecError::Channels {
-                expected: self.in_channels,
-                got: channels,
-            });
-        }
-        check_len("weight", self.weight_len(), weight_len)?;
-        if let Some(got) = bias_len {
-            check_len("bias", self.out_channels, got)?;
-        }
+        let expected = (self.in_channels, self.weight_len(), self.out_channels);
+        check_params(expected, (channels, weight_len, bias_len))?;
         Ok(out)
     }
 }
 
-pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), SpecError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(SpecError::ParamLen {
-            what,
-            expected,
-            got,
-        })
+/// Checks the input's channel count and the weight and bias lengths against the `(in_channels,
+/// weight length, out_channels)` a spec expects.
+pub(crate) fn check_params(
+    (in_channels, weight_len, out_channels): (usize, usize, usize),
+    (channels, got_weight, got_bias): (usize, usize, Option<usize>),
+) -> Result<(), SpecError> {
+    if channels != in_channels {
+        return Err(SpecError::Channels {
+            expected: in_channels,
+            got: channels,
+        });
     }
+    let check_len = |what, expected, got| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(SpecError::ParamLen {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    check_len("weight", weight_len, got_weight)?;
+    got_bias.map_or(Ok(()), |got| check_len("bias", out_channels, got))
 }
 
 /// A device that can run [`conv2d`]; a CUDA kernel would implement this beside the CPU one.

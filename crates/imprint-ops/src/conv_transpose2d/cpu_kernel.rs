@@ -1,8 +1,8 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
-use crate::conv2d::cpu_kernel::bias_grad;
+use crate::conv2d::cpu_kernel::{on_tape, Kernels};
 use crate::cpu_util::{
     col2im, gather, gemm, im2col, row_major, sum_in_order, transposed, with_scratch, Chunks,
-    Geometry, CHUNK_SCRATCH, IO_SCRATCH,
+    Geometry, CHUNK_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -171,44 +171,12 @@ impl ConvTranspose2dKernel for Cpu {
             )
             .unwrap_or_else(|e| panic!("conv_transpose2d: {e}"));
         let d = Dims::new(spec, n, (h, w), out);
-        let dev = x.device().clone();
-        let (x, mut tape) = x.split_tape();
-
-        let mut ws = vec![0.0; spec.weight_len()];
-        weight.copy_into(&mut ws);
-        let bs = bias.map(|b| {
-            let mut v = vec![0.0; spec.out_channels];
-            b.copy_into(&mut v);
-            v
-        });
-        // The kernels read plain slices; see the conv2d kernel for why through scratch.
-        let x_len = x.shape().num_elements();
-        let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
-            x.copy_into(xs);
-            forward(xs, &ws, bs.as_deref(), &d)
-        });
-        let y = dev.try_tensor_from_vec(y, (n, spec.out_channels, out.0, out.1))?;
-        if !T::OWNS_TAPE {
-            return Ok(y.put_tape(tape));
-        }
-        let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
-        let b_g = bias.map(|b| b.ghost());
-        let channels = spec.out_channels;
-        tape.add_backward_op(move |grads| {
-            let y_len = y_g.shape().num_elements();
-            let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
-                let (xs, dy) = buf.split_at_mut(x_len);
-                x.copy_into(xs);
-                dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
-                if let Some(b_g) = &b_g {
-                    bias_grad(dy, channels, out.0 * out.1, grads.get_or_alloc_mut(b_g)?);
-                }
-                Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?, &d))
-            })?;
-            let acc = grads.get_or_alloc_mut(&w_g)?;
-            acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
-            Ok(())
-        });
-        Ok(y.put_tape(tape))
+        let kernels = Kernels {
+            forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
+            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32]| {
+                backward(x, w, dy, gx, &d)
+            },
+        };
+        on_tape(x, weight, bias, (spec.out_channels, out), kernels)
     }
 }

@@ -3,7 +3,7 @@
 
 mod cpu_kernel;
 
-use crate::conv2d::check_len;
+use crate::conv2d::check_params;
 use crate::error::SpecError;
 use crate::{Conv2dSpec, Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -162,16 +162,8 @@ impl ConvTranspose2dSpec {
         bias_len: Option<usize>,
     ) -> Result<(usize, usize), SpecError> {
         let out = self.output_size_checked(h, w)?;
-        if channels != self.in_channels {
-            return Err(SpecError::Channels {
-                expected: self.in_channels,
-                got: channels,
-            });
-        }
-        check_len("weight", self.weight_len(), weight_len)?;
-        if let Some(got) = bias_len {
-            check_len("bias", self.out_channels, got)?;
-        }
+        let expected = (self.in_channels, self.weight_len(), self.out_channels);
+        check_params(expected, (channels, weight_len, bias_len))?;
         Ok(out)
     }
 }
