@@ -186,6 +186,35 @@ fn pretrain_finetune_predict_on_class_folders() {
     assert!(accuracy > 0.6, "accuracy {accuracy}");
 }
 
+/// `--dev` leaves the pipeline's test folder aside and evaluates on a held-out share of the
+/// labeled images instead: 30% of 10 per class here, 3 per class.
+#[test]
+fn dev_flag_evaluates_on_held_out_labeled_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let classes = ["ant", "bee", "cat"];
+    let (train, test) = (t.join("train"), t.join("test"));
+    write_png_classes(&train, &classes, 0, 10);
+    let test_items = write_png_classes(&test, &classes, 100, 5);
+    let tiny = Tiny {
+        test: Some(&test),
+        steps: 20,
+        ..Tiny::on(&train)
+    };
+    let pipeline = write_pipeline(&t.join("tiny.toml"), &tiny);
+    let finetune = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["finetune", "--pipeline", arg(&pipeline), "--strategy"];
+        args.extend(["scratch", "--labels-per-class", "2", "--out", arg(out)]);
+        args.extend(extra);
+        imprint(t, &args).assert_success();
+    };
+    let (real, dev) = (t.join("real"), t.join("dev"));
+    finetune(&real, &[]);
+    finetune(&dev, &["--dev"]);
+    check_finetune(&real, 2, test_items.len());
+    check_finetune(&dev, 2, 9);
+}
+
 /// Writes `n` images per class into `dir/imgs` and a `path,label` list naming them.
 fn write_list(
     dir: &Path,

@@ -143,6 +143,10 @@ struct Common {
     labeled: Option<PathBuf>,
     #[arg(long)]
     test: Option<PathBuf>,
+    /// Leave data.test aside: hold out data.test_fraction of the labeled images as the test set
+    /// (kept out of pre-training), to choose settings without looking at the real test set.
+    #[arg(long, conflicts_with = "test")]
+    dev: bool,
     /// Pre-training epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -184,6 +188,7 @@ impl Common {
             unlabeled: self.unlabeled.clone(),
             labeled: self.labeled.clone(),
             test: self.test.clone(),
+            dev: self.dev,
             epochs: self.epochs,
             steps: self.steps,
             strategies: grid.strategies.clone(),

@@ -182,6 +182,8 @@ pub struct Overrides {
     pub unlabeled: Option<PathBuf>,
     pub labeled: Option<PathBuf>,
     pub test: Option<PathBuf>,
+    /// Drop `data.test`, so that a share of the labeled images serves as the test set.
+    pub dev: bool,
     pub epochs: Option<usize>,
     pub steps: Option<usize>,
     pub strategies: Option<Vec<Strategy>>,
@@ -200,6 +202,9 @@ impl Overrides {
         }
         if let Some(v) = &self.test {
             p.data.test = Some(v.clone());
+        }
+        if self.dev {
+            p.data.test = None;
         }
         if let Some(v) = self.epochs {
             p.pretrain.epochs = v;

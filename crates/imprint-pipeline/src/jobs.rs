@@ -604,7 +604,7 @@ pub fn compare(
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
-         fine-tuned {}; test set of {} images; seeds {:?}. Wall time {:.1} s on {} threads{}.",
+         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {} threads{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape()),
@@ -612,6 +612,13 @@ pub fn compare(
         p.pretrain.describe(),
         p.finetune.describe(),
         data.test.len(),
+        match p.data.test {
+            Some(_) => String::new(),
+            None => format!(
+                " held out from the labeled images (split seed {})",
+                p.data.split_seed
+            ),
+        },
         c.seeds,
         started.elapsed().as_secs_f64(),
         rayon::current_num_threads(),
