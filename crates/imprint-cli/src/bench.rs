@@ -124,6 +124,7 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         augment_shift: 0,
         augment_rotate: 0.0,
         augment_flip: false,
+        augment_as_noise: false,
     };
     let run = pretrain(
         &Cpu::default(),

@@ -68,6 +68,7 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         augment_shift: 0,
         augment_rotate: 0.0,
         augment_flip: false,
+        augment_as_noise: false,
     };
     let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(

@@ -94,6 +94,11 @@ pub struct PretrainConfig {
     /// Random left-right mirroring (only where the data allows it).
     #[serde(default)]
     pub augment_flip: bool,
+    /// Make the augmentation part of the corruption: the encoder sees the moved image, the
+    /// decoder must draw the original, so the code learns to ignore the moves, as a classifier
+    /// must. Off: input and target move alike.
+    #[serde(default)]
+    pub augment_as_noise: bool,
 }
 
 fn default_noise() -> Noise {
@@ -153,6 +158,19 @@ impl PretrainConfig {
         if let Some((key, message)) = self.augment().problem() {
             return bad(key, message);
         }
+        if self.augment_as_noise && self.augment().is_identity() {
+            return bad(
+                "augment_as_noise",
+                "needs augmentation (augment_shift, augment_rotate or augment_flip)",
+            );
+        }
+        if self.augment_as_noise && self.loss_on_hidden_only {
+            return bad(
+                "augment_as_noise",
+                "cannot go with loss_on_hidden_only: the hidden pixels are those of the moved \
+                 image, the target is the original",
+            );
+        }
         self.architecture
             .check_widths()
             .map_err(|message| PretrainError::Config {
@@ -185,7 +203,15 @@ impl PretrainConfig {
         } else {
             loss.to_string()
         });
-        parts.extend(self.augment().describe());
+        let augment = self.augment().describe();
+        if self.augment_as_noise {
+            parts.push(format!(
+                "{} as noise (the original the target)",
+                augment.join(", ")
+            ));
+        } else {
+            parts.extend(augment);
+        }
         format!(
             "{} epochs of {} images ({})",
             self.epochs,
@@ -328,6 +354,9 @@ pub fn pretrain<D: ImprintDevice>(
                 augment_batch(&original, input_shape, &augment, rng.gen(), &mut target);
             }
             input.copy_from_slice(&target);
+            if cfg.augment_as_noise {
+                target.copy_from_slice(&original);
+            }
             corrupt(&mut input, input_shape, cfg.noise, &mut rng, &mut hidden);
             let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, input_len));
             let y: Matrix<D> = dev.tensor_from_vec(target.clone(), (batch, input_len));
@@ -666,6 +695,7 @@ mod tests {
             augment_shift: 0,
             augment_rotate: 0.0,
             augment_flip: false,
+            augment_as_noise: false,
         }
     }
 
@@ -798,6 +828,45 @@ mod tests {
         assert!(last < 0.8 * first, "held-out loss {first} -> {last}");
     }
 
+    /// With the augmentation as noise the autoencoder learns to undo the moves: fed moved
+    /// images, it draws something nearer the originals than one trained to copy the moves does.
+    #[test]
+    fn augmentation_as_noise_learns_to_undo_the_moves() {
+        // A bar through the centre, across or down, of random brightness: the centre is the
+        // one place the moves can be undone to.
+        let centred = |n: usize, seed: u64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut out = vec![0.0; n * 64];
+            for img in out.chunks_exact_mut(64) {
+                let (across, value) = (rng.gen_bool(0.5), rng.gen_range(0.5..1.0));
+                for k in 0..8 {
+                    img[if across { 24 + k } else { 8 * k + 3 }] = value;
+                }
+            }
+            out
+        };
+        let dev = Cpu::default();
+        let images = centred(600, 4);
+        let mut cfg = config(Noise::None, Reconstruction::Bce);
+        cfg.augment_shift = 2;
+        let originals = centred(100, 9);
+        let mut moved = vec![0.0; originals.len()];
+        augment_batch(&originals, SIDE8, &cfg.augment(), 3, &mut moved);
+        let error_to_originals = |cfg: &PretrainConfig| {
+            let run = pretrain(&dev, &images, SIDE8, cfg, 7, None, Hooks::default()).unwrap();
+            let drawn = reconstruct(&dev, &run.encoder, &run.decoder, &moved, SIDE8.len());
+            let squares = drawn.iter().zip(&originals).map(|(a, b)| (a - b).powi(2));
+            squares.sum::<f32>() / drawn.len() as f32
+        };
+        let copies_the_moves = error_to_originals(&cfg);
+        cfg.augment_as_noise = true;
+        let undoes_them = error_to_originals(&cfg);
+        assert!(
+            undoes_them < 0.5 * copies_the_moves,
+            "error to the originals: {undoes_them} as noise, {copies_the_moves} moved alike"
+        );
+    }
+
     #[test]
     fn description_names_the_settings_in_use() {
         let mut cfg = config(
@@ -813,6 +882,14 @@ mod tests {
             cfg.describe(),
             "8 epochs of 32 images (lr 0.003, 4x4 patches 50% hidden, BCE loss on the hidden \
              pixels, rotations ±12°)"
+        );
+        cfg.loss_on_hidden_only = false;
+        cfg.augment_as_noise = true;
+        assert!(
+            cfg.describe()
+                .ends_with("BCE loss, rotations ±12° as noise (the original the target))"),
+            "{}",
+            cfg.describe()
         );
         let plain = config(Noise::None, Reconstruction::Mse).describe();
         assert_eq!(
@@ -838,5 +915,20 @@ mod tests {
         cfg.augment_rotate = 200.0;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("augment_rotate"), "{e}");
+        cfg.augment_rotate = 0.0;
+        cfg.augment_as_noise = true;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("augment_as_noise") && e.contains("needs augmentation"),
+            "{e}"
+        );
+        cfg.augment_shift = 2;
+        cfg.noise = Noise::Patches {
+            patch: 2,
+            fraction: 0.5,
+        };
+        cfg.loss_on_hidden_only = true;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("loss_on_hidden_only"), "{e}");
     }
 }
