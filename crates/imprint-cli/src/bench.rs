@@ -5,9 +5,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
 use imprint_data::ImageShape;
-use imprint_nn::loss::Reconstruction;
 use imprint_nn::Architecture;
-use imprint_pretrain::{pretrain, Hooks, Noise, PretrainConfig};
+use imprint_pretrain::{pretrain, Hooks, PretrainConfig};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
 
@@ -112,19 +111,9 @@ fn shape(args: &BenchArgs) -> ImageShape {
 
 fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     let cfg = PretrainConfig {
-        architecture: args.architecture()?,
-        noise: Noise::None,
-        loss: Reconstruction::Mse,
-        epochs: 2,
         batch_size: args.batch,
-        lr: 1e-3,
-        weight_decay: 0.0,
         holdout_fraction: 0.0,
-        loss_on_hidden_only: false,
-        augment_shift: 0,
-        augment_rotate: 0.0,
-        augment_flip: false,
-        augment_as_noise: false,
+        ..PretrainConfig::new(args.architecture()?, 2)
     };
     let run = pretrain(
         &Cpu::default(),

@@ -52,23 +52,15 @@ const SIDE8: ImageShape = ImageShape {
 
 /// An encoder pre-trained (without labels) on bar images.
 fn pretrained_encoder() -> Encoder<Cpu> {
+    let dense = Architecture::Dense {
+        hidden: vec![32],
+        latent: 8,
+    };
     let cfg = imprint_pretrain::PretrainConfig {
-        architecture: Architecture::Dense {
-            hidden: vec![32],
-            latent: 8,
-        },
-        noise: imprint_pretrain::Noise::None,
-        loss: imprint_nn::loss::Reconstruction::Mse,
-        epochs: 20,
         batch_size: 32,
         lr: 3e-3,
-        weight_decay: 0.0,
         holdout_fraction: 0.0,
-        loss_on_hidden_only: false,
-        augment_shift: 0,
-        augment_rotate: 0.0,
-        augment_flip: false,
-        augment_as_noise: false,
+        ..imprint_pretrain::PretrainConfig::new(dense, 20)
     };
     let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(

@@ -118,6 +118,26 @@ fn default_holdout() -> f64 {
 }
 
 impl PretrainConfig {
+    /// A plain autoencoder trained for `epochs`, every other setting at the default a pipeline
+    /// file gets when it leaves the key out.
+    pub fn new(architecture: Architecture, epochs: usize) -> Self {
+        Self {
+            architecture,
+            noise: default_noise(),
+            loss: default_loss(),
+            epochs,
+            batch_size: default_batch(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            holdout_fraction: default_holdout(),
+            loss_on_hidden_only: false,
+            augment_shift: 0,
+            augment_rotate: 0.0,
+            augment_flip: false,
+            augment_as_noise: false,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |key, message: &str| {
             Err(PretrainError::Config {
@@ -679,23 +699,17 @@ mod tests {
     }
 
     fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
+        let dense = Architecture::Dense {
+            hidden: vec![32],
+            latent: 8,
+        };
         PretrainConfig {
-            architecture: Architecture::Dense {
-                hidden: vec![32],
-                latent: 8,
-            },
             noise,
             loss,
-            epochs: 8,
             batch_size: 32,
             lr: 3e-3,
-            weight_decay: 0.0,
             holdout_fraction: 0.1,
-            loss_on_hidden_only: false,
-            augment_shift: 0,
-            augment_rotate: 0.0,
-            augment_flip: false,
-            augment_as_noise: false,
+            ..PretrainConfig::new(dense, 8)
         }
     }
 
