@@ -71,8 +71,31 @@ fn check_finetune(dir: &Path, k: usize, test_images: usize) -> (Vec<String>, f64
     (classes, accuracy)
 }
 
-/// Checks a predictions CSV against the true class of every image; returns the accuracy.
-fn check_predictions(csv: &Path, truth: &BTreeMap<String, String>, classes: &[String]) -> f64 {
+/// Runs `imprint predict` with the model in `ft` on `input`, writing `csv`, and checks the
+/// predictions against the true class of every image: their accuracy must be the one fine-tuning
+/// reported, since both see the same model and images.
+fn predict_matches_finetune(
+    t: &Path,
+    ft: &Path,
+    input: &Path,
+    csv: &Path,
+    truth: &BTreeMap<String, String>,
+    classes: &[String],
+    accuracy: f64,
+) {
+    imprint(
+        t,
+        &[
+            "predict",
+            "--model",
+            arg(&ft.join("model.safetensors")),
+            "--input",
+            arg(input),
+            "--out",
+            arg(csv),
+        ],
+    )
+    .assert_success();
     let pred = Table::read(csv);
     assert_eq!(pred.header, ["path", "predicted", "confidence"]);
     assert_eq!(pred.rows.len(), truth.len(), "one row per image");
@@ -95,7 +118,11 @@ fn check_predictions(csv: &Path, truth: &BTreeMap<String, String>, classes: &[St
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), truth.len(), "every image exactly once");
-    right as f64 / truth.len() as f64
+    let predicted = right as f64 / truth.len() as f64;
+    assert!(
+        (predicted - accuracy).abs() < 1e-9,
+        "predictions give {predicted}, finetune reported {accuracy}"
+    );
 }
 
 #[test]
@@ -159,29 +186,11 @@ fn pretrain_finetune_predict_on_class_folders() {
     assert_eq!(model_classes, classes);
 
     let pred = t.join("predictions.csv");
-    imprint(
-        t,
-        &[
-            "predict",
-            "--model",
-            arg(&ft.join("model.safetensors")),
-            "--input",
-            arg(&test),
-            "--out",
-            arg(&pred),
-        ],
-    )
-    .assert_success();
     let truth: BTreeMap<String, String> = test_items
         .iter()
         .map(|(rel, class)| (arg(&test.join(rel)).to_string(), class.clone()))
         .collect();
-    let predicted = check_predictions(&pred, &truth, &model_classes);
-    // predict and the evaluation inside finetune see the same model and images
-    assert!(
-        (predicted - accuracy).abs() < 1e-9,
-        "predictions give {predicted}, finetune reported {accuracy}"
-    );
+    predict_matches_finetune(t, &ft, &test, &pred, &truth, &model_classes, accuracy);
     // the classes are a bright bar at different rows: far easier than chance
     assert!(accuracy > 0.6, "accuracy {accuracy}");
 }
@@ -294,26 +303,9 @@ fn pretrain_finetune_predict_on_csv_lists() {
 
     let pred = t.join("out/predictions.csv");
     std::fs::create_dir_all(pred.parent().unwrap()).unwrap();
-    imprint(
-        t,
-        &[
-            "predict",
-            "--model",
-            arg(&ft.join("model.safetensors")),
-            "--input",
-            arg(&test),
-            "--out",
-            arg(&pred),
-        ],
-    )
-    .assert_success();
     let truth: BTreeMap<String, String> = test_items
         .iter()
         .map(|(rel, class)| (arg(&t.join(rel)).to_string(), class.clone()))
         .collect();
-    let predicted = check_predictions(&pred, &truth, &classes);
-    assert!(
-        (predicted - accuracy).abs() < 1e-9,
-        "{predicted} vs {accuracy}"
-    );
+    predict_matches_finetune(t, &ft, &test, &pred, &truth, &classes, accuracy);
 }
