@@ -185,21 +185,6 @@ fn digits_pipeline_writes_every_artifact_and_pretraining_beats_scratch() {
     );
 }
 
-/// The comparison columns of results.csv, without the timings.
-fn outcome_columns(t: &Table) -> Vec<Vec<String>> {
-    let cols = [
-        "strategy",
-        "labels_per_class",
-        "seed",
-        "test_accuracy",
-        "macro_f1",
-    ];
-    t.rows
-        .iter()
-        .map(|r| cols.iter().map(|c| r[t.col(c)].clone()).collect())
-        .collect()
-}
-
 /// Two runs of the same small pipeline with the same seeds and thread count agree exactly.
 #[test]
 fn same_pipeline_twice_gives_identical_results() {
@@ -239,7 +224,7 @@ fn same_pipeline_twice_gives_identical_results() {
     );
     assert_eq!(ta.rows.len(), 3 * 2, "{:?}", ta.rows);
     assert_eq!(ta.column("test_accuracy"), tb.column("test_accuracy"));
-    assert_eq!(outcome_columns(&ta), outcome_columns(&tb));
+    assert_eq!(ta.outcomes(), tb.outcomes());
     for seed in [3, 4] {
         let enc = format!("pretrain/seed-{seed}/encoder.safetensors");
         assert!(

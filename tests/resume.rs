@@ -37,22 +37,6 @@ fn rows(results: &Path) -> usize {
     std::fs::read_to_string(results).map_or(0, |t| t.lines().count().saturating_sub(1))
 }
 
-/// (strategy, labels_per_class, seed, test_accuracy, macro_f1) of every row, in order.
-fn outcomes(results: &Path) -> Vec<Vec<String>> {
-    let t = Table::read(results);
-    let cols = [
-        "strategy",
-        "labels_per_class",
-        "seed",
-        "test_accuracy",
-        "macro_f1",
-    ];
-    t.rows
-        .iter()
-        .map(|r| cols.iter().map(|c| r[t.col(c)].clone()).collect())
-        .collect()
-}
-
 #[test]
 fn killed_run_resumes_to_the_uninterrupted_result() {
     let root = workspace_root();
@@ -93,7 +77,10 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     imprint(&root, &args_with(&killed, &["--resume"])).assert_success();
     imprint(&root, &args_with(&whole, &[])).assert_success();
 
-    assert_eq!(outcomes(&results), outcomes(&whole.join("results.csv")));
+    assert_eq!(
+        Table::read(&results).outcomes(),
+        Table::read(&whole.join("results.csv")).outcomes()
+    );
     assert_eq!(
         std::fs::metadata(&encoder).unwrap().modified().unwrap(),
         trained_at,
@@ -121,12 +108,12 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     );
 
     // a finished comparison grows by a strategy: only its runs are new, the others are kept
-    let before = outcomes(&results);
+    let before = Table::read(&results).outcomes();
     let mut extended = args_with(&killed, &["--resume"]);
     let strategies = extended.iter().position(|&a| a == "--strategies").unwrap() + 1;
     extended[strategies] = "scratch,probe-then-full,probe";
     imprint(&root, &extended).assert_success();
-    let after = outcomes(&results);
+    let after = Table::read(&results).outcomes();
     let probe: Vec<_> = after.iter().filter(|r| r[0] == "probe").collect();
     assert_eq!(probe.len(), 2, "{after:?}");
     let kept: Vec<_> = after.iter().filter(|r| r[0] != "probe").cloned().collect();

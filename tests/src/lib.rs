@@ -248,6 +248,22 @@ impl Table {
         self.rows.iter().map(|r| r[i].as_str()).collect()
     }
 
+    /// (strategy, labels_per_class, seed, test_accuracy, macro_f1) of every row of a
+    /// results.csv, in order: what a comparison found, without its timings.
+    pub fn outcomes(&self) -> Vec<Vec<String>> {
+        let cols = [
+            "strategy",
+            "labels_per_class",
+            "seed",
+            "test_accuracy",
+            "macro_f1",
+        ];
+        self.rows
+            .iter()
+            .map(|r| cols.iter().map(|c| r[self.col(c)].clone()).collect())
+            .collect()
+    }
+
     /// One column parsed as numbers.
     pub fn numbers(&self, name: &str) -> Vec<f64> {
         self.column(name)

@@ -578,6 +578,21 @@ fn plot_err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> ReportError + '_ {
     }
 }
 
+/// The legend of a plot's series, in one style for every plot.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .legend_area_size(34)
+        .draw()
+}
+
 /// Encodes an RGB8 buffer as PNG and writes it atomically.
 fn write_png(path: &Path, width: u32, height: u32, rgb: Vec<u8>) -> Result<()> {
     let img = image::RgbImage::from_raw(width, height, rgb)
@@ -808,16 +823,7 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
                 )
                 .map_err(&err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .legend_area_size(34)
-            .draw()
-            .map_err(&err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight).map_err(&err)
     })
 }
 
@@ -884,16 +890,7 @@ pub fn plot_curves(
                     .map_err(&err)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .legend_area_size(34)
-            .draw()
-            .map_err(&err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(&err)
     })
 }
 
