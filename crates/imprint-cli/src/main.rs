@@ -26,35 +26,41 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` and `compare` take besides the pipeline.
+#[derive(Args)]
+struct ComparisonArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    grid: Grid,
+    /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole pipeline file: pre-train, fine-tune every strategy, compare with scratch.
     Run {
+        /// Pipeline file (TOML), e.g. pipelines/digits.toml.
         pipeline: PathBuf,
         #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        grid: Grid,
-        /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
-        #[arg(long, conflicts_with = "force")]
-        resume: bool,
+        comparison: ComparisonArgs,
     },
     /// Same as `run`, with the pipeline as a flag (default: pipelines/digits.toml).
     Compare {
+        /// Pipeline file (TOML) giving the data and settings.
         #[arg(long, default_value = "pipelines/digits.toml")]
         pipeline: PathBuf,
         #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        grid: Grid,
-        /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
-        #[arg(long, conflicts_with = "force")]
-        resume: bool,
+        comparison: ComparisonArgs,
     },
     /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
     Pretrain {
+        /// Pipeline file (TOML) giving the data and settings.
         #[arg(long, default_value = "pipelines/digits.toml")]
         pipeline: PathBuf,
+        /// Seed of the initialisation, corruption and batch order.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
@@ -65,15 +71,19 @@ enum Command {
     },
     /// Fine-tune a classifier on a few labels per class and report test metrics.
     Finetune {
+        /// Pipeline file (TOML) giving the data and settings.
         #[arg(long, default_value = "pipelines/digits.toml")]
         pipeline: PathBuf,
         /// Pre-trained encoder (`encoder.safetensors` with its `encoder.json`); not needed for scratch.
         #[arg(long)]
         encoder: Option<PathBuf>,
+        /// scratch, probe (frozen encoder, new head), full, or probe-then-full.
         #[arg(long, default_value = "full")]
         strategy: Strategy,
+        /// Labeled images per class drawn from the labeled source.
         #[arg(long, default_value_t = 10)]
         labels_per_class: usize,
+        /// Seed of the labeled draw, initialisation and batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
@@ -87,6 +97,7 @@ enum Command {
         /// Images: an idx file, a folder, or a CSV list.
         #[arg(long)]
         input: PathBuf,
+        /// CSV to write (through a temporary name, so a failure leaves no half file).
         #[arg(long, default_value = "predictions.csv")]
         out: PathBuf,
     },
@@ -103,6 +114,7 @@ enum Command {
         /// Images: an idx file, a folder, or a CSV list; brought to the encoder's input shape.
         #[arg(long)]
         input: PathBuf,
+        /// CSV to write (through a temporary name, so a failure leaves no half file).
         #[arg(long, default_value = "features.csv")]
         out: PathBuf,
     },
@@ -137,10 +149,13 @@ struct Common {
     /// Write into an existing non-empty output folder.
     #[arg(long)]
     force: bool,
+    /// Unlabeled images for pre-training, in place of data.unlabeled (idx file, folder, CSV).
     #[arg(long)]
     unlabeled: Option<PathBuf>,
+    /// Labeled images to fine-tune on, in place of data.labeled (folder per class, CSV, idx).
     #[arg(long)]
     labeled: Option<PathBuf>,
+    /// Labeled test images, in place of data.test.
     #[arg(long)]
     test: Option<PathBuf>,
     /// Leave data.test aside: hold out data.test_fraction of the labeled images as the test set
@@ -165,10 +180,13 @@ struct Common {
 /// The comparison grid; `finetune` names its single strategy, budget and seed instead.
 #[derive(Args, Default)]
 struct Grid {
+    /// Strategies to compare, comma-separated: scratch, probe, full, probe-then-full.
     #[arg(long, value_delimiter = ',')]
     strategies: Option<Vec<Strategy>>,
+    /// Labeled images per class to fine-tune on, comma-separated budgets, e.g. 10,100.
     #[arg(long = "labels-per-class", value_delimiter = ',')]
     budgets: Option<Vec<usize>>,
+    /// Seeds, comma-separated: each pre-trains once and draws its own labeled subset.
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
 }
@@ -224,16 +242,17 @@ fn run_command(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             pipeline,
-            common,
-            grid,
-            resume,
+            comparison,
         }
         | Command::Compare {
             pipeline,
-            common,
-            grid,
-            resume,
+            comparison,
         } => {
+            let ComparisonArgs {
+                common,
+                grid,
+                resume,
+            } = comparison;
             let (p, out) = common.resolve(&pipeline, "", &grid, resume)?;
             let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
