@@ -881,6 +881,20 @@ mod tests {
         );
     }
 
+    /// `new` is what a pipeline file naming only the architecture and epochs gets.
+    #[test]
+    fn new_matches_the_pipeline_defaults() {
+        let from_file: PretrainConfig = toml::from_str(
+            "epochs = 3\narchitecture = { kind = \"dense\", hidden = [32], latent = 8 }",
+        )
+        .unwrap();
+        let dense = Architecture::Dense {
+            hidden: vec![32],
+            latent: 8,
+        };
+        assert_eq!(PretrainConfig::new(dense, 3), from_file);
+    }
+
     #[test]
     fn description_names_the_settings_in_use() {
         let mut cfg = config(
