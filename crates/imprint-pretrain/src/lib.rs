@@ -413,11 +413,7 @@ pub fn pretrain<D: ImprintDevice>(
         for step in 0..steps_per_epoch {
             let ids = &train[step * batch..(step + 1) * batch];
             gather(images, input_len, ids, &mut original);
-            if augment.is_identity() {
-                target.copy_from_slice(&original);
-            } else {
-                augment_batch(&original, input_shape, &augment, rng.gen(), &mut target);
-            }
+            move_batch(&original, input_shape, &augment, &mut rng, &mut target);
             input.copy_from_slice(&target);
             if cfg.augment_as_noise {
                 target.copy_from_slice(&original);
@@ -433,11 +429,7 @@ pub fn pretrain<D: ImprintDevice>(
             let z = encoder.forward(x.leaky_trace(), false);
             // The second view: augmentation and corruption drawn afresh from the original.
             let contrast = projection.as_ref().map(|head| {
-                if augment.is_identity() {
-                    view.copy_from_slice(&original);
-                } else {
-                    augment_batch(&original, input_shape, &augment, rng.gen(), &mut view);
-                }
+                move_batch(&original, input_shape, &augment, &mut rng, &mut view);
                 corrupt(
                     &mut view,
                     input_shape,
@@ -447,6 +439,8 @@ pub fn pretrain<D: ImprintDevice>(
                 );
                 let x2: Matrix<D> = dev.tensor_from_vec(view.clone(), (batch, input_len));
                 let z2 = encoder.forward(x2.leaky_trace(), false);
+                // The head reads `z` as the decoder does; the retaped copy keeps its id, so
+                // both losses' gradients meet in the encoder.
                 contrastive_loss(
                     head.forward(z.retaped(), true),
                     head.forward(z2, true),
@@ -631,6 +625,22 @@ fn restore<D: ImprintDevice>(
     )?;
     *train = state.train_order.clone();
     Ok(())
+}
+
+/// `original` moved by `augment` into `out`; a plain copy, with nothing drawn from `rng`, when
+/// there is no augmentation.
+fn move_batch(
+    original: &[f32],
+    shape: ImageShape,
+    augment: &Augment,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) {
+    if augment.is_identity() {
+        out.copy_from_slice(original);
+    } else {
+        augment_batch(original, shape, augment, rng.gen(), out);
+    }
 }
 
 fn gather(images: &[f32], len: usize, ids: &[usize], out: &mut [f32]) {
