@@ -14,18 +14,23 @@ pub struct Augment {
     pub rotate_degrees: f64,
     /// Mirror left-right with probability 1/2 (for data where that keeps the label).
     pub flip: bool,
+    /// Zoom about the centre by a factor drawn from `[1 - scale, 1 + scale]`: the
+    /// crop-and-resize of SimCLR, for images whose object sits in the middle.
+    pub scale: f64,
 }
 
 impl Augment {
     pub fn is_identity(&self) -> bool {
-        self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip
+        self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip && self.scale == 0.0
     }
 
     /// The setting (named as in pipeline files) that is out of range, and why; `None` if all
     /// are usable. Shared by the pre-training and fine-tuning checks.
     pub fn problem(&self) -> Option<(&'static str, &'static str)> {
-        (!(0.0..=180.0).contains(&self.rotate_degrees))
-            .then_some(("augment_rotate", "must be in [0, 180] degrees"))
+        if !(0.0..=180.0).contains(&self.rotate_degrees) {
+            return Some(("augment_rotate", "must be in [0, 180] degrees"));
+        }
+        (!(0.0..=0.5).contains(&self.scale)).then_some(("augment_scale", "must be in [0, 0.5]"))
     }
 
     /// The transforms in use, as phrases for reports ("shifts ±2 px", "rotations ±12°", "flips").
@@ -39,6 +44,9 @@ impl Augment {
         }
         if self.flip {
             parts.push("flips".into());
+        }
+        if self.scale > 0.0 {
+            parts.push(format!("zooms ±{}%", self.scale * 100.0));
         }
         parts
     }
@@ -62,8 +70,9 @@ pub fn random_shift_batch(
 
 /// Applies `augment` to each image of `images` into `out`, one draw per image, in parallel.
 /// Each image's generator comes from `seed` and the image's position, so the result does not
-/// depend on the thread count. A shift alone moves whole pixels; with a rotation or a flip, each
-/// output pixel samples the source bilinearly (zero outside).
+/// depend on the thread count. A shift alone moves whole pixels; with a rotation, a flip or a
+/// zoom, each output pixel samples the source bilinearly (zero outside). A zoom is drawn last and
+/// only when asked for, so settings without one draw what they drew before it existed.
 ///
 /// Panics if `images` is not a whole number of images or `out` differs in length from it
 /// (caller bugs, not data problems).
@@ -97,20 +106,40 @@ pub fn augment_batch(
                 0.0
             };
             let flip = augment.flip && rng.gen_bool(0.5);
-            if angle == 0.0 && !flip {
+            let zoom = if augment.scale > 0.0 {
+                rng.gen_range(1.0 - augment.scale..=1.0 + augment.scale)
+            } else {
+                1.0
+            };
+            if angle == 0.0 && !flip && zoom == 1.0 {
                 shift(src, dst, shape.channels, h, w, dx, dy);
             } else {
-                warp(src, dst, shape, (dx as f64, dy as f64), angle, flip);
+                let moves = Moves {
+                    d: (dx as f64, dy as f64),
+                    angle,
+                    flip,
+                    zoom,
+                };
+                warp(src, dst, shape, &moves);
             }
         });
 }
 
-/// `dst` is `src` mirrored (if `flip`), rotated by `angle` radians about the centre, then moved
-/// by `(dx, dy)`; each output pixel samples the source bilinearly, zero outside it.
-fn warp(src: &[f32], dst: &mut [f32], shape: ImageShape, d: (f64, f64), angle: f64, flip: bool) {
+/// One image's draw: a move by `d` pixels, a rotation by `angle` radians, a mirror, a zoom.
+struct Moves {
+    d: (f64, f64),
+    angle: f64,
+    flip: bool,
+    zoom: f64,
+}
+
+/// `dst` is `src` mirrored (if `flip`), rotated by `angle` and zoomed by `zoom` about the centre,
+/// then moved by `d`; each output pixel samples the source bilinearly, zero outside it.
+fn warp(src: &[f32], dst: &mut [f32], shape: ImageShape, m: &Moves) {
     let (h, w) = (shape.height, shape.width);
     let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let (sin, cos) = angle.sin_cos();
+    let (sin, cos) = m.angle.sin_cos();
+    let (sin, cos) = (sin / m.zoom, cos / m.zoom);
     let at = |plane: &[f32], y: i64, x: i64| -> f64 {
         if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
             0.0
@@ -121,10 +150,10 @@ fn warp(src: &[f32], dst: &mut [f32], shape: ImageShape, d: (f64, f64), angle: f
     for (src_plane, dst_plane) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
         for y in 0..h {
             for x in 0..w {
-                // Inverse map: undo the move, then the rotation, then the mirror.
-                let (u, v) = (x as f64 - d.0 - cx, y as f64 - d.1 - cy);
+                // Inverse map: undo the move, then the zoom and rotation, then the mirror.
+                let (u, v) = (x as f64 - m.d.0 - cx, y as f64 - m.d.1 - cy);
                 let (mut sx, sy) = (cos * u + sin * v + cx, -sin * u + cos * v + cy);
-                if flip {
+                if m.flip {
                     sx = w as f64 - 1.0 - sx;
                 }
                 let (x0, y0) = (sx.floor(), sy.floor());
@@ -219,7 +248,7 @@ mod tests {
         let src: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut dst = vec![0.0; 9];
         let quarter = std::f64::consts::FRAC_PI_2;
-        warp(&src, &mut dst, shape, (0.0, 0.0), quarter, false);
+        warp(&src, &mut dst, shape, &moves((0.0, 0.0), quarter, false));
         let round = |v: &[f32]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
         // A positive angle turns the picture clockwise as displayed (y grows downwards): the
         // left column, read upwards, becomes the top row.
@@ -227,10 +256,74 @@ mod tests {
             round(&dst),
             vec![7.0, 4.0, 1.0, 8.0, 5.0, 2.0, 9.0, 6.0, 3.0]
         );
-        warp(&src, &mut dst, shape, (0.0, 0.0), 0.0, true);
+        warp(&src, &mut dst, shape, &moves((0.0, 0.0), 0.0, true));
         assert_eq!(dst, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0, 9.0, 8.0, 7.0]);
-        warp(&src, &mut dst, shape, (1.0, 0.0), 0.0, false);
+        warp(&src, &mut dst, shape, &moves((1.0, 0.0), 0.0, false));
         assert_eq!(dst, vec![0.0, 1.0, 2.0, 0.0, 4.0, 5.0, 0.0, 7.0, 8.0]);
+    }
+
+    fn moves(d: (f64, f64), angle: f64, flip: bool) -> Moves {
+        Moves {
+            d,
+            angle,
+            flip,
+            zoom: 1.0,
+        }
+    }
+
+    #[test]
+    fn zoom_scales_about_the_centre() {
+        // 1 channel, 5x5, each pixel worth its column + 1: bilinear sampling of a ramp is exact.
+        let shape = ImageShape {
+            channels: 1,
+            height: 5,
+            width: 5,
+        };
+        let src: Vec<f32> = (0..25).map(|i| (i % 5 + 1) as f32).collect();
+        let mut dst = vec![0.0; 25];
+        let zoomed = |zoom| Moves {
+            zoom,
+            ..moves((0.0, 0.0), 0.0, false)
+        };
+        // Twice the size: the middle three columns spread over all five.
+        warp(&src, &mut dst, shape, &zoomed(2.0));
+        for row in dst.chunks(5) {
+            assert_eq!(row, [2.0, 2.5, 3.0, 3.5, 4.0]);
+        }
+        // Half the size: every other column, a zero border where the source ends.
+        warp(&src, &mut dst, shape, &zoomed(0.5));
+        assert_eq!(&dst[..5], [0.0; 5]);
+        assert_eq!(&dst[20..], [0.0; 5]);
+        for row in dst[5..20].chunks(5) {
+            assert_eq!(row, [0.0, 1.0, 3.0, 5.0, 0.0]);
+        }
+    }
+
+    #[test]
+    fn zoom_changes_the_draw_and_repeats() {
+        let x = batch(16);
+        let rotate = Augment {
+            shift: 1,
+            rotate_degrees: 10.0,
+            ..Augment::default()
+        };
+        let zoom = Augment {
+            scale: 0.2,
+            ..rotate
+        };
+        let (mut a, mut b, mut c) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; x.len()]);
+        augment_batch(&x, SHAPE, &rotate, 3, &mut a);
+        augment_batch(&x, SHAPE, &zoom, 3, &mut b);
+        augment_batch(&x, SHAPE, &zoom, 3, &mut c);
+        assert_ne!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(zoom.describe().last().unwrap(), "zooms ±20%");
+        assert!(Augment { scale: 0.6, ..zoom }.problem().is_some());
+        assert!(!Augment {
+            scale: 0.1,
+            ..Augment::default()
+        }
+        .is_identity());
     }
 
     #[test]

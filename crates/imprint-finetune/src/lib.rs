@@ -110,6 +110,9 @@ pub struct FinetuneConfig {
     /// Random left-right mirroring each step (only where that keeps the label).
     #[serde(default)]
     pub augment_flip: bool,
+    /// Random zooms by a factor in `[1 - s, 1 + s]` each step; 0 = none.
+    #[serde(default)]
+    pub augment_scale: f64,
     /// Probability of zeroing each feature the head sees, in training only (inverted dropout:
     /// survivors are scaled by 1 / (1 - p)); 0 = none.
     #[serde(default)]
@@ -187,6 +190,7 @@ impl Default for FinetuneConfig {
             augment_shift: 0,
             augment_rotate: 0.0,
             augment_flip: false,
+            augment_scale: 0.0,
             dropout: 0.0,
             validation_fraction: 0.0,
             eval_every: default_eval_every(),
@@ -278,6 +282,7 @@ impl FinetuneConfig {
             shift: self.augment_shift,
             rotate_degrees: self.augment_rotate,
             flip: self.augment_flip,
+            scale: self.augment_scale,
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct PretrainConfig {
     /// Random left-right mirroring (only where the data allows it).
     #[serde(default)]
     pub augment_flip: bool,
+    /// Random zooms by a factor in `[1 - s, 1 + s]`; 0 = none.
+    #[serde(default)]
+    pub augment_scale: f64,
     /// Make the augmentation part of the corruption: the encoder sees the moved image, the
     /// decoder must draw the original, so the code learns to ignore the moves, as a classifier
     /// must. Off: input and target move alike.
@@ -149,6 +152,7 @@ impl PretrainConfig {
             augment_shift: 0,
             augment_rotate: 0.0,
             augment_flip: false,
+            augment_scale: 0.0,
             augment_as_noise: false,
             contrast_weight: 0.0,
             contrast_temperature: default_temperature(),
@@ -198,7 +202,7 @@ impl PretrainConfig {
         if self.augment_as_noise && self.augment().is_identity() {
             return bad(
                 "augment_as_noise",
-                "needs augmentation (augment_shift, augment_rotate or augment_flip)",
+                "needs augmentation (augment_shift, augment_rotate, augment_flip or augment_scale)",
             );
         }
         if self.augment_as_noise && self.loss_on_hidden_only {
@@ -280,6 +284,7 @@ impl PretrainConfig {
             shift: self.augment_shift,
             rotate_degrees: self.augment_rotate,
             flip: self.augment_flip,
+            scale: self.augment_scale,
         }
     }
 }
