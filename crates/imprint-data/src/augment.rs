@@ -46,7 +46,8 @@ impl Augment {
             parts.push("flips".into());
         }
         if self.scale > 0.0 {
-            parts.push(format!("zooms ±{}%", self.scale * 100.0));
+            // Rounded to 0.01%: `scale * 100.0` alone prints 0.07 as 7.000000000000001.
+            parts.push(format!("zooms ±{}%", (self.scale * 1e4).round() / 100.0));
         }
         parts
     }
@@ -318,6 +319,14 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(b, c);
         assert_eq!(zoom.describe().last().unwrap(), "zooms ±20%");
+        for (scale, phrase) in [
+            (0.07, "zooms ±7%"),
+            (0.29, "zooms ±29%"),
+            (0.125, "zooms ±12.5%"),
+        ] {
+            let described = Augment { scale, ..zoom }.describe();
+            assert_eq!(described.last().unwrap(), phrase);
+        }
         assert!(Augment { scale: 0.6, ..zoom }.problem().is_some());
         assert!(!Augment {
             scale: 0.1,
