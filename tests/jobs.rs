@@ -309,3 +309,61 @@ fn pretrain_finetune_predict_on_csv_lists() {
         .collect();
     predict_matches_finetune(t, &ft, &test, &pred, &truth, &classes, accuracy);
 }
+
+/// Self-training on the shipped digits: with 2 labels per class, a student taught by the
+/// from-scratch net's pseudo-labels (its most confident half of the unlabeled train split) beats
+/// that net given the same number of steps on the labels alone, on every seed.
+#[test]
+fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
+    let root = imprint_e2e::workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let accuracy = |seed: &str, sets: &[&str]| {
+        let out = tmp.path().join(format!("s{seed}-{}", sets.len()));
+        let mut args = vec![
+            "--threads",
+            "1",
+            "finetune",
+            "--pipeline",
+            "pipelines/digits.toml",
+        ];
+        args.extend([
+            "--strategy",
+            "scratch",
+            "--labels-per-class",
+            "2",
+            "--seed",
+            seed,
+        ]);
+        args.extend(["--out", arg(&out), "--set", "finetune.batch_size=32"]);
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        imprint(&root, &args).assert_success();
+        let metrics = read_json(&out.join("metrics.json"));
+        let pseudo = metrics["pseudo_labels"].as_u64().unwrap();
+        assert_eq!(pseudo > 0, sets.len() > 1, "{metrics}");
+        // half of the pool (the train split's 1258 images): 63 per class, fewer where a class
+        // has fewer predicted
+        assert!(pseudo <= 630, "{metrics}");
+        metrics["test_accuracy"].as_f64().unwrap()
+    };
+    let mut gains = Vec::new();
+    for seed in ["0", "1", "2"] {
+        let labels_only = accuracy(seed, &["finetune.steps=500"]);
+        let student = accuracy(
+            seed,
+            &[
+                "finetune.steps=200",
+                "finetune.self_train_steps=300",
+                "finetune.self_train_fraction=0.5",
+            ],
+        );
+        assert!(
+            student > labels_only,
+            "seed {seed}: student {student} vs {labels_only}"
+        );
+        gains.push(student - labels_only);
+    }
+    let mean = gains.iter().sum::<f64>() / 3.0;
+    assert!(mean > 0.03, "mean gain {mean} ({gains:?})");
+}

@@ -133,6 +133,14 @@ pub struct FinetuneConfig {
     /// Share of the steps over which the rate ramps up linearly from 0 (with any schedule).
     #[serde(default)]
     pub warmup_fraction: f64,
+    /// Steps of self-training after the labeled training: a student trains on batches half
+    /// labeled, half pseudo-labeled by the model just trained; 0 = none.
+    #[serde(default)]
+    pub self_train_steps: usize,
+    /// Share of the unlabeled images the student sees pseudo-labeled: each class's most
+    /// confident `fraction / classes` of them.
+    #[serde(default = "default_self_train_fraction")]
+    pub self_train_fraction: f64,
 }
 
 /// How the learning rate evolves over the fine-tuning steps.
@@ -148,14 +156,19 @@ pub enum Schedule {
 impl FinetuneConfig {
     /// Multiplier of the learning rate at `step` (0-based).
     pub fn lr_factor(&self, step: usize) -> f64 {
-        let warmup = (self.steps as f64 * self.warmup_fraction).round() as usize;
+        self.lr_factor_over(step, self.steps)
+    }
+
+    /// The same schedule stretched over `steps` (the self-training round has its own).
+    fn lr_factor_over(&self, step: usize, steps: usize) -> f64 {
+        let warmup = (steps as f64 * self.warmup_fraction).round() as usize;
         if step < warmup {
             return (step + 1) as f64 / warmup as f64;
         }
         match self.schedule {
             Schedule::Constant => 1.0,
             Schedule::Cosine => {
-                let span = (self.steps - warmup).max(1) as f64;
+                let span = (steps - warmup).max(1) as f64;
                 0.5 * (1.0 + (std::f64::consts::PI * (step - warmup) as f64 / span).cos())
             }
         }
@@ -177,6 +190,9 @@ fn default_probe_fraction() -> f64 {
 fn default_eval_every() -> usize {
     20
 }
+fn default_self_train_fraction() -> f64 {
+    1.0
+}
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
@@ -197,6 +213,8 @@ impl Default for FinetuneConfig {
             patience: 0,
             schedule: Schedule::Constant,
             warmup_fraction: 0.0,
+            self_train_steps: 0,
+            self_train_fraction: default_self_train_fraction(),
         }
     }
 }
@@ -239,6 +257,15 @@ impl FinetuneConfig {
         if self.eval_every == 0 {
             return bad("eval_every", "must be at least 1");
         }
+        if !(self.self_train_fraction > 0.0 && self.self_train_fraction <= 1.0) {
+            return bad("self_train_fraction", "must be in (0, 1]");
+        }
+        if self.self_train_steps > 0 && self.batch_size < 2 {
+            return bad(
+                "self_train_steps",
+                "needs a batch_size of at least 2 (half labeled, half pseudo-labeled images)",
+            );
+        }
         Ok(())
     }
 
@@ -274,7 +301,15 @@ impl FinetuneConfig {
             0 => format!("{} full-batch steps", self.steps),
             b => format!("{} steps of {b} images", self.steps),
         };
-        format!("{steps} ({})", parts.join(", "))
+        let self_training = match self.self_train_steps {
+            0 => String::new(),
+            n => format!(
+                ", then a student trained {n} steps on half labeled, half pseudo-labeled \
+                 batches (the teacher's most confident {}% of the unlabeled images)",
+                (self.self_train_fraction * 100.0 * 100.0).round() / 100.0
+            ),
+        };
+        format!("{steps} ({}){self_training}", parts.join(", "))
     }
 
     pub fn augment(&self) -> Augment {
@@ -430,6 +465,9 @@ pub struct History {
     pub steps_run: usize,
     /// Steps taken by the model returned (the best validated one), with a validation split.
     pub best_step: Option<usize>,
+    /// Unlabeled images the self-training student saw pseudo-labeled (0 without self-training).
+    #[serde(default)]
+    pub pseudo_labels: usize,
 }
 
 /// One validation check: after `step` steps, accuracy (fraction) and mean cross-entropy.
@@ -444,10 +482,16 @@ pub struct Validation {
 /// set. All randomness (validation split, head init, batches, augmentation) follows from `seed`.
 /// With `validation_fraction > 0`, that share of each class is held out, the model is checked
 /// on it every `eval_every` steps, and the best checked model is returned.
+///
+/// With `self_train_steps > 0` the model so trained is a teacher: it labels the `unlabeled`
+/// images, and a student, started afresh from the same encoder and head init, trains on batches
+/// that are half labeled images and half the teacher's most confident pseudo-labels. The student
+/// is returned.
 pub fn finetune<D: ImprintDevice>(
     dev: &D,
     encoder: Encoder<D>,
     train: &Dataset,
+    unlabeled: Option<&Dataset>,
     cfg: &FinetuneConfig,
     strategy: Strategy,
     seed: u64,
@@ -466,128 +510,273 @@ pub fn finetune<D: ImprintDevice>(
             encoder.input, train.shape
         )));
     }
+    let pool = match (cfg.self_train_steps, unlabeled) {
+        (0, _) => None,
+        (_, Some(pool)) if pool.shape != train.shape => {
+            return Err(FinetuneError::Data(format!(
+                "self-training: the unlabeled images are {}, the labeled images are {}",
+                pool.shape, train.shape
+            )))
+        }
+        (_, Some(pool)) if !pool.is_empty() => Some(pool),
+        _ => {
+            return Err(FinetuneError::Data(
+                "self_train_steps needs unlabeled images to pseudo-label, and there are none"
+                    .into(),
+            ))
+        }
+    };
     let (fit, held_out) = validation_split(train, labels, cfg.validation_fraction, seed)?;
     let validation = (!held_out.is_empty()).then(|| train.subset(&held_out));
+    let student_encoder = pool.is_some().then(|| encoder.clone());
     let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
-    // Its own stream, so that switching dropout on leaves the batch order unchanged.
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75);
-    let latent = model.encoder.architecture.latent();
-    let n = fit.len();
-    let len = train.shape.len();
-    let batch = if cfg.batch_size == 0 {
-        n
-    } else {
-        cfg.batch_size.min(n)
+    let batch = match cfg.batch_size {
+        0 => fit.len(),
+        b => b.min(fit.len()),
     };
-    let probe_steps = match strategy {
-        Strategy::Probe => cfg.steps,
-        Strategy::ProbeThenFull => (cfg.steps as f64 * cfg.probe_fraction).round() as usize,
-        Strategy::Scratch | Strategy::Full => 0,
+    let labeled = Source::new(train, labels, fit);
+    let teacher = Round {
+        steps: cfg.steps,
+        first_step: 0,
+        streams: seed,
     };
-    let encoder_lr = match strategy {
-        Strategy::Scratch => cfg.lr,
-        _ => cfg.lr * cfg.encoder_lr_scale,
-    };
-    let configs = |step: usize| {
-        let f = cfg.lr_factor(step);
-        (
-            adam_config(cfg.lr * f, cfg.weight_decay, true),
-            adam_config(encoder_lr * f, cfg.weight_decay, true),
-        )
-    };
-    let augment = cfg.augment();
-
-    let mut order: Vec<usize> = fit.clone();
-    let mut cursor = n;
-    let mut ids = Vec::with_capacity(batch);
-    let mut images = vec![0.0f32; batch * len];
-    let mut augmented = vec![0.0f32; batch * len];
-    let mut batch_labels = Vec::with_capacity(batch);
     let mut history = History::default();
-    let mut best: Option<(Validation, Classifier<D>)> = None;
-    let mut checks_without_gain = 0;
-    let mut opt = Adam::new();
-    for step in 0..cfg.steps {
-        let (head_cfg, encoder_cfg) = configs(step);
-        if step == probe_steps && probe_steps > 0 {
-            // A fresh optimizer when the encoder joins, as a new optimizer would in PyTorch:
-            // the head's moment estimates would otherwise dwarf the encoder's first steps.
-            opt = Adam::new();
-        }
-        ids.clear();
-        if batch == n {
-            ids.extend_from_slice(&fit);
-        } else {
-            while ids.len() < batch {
-                if cursor == n {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
-                }
-                ids.push(order[cursor]);
-                cursor += 1;
-            }
-        }
-        for (dst, &i) in images.chunks_exact_mut(len).zip(&ids) {
-            dst.copy_from_slice(train.image(i));
-        }
-        batch_labels.clear();
-        batch_labels.extend(ids.iter().map(|&i| labels[i]));
-        let input = if augment.is_identity() {
-            &images
-        } else {
-            let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
-            augment_batch(&images, train.shape, &augment, step_seed, &mut augmented);
-            &augmented
-        };
-        let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
-        let train_encoder = step >= probe_steps;
-        let mask = (cfg.dropout > 0.0)
-            .then(|| dropout_mask(dev, (batch, latent), cfg.dropout, &mut dropout_rng));
-        let loss = cross_entropy(model.train_logits(x, train_encoder, mask), &batch_labels);
-        let value = check_finite(loss.as_vec()[0], 0, step)?;
-        history.train_loss.push(value as f64);
-        let mut grads = loss.backward();
-        let mut groups = vec![ParamGroup {
-            config: head_cfg,
-            params: vec![&mut model.head.weight, &mut model.head.bias],
-        }];
-        if train_encoder {
-            groups.push(ParamGroup {
-                config: encoder_cfg,
-                params: model.encoder.params_mut(),
-            });
-        }
-        opt.step(&mut groups, &mut grads)?;
-        history.steps_run = step + 1;
+    teacher.run(
+        dev,
+        &mut model,
+        cfg,
+        strategy,
+        &mut [(labeled.clone(), batch)],
+        validation.as_ref(),
+        &mut history,
+    )?;
+    let (Some(pool), Some(encoder)) = (pool, student_encoder) else {
+        return Ok((model, history));
+    };
+    let (ids, pseudo) = pseudo_labels(dev, &model, pool, cfg.self_train_fraction);
+    if ids.is_empty() {
+        return Err(FinetuneError::Data(format!(
+            "self_train_fraction {} of {} unlabeled images leaves no class a pseudo-label; raise it",
+            cfg.self_train_fraction,
+            pool.len()
+        )));
+    }
+    history.pseudo_labels = ids.len();
+    let mut student = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
+    let half = cfg.batch_size / 2;
+    let round = Round {
+        steps: cfg.self_train_steps,
+        first_step: history.steps_run,
+        streams: seed ^ 0x5e1f_7a1b,
+    };
+    round.run(
+        dev,
+        &mut student,
+        cfg,
+        strategy,
+        &mut [
+            (labeled, half),
+            (Source::new(pool, &pseudo, ids), cfg.batch_size - half),
+        ],
+        validation.as_ref(),
+        &mut history,
+    )?;
+    Ok((student, history))
+}
 
-        let Some(held_out) = &validation else {
-            continue;
-        };
-        if (step + 1) % cfg.eval_every != 0 && step + 1 != cfg.steps {
-            continue;
+/// The images a round draws its batches from, in a reshuffled cycle: `ids` index `data`, and
+/// `labels[i]` is image `i`'s label.
+#[derive(Clone)]
+struct Source<'a> {
+    data: &'a Dataset,
+    labels: &'a [usize],
+    ids: Vec<usize>,
+    cursor: usize,
+}
+
+impl<'a> Source<'a> {
+    fn new(data: &'a Dataset, labels: &'a [usize], ids: Vec<usize>) -> Self {
+        let cursor = ids.len();
+        Self {
+            data,
+            labels,
+            ids,
+            cursor,
         }
-        let check = validate(dev, &model, held_out, step + 1);
-        history.validation.push(check);
-        // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
-        let better = best.as_ref().is_none_or(|(b, _)| {
-            check.accuracy > b.accuracy || (check.accuracy == b.accuracy && check.loss < b.loss)
-        });
-        if better {
-            best = Some((check, model.clone()));
-            checks_without_gain = 0;
-        } else if train_encoder {
-            checks_without_gain += 1;
-            if cfg.patience > 0 && checks_without_gain >= cfg.patience {
-                break;
+    }
+
+    /// Appends `count` images and their labels; all of them in order when `count` is the
+    /// whole source (full-batch training), else the next ones of the shuffled cycle.
+    fn draw(
+        &mut self,
+        count: usize,
+        rng: &mut ChaCha8Rng,
+        images: &mut Vec<f32>,
+        labels: &mut Vec<usize>,
+    ) {
+        let mut take = |i: usize| {
+            images.extend_from_slice(self.data.image(i));
+            labels.push(self.labels[i]);
+        };
+        if count == self.ids.len() {
+            self.ids.iter().for_each(|&i| take(i));
+            return;
+        }
+        for _ in 0..count {
+            if self.cursor == self.ids.len() {
+                self.ids.shuffle(rng);
+                self.cursor = 0;
+            }
+            take(self.ids[self.cursor]);
+            self.cursor += 1;
+        }
+    }
+}
+
+/// One training run of a model by a strategy: `steps` steps, numbered from `first_step` in the
+/// history, random streams drawn from `streams`.
+struct Round {
+    steps: usize,
+    first_step: usize,
+    streams: u64,
+}
+
+impl Round {
+    /// Trains `model` on batches made of `count` images from each source, keeping the best
+    /// validated model when there is a validation set.
+    #[allow(clippy::too_many_arguments)]
+    fn run<D: ImprintDevice>(
+        &self,
+        dev: &D,
+        model: &mut Classifier<D>,
+        cfg: &FinetuneConfig,
+        strategy: Strategy,
+        sources: &mut [(Source, usize)],
+        validation: Option<&Dataset>,
+        history: &mut History,
+    ) -> Result<()> {
+        let seed = self.streams;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7);
+        // Its own stream, so that switching dropout on leaves the batch order unchanged.
+        let mut dropout_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75);
+        let latent = model.encoder.architecture.latent();
+        let shape = model.shape;
+        let len = shape.len();
+        let batch: usize = sources.iter().map(|(_, count)| count).sum();
+        let probe_steps = match strategy {
+            Strategy::Probe => self.steps,
+            Strategy::ProbeThenFull => (self.steps as f64 * cfg.probe_fraction).round() as usize,
+            Strategy::Scratch | Strategy::Full => 0,
+        };
+        let encoder_lr = match strategy {
+            Strategy::Scratch => cfg.lr,
+            _ => cfg.lr * cfg.encoder_lr_scale,
+        };
+        let augment = cfg.augment();
+        let mut images = Vec::with_capacity(batch * len);
+        let mut augmented = vec![0.0f32; batch * len];
+        let mut batch_labels = Vec::with_capacity(batch);
+        let mut best: Option<(Validation, Classifier<D>)> = None;
+        let mut checks_without_gain = 0;
+        let mut opt = Adam::new();
+        for step in 0..self.steps {
+            let f = cfg.lr_factor_over(step, self.steps);
+            let head_cfg = adam_config(cfg.lr * f, cfg.weight_decay, true);
+            let encoder_cfg = adam_config(encoder_lr * f, cfg.weight_decay, true);
+            if step == probe_steps && probe_steps > 0 {
+                // A fresh optimizer when the encoder joins, as a new optimizer would in PyTorch:
+                // the head's moment estimates would otherwise dwarf the encoder's first steps.
+                opt = Adam::new();
+            }
+            images.clear();
+            batch_labels.clear();
+            for (source, count) in sources.iter_mut() {
+                source.draw(*count, &mut rng, &mut images, &mut batch_labels);
+            }
+            let input = if augment.is_identity() {
+                &images
+            } else {
+                let step_seed = seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
+                augment_batch(&images, shape, &augment, step_seed, &mut augmented);
+                &augmented
+            };
+            let x: Matrix<D> = dev.tensor_from_vec(input.clone(), (batch, len));
+            let train_encoder = step >= probe_steps;
+            let mask = (cfg.dropout > 0.0)
+                .then(|| dropout_mask(dev, (batch, latent), cfg.dropout, &mut dropout_rng));
+            let loss = cross_entropy(model.train_logits(x, train_encoder, mask), &batch_labels);
+            let value = check_finite(loss.as_vec()[0], 0, self.first_step + step)?;
+            history.train_loss.push(value as f64);
+            let mut grads = loss.backward();
+            let mut groups = vec![ParamGroup {
+                config: head_cfg,
+                params: vec![&mut model.head.weight, &mut model.head.bias],
+            }];
+            if train_encoder {
+                groups.push(ParamGroup {
+                    config: encoder_cfg,
+                    params: model.encoder.params_mut(),
+                });
+            }
+            opt.step(&mut groups, &mut grads)?;
+            let done = self.first_step + step + 1;
+            history.steps_run = done;
+
+            let Some(held_out) = validation else {
+                continue;
+            };
+            if (step + 1) % cfg.eval_every != 0 && step + 1 != self.steps {
+                continue;
+            }
+            let check = validate(dev, model, held_out, done);
+            history.validation.push(check);
+            // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
+            let better = best.as_ref().is_none_or(|(b, _)| {
+                check.accuracy > b.accuracy || (check.accuracy == b.accuracy && check.loss < b.loss)
+            });
+            if better {
+                best = Some((check, model.clone()));
+                checks_without_gain = 0;
+            } else if train_encoder {
+                checks_without_gain += 1;
+                if cfg.patience > 0 && checks_without_gain >= cfg.patience {
+                    break;
+                }
             }
         }
+        if let Some((check, best_model)) = best {
+            history.best_step = Some(check.step);
+            *model = best_model;
+        }
+        Ok(())
     }
-    if let Some((check, best_model)) = best {
-        history.best_step = Some(check.step);
-        model = best_model;
+}
+
+/// The teacher's pseudo-labels for the `pool`: image ids and a label for every pool image (only
+/// those in `ids` count). Each class keeps at most `fraction * pool / classes` images, those it
+/// is most confident of, so that no class crowds out the others.
+fn pseudo_labels<D: ImprintDevice>(
+    dev: &D,
+    teacher: &Classifier<D>,
+    pool: &Dataset,
+    fraction: f64,
+) -> (Vec<usize>, Vec<usize>) {
+    let predicted = teacher.predict(dev, &pool.pixels);
+    let classes = teacher.classes.len();
+    let quota = (fraction * pool.len() as f64 / classes as f64).round() as usize;
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &(class, _)) in predicted.iter().enumerate() {
+        by_class[class].push(i);
     }
-    Ok((model, history))
+    let mut ids = Vec::new();
+    for mut members in by_class {
+        // Most confident first; ties by index, so the choice does not depend on the sort.
+        members.sort_by(|&a, &b| predicted[b].1.total_cmp(&predicted[a].1).then(a.cmp(&b)));
+        members.truncate(quota);
+        ids.extend(members);
+    }
+    ids.sort_unstable();
+    (ids, predicted.into_iter().map(|(class, _)| class).collect())
 }
 
 /// An inverted-dropout mask: each entry 0 with probability `p`, else 1 / (1 - p). Not dfdx's

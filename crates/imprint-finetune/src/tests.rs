@@ -93,7 +93,7 @@ fn every_strategy_learns_a_separable_task() {
         } else {
             encoder(3)
         };
-        let (model, history) = finetune(&dev, init, &train, &cfg, strategy, 0).unwrap();
+        let (model, history) = finetune(&dev, init, &train, None, &cfg, strategy, 0).unwrap();
         let m = evaluate(&dev, &model, &test).unwrap();
         assert!(
             history.train_loss.last() < history.train_loss.first(),
@@ -116,9 +116,18 @@ fn probe_leaves_the_encoder_untouched() {
         steps: 20,
         ..Default::default()
     };
-    let (model, _) = finetune(&dev, enc, &bars(20, 1), &cfg, Strategy::Probe, 0).unwrap();
+    let (model, _) = finetune(&dev, enc, &bars(20, 1), None, &cfg, Strategy::Probe, 0).unwrap();
     assert_eq!(model.encoder.named_tensors("encoder"), before);
-    let (model, _) = finetune(&dev, encoder(3), &bars(20, 1), &cfg, Strategy::Full, 0).unwrap();
+    let (model, _) = finetune(
+        &dev,
+        encoder(3),
+        &bars(20, 1),
+        None,
+        &cfg,
+        Strategy::Full,
+        0,
+    )
+    .unwrap();
     assert_ne!(model.encoder.named_tensors("encoder"), before);
 }
 
@@ -136,6 +145,7 @@ fn same_seed_same_model() {
             &dev,
             encoder(3),
             &bars(20, 1),
+            None,
             &cfg,
             Strategy::ProbeThenFull,
             5,
@@ -169,7 +179,17 @@ fn dropout_changes_training_yet_learns_and_repeats() {
         dropout,
         ..Default::default()
     };
-    let run = |dropout| finetune(&dev, encoder(3), &train, &cfg(dropout), Strategy::Full, 0);
+    let run = |dropout| {
+        finetune(
+            &dev,
+            encoder(3),
+            &train,
+            None,
+            &cfg(dropout),
+            Strategy::Full,
+            0,
+        )
+    };
     let (with, _) = run(0.5).unwrap();
     assert!(evaluate(&dev, &with, &test).unwrap().accuracy > 0.9);
     assert_eq!(with.named_tensors(), run(0.5).unwrap().0.named_tensors());
@@ -197,7 +217,16 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
         steps: 5,
         ..Default::default()
     };
-    let (model, _) = finetune(&dev, encoder(3), &bars(20, 1), &cfg, Strategy::Full, 0).unwrap();
+    let (model, _) = finetune(
+        &dev,
+        encoder(3),
+        &bars(20, 1),
+        None,
+        &cfg,
+        Strategy::Full,
+        0,
+    )
+    .unwrap();
     let tensors: BTreeMap<_, _> = model
         .named_tensors()
         .into_iter()
@@ -267,7 +296,8 @@ fn early_stopping_keeps_the_best_validated_model() {
         patience: 3,
         ..Default::default()
     };
-    let (model, history) = finetune(&dev, encoder(3), &train, &cfg, Strategy::Scratch, 0).unwrap();
+    let (model, history) =
+        finetune(&dev, encoder(3), &train, None, &cfg, Strategy::Scratch, 0).unwrap();
     assert!(history.steps_run < cfg.steps, "never stopped early");
     assert_eq!(history.train_loss.len(), history.steps_run);
     let checks = &history.validation;
@@ -288,6 +318,7 @@ fn early_stopping_keeps_the_best_validated_model() {
         &dev,
         encoder(3),
         &bars(2, 1),
+        None,
         &FinetuneConfig {
             validation_fraction: 0.5,
             ..cfg.clone()
@@ -320,4 +351,171 @@ fn description_names_the_settings_in_use_only() {
         rich,
         "1000 steps of 128 images (lr 0.001, encoder lr x1, cosine schedule, rotations ±12°, dropout 0.2)"
     );
+    let student = FinetuneConfig {
+        batch_size: 64,
+        self_train_steps: 500,
+        self_train_fraction: 0.07,
+        ..Default::default()
+    }
+    .describe();
+    assert_eq!(
+        student,
+        "300 steps of 64 images (lr 0.001, encoder lr x1), then a student trained 500 steps on \
+         half labeled, half pseudo-labeled batches (the teacher's most confident 7% of the \
+         unlabeled images)"
+    );
+}
+
+/// `bars` without their labels, as a self-training pool.
+fn unlabeled_bars(n: usize, seed: u64) -> Dataset {
+    Dataset {
+        labels: None,
+        ..bars(n, seed)
+    }
+}
+
+#[test]
+fn pseudo_labels_keep_each_class_most_confident_share() {
+    let dev = Cpu::default();
+    let cfg = FinetuneConfig {
+        steps: 30,
+        lr: 1e-2,
+        ..Default::default()
+    };
+    let (teacher, _) = finetune(
+        &dev,
+        encoder(3),
+        &bars(40, 1),
+        None,
+        &cfg,
+        Strategy::Full,
+        0,
+    )
+    .unwrap();
+    let pool = unlabeled_bars(300, 5);
+    let predicted = teacher.predict(&dev, &pool.pixels);
+    let (ids, labels) = pseudo_labels(&dev, &teacher, &pool, 0.4);
+    // quota: 0.4 * 300 / 2 classes = 60 per class, or all a class has if fewer
+    for class in 0..2 {
+        let members: Vec<usize> = (0..300).filter(|&i| predicted[i].0 == class).collect();
+        let kept: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&i| labels[i] == class)
+            .collect();
+        assert_eq!(kept.len(), members.len().min(60), "class {class}");
+        let weakest_kept = kept
+            .iter()
+            .map(|&i| predicted[i].1)
+            .fold(f32::MAX, f32::min);
+        assert!(
+            members
+                .iter()
+                .filter(|i| !kept.contains(i))
+                .all(|&i| predicted[i].1 <= weakest_kept),
+            "class {class}: a dropped image is more confident than a kept one"
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+    assert!(labels.iter().zip(&predicted).all(|(&l, p)| l == p.0));
+}
+
+#[test]
+fn self_training_returns_a_student_that_repeats() {
+    let dev = Cpu::default();
+    let cfg = FinetuneConfig {
+        steps: 20,
+        batch_size: 8,
+        lr: 1e-2,
+        augment_shift: 1,
+        self_train_steps: 30,
+        self_train_fraction: 0.5,
+        ..Default::default()
+    };
+    let pool = unlabeled_bars(100, 5);
+    let run = |cfg: &FinetuneConfig| {
+        finetune(
+            &dev,
+            encoder(3),
+            &bars(10, 1),
+            Some(&pool),
+            cfg,
+            Strategy::ProbeThenFull,
+            2,
+        )
+        .unwrap()
+    };
+    let (student, history) = run(&cfg);
+    assert_eq!(history.steps_run, 50);
+    assert_eq!(history.train_loss.len(), 50);
+    assert_eq!(history.pseudo_labels, 50, "half the pool, 25 per class");
+    assert_eq!(student.named_tensors(), run(&cfg).0.named_tensors());
+    let (teacher, plain) = run(&FinetuneConfig {
+        self_train_steps: 0,
+        ..cfg.clone()
+    });
+    assert_eq!(plain.pseudo_labels, 0);
+    assert_ne!(student.named_tensors(), teacher.named_tensors());
+}
+
+#[test]
+fn self_training_settings_and_pool_are_checked() {
+    let dev = Cpu::default();
+    let cfg = FinetuneConfig {
+        steps: 5,
+        batch_size: 8,
+        self_train_steps: 5,
+        ..Default::default()
+    };
+    let run = |cfg: &FinetuneConfig, pool: Option<&Dataset>| {
+        finetune(&dev, encoder(3), &bars(10, 1), pool, cfg, Strategy::Full, 0)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = run(&cfg, None);
+    assert!(e.contains("self_train_steps needs unlabeled images"), "{e}");
+    let e = run(&cfg, Some(&unlabeled_bars(0, 5)));
+    assert!(e.contains("self_train_steps needs unlabeled images"), "{e}");
+    let mut wide = unlabeled_bars(4, 5);
+    wide.shape.width = 4;
+    wide.shape.height = 16;
+    let e = run(&cfg, Some(&wide));
+    assert!(e.contains("unlabeled images are 1x16x4"), "{e}");
+    let pool = unlabeled_bars(20, 5);
+    for (key, bad) in [
+        (
+            "self_train_steps",
+            FinetuneConfig {
+                batch_size: 0,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "self_train_fraction",
+            FinetuneConfig {
+                self_train_fraction: 0.0,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "self_train_fraction",
+            FinetuneConfig {
+                self_train_fraction: 1.5,
+                ..cfg.clone()
+            },
+        ),
+    ] {
+        let e = run(&bad, Some(&pool));
+        assert!(e.contains(&format!("setting `{key}`")), "{e}");
+    }
+    // 0.04 of 20 images over 2 classes rounds to no image per class
+    let e = run(
+        &FinetuneConfig {
+            self_train_fraction: 0.04,
+            ..cfg.clone()
+        },
+        Some(&pool),
+    );
+    assert!(e.contains("leaves no class a pseudo-label"), "{e}");
 }

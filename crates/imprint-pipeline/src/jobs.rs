@@ -381,7 +381,15 @@ fn run_one(
         }
     };
     let start = Instant::now();
-    let (model, history) = finetune(&dev, encoder, train, &p.finetune, strategy, seed)?;
+    let (model, history) = finetune(
+        &dev,
+        encoder,
+        train,
+        Some(&data.unlabeled),
+        &p.finetune,
+        strategy,
+        seed,
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let metrics = evaluate(&dev, &model, &data.test)
         .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
@@ -415,6 +423,7 @@ fn run_one(
             "strategy": record.strategy, "labels_per_class": k, "seed": seed,
             "test_accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
             "test_images": data.test.len(), "finetune_seconds": seconds,
+            "pseudo_labels": history.pseudo_labels,
         }),
     )?;
     Ok(FinetuneOutcome {
