@@ -76,6 +76,15 @@ fn pretrained_encoder() -> Encoder<Cpu> {
     .encoder
 }
 
+/// `finetune` of the fresh `encoder(3)` on `train` with seed 0 and no unlabeled pool.
+fn fit_fresh(
+    train: &Dataset,
+    cfg: &FinetuneConfig,
+    strategy: Strategy,
+) -> (Classifier<Cpu>, History) {
+    finetune(&Cpu::default(), encoder(3), train, None, cfg, strategy, 0).unwrap()
+}
+
 #[test]
 fn every_strategy_learns_a_separable_task() {
     let dev = Cpu::default();
@@ -118,16 +127,7 @@ fn probe_leaves_the_encoder_untouched() {
     };
     let (model, _) = finetune(&dev, enc, &bars(20, 1), None, &cfg, Strategy::Probe, 0).unwrap();
     assert_eq!(model.encoder.named_tensors("encoder"), before);
-    let (model, _) = finetune(
-        &dev,
-        encoder(3),
-        &bars(20, 1),
-        None,
-        &cfg,
-        Strategy::Full,
-        0,
-    )
-    .unwrap();
+    let (model, _) = fit_fresh(&bars(20, 1), &cfg, Strategy::Full);
     assert_ne!(model.encoder.named_tensors("encoder"), before);
 }
 
@@ -217,16 +217,7 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
         steps: 5,
         ..Default::default()
     };
-    let (model, _) = finetune(
-        &dev,
-        encoder(3),
-        &bars(20, 1),
-        None,
-        &cfg,
-        Strategy::Full,
-        0,
-    )
-    .unwrap();
+    let (model, _) = fit_fresh(&bars(20, 1), &cfg, Strategy::Full);
     let tensors: BTreeMap<_, _> = model
         .named_tensors()
         .into_iter()
@@ -296,8 +287,7 @@ fn early_stopping_keeps_the_best_validated_model() {
         patience: 3,
         ..Default::default()
     };
-    let (model, history) =
-        finetune(&dev, encoder(3), &train, None, &cfg, Strategy::Scratch, 0).unwrap();
+    let (model, history) = fit_fresh(&train, &cfg, Strategy::Scratch);
     assert!(history.steps_run < cfg.steps, "never stopped early");
     assert_eq!(history.train_loss.len(), history.steps_run);
     let checks = &history.validation;
@@ -382,16 +372,7 @@ fn pseudo_labels_keep_each_class_most_confident_share() {
         lr: 1e-2,
         ..Default::default()
     };
-    let (teacher, _) = finetune(
-        &dev,
-        encoder(3),
-        &bars(40, 1),
-        None,
-        &cfg,
-        Strategy::Full,
-        0,
-    )
-    .unwrap();
+    let (teacher, _) = fit_fresh(&bars(40, 1), &cfg, Strategy::Full);
     let pool = unlabeled_bars(300, 5);
     let predicted = teacher.predict(&dev, &pool.pixels);
     let (ids, labels) = pseudo_labels(&dev, &teacher, &pool, 0.4);
