@@ -301,12 +301,19 @@ impl FinetuneConfig {
             0 => format!("{} full-batch steps", self.steps),
             b => format!("{} steps of {b} images", self.steps),
         };
+        let pool = if self.self_train_fraction == 1.0 {
+            "the unlabeled images".to_string()
+        } else {
+            format!(
+                "the teacher's most confident {}% of the unlabeled images",
+                (self.self_train_fraction * 100.0 * 100.0).round() / 100.0
+            )
+        };
         let self_training = match self.self_train_steps {
             0 => String::new(),
             n => format!(
                 ", then a student trained {n} steps on half labeled, half pseudo-labeled \
-                 batches (the teacher's most confident {}% of the unlabeled images)",
-                (self.self_train_fraction * 100.0 * 100.0).round() / 100.0
+                 batches ({pool}, an equal share per class at most)"
             ),
         };
         format!("{steps} ({}){self_training}", parts.join(", "))

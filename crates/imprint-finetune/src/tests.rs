@@ -352,7 +352,17 @@ fn description_names_the_settings_in_use_only() {
         student,
         "300 steps of 64 images (lr 0.001, encoder lr x1), then a student trained 500 steps on \
          half labeled, half pseudo-labeled batches (the teacher's most confident 7% of the \
-         unlabeled images)"
+         unlabeled images, an equal share per class at most)"
+    );
+    let all = FinetuneConfig {
+        batch_size: 64,
+        self_train_steps: 500,
+        ..Default::default()
+    }
+    .describe();
+    assert!(
+        all.ends_with("batches (the unlabeled images, an equal share per class at most)"),
+        "{all}"
     );
 }
 
