@@ -137,8 +137,8 @@ pub struct FinetuneConfig {
     /// labeled, half pseudo-labeled by the model just trained; 0 = none.
     #[serde(default)]
     pub self_train_steps: usize,
-    /// Share of the unlabeled images the student sees pseudo-labeled: each class's most
-    /// confident `fraction / classes` of them.
+    /// Share of the unlabeled images the student sees pseudo-labeled: each class keeps at most
+    /// `fraction / classes` of them, those the teacher is surest of.
     #[serde(default = "default_self_train_fraction")]
     pub self_train_fraction: f64,
 }
