@@ -46,8 +46,7 @@ impl Augment {
             parts.push("flips".into());
         }
         if self.scale > 0.0 {
-            // Rounded to 0.01%: `scale * 100.0` alone prints 0.07 as 7.000000000000001.
-            parts.push(format!("zooms ±{}%", (self.scale * 1e4).round() / 100.0));
+            parts.push(format!("zooms ±{}%", crate::percent(self.scale)));
         }
         parts
     }

@@ -321,6 +321,12 @@ fn abbreviate(classes: &[String]) -> String {
     s
 }
 
+/// `share` (0.07) as a percentage for reports (7), rounded to 0.01%: `0.07 * 100.0` alone
+/// prints 7.000000000000001.
+pub fn percent(share: f64) -> f64 {
+    (share * 1e4).round() / 100.0
+}
+
 /// Loads a dataset, choosing the reader by the path: a directory is a folder of images
 /// (one sub-folder per class, or images directly inside for unlabeled data; a folder with no
 /// images but a single `*images-idx3*` file loads that file), a `.csv` file is a

@@ -306,7 +306,7 @@ impl FinetuneConfig {
         } else {
             format!(
                 "the teacher's most confident {}% of the unlabeled images",
-                (self.self_train_fraction * 100.0 * 100.0).round() / 100.0
+                imprint_data::percent(self.self_train_fraction)
             )
         };
         let self_training = match self.self_train_steps {
