@@ -56,17 +56,30 @@ pub fn cross_entropy<D: ImprintDevice, T: Tape<f32, D>>(
     cross_entropy_with_logits_loss(logits, target)
 }
 
-/// InfoNCE between two views' projections `[batch, dim]`, as in SimCLR and CLIP: row i of `a`
-/// must pick row i of `b` out of all rows of `b` by cosine similarity over `temperature`. The
-/// other images of the batch are the negatives.
-pub fn contrastive_loss<D: ImprintDevice, T: Tape<f32, D>>(
+/// NT-Xent, the contrastive loss of SimCLR, between two views' projections `[batch, dim]`: each
+/// of the `2 * batch` rows must pick its twin (row i of `a` for row i of `b`, and back) out of
+/// all other rows of both views by cosine similarity over `temperature`. The other images'
+/// views, `2 * batch - 2` of them, are the negatives.
+pub fn contrastive_loss<D: ImprintDevice, T: Tape<f32, D> + Merge<T>>(
     a: Matrix<D, T>,
     b: Matrix<D, T>,
     temperature: f32,
 ) -> Tensor<(), f32, D, T> {
     let batch = a.shape().0;
-    let logits = unit_rows(a).matmul(unit_rows(b).permute::<_, Axes2<1, 0>>()) / temperature;
-    cross_entropy(logits, &(0..batch).collect::<Vec<_>>())
+    let rows = 2 * batch;
+    let both = (unit_rows(a), unit_rows(b)).concat_along(Axis::<0>);
+    // dfdx's matmul needs two tensors of distinct ids, and a permute keeps the id: the right
+    // side is a scaled copy, which carries the temperature.
+    let right = (both.retaped::<T>() / temperature).permute::<_, Axes2<1, 0>>();
+    let similarity = both.matmul(right);
+    // A row must not pick itself: its own similarity is pushed far below every other.
+    let mut own = vec![0.0f32; rows * rows];
+    for row in 0..rows {
+        own[row * rows + row] = 1e4;
+    }
+    let own = similarity.device().tensor_from_vec(own, (rows, rows));
+    let twins: Vec<usize> = (0..rows).map(|row| (row + batch) % rows).collect();
+    cross_entropy(similarity - own, &twins)
 }
 
 /// Each row divided by its Euclidean norm.
@@ -96,39 +109,45 @@ mod tests {
     }
 
     #[test]
-    fn contrastive_loss_is_low_for_matched_views_and_log_batch_for_identical_rows() {
+    fn contrastive_loss_is_low_for_matched_views_and_ln_candidates_for_identical_rows() {
         // Rows along distinct axes, the second view a scaled copy: each row picks its own.
         let a = matrix(4, 4, |i| if i % 5 == 0 { 1.0 } else { 0.0 });
         let b = matrix(4, 4, |i| if i % 5 == 0 { 3.0 } else { 0.0 });
         let matched = contrastive_loss(a.clone(), b, 0.1).as_vec()[0];
         assert!(matched < 1e-3, "matched views: {matched}");
-        // Every row alike: nothing to tell them apart, the loss is ln(batch).
+        // Every row alike: nothing to tell them apart; each of the 8 rows picks among the 7
+        // others, so the loss is ln(7) (ln(8) would mean a row could pick itself).
         let same = matrix(4, 4, |i| (i % 4) as f32 + 1.0);
         let flat = contrastive_loss(same.clone(), same, 0.1).as_vec()[0];
-        assert!((flat - 4f32.ln()).abs() < 1e-4, "identical rows: {flat}");
+        assert!((flat - 7f32.ln()).abs() < 1e-4, "identical rows: {flat}");
     }
 
     #[test]
     fn contrastive_loss_gradient_matches_finite_differences() {
         let values = |seed: usize| move |i: usize| ((i * 7 + seed * 13) % 11) as f32 / 5.0 - 1.0;
         let (a, b) = (matrix(3, 5, values(1)), matrix(3, 5, values(2)));
-        let loss = |a: &Matrix<Cpu>| contrastive_loss(a.clone(), b.clone(), 0.5).as_vec()[0];
         let grads = contrastive_loss(a.leaky_trace(), b.leaky_trace(), 0.5).backward();
-        let analytic = grads.get(&a).as_vec();
-        let base = a.as_vec();
-        let eps = 1e-3;
-        for i in 0..base.len() {
-            let shifted = |d: f32| {
-                let mut v = base.clone();
-                v[i] += d;
-                loss(&Cpu::default().tensor_from_vec(v, (3, 5)))
-            };
-            let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
-            assert!(
-                (numeric - analytic[i]).abs() < 1e-2,
-                "element {i}: finite differences {numeric}, backward {}",
-                analytic[i]
-            );
+        // Both views: the loss reaches each through its own rows and as the other's negatives.
+        for (view, analytic) in [grads.get(&a).as_vec(), grads.get(&b).as_vec()]
+            .into_iter()
+            .enumerate()
+        {
+            let base = [a.as_vec(), b.as_vec()];
+            let eps = 1e-3;
+            for i in 0..base[view].len() {
+                let shifted = |d: f32| {
+                    let mut v = base.clone();
+                    v[view][i] += d;
+                    let [a, b] = v.map(|v| Cpu::default().tensor_from_vec(v, (3, 5)));
+                    contrastive_loss(a, b, 0.5).as_vec()[0]
+                };
+                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                assert!(
+                    (numeric - analytic[i]).abs() < 1e-2,
+                    "view {view}, element {i}: finite differences {numeric}, backward {}",
+                    analytic[i]
+                );
+            }
         }
     }
 }

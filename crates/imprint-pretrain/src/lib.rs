@@ -103,10 +103,10 @@ pub struct PretrainConfig {
     /// must. Off: input and target move alike.
     #[serde(default)]
     pub augment_as_noise: bool,
-    /// Weight of a contrastive term (InfoNCE, as in SimCLR) added to the reconstruction loss:
+    /// Weight of a contrastive term (NT-Xent, SimCLR's loss) added to the reconstruction loss:
     /// the codes of two views of each image (augmentation and corruption drawn twice) must pick
-    /// each other out of the batch, which pulls the images a classifier should tell apart away
-    /// from each other. 0 = off.
+    /// each other out of all views of the batch, which pulls the images a classifier should tell
+    /// apart away from each other. 0 = off.
     #[serde(default)]
     pub contrast_weight: f64,
     /// Temperature of the contrastive term's cosine similarities.
