@@ -72,10 +72,11 @@ pub fn contrastive_loss<D: ImprintDevice, T: Tape<f32, D> + Merge<T>>(
     // side is a scaled copy, which carries the temperature.
     let right = (both.retaped::<T>() / temperature).permute::<_, Axes2<1, 0>>();
     let similarity = both.matmul(right);
-    // A row must not pick itself: its own similarity is pushed far below every other.
+    // A row must not pick itself: its own similarity (at most 1 / temperature, as every other)
+    // is pushed far below the rest.
     let mut own = vec![0.0f32; rows * rows];
     for row in 0..rows {
-        own[row * rows + row] = 1e4;
+        own[row * rows + row] = 1e9;
     }
     let own = similarity.device().tensor_from_vec(own, (rows, rows));
     let twins: Vec<usize> = (0..rows).map(|row| (row + batch) % rows).collect();
@@ -128,12 +129,12 @@ mod tests {
         let (a, b) = (matrix(3, 5, values(1)), matrix(3, 5, values(2)));
         let grads = contrastive_loss(a.leaky_trace(), b.leaky_trace(), 0.5).backward();
         // Both views: the loss reaches each through its own rows and as the other's negatives.
+        let base = [a.as_vec(), b.as_vec()];
+        let eps = 1e-3;
         for (view, analytic) in [grads.get(&a).as_vec(), grads.get(&b).as_vec()]
             .into_iter()
             .enumerate()
         {
-            let base = [a.as_vec(), b.as_vec()];
-            let eps = 1e-3;
             for i in 0..base[view].len() {
                 let shifted = |d: f32| {
                     let mut v = base.clone();
