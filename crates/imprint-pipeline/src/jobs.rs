@@ -611,9 +611,10 @@ pub fn compare(
     let report_start = Instant::now();
     let summary = report::summarize(&records, Strategy::Scratch.name());
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
+    let threads = rayon::current_num_threads();
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
-         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {} threads{}.",
+         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {threads} thread{}{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape()),
@@ -630,7 +631,7 @@ pub fn compare(
         },
         c.seeds,
         started.elapsed().as_secs_f64(),
-        rayon::current_num_threads(),
+        if threads == 1 { "" } else { "s" },
         if resume {
             " (resumed; earlier runs kept)"
         } else {
