@@ -6,6 +6,7 @@ use clap::Args;
 use dfdx::prelude::Cpu;
 use imprint_data::ImageShape;
 use imprint_nn::Architecture;
+use imprint_pipeline::provenance::threads_phrase;
 use imprint_pretrain::{pretrain, Hooks, PretrainConfig};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
@@ -164,11 +165,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|_| rng.gen())
         .collect();
     println!(
-        "autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {} threads",
+        "autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {}",
         args.architecture()?.describe(shape(args)),
         args.batch,
         args.steps,
-        rayon::current_num_threads()
+        threads_phrase(rayon::current_num_threads())
     );
     let (mut ours_runs, mut peer_runs) = (Vec::new(), Vec::new());
     for i in 0..args.repeats.max(1) {

@@ -1,6 +1,6 @@
 //! Pre-train, fine-tune, compare and predict, with their artifacts.
 
-use crate::provenance::{read_run_info, DataFiles, RunLog, VERSION};
+use crate::provenance::{read_run_info, threads_phrase, DataFiles, RunLog, VERSION};
 use crate::resume_point;
 use crate::sidecar::{
     read_json, read_sidecar, sidecar_path, write_json, Sidecar, ENCODER_FORMAT, MODEL_FORMAT,
@@ -611,10 +611,9 @@ pub fn compare(
     let report_start = Instant::now();
     let summary = report::summarize(&records, Strategy::Scratch.name());
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
-    let threads = rayon::current_num_threads();
     let context = format!(
         "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
-         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {threads} thread{}{}.",
+         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {}{}.",
         p.name,
         p.description,
         p.pretrain.architecture.describe(data.shape()),
@@ -631,7 +630,7 @@ pub fn compare(
         },
         c.seeds,
         started.elapsed().as_secs_f64(),
-        if threads == 1 { "" } else { "s" },
+        threads_phrase(rayon::current_num_threads()),
         if resume {
             " (resumed; earlier runs kept)"
         } else {
@@ -703,8 +702,9 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Resu
             return Err(refuse(
                 &run_json,
                 format!(
-                    "it ran on {} threads, this run has {threads}; pass --threads {} (results depend on it)",
-                    info.threads, info.threads
+                    "it ran on {}, this run has {threads}; pass --threads {} (results depend on it)",
+                    threads_phrase(info.threads),
+                    info.threads
                 ),
             ));
         }

@@ -158,6 +158,11 @@ fn git_state() -> (Option<String>, Option<bool>) {
     (revision, dirty)
 }
 
+/// "1 thread", "2 threads": how reports and messages name a thread count.
+pub fn threads_phrase(threads: usize) -> String {
+    format!("{threads} thread{}", if threads == 1 { "" } else { "s" })
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC), by the civil-from-days algorithm, to avoid a date crate.
 pub fn utc_timestamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -183,6 +188,12 @@ pub fn utc_timestamp(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn thread_counts_read_as_english() {
+        assert_eq!(threads_phrase(1), "1 thread");
+        assert_eq!(threads_phrase(2), "2 threads");
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {
