@@ -129,7 +129,8 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     Ok(run.history.last().map_or(0.0, |h| h.images_per_second))
 }
 
-fn peer(python: &str, args: &BenchArgs) -> Result<(f64, String)> {
+/// The peer's images/s and its thread count (`None` where it printed none).
+fn peer(python: &str, args: &BenchArgs) -> Result<(f64, Option<usize>)> {
     let widths: Vec<String> = args.widths().iter().map(|h| h.to_string()).collect();
     let out = Command::new(python)
         .args(["-c", PEER])
@@ -150,7 +151,7 @@ fn peer(python: &str, args: &BenchArgs) -> Result<(f64, String)> {
         .next()
         .and_then(|w| w.parse().ok())
         .context("unexpected peer output")?;
-    Ok((speed, words.next().unwrap_or("?").to_string()))
+    Ok((speed, words.next().and_then(|w| w.parse().ok())))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -178,7 +179,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ours_runs.push(o);
         if let Some(python) = &args.peer {
             let (p, threads) = peer(python, args)?;
-            print!(", PyTorch ({threads} threads) {p:.0} images/s");
+            let threads = threads.map_or_else(|| "? threads".to_string(), threads_phrase);
+            print!(", PyTorch ({threads}) {p:.0} images/s");
             peer_runs.push(p);
         }
         println!();
