@@ -347,8 +347,8 @@ fn diverging_pretraining_stops_naming_epoch_and_step() {
         "pre-training seed 0",
         "loss became",
         "at epoch 1, step ",
-        "lower the learning rate",
-        "pretrain.lr is 1000000",
+        "lower pretrain.lr",
+        "(now 1000000)",
     ]);
     assert!(!out.join("encoder.safetensors").exists());
 }

@@ -1,21 +1,28 @@
-//! Cheap label-preserving augmentation for small labeled sets.
+//! Label-preserving augmentation, drawn per image: the one settings struct that pre-training's
+//! views and fine-tuning's batches share (flattened into `[pretrain]` and `[finetune]` of a
+//! pipeline file, keys `augment_*`).
 
 use crate::ImageShape;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-/// Label-preserving random transforms, drawn per image.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Label-preserving random transforms, drawn per image; each is off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Augment {
     /// Integer translation by up to this many pixels in x and y (zero padded).
+    #[serde(rename = "augment_shift", default)]
     pub shift: usize,
     /// Rotation about the centre by an angle drawn from `[-rotate, rotate]` degrees.
+    #[serde(rename = "augment_rotate", default)]
     pub rotate_degrees: f64,
     /// Mirror left-right with probability 1/2 (for data where that keeps the label).
+    #[serde(rename = "augment_flip", default)]
     pub flip: bool,
     /// Zoom about the centre by a factor drawn from `[1 - scale, 1 + scale]`: the
     /// crop-and-resize of SimCLR, for images whose object sits in the middle.
+    #[serde(rename = "augment_scale", default)]
     pub scale: f64,
 }
 

@@ -46,7 +46,7 @@ impl Metrics {
 /// Metrics of `model` on a labeled `test` set whose classes were aligned to the model's.
 pub fn evaluate<D: ImprintDevice>(
     dev: &D,
-    model: &Classifier<D>,
+    model: &mut Classifier<D>,
     test: &Dataset,
 ) -> Option<Metrics> {
     let truth = test.labels.as_ref()?;

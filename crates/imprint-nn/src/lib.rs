@@ -1,24 +1,31 @@
-//! Neural-network building blocks on dfdx with shapes chosen at run time: dense stacks and
-//! dense or convolutional autoencoders (on the ops of `imprint-ops`), losses, an Adam optimizer
-//! with parameter groups, and safetensors checkpoints whose tensor names follow the module tree.
+//! Neural-network building blocks on dfdx with shapes chosen at run time: a parameter tree
+//! (each layer declares its tensors once; names, loading, optimizer lists follow), layers with
+//! train and eval modes, dense and convolutional encoders and decoders (on the ops of
+//! `imprint-ops`), losses, optimizers with parameter groups, batched inference, and safetensors
+//! checkpoints whose tensor names follow the module tree.
 
 pub mod checkpoint;
+pub mod infer;
 pub mod layers;
 pub mod loss;
+mod mode;
 pub mod models;
 pub mod optim;
+pub mod tree;
 
 pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
 pub use imprint_ops::{linear, Activation, LinearKernel};
-pub use layers::{Dense, Mlp};
+pub use layers::{Dropout, Linear, Sequential};
+pub use mode::{Mode, Pass};
 pub use models::{Architecture, Decoder, Encoder};
-pub use optim::{Adam, AdamState, HostBuffer, ParamGroup};
+pub use optim::{HostBuffer, Optimizer, ParamGroup, Rule};
+pub use tree::{Kind, Params, ParamsExt, Var};
 
 use dfdx::prelude::*;
 
 /// A `[rows, cols]` activation matrix, with or without a tape.
 pub use imprint_ops::Matrix;
-/// Parameters are stored flat; the layer that owns them knows their logical shape.
+/// Tensors are stored flat; the layer that owns them knows their logical shape.
 pub type Vector<D> = imprint_ops::Tensor1<D>;
 
 /// The devices our models run on: dfdx's own ops plus ours, shareable between threads (the
@@ -29,6 +36,8 @@ pub trait ImprintDevice:
     + LinearKernel
     + imprint_ops::Conv2dKernel
     + imprint_ops::ConvTranspose2dKernel
+    + imprint_ops::BatchNorm2dKernel
+    + imprint_ops::Pool2dKernel
     + Send
     + Sync
 {
@@ -39,6 +48,8 @@ impl<D> ImprintDevice for D where
         + LinearKernel
         + imprint_ops::Conv2dKernel
         + imprint_ops::ConvTranspose2dKernel
+        + imprint_ops::BatchNorm2dKernel
+        + imprint_ops::Pool2dKernel
         + Send
         + Sync
 {
@@ -52,8 +63,6 @@ pub enum NnError {
     Fs(#[from] imprint_fs::FsError),
     #[error("device error: {0:?}")]
     Device(String),
-    #[error("{0}")]
-    NonFinite(String),
     #[error("architecture {0}")]
     Architecture(String),
     /// Saved optimizer state that does not fit the model's parameters.

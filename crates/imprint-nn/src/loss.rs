@@ -1,6 +1,6 @@
-//! Losses on runtime-shaped matrices, and a guard that stops training on a non-finite loss.
+//! Losses on runtime-shaped matrices.
 
-use crate::{ImprintDevice, Matrix, NnError, Result};
+use crate::{ImprintDevice, Matrix};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -88,17 +88,6 @@ fn unit_rows<D: ImprintDevice, T: Tape<f32, D>>(x: Matrix<D, T>) -> Matrix<D, T>
     let shape = *x.shape();
     let norms = (x.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
     x / norms.broadcast_like::<(usize, usize), Axis<1>>(&shape)
-}
-
-/// Errors out, naming where, when a loss is NaN or infinite: training cannot recover from it.
-pub fn check_finite(loss: f32, epoch: usize, step: usize) -> Result<f32> {
-    if loss.is_finite() {
-        Ok(loss)
-    } else {
-        Err(NnError::NonFinite(format!(
-            "loss became {loss} at epoch {epoch}, step {step}; lower the learning rate"
-        )))
-    }
 }
 
 #[cfg(test)]

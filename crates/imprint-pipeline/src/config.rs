@@ -139,7 +139,22 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
         return message;
     };
     let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
+    let mut line_no = text[..start].matches('\n').count() + 1;
+    // A key unknown to a section's flattened settings is reported at the section, not at the
+    // key: find the key's own line within the section.
+    if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let section = &text[start..span.end.min(text.len())];
+        if let Some(offset) = section.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        }) {
+            line_no += offset;
+        }
+    }
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
     match line.split_once('=') {
         // A value error: name the key the value belongs to.
@@ -254,7 +269,7 @@ seeds = [0]
         let p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
         assert_eq!(
             p.compare.strategies,
-            vec![Strategy::Scratch, Strategy::ProbeThenFull]
+            vec![Strategy::SCRATCH, Strategy::PROBE_THEN_FULL]
         );
         assert_eq!(p.finetune.steps, 300);
         assert_eq!(p.pretrain.batch_size, 128);
@@ -327,7 +342,7 @@ seeds = [0]
         ])
         .unwrap();
         assert_eq!(p.finetune.dropout, 0.3);
-        assert_eq!(p.finetune.schedule, imprint_finetune::Schedule::Cosine);
+        assert_eq!(p.finetune.optim.schedule, imprint_train::Schedule::Cosine);
         assert_eq!(p.compare.seeds, vec![3, 4]);
         assert_eq!(p.pretrain.architecture.latent(), 2);
         assert_eq!(p.pretrain.epochs, 5);

@@ -2,19 +2,22 @@
 //! writes its artifacts into an output folder (every file crash-safely), reports progress to an
 //! [`Observer`] and returns its results; presentation stays with the caller.
 
+mod compare;
 pub mod config;
-mod jobs;
+mod finetune_job;
+mod predict;
 mod prepared;
+mod pretrain_job;
 pub mod provenance;
 mod resume_point;
 mod sidecar;
 
+pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline};
-pub use jobs::{
-    compare, embed, finetune_job, inspect, predict, pretrain_job, CompareOutcome, FinetuneOutcome,
-    Inspection,
-};
+pub use finetune_job::{finetune_job, FinetuneOutcome};
+pub use predict::{embed, inspect, predict, Inspection};
 pub use prepared::Prepared;
+pub use pretrain_job::pretrain_job;
 pub use provenance::RunLog;
 pub use sidecar::{EncoderSidecar, ModelSidecar, Sidecar};
 
@@ -64,6 +67,12 @@ pub trait Observer {
 /// An observer that ignores everything (tests, library use).
 pub struct Silent;
 impl Observer for Silent {}
+
+/// Creates `path` and its parents.
+pub(crate) fn create_dir(path: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))
+}
 
 /// Creates `dir` for a job's outputs; refuses one that exists and is not empty unless `force`.
 pub fn prepare_output_dir(dir: &std::path::Path, force: bool) -> Result<()> {

@@ -42,6 +42,9 @@ pub struct ModelSidecar {
     pub git_revision: Option<String>,
 }
 
+/// What the error of a sidecar read calls the file.
+pub const SIDECAR: &str = "checkpoint's sidecar";
+
 pub const ENCODER_FORMAT: &str = "imprint-encoder/1";
 pub const MODEL_FORMAT: &str = "imprint-classifier/1";
 

@@ -1,0 +1,269 @@
+//! One training round of a classifier by a strategy, as a task of the shared training loop:
+//! batches drawn from one or more sources, augmentation, dropout, the strategy's phases, and
+//! early stopping on a validation set.
+
+use crate::classifier::{best_class, Classifier};
+use crate::strategy::{EncoderRole, Phase, Strategy};
+use crate::{FinetuneConfig, FinetuneError, History, Result, Validation};
+use imprint_data::augment::augment_batch;
+use imprint_data::Dataset;
+use imprint_nn::infer::over_images;
+use imprint_nn::loss::cross_entropy;
+use imprint_nn::tree::ParamsExt;
+use imprint_nn::{ImprintDevice, Matrix, Mode, Optimizer, Pass};
+use imprint_train::{train, Flow, Group, Loss, Run, Task};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
+
+/// The images a round draws its batches from, in a reshuffled cycle: `ids` index `data`, and
+/// `labels[i]` is image `i`'s label.
+#[derive(Clone)]
+pub(crate) struct Source<'a> {
+    data: &'a Dataset,
+    labels: &'a [usize],
+    ids: Vec<usize>,
+    cursor: usize,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(data: &'a Dataset, labels: &'a [usize], ids: Vec<usize>) -> Self {
+        let cursor = ids.len();
+        Self {
+            data,
+            labels,
+            ids,
+            cursor,
+        }
+    }
+
+    /// Appends `count` images and their labels; all of them in order when `count` is the
+    /// whole source (full-batch training), else the next ones of the shuffled cycle.
+    fn draw(
+        &mut self,
+        count: usize,
+        rng: &mut ChaCha8Rng,
+        images: &mut Vec<f32>,
+        labels: &mut Vec<usize>,
+    ) {
+        let mut take = |i: usize| {
+            images.extend_from_slice(self.data.image(i));
+            labels.push(self.labels[i]);
+        };
+        if count == self.ids.len() {
+            self.ids.iter().for_each(|&i| take(i));
+            return;
+        }
+        for _ in 0..count {
+            if self.cursor == self.ids.len() {
+                self.ids.shuffle(rng);
+                self.cursor = 0;
+            }
+            take(self.ids[self.cursor]);
+            self.cursor += 1;
+        }
+    }
+}
+
+/// One training run of a model by a strategy: `steps` steps, numbered from `first_step` in the
+/// history, random streams drawn from `streams`.
+pub(crate) struct Round {
+    pub steps: usize,
+    pub first_step: usize,
+    pub streams: u64,
+}
+
+struct Training<'a, 's, D: ImprintDevice> {
+    dev: &'a D,
+    model: &'a mut Classifier<D>,
+    cfg: &'a FinetuneConfig,
+    phases: Vec<(Range<usize>, Phase)>,
+    sources: &'a mut [(Source<'s>, usize)],
+    validation: Option<&'a Dataset>,
+    history: &'a mut History,
+    round: &'a Round,
+    rng: ChaCha8Rng,
+    dropout_rng: ChaCha8Rng,
+    best: Option<(Validation, Classifier<D>)>,
+    checks_without_gain: usize,
+}
+
+impl<D: ImprintDevice> Training<'_, '_, D> {
+    fn phase(&self, step: usize) -> (&Range<usize>, &Phase) {
+        let (range, phase) = self
+            .phases
+            .iter()
+            .find(|(r, _)| r.contains(&step))
+            .expect("the phases cover every step");
+        (range, phase)
+    }
+}
+
+impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
+    type Error = FinetuneError;
+
+    fn loss(&mut self, step: usize) -> Result<Loss<D>> {
+        let shape = self.model.shape;
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for (source, count) in self.sources.iter_mut() {
+            source.draw(*count, &mut self.rng, &mut images, &mut labels);
+        }
+        if !self.cfg.augment.is_identity() {
+            let step_seed = self
+                .round
+                .streams
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64);
+            let mut augmented = vec![0.0f32; images.len()];
+            augment_batch(&images, shape, &self.cfg.augment, step_seed, &mut augmented);
+            images = augmented;
+        }
+        let x: Matrix<D> = self
+            .dev
+            .tensor_from_vec(images, (labels.len(), shape.len()));
+        let encoder = match self.phase(step).1.encoder {
+            EncoderRole::Frozen => None,
+            EncoderRole::Trained { .. } => Some(Mode::Train),
+        };
+        let mut pass = Pass::train(&mut self.dropout_rng);
+        let logits = self.model.train_logits(x, encoder, &mut pass);
+        Ok(cross_entropy(logits, &labels))
+    }
+
+    fn groups(&mut self, step: usize) -> Vec<Group<'_, D>> {
+        let role = self.phase(step).1.encoder;
+        let model = &mut *self.model;
+        let mut groups = vec![Group {
+            lr_scale: 1.0,
+            params: model
+                .head
+                .trainable_mut("")
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+        }];
+        if let EncoderRole::Trained { lr_scale } = role {
+            groups.push(Group {
+                lr_scale,
+                params: model
+                    .encoder
+                    .trainable_mut("")
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect(),
+            });
+        }
+        groups
+    }
+
+    fn fresh_optimizer(&self, step: usize) -> bool {
+        let (range, phase) = self.phase(step);
+        phase.fresh_optimizer && range.start == step && step > 0
+    }
+
+    fn position(&self, step: usize) -> String {
+        format!("step {}", self.round.first_step + step + 1)
+    }
+
+    fn after_step(&mut self, step: usize, loss: f32, _: &mut Optimizer<D>) -> Result<Flow> {
+        self.history.train_loss.push(loss as f64);
+        let done = self.round.first_step + step + 1;
+        self.history.steps_run = done;
+        let Some(held_out) = self.validation else {
+            return Ok(Flow::Continue);
+        };
+        if !(step + 1).is_multiple_of(self.cfg.eval_every) && step + 1 != self.round.steps {
+            return Ok(Flow::Continue);
+        }
+        let check = validate(self.dev, self.model, held_out, done);
+        self.history.validation.push(check);
+        // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
+        let better = self.best.as_ref().is_none_or(|(b, _)| {
+            check.accuracy > b.accuracy || (check.accuracy == b.accuracy && check.loss < b.loss)
+        });
+        let trains_encoder = matches!(self.phase(step).1.encoder, EncoderRole::Trained { .. });
+        if better {
+            self.best = Some((check, self.model.clone()));
+            self.checks_without_gain = 0;
+        } else if trains_encoder {
+            self.checks_without_gain += 1;
+            if self.cfg.patience > 0 && self.checks_without_gain >= self.cfg.patience {
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Round {
+    /// Trains `model` on batches made of `count` images from each source, keeping the best
+    /// validated model when there is a validation set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<D: ImprintDevice>(
+        &self,
+        dev: &D,
+        model: &mut Classifier<D>,
+        cfg: &FinetuneConfig,
+        strategy: Strategy,
+        sources: &mut [(Source, usize)],
+        validation: Option<&Dataset>,
+        history: &mut History,
+    ) -> Result<()> {
+        let seed = self.streams;
+        model.dropout.p = cfg.dropout;
+        let mut task = Training {
+            dev,
+            model,
+            cfg,
+            phases: strategy.phases(cfg, self.steps),
+            sources,
+            validation,
+            history,
+            round: self,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f1e7),
+            // Its own stream, so that switching dropout on leaves the batch order unchanged.
+            dropout_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75),
+            best: None,
+            checks_without_gain: 0,
+        };
+        let run = Run {
+            settings: &cfg.optim,
+            steps: self.steps,
+            lr_key: "finetune.lr",
+        };
+        let mut optimizer = Optimizer::new(cfg.optim.rule());
+        train(&mut task, &run, 0..self.steps, &mut optimizer)?;
+        if let Some((check, best_model)) = task.best {
+            task.history.best_step = Some(check.step);
+            *task.model = best_model;
+        }
+        Ok(())
+    }
+}
+
+/// Accuracy and mean cross-entropy of `model` on the labeled `held_out` images, without a tape.
+fn validate<D: ImprintDevice>(
+    dev: &D,
+    model: &mut Classifier<D>,
+    held_out: &Dataset,
+    step: usize,
+) -> Validation {
+    let labels = held_out.labels.as_deref().unwrap_or_default();
+    let logits = over_images(dev, &held_out.pixels, model.shape.len(), |x| {
+        model.logits(x)
+    });
+    let classes = model.classes.len();
+    let correct = logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|&(row, &label)| best_class(row).0 == label)
+        .count();
+    let logits: Matrix<D> = dev.tensor_from_vec(logits, (labels.len(), classes));
+    Validation {
+        step,
+        accuracy: correct as f64 / labels.len() as f64,
+        loss: cross_entropy(logits, labels).as_vec()[0] as f64,
+    }
+}

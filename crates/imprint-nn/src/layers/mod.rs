@@ -1,0 +1,228 @@
+//! Layers, each declaring its tensors once (see [`crate::tree`]), and [`Sequential`], which
+//! composes them under names as PyTorch's `nn.Sequential` does (`0`, `1`, ... or given names).
+
+mod batch_norm;
+mod conv;
+mod dropout;
+mod linear;
+
+pub use batch_norm::BatchNorm2d;
+pub use conv::{Conv2d, ConvTranspose2d};
+pub use dropout::Dropout;
+pub use linear::Linear;
+
+use crate::tree::{join, Kind, Params, Var};
+use crate::{Activation, ImprintDevice, Matrix, Pass};
+use dfdx::prelude::*;
+use imprint_data::ImageShape;
+use rand::distributions::{Distribution, Uniform};
+use rand::Rng;
+
+pub type Tensor4<D, T = NoneTape> = imprint_ops::Tensor4<D, T>;
+
+/// `shape`'s values uniform in ±`bound`: PyTorch's default init for linear and conv layers.
+pub(crate) fn uniform<D: ImprintDevice>(
+    dev: &D,
+    shape: &[usize],
+    bound: f32,
+    rng: &mut impl Rng,
+) -> Var<D> {
+    let dist = Uniform::new_inclusive(-bound, bound);
+    let len = shape.iter().product();
+    Var::new(
+        dev,
+        (0..len).map(|_| dist.sample(rng)).collect(),
+        shape,
+        Kind::Param,
+    )
+}
+
+/// `shape`'s values from N(0, 2 / `fan`), by Box-Muller on the `rand` crate's uniforms.
+pub(crate) fn kaiming_normal<D: ImprintDevice>(
+    dev: &D,
+    shape: &[usize],
+    fan: usize,
+    rng: &mut impl Rng,
+) -> Var<D> {
+    let std = (2.0 / fan as f64).sqrt();
+    let len = shape.iter().product();
+    let values = (0..len)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-12), rng.gen());
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect();
+    Var::new(dev, values, shape, Kind::Param)
+}
+
+/// What flows between layers: a batch of flat rows `[batch, features]` or of feature maps
+/// `[batch, channels, height, width]`.
+pub enum Act<D: ImprintDevice, T> {
+    Flat(Matrix<D, T>),
+    Maps(Tensor4<D, T>),
+}
+
+impl<D: ImprintDevice, T: Tape<f32, D>> Act<D, T> {
+    pub fn into_flat(self) -> Matrix<D, T> {
+        match self {
+            Act::Flat(x) => x,
+            Act::Maps(x) => {
+                let (b, c, h, w) = *x.shape();
+                x.reshape_like(&(b, c * h * w))
+            }
+        }
+    }
+
+    pub fn into_maps(self, shape: ImageShape) -> Tensor4<D, T> {
+        match self {
+            Act::Maps(x) => x,
+            Act::Flat(x) => {
+                let b = x.shape().0;
+                x.reshape_like(&(b, shape.channels, shape.height, shape.width))
+            }
+        }
+    }
+
+    /// Feature maps, for layers that take nothing else.
+    ///
+    /// # Panics
+    /// On flat rows: a model built wrongly (flat rows need an `Unflatten` first).
+    fn maps(self, layer: &str) -> Tensor4<D, T> {
+        match self {
+            Act::Maps(x) => x,
+            Act::Flat(_) => panic!("{layer} takes feature maps, not flat rows"),
+        }
+    }
+}
+
+/// A layer of a [`Sequential`].
+#[derive(Clone, Debug)]
+pub enum Layer<D: ImprintDevice> {
+    Linear(Linear<D>),
+    Conv2d(Conv2d<D>),
+    ConvTranspose2d(ConvTranspose2d<D>),
+    BatchNorm2d(BatchNorm2d<D>),
+    Relu,
+    Dropout(Dropout),
+    /// Feature maps to flat rows, channel by channel (PyTorch's `nn.Flatten`).
+    Flatten,
+    /// Flat rows to feature maps of this shape (PyTorch's `nn.Unflatten`).
+    Unflatten(ImageShape),
+}
+
+impl<D: ImprintDevice> Params<D> for Layer<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        match self {
+            Layer::Linear(l) => l.visit(prefix, f),
+            Layer::Conv2d(l) => l.visit(prefix, f),
+            Layer::ConvTranspose2d(l) => l.visit(prefix, f),
+            Layer::BatchNorm2d(l) => l.visit(prefix, f),
+            Layer::Relu | Layer::Dropout(_) | Layer::Flatten | Layer::Unflatten(_) => {}
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        match self {
+            Layer::Linear(l) => l.visit_mut(prefix, f),
+            Layer::Conv2d(l) => l.visit_mut(prefix, f),
+            Layer::ConvTranspose2d(l) => l.visit_mut(prefix, f),
+            Layer::BatchNorm2d(l) => l.visit_mut(prefix, f),
+            Layer::Relu | Layer::Dropout(_) | Layer::Flatten | Layer::Unflatten(_) => {}
+        }
+    }
+}
+
+impl<D: ImprintDevice> Layer<D> {
+    /// Whether the layer reads feature maps (so flat input must be unflattened first).
+    pub fn takes_maps(&self) -> bool {
+        matches!(
+            self,
+            Layer::Conv2d(_) | Layer::ConvTranspose2d(_) | Layer::BatchNorm2d(_)
+        )
+    }
+
+    /// `activation` is applied inside a linear layer's product (a ReLU fused into it).
+    fn forward<T: Tape<f32, D>>(
+        &mut self,
+        x: Act<D, T>,
+        pass: &mut Pass,
+        input_grad: bool,
+        activation: Activation,
+    ) -> Act<D, T> {
+        match self {
+            Layer::Linear(l) => Act::Flat(l.forward(x.into_flat(), activation, input_grad)),
+            Layer::Conv2d(l) => Act::Maps(l.forward(x.maps("Conv2d"))),
+            Layer::ConvTranspose2d(l) => Act::Maps(l.forward(x.maps("ConvTranspose2d"))),
+            Layer::BatchNorm2d(l) => Act::Maps(l.forward(x.maps("BatchNorm2d"), pass.mode)),
+            Layer::Relu => match x {
+                Act::Flat(x) => Act::Flat(x.relu()),
+                Act::Maps(x) => Act::Maps(x.relu()),
+            },
+            Layer::Dropout(d) => match x {
+                Act::Flat(x) => Act::Flat(d.forward(x, pass)),
+                Act::Maps(x) => Act::Maps(d.forward(x, pass)),
+            },
+            Layer::Flatten => Act::Flat(x.into_flat()),
+            Layer::Unflatten(shape) => Act::Maps(x.into_maps(*shape)),
+        }
+    }
+}
+
+/// Layers applied in turn, each under its name; a linear layer followed by a ReLU runs as one
+/// fused product.
+#[derive(Clone, Debug)]
+pub struct Sequential<D: ImprintDevice> {
+    layers: Vec<(String, Layer<D>)>,
+}
+
+impl<D: ImprintDevice> Params<D> for Sequential<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        for (name, layer) in &self.layers {
+            layer.visit(&join(prefix, name), f)
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        for (name, layer) in &mut self.layers {
+            layer.visit_mut(&join(prefix, name), f)
+        }
+    }
+}
+
+impl<D: ImprintDevice> Sequential<D> {
+    /// Layers named by position, as in `nn.Sequential(a, b, ...)`.
+    pub fn indexed(layers: Vec<Layer<D>>) -> Self {
+        Self {
+            layers: layers
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l))
+                .collect(),
+        }
+    }
+
+    pub fn layers(&self) -> impl Iterator<Item = &Layer<D>> {
+        self.layers.iter().map(|(_, l)| l)
+    }
+
+    /// `input_grad = false` when `x` is data, which needs no gradient.
+    pub fn forward<T: Tape<f32, D>>(
+        &mut self,
+        mut x: Act<D, T>,
+        pass: &mut Pass,
+        mut input_grad: bool,
+    ) -> Act<D, T> {
+        let mut i = 0;
+        while i < self.layers.len() {
+            let fuse = matches!(self.layers[i].1, Layer::Linear(_))
+                && matches!(self.layers.get(i + 1), Some((_, Layer::Relu)));
+            let activation = if fuse {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            x = self.layers[i].1.forward(x, pass, input_grad, activation);
+            input_grad = true;
+            i += if fuse { 2 } else { 1 };
+        }
+        x
+    }
+}

@@ -1,0 +1,249 @@
+//! Encoder and decoder architectures chosen at run time. An [`Architecture`] is what a
+//! checkpoint's sidecar records and what fine-tuning checks before loading an encoder. Each kind
+//! lives in a file of its own that builds its layers; the rest of the toolkit sees only
+//! [`Encoder`] and [`Decoder`], which take and give flattened images `[batch, c*h*w]`.
+
+mod conv;
+mod dense;
+
+pub use dense::mlp;
+
+use crate::layers::{Act, Layer, Sequential};
+use crate::tree::{Params, Var};
+use crate::{ImprintDevice, Matrix, NnError, Pass, Result};
+use dfdx::prelude::*;
+use imprint_data::ImageShape;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Architecture {
+    /// Fully connected: input pixels -> hidden widths (ReLU) -> latent (linear); the decoder mirrors it.
+    Dense { hidden: Vec<usize>, latent: usize },
+    /// Convolutions (ReLU) with `channels[i]` filters each, then a linear map to `latent`; the
+    /// decoder mirrors it with transposed convolutions.
+    Conv {
+        channels: Vec<usize>,
+        #[serde(default = "default_kernel")]
+        kernel: usize,
+        #[serde(default = "default_stride")]
+        stride: usize,
+        latent: usize,
+    },
+}
+
+fn default_kernel() -> usize {
+    3
+}
+fn default_stride() -> usize {
+    2
+}
+
+impl Architecture {
+    /// Width of the features the encoder gives.
+    pub fn latent(&self) -> usize {
+        match self {
+            Architecture::Dense { latent, .. } | Architecture::Conv { latent, .. } => *latent,
+        }
+    }
+
+    /// Checks that every width, kernel and stride is at least 1.
+    pub fn check_widths(&self) -> std::result::Result<(), String> {
+        let widths_ok = match self {
+            Architecture::Dense { hidden, latent } => *latent > 0 && !hidden.contains(&0),
+            Architecture::Conv {
+                channels,
+                kernel,
+                stride,
+                latent,
+            } => {
+                *latent > 0
+                    && !channels.is_empty()
+                    && !channels.contains(&0)
+                    && *kernel > 0
+                    && *stride > 0
+            }
+        };
+        if widths_ok {
+            Ok(())
+        } else {
+            Err("layer widths, kernel and stride must be at least 1".into())
+        }
+    }
+
+    /// Checks widths and that the layers fit images of `input`'s size.
+    pub fn validate(&self, input: ImageShape) -> std::result::Result<(), String> {
+        self.check_widths()?;
+        if let Architecture::Conv {
+            channels,
+            kernel,
+            stride,
+            ..
+        } = self
+        {
+            conv::stages(channels, *kernel, *stride, input)?;
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self, input: ImageShape) -> String {
+        match self {
+            Architecture::Dense { hidden, latent } => dense::describe(input, hidden, *latent),
+            Architecture::Conv {
+                channels,
+                kernel,
+                stride,
+                latent,
+            } => conv::describe(input, channels, *kernel, *stride, *latent),
+        }
+    }
+
+    /// The validated architecture, or an error naming it and what does not fit.
+    fn checked(&self, input: ImageShape) -> Result<()> {
+        self.validate(input)
+            .map_err(|m| NnError::Architecture(format!("{}: {m}", self.describe(input))))
+    }
+
+    fn encoder_layers<D: ImprintDevice>(
+        &self,
+        dev: &D,
+        input: ImageShape,
+        rng: &mut impl Rng,
+    ) -> Result<Sequential<D>> {
+        self.checked(input)?;
+        Ok(match self {
+            Architecture::Dense { hidden, latent } => {
+                dense::encoder(dev, input, hidden, *latent, rng)
+            }
+            Architecture::Conv {
+                channels,
+                kernel,
+                stride,
+                latent,
+            } => {
+                let (stages, last) = conv::stages(channels, *kernel, *stride, input)
+                    .map_err(NnError::Architecture)?;
+                conv::encoder(dev, &stages, last, *latent, rng)
+            }
+        })
+    }
+
+    fn decoder_layers<D: ImprintDevice>(
+        &self,
+        dev: &D,
+        output: ImageShape,
+        rng: &mut impl Rng,
+    ) -> Result<Sequential<D>> {
+        self.checked(output)?;
+        Ok(match self {
+            Architecture::Dense { hidden, latent } => {
+                dense::decoder(dev, output, hidden, *latent, rng)
+            }
+            Architecture::Conv {
+                channels,
+                kernel,
+                stride,
+                latent,
+            } => {
+                let (stages, start) = conv::stages(channels, *kernel, *stride, output)
+                    .map_err(NnError::Architecture)?;
+                conv::decoder(dev, &stages, start, *latent, rng)
+            }
+        })
+    }
+}
+
+/// Maps flattened images `[batch, pixels]` to features `[batch, latent]`.
+#[derive(Clone, Debug)]
+pub struct Encoder<D: ImprintDevice> {
+    pub architecture: Architecture,
+    pub input: ImageShape,
+    net: Sequential<D>,
+}
+
+impl<D: ImprintDevice> Params<D> for Encoder<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        self.net.visit(prefix, f)
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        self.net.visit_mut(prefix, f)
+    }
+}
+
+impl<D: ImprintDevice> Encoder<D> {
+    /// A fresh encoder, its init drawn from `rng`; errors when the architecture does not fit
+    /// `input`.
+    pub fn new(
+        dev: &D,
+        architecture: &Architecture,
+        input: ImageShape,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        Ok(Self {
+            net: architecture.encoder_layers(dev, input, rng)?,
+            architecture: architecture.clone(),
+            input,
+        })
+    }
+
+    /// Width of the features.
+    pub fn features(&self) -> usize {
+        self.architecture.latent()
+    }
+
+    /// Features of the images `x` (data: no gradient flows back into it).
+    pub fn forward<T: Tape<f32, D>>(&mut self, x: Matrix<D, T>, pass: &mut Pass) -> Matrix<D, T> {
+        let takes_maps = self.net.layers().next().is_some_and(Layer::takes_maps);
+        let x = if takes_maps {
+            Act::Maps(Act::Flat(x).into_maps(self.input))
+        } else {
+            Act::Flat(x)
+        };
+        self.net.forward(x, pass, false).into_flat()
+    }
+
+    /// The first convolution's filters `[filters, channels, kh, kw]`, for pictures of what the
+    /// encoder learned to see; `None` without convolutions.
+    pub fn first_filters(&self) -> Option<(Vec<f32>, [usize; 4])> {
+        self.net.layers().find_map(|l| match l {
+            Layer::Conv2d(c) => Some((c.weight.value.as_vec(), c.spec.weight_shape())),
+            _ => None,
+        })
+    }
+}
+
+/// Maps features back to pixel logits (pre-sigmoid), `[batch, pixels]`.
+#[derive(Clone, Debug)]
+pub struct Decoder<D: ImprintDevice> {
+    net: Sequential<D>,
+}
+
+impl<D: ImprintDevice> Params<D> for Decoder<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        self.net.visit(prefix, f)
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        self.net.visit_mut(prefix, f)
+    }
+}
+
+impl<D: ImprintDevice> Decoder<D> {
+    pub fn new(
+        dev: &D,
+        architecture: &Architecture,
+        output: ImageShape,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        Ok(Self {
+            net: architecture.decoder_layers(dev, output, rng)?,
+        })
+    }
+
+    pub fn forward<T: Tape<f32, D>>(&mut self, z: Matrix<D, T>, pass: &mut Pass) -> Matrix<D, T> {
+        self.net.forward(Act::Flat(z), pass, true).into_flat()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+use super::*;
+use crate::tree::ParamsExt;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+fn conv_arch() -> Architecture {
+    Architecture::Conv {
+        channels: vec![4, 6],
+        kernel: 3,
+        stride: 2,
+        latent: 5,
+    }
+}
+
+#[test]
+fn conv_autoencoder_restores_the_input_size() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for (c, h, w) in [(1, 28, 28), (3, 9, 7), (1, 8, 8)] {
+        let shape = ImageShape {
+            channels: c,
+            height: h,
+            width: w,
+        };
+        let mut enc = Encoder::new(&dev, &conv_arch(), shape, &mut rng).unwrap();
+        let mut dec = Decoder::new(&dev, &conv_arch(), shape, &mut rng).unwrap();
+        let x: Matrix<Cpu> = dev.tensor_from_vec(vec![0.5; 2 * shape.len()], (2, shape.len()));
+        let z = enc.forward(x, &mut Pass::eval());
+        assert_eq!(*z.shape(), (2, 5));
+        assert_eq!(
+            *dec.forward(z, &mut Pass::eval()).shape(),
+            (2, shape.len()),
+            "{shape}"
+        );
+    }
+}
+
+#[test]
+fn conv_names_follow_pytorch_sequential_and_load_back() {
+    let dev = Cpu::default();
+    let shape = ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let enc = Encoder::new(&dev, &conv_arch(), shape, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let names: Vec<(String, Vec<usize>)> = enc
+        .named_tensors("encoder")
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("encoder.0.weight".to_string(), vec![4, 1, 3, 3]),
+            ("encoder.0.bias".to_string(), vec![4]),
+            ("encoder.2.weight".to_string(), vec![6, 4, 3, 3]),
+            ("encoder.2.bias".to_string(), vec![6]),
+            ("encoder.5.weight".to_string(), vec![5, 6 * 7 * 7]),
+            ("encoder.5.bias".to_string(), vec![5]),
+        ]
+    );
+    let dec = Decoder::new(&dev, &conv_arch(), shape, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let names: Vec<String> = dec
+        .named_tensors("decoder")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "decoder.0.weight",
+            "decoder.0.bias",
+            "decoder.3.weight",
+            "decoder.3.bias",
+            "decoder.5.weight",
+            "decoder.5.bias"
+        ]
+    );
+    let tensors: BTreeMap<_, _> = enc
+        .named_tensors("encoder")
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let mut other =
+        Encoder::new(&dev, &conv_arch(), shape, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+    assert_ne!(other.named_tensors("encoder"), enc.named_tensors("encoder"));
+    other
+        .load_named("encoder", &tensors, "x.safetensors")
+        .unwrap();
+    assert_eq!(other.named_tensors("encoder"), enc.named_tensors("encoder"));
+}
+
+#[test]
+fn dense_names_take_the_even_indices() {
+    let dev = Cpu::default();
+    let arch = Architecture::Dense {
+        hidden: vec![8, 6],
+        latent: 3,
+    };
+    let shape = ImageShape {
+        channels: 1,
+        height: 2,
+        width: 5,
+    };
+    let enc = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let names: Vec<(String, Vec<usize>)> = enc
+        .named_tensors("encoder")
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("encoder.0.weight".to_string(), vec![8, 10]),
+            ("encoder.0.bias".to_string(), vec![8]),
+            ("encoder.2.weight".to_string(), vec![6, 8]),
+            ("encoder.2.bias".to_string(), vec![6]),
+            ("encoder.4.weight".to_string(), vec![3, 6]),
+            ("encoder.4.bias".to_string(), vec![3]),
+        ]
+    );
+    assert_eq!(enc.param_count(), 8 * 10 + 8 + 6 * 8 + 6 + 3 * 6 + 3);
+}
+
+#[test]
+fn conv_with_no_filters_is_an_error() {
+    let arch = Architecture::Conv {
+        channels: vec![4, 0],
+        kernel: 3,
+        stride: 2,
+        latent: 2,
+    };
+    let shape = ImageShape {
+        channels: 1,
+        height: 4,
+        width: 4,
+    };
+    assert!(arch.validate(shape).is_err());
+    assert!(Encoder::<Cpu>::new(
+        &Cpu::default(),
+        &arch,
+        shape,
+        &mut ChaCha8Rng::seed_from_u64(0)
+    )
+    .is_err());
+}

@@ -1,0 +1,356 @@
+//! The comparison: every strategy on the identical labeled subsets, seeds and budget, with and
+//! without pre-training, and its resumption.
+
+use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one};
+use crate::pretrain_job::pretrain_artifacts;
+use crate::provenance::{read_run_info, threads_phrase, DataFiles, RunLog};
+use crate::sidecar::{read_json, sidecar_path, ENCODER_FORMAT, SIDECAR};
+use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
+use dfdx::prelude::Cpu;
+use imprint_finetune::Strategy;
+use imprint_nn::Encoder;
+use imprint_report::{self as report, RunRecord, SummaryRow};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct CompareOutcome {
+    pub records: Vec<RunRecord>,
+    pub summary: Vec<SummaryRow>,
+    pub table: String,
+    pub out: PathBuf,
+}
+
+/// Every strategy on the identical labeled subset for each seed and budget, pre-training once
+/// per seed. Writes `results.csv` and `run.json` (after every run), `summary.csv`, `report.md`,
+/// `accuracy.png`, the resolved `pipeline.toml`, the labeled items and per-run metrics.
+///
+/// With `resume`, an interrupted run in `out` is completed: runs already in `results.csv` are
+/// kept, and a seed's finished pre-training is loaded instead of repeated. Every random draw
+/// follows from the seeds, so the result equals an uninterrupted run's. The same extends a
+/// finished comparison by more seeds, budgets or strategies.
+pub fn compare(
+    p: &Pipeline,
+    data: &Prepared,
+    out: &Path,
+    obs: &dyn Observer,
+    log: &mut RunLog,
+    resume: bool,
+) -> Result<CompareOutcome> {
+    create_dir(out)?;
+    let done = if resume {
+        log.set_resumed();
+        resume_state(p, data, out, log)?
+    } else {
+        Vec::new()
+    };
+    let resolved = toml::to_string_pretty(p)
+        .map_err(|e| PipelineError::Output(format!("pipeline.toml: {e}")))?;
+    imprint_fs::write_atomic(out.join("pipeline.toml"), resolved.as_bytes())?;
+    log.write(out, data, false)?;
+    let started = Instant::now();
+    let c = &p.compare;
+    let mut records = Vec::new();
+    for &seed in &c.seeds {
+        let kept = |strategy: Strategy, k: usize| {
+            done.iter().find(|r| {
+                r.strategy == strategy.name() && r.labels_per_class == k && r.seed == seed
+            })
+        };
+        let needs_encoder = c.strategies.iter().any(|&s| {
+            s.uses_pretrained() && c.labels_per_class.iter().any(|&k| kept(s, k).is_none())
+        });
+        let (pretrained, pretrain_seconds) = if needs_encoder {
+            let pre_dir = out.join(format!("pretrain/seed-{seed}"));
+            match resume
+                .then(|| finished_pretraining(p, data, seed, &pre_dir))
+                .flatten()
+            {
+                Some((enc, seconds)) => {
+                    obs.info(&format!(
+                        "seed {seed}: reusing the pre-trained encoder in {}",
+                        pre_dir.display()
+                    ));
+                    log.stage(format!("pretrain seed {seed}"), seconds, true);
+                    (Some(enc), seconds)
+                }
+                None => {
+                    obs.info(&format!("pre-training, seed {seed}"));
+                    let (enc, _, seconds) =
+                        pretrain_artifacts(p, data, seed, &pre_dir, obs, log, resume)?;
+                    log.stage(format!("pretrain seed {seed}"), seconds, false);
+                    (Some(enc), seconds)
+                }
+            }
+        } else {
+            (None, 0.0)
+        };
+        for &k in &c.labels_per_class {
+            let train = labeled_subset(
+                data,
+                k,
+                seed,
+                &out.join(format!("labeled/k{k}-seed{seed}.csv")),
+            )?;
+            for &strategy in &c.strategies {
+                let name = run_name(strategy, k, seed);
+                let record = match kept(strategy, k) {
+                    Some(record) => {
+                        log.stage(name, record.finetune_seconds, true);
+                        record.clone()
+                    }
+                    None => {
+                        let mut outcome = run_one(
+                            p,
+                            data,
+                            &train,
+                            pretrained.as_ref(),
+                            strategy,
+                            k,
+                            seed,
+                            &out.join("runs").join(&name),
+                        )?;
+                        if strategy.uses_pretrained() {
+                            outcome.record.pretrain_seconds = pretrain_seconds;
+                        }
+                        log.stage(name, outcome.record.finetune_seconds, false);
+                        outcome.record
+                    }
+                };
+                obs.run_finished(&record);
+                records.push(record);
+                report::write_results_csv(&out.join("results.csv"), &records)?;
+                log.write(out, data, false)?;
+            }
+        }
+    }
+    let report_start = Instant::now();
+    let summary = report::summarize(&records, Strategy::SCRATCH.name());
+    report::write_summary_csv(&out.join("summary.csv"), &summary)?;
+    let context = format!(
+        "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
+         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {}{}.",
+        p.name,
+        p.description,
+        p.pretrain.architecture.describe(data.shape()),
+        data.unlabeled.len(),
+        p.pretrain.describe(),
+        p.finetune.describe(),
+        data.test.len(),
+        match p.data.test {
+            Some(_) => String::new(),
+            None => format!(
+                " held out from the labeled images (split seed {})",
+                p.data.split_seed
+            ),
+        },
+        c.seeds,
+        started.elapsed().as_secs_f64(),
+        threads_phrase(rayon::current_num_threads()),
+        if resume {
+            " (resumed; earlier runs kept)"
+        } else {
+            ""
+        },
+    );
+    let md = report::render_markdown(
+        &format!("Pre-training vs scratch: {}", p.name),
+        &context,
+        &summary,
+    );
+    imprint_fs::write_atomic(out.join("report.md"), md.as_bytes())?;
+    report::plot_accuracy(
+        &out.join("accuracy.png"),
+        &format!("{}: test accuracy", p.name),
+        &summary,
+    )?;
+    log.stage("report", report_start.elapsed().as_secs_f64(), false);
+    log.write(out, data, true)?;
+    Ok(CompareOutcome {
+        table: report::render_terminal_table(&summary),
+        records,
+        summary,
+        out: out.to_path_buf(),
+    })
+}
+
+/// Checks that `out` holds an earlier run of this pipeline (its `[compare]` grid aside), on the
+/// same data and thread count, and returns the runs it finished. A folder with no recorded
+/// pipeline yet starts afresh.
+fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Result<Vec<RunRecord>> {
+    let recorded_path = out.join("pipeline.toml");
+    let refuse = |path: &Path, message: String| PipelineError::Input {
+        path: path.display().to_string(),
+        message: format!("cannot resume: {message}"),
+    };
+    if !recorded_path.exists() {
+        let empty = std::fs::read_dir(out).map_or(true, |mut d| d.next().is_none());
+        if empty {
+            return Ok(Vec::new());
+        }
+        return Err(refuse(
+            out,
+            "no pipeline.toml here, so this is not an output folder of `imprint run`".into(),
+        ));
+    }
+    let recorded = Pipeline::from_file(&recorded_path)?;
+    // Every run follows from its own (strategy, budget, seed), so the grid itself may grow or
+    // shrink: the runs it still names are kept, new ones run. The name and description are
+    // words for reports and change no result.
+    let settings = |p: &Pipeline| {
+        to_json(p).map(|mut json| {
+            if let Some(o) = json.as_object_mut() {
+                for key in ["compare", "name", "description"] {
+                    o.remove(key);
+                }
+            }
+            json
+        })
+    };
+    if let Some(difference) = first_difference(&settings(&recorded)?, &settings(p)?, "") {
+        return Err(refuse(&recorded_path, difference));
+    }
+    let run_json = out.join("run.json");
+    if run_json.exists() {
+        let info = read_run_info(&run_json)?;
+        let threads = log.info().threads;
+        if info.threads != threads {
+            return Err(refuse(
+                &run_json,
+                format!(
+                    "it ran on {}, this run has {threads}; pass --threads {} (results depend on it)",
+                    threads_phrase(info.threads),
+                    info.threads
+                ),
+            ));
+        }
+        if let Some(difference) = changed_data(&info.data, &DataFiles::of(data)) {
+            return Err(refuse(&run_json, difference));
+        }
+    }
+    let results = out.join("results.csv");
+    if results.exists() {
+        Ok(report::read_results_csv(&results)?)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+fn to_json(p: &Pipeline) -> Result<serde_json::Value> {
+    serde_json::to_value(p).map_err(|e| PipelineError::Output(format!("pipeline: {e}")))
+}
+
+/// The first setting (dotted key) whose value differs, described for the user.
+fn first_difference(
+    recorded: &serde_json::Value,
+    now: &serde_json::Value,
+    key: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (recorded, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                first_difference(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    &sub,
+                )
+            })
+        }
+        _ if recorded == now => None,
+        _ => Some(format!(
+            "setting `{key}` is {now} now but {recorded} in the recorded pipeline; \
+             resume with the same pipeline and flags, or start a new --out"
+        )),
+    }
+}
+
+/// Names the first data file whose size or content changed since `recorded`.
+fn changed_data(recorded: &DataFiles, now: &DataFiles) -> Option<String> {
+    [
+        ("unlabeled", &recorded.unlabeled, &now.unlabeled),
+        ("labeled", &recorded.labeled, &now.labeled),
+        ("test", &recorded.test, &now.test),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| a != b)
+    .map(|(role, a, b)| {
+        let detail = match a.iter().zip(b.iter()).find(|(x, y)| x != y) {
+            Some((x, y)) if x.path == y.path => format!(
+                "{} changed (sha256 {} recorded, {} now)",
+                y.path, x.sha256, y.sha256
+            ),
+            Some((x, y)) => format!("{} was read, now {}", x.path, y.path),
+            None => format!("{} files were read, now {}", a.len(), b.len()),
+        };
+        format!("the data.{role} files differ from the recorded run: {detail}")
+    })
+}
+
+/// A seed's earlier pre-training in `pre_dir`, when it finished (its sidecar is written last)
+/// and fits this pipeline and data; `None` means pre-train again.
+fn finished_pretraining(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    pre_dir: &Path,
+) -> Option<(Encoder<Cpu>, f64)> {
+    let weights = pre_dir.join("encoder.safetensors");
+    let side: EncoderSidecar = read_json(&sidecar_path(&weights), ENCODER_FORMAT, SIDECAR).ok()?;
+    let fits = side.seed == seed
+        && side.epochs == p.pretrain.epochs
+        && side.preprocess == p.data.preprocess
+        && side.data == data.unlabeled.files;
+    if !fits {
+        return None;
+    }
+    let encoder = load_encoder(&weights, p, data.shape()).ok()?;
+    Some((encoder, side.seconds.unwrap_or(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_data::SourceFile;
+
+    #[test]
+    fn first_difference_names_the_dotted_key() {
+        let a = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 30}});
+        let b = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 31}});
+        assert_eq!(first_difference(&a, &a, ""), None);
+        let d = first_difference(&a, &b, "").unwrap();
+        assert!(
+            d.starts_with("setting `finetune.steps` is 31 now but 30"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn changed_data_names_the_file_and_both_digests() {
+        let file = |sha: &str| SourceFile {
+            path: "d/x.gz".into(),
+            bytes: 3,
+            sha256: sha.into(),
+        };
+        let old = DataFiles {
+            unlabeled: vec![file("aa")],
+            ..Default::default()
+        };
+        let new = DataFiles {
+            unlabeled: vec![file("bb")],
+            ..Default::default()
+        };
+        assert_eq!(changed_data(&old, &old), None);
+        let d = changed_data(&old, &new).unwrap();
+        assert!(
+            d.contains("data.unlabeled")
+                && d.contains("d/x.gz changed (sha256 aa recorded, bb now)"),
+            "{d}"
+        );
+    }
+}

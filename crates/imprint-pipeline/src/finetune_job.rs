@@ -1,0 +1,252 @@
+//! The `finetune` job and the fine-tuning run every comparison is made of: a labeled subset, a
+//! classifier trained by a strategy, its test metrics.
+
+use crate::provenance::{RunLog, VERSION};
+use crate::sidecar::{read_json, sidecar_path, write_json, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR};
+use crate::{create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result};
+use dfdx::prelude::Cpu;
+use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
+use imprint_data::{Dataset, ImageShape};
+use imprint_finetune::{evaluate, finetune, Classifier, Metrics, Strategy};
+use imprint_nn::{load_tensors, save_tensors, Encoder, ParamsExt};
+use imprint_report::{self as report, RunRecord};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Loads a pre-trained encoder, refusing one whose architecture or input shape differs from
+/// what `p` and the data need.
+pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
+    let side: EncoderSidecar = read_json(&sidecar_path(weights), ENCODER_FORMAT, SIDECAR)?;
+    let input = |message: String| PipelineError::Input {
+        path: weights.display().to_string(),
+        message,
+    };
+    if side.architecture != p.pretrain.architecture {
+        return Err(input(format!(
+            "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
+            side.architecture.describe(side.input),
+            p.pretrain.architecture.describe(shape)
+        )));
+    }
+    if side.input != shape {
+        return Err(input(format!(
+            "checkpoint takes {} images, the data is {}; set [data.preprocess] to {}",
+            side.input, shape, side.input
+        )));
+    }
+    encoder_of(weights, &side)
+}
+
+/// The encoder a sidecar describes, with the weights of `weights`.
+pub(crate) fn encoder_of(weights: &Path, side: &EncoderSidecar) -> Result<Encoder<Cpu>> {
+    let (tensors, _) = load_tensors(weights)?;
+    let mut encoder = Encoder::new(
+        &Cpu::default(),
+        &side.architecture,
+        side.input,
+        &mut ChaCha8Rng::seed_from_u64(0),
+    )?;
+    encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
+    Ok(encoder)
+}
+
+/// A fresh encoder for the `scratch` baseline, its init drawn from `seed`.
+pub(crate) fn fresh_encoder(p: &Pipeline, shape: ImageShape, seed: u64) -> Result<Encoder<Cpu>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1000));
+    Ok(Encoder::new(
+        &Cpu::default(),
+        &p.pretrain.architecture,
+        shape,
+        &mut rng,
+    )?)
+}
+
+pub struct FinetuneOutcome {
+    pub model: Classifier<Cpu>,
+    pub metrics: Metrics,
+    pub record: RunRecord,
+}
+
+/// The labeled subset for (`labels_per_class`, `seed`), recorded in `selection_csv`.
+pub(crate) fn labeled_subset(
+    data: &Prepared,
+    k: usize,
+    seed: u64,
+    selection_csv: &Path,
+) -> Result<Dataset> {
+    let labels = data.labeled.labels.as_deref().unwrap_or_default();
+    let ids = sample_labeled(
+        labels,
+        data.labeled.num_classes(),
+        LabelBudget::PerClass(k),
+        seed,
+    )?;
+    if let Some(parent) = selection_csv.parent() {
+        create_dir(parent)?;
+    }
+    write_selection_csv(selection_csv, &data.labeled, &ids)?;
+    Ok(data.labeled.subset(&ids))
+}
+
+fn write_confusion(path: &Path, classes: &[String], m: &Metrics) -> Result<()> {
+    let mut text = String::from("true\\predicted");
+    for c in classes {
+        text.push(',');
+        text.push_str(c);
+    }
+    text.push('\n');
+    for (c, row) in classes.iter().zip(&m.confusion) {
+        text.push_str(c);
+        for v in row {
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+    }
+    imprint_fs::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Fine-tunes one strategy on one labeled subset and evaluates it on the test set.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_one(
+    p: &Pipeline,
+    data: &Prepared,
+    train: &Dataset,
+    pretrained: Option<&Encoder<Cpu>>,
+    strategy: Strategy,
+    k: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<FinetuneOutcome> {
+    let dev = Cpu::default();
+    let encoder = match (strategy.uses_pretrained(), pretrained) {
+        (false, _) => fresh_encoder(p, train.shape, seed)?,
+        (true, Some(e)) => e.clone(),
+        (true, None) => {
+            return Err(PipelineError::Output(format!(
+                "strategy `{}` needs a pre-trained encoder",
+                strategy.name()
+            )))
+        }
+    };
+    let start = Instant::now();
+    let (model, history) = finetune(
+        &dev,
+        encoder,
+        train,
+        Some(&data.unlabeled),
+        &p.finetune,
+        strategy,
+        seed,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut model = model;
+    let metrics = evaluate(&dev, &mut model, &data.test)
+        .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
+    create_dir(out)?;
+    write_confusion(&out.join("confusion.csv"), &model.classes, &metrics)?;
+    if !history.validation.is_empty() {
+        let rows: Vec<Vec<f64>> = history
+            .validation
+            .iter()
+            .map(|v| vec![v.step as f64, v.accuracy, v.loss])
+            .collect();
+        report::write_table_csv(
+            &out.join("validation.csv"),
+            &["step", "accuracy", "loss"],
+            &rows,
+        )?;
+    }
+    let record = RunRecord {
+        strategy: strategy.name().into(),
+        labels_per_class: k,
+        seed,
+        test_accuracy: metrics.accuracy,
+        macro_f1: metrics.macro_f1,
+        pretrain_seconds: 0.0,
+        finetune_seconds: seconds,
+        epochs_run: history.steps_run,
+    };
+    write_json(
+        &out.join("metrics.json"),
+        &serde_json::json!({
+            "strategy": record.strategy, "labels_per_class": k, "seed": seed,
+            "test_accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
+            "test_images": data.test.len(), "finetune_seconds": seconds,
+            "pseudo_labels": history.pseudo_labels,
+        }),
+    )?;
+    Ok(FinetuneOutcome {
+        model,
+        metrics,
+        record,
+    })
+}
+
+/// The `finetune` command: one strategy, one budget, one seed; saves the model
+/// (`model.safetensors` + `model.json`), the labeled items, metrics, confusion matrix and
+/// `run.json`.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_job(
+    p: &Pipeline,
+    data: &Prepared,
+    encoder_weights: Option<&Path>,
+    strategy: Strategy,
+    k: usize,
+    seed: u64,
+    out: &Path,
+    log: &mut RunLog,
+) -> Result<FinetuneOutcome> {
+    // Check the encoder before writing anything.
+    let pretrained = match (strategy.uses_pretrained(), encoder_weights) {
+        (true, Some(w)) => Some(log.time("load encoder", || load_encoder(w, p, data.shape()))?),
+        (true, None) => {
+            return Err(PipelineError::Input {
+                path: "command line".into(),
+                message: format!(
+                    "strategy `{}` needs --encoder PATH/encoder.safetensors",
+                    strategy.name()
+                ),
+            })
+        }
+        (false, _) => None,
+    };
+    create_dir(out)?;
+    let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
+    let outcome = run_one(p, data, &train, pretrained.as_ref(), strategy, k, seed, out)?;
+    log.stage(
+        run_name(strategy, k, seed),
+        outcome.record.finetune_seconds,
+        false,
+    );
+    save_tensors(
+        &out.join("model.safetensors"),
+        &outcome.model.named_tensors(""),
+        &BTreeMap::new(),
+    )?;
+    write_json(
+        &out.join("model.json"),
+        &ModelSidecar {
+            format: MODEL_FORMAT.into(),
+            architecture: p.pretrain.architecture.clone(),
+            input: data.shape(),
+            preprocess: p.data.preprocess.clone(),
+            classes: outcome.model.classes.clone(),
+            strategy: strategy.name().into(),
+            seed,
+            program_version: VERSION.into(),
+            data: data.labeled.files.clone(),
+            git_revision: log.info().git_revision.clone(),
+        },
+    )?;
+    log.write(out, data, true)?;
+    Ok(outcome)
+}
+
+/// A fine-tuning run's name in folders and `run.json`.
+pub(crate) fn run_name(strategy: Strategy, k: usize, seed: u64) -> String {
+    format!("k{k}-seed{seed}-{}", strategy.name())
+}

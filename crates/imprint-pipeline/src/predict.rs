@@ -1,0 +1,141 @@
+//! Using a trained model: `predict` (classes of new images), `embed` (an encoder's features)
+//! and `inspect` (what a checkpoint holds).
+
+use crate::finetune_job::encoder_of;
+use crate::sidecar::{
+    read_json, read_sidecar, sidecar_path, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR,
+};
+use crate::{EncoderSidecar, ModelSidecar, Result, Sidecar};
+use dfdx::prelude::Cpu;
+use imprint_data::{ImageShape, Preprocess};
+use imprint_finetune::Classifier;
+use imprint_nn::infer::over_images;
+use imprint_nn::{load_tensors, Encoder, ParamsExt, Pass};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+
+/// Classifies the images of `input` with a fine-tuned model into `out_csv`
+/// (`path,predicted,confidence`).
+pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
+    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
+    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let mut model = model_of(model_weights, &side)?;
+    let predictions = model.predict(&Cpu::default(), &images.pixels);
+    let mut text = String::from("path,predicted,confidence\n");
+    for (item, (class, p)) in images.items.iter().zip(&predictions) {
+        text.push_str(&format!(
+            "{},{},{p:.6}\n",
+            csv_field(item),
+            csv_field(&side.classes[*class])
+        ));
+    }
+    imprint_fs::write_atomic(out_csv, text.as_bytes())?;
+    Ok(predictions.len())
+}
+
+/// The classifier a sidecar describes, with the weights of `weights`.
+fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
+    let (tensors, _) = load_tensors(weights)?;
+    let dev = Cpu::default();
+    let encoder = Encoder::new(
+        &dev,
+        &side.architecture,
+        side.input,
+        &mut ChaCha8Rng::seed_from_u64(0),
+    )?;
+    let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
+    model.load_named("", &tensors, &weights.display().to_string())?;
+    Ok(model)
+}
+
+/// Preprocessing that brings any source to a checkpoint's input shape.
+fn to_input(shape: ImageShape, recorded: &Preprocess) -> Preprocess {
+    Preprocess {
+        channels: Some(shape.channels),
+        height: Some(shape.height),
+        width: Some(shape.width),
+        invert: recorded.invert,
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes the features a pre-trained encoder gives every image of `input` to `out_csv` as
+/// `path,label,f0,f1,...` (label empty when the source has none); images are brought to the
+/// encoder's input shape. Returns the number of images.
+pub fn embed(encoder_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
+    let side: EncoderSidecar = read_json(&sidecar_path(encoder_weights), ENCODER_FORMAT, SIDECAR)?;
+    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let mut encoder = encoder_of(encoder_weights, &side)?;
+    let (len, width) = (side.input.len(), side.architecture.latent());
+    let features = over_images(&Cpu::default(), &images.pixels, len, |x| {
+        encoder.forward(x, &mut Pass::eval())
+    });
+    let mut text = String::from("path,label");
+    for j in 0..width {
+        text.push_str(&format!(",f{j}"));
+    }
+    text.push('\n');
+    let mut row = 0;
+    for f in features.chunks_exact(width) {
+        let label = images
+            .labels
+            .as_ref()
+            .map_or("", |l| images.classes[l[row]].as_str());
+        text.push_str(&csv_field(&images.items[row]));
+        text.push(',');
+        text.push_str(&csv_field(label));
+        for v in f {
+            // Shortest text that reads back as the same f32.
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+        row += 1;
+    }
+    imprint_fs::write_atomic(out_csv, text.as_bytes())?;
+    Ok(row)
+}
+
+/// A checkpoint as [`inspect`] finds it.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// Name, shape and element count of every tensor, in name order.
+    pub tensors: Vec<(String, Vec<usize>)>,
+    pub sidecar_path: PathBuf,
+    /// `None` when there is no sidecar beside the weights.
+    pub sidecar: Option<Sidecar>,
+    /// Whether the weights fit the sidecar's architecture (the error otherwise).
+    pub fits: std::result::Result<(), String>,
+}
+
+/// Reads a checkpoint and its sidecar without needing a pipeline, and checks they agree.
+pub fn inspect(weights: &Path) -> Result<Inspection> {
+    let (tensors, _) = load_tensors(weights)?;
+    let sidecar_path = sidecar_path(weights);
+    let sidecar = if sidecar_path.exists() {
+        Some(read_sidecar(&sidecar_path)?)
+    } else {
+        None
+    };
+    let fits = match &sidecar {
+        None => Err(format!("no sidecar at {}", sidecar_path.display())),
+        Some(Sidecar::Encoder(side)) => encoder_of(weights, side)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Some(Sidecar::Model(side)) => model_of(weights, side).map(drop).map_err(|e| e.to_string()),
+    };
+    Ok(Inspection {
+        tensors: tensors.into_values().map(|t| (t.name, t.shape)).collect(),
+        sidecar_path,
+        sidecar,
+        fits,
+    })
+}

@@ -1,0 +1,273 @@
+//! The `pretrain` job: an encoder pre-trained on the unlabeled images, with its loss curves,
+//! pictures and epoch checkpoints.
+
+use crate::provenance::{RunLog, VERSION};
+use crate::resume_point;
+use crate::sidecar::{write_json, ENCODER_FORMAT};
+use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
+use dfdx::prelude::Cpu;
+use imprint_nn::{save_tensors, Decoder, Encoder, ParamsExt};
+use imprint_pretrain::{pretrain, reconstruct, EpochStats, Hooks, PretrainError, Snapshot};
+use imprint_report as report;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The `pretrain` command: trains the autoencoder of `p` on the unlabeled images and writes into
+/// `out`: `encoder.safetensors` + `encoder.json`, `decoder.safetensors`, `loss.csv`, `loss.png`,
+/// `reconstructions.png` (held-out originals over their reconstructions) and `run.json`. With
+/// `resume`, an interrupted pre-training in `out` continues from its last epoch checkpoint.
+pub fn pretrain_job(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    out: &Path,
+    obs: &dyn Observer,
+    log: &mut RunLog,
+    resume: bool,
+) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
+    if resume {
+        log.set_resumed();
+    }
+    let (encoder, history, seconds) = pretrain_artifacts(p, data, seed, out, obs, log, resume)?;
+    log.stage(format!("pretrain seed {seed}"), seconds, false);
+    log.write(out, data, true)?;
+    Ok((encoder, history))
+}
+
+/// Pre-trains and writes the artifacts of [`pretrain_job`] but `run.json`; returns the encoder,
+/// the loss history and the wall time. `encoder.json` is written last, so its presence marks a
+/// complete folder for `--resume`. Until then, each epoch end leaves a checkpoint that `resume`
+/// continues from, and that a diverged run keeps as its last good state.
+pub(crate) fn pretrain_artifacts(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    out: &Path,
+    obs: &dyn Observer,
+    log: &RunLog,
+    resume: bool,
+) -> Result<(Encoder<Cpu>, Vec<EpochStats>, f64)> {
+    let start = Instant::now();
+    create_dir(out)?;
+    let dev = Cpu::default();
+    let shape = data.unlabeled.shape;
+    let epochs = p.pretrain.epochs;
+    let checkpoint = resume_point::checkpoint_path(out);
+    let snapshot = if resume && checkpoint.exists() {
+        let snapshot = resume_point::load(&checkpoint, p, data)?;
+        obs.info(&format!(
+            "seed {seed}: continuing pre-training after epoch {} from {}",
+            snapshot.state.epochs_done,
+            checkpoint.display()
+        ));
+        Some(snapshot)
+    } else {
+        None
+    };
+    let mut on_batch =
+        |epoch, done, total, loss| obs.pretrain_batch(seed, epoch, epochs, done, total, loss);
+    let mut on_epoch = |stats: &EpochStats| obs.pretrain_epoch(seed, stats, epochs);
+    let mut last_saved = snapshot.as_ref().map(|s| s.state.epochs_done);
+    let mut on_checkpoint = |snapshot: &Snapshot| {
+        resume_point::save(&checkpoint, p, data, snapshot)
+            .map_err(|e| PretrainError::Checkpoint(e.to_string()))?;
+        last_saved = Some(snapshot.state.epochs_done);
+        Ok(())
+    };
+    let hooks = Hooks {
+        on_batch: Some(&mut on_batch),
+        on_epoch: Some(&mut on_epoch),
+        on_checkpoint: Some(&mut on_checkpoint),
+    };
+    let mut trained = match pretrain(
+        &dev,
+        &data.unlabeled.pixels,
+        shape,
+        &p.pretrain,
+        seed,
+        snapshot.as_ref(),
+        hooks,
+    ) {
+        Ok(trained) => trained,
+        Err(e @ PretrainError::Diverged { .. }) => {
+            let kept = match last_saved {
+                Some(epoch) => format!(
+                    "; the last good checkpoint (after epoch {epoch}) is kept in {}",
+                    checkpoint.display()
+                ),
+                None => String::new(),
+            };
+            return Err(PipelineError::Output(format!("{e}{kept}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    save_tensors(
+        &out.join("encoder.safetensors"),
+        &trained.encoder.named_tensors("encoder"),
+        &BTreeMap::new(),
+    )?;
+    if let Some(decoder) = &trained.decoder {
+        save_tensors(
+            &out.join("decoder.safetensors"),
+            &decoder.named_tensors("decoder"),
+            &BTreeMap::new(),
+        )?;
+    }
+    let rows: Vec<Vec<f64>> = trained
+        .history
+        .iter()
+        .map(|h| {
+            vec![
+                h.epoch as f64 + 1.0,
+                h.train_loss,
+                h.heldout_loss.unwrap_or(f64::NAN),
+                h.images_per_second,
+                h.seconds,
+            ]
+        })
+        .collect();
+    report::write_table_csv(
+        &out.join("loss.csv"),
+        &[
+            "epoch",
+            "train_loss",
+            "heldout_loss",
+            "images_per_second",
+            "seconds",
+        ],
+        &rows,
+    )?;
+    let mut series = vec![(
+        "train".to_string(),
+        trained
+            .history
+            .iter()
+            .map(|h| (h.epoch as f64 + 1.0, h.train_loss))
+            .collect::<Vec<_>>(),
+    )];
+    if trained.history.iter().all(|h| h.heldout_loss.is_some()) {
+        series.push((
+            "held-out".to_string(),
+            trained
+                .history
+                .iter()
+                .filter_map(|h| h.heldout_loss.map(|l| (h.epoch as f64 + 1.0, l)))
+                .collect(),
+        ));
+    }
+    if !trained.history.is_empty() {
+        report::plot_curves(&out.join("loss.png"), "Pre-training loss", "loss", &series)?;
+    }
+    if let Some(decoder) = trained.decoder.as_mut() {
+        write_reconstructions(
+            &out.join("reconstructions.png"),
+            data,
+            &trained.heldout,
+            &mut trained.encoder,
+            decoder,
+        )?;
+    }
+    if let Some((weights, [filters, channels, kh, kw])) = trained.encoder.first_filters() {
+        write_filters(
+            &out.join("filters.png"),
+            &weights,
+            filters,
+            channels,
+            kh,
+            kw,
+        )?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    write_json(
+        &out.join("encoder.json"),
+        &EncoderSidecar {
+            format: ENCODER_FORMAT.into(),
+            architecture: p.pretrain.architecture.clone(),
+            input: shape,
+            preprocess: p.data.preprocess.clone(),
+            seed,
+            epochs,
+            program_version: VERSION.into(),
+            data: data.unlabeled.files.clone(),
+            git_revision: log.info().git_revision.clone(),
+            seconds: Some(seconds),
+        },
+    )?;
+    // The finished encoder supersedes it; a crash before this line leaves both, and either
+    // resumes correctly.
+    match std::fs::remove_file(&checkpoint) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(PipelineError::Output(format!(
+                "{}: {e}",
+                checkpoint.display()
+            )));
+        }
+        _ => {}
+    }
+    Ok((trained.encoder, trained.history, seconds))
+}
+
+/// Held-out originals (or the first images, with nothing held out) over their reconstructions.
+fn write_reconstructions(
+    path: &Path,
+    data: &Prepared,
+    heldout: &[usize],
+    encoder: &mut Encoder<Cpu>,
+    decoder: &mut Decoder<Cpu>,
+) -> Result<()> {
+    let shape = data.unlabeled.shape;
+    let show: Vec<usize> = if heldout.is_empty() {
+        (0..data.unlabeled.len().min(12)).collect()
+    } else {
+        heldout.iter().copied().take(12).collect()
+    };
+    let originals: Vec<f32> = show
+        .iter()
+        .flat_map(|&i| data.unlabeled.image(i).to_vec())
+        .collect();
+    let recon = reconstruct(&Cpu::default(), encoder, decoder, &originals, shape.len());
+    report::image_grid(
+        path,
+        shape.channels,
+        shape.height,
+        shape.width,
+        &[
+            originals.chunks(shape.len()).collect(),
+            recon.chunks(shape.len()).collect(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The first convolution's filters as a grid of small images, each stretched to [0, 1] on its
+/// own so faint and strong filters both show their pattern: what the encoder learned to see.
+fn write_filters(
+    path: &Path,
+    weights: &[f32],
+    filters: usize,
+    channels: usize,
+    kh: usize,
+    kw: usize,
+) -> Result<()> {
+    // RGB filters show in colour; otherwise the first input channel in grey.
+    let shown = if channels == 3 { 3 } else { 1 };
+    let per_filter = channels * kh * kw;
+    let images: Vec<Vec<f32>> = weights
+        .chunks_exact(per_filter)
+        .take(filters)
+        .map(|f| {
+            let f = &f[..shown * kh * kw];
+            let (lo, hi) = f
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            f.iter().map(|&v| (v - lo) / (hi - lo).max(1e-12)).collect()
+        })
+        .collect();
+    let rows: Vec<Vec<&[f32]>> = images
+        .chunks(8)
+        .map(|r| r.iter().map(|i| i.as_slice()).collect())
+        .collect();
+    report::image_grid(path, shown, kh, kw, &rows)?;
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! The contrastive term (NT-Xent, SimCLR's loss): a projection head maps the codes of two views
+//! of each image, and each view must pick its twin out of all views of the batch.
+
+use super::{Codes, Pretext};
+use crate::views::Views;
+use imprint_nn::loss::contrastive_loss;
+use imprint_nn::tree::{join, Var};
+use imprint_nn::{ImprintDevice, Params, Pass, Sequential};
+use imprint_train::Loss;
+
+/// Width of the projection head the contrastive term sees (thrown away after pre-training).
+pub(crate) const PROJECTION_WIDTH: usize = 64;
+
+pub(crate) struct Contrastive<D: ImprintDevice> {
+    pub projection: Sequential<D>,
+    pub temperature: f32,
+    pub weight: f32,
+}
+
+impl<D: ImprintDevice> Params<D> for Contrastive<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        self.projection.visit(&join(prefix, "projection"), f)
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        self.projection.visit_mut(&join(prefix, "projection"), f)
+    }
+}
+
+impl<D: ImprintDevice> Pretext<D> for Contrastive<D> {
+    fn loss(&mut self, codes: &mut Codes<D>, _views: &Views, pass: &mut Pass) -> Loss<D> {
+        use imprint_nn::layers::Act;
+        let second = codes
+            .second
+            .take()
+            .expect("the contrastive term needs a second view");
+        // The head reads the first code as the decoder does; the retaped copy keeps its id, so
+        // both losses' gradients meet in the encoder. Without a decoder it is the only reader.
+        let first = match codes.first.as_ref() {
+            Some(z) => z.retaped(),
+            None => unreachable!("the first view's code is read before the decoder takes it"),
+        };
+        let a = self
+            .projection
+            .forward(Act::Flat(first), pass, true)
+            .into_flat();
+        let b = self
+            .projection
+            .forward(Act::Flat(second), pass, true)
+            .into_flat();
+        contrastive_loss(a, b, self.temperature) * self.weight
+    }
+}

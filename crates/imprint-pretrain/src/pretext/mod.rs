@@ -1,0 +1,26 @@
+//! Pretexts: what pre-training asks of the encoder's codes, each in a file of its own. A step
+//! draws the views every pretext needs, runs the encoder on each, and sums the pretexts'
+//! (weighted) losses.
+
+mod contrastive;
+mod reconstruction;
+
+pub(crate) use contrastive::{Contrastive, PROJECTION_WIDTH};
+pub(crate) use reconstruction::Reconstruct;
+
+use crate::views::Views;
+use imprint_nn::{ImprintDevice, Matrix, Params, Pass};
+use imprint_train::Loss;
+
+pub(crate) type Code<D> = Matrix<D, dfdx::prelude::OwnedTape<f32, D>>;
+
+/// The encoder's codes of a batch's views; a pretext takes what it consumes.
+pub(crate) struct Codes<D: ImprintDevice> {
+    pub first: Option<Code<D>>,
+    pub second: Option<Code<D>>,
+}
+
+pub(crate) trait Pretext<D: ImprintDevice>: Params<D> {
+    /// Its weighted share of the step's loss.
+    fn loss(&mut self, codes: &mut Codes<D>, views: &Views, pass: &mut Pass) -> Loss<D>;
+}

@@ -1,0 +1,157 @@
+//! The views of a batch that pre-training's encoder sees: each image moved by the augmentation
+//! and corrupted by the noise, drawn afresh for every view.
+
+use crate::config::Noise;
+use imprint_data::augment::{augment_batch, Augment};
+use imprint_data::ImageShape;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// `original` moved by `augment` into `out`; a plain copy, with nothing drawn from `rng`, when
+/// there is no augmentation.
+pub(crate) fn move_batch(
+    original: &[f32],
+    shape: ImageShape,
+    augment: &Augment,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) {
+    if augment.is_identity() {
+        out.copy_from_slice(original);
+    } else {
+        augment_batch(original, shape, augment, rng.gen(), out);
+    }
+}
+
+/// Corrupts a batch of images in place; `hidden` gets 1 where a `Patches` mask hid a pixel.
+pub(crate) fn corrupt(
+    x: &mut [f32],
+    shape: ImageShape,
+    noise: Noise,
+    rng: &mut impl Rng,
+    hidden: &mut [f32],
+) {
+    match noise {
+        Noise::None => {}
+        Noise::Patches { patch, fraction } => {
+            let (rows, cols) = (shape.height.div_ceil(patch), shape.width.div_ceil(patch));
+            let mut order: Vec<usize> = (0..rows * cols).collect();
+            let hide = ((rows * cols) as f32 * fraction).round().max(1.0) as usize;
+            hidden.fill(0.0);
+            for (img, mask) in x
+                .chunks_exact_mut(shape.len())
+                .zip(hidden.chunks_exact_mut(shape.len()))
+            {
+                order.shuffle(rng);
+                for &p in &order[..hide] {
+                    let (r0, c0) = ((p / cols) * patch, (p % cols) * patch);
+                    for c in 0..shape.channels {
+                        for r in r0..(r0 + patch).min(shape.height) {
+                            let row = (c * shape.height + r) * shape.width;
+                            for i in row + c0..row + (c0 + patch).min(shape.width) {
+                                img[i] = 0.0;
+                                mask[i] = 1.0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Noise::Masking { fraction } => x.iter_mut().for_each(|v| {
+            if rng.gen::<f32>() < fraction {
+                *v = 0.0
+            }
+        }),
+        Noise::Gaussian { std } => {
+            let normal = rand::distributions::Uniform::new(0.0f32, 1.0);
+            x.iter_mut().for_each(|v| {
+                // Box-Muller from two uniforms keeps us on the `rand` crate alone.
+                let (u1, u2): (f32, f32) = (rng.sample(normal).max(1e-7), rng.sample(normal));
+                let g = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+                *v = (*v + std * g).clamp(0.0, 1.0);
+            })
+        }
+    }
+}
+
+/// One training batch as the pretexts see it.
+pub(crate) struct Views {
+    /// What the encoder reads first: the moved, corrupted images.
+    pub input: Vec<f32>,
+    /// What the decoder must draw: the moved images (the originals with `augment_as_noise`).
+    pub target: Vec<f32>,
+    /// 1 where the first view's patches were hidden.
+    pub hidden: Vec<f32>,
+    /// A second view of each image, moved and corrupted afresh, for the contrastive term.
+    pub second: Option<Vec<f32>>,
+}
+
+/// Draws the views of `original` (a batch of images of `shape`) in a fixed order: the first
+/// view's move, its corruption, then the second view's move and corruption.
+pub(crate) fn draw_views(
+    original: &[f32],
+    shape: ImageShape,
+    cfg: &crate::PretrainConfig,
+    two: bool,
+    rng: &mut impl Rng,
+) -> Views {
+    let len = original.len();
+    let mut target = vec![0.0; len];
+    move_batch(original, shape, &cfg.augment, rng, &mut target);
+    let mut input = target.clone();
+    if cfg.augment_as_noise {
+        target.copy_from_slice(original);
+    }
+    let mut hidden = vec![0.0; len];
+    corrupt(&mut input, shape, cfg.noise, rng, &mut hidden);
+    let second = two.then(|| {
+        let mut view = vec![0.0; len];
+        move_batch(original, shape, &cfg.augment, rng, &mut view);
+        let mut view_hidden = vec![0.0; len];
+        corrupt(&mut view, shape, cfg.noise, rng, &mut view_hidden);
+        view
+    });
+    Views {
+        input,
+        target,
+        hidden,
+        second,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn patches_hide_whole_squares_and_mark_them() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 6,
+            width: 6,
+        };
+        let mut x = vec![1.0f32; 2 * 36];
+        let mut hidden = vec![0.0f32; 2 * 36];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        corrupt(
+            &mut x,
+            shape,
+            Noise::Patches {
+                patch: 3,
+                fraction: 0.5,
+            },
+            &mut rng,
+            &mut hidden,
+        );
+        for (img, mask) in x.chunks(36).zip(hidden.chunks(36)) {
+            // 4 patches of 3x3, half hidden: 18 pixels, each zeroed exactly where marked.
+            assert_eq!(mask.iter().filter(|&&m| m == 1.0).count(), 18);
+            assert!(img
+                .iter()
+                .zip(mask)
+                .all(|(v, m)| (*v == 0.0) == (*m == 1.0)));
+        }
+    }
+}
