@@ -1,5 +1,6 @@
 //! SimCLR-style photo augmentations: random resized crops, padded crops, colour jitter,
-//! greyscale and Gaussian blur, each following torchvision's transform of the same name.
+//! greyscale and Gaussian blur, each following torchvision's transform of the same name, and
+//! [`PhotoAugment`], the settings that chain them per image.
 //!
 //! Images are `f32` CHW row-major in `[0, 1]` with 1 (grey) or 3 (RGB) channels; every
 //! operation keeps the shape, and samples that fall outside the image read 0. Arithmetic is in
@@ -8,7 +9,10 @@
 
 use crate::ImageShape;
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// ITU-R 601-2 luma weights of red, green and blue (PIL's `convert("L")`; torchvision's tensor
 /// path rounds red to 0.2989).
@@ -17,6 +21,12 @@ pub const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
 /// Attempts at a crop of the drawn size before [`random_resized_crop_params`] falls back to a
 /// centred one, as torchvision.
 const CROP_ATTEMPTS: usize = 10;
+
+/// The range the blur's sigma is drawn from (SimCLR, torchvision's default).
+const BLUR_SIGMA: (f64, f64) = (0.1, 2.0);
+
+/// The widest zero border [`PhotoAugment::pad_crop`] accepts.
+const MAX_PAD_CROP: usize = 64;
 
 /// `dst` is `src` mirrored left-right: `dst(c, y, x) = src(c, y, W - 1 - x)`.
 ///
@@ -481,6 +491,250 @@ fn reflect(i: i64, n: usize) -> usize {
     let period = 2 * (n as i64 - 1);
     let m = i.rem_euclid(period);
     (if m < n as i64 { m } else { period - m }) as usize
+}
+
+/// SimCLR-style photo augmentation settings, drawn per image; the default changes nothing.
+///
+/// In pipeline files each field is named with the prefix `augment_` (`augment_crop_scale`, ...),
+/// as [`problem`](Self::problem) reports them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhotoAugment {
+    /// Random resized crops: area fraction range, within `(0, 1]`; `None` for none. SimCLR uses
+    /// (0.2, 1.0) on CIFAR and (0.08, 1.0) on ImageNet.
+    #[serde(default)]
+    pub crop_scale: Option<(f64, f64)>,
+    /// Aspect-ratio (width / height) range of the random resized crops.
+    #[serde(default = "default_crop_ratio")]
+    pub crop_ratio: (f64, f64),
+    /// Zero padding on every side before a random crop back to size; 0 for none (CIFAR: 4).
+    #[serde(default)]
+    pub pad_crop: usize,
+    /// Colour jitter strengths: brightness, contrast, saturation, hue; all 0 for none. SimCLR
+    /// uses 0.8 s, 0.8 s, 0.8 s, 0.2 s for colour strength s: 0.4, 0.4, 0.4, 0.1 on CIFAR.
+    #[serde(default)]
+    pub jitter: [f64; 4],
+    /// Probability that an image is jittered (SimCLR: 0.8).
+    #[serde(default = "always")]
+    pub jitter_probability: f64,
+    /// Probability that an image is turned grey (SimCLR: 0.2).
+    #[serde(default)]
+    pub grayscale: f64,
+    /// Probability that an image is blurred; 0 for never.
+    #[serde(default)]
+    pub blur: f64,
+}
+
+fn default_crop_ratio() -> (f64, f64) {
+    (3.0 / 4.0, 4.0 / 3.0)
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl Default for PhotoAugment {
+    fn default() -> Self {
+        PhotoAugment {
+            crop_scale: None,
+            crop_ratio: default_crop_ratio(),
+            pad_crop: 0,
+            jitter: [0.0; 4],
+            jitter_probability: always(),
+            grayscale: 0.0,
+            blur: 0.0,
+        }
+    }
+}
+
+impl PhotoAugment {
+    /// Whether no operation is on (then [`apply`](Self::apply) copies and draws nothing).
+    pub fn is_identity(&self) -> bool {
+        self.crop_scale.is_none()
+            && self.pad_crop == 0
+            && !self.jitters()
+            && !is_on(self.grayscale)
+            && !is_on(self.blur)
+    }
+
+    /// Colour jitter is on: some strength is non-zero and it can happen.
+    fn jitters(&self) -> bool {
+        self.jitter.iter().any(|&s| s != 0.0) && is_on(self.jitter_probability)
+    }
+
+    /// The setting (named as in pipeline files) that is out of range, and why; `None` if all
+    /// are usable.
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        self.crop_problem()
+            .or_else(|| self.jitter_problem())
+            .or_else(|| self.probability_problem())
+    }
+
+    fn crop_problem(&self) -> Option<(&'static str, &'static str)> {
+        if let Some((lo, hi)) = self.crop_scale {
+            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                return Some((
+                    "augment_crop_scale",
+                    "must be a range low <= high within (0, 1]",
+                ));
+            }
+        }
+        let (lo, hi) = self.crop_ratio;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return Some(("augment_crop_ratio", "must be a range 0 < low <= high"));
+        }
+        (self.pad_crop > MAX_PAD_CROP).then_some(("augment_pad_crop", "must be at most 64 pixels"))
+    }
+
+    fn jitter_problem(&self) -> Option<(&'static str, &'static str)> {
+        let [brightness, contrast, saturation, hue] = self.jitter;
+        let ok = [brightness, contrast, saturation]
+            .iter()
+            .all(|s| s.is_finite() && *s >= 0.0)
+            && (0.0..=0.5).contains(&hue);
+        (!ok).then_some((
+            "augment_jitter",
+            "brightness, contrast and saturation must be >= 0, hue in [0, 0.5]",
+        ))
+    }
+
+    fn probability_problem(&self) -> Option<(&'static str, &'static str)> {
+        [
+            ("augment_jitter_probability", self.jitter_probability),
+            ("augment_grayscale", self.grayscale),
+            ("augment_blur", self.blur),
+        ]
+        .into_iter()
+        .find(|(_, p)| !(0.0..=1.0).contains(p))
+        .map(|(key, _)| (key, "must be a probability in [0, 1]"))
+    }
+
+    /// The operations in use, in the order they run, as phrases for reports ("4-px padded
+    /// crops", "random resized crops 20-100%", "colour jitter 0.4/0.4/0.4/0.1 (p 0.8)",
+    /// "greyscale (p 0.2)", "blur (p 0.5)"); a probability of 1 is not mentioned.
+    pub fn describe(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if self.pad_crop > 0 {
+            parts.push(format!("{}-px padded crops", self.pad_crop));
+        }
+        if let Some((lo, hi)) = self.crop_scale {
+            let mut phrase = format!(
+                "random resized crops {}-{}%",
+                crate::percent(lo),
+                crate::percent(hi)
+            );
+            if self.crop_ratio != default_crop_ratio() {
+                let (lo, hi) = self.crop_ratio;
+                phrase.push_str(&format!(", aspect {lo}-{hi}"));
+            }
+            parts.push(phrase);
+        }
+        if self.jitters() {
+            let [b, c, s, h] = self.jitter;
+            let p = chance(self.jitter_probability);
+            parts.push(format!("colour jitter {b}/{c}/{s}/{h}{p}"));
+        }
+        if is_on(self.grayscale) {
+            parts.push(format!("greyscale{}", chance(self.grayscale)));
+        }
+        if is_on(self.blur) {
+            parts.push(format!("blur{}", chance(self.blur)));
+        }
+        parts
+    }
+
+    /// Augments one image `src` of `shape` into `dst`. The operations run in a fixed order and
+    /// draw from `rng` in it, an operation that is off drawing nothing:
+    ///
+    /// 1. padded crop (`pad_crop > 0`): [`pad_crop_params`] (top, then left), [`pad_crop`];
+    /// 2. random resized crop (`crop_scale` set): [`random_resized_crop_params`] on the image's
+    ///    own size, then [`resized_crop`] back to it;
+    /// 3. colour jitter (a strength non-zero, `jitter_probability > 0`): a chance draw, then if
+    ///    it happens [`Jitter::draw`] and [`Jitter::apply`];
+    /// 4. greyscale (`grayscale > 0`): a chance draw, then [`to_grayscale`];
+    /// 5. blur (`blur > 0`): a chance draw, then if it happens sigma uniform in `[0.1, 2.0]` and
+    ///    [`gaussian_blur`] with [`blur_kernel_size`] of the shorter side.
+    ///
+    /// A chance draw with probability `p` is one `u` uniform in `[0, 1)`, happening when
+    /// `u < p`; with `p >= 1` nothing is drawn and it happens. The draws do not depend on the
+    /// channel count: a grey image draws saturation and hue factors and a greyscale chance too,
+    /// which change nothing on it.
+    ///
+    /// Panics if `src` or `dst` is not one image of `shape` (a caller bug).
+    pub fn apply(&self, src: &[f32], shape: ImageShape, rng: &mut impl Rng, dst: &mut [f32]) {
+        check_image("PhotoAugment::apply", src, dst, shape);
+        let (h, w) = (shape.height, shape.width);
+        dst.copy_from_slice(src);
+        if self.pad_crop > 0 {
+            let (top, left) = pad_crop_params(self.pad_crop, rng);
+            let before = dst.to_vec();
+            pad_crop(&before, shape, self.pad_crop, top, left, dst);
+        }
+        if let Some(scale) = self.crop_scale {
+            let (top, left, ch, cw) = random_resized_crop_params(h, w, scale, self.crop_ratio, rng);
+            let before = dst.to_vec();
+            resized_crop(&before, shape, top, left, ch, cw, dst);
+        }
+        if self.jitters() && happens(self.jitter_probability, rng) {
+            Jitter::draw(self.jitter, rng).apply(dst, shape);
+        }
+        if happens(self.grayscale, rng) {
+            to_grayscale(dst, shape);
+        }
+        if happens(self.blur, rng) {
+            let sigma = uniform(rng, BLUR_SIGMA);
+            gaussian_blur(dst, shape, sigma, blur_kernel_size(h.min(w)));
+        }
+    }
+
+    /// Applies [`apply`](Self::apply) to each image of `images` into `out`, in parallel. Image
+    /// `i` draws from ChaCha8 seeded with `seed` on stream `i` (as
+    /// [`augment_batch`](crate::augment::augment_batch)), so the result does not depend on the
+    /// thread count.
+    ///
+    /// Panics if `images` is not a whole number of images or `out` differs in length from it
+    /// (caller bugs, not data problems).
+    pub fn apply_batch(&self, images: &[f32], shape: ImageShape, seed: u64, out: &mut [f32]) {
+        let n = shape.len();
+        assert_eq!(images.len(), out.len(), "apply_batch: output length");
+        if n == 0 {
+            return;
+        }
+        assert_eq!(images.len() % n, 0, "apply_batch: partial image");
+        out.par_chunks_mut(n)
+            .zip(images.par_chunks(n))
+            .enumerate()
+            .for_each(|(i, (dst, src))| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(i as u64);
+                self.apply(src, shape, &mut rng, dst);
+            });
+    }
+}
+
+/// " (p 0.2)" for a probability below 1, nothing for 1.
+fn chance(p: f64) -> String {
+    if p < 1.0 {
+        format!(" (p {p})")
+    } else {
+        String::new()
+    }
+}
+
+/// Whether an operation with probability `p` can happen at all (`p > 0`; not for NaN).
+fn is_on(p: f64) -> bool {
+    p > 0.0
+}
+
+/// Whether an event of probability `p` happens: never when it is not [on](is_on) and always for
+/// `p >= 1`, both without a draw; otherwise `u < p` for one `u` uniform in `[0, 1)`.
+fn happens(p: f64, rng: &mut impl Rng) -> bool {
+    if !is_on(p) {
+        false
+    } else if p >= 1.0 {
+        true
+    } else {
+        rng.gen::<f64>() < p
+    }
 }
 
 fn check_image(what: &str, src: &[f32], dst: &[f32], shape: ImageShape) {

@@ -1,6 +1,5 @@
 use super::*;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use rand::RngCore;
 
 fn shape(channels: usize, height: usize, width: usize) -> ImageShape {
     ImageShape {
@@ -374,4 +373,287 @@ fn jitter_on_a_grey_image_changes_only_brightness_and_contrast() {
     };
     all.apply(&mut img, s);
     assert_close(&img, &[0.2, 0.2], 1e-7);
+}
+
+/// Settings with every operation on, each chance strictly between 0 and 1.
+fn simclr() -> PhotoAugment {
+    PhotoAugment {
+        crop_scale: Some((0.2, 1.0)),
+        pad_crop: 2,
+        jitter: [0.4, 0.4, 0.4, 0.1],
+        jitter_probability: 0.8,
+        grayscale: 0.2,
+        blur: 0.5,
+        ..PhotoAugment::default()
+    }
+}
+
+#[test]
+fn operations_that_are_off_draw_nothing() {
+    let s = shape(3, 6, 6);
+    let src = colourful(6, 6);
+    let jitter_never = PhotoAugment {
+        jitter: [0.4, 0.4, 0.4, 0.1],
+        jitter_probability: 0.0,
+        ..PhotoAugment::default()
+    };
+    for off in [PhotoAugment::default(), jitter_never] {
+        assert!(off.is_identity());
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut dst = vec![0.0; src.len()];
+        off.apply(&src, s, &mut rng, &mut dst);
+        assert_eq!(dst, src);
+        assert_eq!(rng.next_u64(), ChaCha8Rng::seed_from_u64(3).next_u64());
+    }
+    assert!(!simclr().is_identity());
+}
+
+#[test]
+fn empty_images_go_through_every_operation() {
+    for s in [shape(3, 0, 5), shape(3, 4, 0), shape(0, 4, 4)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut dst: Vec<f32> = Vec::new();
+        simclr().apply(&[], s, &mut rng, &mut dst);
+        assert!(dst.is_empty());
+    }
+}
+
+#[test]
+fn apply_draws_in_the_documented_order() {
+    let s = shape(3, 20, 20); // a shorter side of 20: kernel 3
+    let src = colourful(20, 20);
+    let settings = simclr();
+    let mut outcomes = Vec::new();
+    for seed in 0..40 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut dst = vec![0.0; src.len()];
+        settings.apply(&src, s, &mut rng, &mut dst);
+
+        let mut by_hand = ChaCha8Rng::seed_from_u64(seed);
+        let (top, left) = pad_crop_params(2, &mut by_hand);
+        let mut padded = vec![0.0; src.len()];
+        pad_crop(&src, s, 2, top, left, &mut padded);
+        let (top, left, ch, cw) =
+            random_resized_crop_params(20, 20, (0.2, 1.0), settings.crop_ratio, &mut by_hand);
+        let mut expected = vec![0.0; src.len()];
+        resized_crop(&padded, s, top, left, ch, cw, &mut expected);
+        let jittered = by_hand.gen::<f64>() < 0.8;
+        if jittered {
+            Jitter::draw(settings.jitter, &mut by_hand).apply(&mut expected, s);
+        }
+        let greyed = by_hand.gen::<f64>() < 0.2;
+        if greyed {
+            to_grayscale(&mut expected, s);
+        }
+        let blurred = by_hand.gen::<f64>() < 0.5;
+        if blurred {
+            let sigma = 0.1 + (2.0 - 0.1) * by_hand.gen::<f64>();
+            gaussian_blur(&mut expected, s, sigma, 3);
+        }
+        assert_eq!(dst, expected, "seed {seed}");
+        assert_eq!(
+            rng.next_u64(),
+            by_hand.next_u64(),
+            "seed {seed}: draws left"
+        );
+        outcomes.push([jittered, greyed, blurred]);
+    }
+    for op in 0..3 {
+        let happened = outcomes.iter().filter(|o| o[op]).count();
+        assert!(
+            happened > 0 && happened < outcomes.len(),
+            "chance {op} went both ways"
+        );
+    }
+}
+
+#[test]
+fn apply_batch_repeats_by_seed_and_varies_across_seeds() {
+    let s = shape(3, 8, 8);
+    let images: Vec<f32> = (0..6).flat_map(|_| colourful(8, 8)).collect();
+    let run = |seed| {
+        let mut out = vec![0.0; images.len()];
+        simclr().apply_batch(&images, s, seed, &mut out);
+        out
+    };
+    let first = run(11);
+    assert_eq!(first, run(11));
+    assert_ne!(first, run(12));
+    let mut images_differ = first.chunks(s.len());
+    let one = images_differ.next();
+    assert!(
+        images_differ.any(|other| Some(other) != one),
+        "images draw apart"
+    );
+    assert!(first.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn apply_batch_does_not_depend_on_the_thread_count() {
+    let s = shape(3, 10, 10);
+    let images: Vec<f32> = (0..16).flat_map(|_| colourful(10, 10)).collect();
+    let on_threads = |threads| {
+        let mut out = vec![0.0; images.len()];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| simclr().apply_batch(&images, s, 4, &mut out));
+        out
+    };
+    assert_eq!(on_threads(1), on_threads(3));
+}
+
+#[test]
+fn problem_names_each_bad_key() {
+    let base = simclr();
+    assert_eq!(base.problem(), None);
+    assert_eq!(PhotoAugment::default().problem(), None);
+    let cases = [
+        (
+            PhotoAugment {
+                crop_scale: Some((0.0, 1.0)),
+                ..base.clone()
+            },
+            "augment_crop_scale",
+        ),
+        (
+            PhotoAugment {
+                crop_scale: Some((0.6, 0.5)),
+                ..base.clone()
+            },
+            "augment_crop_scale",
+        ),
+        (
+            PhotoAugment {
+                crop_scale: Some((0.5, 1.1)),
+                ..base.clone()
+            },
+            "augment_crop_scale",
+        ),
+        (
+            PhotoAugment {
+                crop_ratio: (0.0, 1.0),
+                ..base.clone()
+            },
+            "augment_crop_ratio",
+        ),
+        (
+            PhotoAugment {
+                crop_ratio: (2.0, 1.0),
+                ..base.clone()
+            },
+            "augment_crop_ratio",
+        ),
+        (
+            PhotoAugment {
+                pad_crop: 65,
+                ..base.clone()
+            },
+            "augment_pad_crop",
+        ),
+        (
+            PhotoAugment {
+                jitter: [-0.1, 0.0, 0.0, 0.0],
+                ..base.clone()
+            },
+            "augment_jitter",
+        ),
+        (
+            PhotoAugment {
+                jitter: [0.4, 0.4, f64::NAN, 0.1],
+                ..base.clone()
+            },
+            "augment_jitter",
+        ),
+        (
+            PhotoAugment {
+                jitter: [0.4, 0.4, 0.4, 0.6],
+                ..base.clone()
+            },
+            "augment_jitter",
+        ),
+        (
+            PhotoAugment {
+                jitter_probability: 1.5,
+                ..base.clone()
+            },
+            "augment_jitter_probability",
+        ),
+        (
+            PhotoAugment {
+                grayscale: -0.2,
+                ..base.clone()
+            },
+            "augment_grayscale",
+        ),
+        (
+            PhotoAugment {
+                blur: f64::NAN,
+                ..base.clone()
+            },
+            "augment_blur",
+        ),
+    ];
+    for (settings, key) in cases {
+        assert_eq!(
+            settings.problem().map(|(k, _)| k),
+            Some(key),
+            "{settings:?}"
+        );
+    }
+    let widest = PhotoAugment {
+        pad_crop: 64,
+        crop_scale: Some((1.0, 1.0)),
+        jitter: [0.0, 0.0, 0.0, 0.5],
+        ..base
+    };
+    assert_eq!(widest.problem(), None, "the range ends are allowed");
+}
+
+#[test]
+fn describe_names_each_operation_in_order() {
+    let cifar = PhotoAugment {
+        pad_crop: 4,
+        ..simclr()
+    };
+    assert_eq!(
+        cifar.describe(),
+        [
+            "4-px padded crops",
+            "random resized crops 20-100%",
+            "colour jitter 0.4/0.4/0.4/0.1 (p 0.8)",
+            "greyscale (p 0.2)",
+            "blur (p 0.5)",
+        ]
+    );
+    let certain = PhotoAugment {
+        crop_scale: Some((0.08, 1.0)),
+        crop_ratio: (0.5, 2.0),
+        jitter: [0.8, 0.8, 0.8, 0.2],
+        grayscale: 1.0,
+        ..PhotoAugment::default()
+    };
+    assert_eq!(
+        certain.describe(),
+        [
+            "random resized crops 8-100%, aspect 0.5-2",
+            "colour jitter 0.8/0.8/0.8/0.2",
+            "greyscale",
+        ]
+    );
+    assert!(PhotoAugment::default().describe().is_empty());
+}
+
+#[test]
+fn settings_read_with_defaults_for_missing_fields() {
+    let empty: PhotoAugment = serde_json::from_str("{}").unwrap();
+    assert_eq!(empty, PhotoAugment::default());
+    assert!(empty.is_identity());
+    let jitter: PhotoAugment = serde_json::from_str(r#"{"jitter": [0.4, 0.4, 0.4, 0.1]}"#).unwrap();
+    assert_eq!(jitter.jitter_probability, 1.0);
+    assert_eq!(jitter.crop_ratio, (0.75, 4.0 / 3.0));
+    let full = simclr();
+    let text = serde_json::to_string(&full).unwrap();
+    assert_eq!(serde_json::from_str::<PhotoAugment>(&text).unwrap(), full);
 }
