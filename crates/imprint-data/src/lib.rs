@@ -3,8 +3,8 @@
 //! [`load`] turns an idx file (MNIST-style, raw or gzipped), a folder of images or a CSV list of
 //! `path,label` rows into one in-memory [`Dataset`] of `f32` pixels in `[0, 1]`, CHW order, with
 //! the provenance (size and sha256) of every file read, so a run can say exactly what it saw.
-//! [`split`] draws seeded label budgets and train/test splits, [`augment`] shifts images, and
-//! [`fetch`] downloads MNIST.
+//! [`split`] draws seeded label budgets and train/test splits, [`augment`] shifts images,
+//! [`photo`] holds SimCLR-style photo augmentations, and [`fetch`] downloads MNIST.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,6 +15,7 @@ pub mod augment;
 pub mod fetch;
 mod idx;
 mod images;
+pub mod photo;
 pub mod split;
 
 pub use idx::{
