@@ -239,3 +239,56 @@ fn same_pipeline_twice_gives_identical_results() {
         );
     }
 }
+
+/// A convolutional pipeline gives the same results on one thread as on two: batches are cut
+/// into chunks by their size alone, and gradients summed in a fixed order.
+#[test]
+fn conv_results_do_not_depend_on_the_thread_count() {
+    let root = workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_with = |threads: &str| {
+        let out = tmp.path().join(format!("threads-{threads}"));
+        imprint(
+            &root,
+            &[
+                "run",
+                "pipelines/digits.toml",
+                "--out",
+                arg(&out),
+                "--threads",
+                threads,
+                "--epochs",
+                "3",
+                "--steps",
+                "30",
+                "--seeds",
+                "0",
+                "--labels-per-class",
+                "3",
+                "--strategies",
+                "scratch,full",
+                "--set",
+                "pretrain.architecture={kind=\"conv\",channels=[4,8],latent=16}",
+                "--set",
+                "pretrain.contrast_weight=1.0",
+                "--set",
+                "finetune.batch_size=16",
+            ],
+        )
+        .assert_success();
+        out
+    };
+    let (one, two) = (run_with("1"), run_with("2"));
+    let (t1, t2) = (
+        Table::read(&one.join("results.csv")),
+        Table::read(&two.join("results.csv")),
+    );
+    assert_eq!(t1.rows.len(), 2);
+    assert_eq!(t1.column("test_accuracy"), t2.column("test_accuracy"));
+    assert_eq!(t1.column("macro_f1"), t2.column("macro_f1"));
+    let enc = "pretrain/seed-0/encoder.safetensors";
+    assert!(
+        std::fs::read(one.join(enc)).unwrap() == std::fs::read(two.join(enc)).unwrap(),
+        "the encoder pre-trained on one thread differs from the one pre-trained on two"
+    );
+}

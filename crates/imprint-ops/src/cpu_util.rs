@@ -332,25 +332,38 @@ const CHUNK_BYTES: usize = 1 << 20;
 
 /// How a batch of `n` images is cut into chunks whose columns sit side by side in one matrix,
 /// so that each product spans a whole chunk instead of one image.
+///
+/// The cut depends on the batch and the image size alone, never on the thread count: the
+/// weight gradient is summed chunk by chunk in chunk order, so another cut would add the same
+/// numbers in another order, and a run on another machine would drift apart from this one.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chunks {
     /// Images per chunk (the last chunk may hold fewer).
     pub images: usize,
-    /// Threads each chunk's products may use themselves.
+    /// Threads each chunk's products may use themselves (gemm's own split leaves every sum in
+    /// the same order, so this may follow the pool).
     pub gemm_threads: usize,
 }
 
+/// Chunks come in multiples of this many, so that pools of up to as many threads share a batch
+/// evenly.
+const CHUNK_MULTIPLE: usize = 8;
+
 impl Chunks {
-    /// Chunks of at most [`CHUNK_BYTES`] given `floats_per_image` scratch floats per image,
-    /// at least one chunk per thread, and sizes evened out so that no chunk is a small
-    /// remainder.
+    /// Chunks of at most [`CHUNK_BYTES`] given `floats_per_image` scratch floats per image, in
+    /// a multiple of [`CHUNK_MULTIPLE`] (but no more chunks than images), sizes evened out so
+    /// that no chunk is a small remainder.
     pub fn new(n: usize, floats_per_image: usize) -> Self {
-        let threads = rayon::current_num_threads().max(1);
-        let per_thread = n.div_ceil(threads).max(1);
         let cap = (CHUNK_BYTES / (4 * floats_per_image.max(1))).max(1);
-        let images = per_thread.div_ceil(per_thread.div_ceil(cap));
-        // Only a batch smaller than the pool leaves threads for the products themselves.
-        let gemm_threads = (threads / n.max(1)).max(1);
+        let chunks = n
+            .div_ceil(cap)
+            .max(1)
+            .next_multiple_of(CHUNK_MULTIPLE)
+            .min(n.max(1));
+        let images = n.max(1).div_ceil(chunks);
+        let threads = rayon::current_num_threads().max(1);
+        // Only a batch of fewer chunks than threads leaves threads for the products themselves.
+        let gemm_threads = (threads / n.max(1).div_ceil(images)).max(1);
         Self {
             images,
             gemm_threads,
@@ -500,6 +513,26 @@ mod tests {
             col2im(&g, &wide[l..], 3 * l, &mut back_wide);
             assert_eq!(back, back_wide, "{g:?}");
         }
+    }
+
+    /// The cut of a batch into chunks is the same in pools of any size, so conv results are.
+    #[test]
+    fn chunks_do_not_depend_on_the_thread_count() {
+        let cut = |threads: usize, n: usize, per_image: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| Chunks::new(n, per_image).images)
+        };
+        for (n, per_image) in [(128, 11_172), (128, 100), (7, 50), (1, 10), (300, 200_000)] {
+            let images = cut(1, n, per_image);
+            assert_eq!(images, cut(2, n, per_image), "{n} images");
+            assert_eq!(images, cut(5, n, per_image), "{n} images");
+            assert!(images * 4 * per_image <= CHUNK_BYTES.max(4 * per_image));
+        }
+        // Enough chunks to share between up to eight threads.
+        assert_eq!(cut(2, 128, 100), 16);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn compare(
     create_dir(out)?;
     let done = if resume {
         log.set_resumed();
-        resume_state(p, data, out, log)?
+        resume_state(p, data, out)?
     } else {
         Vec::new()
     };
@@ -176,7 +176,7 @@ pub fn compare(
 /// Checks that `out` holds an earlier run of this pipeline (its `[compare]` grid aside), on the
 /// same data and thread count, and returns the runs it finished. A folder with no recorded
 /// pipeline yet starts afresh.
-fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Result<Vec<RunRecord>> {
+fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunRecord>> {
     let recorded_path = out.join("pipeline.toml");
     let refuse = |path: &Path, message: String| PipelineError::Input {
         path: path.display().to_string(),
@@ -212,17 +212,6 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path, log: &RunLog) -> Resu
     let run_json = out.join("run.json");
     if run_json.exists() {
         let info = read_run_info(&run_json)?;
-        let threads = log.info().threads;
-        if info.threads != threads {
-            return Err(refuse(
-                &run_json,
-                format!(
-                    "it ran on {}, this run has {threads}; pass --threads {} (results depend on it)",
-                    threads_phrase(info.threads),
-                    info.threads
-                ),
-            ));
-        }
         if let Some(difference) = changed_data(&info.data, &DataFiles::of(data)) {
             return Err(refuse(&run_json, difference));
         }
