@@ -92,7 +92,9 @@ impl Conv2dSpec {
             ("dilation width", self.dilation.1),
             ("groups", self.groups),
         ])?;
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(SpecError::Groups {
                 groups: self.groups,
                 in_channels: self.in_channels,
