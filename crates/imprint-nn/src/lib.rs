@@ -38,6 +38,7 @@ pub trait ImprintDevice:
     + imprint_ops::ConvTranspose2dKernel
     + imprint_ops::BatchNorm2dKernel
     + imprint_ops::Pool2dKernel
+    + imprint_ops::ShortcutKernel
     + Send
     + Sync
 {
@@ -50,6 +51,7 @@ impl<D> ImprintDevice for D where
         + imprint_ops::ConvTranspose2dKernel
         + imprint_ops::BatchNorm2dKernel
         + imprint_ops::Pool2dKernel
+        + imprint_ops::ShortcutKernel
         + Send
         + Sync
 {

@@ -29,6 +29,7 @@ mod cpu_util;
 mod error;
 mod linear;
 mod pool2d;
+mod shortcut;
 
 #[cfg(test)]
 mod dropout_tests;
@@ -41,6 +42,7 @@ pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspos
 pub use error::SpecError;
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
+pub use shortcut::{subsample_pad_channels, ShortcutKernel};
 
 use dfdx::prelude::{NoneTape, Tensor};
 

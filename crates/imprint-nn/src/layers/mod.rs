@@ -5,16 +5,19 @@ mod batch_norm;
 mod conv;
 mod dropout;
 mod linear;
+mod residual;
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use linear::Linear;
+pub use residual::{BasicBlock, Shortcut};
 
 use crate::tree::{join, Kind, Params, Var};
 use crate::{Activation, ImprintDevice, Matrix, Pass};
 use dfdx::prelude::*;
 use imprint_data::ImageShape;
+use imprint_ops::{max_pool2d, Pool2dSpec};
 use rand::distributions::{Distribution, Uniform};
 use rand::Rng;
 
@@ -108,6 +111,13 @@ pub enum Layer<D: ImprintDevice> {
     Flatten,
     /// Flat rows to feature maps of this shape (PyTorch's `nn.Unflatten`).
     Unflatten(ImageShape),
+    MaxPool2d(Pool2dSpec),
+    /// The mean of each channel over the image: feature maps to flat rows of one value per
+    /// channel (`nn.AdaptiveAvgPool2d(1)` then `flatten`).
+    GlobalAvgPool,
+    Block(Box<BasicBlock<D>>),
+    /// Layers under a name of their own (a ResNet's `layer1`, ...).
+    Sequential(Box<Sequential<D>>),
 }
 
 impl<D: ImprintDevice> Params<D> for Layer<D> {
@@ -117,7 +127,14 @@ impl<D: ImprintDevice> Params<D> for Layer<D> {
             Layer::Conv2d(l) => l.visit(prefix, f),
             Layer::ConvTranspose2d(l) => l.visit(prefix, f),
             Layer::BatchNorm2d(l) => l.visit(prefix, f),
-            Layer::Relu | Layer::Dropout(_) | Layer::Flatten | Layer::Unflatten(_) => {}
+            Layer::Block(l) => l.visit(prefix, f),
+            Layer::Sequential(l) => l.visit(prefix, f),
+            Layer::Relu
+            | Layer::Dropout(_)
+            | Layer::Flatten
+            | Layer::Unflatten(_)
+            | Layer::MaxPool2d(_)
+            | Layer::GlobalAvgPool => {}
         }
     }
     fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
@@ -126,7 +143,14 @@ impl<D: ImprintDevice> Params<D> for Layer<D> {
             Layer::Conv2d(l) => l.visit_mut(prefix, f),
             Layer::ConvTranspose2d(l) => l.visit_mut(prefix, f),
             Layer::BatchNorm2d(l) => l.visit_mut(prefix, f),
-            Layer::Relu | Layer::Dropout(_) | Layer::Flatten | Layer::Unflatten(_) => {}
+            Layer::Block(l) => l.visit_mut(prefix, f),
+            Layer::Sequential(l) => l.visit_mut(prefix, f),
+            Layer::Relu
+            | Layer::Dropout(_)
+            | Layer::Flatten
+            | Layer::Unflatten(_)
+            | Layer::MaxPool2d(_)
+            | Layer::GlobalAvgPool => {}
         }
     }
 }
@@ -134,14 +158,20 @@ impl<D: ImprintDevice> Params<D> for Layer<D> {
 impl<D: ImprintDevice> Layer<D> {
     /// Whether the layer reads feature maps (so flat input must be unflattened first).
     pub fn takes_maps(&self) -> bool {
-        matches!(
-            self,
-            Layer::Conv2d(_) | Layer::ConvTranspose2d(_) | Layer::BatchNorm2d(_)
-        )
+        match self {
+            Layer::Conv2d(_)
+            | Layer::ConvTranspose2d(_)
+            | Layer::BatchNorm2d(_)
+            | Layer::MaxPool2d(_)
+            | Layer::GlobalAvgPool
+            | Layer::Block(_) => true,
+            Layer::Sequential(s) => s.layers().next().is_some_and(Layer::takes_maps),
+            _ => false,
+        }
     }
 
     /// `activation` is applied inside a linear layer's product (a ReLU fused into it).
-    fn forward<T: Tape<f32, D>>(
+    fn forward<T: Tape<f32, D> + Merge<T>>(
         &mut self,
         x: Act<D, T>,
         pass: &mut Pass,
@@ -163,6 +193,20 @@ impl<D: ImprintDevice> Layer<D> {
             },
             Layer::Flatten => Act::Flat(x.into_flat()),
             Layer::Unflatten(shape) => Act::Maps(x.into_maps(*shape)),
+            Layer::MaxPool2d(spec) => Act::Maps(
+                max_pool2d(x.maps("MaxPool2d"), spec.kernel, spec.stride, spec.padding)
+                    .expect("max_pool2d failed on the device"),
+            ),
+            Layer::GlobalAvgPool => {
+                let x = x.maps("GlobalAvgPool");
+                let (b, c, h, w) = *x.shape();
+                Act::Flat(
+                    x.reshape_like(&(b, c, h * w))
+                        .mean::<(usize, usize), Axis<2>>(),
+                )
+            }
+            Layer::Block(block) => Act::Maps(block.forward(x.maps("BasicBlock"), pass)),
+            Layer::Sequential(s) => s.forward(x, pass, input_grad),
         }
     }
 }
@@ -203,8 +247,13 @@ impl<D: ImprintDevice> Sequential<D> {
         self.layers.iter().map(|(_, l)| l)
     }
 
+    /// Layers under the given names, as in `nn.Sequential(OrderedDict(...))`.
+    pub fn named(layers: Vec<(String, Layer<D>)>) -> Self {
+        Self { layers }
+    }
+
     /// `input_grad = false` when `x` is data, which needs no gradient.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<f32, D> + Merge<T>>(
         &mut self,
         mut x: Act<D, T>,
         pass: &mut Pass,

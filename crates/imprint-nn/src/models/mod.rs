@@ -5,8 +5,10 @@
 
 mod conv;
 mod dense;
+mod resnet;
 
 pub use dense::mlp;
+pub use resnet::{Layout, ShortcutKind};
 
 use crate::layers::{Act, Layer, Sequential};
 use crate::tree::{Params, Var};
@@ -31,8 +33,26 @@ pub enum Architecture {
         stride: usize,
         latent: usize,
     },
+    /// A residual net of basic blocks: `depth = 6n + 2` in the CIFAR layout (stages of 16, 32,
+    /// 64 filters by default), 18 or 34 in the ImageNet layout (64-128-256-512); features are
+    /// the global average of the last stage.
+    Resnet {
+        #[serde(default = "default_depth")]
+        depth: usize,
+        #[serde(default)]
+        layout: Layout,
+        /// Filters per stage; the layout's own when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        widths: Option<Vec<usize>>,
+        /// `a` (the CIFAR nets' default) or `b` (the ImageNet layout's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shortcut: Option<ShortcutKind>,
+    },
 }
 
+fn default_depth() -> usize {
+    20
+}
 fn default_kernel() -> usize {
     3
 }
@@ -45,6 +65,20 @@ impl Architecture {
     pub fn latent(&self) -> usize {
         match self {
             Architecture::Dense { latent, .. } | Architecture::Conv { latent, .. } => *latent,
+            Architecture::Resnet { .. } => self.resnet().map_or(0, |p| p.features()),
+        }
+    }
+
+    /// The checked plan of a ResNet (an error for any other kind of net).
+    fn resnet(&self) -> std::result::Result<resnet::Plan, String> {
+        match self {
+            Architecture::Resnet {
+                depth,
+                layout,
+                widths,
+                shortcut,
+            } => resnet::Plan::new(*depth, *layout, widths, *shortcut),
+            _ => Err("not a ResNet".into()),
         }
     }
 
@@ -64,6 +98,7 @@ impl Architecture {
                     && *kernel > 0
                     && *stride > 0
             }
+            Architecture::Resnet { .. } => return self.resnet().map(drop),
         };
         if widths_ok {
             Ok(())
@@ -84,6 +119,9 @@ impl Architecture {
         {
             conv::stages(channels, *kernel, *stride, input)?;
         }
+        if let Architecture::Resnet { .. } = self {
+            self.resnet()?.levels(input)?;
+        }
         Ok(())
     }
 
@@ -96,6 +134,10 @@ impl Architecture {
                 stride,
                 latent,
             } => conv::describe(input, channels, *kernel, *stride, *latent),
+            Architecture::Resnet { depth, .. } => match self.resnet() {
+                Ok(plan) => plan.describe(*depth, input),
+                Err(_) => format!("ResNet-{depth}"),
+            },
         }
     }
 
@@ -126,6 +168,10 @@ impl Architecture {
                     .map_err(NnError::Architecture)?;
                 conv::encoder(dev, &stages, last, *latent, rng)
             }
+            Architecture::Resnet { .. } => {
+                let plan = self.resnet().map_err(NnError::Architecture)?;
+                resnet::encoder(dev, &plan, input, rng)
+            }
         })
     }
 
@@ -149,6 +195,10 @@ impl Architecture {
                 let (stages, start) = conv::stages(channels, *kernel, *stride, output)
                     .map_err(NnError::Architecture)?;
                 conv::decoder(dev, &stages, start, *latent, rng)
+            }
+            Architecture::Resnet { .. } => {
+                let plan = self.resnet().map_err(NnError::Architecture)?;
+                resnet::decoder(dev, &plan, output, rng).map_err(NnError::Architecture)?
             }
         })
     }
@@ -193,7 +243,11 @@ impl<D: ImprintDevice> Encoder<D> {
     }
 
     /// Features of the images `x` (data: no gradient flows back into it).
-    pub fn forward<T: Tape<f32, D>>(&mut self, x: Matrix<D, T>, pass: &mut Pass) -> Matrix<D, T> {
+    pub fn forward<T: Tape<f32, D> + Merge<T>>(
+        &mut self,
+        x: Matrix<D, T>,
+        pass: &mut Pass,
+    ) -> Matrix<D, T> {
         let takes_maps = self.net.layers().next().is_some_and(Layer::takes_maps);
         let x = if takes_maps {
             Act::Maps(Act::Flat(x).into_maps(self.input))
@@ -240,7 +294,11 @@ impl<D: ImprintDevice> Decoder<D> {
         })
     }
 
-    pub fn forward<T: Tape<f32, D>>(&mut self, z: Matrix<D, T>, pass: &mut Pass) -> Matrix<D, T> {
+    pub fn forward<T: Tape<f32, D> + Merge<T>>(
+        &mut self,
+        z: Matrix<D, T>,
+        pass: &mut Pass,
+    ) -> Matrix<D, T> {
         self.net.forward(Act::Flat(z), pass, true).into_flat()
     }
 }

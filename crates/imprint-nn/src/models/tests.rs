@@ -146,3 +146,95 @@ fn conv_with_no_filters_is_an_error() {
     )
     .is_err());
 }
+
+fn resnet(depth: usize, shortcut: Option<ShortcutKind>) -> Architecture {
+    Architecture::Resnet {
+        depth,
+        layout: Layout::Cifar,
+        widths: None,
+        shortcut,
+    }
+}
+
+const CIFAR: ImageShape = ImageShape {
+    channels: 3,
+    height: 32,
+    width: 32,
+};
+
+/// ResNet-20 as He et al. count it: 0.27M parameters (269,722 with the 64 -> 10 classifier:
+/// `sum(p.numel() for p in resnet20().parameters())` of the CIFAR nets' PyTorch definition),
+/// named as PyTorch names them.
+#[test]
+fn resnet20_has_the_papers_parameters_and_pytorchs_names() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut enc = Encoder::new(&dev, &resnet(20, None), CIFAR, &mut rng).unwrap();
+    assert_eq!(enc.param_count() + 64 * 10 + 10, 269_722);
+    let names: Vec<String> = enc.named_tensors("").into_iter().map(|t| t.name).collect();
+    // 19 convolutions without bias, each followed by a batch norm of four tensors.
+    assert_eq!(names.len(), 19 + 19 * 4);
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.bn2.running_mean",
+        "layer3.2.conv2.weight",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    let x: Matrix<Cpu> = dev.tensor_from_vec(vec![0.5; 2 * CIFAR.len()], (2, CIFAR.len()));
+    assert_eq!(*enc.forward(x, &mut Pass::eval()).shape(), (2, 64));
+    let mut dec = Decoder::new(&dev, &resnet(20, None), CIFAR, &mut rng).unwrap();
+    let z: Matrix<Cpu> = dev.tensor_from_vec(vec![0.1; 2 * 64], (2, 64));
+    assert_eq!(*dec.forward(z, &mut Pass::eval()).shape(), (2, CIFAR.len()));
+}
+
+/// A ResNet whose running statistics moved in training saves and loads whole: the loaded copy
+/// gives identical eval-mode features, which differ before loading.
+#[test]
+fn resnet_save_load_keeps_running_statistics() {
+    let dev = Cpu::default();
+    let shape = ImageShape {
+        channels: 3,
+        height: 8,
+        width: 8,
+    };
+    let arch = resnet(8, Some(ShortcutKind::B));
+    let mut enc = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let x: Matrix<Cpu> = dev.tensor_from_vec(
+        (0..4 * shape.len())
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect(),
+        (4, shape.len()),
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for _ in 0..3 {
+        enc.forward(x.clone(), &mut Pass::train(&mut rng));
+    }
+    let mean = enc
+        .vars("")
+        .into_iter()
+        .find(|(n, _)| n == "bn1.running_mean")
+        .map(|(_, v)| v.value.as_vec())
+        .unwrap();
+    assert!(
+        mean.iter().any(|&m| m != 0.0),
+        "training moves the running mean"
+    );
+    let saved: BTreeMap<_, _> = enc
+        .named_tensors("encoder")
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let mut other = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+    let features = |e: &mut Encoder<Cpu>| e.forward(x.clone(), &mut Pass::eval()).as_vec();
+    assert_ne!(features(&mut other), features(&mut enc));
+    other
+        .load_named("encoder", &saved, "x.safetensors")
+        .unwrap();
+    assert_eq!(features(&mut other), features(&mut enc));
+}

@@ -1,0 +1,321 @@
+//! Residual nets of basic blocks (He et al. 2016): the CIFAR layout (3x3 stem, three stages of
+//! `(depth - 2) / 6` blocks, option-A shortcuts by default) and torchvision's ImageNet layout of
+//! ResNet-18/34 (7x7 stride-2 stem, 3x3 max pool, four stages, option-B shortcuts), both ending
+//! in a global average pool: the features are the last stage's width. Tensor names follow
+//! PyTorch's for these nets (`conv1.weight`, `bn1.running_mean`, `layer2.0.shortcut.0.weight`
+//! or `layer2.0.downsample.0.weight`).
+//!
+//! The decoder, for the reconstruction pretexts, maps the features back to the last stage's
+//! feature maps (linear, ReLU), then doubles the size with a transposed convolution (batch norm,
+//! ReLU) wherever the encoder halved it, and ends in a 3x3 convolution to the image's channels.
+
+use crate::layers::{
+    BasicBlock, BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Linear, Sequential, Shortcut,
+};
+use crate::ImprintDevice;
+use imprint_data::ImageShape;
+use imprint_ops::{Conv2dSpec, ConvTranspose2dSpec, Pool2dSpec};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// He et al. 2016 §4.2: for 32x32 images.
+    #[default]
+    Cifar,
+    /// torchvision's resnet18/34: for photos of 64-224 px.
+    Imagenet,
+}
+
+/// How a block that changes size or width passes its input on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShortcutKind {
+    /// Strided identity with zero-padded channels (no parameters).
+    A,
+    /// Strided 1x1 convolution and batch norm.
+    B,
+}
+
+/// A checked ResNet: blocks per stage, widths, shortcut.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Plan {
+    layout: Layout,
+    blocks: Vec<usize>,
+    widths: Vec<usize>,
+    shortcut: ShortcutKind,
+}
+
+impl Plan {
+    pub fn new(
+        depth: usize,
+        layout: Layout,
+        widths: &Option<Vec<usize>>,
+        shortcut: Option<ShortcutKind>,
+    ) -> Result<Self, String> {
+        let (blocks, default_widths, default_shortcut) = match layout {
+            Layout::Cifar => {
+                if depth < 8 || !(depth - 2).is_multiple_of(6) {
+                    return Err(format!(
+                        "a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, ...), not {depth}"
+                    ));
+                }
+                (vec![(depth - 2) / 6; 3], vec![16, 32, 64], ShortcutKind::A)
+            }
+            Layout::Imagenet => {
+                let blocks = match depth {
+                    18 => vec![2, 2, 2, 2],
+                    34 => vec![3, 4, 6, 3],
+                    _ => {
+                        return Err(format!(
+                        "an ImageNet-layout ResNet of basic blocks has depth 18 or 34, not {depth}"
+                    ))
+                    }
+                };
+                (blocks, vec![64, 128, 256, 512], ShortcutKind::B)
+            }
+        };
+        let widths = widths.clone().unwrap_or(default_widths);
+        if widths.len() != blocks.len() || widths.contains(&0) {
+            return Err(format!(
+                "widths must be {} positive numbers, one per stage",
+                blocks.len()
+            ));
+        }
+        let shortcut = shortcut.unwrap_or(default_shortcut);
+        if shortcut == ShortcutKind::A && widths.windows(2).any(|w| w[1] < w[0]) {
+            return Err("shortcut \"a\" pads channels, so widths must not shrink".into());
+        }
+        Ok(Self {
+            layout,
+            blocks,
+            widths,
+            shortcut,
+        })
+    }
+
+    pub fn features(&self) -> usize {
+        *self.widths.last().expect("a plan has stages")
+    }
+
+    fn stem(&self, channels: usize) -> Conv2dSpec {
+        match self.layout {
+            Layout::Cifar => Conv2dSpec::new(channels, self.widths[0], 3).padding(1),
+            Layout::Imagenet => Conv2dSpec::new(channels, self.widths[0], 7)
+                .stride(2)
+                .padding(3),
+        }
+    }
+
+    fn max_pool(&self) -> Option<Pool2dSpec> {
+        (self.layout == Layout::Imagenet).then_some(Pool2dSpec {
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+        })
+    }
+
+    /// The feature maps' shape at each resolution the encoder works at: after the stem (and,
+    /// in the ImageNet layout, after its max pool), then after each stage that halves the size.
+    /// An error names the first layer too big for the image.
+    pub fn levels(&self, input: ImageShape) -> Result<Vec<ImageShape>, String> {
+        let too_small = |what: &str, s: ImageShape| {
+            format!(
+                "the {what} does not fit {}x{} feature maps",
+                s.height, s.width
+            )
+        };
+        let stem = self.stem(input.channels);
+        let (height, width) = stem
+            .output_size_checked(input.height, input.width)
+            .map_err(|_| too_small("stem", input))?;
+        let mut at = ImageShape {
+            channels: stem.out_channels,
+            height,
+            width,
+        };
+        let mut levels = vec![at];
+        if let Some(pool) = self.max_pool() {
+            let (height, width) = pool
+                .output_size_checked(at.height, at.width)
+                .map_err(|_| too_small("max pool", at))?;
+            at = ImageShape {
+                height,
+                width,
+                ..at
+            };
+            levels.push(at);
+        }
+        for (stage, &channels) in self.widths.iter().enumerate().skip(1) {
+            let spec = Conv2dSpec::new(at.channels, channels, 3)
+                .stride(2)
+                .padding(1);
+            let (height, width) = spec
+                .output_size_checked(at.height, at.width)
+                .map_err(|_| too_small(&format!("stage {}", stage + 1), at))?;
+            at = ImageShape {
+                channels,
+                height,
+                width,
+            };
+            levels.push(at);
+        }
+        Ok(levels)
+    }
+
+    pub fn describe(&self, depth: usize, input: ImageShape) -> String {
+        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+        let layout = match self.layout {
+            Layout::Cifar => "CIFAR",
+            Layout::Imagenet => "ImageNet",
+        };
+        let shortcut = match self.shortcut {
+            ShortcutKind::A => "A",
+            ShortcutKind::B => "B",
+        };
+        format!(
+            "ResNet-{depth} ({layout} layout) {input} -> {} (shortcut {shortcut}) -> average pool {}",
+            widths.join("-"),
+            self.features()
+        )
+    }
+}
+
+fn conv_bn<D: ImprintDevice>(
+    dev: &D,
+    spec: Conv2dSpec,
+    rng: &mut impl Rng,
+) -> (Conv2d<D>, BatchNorm2d<D>) {
+    let bn = BatchNorm2d::new(dev, spec.out_channels);
+    (Conv2d::he_without_bias(dev, spec, rng), bn)
+}
+
+fn block<D: ImprintDevice>(
+    dev: &D,
+    plan: &Plan,
+    (from, to): (usize, usize),
+    stride: usize,
+    rng: &mut impl Rng,
+) -> BasicBlock<D> {
+    let (conv1, bn1) = conv_bn(
+        dev,
+        Conv2dSpec::new(from, to, 3).stride(stride).padding(1),
+        rng,
+    );
+    let (conv2, bn2) = conv_bn(dev, Conv2dSpec::new(to, to, 3).padding(1), rng);
+    let shortcut = if stride == 1 && from == to {
+        Shortcut::Identity
+    } else {
+        match plan.shortcut {
+            ShortcutKind::A => {
+                let before = (to - from) / 2;
+                Shortcut::Pad {
+                    stride,
+                    channels: (before, to - from - before),
+                }
+            }
+            ShortcutKind::B => {
+                let projection = conv_bn(dev, Conv2dSpec::new(from, to, 1).stride(stride), rng);
+                Shortcut::Project(Box::new(projection))
+            }
+        }
+    };
+    let shortcut_name = match plan.layout {
+        Layout::Cifar => "shortcut",
+        Layout::Imagenet => "downsample",
+    };
+    BasicBlock {
+        conv1,
+        bn1,
+        conv2,
+        bn2,
+        shortcut,
+        shortcut_name,
+    }
+}
+
+pub(super) fn encoder<D: ImprintDevice>(
+    dev: &D,
+    plan: &Plan,
+    input: ImageShape,
+    rng: &mut impl Rng,
+) -> Sequential<D> {
+    let (conv1, bn1) = conv_bn(dev, plan.stem(input.channels), rng);
+    let mut layers = vec![
+        ("conv1".to_string(), Layer::Conv2d(conv1)),
+        ("bn1".to_string(), Layer::BatchNorm2d(bn1)),
+        ("relu".to_string(), Layer::Relu),
+    ];
+    if let Some(pool) = plan.max_pool() {
+        layers.push(("maxpool".to_string(), Layer::MaxPool2d(pool)));
+    }
+    let mut from = plan.widths[0];
+    for (stage, (&width, &count)) in plan.widths.iter().zip(&plan.blocks).enumerate() {
+        let blocks = (0..count)
+            .map(|i| {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let b = block(dev, plan, (from, width), stride, rng);
+                from = width;
+                Layer::Block(Box::new(b))
+            })
+            .collect();
+        layers.push((
+            format!("layer{}", stage + 1),
+            Layer::Sequential(Box::new(Sequential::indexed(blocks))),
+        ));
+    }
+    layers.push(("avgpool".to_string(), Layer::GlobalAvgPool));
+    Sequential::named(layers)
+}
+
+/// A transposed convolution (3x3, stride 2), batch norm and ReLU from `from` up to exactly `to`.
+fn up<D: ImprintDevice>(
+    dev: &D,
+    from: ImageShape,
+    to: ImageShape,
+    rng: &mut impl Rng,
+) -> [Layer<D>; 3] {
+    // Stride 2 takes n rows to 2n - 1; the output padding adds the one more `to` may have.
+    let mut spec = ConvTranspose2dSpec::new(from.channels, to.channels, 3)
+        .stride(2)
+        .padding(1);
+    spec.output_padding = (
+        (to.height + 1).saturating_sub(2 * from.height).min(1),
+        (to.width + 1).saturating_sub(2 * from.width).min(1),
+    );
+    [
+        Layer::ConvTranspose2d(ConvTranspose2d::new(dev, spec, rng)),
+        Layer::BatchNorm2d(BatchNorm2d::new(dev, to.channels)),
+        Layer::Relu,
+    ]
+}
+
+pub(super) fn decoder<D: ImprintDevice>(
+    dev: &D,
+    plan: &Plan,
+    output: ImageShape,
+    rng: &mut impl Rng,
+) -> Result<Sequential<D>, String> {
+    let levels = plan.levels(output)?;
+    let last = *levels.last().expect("a plan has levels");
+    let mut layers = vec![
+        Layer::Linear(Linear::new(dev, plan.features(), last.len(), rng)),
+        Layer::Relu,
+        Layer::Unflatten(last),
+    ];
+    for pair in levels.windows(2).rev() {
+        layers.extend(up(dev, pair[1], pair[0], rng));
+    }
+    let first = levels[0];
+    if (first.height, first.width) != (output.height, output.width) {
+        let to = ImageShape {
+            channels: first.channels,
+            ..output
+        };
+        layers.extend(up(dev, first, to, rng));
+    }
+    let head = Conv2dSpec::new(first.channels, output.channels, 3).padding(1);
+    layers.push(Layer::Conv2d(Conv2d::new(dev, head, rng)));
+    Ok(Sequential::indexed(layers))
+}
