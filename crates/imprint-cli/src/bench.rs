@@ -7,7 +7,7 @@ use dfdx::prelude::Cpu;
 use imprint_data::ImageShape;
 use imprint_nn::Architecture;
 use imprint_pipeline::provenance::threads_phrase;
-use imprint_pretrain::{pretrain, Hooks, PretrainConfig};
+use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
 
@@ -118,8 +118,7 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     };
     let run = pretrain(
         &Cpu::default(),
-        images,
-        shape(args),
+        Images::new(images, shape(args)),
         &cfg,
         0,
         None,

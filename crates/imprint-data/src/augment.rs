@@ -8,8 +8,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Label-preserving random transforms, drawn per image; each is off by default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Label-preserving random transforms, drawn per image; each is off by default. The moves
+/// (shift, rotation, mirror, zoom) come first, then the photo operations of [`crate::photo`]
+/// (padded and random resized crops, colour jitter, greyscale, blur).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Augment {
     /// Integer translation by up to this many pixels in x and y (zero padded).
     #[serde(rename = "augment_shift", default)]
@@ -24,11 +26,63 @@ pub struct Augment {
     /// crop-and-resize of SimCLR, for images whose object sits in the middle.
     #[serde(rename = "augment_scale", default)]
     pub scale: f64,
+    /// Random resized crops: area fraction range, within `(0, 1]`; `None` for none. SimCLR uses
+    /// (0.2, 1.0) on CIFAR and (0.08, 1.0) on ImageNet.
+    #[serde(rename = "augment_crop_scale", default)]
+    pub crop_scale: Option<(f64, f64)>,
+    /// Aspect-ratio (width / height) range of the random resized crops.
+    #[serde(
+        rename = "augment_crop_ratio",
+        default = "crate::photo::default_crop_ratio"
+    )]
+    pub crop_ratio: (f64, f64),
+    /// Zero padding on every side before a random crop back to size; 0 for none (CIFAR: 4).
+    #[serde(rename = "augment_pad_crop", default)]
+    pub pad_crop: usize,
+    /// Colour jitter strengths: brightness, contrast, saturation, hue; all 0 for none. SimCLR
+    /// uses 0.8 s, 0.8 s, 0.8 s, 0.2 s for colour strength s: 0.4, 0.4, 0.4, 0.1 on CIFAR.
+    #[serde(rename = "augment_jitter", default)]
+    pub jitter: [f64; 4],
+    /// Probability that an image is jittered (SimCLR: 0.8).
+    #[serde(rename = "augment_jitter_probability", default = "always")]
+    pub jitter_probability: f64,
+    /// Probability that an image is turned grey (SimCLR: 0.2).
+    #[serde(rename = "augment_grayscale", default)]
+    pub grayscale: f64,
+    /// Probability that an image is blurred; 0 for never.
+    #[serde(rename = "augment_blur", default)]
+    pub blur: f64,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            shift: 0,
+            rotate_degrees: 0.0,
+            flip: false,
+            scale: 0.0,
+            crop_scale: None,
+            crop_ratio: crate::photo::default_crop_ratio(),
+            pad_crop: 0,
+            jitter: [0.0; 4],
+            jitter_probability: always(),
+            grayscale: 0.0,
+            blur: 0.0,
+        }
+    }
 }
 
 impl Augment {
     pub fn is_identity(&self) -> bool {
-        self.shift == 0 && self.rotate_degrees == 0.0 && !self.flip && self.scale == 0.0
+        self.shift == 0
+            && self.rotate_degrees == 0.0
+            && !self.flip
+            && self.scale == 0.0
+            && self.photo_is_identity()
     }
 
     /// The setting (named as in pipeline files) that is out of range, and why; `None` if all
@@ -37,7 +91,10 @@ impl Augment {
         if !(0.0..=180.0).contains(&self.rotate_degrees) {
             return Some(("augment_rotate", "must be in [0, 180] degrees"));
         }
-        (!(0.0..=0.5).contains(&self.scale)).then_some(("augment_scale", "must be in [0, 0.5]"))
+        if !(0.0..=0.5).contains(&self.scale) {
+            return Some(("augment_scale", "must be in [0, 0.5]"));
+        }
+        self.photo_problem()
     }
 
     /// The transforms in use, as phrases for reports ("shifts ±2 px", "rotations ±12°", "flips").
@@ -55,6 +112,7 @@ impl Augment {
         if self.scale > 0.0 {
             parts.push(format!("zooms ±{}%", crate::percent(self.scale)));
         }
+        parts.extend(self.photo_describe());
         parts
     }
 }
@@ -75,7 +133,8 @@ pub fn random_shift_batch(
     augment_batch(images, shape, &augment, seed, out);
 }
 
-/// Applies `augment` to each image of `images` into `out`, one draw per image, in parallel.
+/// Applies `augment` to each image of `images` into `out`, one draw per image, in parallel:
+/// the moves, then the photo operations ([`Augment::apply_photo`]) from the same generator.
 /// Each image's generator comes from `seed` and the image's position, so the result does not
 /// depend on the thread count. A shift alone moves whole pixels; with a rotation, a flip or a
 /// zoom, each output pixel samples the source bilinearly (zero outside). A zoom is drawn last and
@@ -128,6 +187,10 @@ pub fn augment_batch(
                     zoom,
                 };
                 warp(src, dst, shape, &moves);
+            }
+            if !augment.photo_is_identity() {
+                let moved = dst.to_vec();
+                augment.apply_photo(&moved, shape, &mut rng, dst);
             }
         });
 }

@@ -257,7 +257,7 @@ mod tests {
             channels: Some(3),
             height: Some(4),
             width: Some(3),
-            invert: false,
+            ..Default::default()
         };
         let ds = load(&img, &prep).unwrap();
         assert_eq!(ds.shape.len(), 36);

@@ -399,7 +399,7 @@ mod tests {
             channels: Some(3),
             height: Some(2),
             width: Some(2),
-            invert: false,
+            ..Default::default()
         };
         let ds = load(root, &prep).unwrap();
         assert_eq!(ds.shape.len(), 12);

@@ -131,9 +131,60 @@ pub struct Preprocess {
     /// Replace each value `x` by `1 - x` (dark-on-light scans vs light-on-dark MNIST).
     #[serde(default)]
     pub invert: bool,
+    /// Per-channel mean subtracted before the encoder, with `std`, as networks trained elsewhere
+    /// expect (ImageNet's: 0.485, 0.456, 0.406). Applied by the encoder itself, so that
+    /// augmentation and reconstruction see pixels in [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation the encoder divides by (ImageNet's: 0.229, 0.224, 0.225).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+}
+
+/// Per-channel normalisation, `(x - mean[c]) / std[c]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 impl Preprocess {
+    /// The normalisation the encoder applies, if any.
+    pub fn normalize(&self) -> Option<Normalize> {
+        match (&self.mean, &self.std) {
+            (Some(mean), Some(std)) => Some(Normalize {
+                mean: mean.clone(),
+                std: std.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the normalisation for images of `channels` channels, if anything.
+    pub fn normalize_problem(&self, channels: usize) -> Option<String> {
+        match (&self.mean, &self.std) {
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                Some("preprocess mean and std go together: give both or neither".into())
+            }
+            (Some(mean), Some(std)) => {
+                if mean.len() != channels || std.len() != channels {
+                    Some(format!(
+                        "preprocess mean and std need one value per channel ({channels}), got {} and {}",
+                        mean.len(),
+                        std.len()
+                    ))
+                } else if !std.iter().all(|s| *s > 0.0 && s.is_finite())
+                    || !mean.iter().all(|m| m.is_finite())
+                {
+                    Some("preprocess std must be positive and mean finite".into())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     /// Rejects settings no model could use, before any file is decoded.
     fn check(&self, path: &Path) -> Result<()> {
         if let Some(c) = self.channels {
@@ -473,7 +524,7 @@ mod tests {
                 channels: Some(channels),
                 height: Some(u32::MAX as usize),
                 width: Some(u32::MAX as usize),
-                invert: false,
+                ..Default::default()
             };
             let err = load(&p, &huge).unwrap_err().to_string();
             assert!(err.contains("do not fit in memory"), "{err}");

@@ -1,18 +1,16 @@
 //! SimCLR-style photo augmentations: random resized crops, padded crops, colour jitter,
 //! greyscale and Gaussian blur, each following torchvision's transform of the same name, and
-//! [`PhotoAugment`], the settings that chain them per image.
+//! their settings in [`Augment`], chained per image by [`Augment::apply_photo`].
 //!
 //! Images are `f32` CHW row-major in `[0, 1]` with 1 (grey) or 3 (RGB) channels; every
 //! operation keeps the shape, and samples that fall outside the image read 0. Arithmetic is in
 //! `f64`, rounded to `f32` once per operation, so results can differ from torchvision's `f32`
 //! ones in the last bit or so.
 
+use crate::augment::Augment;
 use crate::ImageShape;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use rand::Rng;
 
 /// ITU-R 601-2 luma weights of red, green and blue (PIL's `convert("L")`; torchvision's tensor
 /// path rounds red to 0.2989).
@@ -25,7 +23,7 @@ const CROP_ATTEMPTS: usize = 10;
 /// The range the blur's sigma is drawn from (SimCLR, torchvision's default).
 const BLUR_SIGMA: (f64, f64) = (0.1, 2.0);
 
-/// The widest zero border [`PhotoAugment::pad_crop`] accepts.
+/// The widest zero border [`Augment::pad_crop`] accepts.
 const MAX_PAD_CROP: usize = 64;
 
 /// `dst` is `src` mirrored left-right: `dst(c, y, x) = src(c, y, W - 1 - x)`.
@@ -493,62 +491,16 @@ fn reflect(i: i64, n: usize) -> usize {
     (if m < n as i64 { m } else { period - m }) as usize
 }
 
-/// SimCLR-style photo augmentation settings, drawn per image; the default changes nothing.
-///
-/// In pipeline files each field is named with the prefix `augment_` (`augment_crop_scale`, ...),
-/// as [`problem`](Self::problem) reports them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PhotoAugment {
-    /// Random resized crops: area fraction range, within `(0, 1]`; `None` for none. SimCLR uses
-    /// (0.2, 1.0) on CIFAR and (0.08, 1.0) on ImageNet.
-    #[serde(default)]
-    pub crop_scale: Option<(f64, f64)>,
-    /// Aspect-ratio (width / height) range of the random resized crops.
-    #[serde(default = "default_crop_ratio")]
-    pub crop_ratio: (f64, f64),
-    /// Zero padding on every side before a random crop back to size; 0 for none (CIFAR: 4).
-    #[serde(default)]
-    pub pad_crop: usize,
-    /// Colour jitter strengths: brightness, contrast, saturation, hue; all 0 for none. SimCLR
-    /// uses 0.8 s, 0.8 s, 0.8 s, 0.2 s for colour strength s: 0.4, 0.4, 0.4, 0.1 on CIFAR.
-    #[serde(default)]
-    pub jitter: [f64; 4],
-    /// Probability that an image is jittered (SimCLR: 0.8).
-    #[serde(default = "always")]
-    pub jitter_probability: f64,
-    /// Probability that an image is turned grey (SimCLR: 0.2).
-    #[serde(default)]
-    pub grayscale: f64,
-    /// Probability that an image is blurred; 0 for never.
-    #[serde(default)]
-    pub blur: f64,
-}
-
-fn default_crop_ratio() -> (f64, f64) {
+/// The aspect-ratio range of random resized crops unless set: torchvision's (3/4, 4/3).
+pub(crate) fn default_crop_ratio() -> (f64, f64) {
     (3.0 / 4.0, 4.0 / 3.0)
 }
 
-fn always() -> f64 {
-    1.0
-}
-
-impl Default for PhotoAugment {
-    fn default() -> Self {
-        PhotoAugment {
-            crop_scale: None,
-            crop_ratio: default_crop_ratio(),
-            pad_crop: 0,
-            jitter: [0.0; 4],
-            jitter_probability: always(),
-            grayscale: 0.0,
-            blur: 0.0,
-        }
-    }
-}
-
-impl PhotoAugment {
-    /// Whether no operation is on (then [`apply`](Self::apply) copies and draws nothing).
-    pub fn is_identity(&self) -> bool {
+/// The photo operations of [`Augment`]: what they check, say and do.
+impl Augment {
+    /// Whether no photo operation is on (then [`apply_photo`](Self::apply_photo) copies and
+    /// draws nothing).
+    pub(crate) fn photo_is_identity(&self) -> bool {
         self.crop_scale.is_none()
             && self.pad_crop == 0
             && !self.jitters()
@@ -563,7 +515,7 @@ impl PhotoAugment {
 
     /// The setting (named as in pipeline files) that is out of range, and why; `None` if all
     /// are usable.
-    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn photo_problem(&self) -> Option<(&'static str, &'static str)> {
         self.crop_problem()
             .or_else(|| self.jitter_problem())
             .or_else(|| self.probability_problem())
@@ -611,7 +563,7 @@ impl PhotoAugment {
     /// The operations in use, in the order they run, as phrases for reports ("4-px padded
     /// crops", "random resized crops 20-100%", "colour jitter 0.4/0.4/0.4/0.1 (p 0.8)",
     /// "greyscale (p 0.2)", "blur (p 0.5)"); a probability of 1 is not mentioned.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn photo_describe(&self) -> Vec<String> {
         let mut parts = Vec::new();
         if self.pad_crop > 0 {
             parts.push(format!("{}-px padded crops", self.pad_crop));
@@ -660,8 +612,8 @@ impl PhotoAugment {
     /// which change nothing on it.
     ///
     /// Panics if `src` or `dst` is not one image of `shape` (a caller bug).
-    pub fn apply(&self, src: &[f32], shape: ImageShape, rng: &mut impl Rng, dst: &mut [f32]) {
-        check_image("PhotoAugment::apply", src, dst, shape);
+    pub fn apply_photo(&self, src: &[f32], shape: ImageShape, rng: &mut impl Rng, dst: &mut [f32]) {
+        check_image("Augment::apply_photo", src, dst, shape);
         let (h, w) = (shape.height, shape.width);
         dst.copy_from_slice(src);
         if self.pad_crop > 0 {
@@ -684,30 +636,6 @@ impl PhotoAugment {
             let sigma = uniform(rng, BLUR_SIGMA);
             gaussian_blur(dst, shape, sigma, blur_kernel_size(h.min(w)));
         }
-    }
-
-    /// Applies [`apply`](Self::apply) to each image of `images` into `out`, in parallel. Image
-    /// `i` draws from ChaCha8 seeded with `seed` on stream `i` (as
-    /// [`augment_batch`](crate::augment::augment_batch)), so the result does not depend on the
-    /// thread count.
-    ///
-    /// Panics if `images` is not a whole number of images or `out` differs in length from it
-    /// (caller bugs, not data problems).
-    pub fn apply_batch(&self, images: &[f32], shape: ImageShape, seed: u64, out: &mut [f32]) {
-        let n = shape.len();
-        assert_eq!(images.len(), out.len(), "apply_batch: output length");
-        if n == 0 {
-            return;
-        }
-        assert_eq!(images.len() % n, 0, "apply_batch: partial image");
-        out.par_chunks_mut(n)
-            .zip(images.par_chunks(n))
-            .enumerate()
-            .for_each(|(i, (dst, src))| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(i as u64);
-                self.apply(src, shape, &mut rng, dst);
-            });
     }
 }
 

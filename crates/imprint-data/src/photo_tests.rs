@@ -1,5 +1,8 @@
 use super::*;
+use crate::augment::{augment_batch, Augment};
 use rand::RngCore;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 fn shape(channels: usize, height: usize, width: usize) -> ImageShape {
     ImageShape {
@@ -376,15 +379,15 @@ fn jitter_on_a_grey_image_changes_only_brightness_and_contrast() {
 }
 
 /// Settings with every operation on, each chance strictly between 0 and 1.
-fn simclr() -> PhotoAugment {
-    PhotoAugment {
+fn simclr() -> Augment {
+    Augment {
         crop_scale: Some((0.2, 1.0)),
         pad_crop: 2,
         jitter: [0.4, 0.4, 0.4, 0.1],
         jitter_probability: 0.8,
         grayscale: 0.2,
         blur: 0.5,
-        ..PhotoAugment::default()
+        ..Augment::default()
     }
 }
 
@@ -392,16 +395,16 @@ fn simclr() -> PhotoAugment {
 fn operations_that_are_off_draw_nothing() {
     let s = shape(3, 6, 6);
     let src = colourful(6, 6);
-    let jitter_never = PhotoAugment {
+    let jitter_never = Augment {
         jitter: [0.4, 0.4, 0.4, 0.1],
         jitter_probability: 0.0,
-        ..PhotoAugment::default()
+        ..Augment::default()
     };
-    for off in [PhotoAugment::default(), jitter_never] {
+    for off in [Augment::default(), jitter_never] {
         assert!(off.is_identity());
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut dst = vec![0.0; src.len()];
-        off.apply(&src, s, &mut rng, &mut dst);
+        off.apply_photo(&src, s, &mut rng, &mut dst);
         assert_eq!(dst, src);
         assert_eq!(rng.next_u64(), ChaCha8Rng::seed_from_u64(3).next_u64());
     }
@@ -413,7 +416,7 @@ fn empty_images_go_through_every_operation() {
     for s in [shape(3, 0, 5), shape(3, 4, 0), shape(0, 4, 4)] {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut dst: Vec<f32> = Vec::new();
-        simclr().apply(&[], s, &mut rng, &mut dst);
+        simclr().apply_photo(&[], s, &mut rng, &mut dst);
         assert!(dst.is_empty());
     }
 }
@@ -427,7 +430,7 @@ fn apply_draws_in_the_documented_order() {
     for seed in 0..40 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut dst = vec![0.0; src.len()];
-        settings.apply(&src, s, &mut rng, &mut dst);
+        settings.apply_photo(&src, s, &mut rng, &mut dst);
 
         let mut by_hand = ChaCha8Rng::seed_from_u64(seed);
         let (top, left) = pad_crop_params(2, &mut by_hand);
@@ -468,12 +471,12 @@ fn apply_draws_in_the_documented_order() {
 }
 
 #[test]
-fn apply_batch_repeats_by_seed_and_varies_across_seeds() {
+fn batches_repeat_by_seed_and_vary_across_seeds() {
     let s = shape(3, 8, 8);
     let images: Vec<f32> = (0..6).flat_map(|_| colourful(8, 8)).collect();
     let run = |seed| {
         let mut out = vec![0.0; images.len()];
-        simclr().apply_batch(&images, s, seed, &mut out);
+        augment_batch(&images, s, &simclr(), seed, &mut out);
         out
     };
     let first = run(11);
@@ -489,7 +492,7 @@ fn apply_batch_repeats_by_seed_and_varies_across_seeds() {
 }
 
 #[test]
-fn apply_batch_does_not_depend_on_the_thread_count() {
+fn batches_do_not_depend_on_the_thread_count() {
     let s = shape(3, 10, 10);
     let images: Vec<f32> = (0..16).flat_map(|_| colourful(10, 10)).collect();
     let on_threads = |threads| {
@@ -498,7 +501,7 @@ fn apply_batch_does_not_depend_on_the_thread_count() {
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| simclr().apply_batch(&images, s, 4, &mut out));
+            .install(|| augment_batch(&images, s, &simclr(), 4, &mut out));
         out
     };
     assert_eq!(on_threads(1), on_threads(3));
@@ -508,89 +511,89 @@ fn apply_batch_does_not_depend_on_the_thread_count() {
 fn problem_names_each_bad_key() {
     let base = simclr();
     assert_eq!(base.problem(), None);
-    assert_eq!(PhotoAugment::default().problem(), None);
+    assert_eq!(Augment::default().problem(), None);
     let cases = [
         (
-            PhotoAugment {
+            Augment {
                 crop_scale: Some((0.0, 1.0)),
-                ..base.clone()
+                ..base
             },
             "augment_crop_scale",
         ),
         (
-            PhotoAugment {
+            Augment {
                 crop_scale: Some((0.6, 0.5)),
-                ..base.clone()
+                ..base
             },
             "augment_crop_scale",
         ),
         (
-            PhotoAugment {
+            Augment {
                 crop_scale: Some((0.5, 1.1)),
-                ..base.clone()
+                ..base
             },
             "augment_crop_scale",
         ),
         (
-            PhotoAugment {
+            Augment {
                 crop_ratio: (0.0, 1.0),
-                ..base.clone()
+                ..base
             },
             "augment_crop_ratio",
         ),
         (
-            PhotoAugment {
+            Augment {
                 crop_ratio: (2.0, 1.0),
-                ..base.clone()
+                ..base
             },
             "augment_crop_ratio",
         ),
         (
-            PhotoAugment {
+            Augment {
                 pad_crop: 65,
-                ..base.clone()
+                ..base
             },
             "augment_pad_crop",
         ),
         (
-            PhotoAugment {
+            Augment {
                 jitter: [-0.1, 0.0, 0.0, 0.0],
-                ..base.clone()
+                ..base
             },
             "augment_jitter",
         ),
         (
-            PhotoAugment {
+            Augment {
                 jitter: [0.4, 0.4, f64::NAN, 0.1],
-                ..base.clone()
+                ..base
             },
             "augment_jitter",
         ),
         (
-            PhotoAugment {
+            Augment {
                 jitter: [0.4, 0.4, 0.4, 0.6],
-                ..base.clone()
+                ..base
             },
             "augment_jitter",
         ),
         (
-            PhotoAugment {
+            Augment {
                 jitter_probability: 1.5,
-                ..base.clone()
+                ..base
             },
             "augment_jitter_probability",
         ),
         (
-            PhotoAugment {
+            Augment {
                 grayscale: -0.2,
-                ..base.clone()
+                ..base
             },
             "augment_grayscale",
         ),
         (
-            PhotoAugment {
+            Augment {
                 blur: f64::NAN,
-                ..base.clone()
+                ..base
             },
             "augment_blur",
         ),
@@ -602,7 +605,7 @@ fn problem_names_each_bad_key() {
             "{settings:?}"
         );
     }
-    let widest = PhotoAugment {
+    let widest = Augment {
         pad_crop: 64,
         crop_scale: Some((1.0, 1.0)),
         jitter: [0.0, 0.0, 0.0, 0.5],
@@ -613,7 +616,7 @@ fn problem_names_each_bad_key() {
 
 #[test]
 fn describe_names_each_operation_in_order() {
-    let cifar = PhotoAugment {
+    let cifar = Augment {
         pad_crop: 4,
         ..simclr()
     };
@@ -627,12 +630,12 @@ fn describe_names_each_operation_in_order() {
             "blur (p 0.5)",
         ]
     );
-    let certain = PhotoAugment {
+    let certain = Augment {
         crop_scale: Some((0.08, 1.0)),
         crop_ratio: (0.5, 2.0),
         jitter: [0.8, 0.8, 0.8, 0.2],
         grayscale: 1.0,
-        ..PhotoAugment::default()
+        ..Augment::default()
     };
     assert_eq!(
         certain.describe(),
@@ -642,18 +645,19 @@ fn describe_names_each_operation_in_order() {
             "greyscale",
         ]
     );
-    assert!(PhotoAugment::default().describe().is_empty());
+    assert!(Augment::default().describe().is_empty());
 }
 
 #[test]
 fn settings_read_with_defaults_for_missing_fields() {
-    let empty: PhotoAugment = serde_json::from_str("{}").unwrap();
-    assert_eq!(empty, PhotoAugment::default());
+    let empty: Augment = serde_json::from_str("{}").unwrap();
+    assert_eq!(empty, Augment::default());
     assert!(empty.is_identity());
-    let jitter: PhotoAugment = serde_json::from_str(r#"{"jitter": [0.4, 0.4, 0.4, 0.1]}"#).unwrap();
+    let jitter: Augment =
+        serde_json::from_str(r#"{"augment_jitter": [0.4, 0.4, 0.4, 0.1]}"#).unwrap();
     assert_eq!(jitter.jitter_probability, 1.0);
     assert_eq!(jitter.crop_ratio, (0.75, 4.0 / 3.0));
     let full = simclr();
     let text = serde_json::to_string(&full).unwrap();
-    assert_eq!(serde_json::from_str::<PhotoAugment>(&text).unwrap(), full);
+    assert_eq!(serde_json::from_str::<Augment>(&text).unwrap(), full);
 }

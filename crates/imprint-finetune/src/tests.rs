@@ -86,8 +86,7 @@ fn pretrained_encoder() -> Encoder<Cpu> {
     let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(
         &Cpu::default(),
-        &images,
-        SIDE8,
+        imprint_pretrain::Images::new(&images, SIDE8),
         &cfg,
         0,
         None,

@@ -121,6 +121,12 @@ impl Pipeline {
         {
             return Err("data.test_fraction: must be in (0, 1) when data.test is not given".into());
         }
+        // One value per channel is checked once the data is read; here, the rest.
+        let prep = &self.data.preprocess;
+        let channels = prep.mean.as_ref().map_or(0, Vec::len);
+        if let Some(problem) = prep.normalize_problem(channels) {
+            return Err(format!("data.preprocess: {problem}"));
+        }
         Ok(())
     }
 }

@@ -50,18 +50,14 @@ pub(crate) fn encoder_of(weights: &Path, side: &EncoderSidecar) -> Result<Encode
         &mut ChaCha8Rng::seed_from_u64(0),
     )?;
     encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
-    Ok(encoder)
+    Ok(encoder.normalized(side.preprocess.normalize()))
 }
 
 /// A fresh encoder for the `scratch` baseline, its init drawn from `seed`.
 pub(crate) fn fresh_encoder(p: &Pipeline, shape: ImageShape, seed: u64) -> Result<Encoder<Cpu>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1000));
-    Ok(Encoder::new(
-        &Cpu::default(),
-        &p.pretrain.architecture,
-        shape,
-        &mut rng,
-    )?)
+    let encoder = Encoder::new(&Cpu::default(), &p.pretrain.architecture, shape, &mut rng)?;
+    Ok(encoder.normalized(p.data.preprocess.normalize()))
 }
 
 pub struct FinetuneOutcome {

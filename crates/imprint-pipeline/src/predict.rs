@@ -43,7 +43,8 @@ fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
         &side.architecture,
         side.input,
         &mut ChaCha8Rng::seed_from_u64(0),
-    )?;
+    )?
+    .normalized(side.preprocess.normalize());
     let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
     model.load_named("", &tensors, &weights.display().to_string())?;
     Ok(model)
@@ -56,6 +57,8 @@ fn to_input(shape: ImageShape, recorded: &Preprocess) -> Preprocess {
         height: Some(shape.height),
         width: Some(shape.width),
         invert: recorded.invert,
+        // The encoder applies the recorded normalisation itself.
+        ..Default::default()
     }
 }
 

@@ -80,6 +80,12 @@ impl Prepared {
             d.test.as_deref().unwrap_or(&d.labeled),
             &d.labeled,
         )?;
+        if let Some(problem) = d.preprocess.normalize_problem(labeled.shape.channels) {
+            return Err(PipelineError::Input {
+                path: d.labeled.display().to_string(),
+                message: format!("{problem}; its images have {}", labeled.shape),
+            });
+        }
         obs.info(&format!("unlabeled: {}", unlabeled.describe()));
         obs.info(&format!("labeled pool: {}", labeled.describe()));
         obs.info(&format!("test: {}", test.describe()));

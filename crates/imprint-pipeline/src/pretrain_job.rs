@@ -7,7 +7,7 @@ use crate::sidecar::{write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_nn::{save_tensors, Decoder, Encoder, ParamsExt};
-use imprint_pretrain::{pretrain, reconstruct, EpochStats, Hooks, PretrainError, Snapshot};
+use imprint_pretrain::{pretrain, reconstruct, EpochStats, Hooks, Images, PretrainError, Snapshot};
 use imprint_report as report;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -80,15 +80,13 @@ pub(crate) fn pretrain_artifacts(
         on_epoch: Some(&mut on_epoch),
         on_checkpoint: Some(&mut on_checkpoint),
     };
-    let mut trained = match pretrain(
-        &dev,
-        &data.unlabeled.pixels,
+    let normalize = p.data.preprocess.normalize();
+    let images = Images {
+        pixels: &data.unlabeled.pixels,
         shape,
-        &p.pretrain,
-        seed,
-        snapshot.as_ref(),
-        hooks,
-    ) {
+        normalize: normalize.as_ref(),
+    };
+    let mut trained = match pretrain(&dev, images, &p.pretrain, seed, snapshot.as_ref(), hooks) {
         Ok(trained) => trained,
         Err(e @ PretrainError::Diverged { .. }) => {
             let kept = match last_saved {

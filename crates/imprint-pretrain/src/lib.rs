@@ -10,7 +10,7 @@ mod views;
 pub use config::{Noise, PretrainConfig};
 
 use dfdx::prelude::*;
-use imprint_data::ImageShape;
+use imprint_data::{ImageShape, Normalize};
 use imprint_nn::infer::over_images;
 use imprint_nn::loss::reconstruction_loss;
 use imprint_nn::tree::{join, Params, ParamsExt, Var};
@@ -349,19 +349,43 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
     }
 }
 
-/// Trains an encoder on `images` (`n` images of `input`'s shape, in [0,1]) from a fresh init
-/// drawn from `seed`, or continues from `resume`, a snapshot of the same run. Every random draw
-/// (init, held-out split, shuffles, noise) follows from `seed`.
+/// The unlabeled images pre-training reads.
+#[derive(Clone, Copy)]
+pub struct Images<'a> {
+    /// `n * shape.len()` values in [0, 1].
+    pub pixels: &'a [f32],
+    pub shape: ImageShape,
+    /// What the encoder applies to them before its first layer.
+    pub normalize: Option<&'a Normalize>,
+}
+
+impl<'a> Images<'a> {
+    pub fn new(pixels: &'a [f32], shape: ImageShape) -> Self {
+        Self {
+            pixels,
+            shape,
+            normalize: None,
+        }
+    }
+}
+
+/// Trains an encoder on `images` from a fresh init drawn from `seed`, or continues from
+/// `resume`, a snapshot of the same run. Every random draw (init, held-out split, shuffles,
+/// noise) follows from `seed`.
 pub fn pretrain<D: ImprintDevice>(
     dev: &D,
-    images: &[f32],
-    input: ImageShape,
+    images: Images,
     cfg: &PretrainConfig,
     seed: u64,
     resume: Option<&Snapshot>,
     hooks: Hooks<'_>,
 ) -> Result<Pretrained<D>> {
     cfg.validate()?;
+    let Images {
+        pixels: images,
+        shape: input,
+        normalize,
+    } = images;
     let n = images.len() / input.len().max(1);
     if n == 0 {
         return Err(PretrainError::Config {
@@ -370,7 +394,8 @@ pub fn pretrain<D: ImprintDevice>(
         });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let nets = Nets::new(dev, cfg, input, &mut rng)?;
+    let mut nets = Nets::new(dev, cfg, input, &mut rng)?;
+    nets.encoder.normalize = normalize.cloned();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     let n_heldout = ((n as f64) * cfg.holdout_fraction).round() as usize;

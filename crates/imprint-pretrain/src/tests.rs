@@ -45,7 +45,15 @@ fn conv_autoencoder_loss_falls() {
             };
             cfg.loss_on_hidden_only = true;
         }
-        let run = pretrain(&dev, &images, SIDE8, &cfg, 3, None, Hooks::default()).unwrap();
+        let run = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            &cfg,
+            3,
+            None,
+            Hooks::default(),
+        )
+        .unwrap();
         let (first, last) = (&run.history[0], run.history.last().unwrap());
         // Scored on hidden pixels only, the net is never asked to copy the visible ones, so
         // the whole-image held-out loss falls less.
@@ -108,7 +116,15 @@ fn resumed_run_equals_uninterrupted_run() {
             h.map(|h| (h.train_loss, h.heldout_loss))
                 .collect::<Vec<_>>()
         };
-        let whole = pretrain(&dev, &images, SIDE8, &cfg, 5, None, Hooks::default()).unwrap();
+        let whole = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            &cfg,
+            5,
+            None,
+            Hooks::default(),
+        )
+        .unwrap();
 
         let mut saved = None;
         let mut crash_after_second = |s: &Snapshot| {
@@ -122,15 +138,14 @@ fn resumed_run_equals_uninterrupted_run() {
             on_checkpoint: Some(&mut crash_after_second),
             ..Hooks::default()
         };
-        let crashed = pretrain(&dev, &images, SIDE8, &cfg, 5, None, hooks);
+        let crashed = pretrain(&dev, Images::new(&images, SIDE8), &cfg, 5, None, hooks);
         assert!(crashed.is_err());
         let snapshot = saved.expect("a snapshot after epoch 2");
         assert_eq!(snapshot.state.epochs_done, 2);
 
         let resumed = pretrain(
             &dev,
-            &images,
-            SIDE8,
+            Images::new(&images, SIDE8),
             &cfg,
             5,
             Some(&snapshot),
@@ -142,8 +157,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let err = pretrain(
             &dev,
-            &images,
-            SIDE8,
+            Images::new(&images, SIDE8),
             &cfg,
             6,
             Some(&snapshot),
@@ -166,7 +180,17 @@ fn loss_falls_and_runs_are_reproducible() {
         (Noise::Gaussian { std: 0.2 }, Reconstruction::Mse),
     ] {
         let cfg = config(noise, loss);
-        let run = || pretrain(&dev, &images, SIDE8, &cfg, 7, None, Hooks::default()).unwrap();
+        let run = || {
+            pretrain(
+                &dev,
+                Images::new(&images, SIDE8),
+                &cfg,
+                7,
+                None,
+                Hooks::default(),
+            )
+            .unwrap()
+        };
         let a = run();
         let first = a.history.first().unwrap();
         let last = a.history.last().unwrap();
@@ -191,7 +215,15 @@ fn augmented_pretraining_learns_and_repeats() {
     let images = bars(600, 8, 4);
     let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
     let losses = |cfg: &PretrainConfig| {
-        let run = pretrain(&dev, &images, SIDE8, cfg, 7, None, Hooks::default()).unwrap();
+        let run = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            cfg,
+            7,
+            None,
+            Hooks::default(),
+        )
+        .unwrap();
         run.history
             .iter()
             .map(|h| (h.train_loss, h.heldout_loss.unwrap()))
@@ -232,7 +264,15 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
     let mut moved = vec![0.0; originals.len()];
     augment_batch(&originals, SIDE8, &cfg.augment, 3, &mut moved);
     let error_to_originals = |cfg: &PretrainConfig| {
-        let mut run = pretrain(&dev, &images, SIDE8, cfg, 7, None, Hooks::default()).unwrap();
+        let mut run = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            cfg,
+            7,
+            None,
+            Hooks::default(),
+        )
+        .unwrap();
         let decoder = run.decoder.as_mut().unwrap();
         let drawn = reconstruct(&dev, &mut run.encoder, decoder, &moved, SIDE8.len());
         let squares = drawn.iter().zip(&originals).map(|(a, b)| (a - b).powi(2));
@@ -281,7 +321,15 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
         })
         .collect();
     let found = |cfg: &PretrainConfig| {
-        let mut run = pretrain(&dev, &images, SIDE8, cfg, 7, None, Hooks::default()).unwrap();
+        let mut run = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            cfg,
+            7,
+            None,
+            Hooks::default(),
+        )
+        .unwrap();
         let codes: Vec<Vec<Vec<f32>>> = views
             .iter()
             .map(|v| {

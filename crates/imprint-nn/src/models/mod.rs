@@ -14,7 +14,7 @@ use crate::layers::{Act, Layer, Sequential};
 use crate::tree::{Params, Var};
 use crate::{ImprintDevice, Matrix, NnError, Pass, Result};
 use dfdx::prelude::*;
-use imprint_data::ImageShape;
+use imprint_data::{ImageShape, Normalize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +209,8 @@ impl Architecture {
 pub struct Encoder<D: ImprintDevice> {
     pub architecture: Architecture,
     pub input: ImageShape,
+    /// Applied to the images before the first layer (recorded in the sidecar's `preprocess`).
+    pub normalize: Option<Normalize>,
     net: Sequential<D>,
 }
 
@@ -234,7 +236,13 @@ impl<D: ImprintDevice> Encoder<D> {
             net: architecture.encoder_layers(dev, input, rng)?,
             architecture: architecture.clone(),
             input,
+            normalize: None,
         })
+    }
+
+    /// The same encoder reading images through `normalize`.
+    pub fn normalized(self, normalize: Option<Normalize>) -> Self {
+        Self { normalize, ..self }
     }
 
     /// Width of the features.
@@ -248,6 +256,10 @@ impl<D: ImprintDevice> Encoder<D> {
         x: Matrix<D, T>,
         pass: &mut Pass,
     ) -> Matrix<D, T> {
+        let x = match &self.normalize {
+            Some(n) => normalize(x, n, self.input),
+            None => x,
+        };
         let takes_maps = self.net.layers().next().is_some_and(Layer::takes_maps);
         let x = if takes_maps {
             Act::Maps(Act::Flat(x).into_maps(self.input))
@@ -265,6 +277,25 @@ impl<D: ImprintDevice> Encoder<D> {
             _ => None,
         })
     }
+}
+
+/// `(x - mean[c]) / std[c]` for every pixel of channel `c` of the flattened images `x`.
+fn normalize<D: ImprintDevice, T: Tape<f32, D>>(
+    x: Matrix<D, T>,
+    n: &Normalize,
+    shape: ImageShape,
+) -> Matrix<D, T> {
+    let plane = shape.height * shape.width;
+    let per_pixel =
+        |f: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..shape.len()).map(|i| f(i / plane)).collect() };
+    let scale = per_pixel(&|c| 1.0 / n.std[c]);
+    let shift = per_pixel(&|c| -n.mean[c] / n.std[c]);
+    let (b, len) = *x.shape();
+    let dev = x.device().clone();
+    let scale: crate::Vector<D> = dev.tensor_from_vec(scale, (len,));
+    let shift: crate::Vector<D> = dev.tensor_from_vec(shift, (len,));
+    x * scale.broadcast_like::<(usize, usize), Axis<0>>(&(b, len))
+        + shift.broadcast_like::<(usize, usize), Axis<0>>(&(b, len))
 }
 
 /// Maps features back to pixel logits (pre-sigmoid), `[batch, pixels]`.
