@@ -2,6 +2,7 @@
 
 use crate::{FinetuneError, Result};
 use imprint_data::augment::Augment;
+use imprint_nn::knn::KnnSettings;
 use imprint_train::OptimSettings;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,16 @@ pub struct FinetuneConfig {
     /// `fraction / classes` of them, those the teacher is surest of.
     #[serde(default = "default_self_train_fraction")]
     pub self_train_fraction: f64,
+    /// Keep batch norm's running statistics frozen (eval mode) while the encoder trains; a
+    /// frozen encoder (`probe`) always keeps them.
+    #[serde(default)]
+    pub freeze_bn: bool,
+    /// Neighbours that vote in the `knn` strategy.
+    #[serde(default = "default_knn_k")]
+    pub knn_k: usize,
+    /// Temperature of the `knn` strategy's vote weights `exp(cosine / t)`.
+    #[serde(default = "default_knn_temperature")]
+    pub knn_temperature: f64,
 }
 
 fn default_steps() -> usize {
@@ -65,6 +76,12 @@ fn default_eval_every() -> usize {
 fn default_self_train_fraction() -> f64 {
     1.0
 }
+fn default_knn_k() -> usize {
+    KnnSettings::default().k
+}
+fn default_knn_temperature() -> f64 {
+    KnnSettings::default().temperature as f64
+}
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
@@ -81,11 +98,21 @@ impl Default for FinetuneConfig {
             patience: 0,
             self_train_steps: 0,
             self_train_fraction: default_self_train_fraction(),
+            freeze_bn: false,
+            knn_k: default_knn_k(),
+            knn_temperature: default_knn_temperature(),
         }
     }
 }
 
 impl FinetuneConfig {
+    pub fn knn(&self) -> KnnSettings {
+        KnnSettings {
+            k: self.knn_k,
+            temperature: self.knn_temperature as f32,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |key, message: &str| {
             Err(FinetuneError::Config {
@@ -120,6 +147,12 @@ impl FinetuneConfig {
         if !(self.self_train_fraction > 0.0 && self.self_train_fraction <= 1.0) {
             return bad("self_train_fraction", "must be in (0, 1]");
         }
+        if self.knn_k == 0 {
+            return bad("knn_k", "must be at least 1");
+        }
+        if !(self.knn_temperature > 0.0 && self.knn_temperature.is_finite()) {
+            return bad("knn_temperature", "must be a positive number");
+        }
         if self.self_train_steps > 0 && self.batch_size < 2 {
             return bad(
                 "self_train_steps",
@@ -137,6 +170,9 @@ impl FinetuneConfig {
         parts.extend(self.augment.describe());
         if self.dropout > 0.0 {
             parts.push(format!("dropout {}", self.dropout));
+        }
+        if self.freeze_bn {
+            parts.push("batch-norm statistics frozen".into());
         }
         if self.validation_fraction > 0.0 {
             parts.push(format!(

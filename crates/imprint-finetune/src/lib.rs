@@ -10,12 +10,14 @@ mod self_train;
 mod strategy;
 
 pub use classifier::Classifier;
+pub use classifier::Head;
 pub use config::FinetuneConfig;
 pub use metrics::{evaluate, Metrics};
-pub use strategy::{Definition, EncoderRole, Phase, Start, Strategy, STRATEGIES};
+pub use strategy::{Definition, EncoderRole, Fit, Phase, Start, Strategy, STRATEGIES};
 
 use imprint_data::split::stratified_split;
 use imprint_data::Dataset;
+use imprint_nn::knn::Bank;
 use imprint_nn::{Encoder, ImprintDevice};
 use imprint_train::TrainError;
 use round::{Round, Source};
@@ -107,6 +109,12 @@ pub fn finetune<D: ImprintDevice>(
             ))
         }
     };
+    if strategy.fit() == Fit::Knn {
+        return Ok((
+            knn_classifier(dev, encoder, train, labels, cfg),
+            History::default(),
+        ));
+    }
     let (fit, held_out) = validation_split(train, labels, cfg.validation_fraction, seed)?;
     let validation = (!held_out.is_empty()).then(|| train.subset(&held_out));
     let student_encoder = pool.is_some().then(|| encoder.clone());
@@ -163,6 +171,23 @@ pub fn finetune<D: ImprintDevice>(
         &mut history,
     )?;
     Ok((student, history))
+}
+
+/// The `knn` strategy's classifier: the labeled images' frozen features, ready to vote.
+fn knn_classifier<D: ImprintDevice>(
+    dev: &D,
+    encoder: Encoder<D>,
+    train: &Dataset,
+    labels: &[usize],
+    cfg: &FinetuneConfig,
+) -> Classifier<D> {
+    let width = encoder.features();
+    let classes = train.classes.clone();
+    let mut model = Classifier::new(dev, encoder, classes.clone(), train.shape, 0);
+    let features = model.features(dev, &train.pixels);
+    let bank = Bank::new(dev, features, width, labels, classes.len());
+    model.head = Head::Knn(bank, cfg.knn());
+    model
 }
 
 /// Indices of `train` to fit on and to validate on: `fraction` of each class held out (rounded),

@@ -4,7 +4,8 @@
 
 use crate::classifier::{best_class, Classifier};
 use crate::strategy::{EncoderRole, Phase, Strategy};
-use crate::{FinetuneConfig, FinetuneError, History, Result, Validation};
+use crate::{FinetuneConfig, FinetuneError, Head, History, Result, Validation};
+use dfdx::prelude::*;
 use imprint_data::augment::augment_batch;
 use imprint_data::Dataset;
 use imprint_nn::infer::over_images;
@@ -38,31 +39,22 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Appends `count` images and their labels; all of them in order when `count` is the
+    /// The next `count` images (indices into `data`): all of them in order when `count` is the
     /// whole source (full-batch training), else the next ones of the shuffled cycle.
-    fn draw(
-        &mut self,
-        count: usize,
-        rng: &mut ChaCha8Rng,
-        images: &mut Vec<f32>,
-        labels: &mut Vec<usize>,
-    ) {
-        let mut take = |i: usize| {
-            images.extend_from_slice(self.data.image(i));
-            labels.push(self.labels[i]);
-        };
+    fn draw(&mut self, count: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
         if count == self.ids.len() {
-            self.ids.iter().for_each(|&i| take(i));
-            return;
+            return self.ids.clone();
         }
-        for _ in 0..count {
-            if self.cursor == self.ids.len() {
-                self.ids.shuffle(rng);
-                self.cursor = 0;
-            }
-            take(self.ids[self.cursor]);
-            self.cursor += 1;
-        }
+        (0..count)
+            .map(|_| {
+                if self.cursor == self.ids.len() {
+                    self.ids.shuffle(rng);
+                    self.cursor = 0;
+                }
+                self.cursor += 1;
+                self.ids[self.cursor - 1]
+            })
+            .collect()
     }
 }
 
@@ -87,6 +79,9 @@ struct Training<'a, 's, D: ImprintDevice> {
     dropout_rng: ChaCha8Rng,
     best: Option<(Validation, Classifier<D>)>,
     checks_without_gain: usize,
+    /// Each source's images through the frozen encoder, when nothing changes them between
+    /// steps (a probe without augmentation): the encoder then runs once, not every step.
+    features: Option<Vec<Vec<f32>>>,
 }
 
 impl<D: ImprintDevice> Training<'_, '_, D> {
@@ -107,8 +102,32 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
         let shape = self.model.shape;
         let mut images = Vec::new();
         let mut labels = Vec::new();
-        for (source, count) in self.sources.iter_mut() {
-            source.draw(*count, &mut self.rng, &mut images, &mut labels);
+        let mut cached = Vec::new();
+        for (k, (source, count)) in self.sources.iter_mut().enumerate() {
+            for i in source.draw(*count, &mut self.rng) {
+                labels.push(source.labels[i]);
+                match &self.features {
+                    Some(features) => {
+                        let width = self.model.encoder.features();
+                        cached.extend_from_slice(&features[k][i * width..(i + 1) * width]);
+                    }
+                    None => images.extend_from_slice(source.data.image(i)),
+                }
+            }
+        }
+        let encoder = match self.phase(step).1.encoder {
+            EncoderRole::Frozen => None,
+            EncoderRole::Trained { .. } if self.cfg.freeze_bn => Some(Mode::Eval),
+            EncoderRole::Trained { .. } => Some(Mode::Train),
+        };
+        let mut pass = Pass::train(&mut self.dropout_rng);
+        if self.features.is_some() {
+            let width = self.model.encoder.features();
+            let features: Matrix<D> = self.dev.tensor_from_vec(cached, (labels.len(), width));
+            let logits = self
+                .model
+                .head_logits(features.leaky_trace(), &mut pass, false);
+            return Ok(cross_entropy(logits, &labels));
         }
         if !self.cfg.augment.is_identity() {
             let step_seed = self
@@ -123,11 +142,6 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
         let x: Matrix<D> = self
             .dev
             .tensor_from_vec(images, (labels.len(), shape.len()));
-        let encoder = match self.phase(step).1.encoder {
-            EncoderRole::Frozen => None,
-            EncoderRole::Trained { .. } => Some(Mode::Train),
-        };
-        let mut pass = Pass::train(&mut self.dropout_rng);
         let logits = self.model.train_logits(x, encoder, &mut pass);
         Ok(cross_entropy(logits, &labels))
     }
@@ -135,14 +149,12 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
     fn groups(&mut self, step: usize) -> Vec<Group<'_, D>> {
         let role = self.phase(step).1.encoder;
         let model = &mut *self.model;
+        let Head::Linear(head) = &mut model.head else {
+            unreachable!("only linear heads are trained")
+        };
         let mut groups = vec![Group {
             lr_scale: 1.0,
-            params: model
-                .head
-                .trainable_mut("")
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect(),
+            params: head.trainable_mut("").into_iter().map(|(_, v)| v).collect(),
         }];
         if let EncoderRole::Trained { lr_scale } = role {
             groups.push(Group {
@@ -213,11 +225,19 @@ impl Round {
     ) -> Result<()> {
         let seed = self.streams;
         model.dropout.p = cfg.dropout;
+        let phases = strategy.phases(cfg, self.steps);
+        let frozen = phases.iter().all(|(_, p)| p.encoder == EncoderRole::Frozen);
+        let features = (frozen && cfg.augment.is_identity()).then(|| {
+            sources
+                .iter()
+                .map(|(source, _)| model.features(dev, &source.data.pixels))
+                .collect()
+        });
         let mut task = Training {
             dev,
             model,
             cfg,
-            phases: strategy.phases(cfg, self.steps),
+            phases,
             sources,
             validation,
             history,
@@ -227,6 +247,7 @@ impl Round {
             dropout_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75),
             best: None,
             checks_without_gain: 0,
+            features,
         };
         let run = Run {
             settings: &cfg.optim,

@@ -32,10 +32,20 @@ pub struct Phase {
     pub fresh_optimizer: bool,
 }
 
+/// How a strategy makes its classifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// A linear head (and maybe the encoder) trained through the phases.
+    Train,
+    /// No training: the labeled images' frozen features vote (weighted k-nearest neighbours).
+    Knn,
+}
+
 pub struct Definition {
     pub name: &'static str,
     pub about: &'static str,
     pub start: Start,
+    pub fit: Fit,
     phases: fn(&FinetuneConfig) -> Vec<Phase>,
 }
 
@@ -47,23 +57,26 @@ fn whole(encoder: EncoderRole) -> Vec<Phase> {
     }]
 }
 
-pub const STRATEGIES: [Definition; 4] = [
+pub const STRATEGIES: [Definition; 5] = [
     Definition {
         name: "scratch",
         about: "the same architecture from a fresh init, everything trained: the baseline",
         start: Start::Fresh,
+        fit: Fit::Train,
         phases: |_| whole(EncoderRole::Trained { lr_scale: 1.0 }),
     },
     Definition {
         name: "probe",
         about: "the encoder frozen, a new head trained (linear probe)",
         start: Start::Given,
+        fit: Fit::Train,
         phases: |_| whole(EncoderRole::Frozen),
     },
     Definition {
         name: "full",
         about: "everything trained, the encoder at lr * encoder_lr_scale",
         start: Start::Given,
+        fit: Fit::Train,
         phases: |cfg| {
             whole(EncoderRole::Trained {
                 lr_scale: cfg.encoder_lr_scale,
@@ -75,6 +88,7 @@ pub const STRATEGIES: [Definition; 4] = [
         about: "the head alone for probe_fraction of the steps, then everything as in full \
                 (with a fresh optimizer, as a new one would start in PyTorch)",
         start: Start::Given,
+        fit: Fit::Train,
         phases: |cfg| {
             vec![
                 Phase {
@@ -93,6 +107,15 @@ pub const STRATEGIES: [Definition; 4] = [
             ]
         },
     },
+    Definition {
+        name: "knn",
+        about:
+            "no training: the frozen encoder's L2-normalised features of the labeled images \
+                vote for their class (the knn_k nearest, weighted by exp(cosine / knn_temperature))",
+        start: Start::Given,
+        fit: Fit::Knn,
+        phases: |_| Vec::new(),
+    },
 ];
 
 /// A strategy: an entry of [`STRATEGIES`], written by its name in files and on command lines.
@@ -104,6 +127,7 @@ impl Strategy {
     pub const PROBE: Strategy = Strategy(&STRATEGIES[1]);
     pub const FULL: Strategy = Strategy(&STRATEGIES[2]);
     pub const PROBE_THEN_FULL: Strategy = Strategy(&STRATEGIES[3]);
+    pub const KNN: Strategy = Strategy(&STRATEGIES[4]);
 
     pub fn all() -> impl Iterator<Item = Strategy> {
         STRATEGIES.iter().map(Strategy)
@@ -115,6 +139,10 @@ impl Strategy {
 
     pub fn start(self) -> Start {
         self.0.start
+    }
+
+    pub fn fit(self) -> Fit {
+        self.0.fit
     }
 
     /// Whether the strategy starts from the encoder given to fine-tuning.
@@ -220,7 +248,7 @@ mod tests {
         let e = "probe-full".parse::<Strategy>().unwrap_err();
         assert_eq!(
             e,
-            "unknown strategy `probe-full` (expected one of scratch, probe, full, probe-then-full)"
+            "unknown strategy `probe-full` (expected one of scratch, probe, full, probe-then-full, knn)"
         );
     }
 }

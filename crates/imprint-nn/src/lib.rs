@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod infer;
+pub mod knn;
 pub mod layers;
 pub mod loss;
 mod mode;

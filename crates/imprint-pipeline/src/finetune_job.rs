@@ -2,12 +2,14 @@
 //! classifier trained by a strategy, its test metrics.
 
 use crate::provenance::{RunLog, VERSION};
-use crate::sidecar::{read_json, sidecar_path, write_json, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR};
+use crate::sidecar::{
+    read_json, sidecar_path, write_json, KnnVote, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR,
+};
 use crate::{create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
 use imprint_data::{Dataset, ImageShape};
-use imprint_finetune::{evaluate, finetune, Classifier, Metrics, Strategy};
+use imprint_finetune::{evaluate, finetune, Classifier, Head, Metrics, Strategy};
 use imprint_nn::{load_tensors, save_tensors, Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord};
 use rand::SeedableRng;
@@ -236,6 +238,14 @@ pub fn finetune_job(
             program_version: VERSION.into(),
             data: data.labeled.files.clone(),
             git_revision: log.info().git_revision.clone(),
+            knn: match &outcome.model.head {
+                Head::Knn(_, settings) => Some(KnnVote {
+                    k: settings.k,
+                    temperature: settings.temperature,
+                }),
+                Head::Linear(_) => None,
+            },
+            started_from: None,
         },
     )?;
     log.write(out, data, true)?;

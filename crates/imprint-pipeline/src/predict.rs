@@ -8,8 +8,9 @@ use crate::sidecar::{
 use crate::{EncoderSidecar, ModelSidecar, Result, Sidecar};
 use dfdx::prelude::Cpu;
 use imprint_data::{ImageShape, Preprocess};
-use imprint_finetune::Classifier;
+use imprint_finetune::{Classifier, Head};
 use imprint_nn::infer::over_images;
+use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::{load_tensors, Encoder, ParamsExt, Pass};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -46,6 +47,16 @@ fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
     )?
     .normalized(side.preprocess.normalize());
     let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
+    if let Some(vote) = side.knn {
+        // A bank of the saved size, to load the saved one into.
+        let rows = tensors.get("head.bank").map_or(0, |t| t.shape[0]);
+        let bank = Bank::empty(&dev, rows, model.encoder.features(), side.classes.len());
+        let settings = KnnSettings {
+            k: vote.k,
+            temperature: vote.temperature,
+        };
+        model.head = Head::Knn(bank, settings);
+    }
     model.load_named("", &tensors, &weights.display().to_string())?;
     Ok(model)
 }

@@ -6,8 +6,13 @@ use crate::resume_point;
 use crate::sidecar::{write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
+use imprint_data::split::{sample_labeled, LabelBudget};
+use imprint_data::Dataset;
+use imprint_nn::knn::KnnSettings;
 use imprint_nn::{save_tensors, Decoder, Encoder, ParamsExt};
-use imprint_pretrain::{pretrain, reconstruct, EpochStats, Hooks, Images, PretrainError, Snapshot};
+use imprint_pretrain::{
+    pretrain, reconstruct, EpochStats, Hooks, Images, Monitor, PretrainError, Snapshot,
+};
 use imprint_report as report;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,10 +80,19 @@ pub(crate) fn pretrain_artifacts(
         last_saved = Some(snapshot.state.epochs_done);
         Ok(())
     };
+    let monitored = monitor_sets(p, data)?;
     let hooks = Hooks {
         on_batch: Some(&mut on_batch),
         on_epoch: Some(&mut on_epoch),
         on_checkpoint: Some(&mut on_checkpoint),
+        monitor: monitored.as_ref().map(|(bank, queries)| Monitor {
+            bank: &bank.pixels,
+            bank_labels: bank.labels.as_deref().unwrap_or_default(),
+            queries: &queries.pixels,
+            query_labels: queries.labels.as_deref().unwrap_or_default(),
+            classes: bank.num_classes(),
+            knn: KnnSettings::default(),
+        }),
     };
     let normalize = p.data.preprocess.normalize();
     let images = Images {
@@ -122,6 +136,7 @@ pub(crate) fn pretrain_artifacts(
                 h.heldout_loss.unwrap_or(f64::NAN),
                 h.images_per_second,
                 h.seconds,
+                h.knn_accuracy.unwrap_or(f64::NAN),
             ]
         })
         .collect();
@@ -133,6 +148,7 @@ pub(crate) fn pretrain_artifacts(
             "heldout_loss",
             "images_per_second",
             "seconds",
+            "knn_accuracy",
         ],
         &rows,
     )?;
@@ -151,6 +167,16 @@ pub(crate) fn pretrain_artifacts(
                 .history
                 .iter()
                 .filter_map(|h| h.heldout_loss.map(|l| (h.epoch as f64 + 1.0, l)))
+                .collect(),
+        ));
+    }
+    if trained.history.iter().all(|h| h.knn_accuracy.is_some()) {
+        series.push((
+            "kNN accuracy (monitor)".to_string(),
+            trained
+                .history
+                .iter()
+                .filter_map(|h| h.knn_accuracy.map(|a| (h.epoch as f64 + 1.0, a)))
                 .collect(),
         ));
     }
@@ -205,6 +231,31 @@ pub(crate) fn pretrain_artifacts(
     }
     Ok((trained.encoder, trained.history, seconds))
 }
+
+/// The kNN monitor's labeled bank and queries, drawn from the labeled pool (never the test
+/// set) with a seed of their own, the same for every pre-training seed; `None` without one.
+fn monitor_sets(p: &Pipeline, data: &Prepared) -> Result<Option<(Dataset, Dataset)>> {
+    let per_class = p.pretrain.monitor_labels_per_class;
+    if per_class == 0 {
+        return Ok(None);
+    }
+    let pool = &data.labeled;
+    let labels = pool.labels.as_deref().unwrap_or_default();
+    let seed = p.data.split_seed ^ MONITOR_SALT;
+    let classes = pool.num_classes();
+    let bank = sample_labeled(labels, classes, LabelBudget::PerClass(per_class), seed)?;
+    let mut in_bank = vec![false; pool.len()];
+    bank.iter().for_each(|&i| in_bank[i] = true);
+    let rest: Vec<usize> = (0..pool.len()).filter(|&i| !in_bank[i]).collect();
+    let rest_labels: Vec<usize> = rest.iter().map(|&i| labels[i]).collect();
+    let total = LabelBudget::Total(p.pretrain.monitor_queries.min(rest.len()));
+    let queries = sample_labeled(&rest_labels, classes, total, seed)?;
+    let queries: Vec<usize> = queries.into_iter().map(|i| rest[i]).collect();
+    Ok(Some((pool.subset(&bank), pool.subset(&queries))))
+}
+
+/// Mixed into the split seed for the monitor's draws, so they differ from the labeled subsets'.
+const MONITOR_SALT: u64 = 0x6d6f_6e69_746f_7221;
 
 /// Held-out originals (or the first images, with nothing held out) over their reconstructions.
 fn write_reconstructions(

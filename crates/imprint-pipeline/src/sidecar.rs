@@ -40,6 +40,19 @@ pub struct ModelSidecar {
     pub data: Vec<SourceFile>,
     #[serde(default)]
     pub git_revision: Option<String>,
+    /// How a kNN classifier's bank votes (its `head.bank` and `head.labels` are the weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn: Option<KnnVote>,
+    /// The checkpoint the encoder started from, when it did not start fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_from: Option<SourceFile>,
+}
+
+/// A kNN classifier's vote: its `k` nearest, weighted by `exp(cosine / temperature)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnnVote {
+    pub k: usize,
+    pub temperature: f32,
 }
 
 /// What the error of a sidecar read calls the file.

@@ -12,6 +12,7 @@ pub use config::{Noise, PretrainConfig};
 use dfdx::prelude::*;
 use imprint_data::{ImageShape, Normalize};
 use imprint_nn::infer::over_images;
+use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::loss::reconstruction_loss;
 use imprint_nn::tree::{join, Params, ParamsExt, Var};
 use imprint_nn::{
@@ -58,6 +59,48 @@ pub struct EpochStats {
     pub heldout_loss: Option<f64>,
     pub images_per_second: f64,
     pub seconds: f64,
+    /// Accuracy of the k-nearest-neighbour vote of the monitor's labeled images, when there is a
+    /// monitor.
+    #[serde(default)]
+    pub knn_accuracy: Option<f64>,
+}
+
+/// Labeled images to score the encoder on at every epoch end, by a k-nearest-neighbour vote of
+/// the `bank` images' features for each query: pretexts and settings compared in minutes, with
+/// no fine-tuning.
+pub struct Monitor<'a> {
+    pub bank: &'a [f32],
+    pub bank_labels: &'a [usize],
+    pub queries: &'a [f32],
+    pub query_labels: &'a [usize],
+    pub classes: usize,
+    pub knn: KnnSettings,
+}
+
+impl Monitor<'_> {
+    /// The share of the queries the vote gets right.
+    fn accuracy<D: ImprintDevice>(&self, dev: &D, encoder: &mut Encoder<D>) -> f64 {
+        let len = encoder.input.len();
+        let mut features = |images: &[f32]| {
+            over_images(dev, images, len, |x| encoder.forward(x, &mut Pass::eval()))
+        };
+        let bank_features = features(self.bank);
+        let query_features = features(self.queries);
+        let bank = Bank::new(
+            dev,
+            bank_features,
+            encoder.features(),
+            self.bank_labels,
+            self.classes,
+        );
+        let predicted = bank.predict(&query_features, self.knn);
+        let right = predicted
+            .iter()
+            .zip(self.query_labels)
+            .filter(|((p, _), &l)| *p == l)
+            .count();
+        right as f64 / self.query_labels.len().max(1) as f64
+    }
 }
 
 pub struct Pretrained<D: ImprintDevice> {
@@ -82,6 +125,8 @@ pub struct Hooks<'a> {
     pub on_epoch: Option<&'a mut dyn FnMut(&EpochStats)>,
     /// At each epoch end, everything needed to continue from there; an error stops the run.
     pub on_checkpoint: Option<&'a mut SaveCheckpoint<'a>>,
+    /// Scores the encoder at each epoch end, into [`EpochStats::knn_accuracy`].
+    pub monitor: Option<Monitor<'a>>,
 }
 
 /// The run's state at an epoch end: resuming from it gives what the uninterrupted run gives.
@@ -328,12 +373,18 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
             self.nets
                 .heldout_loss(self.dev, self.images, self.input.len(), &self.heldout)
         };
+        let knn_accuracy = self
+            .hooks
+            .monitor
+            .as_ref()
+            .map(|m| m.accuracy(self.dev, &mut self.nets.encoder));
         let stats = EpochStats {
             epoch,
             train_loss: self.epoch_loss / self.steps_per_epoch as f64,
             heldout_loss,
             images_per_second: (self.steps_per_epoch * self.batch) as f64 / seconds.max(1e-9),
             seconds,
+            knn_accuracy,
         };
         if let Some(f) = self.hooks.on_epoch.as_mut() {
             f(&stats);
