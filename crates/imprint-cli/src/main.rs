@@ -7,7 +7,9 @@ mod progress;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imprint_finetune::Strategy;
-use imprint_pipeline::{prepare_output_dir, Overrides, Pipeline, Prepared, RunLog, Sidecar};
+use imprint_pipeline::{
+    prepare_output_dir, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
+};
 use progress::Bars;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,9 +76,12 @@ enum Command {
         /// Pipeline file (TOML) giving the data and settings.
         #[arg(long, default_value = "pipelines/digits.toml")]
         pipeline: PathBuf,
-        /// Pre-trained encoder (`encoder.safetensors` with its `encoder.json`); not needed for scratch.
-        #[arg(long)]
-        encoder: Option<PathBuf>,
+        /// Where the encoder starts: a pre-trained or imported `encoder.safetensors`, or any
+        /// classifier's `model.safetensors` (its head is replaced by one for the labeled
+        /// classes); its architecture, input size and normalisation replace the pipeline's. Not
+        /// needed for scratch.
+        #[arg(long, alias = "encoder")]
+        init: Option<PathBuf>,
         /// scratch, probe (frozen encoder, new head), full, or probe-then-full.
         #[arg(long, default_value = "full")]
         strategy: Strategy,
@@ -100,6 +105,46 @@ enum Command {
         /// CSV to write (through a temporary name, so a failure leaves no half file).
         #[arg(long, default_value = "predictions.csv")]
         out: PathBuf,
+    },
+    /// Score a classifier on labeled images: accuracy, per-class accuracy, confusion matrix.
+    Evaluate {
+        /// `model.safetensors` (its `model.json` beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Labeled images: a folder per class, a CSV list, or an idx file with labels.
+        #[arg(long)]
+        input: PathBuf,
+        /// Also write each image's logits to this CSV (`path,label,logit_<class>...`).
+        #[arg(long)]
+        logits: Option<PathBuf>,
+    },
+    /// Read a network trained elsewhere (PyTorch .pt/.pth/.th, zip or legacy, or safetensors)
+    /// into one of our architectures: writes model.safetensors + model.json (or the encoder's).
+    Import {
+        /// The checkpoint; its pickle is read without running anything in it.
+        checkpoint: PathBuf,
+        /// resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR layout), resnet18, resnet34.
+        #[arg(long)]
+        arch: String,
+        /// Input images as CHANNELSxHEIGHTxWIDTH.
+        #[arg(long, default_value = "3x32x32")]
+        input: String,
+        /// Per-channel mean the network was trained with, comma-separated (e.g. ImageNet's
+        /// 0.485,0.456,0.406).
+        #[arg(long, value_delimiter = ',')]
+        mean: Option<Vec<f32>>,
+        /// Per-channel standard deviation, comma-separated (ImageNet's 0.229,0.224,0.225).
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+        /// Names of the classifier's outputs in order, comma-separated (default 0, 1, ...).
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write into an existing non-empty output folder.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a checkpoint's architecture, tensor names and shapes, and its sidecar's provenance.
     Inspect {
@@ -288,19 +333,23 @@ fn run_command(cli: Cli) -> Result<()> {
         }
         Command::Finetune {
             pipeline,
-            encoder,
+            init,
             strategy,
             labels_per_class,
             seed,
             common,
         } => {
-            let (p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), false)?;
+            let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), false)?;
+            let start = init.as_deref().map(StartPoint::read).transpose()?;
+            if let Some(start) = &start {
+                start.adopt(&mut p);
+            }
             let mut log = RunLog::start("finetune", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let o = imprint_pipeline::finetune_job(
                 &p,
                 &data,
-                encoder.as_deref(),
+                start.as_ref(),
                 strategy,
                 labels_per_class,
                 seed,
@@ -319,6 +368,63 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Predict { model, input, out } => {
             let n = imprint_pipeline::predict(&model, &input, &out)?;
             println!("{n} predictions in {}", out.display());
+        }
+        Command::Evaluate {
+            model,
+            input,
+            logits,
+        } => {
+            let e = imprint_pipeline::evaluate_job(&model, &input, logits.as_deref())?;
+            println!(
+                "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
+                e.images,
+                input.display(),
+                100.0 * e.metrics.accuracy,
+                e.metrics.macro_f1
+            );
+            let width = e.classes.iter().map(String::len).max().unwrap_or(0);
+            for (class, (n, acc)) in e.classes.iter().zip(&e.per_class) {
+                println!("  {class:width$}  {:6.2}% of {n}", 100.0 * acc);
+            }
+            println!("confusion (rows true, columns predicted, in the order above):");
+            for row in &e.metrics.confusion {
+                let cells: Vec<String> = row.iter().map(|v| format!("{v:5}")).collect();
+                println!("  {}", cells.join(" "));
+            }
+            if let Some(path) = logits {
+                println!("logits in {}", path.display());
+            }
+        }
+        Command::Import {
+            checkpoint,
+            arch,
+            input,
+            mean,
+            std,
+            classes,
+            out,
+            force,
+        } => {
+            let spec = imprint_pipeline::ImportSpec {
+                arch,
+                input: parse_shape(&input)?,
+                mean,
+                std,
+                classes,
+            };
+            prepare_output_dir(&out, force)?;
+            let imported = imprint_pipeline::import(&checkpoint, &spec, &out)?;
+            println!(
+                "{} tensors of {} read as {}{}; written to {}",
+                imported.tensors,
+                checkpoint.display(),
+                imported.architecture.describe(spec.input),
+                imported
+                    .classes
+                    .map(|c| format!(" with a {}-class head", c.len()))
+                    .unwrap_or_default(),
+                imported.weights.display()
+            );
         }
         Command::Inspect { checkpoint } => print_inspection(&checkpoint)?,
         Command::Embed {
@@ -347,6 +453,24 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&args)?,
     }
     Ok(())
+}
+
+/// `3x32x32` as channels, height, width.
+fn parse_shape(text: &str) -> Result<imprint_data::ImageShape> {
+    let parts: Vec<usize> = text
+        .split('x')
+        .map(|p| p.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .ok()
+        .filter(|p: &Vec<usize>| p.len() == 3 && p.iter().all(|&v| v > 0))
+        .with_context(|| {
+            format!("--input `{text}`: expected CHANNELSxHEIGHTxWIDTH, e.g. 3x32x32")
+        })?;
+    Ok(imprint_data::ImageShape {
+        channels: parts[0],
+        height: parts[1],
+        width: parts[2],
+    })
 }
 
 /// The `inspect` report: what the sidecar says, the tensors, and whether they fit.

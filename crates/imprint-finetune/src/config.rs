@@ -53,6 +53,10 @@ pub struct FinetuneConfig {
     /// frozen encoder (`probe`) always keeps them.
     #[serde(default)]
     pub freeze_bn: bool,
+    /// Layer-wise learning-rate decay: the encoder's layers (a ResNet's blocks) train at
+    /// `decay^d` times its rate, `d` their distance from the head (1 for the last); 1 = off.
+    #[serde(default = "one")]
+    pub layer_decay: f64,
     /// Neighbours that vote in the `knn` strategy.
     #[serde(default = "default_knn_k")]
     pub knn_k: usize,
@@ -99,6 +103,7 @@ impl Default for FinetuneConfig {
             self_train_steps: 0,
             self_train_fraction: default_self_train_fraction(),
             freeze_bn: false,
+            layer_decay: 1.0,
             knn_k: default_knn_k(),
             knn_temperature: default_knn_temperature(),
         }
@@ -147,6 +152,9 @@ impl FinetuneConfig {
         if !(self.self_train_fraction > 0.0 && self.self_train_fraction <= 1.0) {
             return bad("self_train_fraction", "must be in (0, 1]");
         }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return bad("layer_decay", "must be in (0, 1]");
+        }
         if self.knn_k == 0 {
             return bad("knn_k", "must be at least 1");
         }
@@ -173,6 +181,9 @@ impl FinetuneConfig {
         }
         if self.freeze_bn {
             parts.push("batch-norm statistics frozen".into());
+        }
+        if self.layer_decay < 1.0 {
+            parts.push(format!("layer-wise lr decay {}", self.layer_decay));
         }
         if self.validation_fraction > 0.0 {
             parts.push(format!(

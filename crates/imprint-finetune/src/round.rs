@@ -157,15 +157,35 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
             params: head.trainable_mut("").into_iter().map(|(_, v)| v).collect(),
         }];
         if let EncoderRole::Trained { lr_scale } = role {
-            groups.push(Group {
-                lr_scale,
-                params: model
-                    .encoder
-                    .trainable_mut("")
-                    .into_iter()
-                    .map(|(_, v)| v)
-                    .collect(),
-            });
+            let decay = self.cfg.layer_decay;
+            if decay == 1.0 {
+                groups.push(Group {
+                    lr_scale,
+                    params: model
+                        .encoder
+                        .trainable_mut("")
+                        .into_iter()
+                        .map(|(_, v)| v)
+                        .collect(),
+                });
+            } else {
+                let units = model.encoder.units();
+                let mut by_unit: Vec<Vec<_>> = units.iter().map(|_| Vec::new()).collect();
+                for (name, v) in model.encoder.trainable_mut("") {
+                    let unit = units
+                        .iter()
+                        .position(|u| name.starts_with(&format!("{u}.")))
+                        .expect("every tensor of the encoder lies in one of its units");
+                    by_unit[unit].push(v);
+                }
+                let depth = units.len();
+                for (i, params) in by_unit.into_iter().enumerate() {
+                    groups.push(Group {
+                        lr_scale: lr_scale * decay.powi((depth - i) as i32),
+                        params,
+                    });
+                }
+            }
         }
         groups
     }

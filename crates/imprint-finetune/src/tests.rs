@@ -575,3 +575,41 @@ fn self_training_settings_and_pool_are_checked() {
     );
     assert!(e.contains("leaves no class a pseudo-label"), "{e}");
 }
+
+/// Layer-wise decay trains the layers far from the head at a fraction of the rate: with decay
+/// 0.1 the first of two layers (two steps from the head, rate x0.01) moves a hundredth as far
+/// under Adam, whose steps scale with the rate.
+#[test]
+fn layer_decay_slows_the_layers_far_from_the_head() {
+    let first = |decay: f64| {
+        let cfg = FinetuneConfig {
+            steps: 10,
+            layer_decay: decay,
+            ..Default::default()
+        };
+        let before = encoder(3).named_tensors("encoder");
+        let (model, _) = fit_fresh(&bars(20, 1), &cfg, Strategy::FULL);
+        let after = model.encoder.named_tensors("encoder");
+        let moved = |i: usize| -> f32 {
+            before[i]
+                .data
+                .iter()
+                .zip(&after[i].data)
+                .map(|(a, b)| (a - b).abs())
+                .sum()
+        };
+        assert_eq!(before[0].name, "encoder.0.weight");
+        (moved(0), moved(2))
+    };
+    let (plain_first, plain_last) = first(1.0);
+    let (slow_first, slow_last) = first(0.1);
+    let ratio = |a: f32, b: f32| a / b;
+    assert!(
+        (ratio(slow_first, plain_first) - 0.01).abs() < 0.005,
+        "first layer moved {slow_first} with decay, {plain_first} without"
+    );
+    assert!(
+        (ratio(slow_last, plain_last) - 0.1).abs() < 0.05,
+        "last layer moved {slow_last} with decay, {plain_last} without"
+    );
+}

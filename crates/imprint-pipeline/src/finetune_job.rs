@@ -2,57 +2,123 @@
 //! classifier trained by a strategy, its test metrics.
 
 use crate::provenance::{RunLog, VERSION};
-use crate::sidecar::{
-    read_json, sidecar_path, write_json, KnnVote, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR,
+use crate::sidecar::{read_sidecar, sidecar_path, write_json, KnnVote, MODEL_FORMAT};
+use crate::{
+    create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result, Sidecar,
 };
-use crate::{create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
-use imprint_data::{Dataset, ImageShape};
+use imprint_data::{Dataset, ImageShape, Preprocess, SourceFile};
 use imprint_finetune::{evaluate, finetune, Classifier, Head, Metrics, Strategy};
-use imprint_nn::{load_tensors, save_tensors, Encoder, ParamsExt};
+use imprint_nn::{load_tensors, save_tensors, Architecture, Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Loads a pre-trained encoder, refusing one whose architecture or input shape differs from
-/// what `p` and the data need.
+/// A checkpoint fine-tuning can start from: a pre-trained or imported encoder, or any
+/// classifier, whose head is then dropped for a new one.
+#[derive(Clone, Debug)]
+pub struct StartPoint {
+    pub weights: PathBuf,
+    pub architecture: Architecture,
+    pub input: ImageShape,
+    pub preprocess: Preprocess,
+    /// The file, its size and digest, for the new model's sidecar.
+    pub source: SourceFile,
+}
+
+impl StartPoint {
+    /// Reads the sidecar beside `weights`, an encoder's or a classifier's.
+    pub fn read(weights: &Path) -> Result<Self> {
+        let (architecture, input, preprocess) = match read_sidecar(&sidecar_path(weights))? {
+            Sidecar::Encoder(s) => (s.architecture, s.input, s.preprocess),
+            Sidecar::Model(s) => (s.architecture, s.input, s.preprocess),
+        };
+        let (bytes, sha256) = imprint_fs::size_and_sha256(weights)?;
+        Ok(Self {
+            weights: weights.to_path_buf(),
+            architecture,
+            input,
+            preprocess,
+            source: SourceFile {
+                path: weights.display().to_string(),
+                bytes,
+                sha256,
+            },
+        })
+    }
+
+    /// Makes `p` fit this network: its architecture, and the input size and normalisation it
+    /// was trained with (the pipeline's inversion stays).
+    pub fn adopt(&self, p: &mut Pipeline) {
+        p.pretrain.architecture = self.architecture.clone();
+        let prep = &mut p.data.preprocess;
+        prep.channels = Some(self.input.channels);
+        prep.height = Some(self.input.height);
+        prep.width = Some(self.input.width);
+        prep.mean = self.preprocess.mean.clone();
+        prep.std = self.preprocess.std.clone();
+    }
+
+    /// The encoder, refusing one whose architecture or input shape differs from what `p` and
+    /// the data need.
+    pub fn encoder_for(&self, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
+        let input = |message: String| PipelineError::Input {
+            path: self.weights.display().to_string(),
+            message,
+        };
+        if self.architecture != p.pretrain.architecture {
+            return Err(input(format!(
+                "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
+                self.architecture.describe(self.input),
+                p.pretrain.architecture.describe(shape)
+            )));
+        }
+        if self.input != shape {
+            return Err(input(format!(
+                "checkpoint takes {} images, the data is {}; set [data.preprocess] to {}",
+                self.input, shape, self.input
+            )));
+        }
+        encoder_from(
+            &self.weights,
+            &self.architecture,
+            self.input,
+            &self.preprocess,
+        )
+    }
+}
+
+/// Loads a pre-trained encoder (or a classifier's), refusing one whose architecture or input
+/// shape differs from what `p` and the data need.
 pub fn load_encoder(weights: &Path, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
-    let side: EncoderSidecar = read_json(&sidecar_path(weights), ENCODER_FORMAT, SIDECAR)?;
-    let input = |message: String| PipelineError::Input {
-        path: weights.display().to_string(),
-        message,
-    };
-    if side.architecture != p.pretrain.architecture {
-        return Err(input(format!(
-            "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
-            side.architecture.describe(side.input),
-            p.pretrain.architecture.describe(shape)
-        )));
-    }
-    if side.input != shape {
-        return Err(input(format!(
-            "checkpoint takes {} images, the data is {}; set [data.preprocess] to {}",
-            side.input, shape, side.input
-        )));
-    }
-    encoder_of(weights, &side)
+    StartPoint::read(weights)?.encoder_for(p, shape)
 }
 
 /// The encoder a sidecar describes, with the weights of `weights`.
 pub(crate) fn encoder_of(weights: &Path, side: &EncoderSidecar) -> Result<Encoder<Cpu>> {
+    encoder_from(weights, &side.architecture, side.input, &side.preprocess)
+}
+
+/// The `encoder.*` tensors of `weights` in an encoder of this architecture and input.
+fn encoder_from(
+    weights: &Path,
+    architecture: &Architecture,
+    input: ImageShape,
+    preprocess: &Preprocess,
+) -> Result<Encoder<Cpu>> {
     let (tensors, _) = load_tensors(weights)?;
     let mut encoder = Encoder::new(
         &Cpu::default(),
-        &side.architecture,
-        side.input,
+        architecture,
+        input,
         &mut ChaCha8Rng::seed_from_u64(0),
     )?;
     encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
-    Ok(encoder.normalized(side.preprocess.normalize()))
+    Ok(encoder.normalized(preprocess.normalize()))
 }
 
 /// A fresh encoder for the `scratch` baseline, its init drawn from `seed`.
@@ -191,7 +257,7 @@ pub(crate) fn run_one(
 pub fn finetune_job(
     p: &Pipeline,
     data: &Prepared,
-    encoder_weights: Option<&Path>,
+    start: Option<&StartPoint>,
     strategy: Strategy,
     k: usize,
     seed: u64,
@@ -199,17 +265,15 @@ pub fn finetune_job(
     log: &mut RunLog,
 ) -> Result<FinetuneOutcome> {
     // Check the encoder before writing anything.
-    let pretrained = match (strategy.uses_pretrained(), encoder_weights) {
-        (true, Some(w)) => Some(log.time("load encoder", || load_encoder(w, p, data.shape()))?),
-        (true, None) => {
-            return Err(PipelineError::Input {
-                path: "command line".into(),
-                message: format!(
-                    "strategy `{}` needs --encoder PATH/encoder.safetensors",
-                    strategy.name()
-                ),
-            })
-        }
+    let pretrained = match (strategy.uses_pretrained(), start) {
+        (true, Some(s)) => Some(log.time("load encoder", || s.encoder_for(p, data.shape()))?),
+        (true, None) => return Err(PipelineError::Input {
+            path: "command line".into(),
+            message: format!(
+                "strategy `{}` needs --init PATH (an encoder.safetensors or a model.safetensors)",
+                strategy.name()
+            ),
+        }),
         (false, _) => None,
     };
     create_dir(out)?;
@@ -245,7 +309,9 @@ pub fn finetune_job(
                 }),
                 Head::Linear(_) => None,
             },
-            started_from: None,
+            started_from: start
+                .filter(|_| strategy.uses_pretrained())
+                .map(|s| s.source.clone()),
         },
     )?;
     log.write(out, data, true)?;

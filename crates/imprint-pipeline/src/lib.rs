@@ -5,6 +5,7 @@
 mod compare;
 pub mod config;
 mod finetune_job;
+mod import;
 mod predict;
 mod prepared;
 mod pretrain_job;
@@ -14,8 +15,9 @@ mod sidecar;
 
 pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline};
-pub use finetune_job::{finetune_job, FinetuneOutcome};
-pub use predict::{embed, inspect, predict, Inspection};
+pub use finetune_job::{finetune_job, FinetuneOutcome, StartPoint};
+pub use import::{import, named_architecture, ImportSpec, Imported};
+pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
 pub use prepared::Prepared;
 pub use pretrain_job::pretrain_job;
 pub use provenance::RunLog;

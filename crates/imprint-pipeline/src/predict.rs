@@ -5,10 +5,10 @@ use crate::finetune_job::encoder_of;
 use crate::sidecar::{
     read_json, read_sidecar, sidecar_path, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR,
 };
-use crate::{EncoderSidecar, ModelSidecar, Result, Sidecar};
+use crate::{EncoderSidecar, ModelSidecar, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
-use imprint_data::{ImageShape, Preprocess};
-use imprint_finetune::{Classifier, Head};
+use imprint_data::{Dataset, ImageShape, Preprocess};
+use imprint_finetune::{evaluate, Classifier, Head, Metrics};
 use imprint_nn::infer::over_images;
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::{load_tensors, Encoder, ParamsExt, Pass};
@@ -33,6 +33,83 @@ pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usi
     }
     imprint_fs::write_atomic(out_csv, text.as_bytes())?;
     Ok(predictions.len())
+}
+
+/// A classifier's scores on labeled images.
+pub struct Evaluation {
+    pub metrics: Metrics,
+    pub classes: Vec<String>,
+    /// Images per class and the share of them classified right, in class order.
+    pub per_class: Vec<(usize, f64)>,
+    pub images: usize,
+}
+
+/// Scores a classifier on the labeled images of `input` (a folder per class, a CSV list, an idx
+/// file with labels), whose class names must be among the classifier's. Writes `logits_csv`
+/// (`path,label,logit_<class>...`, the linear head's scores before the softmax) when asked.
+pub fn evaluate_job(
+    model_weights: &Path,
+    input: &Path,
+    logits_csv: Option<&Path>,
+) -> Result<Evaluation> {
+    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
+    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    if images.labels.is_none() {
+        return Err(PipelineError::Input {
+            path: input.display().to_string(),
+            message: "evaluation needs labels (class folders, CSV labels or an idx labels file)"
+                .into(),
+        });
+    }
+    let images = images.align_classes(&side.classes)?;
+    let mut model = model_of(model_weights, &side)?;
+    let dev = Cpu::default();
+    if let Some(path) = logits_csv {
+        let Head::Linear(_) = model.head else {
+            return Err(PipelineError::Input {
+                path: model_weights.display().to_string(),
+                message: "a kNN classifier has no logits to write".into(),
+            });
+        };
+        let logits = over_images(&dev, &images.pixels, side.input.len(), |x| model.logits(x));
+        write_logits(path, &images, &side.classes, &logits)?;
+    }
+    let metrics = evaluate(&dev, &mut model, &images).expect("the images are labeled");
+    let per_class = metrics
+        .confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| {
+            let n: usize = row.iter().sum();
+            (n, row[c] as f64 / n.max(1) as f64)
+        })
+        .collect();
+    Ok(Evaluation {
+        metrics,
+        classes: side.classes,
+        per_class,
+        images: images.len(),
+    })
+}
+
+/// `path,label,logit_<class>...`, each logit as the shortest text that reads back as the same f32.
+fn write_logits(path: &Path, images: &Dataset, classes: &[String], logits: &[f32]) -> Result<()> {
+    let mut text = String::from("path,label");
+    for c in classes {
+        text.push_str(&format!(",logit_{}", csv_field(c)));
+    }
+    text.push('\n');
+    for (i, row) in logits.chunks_exact(classes.len()).enumerate() {
+        text.push_str(&csv_field(&images.items[i]));
+        text.push(',');
+        text.push_str(&csv_field(images.label_name(i).unwrap_or("")));
+        for v in row {
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+    }
+    imprint_fs::write_atomic(path, text.as_bytes())?;
+    Ok(())
 }
 
 /// The classifier a sidecar describes, with the weights of `weights`.

@@ -137,7 +137,7 @@ pub fn read_run_info(path: &Path) -> Result<RunInfo> {
 
 /// The working directory's git revision and whether tracked files changed; `None` outside a
 /// checkout or without git.
-fn git_state() -> (Option<String>, Option<bool>) {
+pub(crate) fn git_state() -> (Option<String>, Option<bool>) {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)

@@ -70,6 +70,10 @@ pub struct PretrainConfig {
     /// Temperature of the contrastive term's cosine similarities.
     #[serde(default = "default_temperature")]
     pub contrast_temperature: f64,
+    /// Weight of rotation prediction (RotNet): the first view's images are each turned by a
+    /// multiple of 90° (180° for oblong ones), and a head on the code must tell which; 0 = off.
+    #[serde(default)]
+    pub rotation_weight: f64,
     /// Labeled images per class whose features vote (k nearest neighbours) for the classes of
     /// `monitor_queries` others at every epoch end, a score in `loss.csv` to compare pretexts
     /// and settings without fine-tuning; 0 = no monitor. Both come from the labeled pool, never
@@ -124,6 +128,7 @@ impl PretrainConfig {
             reconstruction_weight: 1.0,
             contrast_weight: 0.0,
             contrast_temperature: default_temperature(),
+            rotation_weight: 0.0,
             monitor_labels_per_class: 0,
             monitor_queries: default_monitor_queries(),
         }
@@ -196,10 +201,13 @@ impl PretrainConfig {
         if !(self.contrast_weight >= 0.0 && self.contrast_weight.is_finite()) {
             return bad("contrast_weight", "must be a non-negative number");
         }
-        if !self.reconstructs() && self.contrast_weight == 0.0 {
+        if !(self.rotation_weight >= 0.0 && self.rotation_weight.is_finite()) {
+            return bad("rotation_weight", "must be a non-negative number");
+        }
+        if !self.reconstructs() && self.contrast_weight == 0.0 && self.rotation_weight == 0.0 {
             return bad(
                 "reconstruction_weight",
-                "is 0 and so is contrast_weight: nothing would be trained",
+                "is 0 and so are contrast_weight and rotation_weight: nothing would be trained",
             );
         }
         if self.monitor_labels_per_class > 0 && self.monitor_queries == 0 {
@@ -253,6 +261,9 @@ impl PretrainConfig {
             ));
         } else {
             parts.extend(augment);
+        }
+        if self.rotation_weight > 0.0 {
+            parts.push(format!("rotation prediction x{}", self.rotation_weight));
         }
         if self.contrast_weight > 0.0 {
             let term = if self.reconstructs() {

@@ -16,10 +16,11 @@ use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::loss::reconstruction_loss;
 use imprint_nn::tree::{join, Params, ParamsExt, Var};
 use imprint_nn::{
-    models::mlp, Decoder, Encoder, ImprintDevice, Matrix, NamedTensor, Optimizer, Pass, Vector,
+    models::mlp, Decoder, Encoder, ImprintDevice, Linear, Matrix, NamedTensor, Optimizer, Pass,
+    Vector,
 };
 use imprint_train::{train, Flow, Group, Loss, Run, Task, TrainError};
-use pretext::{Codes, Contrastive, Pretext, Reconstruct, PROJECTION_WIDTH};
+use pretext::{Codes, Contrastive, Pretext, Reconstruct, Rotation, PROJECTION_WIDTH, TURNS};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -156,6 +157,7 @@ pub struct TrainingState {
 struct Nets<D: ImprintDevice> {
     encoder: Encoder<D>,
     contrastive: Option<Contrastive<D>>,
+    rotation: Option<Rotation<D>>,
     reconstruct: Option<Reconstruct<D>>,
 }
 
@@ -163,11 +165,13 @@ impl<D: ImprintDevice> Params<D> for Nets<D> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
         self.encoder.visit(&join(prefix, "encoder"), f);
         self.contrastive.visit(prefix, f);
+        self.rotation.visit(prefix, f);
         self.reconstruct.visit(prefix, f);
     }
     fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
         self.encoder.visit_mut(&join(prefix, "encoder"), f);
         self.contrastive.visit_mut(prefix, f);
+        self.rotation.visit_mut(prefix, f);
         self.reconstruct.visit_mut(prefix, f);
     }
 }
@@ -196,9 +200,14 @@ impl<D: ImprintDevice> Nets<D> {
                 weight: cfg.contrast_weight as f32,
             }
         });
+        let rotation = (cfg.rotation_weight > 0.0).then(|| Rotation {
+            head: Linear::new(dev, encoder.features(), TURNS, rng),
+            weight: cfg.rotation_weight as f32,
+        });
         Ok(Self {
             encoder,
             contrastive,
+            rotation,
             reconstruct,
         })
     }
@@ -208,6 +217,9 @@ impl<D: ImprintDevice> Nets<D> {
     fn pretexts(&mut self) -> Vec<&mut dyn Pretext<D>> {
         let mut out: Vec<&mut dyn Pretext<D>> = Vec::new();
         if let Some(p) = &mut self.contrastive {
+            out.push(p);
+        }
+        if let Some(p) = &mut self.rotation {
             out.push(p);
         }
         if let Some(p) = &mut self.reconstruct {
@@ -331,7 +343,14 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
                 Some(t) => loss + t,
             });
         }
-        Ok(total.expect("validation keeps at least one pretext"))
+        let total = total.expect("validation keeps at least one pretext");
+        // A code no pretext consumed (the pretexts read retaped copies of it) still holds the
+        // encoder's part of the tape: without it the encoder would get no gradient from there.
+        let (total, mut tape) = total.split_tape();
+        for code in [codes.first, codes.second].into_iter().flatten() {
+            tape = tape.merge(code.split_tape().1);
+        }
+        Ok(total.put_tape(tape))
     }
 
     fn groups(&mut self, _step: usize) -> Vec<Group<'_, D>> {

@@ -84,10 +84,51 @@ pub(crate) struct Views {
     pub hidden: Vec<f32>,
     /// A second view of each image, moved and corrupted afresh, for the contrastive term.
     pub second: Option<Vec<f32>>,
+    /// Quarter turns of each image of the first view (input, target and mask alike), for the
+    /// rotation pretext.
+    pub turns: Option<Vec<usize>>,
+}
+
+/// `img` (channel by channel) turned counter-clockwise by `turns` quarter turns; a turn by 90°
+/// or 270° needs a square image.
+pub(crate) fn turn(img: &[f32], shape: ImageShape, turns: usize) -> Vec<f32> {
+    let (h, w) = (shape.height, shape.width);
+    let mut out = vec![0.0; img.len()];
+    for (src, dst) in img.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
+        for y in 0..h {
+            for x in 0..w {
+                let (sy, sx) = match turns % 4 {
+                    0 => (y, x),
+                    1 => (x, w - 1 - y),
+                    2 => (h - 1 - y, w - 1 - x),
+                    _ => (h - 1 - x, y),
+                };
+                dst[y * w + x] = src[sy * w + sx];
+            }
+        }
+    }
+    out
+}
+
+/// Turns each image of `batches` (several buffers of the same images) by its own draw.
+fn turn_each(batches: &mut [&mut Vec<f32>], shape: ImageShape, rng: &mut impl Rng) -> Vec<usize> {
+    let images = batches[0].len() / shape.len();
+    let choices = if shape.height == shape.width { 4 } else { 2 };
+    let turns: Vec<usize> = (0..images)
+        .map(|_| rng.gen_range(0..choices) * (4 / choices))
+        .collect();
+    for batch in batches.iter_mut() {
+        for (img, &t) in batch.chunks_exact_mut(shape.len()).zip(&turns) {
+            let turned = turn(img, shape, t);
+            img.copy_from_slice(&turned);
+        }
+    }
+    turns
 }
 
 /// Draws the views of `original` (a batch of images of `shape`) in a fixed order: the first
-/// view's move, its corruption, then the second view's move and corruption.
+/// view's move, its corruption, its turns (with the rotation pretext), then the second view's
+/// move and corruption.
 pub(crate) fn draw_views(
     original: &[f32],
     shape: ImageShape,
@@ -104,6 +145,8 @@ pub(crate) fn draw_views(
     }
     let mut hidden = vec![0.0; len];
     corrupt(&mut input, shape, cfg.noise, rng, &mut hidden);
+    let turns = (cfg.rotation_weight > 0.0)
+        .then(|| turn_each(&mut [&mut input, &mut target, &mut hidden], shape, rng));
     let second = two.then(|| {
         let mut view = vec![0.0; len];
         move_batch(original, shape, &cfg.augment, rng, &mut view);
@@ -116,6 +159,7 @@ pub(crate) fn draw_views(
         target,
         hidden,
         second,
+        turns,
     }
 }
 
@@ -124,6 +168,21 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn turns_go_counter_clockwise_and_four_come_back() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 2,
+            width: 2,
+        };
+        // 0 1      1 3
+        // 2 3  ->  0 2  (a quarter turn counter-clockwise)
+        let img = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(turn(&img, shape, 1), [1.0, 3.0, 0.0, 2.0]);
+        assert_eq!(turn(&img, shape, 2), [3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(turn(&turn(&img, shape, 1), shape, 3), img);
+    }
 
     #[test]
     fn patches_hide_whole_squares_and_mark_them() {

@@ -13,7 +13,7 @@ pub use dropout::Dropout;
 pub use linear::Linear;
 pub use residual::{BasicBlock, Shortcut};
 
-use crate::tree::{join, Kind, Params, Var};
+use crate::tree::{join, Kind, Params, ParamsExt, Var};
 use crate::{Activation, ImprintDevice, Matrix, Pass};
 use dfdx::prelude::*;
 use imprint_data::ImageShape;
@@ -245,6 +245,22 @@ impl<D: ImprintDevice> Sequential<D> {
 
     pub fn layers(&self) -> impl Iterator<Item = &Layer<D>> {
         self.layers.iter().map(|(_, l)| l)
+    }
+
+    /// The names (under `prefix`) of the layers that hold tensors, in forward order, a named
+    /// stage counting by its own layers (a ResNet's blocks): the depths layer-wise learning-rate
+    /// decay steps through.
+    pub fn units(&self, prefix: &str) -> Vec<String> {
+        let mut units = Vec::new();
+        for (name, layer) in &self.layers {
+            let at = join(prefix, name);
+            match layer {
+                Layer::Sequential(inner) => units.extend(inner.units(&at)),
+                _ if !layer.vars("").is_empty() => units.push(at),
+                _ => {}
+            }
+        }
+        units
     }
 
     /// Layers under the given names, as in `nn.Sequential(OrderedDict(...))`.

@@ -250,6 +250,11 @@ impl<D: ImprintDevice> Encoder<D> {
         self.architecture.latent()
     }
 
+    /// The layers holding tensors, by name, from the input up (see [`Sequential::units`]).
+    pub fn units(&self) -> Vec<String> {
+        self.net.units("")
+    }
+
     /// Features of the images `x` (data: no gradient flows back into it).
     pub fn forward<T: Tape<f32, D> + Merge<T>>(
         &mut self,

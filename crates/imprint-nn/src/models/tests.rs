@@ -188,6 +188,16 @@ fn resnet20_has_the_papers_parameters_and_pytorchs_names() {
     }
     let x: Matrix<Cpu> = dev.tensor_from_vec(vec![0.5; 2 * CIFAR.len()], (2, CIFAR.len()));
     assert_eq!(*enc.forward(x, &mut Pass::eval()).shape(), (2, 64));
+    // Depth units: the stem's convolution and batch norm, then the nine blocks.
+    let units = enc.units();
+    assert_eq!(units.len(), 2 + 9);
+    assert_eq!(
+        (&units[..3], &units[10]),
+        (
+            &["conv1".to_string(), "bn1".into(), "layer1.0".into()][..],
+            &"layer3.2".to_string()
+        )
+    );
     let mut dec = Decoder::new(&dev, &resnet(20, None), CIFAR, &mut rng).unwrap();
     let z: Matrix<Cpu> = dev.tensor_from_vec(vec![0.1; 2 * 64], (2, 64));
     assert_eq!(*dec.forward(z, &mut Pass::eval()).shape(), (2, CIFAR.len()));

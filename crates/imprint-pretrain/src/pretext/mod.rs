@@ -4,9 +4,11 @@
 
 mod contrastive;
 mod reconstruction;
+mod rotation;
 
 pub(crate) use contrastive::{Contrastive, PROJECTION_WIDTH};
 pub(crate) use reconstruction::Reconstruct;
+pub(crate) use rotation::{Rotation, TURNS};
 
 use crate::views::Views;
 use imprint_nn::{ImprintDevice, Matrix, Params, Pass};

@@ -1,0 +1,43 @@
+//! Rotation prediction (Gidaris et al. 2018, RotNet): each image of the first view is turned by
+//! a multiple of 90° drawn for it, and a linear head on its code must say which.
+
+use super::{Codes, Pretext};
+use crate::views::Views;
+use imprint_nn::loss::cross_entropy;
+use imprint_nn::tree::{join, Var};
+use imprint_nn::{Activation, ImprintDevice, Linear, Params, Pass};
+use imprint_train::Loss;
+
+/// Turns a square image can take; an oblong one only 0° and 180°.
+pub(crate) const TURNS: usize = 4;
+
+pub(crate) struct Rotation<D: ImprintDevice> {
+    /// Features to the four turns, `rotation.weight` `[4, features]`.
+    pub head: Linear<D>,
+    pub weight: f32,
+}
+
+impl<D: ImprintDevice> Params<D> for Rotation<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        self.head.visit(&join(prefix, "rotation"), f)
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        self.head.visit_mut(&join(prefix, "rotation"), f)
+    }
+}
+
+impl<D: ImprintDevice> Pretext<D> for Rotation<D> {
+    fn loss(&mut self, codes: &mut Codes<D>, views: &Views, _pass: &mut Pass) -> Loss<D> {
+        let turns = views
+            .turns
+            .as_ref()
+            .expect("views are turned for the rotation pretext");
+        // A copy of the first code under its own id, as the contrastive term reads it.
+        let code = match codes.first.as_ref() {
+            Some(z) => z.retaped(),
+            None => unreachable!("the first view's code is read before the decoder takes it"),
+        };
+        let logits = self.head.forward(code, Activation::Identity, true);
+        cross_entropy(logits, turns) * self.weight
+    }
+}
