@@ -7,7 +7,7 @@ use dfdx::prelude::Cpu;
 use imprint_data::ImageShape;
 use imprint_nn::Architecture;
 use imprint_pipeline::provenance::threads_phrase;
-use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig};
+use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
 
@@ -121,7 +121,7 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         Images::new(images, shape(args)),
         &cfg,
         0,
-        None,
+        Start::Fresh,
         Hooks::default(),
     )?;
     // The first epoch warms caches and the allocator, as the peer's warm-up epoch does.

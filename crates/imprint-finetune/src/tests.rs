@@ -89,7 +89,7 @@ fn pretrained_encoder() -> Encoder<Cpu> {
         imprint_pretrain::Images::new(&images, SIDE8),
         &cfg,
         0,
-        None,
+        imprint_pretrain::Start::Fresh,
         imprint_pretrain::Hooks::default(),
     )
     .unwrap()
@@ -180,7 +180,7 @@ fn frozen_encoder_strategies_read_what_the_code_keeps() {
         imprint_pretrain::Images::new(&images, SIDE8),
         &pre,
         0,
-        None,
+        imprint_pretrain::Start::Fresh,
         imprint_pretrain::Hooks::default(),
     )
     .unwrap()

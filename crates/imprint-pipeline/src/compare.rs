@@ -1,15 +1,18 @@
 //! The comparison: every strategy on the identical labeled subsets, seeds and budget, with and
 //! without pre-training, and its resumption.
 
-use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one};
-use crate::pretrain_job::pretrain_artifacts;
+use crate::config::Route;
+use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one, StartPoint};
+use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
 use crate::provenance::{read_run_info, threads_phrase, DataFiles, RunLog};
 use crate::sidecar::{read_json, sidecar_path, ENCODER_FORMAT, SIDECAR};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
+use imprint_data::SourceFile;
 use imprint_finetune::Strategy;
 use imprint_nn::Encoder;
 use imprint_report::{self as report, RunRecord, SummaryRow};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -49,41 +52,25 @@ pub fn compare(
     log.write(out, data, false)?;
     let started = Instant::now();
     let c = &p.compare;
+    let imported = match &c.imported {
+        Some(path) if c.routes.iter().any(|r| *r != Route::SelfSupervised) => {
+            let start = StartPoint::read(path)?;
+            let encoder = start.encoder_for(p, data.shape())?;
+            Some((encoder, start.source))
+        }
+        _ => None,
+    };
+    let mut encoders = Pretrained {
+        p,
+        data,
+        out,
+        obs,
+        resume,
+        imported: imported.as_ref(),
+        made: BTreeMap::new(),
+    };
     let mut records = Vec::new();
     for &seed in &c.seeds {
-        let kept = |strategy: Strategy, k: usize| {
-            done.iter().find(|r| {
-                r.strategy == strategy.name() && r.labels_per_class == k && r.seed == seed
-            })
-        };
-        let needs_encoder = c.strategies.iter().any(|&s| {
-            s.uses_pretrained() && c.labels_per_class.iter().any(|&k| kept(s, k).is_none())
-        });
-        let (pretrained, pretrain_seconds) = if needs_encoder {
-            let pre_dir = out.join(format!("pretrain/seed-{seed}"));
-            match resume
-                .then(|| finished_pretraining(p, data, seed, &pre_dir))
-                .flatten()
-            {
-                Some((enc, seconds)) => {
-                    obs.info(&format!(
-                        "seed {seed}: reusing the pre-trained encoder in {}",
-                        pre_dir.display()
-                    ));
-                    log.stage(format!("pretrain seed {seed}"), seconds, true);
-                    (Some(enc), seconds)
-                }
-                None => {
-                    obs.info(&format!("pre-training, seed {seed}"));
-                    let (enc, _, seconds) =
-                        pretrain_artifacts(p, data, seed, &pre_dir, obs, log, resume)?;
-                    log.stage(format!("pretrain seed {seed}"), seconds, false);
-                    (Some(enc), seconds)
-                }
-            }
-        } else {
-            (None, 0.0)
-        };
         for &k in &c.labels_per_class {
             let train = labeled_subset(
                 data,
@@ -92,34 +79,47 @@ pub fn compare(
                 &out.join(format!("labeled/k{k}-seed{seed}.csv")),
             )?;
             for &strategy in &c.strategies {
-                let name = run_name(strategy, k, seed);
-                let record = match kept(strategy, k) {
-                    Some(record) => {
-                        log.stage(name, record.finetune_seconds, true);
-                        record.clone()
-                    }
-                    None => {
-                        let mut outcome = run_one(
-                            p,
-                            data,
-                            &train,
-                            pretrained.as_ref(),
-                            strategy,
-                            k,
-                            seed,
-                            &out.join("runs").join(&name),
-                        )?;
-                        if strategy.uses_pretrained() {
-                            outcome.record.pretrain_seconds = pretrain_seconds;
-                        }
-                        log.stage(name, outcome.record.finetune_seconds, false);
-                        outcome.record
-                    }
+                let routes: &[Option<Route>] = if strategy.uses_pretrained() {
+                    &c.routes.iter().map(|&r| Some(r)).collect::<Vec<_>>()
+                } else {
+                    &[None]
                 };
-                obs.run_finished(&record);
-                records.push(record);
-                report::write_results_csv(&out.join("results.csv"), &records)?;
-                log.write(out, data, false)?;
+                for &route in routes {
+                    let name =
+                        route.map_or(strategy.name().to_string(), |r| r.record_name(strategy));
+                    let folder = run_name(&name, k, seed);
+                    let kept = done
+                        .iter()
+                        .find(|r| r.strategy == name && r.labels_per_class == k && r.seed == seed);
+                    let record = match kept {
+                        Some(record) => {
+                            log.stage(folder, record.finetune_seconds, true);
+                            record.clone()
+                        }
+                        None => {
+                            let encoder = route.map(|r| encoders.get(r, seed, log)).transpose()?;
+                            let mut outcome = run_one(
+                                p,
+                                data,
+                                &train,
+                                encoder.as_ref().map(|(e, _)| e),
+                                strategy,
+                                k,
+                                seed,
+                                &out.join("runs").join(&folder),
+                            )?;
+                            outcome.record.strategy = name;
+                            outcome.record.pretrain_seconds =
+                                encoder.map_or(0.0, |(_, seconds)| seconds);
+                            log.stage(folder, outcome.record.finetune_seconds, false);
+                            outcome.record
+                        }
+                    };
+                    obs.run_finished(&record);
+                    records.push(record);
+                    report::write_results_csv(&out.join("results.csv"), &records)?;
+                    log.write(out, data, false)?;
+                }
             }
         }
     }
@@ -281,20 +281,102 @@ fn changed_data(recorded: &DataFiles, now: &DataFiles) -> Option<String> {
     })
 }
 
+/// The encoders of a comparison's routes, each made when a run first needs it: pre-trained
+/// (or reloaded, on `--resume`) once per seed, or once in all with `pretrain_once`.
+struct Pretrained<'a> {
+    p: &'a Pipeline,
+    data: &'a Prepared,
+    out: &'a Path,
+    obs: &'a dyn Observer,
+    resume: bool,
+    imported: Option<&'a (Encoder<Cpu>, SourceFile)>,
+    /// By route and pre-training seed: the encoder and the seconds its pre-training took.
+    made: BTreeMap<(Route, u64), (Encoder<Cpu>, f64)>,
+}
+
+impl Pretrained<'_> {
+    /// The encoder `route` gives the runs of `seed`, and its pre-training's seconds.
+    fn get(&mut self, route: Route, seed: u64, log: &mut RunLog) -> Result<(Encoder<Cpu>, f64)> {
+        let imported = || {
+            self.imported
+                .expect("validation requires compare.imported for the imported routes")
+        };
+        if route == Route::Imported {
+            return Ok((imported().0.clone(), 0.0));
+        }
+        let c = &self.p.compare;
+        let seed = if c.pretrain_once { c.seeds[0] } else { seed };
+        if let Some((encoder, seconds)) = self.made.get(&(route, seed)) {
+            return Ok((encoder.clone(), *seconds));
+        }
+        let from = (route == Route::ImportedThenSelf).then(|| {
+            let (encoder, source) = imported();
+            (encoder, source)
+        });
+        let folder = match route {
+            Route::ImportedThenSelf => format!("pretrain/seed-{seed}-from-imported"),
+            _ => format!("pretrain/seed-{seed}"),
+        };
+        let dir = self.out.join(folder);
+        let stage = format!("pretrain {} seed {seed}", route_phrase(route));
+        let reused = self
+            .resume
+            .then(|| finished_pretraining(self.p, self.data, seed, &dir, from.map(|f| f.1)))
+            .flatten();
+        let (encoder, seconds) = match reused {
+            Some((encoder, seconds)) => {
+                self.obs.info(&format!(
+                    "seed {seed}: reusing the pre-trained encoder in {}",
+                    dir.display()
+                ));
+                log.stage(stage, seconds, true);
+                (encoder, seconds)
+            }
+            None => {
+                self.obs.info(&format!(
+                    "pre-training {}, seed {seed}",
+                    route_phrase(route)
+                ));
+                let at = PretrainAt {
+                    seed,
+                    dir: &dir,
+                    resume: self.resume,
+                    from,
+                };
+                let (encoder, _, seconds) =
+                    pretrain_artifacts(self.p, self.data, &at, self.obs, log)?;
+                log.stage(stage, seconds, false);
+                (encoder, seconds)
+            }
+        };
+        self.made.insert((route, seed), (encoder.clone(), seconds));
+        Ok((encoder, seconds))
+    }
+}
+
+fn route_phrase(route: Route) -> &'static str {
+    match route {
+        Route::ImportedThenSelf => "from the imported network",
+        _ => "from scratch",
+    }
+}
+
 /// A seed's earlier pre-training in `pre_dir`, when it finished (its sidecar is written last)
-/// and fits this pipeline and data; `None` means pre-train again.
+/// and fits this pipeline, data and start; `None` means pre-train again.
 fn finished_pretraining(
     p: &Pipeline,
     data: &Prepared,
     seed: u64,
     pre_dir: &Path,
+    from: Option<&SourceFile>,
 ) -> Option<(Encoder<Cpu>, f64)> {
     let weights = pre_dir.join("encoder.safetensors");
     let side: EncoderSidecar = read_json(&sidecar_path(&weights), ENCODER_FORMAT, SIDECAR).ok()?;
     let fits = side.seed == seed
         && side.epochs == p.pretrain.epochs
         && side.preprocess == p.data.preprocess
-        && side.data == data.unlabeled.files;
+        && side.data == data.unlabeled.files
+        && side.started_from.as_ref() == from;
     if !fits {
         return None;
     }

@@ -58,6 +58,54 @@ pub struct CompareConfig {
     pub strategies: Vec<Strategy>,
     pub labels_per_class: Vec<usize>,
     pub seeds: Vec<u64>,
+    /// Where the encoders of the strategies that start from one come from; each route runs
+    /// every such strategy (`scratch` starts fresh, once).
+    #[serde(default = "default_routes")]
+    pub routes: Vec<Route>,
+    /// The network the `imported` routes start from (a `model.safetensors` or an
+    /// `encoder.safetensors` with its sidecar, e.g. written by `imprint import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<PathBuf>,
+    /// Pre-train once, with the first seed, and fine-tune every seed from that encoder (seeds
+    /// then vary the labeled subsets, heads and batches only): for budgets where one
+    /// pre-training per seed does not fit.
+    #[serde(default)]
+    pub pretrain_once: bool,
+}
+
+/// Where a compared strategy's encoder starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Route {
+    /// Pre-trained here, on the unlabeled images.
+    #[serde(rename = "self")]
+    SelfSupervised,
+    /// The network of `compare.imported`, as it is.
+    #[serde(rename = "imported")]
+    Imported,
+    /// The network of `compare.imported`, pre-trained further here on the unlabeled images.
+    #[serde(rename = "imported+self")]
+    ImportedThenSelf,
+}
+
+impl Route {
+    /// How `results.csv` names a strategy run from this route: the plain name for `self`,
+    /// prefixed otherwise (`imported:full`).
+    pub fn record_name(self, strategy: Strategy) -> String {
+        match self {
+            Route::SelfSupervised => strategy.name().to_string(),
+            Route::Imported => format!("imported:{}", strategy.name()),
+            Route::ImportedThenSelf => format!("imported+self:{}", strategy.name()),
+        }
+    }
+
+    /// Whether the route pre-trains here.
+    pub fn pretrains(self) -> bool {
+        self != Route::Imported
+    }
+}
+
+fn default_routes() -> Vec<Route> {
+    vec![Route::SelfSupervised]
 }
 
 impl Pipeline {
@@ -67,32 +115,45 @@ impl Pipeline {
     }
 
     /// [`Pipeline::from_file`], then `settings` (`section.key=value`, as given to `--set`)
-    /// replace or add single keys; the result is checked as a whole file would be.
+    /// replace or add single keys; the result is checked as a whole file would be, once every
+    /// setting is in (so settings that only fit together are accepted in any order).
     pub fn from_file_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
         let text = read_text(path)?;
-        let mut pipeline = Self::from_toml(&text, path)?;
         let bad = |message: String| PipelineError::Input {
             path: path.display().to_string(),
             message,
         };
+        let mut pipeline = Self::parse(&text, path)?;
         let mut table: toml::Table = text.parse().map_err(|e| bad(one_line(&e, &text)))?;
-        // Checked after each setting, so that an error names the setting that caused it.
+        // Keys and types are checked after each setting, so that an error names the setting
+        // that caused it.
         for setting in settings {
             let named = |m: String| bad(format!("--set `{setting}`: {m}"));
             set_key(&mut table, setting).map_err(named)?;
             pipeline = toml::Value::Table(table.clone())
                 .try_into()
                 .map_err(|e: toml::de::Error| named(e.message().trim().to_string()))?;
-            pipeline.validate().map_err(named)?;
         }
+        pipeline.validate().map_err(|m| {
+            if settings.is_empty() {
+                bad(m)
+            } else {
+                bad(format!("with the --set settings: {m}"))
+            }
+        })?;
         Ok(pipeline)
     }
 
-    pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
-        let pipeline: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Input {
+    /// Reads a pipeline's keys and types, without checking the values.
+    fn parse(text: &str, path: &Path) -> Result<Pipeline> {
+        toml::from_str(text).map_err(|e| PipelineError::Input {
             path: path.display().to_string(),
             message: one_line(&e, text),
-        })?;
+        })
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
+        let pipeline = Self::parse(text, path)?;
         pipeline
             .validate()
             .map_err(|message| PipelineError::Input {
@@ -115,6 +176,17 @@ impl Pipeline {
         }
         if c.seeds.is_empty() {
             return Err("compare.seeds: give at least one seed".into());
+        }
+        if c.routes.is_empty() {
+            return Err(
+                "compare.routes: name at least one route (self, imported, imported+self)".into(),
+            );
+        }
+        let imports = c.routes.iter().any(|r| *r != Route::SelfSupervised);
+        if imports && c.imported.is_none() {
+            return Err(
+                "compare.imported: the imported routes need the network to start from".into(),
+            );
         }
         if self.data.test.is_none()
             && !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0)
@@ -353,6 +425,22 @@ seeds = [0]
         assert_eq!(p.pretrain.architecture.latent(), 2);
         assert_eq!(p.pretrain.epochs, 5);
         assert_eq!(with_settings(&[]).unwrap().finetune.dropout, 0.0);
+    }
+
+    /// Settings that only fit together are checked once all are in, in either order.
+    #[test]
+    fn settings_that_fit_together_are_accepted_in_any_order() {
+        let steps = "finetune.self_train_steps=2";
+        let batch = "finetune.batch_size=2";
+        for order in [[steps, batch], [batch, steps]] {
+            let p = with_settings(&order).unwrap();
+            assert_eq!((p.finetune.self_train_steps, p.finetune.batch_size), (2, 2));
+        }
+        let e = with_settings(&[steps]).unwrap_err().to_string();
+        assert!(
+            e.contains("with the --set settings") && e.contains("self_train_steps"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -267,20 +267,22 @@ pub fn finetune_job(
     // Check the encoder before writing anything.
     let pretrained = match (strategy.uses_pretrained(), start) {
         (true, Some(s)) => Some(log.time("load encoder", || s.encoder_for(p, data.shape()))?),
-        (true, None) => return Err(PipelineError::Input {
-            path: "command line".into(),
-            message: format!(
+        (true, None) => {
+            return Err(PipelineError::Input {
+                path: "command line".into(),
+                message: format!(
                 "strategy `{}` needs --init PATH (an encoder.safetensors or a model.safetensors)",
                 strategy.name()
             ),
-        }),
+            })
+        }
         (false, _) => None,
     };
     create_dir(out)?;
     let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
     let outcome = run_one(p, data, &train, pretrained.as_ref(), strategy, k, seed, out)?;
     log.stage(
-        run_name(strategy, k, seed),
+        run_name(strategy.name(), k, seed),
         outcome.record.finetune_seconds,
         false,
     );
@@ -318,7 +320,7 @@ pub fn finetune_job(
     Ok(outcome)
 }
 
-/// A fine-tuning run's name in folders and `run.json`.
-pub(crate) fn run_name(strategy: Strategy, k: usize, seed: u64) -> String {
-    format!("k{k}-seed{seed}-{}", strategy.name())
+/// A fine-tuning run's name in folders and `run.json`, from its name in `results.csv`.
+pub(crate) fn run_name(record_name: &str, k: usize, seed: u64) -> String {
+    format!("k{k}-seed{seed}-{}", record_name.replace(':', "-"))
 }

@@ -183,6 +183,7 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
                     data: vec![source],
                     git_revision,
                     seconds: None,
+                    started_from: None,
                 },
             )?;
             weights

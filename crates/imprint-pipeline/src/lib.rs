@@ -14,7 +14,7 @@ mod resume_point;
 mod sidecar;
 
 pub use compare::{compare, CompareOutcome};
-pub use config::{Overrides, Pipeline};
+pub use config::{Overrides, Pipeline, Route};
 pub use finetune_job::{finetune_job, FinetuneOutcome, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
 pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};

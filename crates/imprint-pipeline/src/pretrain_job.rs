@@ -7,11 +7,11 @@ use crate::sidecar::{write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, LabelBudget};
-use imprint_data::Dataset;
+use imprint_data::{Dataset, SourceFile};
 use imprint_nn::knn::KnnSettings;
 use imprint_nn::{save_tensors, Decoder, Encoder, ParamsExt};
 use imprint_pretrain::{
-    pretrain, reconstruct, EpochStats, Hooks, Images, Monitor, PretrainError, Snapshot,
+    pretrain, reconstruct, EpochStats, Hooks, Images, Monitor, PretrainError, Snapshot, Start,
 };
 use imprint_report as report;
 use std::collections::BTreeMap;
@@ -34,10 +34,26 @@ pub fn pretrain_job(
     if resume {
         log.set_resumed();
     }
-    let (encoder, history, seconds) = pretrain_artifacts(p, data, seed, out, obs, log, resume)?;
+    let at = PretrainAt {
+        seed,
+        dir: out,
+        resume,
+        from: None,
+    };
+    let (encoder, history, seconds) = pretrain_artifacts(p, data, &at, obs, log)?;
     log.stage(format!("pretrain seed {seed}"), seconds, false);
     log.write(out, data, true)?;
     Ok((encoder, history))
+}
+
+/// One pre-training: its seed, folder, whether to continue an interrupted one there, and the
+/// encoder (and its file) it starts from when it does not start fresh.
+#[derive(Clone, Copy)]
+pub(crate) struct PretrainAt<'a> {
+    pub seed: u64,
+    pub dir: &'a Path,
+    pub resume: bool,
+    pub from: Option<(&'a Encoder<Cpu>, &'a SourceFile)>,
 }
 
 /// Pre-trains and writes the artifacts of [`pretrain_job`] but `run.json`; returns the encoder,
@@ -47,12 +63,16 @@ pub fn pretrain_job(
 pub(crate) fn pretrain_artifacts(
     p: &Pipeline,
     data: &Prepared,
-    seed: u64,
-    out: &Path,
+    at: &PretrainAt,
     obs: &dyn Observer,
     log: &RunLog,
-    resume: bool,
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>, f64)> {
+    let PretrainAt {
+        seed,
+        dir: out,
+        resume,
+        from,
+    } = *at;
     let start = Instant::now();
     create_dir(out)?;
     let dev = Cpu::default();
@@ -100,7 +120,12 @@ pub(crate) fn pretrain_artifacts(
         shape,
         normalize: normalize.as_ref(),
     };
-    let mut trained = match pretrain(&dev, images, &p.pretrain, seed, snapshot.as_ref(), hooks) {
+    let begin = match (&snapshot, from) {
+        (Some(snapshot), _) => Start::Resume(snapshot),
+        (None, Some((encoder, _))) => Start::From(encoder),
+        (None, None) => Start::Fresh,
+    };
+    let mut trained = match pretrain(&dev, images, &p.pretrain, seed, begin, hooks) {
         Ok(trained) => trained,
         Err(e @ PretrainError::Diverged { .. }) => {
             let kept = match last_saved {
@@ -216,6 +241,7 @@ pub(crate) fn pretrain_artifacts(
             data: data.unlabeled.files.clone(),
             git_revision: log.info().git_revision.clone(),
             seconds: Some(seconds),
+            started_from: from.map(|(_, source)| source.clone()),
         },
     )?;
     // The finished encoder supersedes it; a crash before this line leaves both, and either

@@ -24,6 +24,9 @@ pub struct EncoderSidecar {
     /// Wall time of the pre-training, reused by `--resume` for `results.csv`.
     #[serde(default)]
     pub seconds: Option<f64>,
+    /// The checkpoint pre-training started from, when it did not start fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_from: Option<SourceFile>,
 }
 
 /// Beside a fine-tuned `model.safetensors`.

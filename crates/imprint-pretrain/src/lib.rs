@@ -439,15 +439,26 @@ impl<'a> Images<'a> {
     }
 }
 
-/// Trains an encoder on `images` from a fresh init drawn from `seed`, or continues from
-/// `resume`, a snapshot of the same run. Every random draw (init, held-out split, shuffles,
-/// noise) follows from `seed`.
+/// Where pre-training starts.
+#[derive(Clone, Copy)]
+pub enum Start<'a, D: ImprintDevice> {
+    /// A fresh init drawn from the seed.
+    Fresh,
+    /// This encoder's weights (one trained elsewhere, pre-trained further here); the rest of
+    /// the nets are drawn from the seed as for a fresh start.
+    From(&'a Encoder<D>),
+    /// A snapshot of the same run, to continue it.
+    Resume(&'a Snapshot),
+}
+
+/// Trains an encoder on `images` from `start`. Every random draw (init, held-out split,
+/// shuffles, noise) follows from `seed`.
 pub fn pretrain<D: ImprintDevice>(
     dev: &D,
     images: Images,
     cfg: &PretrainConfig,
     seed: u64,
-    resume: Option<&Snapshot>,
+    start: Start<'_, D>,
     hooks: Hooks<'_>,
 ) -> Result<Pretrained<D>> {
     cfg.validate()?;
@@ -465,6 +476,19 @@ pub fn pretrain<D: ImprintDevice>(
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut nets = Nets::new(dev, cfg, input, &mut rng)?;
+    if let Start::From(encoder) = start {
+        if encoder.architecture != cfg.architecture || encoder.input != input {
+            return Err(PretrainError::Config {
+                key: "architecture",
+                message: format!(
+                    "the encoder to start from is {}, pre-training asks for {}",
+                    encoder.architecture.describe(encoder.input),
+                    cfg.architecture.describe(input)
+                ),
+            });
+        }
+        nets.encoder = encoder.clone();
+    }
     nets.encoder.normalize = normalize.cloned();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
@@ -492,7 +516,7 @@ pub fn pretrain<D: ImprintDevice>(
         hooks,
     };
     let mut optimizer = Optimizer::new(cfg.optim.rule());
-    if let Some(snapshot) = resume {
+    if let Start::Resume(snapshot) = start {
         restore(snapshot, cfg, &mut task, &mut optimizer)?;
     }
     let run = Run {

@@ -50,7 +50,7 @@ fn conv_autoencoder_loss_falls() {
             Images::new(&images, SIDE8),
             &cfg,
             3,
-            None,
+            Start::Fresh,
             Hooks::default(),
         )
         .unwrap();
@@ -121,7 +121,7 @@ fn resumed_run_equals_uninterrupted_run() {
             Images::new(&images, SIDE8),
             &cfg,
             5,
-            None,
+            Start::Fresh,
             Hooks::default(),
         )
         .unwrap();
@@ -138,7 +138,14 @@ fn resumed_run_equals_uninterrupted_run() {
             on_checkpoint: Some(&mut crash_after_second),
             ..Hooks::default()
         };
-        let crashed = pretrain(&dev, Images::new(&images, SIDE8), &cfg, 5, None, hooks);
+        let crashed = pretrain(
+            &dev,
+            Images::new(&images, SIDE8),
+            &cfg,
+            5,
+            Start::Fresh,
+            hooks,
+        );
         assert!(crashed.is_err());
         let snapshot = saved.expect("a snapshot after epoch 2");
         assert_eq!(snapshot.state.epochs_done, 2);
@@ -148,7 +155,7 @@ fn resumed_run_equals_uninterrupted_run() {
             Images::new(&images, SIDE8),
             &cfg,
             5,
-            Some(&snapshot),
+            Start::Resume(&snapshot),
             Hooks::default(),
         )
         .unwrap();
@@ -160,7 +167,7 @@ fn resumed_run_equals_uninterrupted_run() {
             Images::new(&images, SIDE8),
             &cfg,
             6,
-            Some(&snapshot),
+            Start::Resume(&snapshot),
             Hooks::default(),
         )
         .err()
@@ -186,7 +193,7 @@ fn loss_falls_and_runs_are_reproducible() {
                 Images::new(&images, SIDE8),
                 &cfg,
                 7,
-                None,
+                Start::Fresh,
                 Hooks::default(),
             )
             .unwrap()
@@ -220,7 +227,7 @@ fn augmented_pretraining_learns_and_repeats() {
             Images::new(&images, SIDE8),
             cfg,
             7,
-            None,
+            Start::Fresh,
             Hooks::default(),
         )
         .unwrap();
@@ -269,7 +276,7 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
             Images::new(&images, SIDE8),
             cfg,
             7,
-            None,
+            Start::Fresh,
             Hooks::default(),
         )
         .unwrap();
@@ -326,7 +333,7 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
             Images::new(&images, SIDE8),
             cfg,
             7,
-            None,
+            Start::Fresh,
             Hooks::default(),
         )
         .unwrap();
@@ -500,7 +507,7 @@ fn rotation_pretext_learns_the_turns() {
         Images::new(&images, SIDE8),
         &cfg,
         0,
-        None,
+        Start::Fresh,
         Hooks::default(),
     )
     .unwrap();
