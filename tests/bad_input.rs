@@ -183,6 +183,36 @@ fn encoder_checkpoint_of_another_architecture() {
     let before = snapshot(&pre);
     let encoder = pre.join("encoder.safetensors");
 
+    // A comparison needs its imported network to be the pipeline's architecture, so that
+    // scratch and every route train the same net: refused before anything is written.
+    let compared = t.join("compared");
+    let run = imprint(
+        t,
+        &[
+            "run",
+            arg(&wide),
+            "--out",
+            arg(&compared),
+            "--set",
+            "compare.routes=[\"imported\"]",
+            "--set",
+            &format!("compare.imported=\"{}\"", encoder.display()),
+        ],
+    );
+    run.assert_error_after_progress(&[
+        arg(&encoder),
+        "architecture mismatch",
+        "64-16-8",
+        "64-24-8",
+    ]);
+    assert_eq!(snapshot(&pre), before, "the checkpoint changed");
+    assert!(
+        std::fs::read_dir(&compared).map_or(true, |mut d| d.next().is_none()),
+        "the refused comparison wrote into its folder"
+    );
+
+    // Fine-tuning from it (`--init`, alias `--encoder`) takes the checkpoint's architecture
+    // instead, says so, and records where it started.
     let ft = t.join("ft");
     let run = imprint(
         t,
@@ -200,14 +230,18 @@ fn encoder_checkpoint_of_another_architecture() {
             arg(&ft),
         ],
     );
-    run.assert_error_after_progress(&[
-        arg(&encoder),
-        "architecture mismatch",
-        "64-16-8",
-        "64-24-8",
-    ]);
-    assert_eq!(snapshot(&pre), before, "the checkpoint changed");
-    assert!(!ft.join("model.safetensors").exists());
+    run.assert_success();
+    assert!(
+        run.stderr.contains("dense 64-16-8") && run.stderr.contains("from the checkpoint"),
+        "{}",
+        run.stderr
+    );
+    let side = imprint_e2e::read_json(&ft.join("model.json"));
+    assert_eq!(side["architecture"]["hidden"], serde_json::json!([16]));
+    assert_eq!(
+        side["started_from"]["path"],
+        serde_json::json!(arg(&encoder))
+    );
 }
 
 #[test]
@@ -389,4 +423,164 @@ fn diverging_pretraining_keeps_the_last_good_checkpoint() {
         .chunks_exact(4)
         .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()));
     assert!(!out.join("encoder.safetensors").exists());
+}
+
+/// The tensors a CIFAR ResNet of `blocks` blocks per stage holds, named as its PyTorch
+/// definition names them (option-A shortcuts, a 10-class `linear`), with zero values.
+fn cifar_resnet_state_dict(blocks: usize) -> Vec<(String, Vec<usize>)> {
+    let mut t = vec![("conv1.weight".to_string(), vec![16, 3, 3, 3])];
+    let bn = |t: &mut Vec<(String, Vec<usize>)>, at: &str, c: usize| {
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            t.push((format!("{at}.{p}"), vec![c]));
+        }
+    };
+    bn(&mut t, "bn1", 16);
+    let mut from = 16;
+    for (stage, width) in [16, 32, 64].into_iter().enumerate() {
+        for b in 0..blocks {
+            let at = format!("layer{}.{b}", stage + 1);
+            t.push((format!("{at}.conv1.weight"), vec![width, from, 3, 3]));
+            bn(&mut t, &format!("{at}.bn1"), width);
+            t.push((format!("{at}.conv2.weight"), vec![width, width, 3, 3]));
+            bn(&mut t, &format!("{at}.bn2"), width);
+            from = width;
+        }
+    }
+    t.push(("linear.weight".into(), vec![10, 64]));
+    t.push(("linear.bias".into(), vec![10]));
+    t
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                s.clone(),
+                vec![0u8; 4 * s.iter().product::<usize>()],
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, &None).unwrap()).unwrap();
+}
+
+/// `imprint import FILE --arch resnet20` into `t/imported`, which must stay absent.
+fn assert_import_refused(t: &Path, file: &Path, needles: &[&str]) {
+    let out = t.join("imported");
+    assert_refused(
+        t,
+        &[
+            "import",
+            arg(file),
+            "--arch",
+            "resnet20",
+            "--out",
+            arg(&out),
+        ],
+        needles,
+    );
+    assert!(!out.join("model.safetensors").exists());
+}
+
+fn torch_fixture(name: &str) -> PathBuf {
+    imprint_e2e::workspace_root()
+        .join("crates/imprint-torch/tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn checkpoint_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let bytes = std::fs::read(torch_fixture("state_dict_legacy.pt")).unwrap();
+    let cut = t.join("cut.th");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    assert_import_refused(t, &cut, &[arg(&cut), "truncated"]);
+}
+
+#[test]
+fn checkpoint_whose_pickle_calls_os_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for name in ["system.pt", "system_legacy.pt"] {
+        let evil = t.join(name);
+        std::fs::copy(torch_fixture(name), &evil).unwrap();
+        assert_import_refused(t, &evil, &[arg(&evil), "refuses to load", "system"]);
+    }
+}
+
+#[test]
+fn checkpoint_without_a_state_dict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let list = t.join("list.pt");
+    std::fs::copy(torch_fixture("list.pt"), &list).unwrap();
+    assert_import_refused(t, &list, &[arg(&list), "no state dict", "list"]);
+}
+
+#[test]
+fn state_dict_of_another_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let deeper = t.join("resnet32.safetensors");
+    write_safetensors(&deeper, &cifar_resnet_state_dict(5));
+    assert_import_refused(
+        t,
+        &deeper,
+        &[
+            arg(&deeper),
+            "unexpected tensor `layer1.3.bn1.bias`",
+            "resnet20",
+        ],
+    );
+}
+
+#[test]
+fn state_dict_missing_a_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut tensors = cifar_resnet_state_dict(3);
+    tensors.retain(|(n, _)| n != "layer2.1.bn2.running_var");
+    let short = t.join("short.safetensors");
+    write_safetensors(&short, &tensors);
+    assert_import_refused(
+        t,
+        &short,
+        &[arg(&short), "missing tensor `layer2.1.bn2.running_var`"],
+    );
+    // The complete one imports: the cases above fail for what they lack, nothing else.
+    let whole = t.join("whole.safetensors");
+    write_safetensors(&whole, &cifar_resnet_state_dict(3));
+    let out = t.join("ok");
+    imprint(
+        t,
+        &[
+            "import",
+            arg(&whole),
+            "--arch",
+            "resnet20",
+            "--out",
+            arg(&out),
+        ],
+    )
+    .assert_success();
+    assert!(out.join("model.safetensors").exists() && out.join("model.json").exists());
+}
+
+#[test]
+fn dense_checkpoint_given_as_a_resnet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dense = imprint_e2e::workspace_root()
+        .join("tests/fixtures/checkpoints-f231784/dense-model/model.safetensors");
+    assert_import_refused(t, &dense, &[arg(&dense), "tensor `"]);
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imprint_finetune::Strategy;
 use imprint_pipeline::{
-    prepare_output_dir, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
+    prepare_output_dir, Observer, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
 };
 use progress::Bars;
 use std::path::{Path, PathBuf};
@@ -342,6 +342,13 @@ fn run_command(cli: Cli) -> Result<()> {
             let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), false)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
+                if start.architecture != p.pretrain.architecture {
+                    bars.info(&format!(
+                        "architecture {} taken from the checkpoint (the pipeline names {})",
+                        start.architecture.describe(start.input),
+                        p.pretrain.architecture.describe(start.input)
+                    ));
+                }
                 start.adopt(&mut p);
             }
             let mut log = RunLog::start("finetune", &p, vec![seed]);

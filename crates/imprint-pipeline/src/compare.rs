@@ -39,6 +39,16 @@ pub fn compare(
     log: &mut RunLog,
     resume: bool,
 ) -> Result<CompareOutcome> {
+    // The imported network is checked before anything is written.
+    let c = &p.compare;
+    let imported = match &c.imported {
+        Some(path) if c.routes.iter().any(|r| *r != Route::SelfSupervised) => {
+            let start = StartPoint::read(path)?;
+            let encoder = start.encoder_for(p, data.shape())?;
+            Some((encoder, start.source))
+        }
+        _ => None,
+    };
     create_dir(out)?;
     let done = if resume {
         log.set_resumed();
@@ -51,15 +61,6 @@ pub fn compare(
     imprint_fs::write_atomic(out.join("pipeline.toml"), resolved.as_bytes())?;
     log.write(out, data, false)?;
     let started = Instant::now();
-    let c = &p.compare;
-    let imported = match &c.imported {
-        Some(path) if c.routes.iter().any(|r| *r != Route::SelfSupervised) => {
-            let start = StartPoint::read(path)?;
-            let encoder = start.encoder_for(p, data.shape())?;
-            Some((encoder, start.source))
-        }
-        _ => None,
-    };
     let mut encoders = Pretrained {
         p,
         data,
