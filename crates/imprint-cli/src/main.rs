@@ -93,6 +93,9 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         common: Common,
+        /// Continue an interrupted fine-tuning in --out from its last checkpoint.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
     },
     /// Classify images with a fine-tuned model into a CSV `path,predicted,confidence`.
     Predict {
@@ -338,8 +341,9 @@ fn run_command(cli: Cli) -> Result<()> {
             labels_per_class,
             seed,
             common,
+            resume,
         } => {
-            let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), false)?;
+            let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), resume)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
                 if start.architecture != p.pretrain.architecture {
@@ -362,6 +366,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 seed,
                 &out,
                 &mut log,
+                resume,
             )?;
             println!(
                 "{} with {} labels per class: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",

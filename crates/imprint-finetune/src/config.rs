@@ -57,6 +57,10 @@ pub struct FinetuneConfig {
     /// `decay^d` times its rate, `d` their distance from the head (1 for the last); 1 = off.
     #[serde(default = "one")]
     pub layer_decay: f64,
+    /// Steps between checkpoints a fine-tuning interrupted can continue from (`--resume`);
+    /// 0 = none.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
     /// Neighbours that vote in the `knn` strategy.
     #[serde(default = "default_knn_k")]
     pub knn_k: usize,
@@ -79,6 +83,9 @@ fn default_eval_every() -> usize {
 }
 fn default_self_train_fraction() -> f64 {
     1.0
+}
+fn default_checkpoint_every() -> usize {
+    500
 }
 fn default_knn_k() -> usize {
     KnnSettings::default().k
@@ -104,6 +111,7 @@ impl Default for FinetuneConfig {
             self_train_fraction: default_self_train_fraction(),
             freeze_bn: false,
             layer_decay: 1.0,
+            checkpoint_every: default_checkpoint_every(),
             knn_k: default_knn_k(),
             knn_temperature: default_knn_temperature(),
         }

@@ -18,9 +18,10 @@ pub use strategy::{Definition, EncoderRole, Fit, Phase, Start, Strategy, STRATEG
 use imprint_data::split::stratified_split;
 use imprint_data::Dataset;
 use imprint_nn::knn::Bank;
+use imprint_nn::ParamsExt;
 use imprint_nn::{Encoder, ImprintDevice};
 use imprint_train::TrainError;
-use round::{Round, Source};
+use round::{Checkpoints, Round, Source};
 use self_train::pseudo_labels;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,44 @@ pub struct History {
     pub pseudo_labels: usize,
 }
 
+/// Receives each checkpoint of a fine-tuning, e.g. to write it to disk; an error stops the run.
+pub type SaveFinetuneCheckpoint<'a> = dyn FnMut(&FinetuneSnapshot) -> Result<()> + 'a;
+
+/// Checkpoints of a fine-tuning: every `every` steps (0 = never), handed to `on_checkpoint`.
+#[derive(Default)]
+pub struct FinetuneHooks<'a> {
+    pub every: usize,
+    pub on_checkpoint: Option<&'a mut SaveFinetuneCheckpoint<'a>>,
+}
+
+/// A fine-tuning's state after some steps of one of its rounds: resuming from it gives what the
+/// uninterrupted run gives. Tensors: the model (`model.*`), the best validated one (`best.*`),
+/// the self-training teacher in the student's round (`teacher.*`), the optimizer's moments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinetuneSnapshot {
+    pub tensors: Vec<imprint_nn::NamedTensor>,
+    pub state: FinetuneState,
+}
+
+/// The non-tensor part of a [`FinetuneSnapshot`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneState {
+    pub seed: u64,
+    /// 0 for the labeled round, 1 for the self-training student's.
+    pub round: usize,
+    /// Steps of earlier rounds (the history numbers this round's steps from there).
+    pub first_step: usize,
+    pub steps_done: usize,
+    pub optimizer_steps: i32,
+    pub rng_word_pos: u128,
+    pub dropout_word_pos: u128,
+    /// Each batch source's image order and position in it.
+    pub sources: Vec<(Vec<usize>, usize)>,
+    pub history: History,
+    pub best: Option<Validation>,
+    pub checks_without_gain: usize,
+}
+
 /// One validation check: after `step` steps, accuracy (fraction) and mean cross-entropy.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
@@ -79,7 +118,35 @@ pub fn finetune<D: ImprintDevice>(
     strategy: Strategy,
     seed: u64,
 ) -> Result<(Classifier<D>, History)> {
+    let hooks = FinetuneHooks::default();
+    finetune_with(
+        dev, encoder, train, unlabeled, cfg, strategy, seed, hooks, None,
+    )
+}
+
+/// [`finetune`], checkpointing through `hooks` and continuing from `resume`, a snapshot of the
+/// same run.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_with<D: ImprintDevice>(
+    dev: &D,
+    encoder: Encoder<D>,
+    train: &Dataset,
+    unlabeled: Option<&Dataset>,
+    cfg: &FinetuneConfig,
+    strategy: Strategy,
+    seed: u64,
+    mut hooks: FinetuneHooks<'_>,
+    resume: Option<&FinetuneSnapshot>,
+) -> Result<(Classifier<D>, History)> {
     cfg.validate()?;
+    if let Some(snapshot) = resume {
+        if snapshot.state.seed != seed {
+            return Err(FinetuneError::Data(format!(
+                "cannot resume this fine-tuning: its checkpoint is of seed {}, not {seed}",
+                snapshot.state.seed
+            )));
+        }
+    }
     let labels = train
         .labels
         .as_ref()
@@ -128,17 +195,37 @@ pub fn finetune<D: ImprintDevice>(
         steps: cfg.steps,
         first_step: 0,
         streams: seed,
+        index: 0,
+        seed,
     };
     let mut history = History::default();
-    teacher.run(
-        dev,
-        &mut model,
-        cfg,
-        strategy,
-        &mut [(labeled.clone(), batch)],
-        validation.as_ref(),
-        &mut history,
-    )?;
+    let student_resumes = resume.filter(|s| s.state.round == 1);
+    match student_resumes {
+        // The teacher finished before the checkpoint: it is in the snapshot.
+        Some(snapshot) => {
+            let tensors: std::collections::BTreeMap<_, _> = snapshot
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect();
+            model.load_named("teacher", &tensors, "checkpoint")?;
+            history.steps_run = snapshot.state.first_step;
+        }
+        None => teacher.run(
+            dev,
+            &mut model,
+            cfg,
+            strategy,
+            &mut [(labeled.clone(), batch)],
+            validation.as_ref(),
+            &mut history,
+            Checkpoints {
+                hooks: &mut hooks,
+                carried: Vec::new(),
+                resume,
+            },
+        )?,
+    }
     let (Some(pool), Some(encoder)) = (pool, student_encoder) else {
         return Ok((model, history));
     };
@@ -157,7 +244,10 @@ pub fn finetune<D: ImprintDevice>(
         steps: cfg.self_train_steps,
         first_step: history.steps_run,
         streams: seed ^ 0x5e1f_7a1b,
+        index: 1,
+        seed,
     };
+    let carried = model.named_tensors("teacher");
     round.run(
         dev,
         &mut student,
@@ -169,6 +259,11 @@ pub fn finetune<D: ImprintDevice>(
         ],
         validation.as_ref(),
         &mut history,
+        Checkpoints {
+            hooks: &mut hooks,
+            carried,
+            resume: student_resumes,
+        },
     )?;
     Ok((student, history))
 }

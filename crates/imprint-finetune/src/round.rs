@@ -4,7 +4,10 @@
 
 use crate::classifier::{best_class, Classifier};
 use crate::strategy::{EncoderRole, Phase, Strategy};
-use crate::{FinetuneConfig, FinetuneError, Head, History, Result, Validation};
+use crate::{
+    FinetuneConfig, FinetuneError, FinetuneHooks, FinetuneSnapshot, FinetuneState, Head, History,
+    Result, Validation,
+};
 use dfdx::prelude::*;
 use imprint_data::augment::augment_batch;
 use imprint_data::Dataset;
@@ -12,10 +15,12 @@ use imprint_nn::infer::over_images;
 use imprint_nn::loss::cross_entropy;
 use imprint_nn::tree::ParamsExt;
 use imprint_nn::{ImprintDevice, Matrix, Mode, Optimizer, Pass};
+use imprint_nn::{NamedTensor, Vector};
 use imprint_train::{train, Flow, Group, Loss, Run, Task};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// The images a round draws its batches from, in a reshuffled cycle: `ids` index `data`, and
@@ -64,9 +69,22 @@ pub(crate) struct Round {
     pub steps: usize,
     pub first_step: usize,
     pub streams: u64,
+    /// Which round of the run this is (0 the labeled one, 1 the self-training student's).
+    pub index: usize,
+    /// The run's seed, which checkpoints record.
+    pub seed: u64,
 }
 
-struct Training<'a, 's, D: ImprintDevice> {
+/// Where a fine-tuning checkpoint is taken and where one continues.
+pub(crate) struct Checkpoints<'c, 'h> {
+    pub hooks: &'c mut FinetuneHooks<'h>,
+    /// Tensors of earlier rounds the snapshot must carry (the teacher of a student round).
+    pub carried: Vec<NamedTensor>,
+    /// The snapshot to continue this round from.
+    pub resume: Option<&'c FinetuneSnapshot>,
+}
+
+struct Training<'a, 's, 'h, D: ImprintDevice> {
     dev: &'a D,
     model: &'a mut Classifier<D>,
     cfg: &'a FinetuneConfig,
@@ -82,9 +100,107 @@ struct Training<'a, 's, D: ImprintDevice> {
     /// Each source's images through the frozen encoder, when nothing changes them between
     /// steps (a probe without augmentation): the encoder then runs once, not every step.
     features: Option<Vec<Vec<f32>>>,
+    checkpoints: Checkpoints<'a, 'h>,
 }
 
-impl<D: ImprintDevice> Training<'_, '_, D> {
+impl<D: ImprintDevice> Training<'_, '_, '_, D> {
+    /// Everything needed to continue after `steps` steps of this round.
+    fn snapshot(&mut self, steps: usize, optimizer: &mut Optimizer<D>) -> Result<FinetuneSnapshot> {
+        let mut tensors = self.model.named_tensors("model");
+        if let Some((_, best)) = &self.best {
+            tensors.extend(best.named_tensors("best"));
+        }
+        tensors.extend(self.checkpoints.carried.iter().cloned());
+        let params: Vec<(String, Vector<D>)> = self
+            .model
+            .trainable_mut("model")
+            .into_iter()
+            .map(|(n, v)| (n, v.clone()))
+            .collect();
+        let named: Vec<(String, &Vector<D>)> = params.iter().map(|(n, v)| (n.clone(), v)).collect();
+        tensors.extend(optimizer.state(&named)?);
+        Ok(FinetuneSnapshot {
+            tensors,
+            state: FinetuneState {
+                seed: self.round.seed,
+                round: self.round.index,
+                first_step: self.round.first_step,
+                steps_done: steps,
+                optimizer_steps: optimizer.steps(),
+                rng_word_pos: self.rng.get_word_pos(),
+                dropout_word_pos: self.dropout_rng.get_word_pos(),
+                sources: self
+                    .sources
+                    .iter()
+                    .map(|(s, _)| (s.ids.clone(), s.cursor))
+                    .collect(),
+                history: self.history.clone(),
+                best: self.best.as_ref().map(|(check, _)| *check),
+                checks_without_gain: self.checks_without_gain,
+            },
+        })
+    }
+
+    /// Loads `snapshot` (of this round) into the fresh round, returning the step to go on from.
+    fn restore(
+        &mut self,
+        snapshot: &FinetuneSnapshot,
+        optimizer: &mut Optimizer<D>,
+    ) -> Result<usize> {
+        let state = &snapshot.state;
+        let tensors: BTreeMap<String, NamedTensor> = snapshot
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        self.model.load_named("model", &tensors, "checkpoint")?;
+        self.best = match state.best {
+            Some(check) => {
+                let mut best = self.model.clone();
+                best.load_named("best", &tensors, "checkpoint")?;
+                Some((check, best))
+            }
+            None => None,
+        };
+        // The optimizer holds what the phase the snapshot was taken in trains.
+        let params: Vec<(String, Vector<D>)> = self
+            .model
+            .trainable_mut("model")
+            .into_iter()
+            .map(|(n, v)| (n, v.clone()))
+            .collect();
+        let named: Vec<(String, &Vector<D>)> = params
+            .iter()
+            .filter(|(n, _)| tensors.contains_key(&format!("optimizer.m1.{n}")))
+            .map(|(n, v)| (n.clone(), v))
+            .collect();
+        optimizer
+            .restore(state.optimizer_steps, &tensors, &named)
+            .map_err(|e| FinetuneError::Data(format!("cannot resume this fine-tuning: {e}")))?;
+        self.rng.set_word_pos(state.rng_word_pos);
+        self.dropout_rng.set_word_pos(state.dropout_word_pos);
+        if state.sources.len() != self.sources.len() {
+            return Err(FinetuneError::Data(
+                "cannot resume this fine-tuning: it drew from other sources".into(),
+            ));
+        }
+        for ((source, _), (ids, cursor)) in self.sources.iter_mut().zip(&state.sources) {
+            let (mut saved, mut ours) = (ids.clone(), source.ids.clone());
+            saved.sort_unstable();
+            ours.sort_unstable();
+            if saved != ours {
+                return Err(FinetuneError::Data(
+                    "cannot resume this fine-tuning: it was trained on other images".into(),
+                ));
+            }
+            source.ids = ids.clone();
+            source.cursor = *cursor;
+        }
+        *self.history = state.history.clone();
+        self.checks_without_gain = state.checks_without_gain;
+        Ok(state.steps_done)
+    }
+
     fn phase(&self, step: usize) -> (&Range<usize>, &Phase) {
         let (range, phase) = self
             .phases
@@ -95,7 +211,7 @@ impl<D: ImprintDevice> Training<'_, '_, D> {
     }
 }
 
-impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
+impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
     type Error = FinetuneError;
 
     fn loss(&mut self, step: usize) -> Result<Loss<D>> {
@@ -199,7 +315,26 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, D> {
         format!("step {}", self.round.first_step + step + 1)
     }
 
-    fn after_step(&mut self, step: usize, loss: f32, _: &mut Optimizer<D>) -> Result<Flow> {
+    fn after_step(&mut self, step: usize, loss: f32, optimizer: &mut Optimizer<D>) -> Result<Flow> {
+        let flow = self.record_step(step, loss)?;
+        let every = self.checkpoints.hooks.every;
+        if flow == Flow::Continue
+            && every > 0
+            && (step + 1).is_multiple_of(every)
+            && step + 1 < self.round.steps
+        {
+            let snapshot = self.snapshot(step + 1, optimizer)?;
+            if let Some(save) = self.checkpoints.hooks.on_checkpoint.as_mut() {
+                save(&snapshot)?;
+            }
+        }
+        Ok(flow)
+    }
+}
+
+impl<D: ImprintDevice> Training<'_, '_, '_, D> {
+    /// The step's loss into the history, and the validation check when one is due.
+    fn record_step(&mut self, step: usize, loss: f32) -> Result<Flow> {
         self.history.train_loss.push(loss as f64);
         let done = self.round.first_step + step + 1;
         self.history.steps_run = done;
@@ -242,6 +377,7 @@ impl Round {
         sources: &mut [(Source, usize)],
         validation: Option<&Dataset>,
         history: &mut History,
+        checkpoints: Checkpoints<'_, '_>,
     ) -> Result<()> {
         let seed = self.streams;
         model.dropout.p = cfg.dropout;
@@ -268,6 +404,7 @@ impl Round {
             best: None,
             checks_without_gain: 0,
             features,
+            checkpoints,
         };
         let run = Run {
             settings: &cfg.optim,
@@ -275,7 +412,11 @@ impl Round {
             lr_key: "finetune.lr",
         };
         let mut optimizer = Optimizer::new(cfg.optim.rule());
-        train(&mut task, &run, 0..self.steps, &mut optimizer)?;
+        let first = match task.checkpoints.resume {
+            Some(snapshot) => task.restore(snapshot, &mut optimizer)?,
+            None => 0,
+        };
+        train(&mut task, &run, first..self.steps, &mut optimizer)?;
         if let Some((check, best_model)) = task.best {
             task.history.best_step = Some(check.step);
             *task.model = best_model;

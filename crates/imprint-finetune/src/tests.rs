@@ -613,3 +613,77 @@ fn layer_decay_slows_the_layers_far_from_the_head() {
         "last layer moved {slow_last} with decay, {plain_last} without"
     );
 }
+
+/// A fine-tuning stopped at a checkpoint and resumed from it ends with the model and history of
+/// the run that never stopped: across probe-then-full's phase change (fresh optimizer), with
+/// augmentation and dropout drawn each step, early stopping's best model, and in the
+/// self-training student's round (teacher carried in the checkpoint).
+#[test]
+fn resumed_finetuning_equals_uninterrupted() {
+    let dev = Cpu::default();
+    let pool = unlabeled_bars(60, 5);
+    let base = FinetuneConfig {
+        steps: 30,
+        batch_size: 8,
+        optim: lr(1e-2),
+        augment: shift(1),
+        dropout: 0.2,
+        ..Default::default()
+    };
+    let cases = [
+        (base.clone(), 5),
+        (
+            FinetuneConfig {
+                validation_fraction: 0.25,
+                eval_every: 5,
+                ..base.clone()
+            },
+            15,
+        ),
+        (
+            FinetuneConfig {
+                self_train_steps: 20,
+                ..base.clone()
+            },
+            40,
+        ),
+    ];
+    for (cfg, stop_at) in cases {
+        let run = |hooks: FinetuneHooks, resume: Option<&FinetuneSnapshot>| {
+            finetune_with(
+                &dev,
+                encoder(3),
+                &bars(16, 1),
+                Some(&pool),
+                &cfg,
+                Strategy::PROBE_THEN_FULL,
+                4,
+                hooks,
+                resume,
+            )
+        };
+        let (whole, history) = run(FinetuneHooks::default(), None).unwrap();
+        let mut saved = None;
+        let mut crash = |s: &FinetuneSnapshot| {
+            let done = s.state.first_step + s.state.steps_done;
+            saved = Some(s.clone());
+            if done == stop_at {
+                return Err(FinetuneError::Data("simulated crash".into()));
+            }
+            Ok(())
+        };
+        let hooks = FinetuneHooks {
+            every: 5,
+            on_checkpoint: Some(&mut crash),
+        };
+        assert!(run(hooks, None).is_err());
+        let snapshot = saved.expect("a checkpoint before the crash");
+        let (resumed, resumed_history) = run(FinetuneHooks::default(), Some(&snapshot)).unwrap();
+        assert_eq!(
+            resumed.named_tensors(""),
+            whole.named_tensors(""),
+            "stopped at {stop_at}"
+        );
+        assert_eq!(resumed_history, history, "stopped at {stop_at}");
+    }
+}

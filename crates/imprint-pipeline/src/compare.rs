@@ -71,7 +71,24 @@ pub fn compare(
         made: BTreeMap::new(),
     };
     let mut records = Vec::new();
+    let kept = |name: &str, k: usize, seed: u64| {
+        done.iter()
+            .find(|r| r.strategy == name && r.labels_per_class == k && r.seed == seed)
+    };
     for &seed in &c.seeds {
+        // Each route's encoder first, as a run of the seed will need it (none when every run
+        // that would is kept).
+        for &route in &c.routes {
+            let needed = c.strategies.iter().any(|&s| {
+                s.uses_pretrained()
+                    && c.labels_per_class
+                        .iter()
+                        .any(|&k| kept(&route.record_name(s), k, seed).is_none())
+            });
+            if needed {
+                encoders.get(route, seed, log)?;
+            }
+        }
         for &k in &c.labels_per_class {
             let train = labeled_subset(
                 data,
@@ -89,10 +106,7 @@ pub fn compare(
                     let name =
                         route.map_or(strategy.name().to_string(), |r| r.record_name(strategy));
                     let folder = run_name(&name, k, seed);
-                    let kept = done
-                        .iter()
-                        .find(|r| r.strategy == name && r.labels_per_class == k && r.seed == seed);
-                    let record = match kept {
+                    let record = match kept(&name, k, seed) {
                         Some(record) => {
                             log.stage(folder, record.finetune_seconds, true);
                             record.clone()
@@ -108,6 +122,7 @@ pub fn compare(
                                 k,
                                 seed,
                                 &out.join("runs").join(&folder),
+                                resume,
                             )?;
                             outcome.record.strategy = name;
                             outcome.record.pretrain_seconds =
@@ -319,7 +334,10 @@ impl Pretrained<'_> {
             _ => format!("pretrain/seed-{seed}"),
         };
         let dir = self.out.join(folder);
-        let stage = format!("pretrain {} seed {seed}", route_phrase(route));
+        let stage = match route {
+            Route::ImportedThenSelf => format!("pretrain from the imported network seed {seed}"),
+            _ => format!("pretrain seed {seed}"),
+        };
         let reused = self
             .resume
             .then(|| finished_pretraining(self.p, self.data, seed, &dir, from.map(|f| f.1)))
@@ -334,10 +352,12 @@ impl Pretrained<'_> {
                 (encoder, seconds)
             }
             None => {
-                self.obs.info(&format!(
-                    "pre-training {}, seed {seed}",
-                    route_phrase(route)
-                ));
+                let from_what = match route {
+                    Route::ImportedThenSelf => " from the imported network",
+                    _ => "",
+                };
+                self.obs
+                    .info(&format!("pre-training{from_what}, seed {seed}"));
                 let at = PretrainAt {
                     seed,
                     dir: &dir,
@@ -352,13 +372,6 @@ impl Pretrained<'_> {
         };
         self.made.insert((route, seed), (encoder.clone(), seconds));
         Ok((encoder, seconds))
-    }
-}
-
-fn route_phrase(route: Route) -> &'static str {
-    match route {
-        Route::ImportedThenSelf => "from the imported network",
-        _ => "from scratch",
     }
 }
 

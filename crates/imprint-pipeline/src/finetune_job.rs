@@ -2,6 +2,7 @@
 //! classifier trained by a strategy, its test metrics.
 
 use crate::provenance::{RunLog, VERSION};
+use crate::resume_point;
 use crate::sidecar::{read_sidecar, sidecar_path, write_json, KnnVote, MODEL_FORMAT};
 use crate::{
     create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result, Sidecar,
@@ -9,7 +10,10 @@ use crate::{
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
 use imprint_data::{Dataset, ImageShape, Preprocess, SourceFile};
-use imprint_finetune::{evaluate, finetune, Classifier, Head, Metrics, Strategy};
+use imprint_finetune::{
+    evaluate, finetune_with, Classifier, FinetuneError, FinetuneHooks, FinetuneSnapshot, Head,
+    Metrics, Strategy,
+};
 use imprint_nn::{load_tensors, save_tensors, Architecture, Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord};
 use rand::SeedableRng;
@@ -184,6 +188,7 @@ pub(crate) fn run_one(
     k: usize,
     seed: u64,
     out: &Path,
+    resume: bool,
 ) -> Result<FinetuneOutcome> {
     let dev = Cpu::default();
     let encoder = match (strategy.uses_pretrained(), pretrained) {
@@ -196,8 +201,22 @@ pub(crate) fn run_one(
             )))
         }
     };
+    create_dir(out)?;
+    let checkpoint = resume_point::checkpoint_path(out);
+    let run = (strategy, k);
+    let snapshot = (resume && checkpoint.exists())
+        .then(|| resume_point::load_finetune(&checkpoint, p, data, run))
+        .transpose()?;
+    let mut save = |s: &FinetuneSnapshot| {
+        resume_point::save_finetune(&checkpoint, p, data, run, s)
+            .map_err(|e| FinetuneError::Data(e.to_string()))
+    };
+    let hooks = FinetuneHooks {
+        every: p.finetune.checkpoint_every,
+        on_checkpoint: Some(&mut save),
+    };
     let start = Instant::now();
-    let (model, history) = finetune(
+    let (mut model, history) = finetune_with(
         &dev,
         encoder,
         train,
@@ -205,12 +224,13 @@ pub(crate) fn run_one(
         &p.finetune,
         strategy,
         seed,
+        hooks,
+        snapshot.as_ref(),
     )?;
     let seconds = start.elapsed().as_secs_f64();
-    let mut model = model;
     let metrics = evaluate(&dev, &mut model, &data.test)
         .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
-    create_dir(out)?;
+    resume_point::remove(&checkpoint)?;
     write_confusion(&out.join("confusion.csv"), &model.classes, &metrics)?;
     if !history.validation.is_empty() {
         let rows: Vec<Vec<f64>> = history
@@ -263,6 +283,7 @@ pub fn finetune_job(
     seed: u64,
     out: &Path,
     log: &mut RunLog,
+    resume: bool,
 ) -> Result<FinetuneOutcome> {
     // Check the encoder before writing anything.
     let pretrained = match (strategy.uses_pretrained(), start) {
@@ -280,7 +301,17 @@ pub fn finetune_job(
     };
     create_dir(out)?;
     let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
-    let outcome = run_one(p, data, &train, pretrained.as_ref(), strategy, k, seed, out)?;
+    let outcome = run_one(
+        p,
+        data,
+        &train,
+        pretrained.as_ref(),
+        strategy,
+        k,
+        seed,
+        out,
+        resume,
+    )?;
     log.stage(
         run_name(strategy.name(), k, seed),
         outcome.record.finetune_seconds,

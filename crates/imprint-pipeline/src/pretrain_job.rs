@@ -80,7 +80,7 @@ pub(crate) fn pretrain_artifacts(
     let epochs = p.pretrain.epochs;
     let checkpoint = resume_point::checkpoint_path(out);
     let snapshot = if resume && checkpoint.exists() {
-        let snapshot = resume_point::load(&checkpoint, p, data)?;
+        let snapshot = resume_point::load_pretrain(&checkpoint, p, data)?;
         obs.info(&format!(
             "seed {seed}: continuing pre-training after epoch {} from {}",
             snapshot.state.epochs_done,
@@ -95,7 +95,7 @@ pub(crate) fn pretrain_artifacts(
     let mut on_epoch = |stats: &EpochStats| obs.pretrain_epoch(seed, stats, epochs);
     let mut last_saved = snapshot.as_ref().map(|s| s.state.epochs_done);
     let mut on_checkpoint = |snapshot: &Snapshot| {
-        resume_point::save(&checkpoint, p, data, snapshot)
+        resume_point::save_pretrain(&checkpoint, p, data, snapshot)
             .map_err(|e| PretrainError::Checkpoint(e.to_string()))?;
         last_saved = Some(snapshot.state.epochs_done);
         Ok(())
@@ -246,15 +246,7 @@ pub(crate) fn pretrain_artifacts(
     )?;
     // The finished encoder supersedes it; a crash before this line leaves both, and either
     // resumes correctly.
-    match std::fs::remove_file(&checkpoint) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(PipelineError::Output(format!(
-                "{}: {e}",
-                checkpoint.display()
-            )));
-        }
-        _ => {}
-    }
+    resume_point::remove(&checkpoint)?;
     Ok((trained.encoder, trained.history, seconds))
 }
 

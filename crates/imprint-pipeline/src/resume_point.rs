@@ -1,62 +1,156 @@
-//! Epoch-end checkpoints of a pre-training (`checkpoint.safetensors` in its folder): weights,
-//! Adam moments, random-stream position and loss history in one file, written atomically, so
-//! `--resume` continues an interrupted pre-training where its last finished epoch left it.
+//! Checkpoints an interrupted job continues from (`checkpoint.safetensors` in its folder):
+//! weights, optimizer moments, random-stream positions and history in one file, written
+//! atomically, with a fingerprint of what must be unchanged for it to be continued. A
+//! pre-training leaves one at every epoch end, a fine-tuning every `finetune.checkpoint_every`
+//! steps.
 
 use crate::{Pipeline, PipelineError, Prepared, Result};
-use imprint_nn::{load_tensors, save_tensors};
+use imprint_finetune::{FinetuneSnapshot, FinetuneState, Strategy};
+use imprint_nn::{load_tensors, save_tensors, NamedTensor};
 use imprint_pretrain::{Snapshot, TrainingState};
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const FORMAT: &str = "imprint-pretrain-checkpoint/1";
+const PRETRAIN_FORMAT: &str = "imprint-pretrain-checkpoint/2";
+const FINETUNE_FORMAT: &str = "imprint-finetune-checkpoint/1";
 
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
-/// What must be unchanged for a checkpoint to be continued: pre-training settings, input
-/// preprocessing and the unlabeled data files.
-fn fingerprint(p: &Pipeline, data: &Prepared) -> Result<String> {
-    serde_json::to_string(&(&p.pretrain, &p.data.preprocess, &data.unlabeled.files))
-        .map_err(|e| PipelineError::Output(format!("checkpoint: {e}")))
+fn json<T: Serialize>(value: &T, path: &Path) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))
 }
 
-pub fn save(path: &Path, p: &Pipeline, data: &Prepared, snapshot: &Snapshot) -> Result<()> {
-    let state = serde_json::to_string(&snapshot.state)
-        .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))?;
+fn save<S: Serialize>(
+    path: &Path,
+    format: &str,
+    run: String,
+    tensors: &[NamedTensor],
+    state: &S,
+) -> Result<()> {
     let metadata = BTreeMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("run".to_string(), fingerprint(p, data)?),
-        ("state".to_string(), state),
+        ("format".to_string(), format.to_string()),
+        ("run".to_string(), run),
+        ("state".to_string(), json(state, path)?),
     ]);
-    save_tensors(path, &snapshot.tensors, &metadata)?;
+    save_tensors(path, tensors, &metadata)?;
     Ok(())
 }
 
-/// The checkpoint at `path`, after checking that it belongs to this pipeline and data.
-pub fn load(path: &Path, p: &Pipeline, data: &Prepared) -> Result<Snapshot> {
-    let fail = |message: &str| PipelineError::Input {
+/// The tensors and state of the checkpoint at `path`, after checking that it is of this kind
+/// and of the run `run` describes.
+fn load<S: DeserializeOwned>(
+    path: &Path,
+    format: &str,
+    run: String,
+    what: &str,
+) -> Result<(Vec<NamedTensor>, S)> {
+    let fail = |message: &str| {
+        PipelineError::Input {
         path: path.display().to_string(),
         message: format!(
-            "cannot resume from this pre-training checkpoint: {message}; delete it to start the \
-             pre-training over"
+            "cannot resume from this {what} checkpoint: {message}; delete it to start the {what} over"
         ),
+    }
     };
     let (tensors, metadata) = load_tensors(path)?;
-    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(fail(&format!("its format is not `{FORMAT}`")));
+    if metadata.get("format").map(String::as_str) != Some(format) {
+        return Err(fail(&format!("its format is not `{format}`")));
     }
-    if metadata.get("run") != Some(&fingerprint(p, data)?) {
+    if metadata.get("run") != Some(&run) {
         return Err(fail(
-            "it was made with other pre-training settings, preprocessing or data",
+            "it was made with other settings, preprocessing or data",
         ));
     }
-    let state: TrainingState = metadata
+    let state: S = metadata
         .get("state")
         .and_then(|s| serde_json::from_str(s).ok())
         .ok_or_else(|| fail("its training state is missing or unreadable"))?;
-    Ok(Snapshot {
-        tensors: tensors.into_values().collect(),
-        state,
-    })
+    Ok((tensors.into_values().collect(), state))
+}
+
+/// What must be unchanged for a pre-training checkpoint to be continued: pre-training settings,
+/// input preprocessing and the unlabeled data files.
+fn pretrain_run(p: &Pipeline, data: &Prepared, path: &Path) -> Result<String> {
+    json(
+        &(&p.pretrain, &p.data.preprocess, &data.unlabeled.files),
+        path,
+    )
+}
+
+pub fn save_pretrain(path: &Path, p: &Pipeline, data: &Prepared, s: &Snapshot) -> Result<()> {
+    save(
+        path,
+        PRETRAIN_FORMAT,
+        pretrain_run(p, data, path)?,
+        &s.tensors,
+        &s.state,
+    )
+}
+
+/// The pre-training checkpoint at `path`, after checking that it belongs to this pipeline and
+/// data.
+pub fn load_pretrain(path: &Path, p: &Pipeline, data: &Prepared) -> Result<Snapshot> {
+    let run = pretrain_run(p, data, path)?;
+    let (tensors, state): (_, TrainingState) = load(path, PRETRAIN_FORMAT, run, "pre-training")?;
+    Ok(Snapshot { tensors, state })
+}
+
+/// What a fine-tuning checkpoint must match: the fine-tuning settings and architecture, the
+/// preprocessing, the strategy, budget and seed, and the labeled and unlabeled files.
+fn finetune_run(
+    p: &Pipeline,
+    data: &Prepared,
+    (strategy, k): (Strategy, usize),
+    path: &Path,
+) -> Result<String> {
+    json(
+        &(
+            &p.finetune,
+            &p.pretrain.architecture,
+            &p.data.preprocess,
+            strategy,
+            k,
+            &data.labeled.files,
+            &data.unlabeled.files,
+        ),
+        path,
+    )
+}
+
+pub fn save_finetune(
+    path: &Path,
+    p: &Pipeline,
+    data: &Prepared,
+    run: (Strategy, usize),
+    s: &FinetuneSnapshot,
+) -> Result<()> {
+    let fingerprint = finetune_run(p, data, run, path)?;
+    save(path, FINETUNE_FORMAT, fingerprint, &s.tensors, &s.state)
+}
+
+/// The fine-tuning checkpoint at `path`, after checking that it belongs to this run.
+pub fn load_finetune(
+    path: &Path,
+    p: &Pipeline,
+    data: &Prepared,
+    run: (Strategy, usize),
+) -> Result<FinetuneSnapshot> {
+    let fingerprint = finetune_run(p, data, run, path)?;
+    let (tensors, state): (_, FinetuneState) =
+        load(path, FINETUNE_FORMAT, fingerprint, "fine-tuning")?;
+    Ok(FinetuneSnapshot { tensors, state })
+}
+
+/// Removes a finished job's checkpoint (absent is fine).
+pub fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(PipelineError::Output(format!("{}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }
