@@ -383,6 +383,19 @@ pub(crate) fn gather(src: &[f32], dst: &mut [f32], rows: usize, len: usize) {
     }
 }
 
+/// `buf` cut into `count` chunks of `len` (the last may be shorter), or `count` times `None`
+/// where there is no buffer: the per-chunk view of an optional output.
+pub(crate) fn optional_chunks(
+    buf: Option<&mut [f32]>,
+    len: usize,
+    count: usize,
+) -> Vec<Option<&mut [f32]>> {
+    match buf {
+        Some(b) => b.chunks_mut(len.max(1)).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}
+
 /// Element-wise sum of `parts` (each `len` long), added in their order: the same partial results
 /// always give the same total, however the threads that made them were scheduled.
 pub(crate) fn sum_in_order(parts: &[Vec<f32>], len: usize) -> Vec<f32> {

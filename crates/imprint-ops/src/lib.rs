@@ -26,6 +26,8 @@ mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;
 mod cpu_util;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 mod error;
 mod linear;
 mod pool2d;
