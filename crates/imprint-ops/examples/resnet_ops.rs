@@ -1,19 +1,22 @@
 //! Times the ops of a CIFAR ResNet-20 (He et al. 2016, §4.2) at batch 128, layer type by layer
 //! type and as a whole training step; `resnet_ops_torch.py` measures the same in PyTorch.
 //!
-//! Each layer line is the median forward and backward (`y.sum().backward()`) time. The last
+//! Each layer line is the median forward and backward time, the backward pass that of
+//! `y.sum()` (the sum itself untimed). The last
 //! line is a whole step: ResNet-20 forward (option-A shortcuts), cross-entropy, backward of
 //! every gradient and an Adam update.
 //!
 //! `cargo run --release -p imprint-ops --example resnet_ops [iterations] [--chain-only]
-//! [--only=NAME_PART] [--cpu-time]`
+//! [--only=NAME_PART] [--cpu-time] [--separate]`
 //!
 //! `--cpu-time` times by process CPU time instead of the wall clock (meaningful with
-//! `RAYON_NUM_THREADS=1` on a busy machine).
+//! `RAYON_NUM_THREADS=1` on a busy machine). `--separate` runs the whole step with batch
+//! norm, add and ReLU as separate ops instead of the fused ones.
 
 use dfdx::prelude::*;
 use imprint_ops::{
-    avg_pool2d, batch_norm2d_train, conv2d, linear, Activation, Conv2dSpec, Tensor1, Tensor4,
+    avg_pool2d, batch_norm2d_add_relu_train, batch_norm2d_relu_train, batch_norm2d_train, conv2d,
+    linear, Activation, Conv2dSpec, Tensor1, Tensor4,
 };
 use std::time::Instant;
 
@@ -66,6 +69,8 @@ fn conv3x3(cin: usize, cout: usize, stride: usize) -> Conv2dSpec {
 /// What to run: iterations, and the layers whose names contain `only` (all when empty).
 struct Options {
     iters: usize,
+    /// The whole step with batch norm, add and ReLU as separate ops rather than fused.
+    separate: bool,
     clock: Clock,
     only: String,
     chain_only: bool,
@@ -82,8 +87,10 @@ fn time_layer(name: &str, opts: &Options, x: &Tensor4<Cpu>, f: impl Fn(Taped) ->
         let t = clock.now();
         let y = f(x.leaky_trace());
         let a = clock.now() - t;
+        // The sum is dfdx's, and slow: left out of the timings.
+        let loss = y.sum();
         let t = clock.now();
-        let grads = y.sum().backward();
+        let grads = loss.backward();
         let b = clock.now() - t;
         std::hint::black_box(grads);
         if i >= 2 {
@@ -101,7 +108,7 @@ fn time_layer(name: &str, opts: &Options, x: &Tensor4<Cpu>, f: impl Fn(Taped) ->
 fn time_layers(dev: &Cpu, opts: &Options) {
     let x: Tensor4<Cpu> = dev.sample_uniform_like(&(BATCH, 3, 32, 32));
     let w = uniform(dev, 16 * 3 * 9, 0.1);
-    let spec = conv3x3(3, 16, 1);
+    let spec = conv3x3(3, 16, 1).without_input_grad();
     time_layer("conv  3->16 s1 32x32 (data)", opts, &x, |x| {
         conv2d(x, &w, None, &spec).unwrap()
     });
@@ -129,7 +136,21 @@ fn time_layers(dev: &Cpu, opts: &Options) {
         time_layer(&format!("relu {c} {hw}x{hw}"), opts, &x, |x| x.relu());
         let r: Tensor4<Cpu> = dev.sample_uniform_like(&(BATCH, c, hw, hw));
         time_layer(&format!("add {c} {hw}x{hw}"), opts, &x, |x| x + r.clone());
+        time_layer(&format!("bn+relu {c} {hw}x{hw}"), opts, &x, |x| {
+            batch_norm2d_relu_train(x, &gamma, &beta, 1e-5).unwrap().0
+        });
+        time_layer(&format!("bn+add+relu {c} {hw}x{hw}"), opts, &x, |x| {
+            batch_norm2d_add_relu_train(x, r.clone(), &gamma, &beta, 1e-5)
+                .unwrap()
+                .0
+        });
     }
+}
+
+/// What follows a batch norm in ResNet: ReLU, or the shortcut added and then ReLU.
+enum After {
+    Relu,
+    AddRelu(Taped),
 }
 
 /// A convolution without bias and the batch norm after it.
@@ -151,11 +172,21 @@ impl ConvBn {
         }
     }
 
-    fn forward(&self, x: Taped) -> Taped {
-        let y = conv2d(x, &self.weight, None, &self.spec).unwrap();
-        batch_norm2d_train(y, &self.gamma, &self.beta, 1e-5)
-            .unwrap()
-            .0
+    fn conv(&self, x: Taped) -> Taped {
+        conv2d(x, &self.weight, None, &self.spec).unwrap()
+    }
+
+    /// Convolution, batch norm, then `after`: ReLU, or the residual added and ReLU. Fused, or
+    /// with batch norm, add and ReLU as separate ops.
+    fn forward(&self, x: Taped, after: After, fused: bool) -> Taped {
+        let y = self.conv(x);
+        let (g, b) = (&self.gamma, &self.beta);
+        match (after, fused) {
+            (After::Relu, true) => batch_norm2d_relu_train(y, g, b, 1e-5).unwrap().0,
+            (After::AddRelu(r), true) => batch_norm2d_add_relu_train(y, r, g, b, 1e-5).unwrap().0,
+            (After::Relu, false) => batch_norm2d_train(y, g, b, 1e-5).unwrap().0.relu(),
+            (After::AddRelu(r), false) => (batch_norm2d_train(y, g, b, 1e-5).unwrap().0 + r).relu(),
+        }
     }
 
     fn params(&self) -> [&Tensor1<Cpu>; 3] {
@@ -187,8 +218,11 @@ impl ResNet20 {
                 cin = cout;
             }
         }
+        let mut stem = ConvBn::new(dev, 3, 16, 1);
+        // The images need no gradient.
+        stem.spec = stem.spec.without_input_grad();
         Self {
-            stem: ConvBn::new(dev, 3, 16, 1),
+            stem,
             blocks,
             fc_weight: uniform(dev, CLASSES * 64, 0.125),
             fc_bias: uniform(dev, CLASSES, 0.125),
@@ -222,13 +256,18 @@ impl ResNet20 {
         p
     }
 
-    /// Logits `[n, CLASSES]` of `x`, `[n, 3, 32, 32]`.
-    fn forward(&self, x: Taped) -> Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>> {
-        let mut h = self.stem.forward(x).relu();
+    /// Logits `[n, CLASSES]` of `x`, `[n, 3, 32, 32]`, with fused batch-norm ops or separate
+    /// ones.
+    fn forward(
+        &self,
+        x: Taped,
+        fused: bool,
+    ) -> Tensor<(usize, usize), f32, Cpu, OwnedTape<f32, Cpu>> {
+        let mut h = self.stem.forward(x, After::Relu, fused);
         for (a, b) in &self.blocks {
             let shortcut = option_a_shortcut(h.with_empty_tape(), b.spec.out_channels);
-            let y = b.forward(a.forward(h).relu());
-            h = (y + shortcut).relu();
+            let y = a.forward(h, After::Relu, fused);
+            h = b.forward(y, After::AddRelu(shortcut), fused);
         }
         let n = h.shape().0;
         let pooled = avg_pool2d(h, (8, 8), (8, 8)).unwrap();
@@ -306,7 +345,8 @@ impl Adam {
     }
 }
 
-fn time_train_step(dev: &Cpu, iters: usize, clock: Clock) {
+fn time_train_step(dev: &Cpu, opts: &Options) {
+    let (iters, clock) = (opts.iters, opts.clock);
     let mut net = ResNet20::new(dev);
     let mut adam = Adam::new(&net.params(), 1e-3);
     let x: Tensor4<Cpu> = dev.sample_uniform_like(&(BATCH, 3, 32, 32));
@@ -318,7 +358,8 @@ fn time_train_step(dev: &Cpu, iters: usize, clock: Clock) {
     let mut times = Vec::new();
     for i in 0..iters + 2 {
         let t = clock.now();
-        let grads = cross_entropy(net.forward(x.leaky_trace()), &targets).backward();
+        let logits = net.forward(x.leaky_trace(), !opts.separate);
+        let grads = cross_entropy(logits, &targets).backward();
         adam.update(net.params_mut(), &grads);
         if i >= 2 {
             times.push(clock.now() - t);
@@ -326,7 +367,8 @@ fn time_train_step(dev: &Cpu, iters: usize, clock: Clock) {
     }
     let step = median(times);
     println!(
-        "resnet20 train step {:8.2} ms  -> {:.0} images/s",
+        "resnet20 train step{} {:8.2} ms  -> {:.0} images/s",
+        if opts.separate { " (separate)" } else { "" },
         step * 1e3,
         BATCH as f64 / step
     );
@@ -358,6 +400,7 @@ fn main() {
             .unwrap_or("")
             .to_string(),
         chain_only: args.iter().any(|a| a == "--chain-only"),
+        separate: args.iter().any(|a| a == "--separate"),
         clock: match args.iter().any(|a| a == "--cpu-time") {
             true => Clock::Cpu,
             false => Clock::Wall,
@@ -377,6 +420,6 @@ fn main() {
         time_layers(&dev, &opts);
     }
     if opts.only.is_empty() {
-        time_train_step(&dev, opts.iters, opts.clock);
+        time_train_step(&dev, &opts);
     }
 }

@@ -3,8 +3,8 @@
 python resnet_ops_torch.py [iterations] [threads] [--chain-only] [--only=NAME_PART] [--cpu-time]
 (2 threads unless told; --cpu-time times by process CPU time, meaningful with 1 thread)
 
-Every layer runs at batch 128 in training mode; "bwd" is `y.sum().backward()`, as on the
-Rust side. The last line times a whole ResNet-20 training step (forward, cross-entropy,
+Every layer runs at batch 128 in training mode; "bwd" is the backward pass of `y.sum()` (the
+sum itself untimed), as on the Rust side. The last line times a whole ResNet-20 training step (forward, cross-entropy,
 backward, Adam).
 """
 import statistics
@@ -39,8 +39,9 @@ def time_layer(name, f, x):
         t = clock()
         y = f(x)
         a = clock() - t
+        loss = y.sum()  # untimed, as on the Rust side
         t = clock()
-        y.sum().backward()
+        loss.backward()
         b = clock() - t
         if i >= 2:
             fwd.append(a)
@@ -73,6 +74,8 @@ def layers():
         time_layer(f"relu {c} {hw}x{hw}", F.relu, x)
         r = torch.rand(B, c, hw, hw)
         time_layer(f"add {c} {hw}x{hw}", lambda x: x + r, x)
+        time_layer(f"bn+relu {c} {hw}x{hw}", lambda x: F.relu(bn(x)), x)
+        time_layer(f"bn+add+relu {c} {hw}x{hw}", lambda x: F.relu(bn(x) + r), x)
 
 
 def shortcut(x, cout):

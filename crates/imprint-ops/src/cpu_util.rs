@@ -287,6 +287,29 @@ pub(crate) fn col2im(g: &Geometry, col: &[f32], pitch: usize, img: &mut [f32]) {
     }
 }
 
+/// `fn $name(args) -> R` calling `$body(args)` (an `#[inline(always)]` function) compiled for
+/// AVX-512 where the CPU has it, else as it is: its plain loops vectorise to 512-bit registers.
+/// The code is the same either way, and so are its results.
+macro_rules! with_wide_vectors {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn wide($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { wide($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use with_wide_vectors;
+
 thread_local! {
     /// Plain-slice copies of an op's input and output gradient.
     pub(crate) static IO_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
