@@ -324,9 +324,19 @@ thread_local! {
 /// thread's lifetime.
 const KEEP_SCRATCH_BYTES: usize = 64 << 20;
 
-/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, with unspecified
-/// contents (whatever an earlier call left). Reusing the buffer spares a fresh allocation per
-/// chunk, whose pages the kernel would otherwise have to fault in and zero every time.
+/// Floats per cache line: buffers start on one, so that whole vectors of 16 never straddle two
+/// lines (a load that does costs two).
+const LINE_FLOATS: usize = 16;
+
+/// Index of the first element of `buf` that starts a cache line.
+fn line_start(buf: &[f32]) -> usize {
+    (buf.as_ptr() as usize).wrapping_neg() % (4 * LINE_FLOATS) / 4
+}
+
+/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, starting on a cache
+/// line, with unspecified contents (whatever an earlier call left). Reusing the buffer spares a
+/// fresh allocation per chunk, whose pages the kernel would otherwise have to fault in and zero
+/// every time.
 ///
 /// The buffer is taken out of the slot while `f` runs: a nested call on the same thread (rayon
 /// may run another chunk here while a product waits for its helpers) finds the slot empty and
@@ -337,10 +347,11 @@ pub(crate) fn with_scratch<R>(
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     let mut buf = slot.with(Cell::take);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    if buf.len() < len + LINE_FLOATS {
+        buf.resize(len + LINE_FLOATS, 0.0);
     }
-    let r = f(&mut buf[..len]);
+    let start = line_start(&buf);
+    let r = f(&mut buf[start..start + len]);
     if buf.len() * 4 <= KEEP_SCRATCH_BYTES {
         slot.with(|s| s.set(buf));
     }
@@ -416,6 +427,32 @@ pub(crate) fn optional_chunks(
     match buf {
         Some(b) => b.chunks_mut(len.max(1)).map(Some).collect(),
         None => (0..count).map(|_| None).collect(),
+    }
+}
+
+/// A zeroed buffer of `len` floats starting on a cache line (see [`with_scratch`]).
+pub(crate) struct LineVec {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl LineVec {
+    pub fn zeroed(len: usize) -> Self {
+        let buf = vec![0.0; len + LINE_FLOATS];
+        Self {
+            start: line_start(&buf),
+            buf,
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

@@ -1,7 +1,7 @@
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
     col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
-    with_scratch, Chunks, Geometry, CHUNK_SCRATCH, IO_SCRATCH,
+    with_scratch, Chunks, Geometry, LineVec, CHUNK_SCRATCH, IO_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -247,9 +247,10 @@ where
         });
         return Ok(dev.try_tensor_from_vec(y, shape)?.put_tape(tape));
     }
-    let mut xs = vec![0.0; x_len];
-    x.copy_into(&mut xs);
-    let y = dev.try_tensor_from_vec((kernels.forward)(&xs, &ws, bs.as_deref()), shape)?;
+    let mut xs = LineVec::zeroed(x_len);
+    x.copy_into(xs.as_mut_slice());
+    let y = (kernels.forward)(xs.as_slice(), &ws, bs.as_deref());
+    let y = dev.try_tensor_from_vec(y, shape)?;
     let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
     let b_g = bias.map(|b| b.ghost());
     let backward = kernels.backward;
@@ -269,7 +270,7 @@ where
             true => Some(&mut grads.get_or_alloc_mut(&x_g)?[..]),
             false => None,
         };
-        let gw = backward(&xs, &ws, &dy, gx);
+        let gw = backward(xs.as_slice(), &ws, &dy, gx);
         **grads.get_or_alloc_mut(&y_g)? = dy;
         let acc = grads.get_or_alloc_mut(&w_g)?;
         acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);

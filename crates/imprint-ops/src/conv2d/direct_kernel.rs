@@ -2,7 +2,9 @@
 //! stride times the output grid: all of ResNet's and the autoencoder's convolutions.
 
 use super::cpu_kernel::Dims;
-use crate::cpu_util::{sum_in_order, with_scratch, Chunks, CHUNK_SCRATCH};
+use crate::cpu_util::{
+    optional_chunks, sum_in_order, with_scratch, Chunks, CHUNK_SCRATCH, IO_SCRATCH,
+};
 use crate::direct::{
     self, merge_planes_add, pad_channels, padded_stride, split_planes, Packed, Plan, Start, TapSet,
 };
@@ -16,8 +18,12 @@ pub(crate) fn plan(d: &Dims) -> Option<Plan> {
     Plan::new(&d.geo)
 }
 
-/// Runs `f` on the channels of `images` split into sub-planes and copied `stride` apart.
+/// Runs `f` on the channels of `images` split into sub-planes and copied `stride` apart (on
+/// `images` themselves where they need neither).
 fn with_planes<R>(images: &[f32], plan: &Plan, stride: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    if plan.planes() == 1 && stride == plan.plane_len() {
+        return f(images);
+    }
     let channels = images.len() / (plan.planes() * plan.plane_len());
     with_scratch(&CHUNK_SCRATCH, channels * stride, |split| {
         split_planes(images, plan, split, stride);
@@ -54,18 +60,57 @@ pub(crate) fn backward(
     d: &Dims,
     plan: &Plan,
 ) -> Vec<f32> {
-    if let Some(gx) = gx {
-        input_grad(w, dy, gx, d, plan);
-    }
-    weight_grad(x, dy, d, plan)
+    let (cin, cout, ntaps) = (d.geo.channels, d.out_per_group, plan.taps.len());
+    let (plane_len, len) = (plan.plane_len(), cout * cin * ntaps);
+    let taps = TapSet::new(plan.grid, &plan.taps);
+    let adjoints = match gx {
+        Some(_) => adjoints(w, d, plan),
+        None => Vec::new(),
+    };
+    let chunks = Chunks::new(d.batch, d.in_len() + d.out_len());
+    let gxs = optional_chunks(
+        gx,
+        chunks.images * d.in_len(),
+        d.batch.div_ceil(chunks.images),
+    );
+    let dy_stride = padded_stride(plane_len);
+    // One dW per chunk, summed in chunk order (the chunks cut by the batch alone), so that the
+    // result does not depend on the thread count.
+    let parts: Vec<Vec<f32>> = gxs
+        .into_par_iter()
+        .zip(x.par_chunks(chunks.images * d.in_len()))
+        .zip(dy.par_chunks(chunks.images * d.out_len()))
+        .map(|((gxs, xs), dys)| {
+            // dy copied once, channels apart as the forward kernel wants them, for both dx
+            // and dW.
+            with_scratch(&IO_SCRATCH, dys.len() / plane_len * dy_stride, |dyp| {
+                pad_channels(dys, plane_len, dyp, dy_stride);
+                let dy_images = dyp.chunks(cout * dy_stride);
+                for (gxi, dyi) in gxs
+                    .into_iter()
+                    .flat_map(|g| g.chunks_exact_mut(d.in_len()))
+                    .zip(dy_images)
+                {
+                    adjoint(dyi, dy_stride, &adjoints, gxi, plan);
+                }
+                let mut gw = vec![0.0; len];
+                let x_stride = plan.planes() * plane_len;
+                with_planes(xs, plan, x_stride, |src| {
+                    let dy = (&dyp[..], dy_stride);
+                    direct::weight_grad(src, x_stride, dy, (cout, cin), &taps, &mut gw);
+                });
+                gw
+            })
+        })
+        .collect();
+    sum_in_order(&parts, len)
 }
 
-/// Adds `dL/dx` to `gx`: per sub-plane of the input, a convolution of `dy` with the taps that
+/// The taps and packed weights of `dL/dx`, one set per sub-plane of the input: the taps that
 /// read that sub-plane, turned around.
-fn input_grad(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan: &Plan) {
+fn adjoints(w: &[f32], d: &Dims, plan: &Plan) -> Vec<(TapSet, Packed)> {
     let (cin, cout, ntaps) = (d.geo.channels, d.out_per_group, plan.taps.len());
-    let plane_len = plan.plane_len();
-    let adjoints: Vec<(TapSet, Packed)> = (0..plan.planes())
+    (0..plan.planes())
         .map(|s| {
             let (taps, index) = plan.adjoint_taps(s);
             let packed = Packed::new((cin, cout, taps.len()), |i, o, t| {
@@ -73,16 +118,7 @@ fn input_grad(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan: &Plan) {
             });
             (TapSet::new(plan.grid, &taps), packed)
         })
-        .collect();
-    gx.par_chunks_mut(d.in_len())
-        .zip(dy.par_chunks(d.out_len()))
-        .for_each(|(gxi, dyi)| {
-            let stride = padded_stride(plane_len);
-            with_scratch(&CHUNK_SCRATCH, cout * stride, |src| {
-                pad_channels(dyi, plane_len, src, stride);
-                adjoint(src, stride, &adjoints, gxi, plan);
-            });
-        });
+        .collect()
 }
 
 /// Adds to `gxi` the adjoint convolutions of one image's output gradient `src` (channels
@@ -107,30 +143,4 @@ fn adjoint(
         }
         merge_planes_add(split, plan, gxi);
     });
-}
-
-/// `dL/dW`, summed chunk by chunk in chunk order (the chunks cut by the batch alone), so that
-/// the result does not depend on the thread count.
-fn weight_grad(x: &[f32], dy: &[f32], d: &Dims, plan: &Plan) -> Vec<f32> {
-    let (cin, cout, ntaps) = (d.geo.channels, d.out_per_group, plan.taps.len());
-    let len = cout * cin * ntaps;
-    let taps = TapSet::new(plan.grid, &plan.taps);
-    let chunks = Chunks::new(d.batch, d.in_len() + d.out_len());
-    let parts: Vec<Vec<f32>> = x
-        .par_chunks(chunks.images * d.in_len())
-        .zip(dy.par_chunks(chunks.images * d.out_len()))
-        .map(|(xs, dys)| {
-            let mut gw = vec![0.0; len];
-            let stride = plan.planes() * plan.plane_len();
-            if plan.planes() == 1 {
-                direct::weight_grad(xs, stride, dys, (cout, cin), &taps, &mut gw);
-            } else {
-                with_planes(xs, plan, stride, |src| {
-                    direct::weight_grad(src, stride, dys, (cout, cin), &taps, &mut gw);
-                });
-            }
-            gw
-        })
-        .collect();
-    sum_in_order(&parts, len)
 }

@@ -175,6 +175,7 @@ struct GradBlock<'a> {
     x: &'a [f32],
     x_stride: usize,
     dy: &'a [f32],
+    dy_stride: usize,
     outputs: usize,
     inputs: usize,
     taps: &'a TapSet,
@@ -198,13 +199,13 @@ struct GradBlock<'a> {
 pub(super) unsafe fn weight_grad(
     x: &[f32],
     x_stride: usize,
-    dy: &[f32],
+    (dy, dy_stride): (&[f32], usize),
     (outputs, inputs): (usize, usize),
     taps: &TapSet,
     gw: &mut [f32],
 ) {
     let (ntaps, plane_len) = (taps.len(), taps.plane_len());
-    let images = dy.len() / (outputs * plane_len).max(1);
+    let images = x.len() / (inputs * x_stride).max(1);
     let tap_block = grad_tap_block(ntaps);
     let tap_blocks = ntaps.div_ceil(tap_block);
     let group = (GRAD_L1_BYTES / (4 * GRAD_CHANNEL_BLOCK * plane_len)).max(1);
@@ -221,6 +222,7 @@ pub(super) unsafe fn weight_grad(
                         x,
                         x_stride,
                         dy,
+                        dy_stride,
                         outputs,
                         inputs,
                         taps,
@@ -276,7 +278,7 @@ fn grad_kernel(channels: usize, taps: usize) -> GradKernel {
 #[allow(clippy::needless_range_loop)]
 unsafe fn grad_block<const CO: usize, const NT: usize>(g: &GradBlock, sums: &mut Sums) {
     let taps = g.taps;
-    let (ntaps, plane_len, vectors) = (taps.len(), taps.plane_len(), taps.vectors());
+    let (ntaps, vectors) = (taps.len(), taps.vectors());
     let last_tail = taps.tail_mask(vectors - 1);
     let mut offsets = [0isize; NT];
     offsets.copy_from_slice(&taps.offsets[g.t0..g.t0 + NT]);
@@ -288,12 +290,12 @@ unsafe fn grad_block<const CO: usize, const NT: usize>(g: &GradBlock, sums: &mut
     }
     for image in g.images.clone() {
         let x = g.x.as_ptr().add((image * g.inputs + g.input) * g.x_stride);
-        let dy = g.dy.as_ptr().add((image * g.outputs + g.o0) * plane_len);
+        let dy = g.dy.as_ptr().add((image * g.outputs + g.o0) * g.dy_stride);
         for v in 0..vectors {
             let tail = if v + 1 < vectors { u16::MAX } else { last_tail };
             let mut d = [_mm512_setzero_ps(); CO];
             for o in 0..CO {
-                d[o] = _mm512_maskz_loadu_ps(tail, dy.add(o * plane_len + v * LANES));
+                d[o] = _mm512_maskz_loadu_ps(tail, dy.add(o * g.dy_stride + v * LANES));
             }
             let row = masks.add(v * ntaps);
             // Masked-off lanes may lie outside `x`: the pointer is formed with wrapping

@@ -311,13 +311,13 @@ pub(crate) fn conv(
 }
 
 /// `gw[(o * inputs + i) * taps + t] += Σ_images Σ_p dy[o][p] · x[i][p + offset_t]` over the
-/// grid's pixels, the sum skipping sources outside their sub-plane. `x` holds `images` images
-/// of `inputs` channels `x_stride` apart, `dy` the same images' `outputs` planes one after
-/// another.
+/// grid's pixels, the sum skipping sources outside their sub-plane. `x` holds images of
+/// `inputs` channels `x_stride` apart, `dy` (with its channel stride) the same images'
+/// `outputs` channels.
 pub(crate) fn weight_grad(
     x: &[f32],
     x_stride: usize,
-    dy: &[f32],
+    (dy, dy_stride): (&[f32], usize),
     (outputs, inputs): (usize, usize),
     taps: &TapSet,
     gw: &mut [f32],
@@ -327,20 +327,20 @@ pub(crate) fn weight_grad(
         x_stride >= taps.planes * plane_len,
         "weight_grad: source stride"
     );
+    assert!(dy_stride >= plane_len, "weight_grad: dy stride");
     assert_eq!(gw.len(), outputs * inputs * taps.len(), "weight_grad: size");
-    let images = dy.len() / (outputs * plane_len).max(1);
-    assert_eq!(
-        dy.len(),
-        images * outputs * plane_len,
+    let images = x.len() / (inputs * x_stride).max(1);
+    assert_eq!(x.len(), images * inputs * x_stride, "weight_grad: x size");
+    assert!(
+        images == 0 || dy.len() >= (images * outputs - 1) * dy_stride + plane_len,
         "weight_grad: dy size"
     );
-    assert_eq!(x.len(), images * inputs * x_stride, "weight_grad: x size");
     assert!(available(), "weight_grad: the CPU lacks AVX-512");
     // SAFETY: the CPU has AVX-512F (checked above). The kernel reads `dy` at grid pixels of
-    // the `images * outputs` planes it holds, and `x` unmasked only at pixel `p + offset_t` of
-    // a sub-plane with `p` on the grid, inside the `images * inputs` channels of `x_stride`
-    // floats checked above; it writes `gw` only through safe indexing.
-    unsafe { avx512::weight_grad(x, x_stride, dy, (outputs, inputs), taps, gw) }
+    // the `images * outputs` channels checked above, and `x` unmasked only at pixel
+    // `p + offset_t` of a sub-plane with `p` on the grid, inside the `images * inputs`
+    // channels of `x_stride` floats checked above; it writes `gw` only through safe indexing.
+    unsafe { avx512::weight_grad(x, x_stride, (dy, dy_stride), (outputs, inputs), taps, gw) }
 }
 
 #[cfg(test)]

@@ -212,7 +212,14 @@ fn weight_grad_matches_plain_loops() {
         let dy = random(&mut rng, images * outputs * plane_len);
         let set = TapSet::new(grid, &taps);
         let mut gw = vec![0.5; outputs * inputs * taps.len()];
-        weight_grad(&x, stride, &dy, (outputs, inputs), &set, &mut gw);
+        // dy with its channels padded apart.
+        let dy_stride = plane_len + 7;
+        let mut dy_padded = vec![f32::NAN; images * outputs * dy_stride];
+        for (d, s) in dy_padded.chunks_mut(dy_stride).zip(dy.chunks(plane_len)) {
+            d[..plane_len].copy_from_slice(s);
+        }
+        let dy_arg = (&dy_padded[..], dy_stride);
+        weight_grad(&x, stride, dy_arg, (outputs, inputs), &set, &mut gw);
         // dW[o][i][t] = Σ dy[o] · (the conv of x through a one-hot weight at (o, i, t)).
         let mut want = vec![0.5f32; gw.len()];
         for image in 0..images {
