@@ -11,19 +11,11 @@ use std::arch::x86_64::*;
 const VECTOR_BLOCK: usize = 4;
 
 /// Output channels and (at most) taps one call of the weight-gradient micro-kernel sums
-/// together. The compiler keeps such sums in the first 16 registers only and spills the rest,
-/// so a block holds at most 16: 4 channels of 3 taps (one kernel row of a 3x3 kernel) or 4.
-const GRAD_CHANNEL_BLOCK: usize = 4;
-const GRAD_TAP_BLOCK: usize = 4;
-
-/// Taps per weight-gradient block: whole rows of three where the taps come in threes.
-fn grad_tap_block(ntaps: usize) -> usize {
-    if ntaps.is_multiple_of(3) {
-        3
-    } else {
-        GRAD_TAP_BLOCK
-    }
-}
+/// together: 27 sums, the 3 output-gradient vectors and a source vector fill the 32
+/// registers, 27 products for 12 loads per vector of pixels (4 channels of 3 taps, within 16
+/// registers, make 12 for 7).
+const GRAD_CHANNEL_BLOCK: usize = 3;
+const GRAD_TAP_BLOCK: usize = 9;
 
 /// One block of [`conv`]: pointers already moved to the block's first channel and pixel.
 struct Block<'a> {
@@ -206,7 +198,7 @@ pub(super) unsafe fn weight_grad(
 ) {
     let (ntaps, plane_len) = (taps.len(), taps.plane_len());
     let images = x.len() / (inputs * x_stride).max(1);
-    let tap_block = grad_tap_block(ntaps);
+    let tap_block = GRAD_TAP_BLOCK;
     let tap_blocks = ntaps.div_ceil(tap_block);
     let group = (GRAD_L1_BYTES / (4 * GRAD_CHANNEL_BLOCK * plane_len)).max(1);
     let zero = [[_mm512_setzero_ps(); GRAD_TAP_BLOCK]; GRAD_CHANNEL_BLOCK];
@@ -258,14 +250,18 @@ fn grad_kernel(channels: usize, taps: usize) -> GradKernel {
             1 => grad_block::<CO, 1>,
             2 => grad_block::<CO, 2>,
             3 => grad_block::<CO, 3>,
-            _ => grad_block::<CO, 4>,
+            4 => grad_block::<CO, 4>,
+            5 => grad_block::<CO, 5>,
+            6 => grad_block::<CO, 6>,
+            7 => grad_block::<CO, 7>,
+            8 => grad_block::<CO, 8>,
+            _ => grad_block::<CO, 9>,
         }
     }
     match channels {
         1 => with_taps::<1>(taps),
         2 => with_taps::<2>(taps),
-        3 => with_taps::<3>(taps),
-        _ => with_taps::<4>(taps),
+        _ => with_taps::<3>(taps),
     }
 }
 
