@@ -287,6 +287,29 @@ pub(crate) fn col2im(g: &Geometry, col: &[f32], pitch: usize, img: &mut [f32]) {
     }
 }
 
+/// `fn $name(args) -> R` calling `$body(args)` (an `#[inline(always)]` function) compiled for
+/// AVX-512 where the CPU has it, else as it is: its plain loops vectorise to 512-bit registers.
+/// The code is the same either way, and so are its results.
+macro_rules! with_wide_vectors {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn wide($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { wide($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use with_wide_vectors;
+
 thread_local! {
     /// Plain-slice copies of an op's input and output gradient.
     pub(crate) static IO_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
@@ -301,9 +324,19 @@ thread_local! {
 /// thread's lifetime.
 const KEEP_SCRATCH_BYTES: usize = 64 << 20;
 
-/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, with unspecified
-/// contents (whatever an earlier call left). Reusing the buffer spares a fresh allocation per
-/// chunk, whose pages the kernel would otherwise have to fault in and zero every time.
+/// Floats per cache line: buffers start on one, so that whole vectors of 16 never straddle two
+/// lines (a load that does costs two).
+const LINE_FLOATS: usize = 16;
+
+/// Index of the first element of `buf` that starts a cache line.
+fn line_start(buf: &[f32]) -> usize {
+    (buf.as_ptr() as usize).wrapping_neg() % (4 * LINE_FLOATS) / 4
+}
+
+/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, starting on a cache
+/// line, with unspecified contents (whatever an earlier call left). Reusing the buffer spares a
+/// fresh allocation per chunk, whose pages the kernel would otherwise have to fault in and zero
+/// every time.
 ///
 /// The buffer is taken out of the slot while `f` runs: a nested call on the same thread (rayon
 /// may run another chunk here while a product waits for its helpers) finds the slot empty and
@@ -314,10 +347,11 @@ pub(crate) fn with_scratch<R>(
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     let mut buf = slot.with(Cell::take);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    if buf.len() < len + LINE_FLOATS {
+        buf.resize(len + LINE_FLOATS, 0.0);
     }
-    let r = f(&mut buf[..len]);
+    let start = line_start(&buf);
+    let r = f(&mut buf[start..start + len]);
     if buf.len() * 4 <= KEEP_SCRATCH_BYTES {
         slot.with(|s| s.set(buf));
     }
@@ -380,6 +414,45 @@ pub(crate) fn gather(src: &[f32], dst: &mut [f32], rows: usize, len: usize) {
         for (r, row) in img.chunks_exact(len).enumerate() {
             dst[r * pitch + b * len..][..len].copy_from_slice(row);
         }
+    }
+}
+
+/// `buf` cut into `count` chunks of `len` (the last may be shorter), or `count` times `None`
+/// where there is no buffer: the per-chunk view of an optional output.
+pub(crate) fn optional_chunks(
+    buf: Option<&mut [f32]>,
+    len: usize,
+    count: usize,
+) -> Vec<Option<&mut [f32]>> {
+    match buf {
+        Some(b) => b.chunks_mut(len.max(1)).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}
+
+/// A zeroed buffer of `len` floats starting on a cache line (see [`with_scratch`]).
+pub(crate) struct LineVec {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl LineVec {
+    pub fn zeroed(len: usize) -> Self {
+        let buf = vec![0.0; len + LINE_FLOATS];
+        Self {
+            start: line_start(&buf),
+            buf,
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

@@ -26,6 +26,8 @@ mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;
 mod cpu_util;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 mod error;
 mod linear;
 mod pool2d;
@@ -36,7 +38,10 @@ mod dropout_tests;
 #[cfg(test)]
 mod test_util;
 
-pub use batch_norm2d::{batch_norm2d_eval, batch_norm2d_train, BatchNorm2d, BatchNorm2dKernel};
+pub use batch_norm2d::{
+    batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
+    BatchNorm2d, BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
+};
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
 pub use error::SpecError;

@@ -1,4 +1,5 @@
-use super::BatchNorm2dKernel;
+use super::{BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput};
+use crate::cpu_util::with_wide_vectors;
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -39,50 +40,540 @@ fn affine(x: &[f32], scale: &[f32], shift: &[f32], plane: usize) -> Vec<f32> {
     y
 }
 
+/// One channel's batch statistics and the affine map they make with gamma and beta.
+#[derive(Clone, Copy, Debug)]
+struct Channel {
+    mean: f32,
+    /// Biased variance.
+    var: f32,
+    inv_std: f32,
+    gamma: f32,
+    /// `y = x * scale + shift`.
+    scale: f32,
+    shift: f32,
+}
+
+/// What follows the normalisation inside the op.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    Relu,
+    /// A residual added, then ReLU.
+    AddRelu,
+}
+
+/// The planes of each channel: entry `c` lists channel `c`'s `plane`-long planes in batch
+/// order, so that one task per channel can read or write them all.
+fn channel_planes(data: &[f32], channels: usize, plane: usize) -> Vec<Vec<&[f32]>> {
+    let mut out: Vec<Vec<&[f32]>> = (0..channels).map(|_| Vec::new()).collect();
+    for (k, p) in data.chunks_exact(plane).enumerate() {
+        out[k % channels].push(p);
+    }
+    out
+}
+
+/// [`channel_planes`] for writing.
+fn channel_planes_mut(data: &mut [f32], channels: usize, plane: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..channels).map(|_| Vec::new()).collect();
+    for (k, p) in data.chunks_exact_mut(plane).enumerate() {
+        out[k % channels].push(p);
+    }
+    out
+}
+
+/// Running sums per lane: one sum would make every add wait for the one before, and 16 f64
+/// lanes fill two 512-bit registers.
+const SUM_LANES: usize = 16;
+
+/// `Σ f(v)` over every value of `planes`, in f64, in [`SUM_LANES`] running sums added up in a
+/// fixed order at the end.
+#[inline(always)]
+fn lane_sum(planes: &[&[f32]], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0.0f64; SUM_LANES];
+    for p in planes {
+        let chunks = p.chunks_exact(SUM_LANES);
+        for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+            *l += f(v);
+        }
+        for c in chunks {
+            let c: &[f32; SUM_LANES] = c.try_into().expect("chunks of SUM_LANES");
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f(v);
+            }
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// A channel's mean and biased variance over `planes` (two passes in f64: the mean, then the
+/// mean squared deviation from it), and the affine map they make.
+#[inline(always)]
+fn channel_stats(planes: &[&[f32]], gamma: f32, beta: f32, eps: f32) -> Channel {
+    let m = planes.iter().map(|p| p.len()).sum::<usize>() as f64;
+    let mean = lane_sum(planes, |v| v as f64) / m;
+    let var = (lane_sum(planes, |v| (v as f64 - mean).powi(2)) / m) as f32;
+    let (mean, inv_std) = (mean as f32, 1.0 / (var + eps).sqrt());
+    let scale = gamma * inv_std;
+    Channel {
+        mean,
+        var,
+        inv_std,
+        gamma,
+        scale,
+        shift: beta - mean * scale,
+    }
+}
+
+/// `y = x * scale + shift`, followed by `after` (the residual `r` added first where given).
+#[inline(always)]
+fn normalise(c: &Channel, after: After, x: &[f32], r: Option<&[f32]>, y: &mut [f32]) {
+    match (after, r) {
+        (After::Nothing, _) => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * c.scale + c.shift;
+            }
+        }
+        (After::Relu, _) | (After::AddRelu, None) => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (x * c.scale + c.shift).max(0.0);
+            }
+        }
+        (After::AddRelu, Some(r)) => {
+            for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+                *y = (x * c.scale + c.shift + r).max(0.0);
+            }
+        }
+    }
+}
+
+/// The gradient reaching the normalisation's own output: `dy` where the ReLU after it passed
+/// its input on (where its input was positive), zero elsewhere.
+#[inline(always)]
+fn relu_grad(c: &Channel, x: &[f32], r: Option<&[f32]>, dy: &[f32], out: &mut [f32]) {
+    match r {
+        None => {
+            for ((o, &x), &d) in out.iter_mut().zip(x).zip(dy) {
+                *o = if x * c.scale + c.shift > 0.0 { d } else { 0.0 };
+            }
+        }
+        Some(r) => {
+            for (((o, &x), &d), &r) in out.iter_mut().zip(x).zip(dy).zip(r) {
+                *o = if x * c.scale + c.shift + r > 0.0 {
+                    d
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Adds `d` and `d * x̂` of one plane to the lanes of `Σ dy` and `Σ dy x̂`: value `k` of every
+/// whole run of [`SUM_LANES`] to lane `k`, then the rest to the first lanes.
+fn add_grad_sums(c: &Channel, x: &[f32], d: &[f32], sums: &mut [[f64; SUM_LANES]; 2]) {
+    let full = x.len() / SUM_LANES * SUM_LANES;
+    for (xc, dc) in x[..full]
+        .chunks_exact(SUM_LANES)
+        .zip(d[..full].chunks_exact(SUM_LANES))
+    {
+        add_grad_sums_tail(c, xc, dc, sums);
+    }
+    add_grad_sums_tail(c, &x[full..], &d[full..], sums);
+}
+
+/// [`add_grad_sums`] for at most [`SUM_LANES`] values, into the first lanes.
+#[inline(always)]
+fn add_grad_sums_tail(c: &Channel, x: &[f32], d: &[f32], sums: &mut [[f64; SUM_LANES]; 2]) {
+    for (j, (&x, &d)) in x.iter().zip(d).enumerate() {
+        let xhat = (x - c.mean) * c.inv_std;
+        sums[0][j] += d as f64;
+        sums[1][j] += (d * xhat) as f64;
+    }
+}
+
+/// [`add_grad_sums`] in AVX-512, the same operations on the same lanes: the compiler leaves
+/// the plain version scalar.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+// AVX-512 intrinsics are stable from Rust 1.89, which the `gemm` dependency's AVX-512 kernels
+// already require of this crate.
+#[clippy::msrv = "1.89"]
+unsafe fn add_grad_sums_avx512(
+    c: &Channel,
+    x: &[f32],
+    d: &[f32],
+    sums: &mut [[f64; SUM_LANES]; 2],
+) {
+    use std::arch::x86_64::*;
+    let full = x.len().min(d.len()) / SUM_LANES * SUM_LANES;
+    let (mean, inv_std) = (_mm512_set1_ps(c.mean), _mm512_set1_ps(c.inv_std));
+    // Lanes 0..8 and 8..16 of each sum.
+    let halves = |lanes: &[f64; SUM_LANES]| {
+        // SAFETY: each half holds eight f64.
+        unsafe {
+            [
+                _mm512_loadu_pd(lanes.as_ptr()),
+                _mm512_loadu_pd(lanes.as_ptr().add(8)),
+            ]
+        }
+    };
+    let (mut sdy, mut sdyx) = (halves(&sums[0]), halves(&sums[1]));
+    let wide = |v: __m512| {
+        let high = _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1);
+        let low = _mm512_castps512_ps256(v);
+        [
+            _mm512_cvtps_pd(low),
+            _mm512_cvtps_pd(_mm256_castpd_ps(high)),
+        ]
+    };
+    for k in (0..full).step_by(SUM_LANES) {
+        // SAFETY: `k + SUM_LANES <= full`, within both slices.
+        let (xv, dv) = unsafe {
+            (
+                _mm512_loadu_ps(x.as_ptr().add(k)),
+                _mm512_loadu_ps(d.as_ptr().add(k)),
+            )
+        };
+        let xhat = _mm512_mul_ps(_mm512_sub_ps(xv, mean), inv_std);
+        let (dw, pw) = (wide(dv), wide(_mm512_mul_ps(dv, xhat)));
+        for h in 0..2 {
+            sdy[h] = _mm512_add_pd(sdy[h], dw[h]);
+            sdyx[h] = _mm512_add_pd(sdyx[h], pw[h]);
+        }
+    }
+    for (lanes, v) in sums.iter_mut().zip([sdy, sdyx]) {
+        // SAFETY: each half holds eight f64.
+        unsafe {
+            _mm512_storeu_pd(lanes.as_mut_ptr(), v[0]);
+            _mm512_storeu_pd(lanes.as_mut_ptr().add(8), v[1]);
+        }
+    }
+    add_grad_sums_tail(c, &x[full..], &d[full..], sums);
+}
+
 /// Saved for the training-mode backward pass.
 struct Saved {
     x: Vec<f32>,
-    gamma: Vec<f32>,
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
+    residual: Option<Vec<f32>>,
+    channels: Vec<Channel>,
     plane: usize,
+    after: After,
 }
 
-/// Training-mode backward on plain slices: returns `(dx, dgamma, dbeta)`.
-///
-/// With `x̂ = (x - mean) * inv_std` and `m` values per channel:
-/// `dbeta = Σ dy`, `dgamma = Σ dy x̂`, `dx = gamma * inv_std / m * (m dy - dbeta - x̂ dgamma)`.
-fn train_backward(s: &Saved, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let channels = s.gamma.len();
-    let m = (s.x.len() / channels) as f64;
-    let sums = per_channel(channels, |c| {
-        let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
-        for (xp, dp) in planes(&s.x, c, channels, s.plane).zip(planes(dy, c, channels, s.plane)) {
-            for (&x, &d) in xp.iter().zip(dp) {
-                let xhat = (x - s.mean[c]) * s.inv_std[c];
-                sdy += d as f64;
-                sdyx += (d * xhat) as f64;
-            }
+/// The gradient reaching the normalisation of one plane: `dy`, or where a ReLU follows, `dy`
+/// masked, in `buf`.
+#[inline(always)]
+fn norm_grad<'a>(
+    c: &Channel,
+    after: After,
+    (x, r, dy): (&[f32], Option<&[f32]>, &'a [f32]),
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    if after == After::Nothing {
+        return dy;
+    }
+    relu_grad(c, x, r, dy, buf);
+    buf
+}
+
+/// One channel's planes for the backward pass: `x`, the residual where one was added, `dy`.
+struct ChannelGrad<'a> {
+    x: &'a [&'a [f32]],
+    r: Option<&'a [&'a [f32]]>,
+    dy: &'a [&'a [f32]],
+}
+
+impl ChannelGrad<'_> {
+    fn plane(&self, i: usize) -> (&[f32], Option<&[f32]>, &[f32]) {
+        (self.x[i], self.r.map(|r| r[i]), self.dy[i])
+    }
+}
+
+/// Backward, first pass over one channel: `(Σ d, Σ d x̂)` with `d` the gradient reaching the
+/// normalisation, and where a residual was added, `d` added to its gradient planes `gr`.
+#[inline(always)]
+fn channel_sums_body(
+    c: &Channel,
+    after: After,
+    p: &ChannelGrad,
+    mut gr: Option<&mut [&mut [f32]]>,
+    add_grad_sums: impl Fn(&Channel, &[f32], &[f32], &mut [[f64; SUM_LANES]; 2]),
+) -> (f64, f64) {
+    let mut buf = vec![0.0; p.x.first().map_or(0, |x| x.len())];
+    let mut sums = [[0.0f64; SUM_LANES]; 2];
+    for i in 0..p.x.len() {
+        let (xp, rp, dp) = p.plane(i);
+        let d = norm_grad(c, after, (xp, rp, dp), &mut buf);
+        add_grad_sums(c, xp, d, &mut sums);
+        if let Some(g) = gr.as_mut() {
+            g[i].iter_mut().zip(d).for_each(|(g, d)| *g += d);
         }
-        (sdy, sdyx)
-    });
-    let mut dx = vec![0.0; s.x.len()];
-    dx.par_chunks_mut(s.plane)
-        .zip(s.x.par_chunks(s.plane).zip(dy.par_chunks(s.plane)))
+    }
+    let total = |l: &[f64; SUM_LANES]| l.iter().sum::<f64>();
+    (total(&sums[0]), total(&sums[1]))
+}
+
+/// See [`channel_sums_body`].
+fn channel_sums(
+    c: &Channel,
+    after: After,
+    p: &ChannelGrad,
+    gr: Option<&mut [&mut [f32]]>,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { channel_sums_avx512(c, after, p, gr) };
+    }
+    channel_sums_body(c, after, p, gr, add_grad_sums)
+}
+
+/// [`channel_sums_body`] compiled for AVX-512, with its sums in AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn channel_sums_avx512(
+    c: &Channel,
+    after: After,
+    p: &ChannelGrad,
+    gr: Option<&mut [&mut [f32]]>,
+) -> (f64, f64) {
+    channel_sums_body(c, after, p, gr, |c, x, d, s| {
+        // SAFETY: only run where the CPU has AVX-512F, like this function.
+        unsafe { add_grad_sums_avx512(c, x, d, s) }
+    })
+}
+
+/// Backward, second pass over one channel: adds `dL/dx` to its planes `gx`, given the
+/// channel's `(Σ d, Σ d x̂)` over `m` values.
+///
+/// With `x̂ = (x - mean) * inv_std`: `dx = gamma * inv_std / m * (m d - Σ d - x̂ Σ d x̂)`.
+#[inline(always)]
+fn channel_input_grad_body(
+    c: &Channel,
+    after: After,
+    p: &ChannelGrad,
+    (sdy, sdyx, m): (f64, f64, f64),
+    gx: &mut [&mut [f32]],
+) {
+    let mut buf = vec![0.0; p.x.first().map_or(0, |x| x.len())];
+    let k = c.gamma * c.inv_std;
+    let (mean_dy, mean_dyx) = ((sdy / m) as f32, (sdyx / m) as f32);
+    for (i, gp) in gx.iter_mut().enumerate() {
+        let (xp, rp, dp) = p.plane(i);
+        let d = norm_grad(c, after, (xp, rp, dp), &mut buf);
+        for ((g, &x), &d) in gp.iter_mut().zip(xp).zip(d) {
+            let xhat = (x - c.mean) * c.inv_std;
+            *g += k * (d - mean_dy - xhat * mean_dyx);
+        }
+    }
+}
+
+with_wide_vectors! {
+    /// See [`channel_input_grad_body`].
+    fn channel_input_grad(
+        c: &Channel,
+        after: After,
+        p: &ChannelGrad,
+        sums: (f64, f64, f64),
+        gx: &mut [&mut [f32]],
+    ) -> () = channel_input_grad_body
+}
+
+/// One channel's statistics, then its output planes `y`.
+#[inline(always)]
+fn channel_forward_body(
+    x: &[&[f32]],
+    r: Option<&[&[f32]]>,
+    (gamma, beta, eps): (f32, f32, f32),
+    after: After,
+    y: &mut [&mut [f32]],
+) -> Channel {
+    let c = channel_stats(x, gamma, beta, eps);
+    for (i, (xp, yp)) in x.iter().zip(y).enumerate() {
+        normalise(&c, after, xp, r.map(|r| r[i]), yp);
+    }
+    c
+}
+
+with_wide_vectors! {
+    /// See [`channel_forward_body`].
+    fn channel_forward(
+        x: &[&[f32]],
+        r: Option<&[&[f32]]>,
+        params: (f32, f32, f32),
+        after: After,
+        y: &mut [&mut [f32]],
+    ) -> Channel = channel_forward_body
+}
+
+/// The planes of every channel of `x`, the residual and `dy`.
+struct Planes<'a> {
+    x: Vec<Vec<&'a [f32]>>,
+    r: Option<Vec<Vec<&'a [f32]>>>,
+    dy: Vec<Vec<&'a [f32]>>,
+}
+
+impl<'a> Planes<'a> {
+    fn new(s: &'a Saved, dy: &'a [f32]) -> Self {
+        let n = s.channels.len();
+        Self {
+            x: channel_planes(&s.x, n, s.plane),
+            r: s.residual.as_ref().map(|r| channel_planes(r, n, s.plane)),
+            dy: channel_planes(dy, n, s.plane),
+        }
+    }
+
+    fn channel(&self, c: usize) -> ChannelGrad<'_> {
+        ChannelGrad {
+            x: &self.x[c],
+            r: self.r.as_ref().map(|r| &r[c][..]),
+            dy: &self.dy[c],
+        }
+    }
+}
+
+/// Training-mode backward, first pass, one task per channel: each channel's `(Σ d, Σ d x̂)`,
+/// and where a residual was added, `dL/dr` added to `gr`.
+fn train_sums(s: &Saved, dy: &[f32], gr: Option<&mut [f32]>) -> Vec<(f64, f64)> {
+    let n = s.channels.len();
+    let planes = Planes::new(s, dy);
+    let grs: Vec<Option<Vec<&mut [f32]>>> = match gr {
+        Some(g) => channel_planes_mut(g, n, s.plane)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..n).map(|_| None).collect(),
+    };
+    grs.into_par_iter()
         .enumerate()
-        .for_each(|(i, (gp, (xp, dp)))| {
-            let c = i % channels;
+        .map(|(c, mut g)| {
+            let p = planes.channel(c);
+            channel_sums(&s.channels[c], s.after, &p, g.as_deref_mut())
+        })
+        .collect()
+}
+
+/// Training-mode backward, second pass, one task per channel: adds `dL/dx` to `gx`.
+fn train_input_grad(s: &Saved, dy: &[f32], sums: &[(f64, f64)], gx: &mut [f32]) {
+    let n = s.channels.len();
+    let m = (s.x.len() / n) as f64;
+    let planes = Planes::new(s, dy);
+    channel_planes_mut(gx, n, s.plane)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(c, mut g)| {
             let (sdy, sdyx) = sums[c];
-            let k = s.gamma[c] * s.inv_std[c];
-            let (mean_dy, mean_dyx) = ((sdy / m) as f32, (sdyx / m) as f32);
-            for ((g, &x), &d) in gp.iter_mut().zip(xp).zip(dp) {
-                let xhat = (x - s.mean[c]) * s.inv_std[c];
-                *g = k * (d - mean_dy - xhat * mean_dyx);
-            }
+            let p = planes.channel(c);
+            channel_input_grad(&s.channels[c], s.after, &p, (sdy, sdyx, m), &mut g);
         });
-    let dgamma = sums.iter().map(|&(_, v)| v as f32).collect();
-    let dbeta = sums.iter().map(|&(v, _)| v as f32).collect();
-    (dx, dgamma, dbeta)
+}
+
+/// Training-mode forward on plain slices: every channel's statistics, then its output planes,
+/// one task per channel.
+fn train_forward(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    after: After,
+    (gamma, beta, eps): (&[f32], &[f32], f32),
+    plane: usize,
+) -> (Vec<f32>, Vec<Channel>) {
+    let n = gamma.len();
+    let xs = channel_planes(x, n, plane);
+    let rs = residual.map(|r| channel_planes(r, n, plane));
+    let mut y = vec![0.0; x.len()];
+    let ys = channel_planes_mut(&mut y, n, plane);
+    let channels = ys
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, mut yc)| {
+            let r = rs.as_ref().map(|r| &r[c][..]);
+            channel_forward(&xs[c], r, (gamma[c], beta[c], eps), after, &mut yc)
+        })
+        .collect();
+    (y, channels)
+}
+
+/// A training-mode batch norm followed by `after`, on the tape: the op behind
+/// [`batch_norm2d_train`](crate::batch_norm2d_train) and its fused variants.
+fn train_op<T, R>(
+    x: Tensor4<Cpu, T>,
+    residual: Option<Tensor4<Cpu, R>>,
+    after: After,
+    gamma: &Tensor1<Cpu>,
+    beta: &Tensor1<Cpu>,
+    eps: f32,
+) -> Result<TrainOutput<Cpu, T>, CpuError>
+where
+    T: Tape<f32, Cpu> + Merge<R>,
+    R: Tape<f32, Cpu>,
+{
+    let shape = *x.shape();
+    let (n, channels, h, w) = shape;
+    let plane = h * w;
+    assert!(
+        n * plane >= 2,
+        "batch_norm2d: training needs more than one value per channel, got input {shape:?}"
+    );
+    let g = read(gamma, channels, "gamma");
+    let b = read(beta, channels, "beta");
+    let dev = x.device().clone();
+    let (x, tape) = x.split_tape();
+    let (residual, mut tape) = match residual {
+        Some(r) => {
+            assert_eq!(*r.shape(), shape, "batch_norm2d: residual shape");
+            let (r, r_tape) = r.split_tape();
+            (Some(r), tape.merge(r_tape))
+        }
+        None => (None, tape),
+    };
+    let copy = |t: &Tensor4<Cpu>| {
+        let mut v = vec![0.0; t.shape().num_elements()];
+        t.copy_into(&mut v);
+        v
+    };
+    let (xs, rs) = (copy(&x), residual.as_ref().map(copy));
+    let (y, stats) = train_forward(&xs, rs.as_deref(), after, (&g, &b, eps), plane);
+    let y = dev.try_tensor_from_vec(y, shape)?;
+    let mean: Vec<f32> = stats.iter().map(|c| c.mean).collect();
+    let var: Vec<f32> = stats.iter().map(|c| c.var).collect();
+    if !T::OWNS_TAPE {
+        return Ok((y.put_tape(tape), mean, var));
+    }
+    let saved = Saved {
+        x: xs,
+        residual: rs,
+        channels: stats,
+        plane,
+        after,
+    };
+    let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+    let r_g = residual.map(|r| r.ghost());
+    tape.add_backward_op(move |grads| {
+        // Taken out of the gradients for reading beside the others, rather than copied; put
+        // back below.
+        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&y_g)?);
+        // The residual's gradient in a pass of its own, before dL/dx: it may be the gradient
+        // of `x` too.
+        let gr = match &r_g {
+            Some(r_g) => Some(&mut grads.get_or_alloc_mut(r_g)?[..]),
+            None => None,
+        };
+        let sums = train_sums(&saved, &dy, gr);
+        train_input_grad(&saved, &dy, &sums, grads.get_or_alloc_mut(&x_g)?);
+        **grads.get_or_alloc_mut(&y_g)? = dy;
+        let dgamma: Vec<f32> = sums.iter().map(|&(_, v)| v as f32).collect();
+        let dbeta: Vec<f32> = sums.iter().map(|&(v, _)| v as f32).collect();
+        add_into(grads.get_or_alloc_mut(&g_g)?, &dgamma);
+        add_into(grads.get_or_alloc_mut(&b_g)?, &dbeta);
+        Ok(())
+    });
+    Ok((y.put_tape(tape), mean, var))
 }
 
 fn add_into(acc: &mut [f32], v: &[f32]) {
@@ -95,61 +586,8 @@ impl BatchNorm2dKernel for Cpu {
         gamma: &Tensor1<Self>,
         beta: &Tensor1<Self>,
         eps: f32,
-    ) -> Result<(Tensor4<Self, T>, Vec<f32>, Vec<f32>), Self::Err> {
-        let shape = *x.shape();
-        let (n, channels, h, w) = shape;
-        let plane = h * w;
-        assert!(
-            n * plane >= 2,
-            "batch_norm2d: training needs more than one value per channel, got input {shape:?}"
-        );
-        let g = read(gamma, channels, "gamma");
-        let b = read(beta, channels, "beta");
-        let dev = x.device().clone();
-        let (x, mut tape) = x.split_tape();
-        let mut xs = vec![0.0; x.shape().num_elements()];
-        x.copy_into(&mut xs);
-
-        // Two passes in f64: the mean, then the mean squared deviation (biased variance).
-        let m = (n * plane) as f64;
-        let stats = per_channel(channels, |c| {
-            let sum: f64 = planes(&xs, c, channels, plane)
-                .flatten()
-                .map(|&v| v as f64)
-                .sum();
-            let mean = sum / m;
-            let sq: f64 = planes(&xs, c, channels, plane)
-                .flatten()
-                .map(|&v| (v as f64 - mean).powi(2))
-                .sum();
-            (mean as f32, (sq / m) as f32)
-        });
-        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let scale: Vec<f32> = (0..channels).map(|c| g[c] * inv_std[c]).collect();
-        let shift: Vec<f32> = (0..channels).map(|c| b[c] - mean[c] * scale[c]).collect();
-        let y = dev.try_tensor_from_vec(affine(&xs, &scale, &shift, plane), shape)?;
-        if !T::OWNS_TAPE {
-            return Ok((y.put_tape(tape), mean, var));
-        }
-        let saved = Saved {
-            x: xs,
-            gamma: g,
-            mean: mean.clone(),
-            inv_std,
-            plane,
-        };
-        let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
-        tape.add_backward_op(move |grads| {
-            let dy = grads.get_or_alloc_mut(&y_g)?.to_vec();
-            let (dx, dgamma, dbeta) = train_backward(&saved, &dy);
-            add_into(grads.get_or_alloc_mut(&x_g)?, &dx);
-            add_into(grads.get_or_alloc_mut(&g_g)?, &dgamma);
-            add_into(grads.get_or_alloc_mut(&b_g)?, &dbeta);
-            Ok(())
-        });
-        Ok((y.put_tape(tape), mean, var))
+    ) -> Result<TrainOutput<Self, T>, Self::Err> {
+        train_op::<T, NoneTape>(x, None, After::Nothing, gamma, beta, eps)
     }
 
     fn batch_norm2d_eval<T: Tape<f32, Self>>(
@@ -204,5 +642,30 @@ impl BatchNorm2dKernel for Cpu {
             Ok(())
         });
         Ok(y.put_tape(tape))
+    }
+}
+
+impl FusedBatchNorm2dKernel for Cpu {
+    fn batch_norm2d_relu_train<T: Tape<f32, Self>>(
+        x: Tensor4<Self, T>,
+        gamma: &Tensor1<Self>,
+        beta: &Tensor1<Self>,
+        eps: f32,
+    ) -> Result<TrainOutput<Self, T>, Self::Err> {
+        train_op::<T, NoneTape>(x, None, After::Relu, gamma, beta, eps)
+    }
+
+    fn batch_norm2d_add_relu_train<T, R>(
+        x: Tensor4<Self, T>,
+        residual: Tensor4<Self, R>,
+        gamma: &Tensor1<Self>,
+        beta: &Tensor1<Self>,
+        eps: f32,
+    ) -> Result<TrainOutput<Self, T>, Self::Err>
+    where
+        T: Tape<f32, Self> + Merge<R>,
+        R: Tape<f32, Self>,
+    {
+        train_op(x, Some(residual), After::AddRelu, gamma, beta, eps)
     }
 }

@@ -58,6 +58,31 @@ fn train_output_is_normalised_per_channel() {
     }
 }
 
+/// The fused layer methods keep the running statistics as the plain one does.
+#[test]
+fn fused_layer_methods_update_the_running_stats() {
+    let dev = Cpu::default();
+    let shape = (2, 3, 3, 2);
+    let x: Tensor4<Cpu> = dev.tensor_from_vec(random(&mut rng(12), 36), shape);
+    let r: Tensor4<Cpu> = dev.tensor_from_vec(random(&mut rng(13), 36), shape);
+    let (mut plain, mut relu, mut add) = (
+        BatchNorm2d::new(&dev, 3),
+        BatchNorm2d::new(&dev, 3),
+        BatchNorm2d::new(&dev, 3),
+    );
+    let y = plain.forward_train(x.clone());
+    assert_eq!(
+        relu.forward_train_relu(x.clone()).as_vec(),
+        y.clone().relu().as_vec()
+    );
+    let want = (y + r.clone()).relu().as_vec();
+    assert_eq!(add.forward_train_add_relu(x, r).as_vec(), want);
+    for bn in [&relu, &add] {
+        assert_eq!(bn.running_mean, plain.running_mean);
+        assert_eq!(bn.running_var, plain.running_var);
+    }
+}
+
 #[test]
 fn running_stats_follow_pytorch() {
     // running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance
@@ -185,4 +210,233 @@ fn training_on_a_single_value_per_channel_panics() {
     let dev = Cpu::default();
     let mut bn: BatchNorm2d<Cpu> = BatchNorm2d::new(&dev, 2);
     let _ = bn.forward_train(dev.tensor_from_vec(vec![1.0, 2.0], (1, 2, 1, 1)));
+}
+
+/// The op of the given kind on a traced `x`: plain, with ReLU after it, or with `residual`
+/// added before the ReLU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Plain,
+    Relu,
+    AddRelu,
+}
+
+type Traced = Tensor4<Cpu, OwnedTape<f32, Cpu>>;
+
+fn fused(kind: Kind, x: Traced, r: Traced, g: &Tensor1<Cpu>, b: &Tensor1<Cpu>) -> Traced {
+    match kind {
+        Kind::Plain => batch_norm2d_train(x, g, b, 1e-5).unwrap().0,
+        Kind::Relu => batch_norm2d_relu_train(x, g, b, 1e-5).unwrap().0,
+        Kind::AddRelu => batch_norm2d_add_relu_train(x, r, g, b, 1e-5).unwrap().0,
+    }
+}
+
+fn unfused(kind: Kind, x: Traced, r: Traced, g: &Tensor1<Cpu>, b: &Tensor1<Cpu>) -> Traced {
+    let y = batch_norm2d_train(x, g, b, 1e-5).unwrap().0;
+    match kind {
+        Kind::Plain => y,
+        Kind::Relu => y.relu(),
+        Kind::AddRelu => (y + r).relu(),
+    }
+}
+
+/// `x`, gamma, beta and a residual for a test of the given shape.
+fn inputs(seed: u64, shape: (usize, usize, usize, usize)) -> Vec<Vec<f32>> {
+    let mut rng = rng(seed);
+    let (c, len) = (shape.1, shape.0 * shape.1 * shape.2 * shape.3);
+    let x = random(&mut rng, len);
+    let gamma = random(&mut rng, c).iter().map(|v| v + 1.5).collect();
+    let beta = random(&mut rng, c);
+    vec![x, gamma, beta, random(&mut rng, len)]
+}
+
+/// The output of `kind` on `p` (from [`inputs`]) and the gradients of `Σ output ⊙ w` with
+/// respect to `x`, gamma, beta and, where one is added, the residual; `separate` builds the
+/// op from batch norm, ReLU and add.
+fn run_op(
+    kind: Kind,
+    separate: bool,
+    p: &[Vec<f32>],
+    shape: (usize, usize, usize, usize),
+    w: &[f32],
+) -> Vec<Vec<f32>> {
+    let dev = Cpu::default();
+    let c = shape.1;
+    let x: Tensor4<Cpu> = dev.tensor_from_vec(p[0].clone(), shape);
+    let g = dev.tensor_from_vec(p[1].clone(), (c,));
+    let b = dev.tensor_from_vec(p[2].clone(), (c,));
+    let r: Tensor4<Cpu> = dev.tensor_from_vec(p[3].clone(), shape);
+    let wt: Tensor4<Cpu> = dev.tensor_from_vec(w.to_vec(), shape);
+    // The residual on the same tape as `x`, as in a residual block.
+    let (xt, rt) = (x.leaky_trace(), r.clone().put_tape(Default::default()));
+    let y = match separate {
+        true => unfused(kind, xt, rt, &g, &b),
+        false => fused(kind, xt, rt, &g, &b),
+    };
+    let values = y.as_vec();
+    let grads = (y * wt).sum().backward();
+    let mut out = vec![values, grads.get(&x).as_vec(), grads.get(&g).as_vec()];
+    out.push(grads.get(&b).as_vec());
+    if kind == Kind::AddRelu {
+        out.push(grads.get(&r).as_vec());
+    }
+    out
+}
+
+/// The fused ops give the numbers of batch norm, ReLU and add as separate ops, the same on any
+/// thread count.
+#[test]
+fn fused_ops_match_the_separate_ops() {
+    for kind in [Kind::Relu, Kind::AddRelu] {
+        for (seed, shape) in [(3, 2, 5, 7), (8, 16, 4, 4)].into_iter().enumerate() {
+            let p = inputs(seed as u64, shape);
+            let w = random(&mut rng(60), p[0].len());
+            let want = run_op(kind, true, &p, shape, &w);
+            let got = run_op(kind, false, &p, shape, &w);
+            let on = |threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                pool.unwrap().install(|| run_op(kind, false, &p, shape, &w))
+            };
+            assert!(on(1) == on(3), "{kind:?} {shape:?}: thread count");
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("{kind:?} {shape:?} output {k}"), g, w, 1e-6);
+            }
+        }
+    }
+}
+
+/// `bn(x)`, plus the residual for [`Kind::AddRelu`]: what the ReLU sees.
+fn pre_activation(kind: Kind, p: &[Vec<f32>], shape: (usize, usize, usize, usize)) -> Vec<f32> {
+    let y = run_op(Kind::Plain, false, p, shape, &vec![0.0; p[0].len()]).swap_remove(0);
+    match kind {
+        Kind::AddRelu => y.iter().zip(&p[3]).map(|(a, b)| a + b).collect(),
+        _ => y,
+    }
+}
+
+#[test]
+fn fused_gradients_match_finite_differences() {
+    let shape = (2, 3, 3, 2);
+    for kind in [Kind::Relu, Kind::AddRelu] {
+        // The first inputs whose ReLU inputs all lie clear of the kink, which the differences
+        // of 1e-2 would otherwise cross.
+        let p = (0..)
+            .map(|seed| inputs(seed, shape))
+            .find(|p| {
+                pre_activation(kind, p, shape)
+                    .iter()
+                    .all(|v| v.abs() > 0.05)
+            })
+            .unwrap();
+        let w = random(&mut rng(61), p[0].len());
+        let out = run_op(kind, false, &p, shape, &w);
+        assert!(out[0].contains(&0.0) && out[0].iter().any(|&v| v > 0.0));
+        let wrt = if kind == Kind::AddRelu { 4 } else { 3 };
+        check_finite_differences(&format!("{kind:?}"), &p[..wrt], &out[1..], &w, |q| {
+            let full: Vec<Vec<f32>> = q.iter().chain(&p[wrt..]).cloned().collect();
+            run_op(kind, false, &full, shape, &w).swap_remove(0)
+        });
+    }
+}
+
+/// The training forward and backward written out plainly, with sequential f64 sums: the
+/// formulas of the op, for comparing on full-size layers.
+fn reference_train(
+    x: &[f32],
+    g: &[f32],
+    b: &[f32],
+    dy: &[f32],
+    shape: (usize, usize, usize, usize),
+) -> [Vec<f32>; 4] {
+    let (n, c, h, w) = shape;
+    let plane = h * w;
+    let m = (n * plane) as f64;
+    let at = |i: usize, ch: usize, p: usize| (i * c + ch) * plane + p;
+    let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|i| (0..plane).map(move |p| at(i, ch, p)))
+            .collect();
+        let mean = idx.iter().map(|&k| x[k] as f64).sum::<f64>() / m;
+        let var = (idx
+            .iter()
+            .map(|&k| (x[k] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / m) as f32;
+        let (mean, inv_std) = (mean as f32, 1.0 / (var + 1e-5).sqrt());
+        let scale = g[ch] * inv_std;
+        let shift = b[ch] - mean * scale;
+        let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+        for &k in &idx {
+            y[k] = x[k] * scale + shift;
+            sdy += dy[k] as f64;
+            sdyx += (dy[k] * ((x[k] - mean) * inv_std)) as f64;
+        }
+        let (mean_dy, mean_dyx) = ((sdy / m) as f32, (sdyx / m) as f32);
+        for &k in &idx {
+            let xhat = (x[k] - mean) * inv_std;
+            dx[k] = g[ch] * inv_std * (dy[k] - mean_dy - xhat * mean_dyx);
+        }
+        (dg[ch], db[ch]) = (sdyx as f32, sdy as f32);
+    }
+    [y, dx, dg, db]
+}
+
+/// `max |a - b| / max |b|`.
+fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+/// On ResNet-20's batch-norm shapes the op computes the plain formulas up to the order of its
+/// sums, and gives the same bits in pools of one and three threads.
+#[test]
+fn train_matches_the_reference_on_resnet_shapes_on_any_thread_count() {
+    let dev = Cpu::default();
+    for (seed, shape) in [(4, 16, 32, 32), (4, 32, 16, 16), (8, 64, 8, 8)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = rng(80 + seed as u64);
+        let len = shape.0 * shape.1 * shape.2 * shape.3;
+        let c = shape.1;
+        let x: Vec<f32> = random(&mut rng, len)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let g: Vec<f32> = random(&mut rng, c).iter().map(|v| v + 1.5).collect();
+        let b = random(&mut rng, c);
+        let dy = random(&mut rng, len);
+        let run = || {
+            let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), shape);
+            let gt = dev.tensor_from_vec(g.clone(), (c,));
+            let bt = dev.tensor_from_vec(b.clone(), (c,));
+            let wt: Tensor4<Cpu> = dev.tensor_from_vec(dy.clone(), shape);
+            let y = batch_norm2d_train(xt.leaky_trace(), &gt, &bt, 1e-5)
+                .unwrap()
+                .0;
+            let values = y.as_vec();
+            let grads = (y * wt).sum().backward();
+            let (gx, gg, gb) = (grads.get(&xt), grads.get(&gt), grads.get(&bt));
+            [values, gx.as_vec(), gg.as_vec(), gb.as_vec()]
+        };
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        let got = pool(1).install(run);
+        assert!(got == pool(3).install(run), "{shape:?}: thread count");
+        let want = reference_train(&x, &g, &b, &dy, shape);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = relative_difference(g, w);
+            assert!(d < 1e-5, "{shape:?} output {k}: relative difference {d}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
-    col2im, gather, gemm, im2col, row_major, sum_in_order, transposed, with_scratch, Chunks,
-    Geometry, CHUNK_SCRATCH, IO_SCRATCH,
+    col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
+    with_scratch, Chunks, Geometry, LineVec, CHUNK_SCRATCH, IO_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -43,11 +43,11 @@ impl Dims {
         }
     }
 
-    fn in_len(&self) -> usize {
+    pub fn in_len(&self) -> usize {
         self.geo.image_len()
     }
 
-    fn out_len(&self) -> usize {
+    pub fn out_len(&self) -> usize {
         self.groups * self.out_per_group * self.geo.cols()
     }
 
@@ -101,15 +101,26 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<
     y
 }
 
-/// Backward pass on plain slices: adds `dL/dx` to `gx` and returns `dL/dW`.
-pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) -> Vec<f32> {
+/// Backward pass on plain slices: adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
+pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    gx: Option<&mut [f32]>,
+    d: &Dims,
+) -> Vec<f32> {
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
     let out_channels = d.groups * cgo;
     let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
+    let gxs = optional_chunks(
+        gx,
+        chunks.images * d.in_len(),
+        d.batch.div_ceil(chunks.images),
+    );
     // One dW per chunk, summed in chunk order: a fold's grouping follows the work stealing, and
     // float sums in another order would make runs differ.
-    let parts: Vec<Vec<f32>> = gx
-        .par_chunks_mut(chunks.images * d.in_len())
+    let parts: Vec<Vec<f32>> = gxs
+        .into_par_iter()
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .zip(dy.par_chunks(chunks.images * d.out_len()))
         .map(|((gxs, xs), dys)| {
@@ -135,6 +146,9 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
                         true,
                         chunks.gemm_threads,
                     );
+                    if gxs.is_none() {
+                        continue;
+                    }
                     // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l],
                     // over this group's columns, which dW no longer needs.
                     gemm(
@@ -145,7 +159,11 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
                         chunks.gemm_threads,
                     );
                 }
-                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                for (i, gxi) in gxs
+                    .into_iter()
+                    .flat_map(|g| g.chunks_exact_mut(d.in_len()))
+                    .enumerate()
+                {
                     col2im(&d.geo, &col[i * l..], pitch, gxi);
                 }
             });
@@ -184,30 +202,32 @@ fn lane_sum(v: &[f32]) -> f32 {
 }
 
 /// The forward and backward kernels of a convolution-like op on plain slices: forward `(x, w,
-/// bias) -> y`, backward `(x, w, dy, dx accumulator) -> dw`.
+/// bias) -> y`, backward `(x, w, dy, dx accumulator if wanted) -> dw`.
 pub(crate) struct Kernels<F, B> {
     pub forward: F,
     pub backward: B,
 }
 
 /// Runs `kernels.forward` on `x` (`[n, _, _, _]`) into `[n, out_channels, out.0, out.1]` and,
-/// when `x` owns its tape, records the backward pass for `x`, `weight` and `bias`. Shared by
-/// [`conv2d`](crate::conv2d) and [`conv_transpose2d`](crate::conv_transpose2d), which differ in
-/// their kernels only.
+/// when `x` owns its tape, records the backward pass for `x` (where `input_grad`), `weight`
+/// and `bias`. Shared by [`conv2d`](crate::conv2d) and
+/// [`conv_transpose2d`](crate::conv_transpose2d), which differ in their kernels only.
 pub(crate) fn on_tape<S, T, F, B>(
     x: Tensor4<Cpu, T>,
     weight: &Tensor<S, f32, Cpu>,
     bias: Option<&Tensor1<Cpu>>,
     (out_channels, out): (usize, (usize, usize)),
+    input_grad: bool,
     kernels: Kernels<F, B>,
 ) -> Result<Tensor4<Cpu, T>, CpuError>
 where
     S: Shape,
     T: Tape<f32, Cpu>,
     F: FnOnce(&[f32], &[f32], Option<&[f32]>) -> Vec<f32>,
-    B: Fn(&[f32], &[f32], &[f32], &mut [f32]) -> Vec<f32> + Send + Sync + 'static,
+    B: Fn(&[f32], &[f32], &[f32], Option<&mut [f32]>) -> Vec<f32> + Send + Sync + 'static,
 {
     let n = x.shape().0;
+    let shape = (n, out_channels, out.0, out.1);
     let dev = x.device().clone();
     let (x, mut tape) = x.split_tape();
     let mut ws = vec![0.0; weight.shape().num_elements()];
@@ -217,37 +237,41 @@ where
         b.copy_into(&mut v);
         v
     });
-    // The kernels read plain slices. Copying into reused scratch (here and in backward) rather
-    // than keeping a fresh copy of the input spares faulting in new pages per call; the backward
-    // pass holds on to `x` itself, which costs no copy.
+    // The kernels read plain slices. Without a tape the copy of `x` goes to reused scratch,
+    // which spares faulting in new pages per call; with one, the backward pass keeps it.
     let x_len = x.shape().num_elements();
-    let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
-        x.copy_into(xs);
-        (kernels.forward)(xs, &ws, bs.as_deref())
-    });
-    let y = dev.try_tensor_from_vec(y, (n, out_channels, out.0, out.1))?;
     if !T::OWNS_TAPE {
-        return Ok(y.put_tape(tape));
+        let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
+            x.copy_into(xs);
+            (kernels.forward)(xs, &ws, bs.as_deref())
+        });
+        return Ok(dev.try_tensor_from_vec(y, shape)?.put_tape(tape));
     }
+    let mut xs = LineVec::zeroed(x_len);
+    x.copy_into(xs.as_mut_slice());
+    let y = (kernels.forward)(xs.as_slice(), &ws, bs.as_deref());
+    let y = dev.try_tensor_from_vec(y, shape)?;
     let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
     let b_g = bias.map(|b| b.ghost());
     let backward = kernels.backward;
     tape.add_backward_op(move |grads| {
-        let y_len = y_g.shape().num_elements();
-        let gw = with_scratch(&IO_SCRATCH, x_len + y_len, |buf| {
-            let (xs, dy) = buf.split_at_mut(x_len);
-            x.copy_into(xs);
-            dy.copy_from_slice(grads.get_or_alloc_mut(&y_g)?);
-            if let Some(b_g) = &b_g {
-                bias_grad(
-                    dy,
-                    out_channels,
-                    out.0 * out.1,
-                    grads.get_or_alloc_mut(b_g)?,
-                );
-            }
-            Ok(backward(xs, &ws, dy, grads.get_or_alloc_mut(&x_g)?))
-        })?;
+        // Taken out of the gradients for the kernels to read beside dL/dx, rather than
+        // copied; put back below.
+        let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&y_g)?);
+        if let Some(b_g) = &b_g {
+            bias_grad(
+                &dy,
+                out_channels,
+                out.0 * out.1,
+                grads.get_or_alloc_mut(b_g)?,
+            );
+        }
+        let gx = match input_grad {
+            true => Some(&mut grads.get_or_alloc_mut(&x_g)?[..]),
+            false => None,
+        };
+        let gw = backward(xs.as_slice(), &ws, &dy, gx);
+        **grads.get_or_alloc_mut(&y_g)? = dy;
         let acc = grads.get_or_alloc_mut(&w_g)?;
         acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
         Ok(())
@@ -271,12 +295,28 @@ impl Conv2dKernel for Cpu {
             )
             .unwrap_or_else(|e| panic!("conv2d: {e}"));
         let d = Dims::new(spec, n, (h, w), out);
+        let shape = (spec.out_channels, out);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = super::direct_kernel::plan(&d) {
+            use super::direct_kernel as direct;
+            let plan = std::sync::Arc::new(plan);
+            let fwd_plan = plan.clone();
+            let kernels = Kernels {
+                forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| {
+                    direct::forward(x, w, b, &d, &fwd_plan)
+                },
+                backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
+                    direct::backward(x, w, dy, gx, &d, &plan)
+                },
+            };
+            return on_tape(x, weight, bias, shape, spec.input_grad, kernels);
+        }
         let kernels = Kernels {
             forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
-            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32]| {
+            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
                 backward(x, w, dy, gx, &d)
             },
         };
-        on_tape(x, weight, bias, (spec.out_channels, out), kernels)
+        on_tape(x, weight, bias, shape, spec.input_grad, kernels)
     }
 }

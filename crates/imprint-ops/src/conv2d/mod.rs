@@ -2,6 +2,8 @@
 //! dilation and groups.
 
 pub(crate) mod cpu_kernel;
+#[cfg(target_arch = "x86_64")]
+mod direct_kernel;
 
 use crate::error::{nonzero, SpecError};
 use crate::{Tensor1, Tensor4};
@@ -20,10 +22,15 @@ pub struct Conv2dSpec {
     pub padding: (usize, usize),
     pub dilation: (usize, usize),
     pub groups: usize,
+    /// Whether the backward pass computes `dL/dx`. An input that needs no gradient (the data
+    /// fed to the first layer) can switch it off and spare that product; its gradient is then
+    /// never allocated.
+    pub input_grad: bool,
 }
 
 impl Conv2dSpec {
-    /// Square `kernel`, stride 1, no padding, no dilation, one group.
+    /// Square `kernel`, stride 1, no padding, no dilation, one group, with the input's
+    /// gradient.
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
         Self {
             in_channels,
@@ -33,6 +40,7 @@ impl Conv2dSpec {
             padding: (0, 0),
             dilation: (1, 1),
             groups: 1,
+            input_grad: true,
         }
     }
 
@@ -62,6 +70,14 @@ impl Conv2dSpec {
 
     pub fn groups(self, groups: usize) -> Self {
         Self { groups, ..self }
+    }
+
+    /// No `dL/dx` in the backward pass (see [`Self::input_grad`]).
+    pub fn without_input_grad(self) -> Self {
+        Self {
+            input_grad: false,
+            ..self
+        }
     }
 
     /// `[out, in / groups, kh, kw]`.
@@ -202,7 +218,7 @@ pub trait Conv2dKernel: Storage<f32> + Sized {
 ///
 /// `weight` may have any shape holding the `[out, in / groups, kh, kw]` elements row-major
 /// (flat `(usize,)` or 4-D); `bias` is `[out]`. When `x` carries an owned tape, the backward
-/// pass adds gradients for `x`, `weight` and `bias`.
+/// pass adds gradients for `x` (unless `spec.input_grad` is off), `weight` and `bias`.
 ///
 /// # Panics
 /// When the spec is invalid or does not fit `x`, `weight` or `bias` (see [`Conv2dSpec::check`]).

@@ -306,3 +306,195 @@ fn gradients_are_identical_run_after_run() {
         );
     }
 }
+
+/// Convolutions the direct kernels take: one group, the image the stride times the grid.
+fn direct_specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
+    vec![
+        (Conv2dSpec::new(3, 5, 3).padding(1), (2, 5, 6)),
+        (Conv2dSpec::new(4, 6, 3).stride(2).padding(1), (3, 6, 4)),
+        (Conv2dSpec::new(2, 3, 4).stride(2).padding(1), (2, 6, 6)),
+        (Conv2dSpec::new(3, 4, 3).dilation(2).padding(2), (2, 5, 5)),
+        (Conv2dSpec::new(5, 3, 1), (2, 3, 7)),
+        (
+            Conv2dSpec {
+                kernel: (3, 1),
+                padding: (1, 0),
+                ..Conv2dSpec::new(2, 9, 1)
+            },
+            (2, 4, 5),
+        ),
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn direct_plans_cover_the_resnet_and_autoencoder_convolutions() {
+    if !crate::direct::available() {
+        return;
+    }
+    let plan = |spec: Conv2dSpec, hw: usize| {
+        let out = spec.output_size(hw, hw);
+        super::direct_kernel::plan(&cpu_kernel::Dims::new(&spec, 1, (hw, hw), out)).is_some()
+    };
+    for (spec, hw) in [
+        (Conv2dSpec::new(3, 16, 3).padding(1), 32),
+        (Conv2dSpec::new(16, 32, 3).stride(2).padding(1), 32),
+        (Conv2dSpec::new(1, 32, 3).stride(2).padding(1), 28),
+        (Conv2dSpec::new(32, 64, 3).stride(2).padding(1), 14),
+    ] {
+        assert!(plan(spec, hw), "{spec:?} on {hw}x{hw}");
+    }
+    assert!(!plan(Conv2dSpec::new(4, 4, 3).groups(2).padding(1), 8));
+    assert!(!plan(Conv2dSpec::new(4, 4, 3), 8));
+}
+
+#[test]
+fn direct_forward_matches_naive_loops() {
+    let mut rng = rng(31);
+    for (spec, dims) in direct_specs() {
+        let (n, h, wd) = dims;
+        let x = random(&mut rng, n * spec.in_channels * h * wd);
+        let w = random(&mut rng, spec.weight_len());
+        let b = random(&mut rng, spec.out_channels);
+        for bias in [Some(&b[..]), None] {
+            let want = naive_conv2d(&x, &w, bias, dims, &spec);
+            let got = run(&x, &w, bias, dims, &spec);
+            assert_close(&format!("{spec:?} {bias:?}"), &got, &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn direct_gradients_match_finite_differences() {
+    for (seed, (spec, dims)) in direct_specs().into_iter().enumerate() {
+        check_gradients(spec, dims, 40 + seed as u64);
+    }
+}
+
+/// `max |a - b| / max |b|`: the difference relative to the tensor's scale, which reordered
+/// sums keep small even where single elements nearly cancel.
+fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+/// The direct kernels give the column-matrix kernels' results up to the order of the sums,
+/// on every convolution shape of a CIFAR ResNet-20 and the MNIST autoencoder.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
+    use super::cpu_kernel::{backward, forward, Dims};
+    use super::direct_kernel;
+    if !crate::direct::available() {
+        return;
+    }
+    let mut rng = rng(33);
+    let layers = [
+        (Conv2dSpec::new(3, 16, 3).padding(1), 32),
+        (Conv2dSpec::new(16, 16, 3).padding(1), 32),
+        (Conv2dSpec::new(16, 32, 3).stride(2).padding(1), 32),
+        (Conv2dSpec::new(32, 32, 3).padding(1), 16),
+        (Conv2dSpec::new(32, 64, 3).stride(2).padding(1), 16),
+        (Conv2dSpec::new(64, 64, 3).padding(1), 8),
+        (Conv2dSpec::new(1, 32, 3).stride(2).padding(1), 28),
+        (Conv2dSpec::new(32, 64, 3).stride(2).padding(1), 14),
+    ];
+    for (spec, hw) in layers {
+        let n = 4;
+        let out = spec.output_size(hw, hw);
+        let d = Dims::new(&spec, n, (hw, hw), out);
+        let plan = direct_kernel::plan(&d).expect("a direct plan");
+        let x = random(&mut rng, n * d.in_len());
+        let w = random(&mut rng, spec.weight_len());
+        let b = random(&mut rng, spec.out_channels);
+        let dy = random(&mut rng, n * d.out_len());
+        let label = format!("{spec:?} on {hw}x{hw}");
+        let y = direct_kernel::forward(&x, &w, Some(&b), &d, &plan);
+        let y_ref = forward(&x, &w, Some(&b), &d);
+        assert!(relative_difference(&y, &y_ref) < 1e-5, "{label}: y");
+        let (mut gx, mut gx_ref) = (vec![0.5; x.len()], vec![0.5; x.len()]);
+        let gw = direct_kernel::backward(&x, &w, &dy, Some(&mut gx), &d, &plan);
+        let gw_ref = backward(&x, &w, &dy, Some(&mut gx_ref), &d);
+        assert!(relative_difference(&gx, &gx_ref) < 1e-5, "{label}: dx");
+        assert!(relative_difference(&gw, &gw_ref) < 1e-5, "{label}: dw");
+        // Without dL/dx the weight gradient is the same.
+        assert_eq!(direct_kernel::backward(&x, &w, &dy, None, &d, &plan), gw);
+        assert_eq!(backward(&x, &w, &dy, None, &d), gw_ref);
+    }
+}
+
+/// Forward output and every gradient of a ResNet-sized convolution, bit for bit the same in
+/// pools of one and three threads.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = rng(35);
+    for (spec, hw) in [
+        (Conv2dSpec::new(16, 16, 3).padding(1), 32),
+        (Conv2dSpec::new(16, 32, 3).stride(2).padding(1), 16),
+        // Grouped: the column kernels.
+        (Conv2dSpec::new(8, 8, 3).padding(1).groups(2), 12),
+    ] {
+        let n = 24;
+        let (oh, ow) = spec.output_size(hw, hw);
+        let x = random(&mut rng, n * spec.in_channels * hw * hw);
+        let w = random(&mut rng, spec.weight_len());
+        let b = random(&mut rng, spec.out_channels);
+        let r = random(&mut rng, n * spec.out_channels * oh * ow);
+        let results = || {
+            let dev = Cpu::default();
+            let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, spec.in_channels, hw, hw));
+            let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
+            let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
+            let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
+            let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
+            let y_vals = y.as_vec();
+            let g = (y * rt).sum().backward();
+            let grads = [
+                g.get(&xt).as_vec(),
+                g.get(&wt).as_vec(),
+                g.get(&bt).as_vec(),
+            ];
+            (y_vals, grads)
+        };
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        assert!(
+            pool(1).install(results) == pool(3).install(results),
+            "{spec:?}"
+        );
+    }
+}
+
+#[test]
+fn without_input_grad_the_input_gets_no_gradient() {
+    let dev = Cpu::default();
+    let mut rng = rng(37);
+    for spec in [
+        Conv2dSpec::new(3, 4, 3).padding(1),
+        Conv2dSpec::new(3, 4, 3).groups(1),
+    ] {
+        let x = random(&mut rng, 2 * 3 * 6 * 6);
+        let w = random(&mut rng, spec.weight_len());
+        let xt: Tensor4<Cpu> = dev.tensor_from_vec(x, (2, 3, 6, 6));
+        let wt = dev.tensor_from_vec(w, (spec.weight_len(),));
+        let grads = |spec: &Conv2dSpec| {
+            let y = conv2d(xt.leaky_trace(), &wt, None, spec).unwrap();
+            y.square().sum().backward()
+        };
+        let with = grads(&spec);
+        let without = grads(&spec.without_input_grad());
+        assert_eq!(with.get(&wt).as_vec(), without.get(&wt).as_vec());
+        assert!(with.get(&xt).as_vec().iter().any(|&v| v != 0.0));
+        let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| without.get(&xt)));
+        assert!(missing.is_err(), "{spec:?}: the input has a gradient");
+    }
+}

@@ -1,8 +1,8 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
 use crate::conv2d::cpu_kernel::{on_tape, Kernels};
 use crate::cpu_util::{
-    col2im, gather, gemm, im2col, row_major, sum_in_order, transposed, with_scratch, Chunks,
-    Geometry, CHUNK_SCRATCH,
+    col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
+    with_scratch, Chunks, Geometry, CHUNK_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -100,15 +100,26 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<
     y
 }
 
-/// Backward pass on plain slices: adds `dL/dx` to `gx` and returns `dL/dW`.
-pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) -> Vec<f32> {
+/// Backward pass on plain slices: adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
+pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    gx: Option<&mut [f32]>,
+    d: &Dims,
+) -> Vec<f32> {
     let (l, cgi, kg) = (d.geo.cols(), d.in_per_group, d.k_per_group);
     let in_channels = d.groups * cgi;
     let chunks = Chunks::new(d.batch, d.col_len() + d.in_len());
+    let gxs = optional_chunks(
+        gx,
+        chunks.images * d.in_len(),
+        d.batch.div_ceil(chunks.images),
+    );
     // One dW per chunk, summed in chunk order: a fold's grouping follows the work stealing, and
     // float sums in another order would make runs differ.
-    let parts: Vec<Vec<f32>> = gx
-        .par_chunks_mut(chunks.images * d.in_len())
+    let parts: Vec<Vec<f32>> = gxs
+        .into_par_iter()
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .zip(dy.par_chunks(chunks.images * d.out_len()))
         .map(|((gxs, xs), dys)| {
@@ -133,6 +144,9 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
                         true,
                         chunks.gemm_threads,
                     );
+                    if gxs.is_none() {
+                        continue;
+                    }
                     // dx_g[cgi, images * l] = W_g[cgi, kg] · dcol_g[kg, images * l]
                     gemm(
                         x_g,
@@ -142,7 +156,8 @@ pub(crate) fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dim
                         chunks.gemm_threads,
                     );
                 }
-                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
+                let gxs = gxs.into_iter().flat_map(|g| g.chunks_exact_mut(d.in_len()));
+                for (i, gxi) in gxs.enumerate() {
                     for (c, row) in gxi.chunks_exact_mut(l).enumerate() {
                         let src = &xc[c * pitch + i * l..][..l];
                         row.iter_mut().zip(src).for_each(|(g, v)| *g += v);
@@ -173,10 +188,10 @@ impl ConvTranspose2dKernel for Cpu {
         let d = Dims::new(spec, n, (h, w), out);
         let kernels = Kernels {
             forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
-            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: &mut [f32]| {
+            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
                 backward(x, w, dy, gx, &d)
             },
         };
-        on_tape(x, weight, bias, (spec.out_channels, out), kernels)
+        on_tape(x, weight, bias, (spec.out_channels, out), true, kernels)
     }
 }

@@ -88,6 +88,7 @@ impl ConvTranspose2dSpec {
             padding: self.padding,
             dilation: self.dilation,
             groups: self.groups,
+            input_grad: true,
         }
     }
 

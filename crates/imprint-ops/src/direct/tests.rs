@@ -1,0 +1,237 @@
+//! The direct kernels against plain loops over the same sub-plane geometry.
+
+use super::*;
+use crate::test_util::*;
+
+#[test]
+fn split_and_merge_are_inverse() {
+    let g = Geometry {
+        channels: 2,
+        image: (6, 8),
+        grid: (3, 4),
+        kernel: (3, 3),
+        stride: (2, 2),
+        padding: (1, 1),
+        dilation: (1, 1),
+    };
+    let plan = Plan::new(&g).unwrap();
+    let img = random(&mut rng(1), 2 * 2 * 48);
+    let mut split = vec![0.0; img.len()];
+    split_planes(&img, &plan, &mut split, 48);
+    // Channel 0, phase (1, 0), pixel (2, 3) is image pixel (5, 6).
+    assert_eq!(split[2 * 12 + 2 * 4 + 3], img[5 * 8 + 6]);
+    let mut back = vec![0.0; img.len()];
+    merge_planes_add(&split, &plan, &mut back);
+    assert_eq!(back, img);
+    // Channels padded apart.
+    let mut padded = vec![-1.0; 4 * 50];
+    split_planes(&img, &plan, &mut padded, 50);
+    for (c, chunk) in padded.chunks(50).enumerate() {
+        assert_eq!(chunk[..48], split[c * 48..(c + 1) * 48]);
+        assert_eq!(chunk[48..], [-1.0, -1.0]);
+    }
+}
+
+#[test]
+fn plans_need_an_image_the_stride_times_the_grid() {
+    let g = |image, grid, stride| Geometry {
+        channels: 1,
+        image,
+        grid,
+        kernel: (3, 3),
+        stride,
+        padding: (1, 1),
+        dilation: (1, 1),
+    };
+    assert!(Plan::new(&g((8, 8), (8, 8), (1, 1))).is_some());
+    assert!(Plan::new(&g((8, 8), (4, 4), (2, 2))).is_some());
+    // Valid (unpadded) stride 1, and an odd image at stride 2.
+    assert!(Plan::new(&g((8, 8), (6, 6), (1, 1))).is_none());
+    assert!(Plan::new(&g((7, 7), (4, 4), (2, 2))).is_none());
+    // Tap (0, 0) at stride 2 and padding 1 reads row 2y - 1: phase 1, one row up.
+    let plan = Plan::new(&g((8, 8), (4, 4), (2, 2))).unwrap();
+    assert_eq!(
+        plan.taps[0],
+        Tap {
+            plane: 3,
+            dy: -1,
+            dx: -1
+        }
+    );
+    assert_eq!(
+        plan.taps[4],
+        Tap {
+            plane: 0,
+            dy: 0,
+            dx: 0
+        }
+    );
+}
+
+/// `conv` by plain loops, in f64.
+fn naive_conv(
+    src: &[f32],
+    stride: usize,
+    grid: (usize, usize),
+    taps: &[Tap],
+    w: &[f32],
+    outputs: usize,
+) -> Vec<f32> {
+    let (gh, gw) = grid;
+    let inputs = w.len() / (outputs * taps.len());
+    let mut out = vec![0.0; outputs * gh * gw];
+    for o in 0..outputs {
+        for y in 0..gh {
+            for x in 0..gw {
+                let mut acc = 0.0f64;
+                for i in 0..inputs {
+                    for (t, tap) in taps.iter().enumerate() {
+                        let (sy, sx) = (y as isize + tap.dy, x as isize + tap.dx);
+                        if sy < 0 || sx < 0 || sy >= gh as isize || sx >= gw as isize {
+                            continue;
+                        }
+                        let at = i * stride + tap.plane * gh * gw + sy as usize * gw + sx as usize;
+                        acc += src[at] as f64 * w[(o * inputs + i) * taps.len() + t] as f64;
+                    }
+                }
+                out[(o * gh + y) * gw + x] = acc as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Input channels, output channels, grid and taps of one test convolution.
+type Case = (usize, usize, (usize, usize), Vec<Tap>);
+
+fn cases() -> Vec<Case> {
+    let square = |r: isize, planes: usize| {
+        let mut taps = Vec::new();
+        for plane in 0..planes {
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    taps.push(Tap { plane, dy, dx });
+                }
+            }
+        }
+        taps
+    };
+    vec![
+        // Channel counts off the blocks, grids off the vectors.
+        (3, 5, (7, 9), square(1, 1)),
+        (6, 9, (4, 4), square(1, 2)),
+        (4, 4, (1, 3), square(2, 1)),
+        (
+            2,
+            1,
+            (11, 5),
+            vec![Tap {
+                plane: 0,
+                dy: 0,
+                dx: 0,
+            }],
+        ),
+        (5, 7, (8, 8), square(1, 1)),
+    ]
+}
+
+#[test]
+fn conv_matches_plain_loops_from_every_start() {
+    let mut rng = rng(5);
+    for (inputs, outputs, grid, taps) in cases() {
+        let plane_len = grid.0 * grid.1;
+        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let stride = planes * plane_len + 3;
+        let src = random(&mut rng, inputs * stride);
+        let w = random(&mut rng, outputs * inputs * taps.len());
+        let bias = random(&mut rng, outputs);
+        let set = TapSet::new(grid, &taps);
+        let packed = Packed::new((outputs, inputs, taps.len()), |o, i, t| {
+            w[(o * inputs + i) * taps.len() + t]
+        });
+        let want = naive_conv(&src, stride, grid, &taps, &w, outputs);
+        // Output channels padded apart, the padding left alone.
+        let dst_stride = plane_len + 5;
+        let mut dst = vec![7.0; outputs * dst_stride];
+        conv(
+            &src,
+            stride,
+            &set,
+            &packed,
+            &mut dst,
+            dst_stride,
+            Start::Zero,
+        );
+        let got = |dst: &[f32]| -> Vec<f32> {
+            dst.chunks(dst_stride)
+                .flat_map(|c| c[..plane_len].to_vec())
+                .collect()
+        };
+        assert_close("zero", &got(&dst), &want, 1e-5);
+        assert!(dst
+            .chunks(dst_stride)
+            .all(|c| c[plane_len..].iter().all(|&v| v == 7.0)));
+        conv(
+            &src,
+            stride,
+            &set,
+            &packed,
+            &mut dst,
+            dst_stride,
+            Start::Accumulate,
+        );
+        let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+        assert_close("accumulate", &got(&dst), &twice, 1e-5);
+        conv(
+            &src,
+            stride,
+            &set,
+            &packed,
+            &mut dst,
+            dst_stride,
+            Start::Bias(&bias),
+        );
+        let biased: Vec<f32> = want
+            .iter()
+            .enumerate()
+            .map(|(k, v)| v + bias[k / plane_len])
+            .collect();
+        assert_close("bias", &got(&dst), &biased, 1e-5);
+    }
+}
+
+#[test]
+fn weight_grad_matches_plain_loops() {
+    let mut rng = rng(6);
+    for (inputs, outputs, grid, taps) in cases() {
+        let plane_len = grid.0 * grid.1;
+        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let stride = planes * plane_len;
+        let images = 3;
+        let x = random(&mut rng, images * inputs * stride);
+        let dy = random(&mut rng, images * outputs * plane_len);
+        let set = TapSet::new(grid, &taps);
+        let mut gw = vec![0.5; outputs * inputs * taps.len()];
+        // dy with its channels padded apart.
+        let dy_stride = plane_len + 7;
+        let mut dy_padded = vec![f32::NAN; images * outputs * dy_stride];
+        for (d, s) in dy_padded.chunks_mut(dy_stride).zip(dy.chunks(plane_len)) {
+            d[..plane_len].copy_from_slice(s);
+        }
+        let dy_arg = (&dy_padded[..], dy_stride);
+        weight_grad(&x, stride, dy_arg, (outputs, inputs), &set, &mut gw);
+        // dW[o][i][t] = Σ dy[o] · (the conv of x through a one-hot weight at (o, i, t)).
+        let mut want = vec![0.5f32; gw.len()];
+        for image in 0..images {
+            let xi = &x[image * inputs * stride..(image + 1) * inputs * stride];
+            let dyi = &dy[image * outputs * plane_len..(image + 1) * outputs * plane_len];
+            for (k, wk) in want.iter_mut().enumerate() {
+                let mut one_hot = vec![0.0; gw.len()];
+                one_hot[k] = 1.0;
+                let y = naive_conv(xi, stride, grid, &taps, &one_hot, outputs);
+                *wk += dot(&y, dyi) as f32;
+            }
+        }
+        assert_close("weight grad", &gw, &want, 1e-4);
+    }
+}
