@@ -37,7 +37,7 @@ pub trait ImprintDevice:
     + LinearKernel
     + imprint_ops::Conv2dKernel
     + imprint_ops::ConvTranspose2dKernel
-    + imprint_ops::BatchNorm2dKernel
+    + imprint_ops::FusedBatchNorm2dKernel
     + imprint_ops::Pool2dKernel
     + imprint_ops::ShortcutKernel
     + Send
@@ -50,7 +50,7 @@ impl<D> ImprintDevice for D where
         + LinearKernel
         + imprint_ops::Conv2dKernel
         + imprint_ops::ConvTranspose2dKernel
-        + imprint_ops::BatchNorm2dKernel
+        + imprint_ops::FusedBatchNorm2dKernel
         + imprint_ops::Pool2dKernel
         + imprint_ops::ShortcutKernel
         + Send

@@ -5,7 +5,10 @@ use super::Tensor4;
 use crate::tree::{Kind, Var};
 use crate::{params, ImprintDevice, Mode};
 use dfdx::prelude::*;
-use imprint_ops::{batch_norm2d_eval, batch_norm2d_train};
+use imprint_ops::{
+    batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
+    TrainOutput,
+};
 
 /// PyTorch's defaults: `momentum = 0.1`, `eps = 1e-5`, scale 1, shift 0, running mean 0 and
 /// variance 1. Tensor names follow PyTorch's (`weight`, `bias`, `running_mean`, `running_var`);
@@ -51,39 +54,94 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
     pub fn forward<T: Tape<f32, D>>(&mut self, x: Tensor4<D, T>, mode: Mode) -> Tensor4<D, T> {
         match mode {
             Mode::Train => {
-                let (n, _, h, w) = *x.shape();
-                let (y, mean, var) =
-                    batch_norm2d_train(x, &self.weight.value, &self.bias.value, self.eps)
-                        .expect("batch_norm2d failed on the device");
-                let m = (n * h * w) as f32;
-                let unbiased = m / (m - 1.0);
-                let k = self.momentum;
-                let blend = |running: &Var<D>, batch: &[f32], scale: f32| -> Vec<f32> {
-                    running
-                        .value
-                        .as_vec()
-                        .iter()
-                        .zip(batch)
-                        .map(|(r, b)| (1.0 - k) * r + k * b * scale)
-                        .collect()
-                };
-                let new_mean = blend(&self.running_mean, &mean, 1.0);
-                let new_var = blend(&self.running_var, &var, unbiased);
-                self.running_mean.set(new_mean);
-                self.running_var.set(new_var);
-                y
+                let m = values_per_channel(&x);
+                let out = batch_norm2d_train(x, &self.weight.value, &self.bias.value, self.eps);
+                self.tracked(out, m)
             }
-            Mode::Eval => batch_norm2d_eval(
-                x,
-                &self.weight.value,
-                &self.bias.value,
-                &self.running_mean.value.as_vec(),
-                &self.running_var.value.as_vec(),
-                self.eps,
-            )
-            .expect("batch_norm2d failed on the device"),
+            Mode::Eval => self.eval(x),
         }
     }
+
+    /// `relu(forward(x))`, one fused op in training.
+    pub fn forward_relu<T: Tape<f32, D>>(&mut self, x: Tensor4<D, T>, mode: Mode) -> Tensor4<D, T> {
+        match mode {
+            Mode::Train => {
+                let m = values_per_channel(&x);
+                let out =
+                    batch_norm2d_relu_train(x, &self.weight.value, &self.bias.value, self.eps);
+                self.tracked(out, m)
+            }
+            Mode::Eval => self.eval(x).relu(),
+        }
+    }
+
+    /// `relu(forward(x) + residual)`, the end of a residual block, one fused op in training.
+    pub fn forward_add_relu<T: Tape<f32, D> + Merge<T>>(
+        &mut self,
+        x: Tensor4<D, T>,
+        residual: Tensor4<D, T>,
+        mode: Mode,
+    ) -> Tensor4<D, T> {
+        match mode {
+            Mode::Train => {
+                let m = values_per_channel(&x);
+                let out = batch_norm2d_add_relu_train(
+                    x,
+                    residual,
+                    &self.weight.value,
+                    &self.bias.value,
+                    self.eps,
+                );
+                self.tracked(out, m)
+            }
+            Mode::Eval => (self.eval(x) + residual).relu(),
+        }
+    }
+
+    fn eval<T: Tape<f32, D>>(&self, x: Tensor4<D, T>) -> Tensor4<D, T> {
+        batch_norm2d_eval(
+            x,
+            &self.weight.value,
+            &self.bias.value,
+            &self.running_mean.value.as_vec(),
+            &self.running_var.value.as_vec(),
+            self.eps,
+        )
+        .expect("batch_norm2d failed on the device")
+    }
+
+    /// The output of a training-mode op, after moving the running statistics towards its
+    /// batch's (`m` values per channel).
+    fn tracked<T>(
+        &mut self,
+        out: std::result::Result<TrainOutput<D, T>, D::Err>,
+        m: usize,
+    ) -> Tensor4<D, T> {
+        let (y, mean, var) = out.expect("batch_norm2d failed on the device");
+        let m = m as f32;
+        let unbiased = m / (m - 1.0);
+        let k = self.momentum;
+        let blend = |running: &Var<D>, batch: &[f32], scale: f32| -> Vec<f32> {
+            running
+                .value
+                .as_vec()
+                .iter()
+                .zip(batch)
+                .map(|(r, b)| (1.0 - k) * r + k * b * scale)
+                .collect()
+        };
+        let new_mean = blend(&self.running_mean, &mean, 1.0);
+        let new_var = blend(&self.running_var, &var, unbiased);
+        self.running_mean.set(new_mean);
+        self.running_var.set(new_var);
+        y
+    }
+}
+
+/// Values per channel of an NCHW batch: `n * h * w`.
+fn values_per_channel<D: ImprintDevice, T>(x: &Tensor4<D, T>) -> usize {
+    let (n, _, h, w) = *x.shape();
+    n * h * w
 }
 
 #[cfg(test)]

@@ -37,12 +37,18 @@ impl<D: ImprintDevice> Conv2d<D> {
         }
     }
 
-    pub fn forward<T: Tape<f32, D>>(&self, x: Tensor4<D, T>) -> Tensor4<D, T> {
+    /// `input_grad = false` when `x` is data, which needs no gradient.
+    pub fn forward<T: Tape<f32, D>>(&self, x: Tensor4<D, T>, input_grad: bool) -> Tensor4<D, T> {
+        let spec = if input_grad {
+            self.spec
+        } else {
+            self.spec.without_input_grad()
+        };
         conv2d(
             x,
             &self.weight.value,
             self.bias.as_ref().map(|b| &b.value),
-            &self.spec,
+            &spec,
         )
         .expect("conv2d failed on the device")
     }

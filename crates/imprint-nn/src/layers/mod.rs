@@ -170,7 +170,8 @@ impl<D: ImprintDevice> Layer<D> {
         }
     }
 
-    /// `activation` is applied inside a linear layer's product (a ReLU fused into it).
+    /// `activation` is applied inside a linear layer's product or a batch norm's op (a ReLU
+    /// fused into it).
     fn forward<T: Tape<f32, D> + Merge<T>>(
         &mut self,
         x: Act<D, T>,
@@ -180,8 +181,11 @@ impl<D: ImprintDevice> Layer<D> {
     ) -> Act<D, T> {
         match self {
             Layer::Linear(l) => Act::Flat(l.forward(x.into_flat(), activation, input_grad)),
-            Layer::Conv2d(l) => Act::Maps(l.forward(x.maps("Conv2d"))),
+            Layer::Conv2d(l) => Act::Maps(l.forward(x.maps("Conv2d"), input_grad)),
             Layer::ConvTranspose2d(l) => Act::Maps(l.forward(x.maps("ConvTranspose2d"))),
+            Layer::BatchNorm2d(l) if activation == Activation::Relu => {
+                Act::Maps(l.forward_relu(x.maps("BatchNorm2d"), pass.mode))
+            }
             Layer::BatchNorm2d(l) => Act::Maps(l.forward(x.maps("BatchNorm2d"), pass.mode)),
             Layer::Relu => match x {
                 Act::Flat(x) => Act::Flat(x.relu()),
@@ -211,8 +215,8 @@ impl<D: ImprintDevice> Layer<D> {
     }
 }
 
-/// Layers applied in turn, each under its name; a linear layer followed by a ReLU runs as one
-/// fused product.
+/// Layers applied in turn, each under its name; a linear layer or a batch norm followed by a
+/// ReLU runs as one fused op.
 #[derive(Clone, Debug)]
 pub struct Sequential<D: ImprintDevice> {
     layers: Vec<(String, Layer<D>)>,
@@ -277,7 +281,7 @@ impl<D: ImprintDevice> Sequential<D> {
     ) -> Act<D, T> {
         let mut i = 0;
         while i < self.layers.len() {
-            let fuse = matches!(self.layers[i].1, Layer::Linear(_))
+            let fuse = matches!(self.layers[i].1, Layer::Linear(_) | Layer::BatchNorm2d(_))
                 && matches!(self.layers.get(i + 1), Some((_, Layer::Relu)));
             let activation = if fuse {
                 Activation::Relu

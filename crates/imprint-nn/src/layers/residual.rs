@@ -70,18 +70,18 @@ impl<D: ImprintDevice> BasicBlock<D> {
         // The shortcut reads a copy of the input under the same id, so the gradients of both
         // paths meet in the input's own.
         let skip = x.retaped::<T>();
-        let h = self.bn1.forward(self.conv1.forward(x), mode).relu();
-        let h = self.bn2.forward(self.conv2.forward(h), mode);
+        let h = self.bn1.forward_relu(self.conv1.forward(x, true), mode);
+        let h = self.conv2.forward(h, true);
         let skip = match &mut self.shortcut {
             Shortcut::Identity => skip,
             Shortcut::Pad { stride, channels } => subsample_pad_channels(skip, *stride, *channels)
                 .expect("shortcut failed on the device"),
             Shortcut::Project(projection) => {
                 let (conv, bn) = &mut **projection;
-                bn.forward(conv.forward(skip), mode)
+                bn.forward(conv.forward(skip, true), mode)
             }
         };
-        (h + skip).relu()
+        self.bn2.forward_add_relu(h, skip, mode)
     }
 }
 
