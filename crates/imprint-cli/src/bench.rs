@@ -1,15 +1,21 @@
-//! `imprint bench`: pre-training throughput of the dense autoencoder, and the PyTorch peer's on
-//! the identical net, batch and data size, alternated in one run so machine load hits both.
+//! `imprint bench`: training throughput of the dense or convolutional autoencoder (pre-training)
+//! or of ResNet-20 (a classifier, as fine-tuning trains it), and the PyTorch peer's on the
+//! identical net, batch and data size. The two sides alternate, one measurement each per pair,
+//! so that load hits both alike; the load average is printed before the first and after every
+//! pair, and a busy machine is refused unless asked.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
-use imprint_data::ImageShape;
-use imprint_nn::Architecture;
+use imprint_data::{Dataset, ImageShape};
+use imprint_finetune::{finetune, FinetuneConfig, Strategy};
+use imprint_nn::models::Layout;
+use imprint_nn::{Architecture, Encoder};
 use imprint_pipeline::provenance::threads_phrase;
 use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
+use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -18,38 +24,81 @@ pub struct BenchArgs {
     /// Training steps per measurement.
     #[arg(long, default_value_t = 200)]
     steps: usize,
-    /// Image side (square, one channel).
+    /// Image side (square, one channel; ResNet-20 takes 3x32x32 whatever this says).
     #[arg(long, default_value_t = 28)]
     side: usize,
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 64)]
     latent: usize,
-    /// `dense`, or `conv` (3x3 stride-2 convolutions with `--channels` filters, then linear).
+    /// `dense` or `conv` (an autoencoder: 3x3 stride-2 convolutions with `--channels` filters,
+    /// then linear), or `resnet20` (a 10-class classifier on 3x32x32 images, Adam).
     #[arg(long, default_value = "dense")]
     arch: String,
     #[arg(long, value_delimiter = ',', default_value = "32,64")]
     channels: Vec<usize>,
-    /// Measurements of each side; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    /// Alternated pairs of measurements (ours, then the peer's); medians are reported.
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// A Python with PyTorch: also time the same net there (e.g. ~/peer/bin/python).
     #[arg(long)]
     peer: Option<String>,
+    /// Refuse to start when the 1-minute load average is above this: another job on the
+    /// cores measures the load, not the code.
+    #[arg(long, default_value_t = 1.5)]
+    max_load: f64,
+    /// Measure even on a busy machine (the figures are then marked as such).
+    #[arg(long)]
+    busy_ok: bool,
 }
 
+/// The PyTorch twin of each net: the same layers, batch, data size, optimizer and loss.
 const PEER: &str = r#"
 import sys, time, torch, torch.nn as nn, torch.nn.functional as F
 batch, steps, side, latent = (int(a) for a in sys.argv[1:5])
 widths = [int(h) for h in sys.argv[5].split(',')]
+kind = sys.argv[6]
 torch.manual_seed(0)
-if sys.argv[6] == 'dense':
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.b2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if cin != cout else 0
+        self.stride = stride
+    def forward(self, x):
+        h = F.relu(self.b1(self.c1(x)))
+        h = self.b2(self.c2(h))
+        s = x
+        if self.stride != 1 or self.pad:
+            s = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(h + s)
+
+def resnet20():
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for i, w in enumerate([16, 32, 64]):
+        for b in range(3):
+            layers.append(Block(cin, w, 2 if i > 0 and b == 0 else 1)); cin = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+if kind == 'resnet20':
+    net = resnet20()
+    x = torch.rand(steps * batch, 3, 32, 32)
+    y = torch.randint(0, 10, (steps * batch,))
+    params = list(net.parameters())
+    def loss_of(idx): return F.cross_entropy(net(x[idx]), y[idx])
+elif kind == 'dense':
     dims = [side * side] + widths + [latent]
     enc, dec = [], []
     for i in range(len(dims) - 1):
         enc += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
         dec += [nn.Linear(dims[-1 - i], dims[-2 - i]), nn.ReLU()]
     enc, dec = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1], nn.Sigmoid())
+    x = torch.rand(steps * batch, side * side)
+    params = list(enc.parameters()) + list(dec.parameters())
+    def loss_of(idx): return F.mse_loss(dec(enc(x[idx])), x[idx])
 else:
     chans, sizes = [1] + widths, [side]
     for _ in widths: sizes.append((sizes[-1] - 1) // 2 + 1)
@@ -62,14 +111,14 @@ else:
         op = sizes[i] - ((sizes[i + 1] - 1) * 2 + 3 - 2)
         dec += [nn.ConvTranspose2d(chans[i + 1], chans[i], 3, 2, 1, output_padding=op), nn.ReLU()]
     dec = nn.Sequential(*dec[:-1], nn.Sigmoid(), nn.Flatten())
-opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), 1e-3)
-x = torch.rand(steps * batch, side * side)
+    x = torch.rand(steps * batch, side * side)
+    params = list(enc.parameters()) + list(dec.parameters())
+    def loss_of(idx): return F.mse_loss(dec(enc(x[idx].view(-1, 1, side, side))), x[idx])
+opt = torch.optim.Adam(params, 1e-3)
 def epoch():
     perm = torch.randperm(len(x))
     for i in range(0, len(x), batch):
-        xb = x[perm[i:i + batch]]
-        inp = xb if sys.argv[6] == 'dense' else xb.view(-1, 1, side, side)
-        loss = F.mse_loss(dec(enc(inp)), xb)
+        loss = loss_of(perm[i:i + batch])
         opt.zero_grad(); loss.backward(); opt.step(); loss.item()
 epoch()
 t = time.time(); epoch(); el = time.time() - t
@@ -89,7 +138,13 @@ impl BenchArgs {
                 stride: 2,
                 latent: self.latent,
             },
-            other => bail!("unknown --arch `{other}` (dense or conv)"),
+            "resnet20" => Architecture::Resnet {
+                depth: 20,
+                layout: Layout::Cifar,
+                widths: None,
+                shortcut: None,
+            },
+            other => bail!("unknown --arch `{other}` (dense, conv or resnet20)"),
         })
     }
 
@@ -100,32 +155,62 @@ impl BenchArgs {
             &self.hidden
         }
     }
-}
 
-fn shape(args: &BenchArgs) -> ImageShape {
-    ImageShape {
-        channels: 1,
-        height: args.side,
-        width: args.side,
+    fn shape(&self) -> ImageShape {
+        if self.arch == "resnet20" {
+            ImageShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+            }
+        } else {
+            ImageShape {
+                channels: 1,
+                height: self.side,
+                width: self.side,
+            }
+        }
     }
 }
 
+/// Our images/s: an autoencoder's second pre-training epoch (the first warms caches and the
+/// allocator, as the peer's first does), or ResNet-20's fine-tuning after a short warm-up.
 fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
-    let cfg = PretrainConfig {
-        batch_size: args.batch,
-        holdout_fraction: 0.0,
-        ..PretrainConfig::new(args.architecture()?, 2)
+    let shape = args.shape();
+    if args.arch != "resnet20" {
+        let cfg = PretrainConfig {
+            batch_size: args.batch,
+            holdout_fraction: 0.0,
+            ..PretrainConfig::new(args.architecture()?, 2)
+        };
+        let images = Images::new(images, shape);
+        let dev = Cpu::default();
+        let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
+        return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
+    }
+    let n = images.len() / shape.len();
+    let data = Dataset {
+        shape,
+        pixels: images.to_vec(),
+        labels: Some((0..n).map(|i| i % 10).collect()),
+        classes: (0..10).map(|c| c.to_string()).collect(),
+        items: (0..n).map(|i| format!("#{i}")).collect(),
+        files: Vec::new(),
     };
-    let run = pretrain(
-        &Cpu::default(),
-        Images::new(images, shape(args)),
-        &cfg,
-        0,
-        Start::Fresh,
-        Hooks::default(),
-    )?;
-    // The first epoch warms caches and the allocator, as the peer's warm-up epoch does.
-    Ok(run.history.last().map_or(0.0, |h| h.images_per_second))
+    let dev = Cpu::default();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let encoder = Encoder::new(&dev, &args.architecture()?, shape, &mut rng)?;
+    let cfg = |steps| FinetuneConfig {
+        steps,
+        batch_size: args.batch,
+        checkpoint_every: 0,
+        ..FinetuneConfig::default()
+    };
+    let train = |steps| finetune(&dev, encoder.clone(), &data, None, &cfg(steps), Strategy::SCRATCH, 0);
+    train(5)?;
+    let start = Instant::now();
+    train(args.steps)?;
+    Ok((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The peer's images/s and its thread count (`None` where it printed none).
@@ -155,40 +240,86 @@ fn peer(python: &str, args: &BenchArgs) -> Result<(f64, Option<usize>)> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn load_average() -> Result<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").context("/proc/loadavg")?;
+    let mut v = text.split_whitespace().map(|w| w.parse::<f64>());
+    let mut next = || -> Result<f64> {
+        v.next()
+            .context("/proc/loadavg: too short")?
+            .context("/proc/loadavg: not a number")
+    };
+    Ok([next()?, next()?, next()?])
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let len = args.side * args.side;
+    let load = load_average()?;
+    println!(
+        "load average {:.2} {:.2} {:.2} (1, 5, 15 min) before the first measurement",
+        load[0], load[1], load[2]
+    );
+    if load[0] > args.max_load {
+        if !args.busy_ok {
+            bail!(
+                "the machine is busy (load {:.2} > --max-load {}): another job on the cores \
+                 would measure the load, not the code; wait, or pass --busy-ok to measure anyway",
+                load[0],
+                args.max_load
+            );
+        }
+        println!("WARNING: busy machine; these figures measure the load as much as the code");
+    }
+    let shape = args.shape();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let images: Vec<f32> = (0..args.steps * args.batch * len)
+    let images: Vec<f32> = (0..args.steps * args.batch * shape.len())
         .map(|_| rng.gen())
         .collect();
+    let what = if args.arch == "resnet20" {
+        format!("classifier {} (10 classes, Adam)", args.architecture()?.describe(shape))
+    } else {
+        format!("autoencoder {} (mirrored decoder)", args.architecture()?.describe(shape))
+    };
     println!(
-        "autoencoder {} (mirrored decoder), batch {}, {} steps per measurement, {}",
-        args.architecture()?.describe(shape(args)),
+        "{what}, batch {}, {} steps per measurement, {}",
         args.batch,
         args.steps,
         threads_phrase(rayon::current_num_threads())
     );
-    let (mut ours_runs, mut peer_runs) = (Vec::new(), Vec::new());
+    let (mut ours_runs, mut peer_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.repeats.max(1) {
         let o = ours(args, &images)?;
-        print!("run {}: imprint {o:.0} images/s", i + 1);
+        print!("pair {}: imprint {o:.0} images/s", i + 1);
         ours_runs.push(o);
         if let Some(python) = &args.peer {
             let (p, threads) = peer(python, args)?;
             let threads = threads.map_or_else(|| "? threads".to_string(), threads_phrase);
-            print!(", PyTorch ({threads}) {p:.0} images/s");
+            print!(", PyTorch ({threads}) {p:.0} images/s, ratio {:.2}x", o / p);
             peer_runs.push(p);
+            ratios.push(o / p);
         }
-        println!();
+        println!(" (load {:.2})", load_average()?[0]);
     }
     let o = median(ours_runs);
     print!("median: imprint {o:.0} images/s");
     if !peer_runs.is_empty() {
         let p = median(peer_runs);
-        print!(", PyTorch {p:.0} images/s, ratio {:.2}x", o / p);
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        print!(
+            ", PyTorch {p:.0} images/s, ratio of medians {:.2}x, median of ratios {:.2}x \
+             (pairs {lo:.2}-{hi:.2}x)",
+            o / p,
+            median(ratios)
+        );
     }
     println!();
     Ok(())
