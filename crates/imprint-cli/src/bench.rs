@@ -206,7 +206,17 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         checkpoint_every: 0,
         ..FinetuneConfig::default()
     };
-    let train = |steps| finetune(&dev, encoder.clone(), &data, None, &cfg(steps), Strategy::SCRATCH, 0);
+    let train = |steps| {
+        finetune(
+            &dev,
+            encoder.clone(),
+            &data,
+            None,
+            &cfg(steps),
+            Strategy::SCRATCH,
+            0,
+        )
+    };
     train(5)?;
     let start = Instant::now();
     train(args.steps)?;
@@ -283,9 +293,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|_| rng.gen())
         .collect();
     let what = if args.arch == "resnet20" {
-        format!("classifier {} (10 classes, Adam)", args.architecture()?.describe(shape))
+        format!(
+            "classifier {} (10 classes, Adam)",
+            args.architecture()?.describe(shape)
+        )
     } else {
-        format!("autoencoder {} (mirrored decoder)", args.architecture()?.describe(shape))
+        format!(
+            "autoencoder {} (mirrored decoder)",
+            args.architecture()?.describe(shape)
+        )
     };
     println!(
         "{what}, batch {}, {} steps per measurement, {}",

@@ -293,6 +293,23 @@ impl Dataset {
         }
     }
 
+    /// A digest of each image's content (its pixels as loaded): equal for the same image
+    /// listed twice, linked under two names, or copied into two folders.
+    pub fn digests(&self) -> Vec<u64> {
+        use rayon::prelude::*;
+        self.pixels
+            .par_chunks(self.shape.len().max(1))
+            .map(|img| {
+                let mut h = Sha256::new();
+                for v in img {
+                    h.update(v.to_bits().to_le_bytes());
+                }
+                let d = h.finalize();
+                u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+            })
+            .collect()
+    }
+
     /// Images per class, in class order; empty if unlabeled.
     pub fn class_counts(&self) -> Vec<(String, usize)> {
         let Some(labels) = &self.labels else {

@@ -168,6 +168,12 @@ pub fn compare(
             ""
         },
     );
+    let checks = data.checks.describe();
+    let context = if checks.is_empty() {
+        context
+    } else {
+        format!("{context} Content checks: {checks}.")
+    };
     let md = report::render_markdown(
         &format!("Pre-training vs scratch: {}", p.name),
         &context,

@@ -46,6 +46,22 @@ pub struct DataConfig {
     /// Applied to every source, so target images take the encoder's input shape.
     #[serde(default)]
     pub preprocess: Preprocess,
+    /// What to do with an image the labeled source holds more than once (by content): refuse
+    /// the source, or keep one copy (and drop images listed under two labels).
+    #[serde(default)]
+    pub duplicates: Duplicates,
+    /// Accept test images that also appear (by content) among the labeled or unlabeled ones;
+    /// the report then says how many.
+    #[serde(default)]
+    pub allow_test_overlap: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duplicates {
+    #[default]
+    Refuse,
+    Collapse,
 }
 
 fn default_test_fraction() -> f64 {

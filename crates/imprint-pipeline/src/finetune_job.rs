@@ -146,6 +146,24 @@ pub(crate) fn labeled_subset(
     selection_csv: &Path,
 ) -> Result<Dataset> {
     let labels = data.labeled.labels.as_deref().unwrap_or_default();
+    let input = |message: String| PipelineError::Input {
+        path: "labels per class".into(),
+        message,
+    };
+    if k == 0 {
+        return Err(input("must be at least 1".into()));
+    }
+    // Named by the class, as the user knows it.
+    if let Some((name, count)) = data
+        .labeled
+        .class_counts()
+        .into_iter()
+        .find(|(_, n)| *n < k)
+    {
+        return Err(input(format!(
+            "{k} per class asked for, but class `{name}` has only {count} labeled images"
+        )));
+    }
     let ids = sample_labeled(
         labels,
         data.labeled.num_classes(),

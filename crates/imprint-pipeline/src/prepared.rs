@@ -1,11 +1,13 @@
 //! The three data sets a pipeline names, loaded once and made consistent: same image shape,
 //! test classes aligned to the labeled set's, and test images kept out of pre-training.
 
+use crate::config::Duplicates;
 use crate::{Observer, Pipeline, PipelineError, Result};
 use imprint_data::{split::stratified_split, Dataset, ImageShape};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::path::Path;
 
 pub struct Prepared {
@@ -14,6 +16,139 @@ pub struct Prepared {
     /// The pool labeled subsets are drawn from.
     pub labeled: Dataset,
     pub test: Dataset,
+    /// What the content checks found and did, for the report.
+    pub checks: ContentChecks,
+}
+
+/// Images the labeled source held more than once, and test images seen elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContentChecks {
+    /// Extra copies of labeled images dropped (`data.duplicates = "collapse"`).
+    pub duplicates_dropped: usize,
+    /// Images dropped for being listed under two labels (with `collapse`).
+    pub contradictory_dropped: usize,
+    /// Test images also among the labeled or unlabeled ones (`data.allow_test_overlap`).
+    pub test_overlap: usize,
+}
+
+impl ContentChecks {
+    /// A phrase for reports; empty when nothing was found.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.duplicates_dropped > 0 {
+            parts.push(format!(
+                "{} duplicate labeled images dropped",
+                self.duplicates_dropped
+            ));
+        }
+        if self.contradictory_dropped > 0 {
+            parts.push(format!(
+                "{} images listed under two labels dropped",
+                self.contradictory_dropped
+            ));
+        }
+        if self.test_overlap > 0 {
+            parts.push(format!(
+                "{} test images also among the training images (allowed by data.allow_test_overlap)",
+                self.test_overlap
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Groups of labeled images with one content: refused, or collapsed to their first copy when
+/// they agree on the label (and dropped when they do not).
+fn check_duplicates(
+    ds: Dataset,
+    policy: Duplicates,
+    path: &Path,
+) -> Result<(Dataset, ContentChecks)> {
+    let digests = ds.digests();
+    let labels = ds.labels.clone().unwrap_or_default();
+    let mut first: HashMap<u64, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of = vec![0usize; ds.len()];
+    for (i, d) in digests.iter().enumerate() {
+        let g = *first.entry(*d).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+        group_of[i] = g;
+    }
+    let Some(twins) = groups.iter().find(|g| g.len() > 1) else {
+        return Ok((ds, ContentChecks::default()));
+    };
+    let name = |i: usize| {
+        let label = ds.label_name(i).unwrap_or("?");
+        format!("{} (label {label})", ds.items[i])
+    };
+    if policy == Duplicates::Refuse {
+        let (a, b) = (twins[0], twins[1]);
+        let copies = groups.iter().filter(|g| g.len() > 1).count();
+        return Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!(
+                "{} and {} are the same image ({copies} images appear more than once); remove \
+                 the copies, or set data.duplicates = \"collapse\" to keep one of each",
+                name(a),
+                name(b)
+            ),
+        });
+    }
+    let mut checks = ContentChecks::default();
+    let keep: Vec<usize> = (0..ds.len())
+        .filter(|&i| {
+            let g = &groups[group_of[i]];
+            let agree = g.iter().all(|&j| labels.get(j) == labels.get(g[0]));
+            if !agree {
+                checks.contradictory_dropped += 1;
+                false
+            } else if g[0] != i {
+                checks.duplicates_dropped += 1;
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    Ok((ds.subset(&keep), checks))
+}
+
+/// The first test image also among `others`, as a message, unless overlap is allowed; and the
+/// number of such images.
+fn check_test_overlap(
+    test: &Dataset,
+    others: &[&Dataset],
+    allow: bool,
+    path: &Path,
+) -> Result<usize> {
+    let mut seen: HashMap<u64, (usize, usize)> = HashMap::new();
+    for (k, ds) in others.iter().enumerate() {
+        for (i, d) in ds.digests().into_iter().enumerate() {
+            seen.entry(d).or_insert((k, i));
+        }
+    }
+    let hits: Vec<(usize, (usize, usize))> = test
+        .digests()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, d)| seen.get(&d).map(|&at| (i, at)))
+        .collect();
+    match hits.first() {
+        Some(&(i, (k, j))) if !allow => Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!(
+                "test image {} is also the training image {} ({} test images in all); a test \
+                 set must be unseen: remove them, or set data.allow_test_overlap = true",
+                test.items[i],
+                others[k].items[j],
+                hits.len()
+            ),
+        }),
+        _ => Ok(hits.len()),
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -38,6 +173,16 @@ impl Prepared {
         let d = &p.data;
         let all = imprint_data::load(&d.labeled, &d.preprocess)?;
         require_labels(&all, &d.labeled, "data.labeled")?;
+        let (all, mut checks) = check_duplicates(all, d.duplicates, &d.labeled)?;
+        if all.num_classes() < 2 {
+            return Err(PipelineError::Input {
+                path: d.labeled.display().to_string(),
+                message: format!(
+                    "has one class ({}); a classifier needs at least two",
+                    all.classes.join(", ")
+                ),
+            });
+        }
         let labels = all.labels.clone().unwrap_or_default();
         let (labeled, test, pool_idx) = match &d.test {
             Some(path) => {
@@ -80,6 +225,13 @@ impl Prepared {
             d.test.as_deref().unwrap_or(&d.labeled),
             &d.labeled,
         )?;
+        let test_path = d.test.as_deref().unwrap_or(&d.labeled);
+        checks.test_overlap = check_test_overlap(
+            &test,
+            &[&labeled, &unlabeled],
+            d.allow_test_overlap,
+            test_path,
+        )?;
         if let Some(problem) = d.preprocess.normalize_problem(labeled.shape.channels) {
             return Err(PipelineError::Input {
                 path: d.labeled.display().to_string(),
@@ -89,10 +241,15 @@ impl Prepared {
         obs.info(&format!("unlabeled: {}", unlabeled.describe()));
         obs.info(&format!("labeled pool: {}", labeled.describe()));
         obs.info(&format!("test: {}", test.describe()));
+        let found = checks.describe();
+        if !found.is_empty() {
+            obs.info(&format!("content checks: {found}"));
+        }
         Ok(Prepared {
             unlabeled,
             labeled,
             test,
+            checks,
         })
     }
 

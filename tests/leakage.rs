@@ -1,0 +1,171 @@
+//! What would fool a comparison is refused: the same image twice in the labeled source (on
+//! both sides of the test split), test images among the training ones, and one image under two
+//! labels; one class is no classification.
+
+use imprint_e2e::{arg, imprint, snapshot, write_grey_png, write_pipeline, Lcg, Table, Tiny, SIDE};
+use std::path::{Path, PathBuf};
+
+/// `n` PNGs of pure noise, half labeled `a` and half `b` at random, and a CSV listing each
+/// `times` times; returns the CSV.
+fn noise_list(t: &Path, n: usize, times: usize) -> PathBuf {
+    let mut rng = Lcg::new(7);
+    let mut rows = String::from("path,label\n");
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let pixels = (0..SIDE * SIDE).map(|_| rng.next_u8(255)).collect();
+        write_grey_png(&t.join(format!("noise/{i}.png")), SIDE, SIDE, pixels);
+        let label = if rng.next_u8(2) == 0 { "a" } else { "b" };
+        lines.push(format!("noise/{i}.png,{label}\n"));
+    }
+    for _ in 0..times {
+        for l in &lines {
+            rows.push_str(l);
+        }
+    }
+    let csv = t.join("list.csv");
+    std::fs::write(&csv, rows).unwrap();
+    csv
+}
+
+fn run_args<'a>(pipeline: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    run_k(pipeline, out, "8", extra)
+}
+
+fn run_k<'a>(pipeline: &'a Path, out: &'a Path, k: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        arg(pipeline),
+        "--out",
+        arg(out),
+        "--seeds",
+        "0,1,2",
+        "--labels-per-class",
+        k,
+        "--strategies",
+        "scratch",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Pure noise listed twice: every duplicate pair may straddle the test split, and a net that
+/// memorises the training copy "recognises" its twin. Refused by default; collapsed to one copy
+/// each, the noise scores at chance.
+#[test]
+fn duplicated_noise_is_refused_or_collapsed_to_chance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let csv = noise_list(t, 60, 2);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&csv));
+    let before = snapshot(t);
+    let refused = imprint(t, &run_args(&pipeline, &t.join("out"), &[]));
+    refused.assert_error(&[
+        arg(&csv),
+        "are the same image",
+        "60 images appear more than once",
+        "collapse",
+    ]);
+    assert_eq!(snapshot(t), before, "a refused run changed files");
+
+    let out = t.join("collapsed");
+    let run = imprint(
+        t,
+        &run_args(&pipeline, &out, &["--set", "data.duplicates=\"collapse\""]),
+    );
+    run.assert_success();
+    assert!(
+        run.stderr.contains("60 duplicate labeled images dropped"),
+        "{}",
+        run.stderr
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("60 duplicate labeled images dropped"),
+        "{report}"
+    );
+    let acc = Table::read(&out.join("results.csv")).numbers("test_accuracy");
+    let mean = acc.iter().sum::<f64>() / acc.len() as f64;
+    assert!(
+        (0.25..0.75).contains(&mean),
+        "noise scored {mean} on average over seeds 0-2: {acc:?}"
+    );
+}
+
+/// `data.test` naming the labeled source: every test image was trained on.
+#[test]
+fn test_set_among_the_training_images_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let csv = noise_list(t, 20, 1);
+    let pipeline = write_pipeline(
+        &t.join("p.toml"),
+        &Tiny {
+            test: Some(&csv),
+            ..Tiny::on(&csv)
+        },
+    );
+    imprint(t, &run_args(&pipeline, &t.join("out"), &[])).assert_error(&[
+        arg(&csv),
+        "is also the training image",
+        "20 test images",
+        "allow_test_overlap",
+    ]);
+    // Allowed on request, and said in the report.
+    let out = t.join("allowed");
+    imprint(
+        t,
+        &run_k(
+            &pipeline,
+            &out,
+            "2",
+            &["--set", "data.allow_test_overlap=true"],
+        ),
+    )
+    .assert_success();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("20 test images also among the training images"),
+        "{report}"
+    );
+}
+
+/// One file under two labels, in a CSV and through a class folder that links to another.
+#[test]
+fn one_image_under_two_labels_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let csv = noise_list(t, 12, 1);
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text.push_str("noise/3.png,c\nnoise/4.png,c\n");
+    std::fs::write(&csv, text).unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&csv));
+    imprint(t, &run_args(&pipeline, &t.join("out"), &[])).assert_error(&[
+        arg(&csv),
+        "noise/3.png (label",
+        "are the same image",
+    ]);
+
+    let folders = t.join("folders");
+    imprint_e2e::write_png_classes(&folders, &["a"], 0, 6);
+    std::os::unix::fs::symlink(folders.join("a"), folders.join("b")).unwrap();
+    let pipeline = write_pipeline(&t.join("q.toml"), &Tiny::on(&folders));
+    imprint(t, &run_args(&pipeline, &t.join("out2"), &[])).assert_error(&[
+        arg(&folders),
+        "a/0.png (label a)",
+        "b/0.png (label b)",
+    ]);
+}
+
+#[test]
+fn a_single_class_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let folders = t.join("one");
+    imprint_e2e::write_png_classes(&folders, &["only"], 0, 10);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&folders));
+    imprint(t, &run_args(&pipeline, &t.join("out"), &[])).assert_error(&[
+        arg(&folders),
+        "has one class (only)",
+        "at least two",
+    ]);
+}
