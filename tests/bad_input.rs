@@ -27,6 +27,14 @@ fn assert_refused(t: &Path, args: &[&str], needles: &[&str]) {
     assert_eq!(snapshot(t), before, "a refused run changed files");
 }
 
+/// [`assert_refused`] for a problem found once the data is read: progress lines may precede
+/// the error line.
+fn assert_refused_after_loading(t: &Path, args: &[&str], needles: &[&str]) {
+    let before = snapshot(t);
+    imprint(t, args).assert_error_after_progress(needles);
+    assert_eq!(snapshot(t), before, "a refused run changed files");
+}
+
 /// A valid idx pair of `n` 8x8 images; returns the images path.
 fn idx_pair(t: &Path, stem: &str, n: u8) -> PathBuf {
     let images = t.join(format!("{stem}-images-idx3-ubyte"));
@@ -583,4 +591,316 @@ fn dense_checkpoint_given_as_a_resnet() {
     let dense = imprint_e2e::workspace_root()
         .join("tests/fixtures/checkpoints-f231784/dense-model/model.safetensors");
     assert_import_refused(t, &dense, &[arg(&dense), "tensor `"]);
+}
+
+#[test]
+fn image_too_large_to_decode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    // 20000 pixels wide: past the decoder's limit of 16384 on a side, yet a small file.
+    let huge = data.join("a/huge.png");
+    write_grey_png(&huge, 20_000, 1, vec![7; 20_000]);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    assert_refused(
+        t,
+        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
+        &[arg(&huge), "cannot decode image", "limit"],
+    );
+}
+
+#[test]
+fn class_images_one_folder_too_deep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    write_png_classes(&data.join("c"), &["inner"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    assert_refused(
+        t,
+        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
+        &[
+            &format!("{}/c", arg(&data)),
+            "holds no images itself",
+            "c/inner",
+        ],
+    );
+}
+
+#[test]
+fn layer_too_wide_for_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    assert_refused_after_loading(
+        t,
+        &[
+            "run",
+            arg(&pipeline),
+            "--out",
+            arg(&out),
+            "--force",
+            "--set",
+            "pretrain.architecture={kind=\"dense\",hidden=[100000000],latent=4}",
+        ],
+        &["pretrain.architecture", "dense 64-100000000-4", "GB"],
+    );
+}
+
+#[test]
+fn thread_count_beyond_the_cores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let started = std::time::Instant::now();
+    assert_refused(
+        t,
+        &[
+            "--threads",
+            "100000",
+            "data",
+            "describe",
+            arg(&digits_dir()),
+        ],
+        &["--threads 100000", "must be between 1 and"],
+    );
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn seeds_or_strategies_named_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    assert_refused(
+        t,
+        &[
+            "run",
+            arg(&pipeline),
+            "--out",
+            arg(&out),
+            "--force",
+            "--seeds",
+            "0,0",
+        ],
+        &["compare.seeds: 0 is named twice"],
+    );
+    assert_refused(
+        t,
+        &[
+            "run",
+            arg(&pipeline),
+            "--out",
+            arg(&out),
+            "--force",
+            "--strategies",
+            "scratch,full,scratch",
+        ],
+        &["compare.strategies: scratch is named twice"],
+    );
+}
+
+/// A trained model, its labeled folder and CSV list, to misuse.
+fn trained_model(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = t.join("data");
+    let rows = write_png_classes(&data, &["a", "b"], 0, 6);
+    let list = data.join("list.csv");
+    let mut text = String::from("path,label\n");
+    for (rel, class) in &rows {
+        text.push_str(&format!("{rel},{class}\n"));
+    }
+    std::fs::write(&list, text).unwrap();
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let ft = t.join("ft");
+    imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&pipeline),
+            "--strategy",
+            "scratch",
+            "--labels-per-class",
+            "2",
+            "--out",
+            arg(&ft),
+        ],
+    )
+    .assert_success();
+    (ft.join("model.safetensors"), data, list)
+}
+
+#[test]
+fn output_that_is_an_input_or_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (model, _, list) = trained_model(t);
+    for command in ["predict", "embed"] {
+        let flag = if command == "predict" {
+            "--model"
+        } else {
+            "--encoder"
+        };
+        assert_refused(
+            t,
+            &[
+                command,
+                flag,
+                arg(&model),
+                "--input",
+                arg(&list),
+                "--out",
+                arg(&list),
+            ],
+            &[arg(&list), "--out is also an input of this command"],
+        );
+    }
+    let file = t.join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let pipeline = t.join("p.toml");
+    assert_refused(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&pipeline),
+            "--out",
+            arg(&file),
+        ],
+        &[arg(&file), "--out names a file, not a folder"],
+    );
+}
+
+#[test]
+fn classifier_with_broken_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (model, data, _) = trained_model(t);
+    // NaN in the head's bias, as a diverged run would leave it.
+    let bytes = std::fs::read(&model).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let bias = tensors
+        .iter_mut()
+        .find(|(n, _, _)| n == "head.bias")
+        .unwrap();
+    bias.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    std::fs::write(
+        &model,
+        safetensors::tensor::serialize(views, &None).unwrap(),
+    )
+    .unwrap();
+    let out = t.join("predictions.csv");
+    assert_refused(
+        t,
+        &[
+            "predict",
+            "--model",
+            arg(&model),
+            "--input",
+            arg(&data),
+            "--out",
+            arg(&out),
+        ],
+        &[arg(&model), "tensor `head.bias` holds NaN"],
+    );
+    // Cut short, it says so in plain words.
+    let whole = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &whole[..whole.len() / 2]).unwrap();
+    assert_refused(
+        t,
+        &[
+            "predict",
+            "--model",
+            arg(&model),
+            "--input",
+            arg(&data),
+            "--out",
+            arg(&out),
+        ],
+        &[arg(&model), "cut short"],
+    );
+}
+
+#[test]
+fn resume_onto_another_finished_pretraining() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 6);
+    let wide = write_pipeline(
+        &t.join("wide.toml"),
+        &Tiny {
+            hidden: &[24],
+            epochs: 1,
+            ..Tiny::on(&data)
+        },
+    );
+    let small = write_pipeline(
+        &t.join("small.toml"),
+        &Tiny {
+            epochs: 1,
+            ..Tiny::on(&data)
+        },
+    );
+    let pre = t.join("pre");
+    imprint(
+        t,
+        &["pretrain", "--pipeline", arg(&wide), "--out", arg(&pre)],
+    )
+    .assert_success();
+    let sidecar = pre.join("encoder.json");
+    assert_refused_after_loading(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&small),
+            "--out",
+            arg(&pre),
+            "--resume",
+        ],
+        &[
+            arg(&sidecar),
+            "cannot resume",
+            "pretrain.architecture differs",
+        ],
+    );
+    assert_refused_after_loading(
+        t,
+        &[
+            "pretrain",
+            "--pipeline",
+            arg(&wide),
+            "--out",
+            arg(&pre),
+            "--resume",
+        ],
+        &[arg(&sidecar), "already finished"],
+    );
 }

@@ -272,6 +272,10 @@ impl Common {
     }
 }
 
+/// More threads than this per core only queue for the cores (and, in the thousands, take
+/// minutes to start).
+const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Runs the command on a worker of the global rayon pool. Called from outside the pool, every
 /// parallel product would be queued to the workers while this thread sleeps and is woken again,
 /// dozens of times per training step; from inside, the caller takes part in the work. Measured:
@@ -279,6 +283,13 @@ impl Common {
 fn run(cli: Cli) -> Result<()> {
     let mut pool = rayon::ThreadPoolBuilder::new().stack_size(16 << 20);
     if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        anyhow::ensure!(
+            (1..=MAX_THREADS_PER_CORE * cores).contains(&n),
+            "--threads {n}: must be between 1 and {} ({MAX_THREADS_PER_CORE} per core of the \
+             {cores} here); more only wait on each other",
+            MAX_THREADS_PER_CORE * cores
+        );
         pool = pool.num_threads(n);
     }
     let pool = pool.build().context("cannot start the worker threads")?;
@@ -378,6 +389,7 @@ fn run_command(cli: Cli) -> Result<()> {
             );
         }
         Command::Predict { model, input, out } => {
+            imprint_pipeline::refuse_overwriting_input(&out, &[&model, &input])?;
             let n = imprint_pipeline::predict(&model, &input, &out)?;
             println!("{n} predictions in {}", out.display());
         }
@@ -386,6 +398,9 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             logits,
         } => {
+            if let Some(path) = &logits {
+                imprint_pipeline::refuse_overwriting_input(path, &[&model, &input])?;
+            }
             let e = imprint_pipeline::evaluate_job(&model, &input, logits.as_deref())?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
@@ -444,6 +459,7 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             out,
         } => {
+            imprint_pipeline::refuse_overwriting_input(&out, &[&encoder, &input])?;
             let n = imprint_pipeline::embed(&encoder, &input, &out)?;
             println!("features of {n} images in {}", out.display());
         }

@@ -137,6 +137,20 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
     for sub in all.iter().filter(|p| p.is_dir()) {
         let imgs = images_in(sub)?;
         if imgs.is_empty() {
+            // A class whose images sit one folder deeper would be dropped without a word.
+            if let Some(deeper) = entries(sub)?
+                .into_iter()
+                .find(|p| p.is_dir() && images_in(p).is_ok_and(|i| !i.is_empty()))
+            {
+                return Err(invalid(
+                    sub,
+                    format!(
+                        "holds no images itself but {} does; a class's images must sit directly \
+                         in its folder",
+                        deeper.display()
+                    ),
+                ));
+            }
             continue;
         }
         let name = sub
@@ -192,10 +206,16 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
     decode_dataset(dir, paths, Some(labels), classes, Vec::new(), prep)
 }
 
-fn is_header(rec: &csv::StringRecord) -> bool {
-    rec.len() == 2
-        && (rec[0].eq_ignore_ascii_case("path") || rec[0].eq_ignore_ascii_case("file"))
-        && rec[1].eq_ignore_ascii_case("label")
+/// The columns of a `path,label` (or `file,label`) header row, in either order: `Some(true)`
+/// when the label comes first; `None` for a data row.
+fn header_order(rec: &csv::StringRecord) -> Option<bool> {
+    let is_path = |f: &str| f.eq_ignore_ascii_case("path") || f.eq_ignore_ascii_case("file");
+    let is_label = |f: &str| f.eq_ignore_ascii_case("label");
+    match rec.len() {
+        2 if is_path(&rec[0]) && is_label(&rec[1]) => Some(false),
+        2 if is_label(&rec[0]) && is_path(&rec[1]) => Some(true),
+        _ => None,
+    }
 }
 
 /// `path,label` rows, paths relative to the CSV's folder.
@@ -216,14 +236,18 @@ pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess) -> Result<Dataset> {
         .from_reader(raw.as_slice());
     let mut paths = Vec::new();
     let mut names = Vec::new();
+    let mut label_first = false;
     for (k, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
             csv_err(line, e.to_string().replace('\n', " "))
         })?;
         let line = rec.position().map_or(k as u64 + 1, |p| p.line());
-        if k == 0 && is_header(&rec) {
-            continue;
+        if k == 0 {
+            if let Some(order) = header_order(&rec) {
+                label_first = order;
+                continue;
+            }
         }
         if rec.len() != 2 {
             return Err(csv_err(
@@ -231,7 +255,11 @@ pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess) -> Result<Dataset> {
                 format!("expected 2 fields (path,label), found {}", rec.len()),
             ));
         }
-        let (file, label) = (&rec[0], &rec[1]);
+        let (file, label) = if label_first {
+            (&rec[1], &rec[0])
+        } else {
+            (&rec[0], &rec[1])
+        };
         if file.is_empty() || label.is_empty() {
             return Err(csv_err(line, "empty path or label".into()));
         }
@@ -278,6 +306,35 @@ fn sorted_classes(names: &[String]) -> Vec<String> {
     classes
 }
 
+/// Images larger than this are refused before they are decoded: a 20000 x 20000 photo would
+/// take 1.6 GB as RGBA, a corrupt header promises anything.
+const MAX_IMAGE_SIDE: u32 = 16_384;
+const MAX_DECODE_BYTES: u64 = 512 << 20;
+
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// Whether an image file holds colour, read from its header alone.
+fn has_colour(path: &Path) -> Result<bool> {
+    let mut reader = ImageReader::open(path)
+        .map_err(io_err(path))?
+        .with_guessed_format()
+        .map_err(io_err(path))?;
+    reader.limits(decode_limits());
+    let decoder = reader.into_decoder().map_err(|e| {
+        invalid(
+            path,
+            format!("cannot decode image: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+    Ok(image::ImageDecoder::color_type(&decoder).has_color())
+}
+
 /// Reads and decodes one image, recording provenance of the exact bytes decoded.
 fn decode(path: &Path) -> Result<(DynamicImage, SourceFile)> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
@@ -286,7 +343,8 @@ fn decode(path: &Path) -> Result<(DynamicImage, SourceFile)> {
     if let Ok(format) = ImageFormat::from_path(path) {
         reader.set_format(format);
     }
-    let reader = reader.with_guessed_format().map_err(io_err(path))?;
+    let mut reader = reader.with_guessed_format().map_err(io_err(path))?;
+    reader.limits(decode_limits());
     let img = reader.decode().map_err(|e| {
         invalid(
             path,
@@ -314,7 +372,19 @@ fn decode_dataset(
         (Some(c), Some(h), Some(w)) => Target::resolve(prep, c, h, w),
         _ => {
             let (img, _) = decode(first)?;
-            let channels = if img.color().has_color() { 3 } else { 1 };
+            // Colour when any image has it, so no photo loses its colour to a grey first file.
+            let channels = match prep.channels {
+                Some(c) => c,
+                None => {
+                    let colour: Result<Vec<bool>> =
+                        paths.par_iter().map(|p| has_colour(p)).collect();
+                    if colour?.into_iter().any(|c| c) {
+                        3
+                    } else {
+                        1
+                    }
+                }
+            };
             Target::resolve(prep, channels, img.height() as usize, img.width() as usize)
         }
     }
@@ -376,13 +446,14 @@ mod tests {
         std::fs::write(root.join("b_cat/notes.txt"), "not an image").unwrap();
         std::fs::write(root.join(".hidden.png"), "ignored").unwrap();
 
+        // One file has colour channels (RGBA), so all are read as RGB, whichever comes first.
         let ds = load(root, &Preprocess::default()).unwrap();
         assert_eq!(ds.classes, vec!["a_dog", "b_cat"]);
         assert_eq!(ds.labels, Some(vec![0, 0, 1]));
         assert_eq!(
             ds.shape,
             ImageShape {
-                channels: 1,
+                channels: 3,
                 height: 3,
                 width: 4
             }
@@ -392,7 +463,15 @@ mod tests {
         assert!(ds.image(2).iter().all(|&v| (v - 1.0).abs() < 1e-5));
         assert_eq!(ds.files.len(), 3);
         assert!(ds.items[1].ends_with("2.PNG"));
+        assert_eq!(ds.describe(), "3 images 3x3x4, 2 classes: a_dog:2 b_cat:1");
+        // Asked for grey, every file is read as grey: alpha dropped, colour kept as luma.
+        let grey_prep = Preprocess {
+            channels: Some(1),
+            ..Default::default()
+        };
+        let ds = load(root, &grey_prep).unwrap();
         assert_eq!(ds.describe(), "3 images 1x3x4, 2 classes: a_dog:2 b_cat:1");
+        assert!(ds.image(1).iter().all(|&v| v == 0.0));
 
         // forced RGB at another size
         let prep = Preprocess {

@@ -49,13 +49,27 @@ pub fn save_tensors(
     Ok(())
 }
 
-/// Reads every tensor of a safetensors file (f32 only) and its string metadata.
+/// A safetensors reading error in plain words.
+fn explain(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::MetadataIncompleteBuffer | E::InvalidOffset(_) => {
+            "the file is cut short: its header promises more bytes than it holds".into()
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            "not a safetensors file: its header is not valid".into()
+        }
+        other => format!("not a safetensors file: {other}"),
+    }
+}
+
+/// Reads every tensor of a safetensors file (f32 only, every value finite) and its string
+/// metadata.
 pub fn load_tensors(
     path: &Path,
 ) -> Result<(BTreeMap<String, NamedTensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, explain(&e)))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -64,12 +78,18 @@ pub fn load_tensors(
                 format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
             ));
         }
-        let data = view
+        let data: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let shape = view.shape().to_vec();
+        if let Some(bad) = data.iter().find(|v: &&f32| !v.is_finite()) {
+            return Err(err(
+                path,
+                format!("tensor `{name}` holds {bad}: the weights are broken (a diverged run?)"),
+            ));
+        }
         tensors.insert(name.clone(), NamedTensor { name, shape, data });
     }
     let (_, meta) =

@@ -193,6 +193,13 @@ impl Pipeline {
         if c.seeds.is_empty() {
             return Err("compare.seeds: give at least one seed".into());
         }
+        if let Some(key) = repeated(&c.strategies, "compare.strategies")
+            .or_else(|| repeated(&c.labels_per_class, "compare.labels_per_class"))
+            .or_else(|| repeated(&c.seeds, "compare.seeds"))
+            .or_else(|| repeated(&c.routes, "compare.routes"))
+        {
+            return Err(key);
+        }
         if c.routes.is_empty() {
             return Err(
                 "compare.routes: name at least one route (self, imported, imported+self)".into(),
@@ -217,6 +224,15 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// A message naming `key` and the first entry `list` holds twice (a run counted twice), if any.
+fn repeated<T: PartialEq + std::fmt::Debug>(list: &[T], key: &str) -> Option<String> {
+    list.iter().enumerate().find_map(|(i, x)| {
+        list[..i]
+            .contains(x)
+            .then(|| format!("{key}: {x:?} is named twice; each run would be counted twice"))
+    })
 }
 
 fn read_text(path: &Path) -> Result<String> {

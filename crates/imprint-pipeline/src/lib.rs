@@ -76,8 +76,32 @@ pub(crate) fn create_dir(path: &std::path::Path) -> Result<()> {
         .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))
 }
 
+/// Refuses an output file that is one of the command's inputs: writing it would destroy what
+/// the command reads.
+pub fn refuse_overwriting_input(out: &std::path::Path, inputs: &[&std::path::Path]) -> Result<()> {
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    match inputs.iter().find(|i| same(out, i)) {
+        Some(input) => Err(PipelineError::Output(format!(
+            "{}: --out is also an input of this command ({}); choose another file",
+            out.display(),
+            input.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Creates `dir` for a job's outputs; refuses one that exists and is not empty unless `force`.
 pub fn prepare_output_dir(dir: &std::path::Path, force: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(PipelineError::Output(format!(
+            "{}: --out names a file, not a folder; choose a folder",
+            dir.display()
+        )));
+    }
     if let Ok(mut entries) = std::fs::read_dir(dir) {
         if entries.next().is_some() && !force {
             return Err(PipelineError::Output(format!(

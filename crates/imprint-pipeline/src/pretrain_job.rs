@@ -3,7 +3,7 @@
 
 use crate::provenance::{RunLog, VERSION};
 use crate::resume_point;
-use crate::sidecar::{write_json, ENCODER_FORMAT};
+use crate::sidecar::{read_json, write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, LabelBudget};
@@ -33,6 +33,7 @@ pub fn pretrain_job(
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
     if resume {
         log.set_resumed();
+        refuse_other_run(p, data, seed, out)?;
     }
     let at = PretrainAt {
         seed,
@@ -44,6 +45,40 @@ pub fn pretrain_job(
     log.stage(format!("pretrain seed {seed}"), seconds, false);
     log.write(out, data, true)?;
     Ok((encoder, history))
+}
+
+/// `--resume` continues an interrupted pre-training of this very run, never another one that
+/// happens to sit in `out`: a finished encoder there must be of the same settings, seed and
+/// data, or the command is refused before anything is written.
+fn refuse_other_run(p: &Pipeline, data: &Prepared, seed: u64, out: &Path) -> Result<()> {
+    let sidecar = out.join("encoder.json");
+    if !sidecar.exists() {
+        return Ok(());
+    }
+    let side: EncoderSidecar = read_json(&sidecar, ENCODER_FORMAT, "encoder's sidecar")?;
+    let differs = [
+        (
+            "pretrain.architecture",
+            side.architecture != p.pretrain.architecture,
+        ),
+        ("the seed", side.seed != seed),
+        ("pretrain.epochs", side.epochs != p.pretrain.epochs),
+        ("data.preprocess", side.preprocess != p.data.preprocess),
+        ("the unlabeled data", side.data != data.unlabeled.files),
+    ]
+    .into_iter()
+    .find(|(_, differs)| *differs);
+    let message = match differs {
+        Some((what, _)) => format!(
+            "cannot resume: it holds a finished pre-training whose {what} differs from this \
+             run's; choose another --out"
+        ),
+        None => "cannot resume: the pre-training here has already finished".into(),
+    };
+    Err(PipelineError::Input {
+        path: sidecar.display().to_string(),
+        message,
+    })
 }
 
 /// One pre-training: its seed, folder, whether to continue an interrupted one there, and the

@@ -141,6 +141,44 @@ impl Architecture {
         }
     }
 
+    /// Trainable values of the encoder and its decoder on images of `input`, counted without
+    /// building them (so a mistyped width is caught before memory is asked for); `None` when
+    /// the layers do not fit the images or the count overflows.
+    pub fn parameter_count(&self, input: ImageShape) -> Option<u128> {
+        let linear = |i: usize, o: usize| (i as u128 + 1) * o as u128;
+        match self {
+            Architecture::Dense { hidden, latent } => {
+                let mut dims = vec![input.len()];
+                dims.extend(hidden);
+                dims.push(*latent);
+                // Encoder and mirrored decoder.
+                Some(2 * dims.windows(2).map(|w| linear(w[0], w[1])).sum::<u128>())
+            }
+            Architecture::Conv {
+                channels,
+                kernel,
+                stride,
+                latent,
+            } => {
+                let (stages, last) = conv::stages(channels, *kernel, *stride, input).ok()?;
+                let convs: u128 = stages
+                    .iter()
+                    .map(|(s, _)| s.weight_len() as u128 + s.out_channels as u128)
+                    .sum();
+                Some(2 * (convs + linear(last.len(), *latent)))
+            }
+            Architecture::Resnet { .. } => {
+                let plan = self.resnet().ok()?;
+                let levels = plan.levels(input).ok()?;
+                let last = levels.last()?;
+                // The encoder's 3x3 convolutions dominate; the decoder adds a linear map back
+                // to the last feature maps.
+                let encoder = plan.conv_parameters(input.channels);
+                Some(encoder + linear(plan.features(), last.len()) + encoder)
+            }
+        }
+    }
+
     /// The validated architecture, or an error naming it and what does not fit.
     fn checked(&self, input: ImageShape) -> Result<()> {
         self.validate(input)

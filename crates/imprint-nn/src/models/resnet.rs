@@ -95,6 +95,19 @@ impl Plan {
         })
     }
 
+    /// Weights of the encoder's convolutions (batch norms and shortcuts are a small part).
+    pub fn conv_parameters(&self, channels: usize) -> u128 {
+        let k = self.stem(channels).weight_len() as u128;
+        let mut total = k;
+        let mut from = self.widths[0] as u128;
+        for (&width, &count) in self.widths.iter().zip(&self.blocks) {
+            let w = width as u128;
+            total += 9 * from * w + 9 * w * w * (2 * count as u128 - 1);
+            from = w;
+        }
+        total
+    }
+
     pub fn features(&self) -> usize {
         *self.widths.last().expect("a plan has stages")
     }
