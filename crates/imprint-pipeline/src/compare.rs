@@ -13,14 +13,13 @@ use imprint_finetune::Strategy;
 use imprint_nn::Encoder;
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 pub struct CompareOutcome {
     pub records: Vec<RunRecord>,
     pub summary: Vec<SummaryRow>,
     pub table: String,
-    pub out: PathBuf,
 }
 
 /// Every strategy on the identical labeled subset for each seed and budget, pre-training once
@@ -191,7 +190,6 @@ pub fn compare(
         table: report::render_terminal_table(&summary),
         records,
         summary,
-        out: out.to_path_buf(),
     })
 }
 
