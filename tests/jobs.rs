@@ -223,7 +223,46 @@ fn dev_flag_evaluates_on_held_out_labeled_images() {
     finetune(&real, &[]);
     finetune(&dev, &["--dev"]);
     check_finetune(&real, 2, test_items.len());
-    check_finetune(&dev, 2, 9);
+    let (_, dev_accuracy) = check_finetune(&dev, 2, 9);
+
+    // `data split` lists that same split: fine-tuning on its lists equals the --dev run.
+    let split = t.join("split");
+    let listed = imprint(
+        t,
+        &[
+            "data",
+            "split",
+            arg(&train),
+            "--test-fraction",
+            "0.3",
+            "--out",
+            arg(&split),
+        ],
+    );
+    listed.assert_success();
+    assert!(
+        listed.stdout.contains("21 training and 9 test images"),
+        "{}",
+        listed.stdout
+    );
+    let (train_list, test_list) = (split.join("train.csv"), split.join("test.csv"));
+    let lists = t.join("lists");
+    finetune(
+        &lists,
+        &[
+            "--labeled",
+            arg(&train_list),
+            "--unlabeled",
+            arg(&train_list),
+            "--test",
+            arg(&test_list),
+        ],
+    );
+    let (_, lists_accuracy) = check_finetune(&lists, 2, 9);
+    assert_eq!(lists_accuracy, dev_accuracy);
+    let (held_out, trained) = (Table::read(&test_list), Table::read(&train_list));
+    let trained = trained.column("path");
+    assert!(held_out.column("path").iter().all(|p| !trained.contains(p)));
 }
 
 /// Writes `n` images per class into `dir/imgs` and a `path,label` list naming them.

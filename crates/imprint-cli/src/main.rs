@@ -187,6 +187,19 @@ enum DataCommand {
     },
     /// Load a source and print its size and counts per class.
     Describe { source: PathBuf },
+    /// Write the train/test split a pipeline makes of SOURCE when it has no data.test (the
+    /// `--dev` split) as two `path,label` lists, OUT/train.csv and OUT/test.csv.
+    Split {
+        source: PathBuf,
+        /// Share of each class held out, as data.test_fraction.
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        /// As data.split_seed.
+        #[arg(long, default_value_t = 0)]
+        split_seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Output folder and overrides shared by the jobs.
@@ -487,6 +500,19 @@ fn run_command(cli: Cli) -> Result<()> {
             DataCommand::Describe { source } => {
                 let ds = imprint_data::load(&source, &Default::default())?;
                 println!("{}: {}", source.display(), ds.describe());
+            }
+            DataCommand::Split {
+                source,
+                test_fraction,
+                split_seed,
+                out,
+            } => {
+                let (train, test) =
+                    imprint_pipeline::write_split(&source, test_fraction, split_seed, &out)?;
+                println!(
+                    "{train} training and {test} test images listed in {}",
+                    out.display()
+                );
             }
         },
         Command::Bench(args) => bench::run(&args)?,

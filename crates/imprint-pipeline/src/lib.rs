@@ -19,7 +19,7 @@ pub use finetune_job::{finetune_job, FinetuneOutcome, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
 pub use imprint_fs::OutputDir;
 pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
-pub use prepared::Prepared;
+pub use prepared::{write_split, Prepared};
 pub use pretrain_job::pretrain_job;
 pub use provenance::RunLog;
 pub use sidecar::{EncoderSidecar, ModelSidecar, Sidecar};
