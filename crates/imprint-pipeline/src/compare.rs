@@ -149,7 +149,7 @@ pub fn compare(
         p.pretrain.architecture.describe(data.shape()),
         data.unlabeled.len(),
         p.pretrain.describe(),
-        p.finetune.describe(),
+        fine_tuning(p)?,
         data.test.len(),
         match p.data.test {
             Some(_) => String::new(),
@@ -242,6 +242,18 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
     } else {
         Ok(Vec::new())
     }
+}
+
+/// `[finetune]` in words, and each budget's own settings after it.
+fn fine_tuning(p: &Pipeline) -> Result<String> {
+    let mut text = p.finetune.describe();
+    for &k in &p.compare.labels_per_class {
+        if p.finetune_by_budget.contains_key(&k.to_string()) {
+            let own = p.for_budget(k)?.finetune.describe();
+            text.push_str(&format!("; with {k} labels per class, {own}"));
+        }
+    }
+    Ok(text)
 }
 
 fn to_json(p: &Pipeline) -> Result<serde_json::Value> {
