@@ -408,3 +408,56 @@ fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
     let mean = gains.iter().sum::<f64>() / 3.0;
     assert!(mean > 0.03, "mean gain {mean} ({gains:?})");
 }
+
+/// `imprint bench` alternates a fresh process of ours with the peer's, pair by pair, and prints
+/// every pair's speeds, peak memories and ratio, then the medians; a busy machine is refused.
+#[test]
+fn bench_alternates_pairs_and_refuses_a_busy_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // A stand-in for Python with PyTorch: 100 images/s on 2 threads, 2048 KiB at its peak.
+    let peer = t.join("peer");
+    std::fs::write(&peer, "#!/bin/sh\necho 100.0 2 2048\n").unwrap();
+    let mut perms = std::fs::metadata(&peer).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&peer, perms).unwrap();
+    let small = [
+        "bench", "--side", "8", "--hidden", "16", "--latent", "4", "--steps", "3", "--batch", "8",
+    ];
+    for task in ["pretrain", "finetune", "infer"] {
+        let mut args = small.to_vec();
+        args.extend([
+            "--task",
+            task,
+            "--repeats",
+            "2",
+            "--busy-ok",
+            "--peer",
+            arg(&peer),
+        ]);
+        let run = imprint(t, &args);
+        run.assert_success();
+        let pairs: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("pair "))
+            .collect();
+        assert_eq!(pairs.len(), 2, "{}", run.stdout);
+        for pair in pairs {
+            assert!(
+                pair.contains("MiB), PyTorch (2 threads) 100 images/s (2 MiB), ratio "),
+                "{pair}"
+            );
+            assert!(pair.contains("(load "), "{pair}");
+        }
+        let median = run.stdout.lines().last().unwrap();
+        assert!(median.starts_with("median: imprint "), "{median}");
+        assert!(
+            median.contains("PyTorch 100 images/s, peak 2 MiB; ratio of medians"),
+            "{median}"
+        );
+    }
+    let mut args = small.to_vec();
+    args.push("--max-load=-1");
+    imprint(t, &args).assert_error(&["the machine is busy", "--busy-ok"]);
+}
