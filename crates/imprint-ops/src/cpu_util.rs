@@ -315,6 +315,9 @@ thread_local! {
     pub(crate) static IO_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Column matrices and other per-chunk buffers of the kernels.
     pub(crate) static CHUNK_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Kernel outputs in their own layout, before they are put in place, which run while
+    /// the other buffers are in use.
+    pub(crate) static OUT_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Phase-split images inside im2col / col2im, which run while a chunk buffer is in use.
     static SPLIT_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }

@@ -196,7 +196,7 @@ pub(super) unsafe fn weight_grad(
     taps: &TapSet,
     gw: &mut [f32],
 ) {
-    let (ntaps, plane_len) = (taps.len(), taps.plane_len());
+    let (ntaps, plane_len) = (taps.len(), taps.pixels());
     let images = x.len() / (inputs * x_stride).max(1);
     let tap_block = GRAD_TAP_BLOCK;
     let tap_blocks = ntaps.div_ceil(tap_block);
