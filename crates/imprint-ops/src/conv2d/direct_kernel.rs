@@ -6,7 +6,8 @@
 
 use super::cpu_kernel::Dims;
 use crate::cpu_util::{
-    optional_chunks, sum_in_order, with_scratch, Chunks, CHUNK_SCRATCH, IO_SCRATCH, OUT_SCRATCH,
+    optional_chunks, sum_in_order, with_scratch, zeros, Chunks, CHUNK_SCRATCH, IO_SCRATCH,
+    OUT_SCRATCH,
 };
 use crate::direct::{self, padded_stride, Packed, Plan, Stack, Start, TapSet};
 use rayon::prelude::*;
@@ -77,7 +78,7 @@ impl<T> PerStack<T> {
 
 /// Forward pass on plain slices, as [`super::cpu_kernel::forward`].
 pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims, plan: &Plan) -> Vec<f32> {
-    let mut y = vec![0.0; d.batch * d.out_len()];
+    let mut y = zeros(d.batch * d.out_len());
     forward_into(x, w, b.map_or(Start::Zero, Start::Bias), &mut y, d, plan);
     y
 }

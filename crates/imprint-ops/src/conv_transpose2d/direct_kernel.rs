@@ -3,6 +3,7 @@
 
 use crate::conv2d::cpu_kernel::Dims as ConvDims;
 use crate::conv2d::direct_kernel as conv;
+use crate::cpu_util::zeros;
 use crate::direct::{Plan, Start};
 
 /// The convolution this op is the adjoint of, and its direct plan, where the CPU and the
@@ -27,7 +28,7 @@ pub(crate) fn forward(
     d: &ConvDims,
     plan: &Plan,
 ) -> Vec<f32> {
-    let mut y = vec![0.0; d.batch * d.in_len()];
+    let mut y = zeros(d.batch * d.in_len());
     if let Some(b) = b {
         let plane = d.geo.image.0 * d.geo.image.1;
         for (row, &bias) in y.chunks_exact_mut(plane).zip(b.iter().cycle()) {
