@@ -53,13 +53,11 @@ struct Channel {
     shift: f32,
 }
 
-/// What follows the normalisation inside the op.
+/// What follows the normalisation inside the op (after the residual, where one is added).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum After {
     Nothing,
     Relu,
-    /// A residual added, then ReLU.
-    AddRelu,
 }
 
 /// The planes of each channel: entry `c` lists channel `c`'s `plane`-long planes in batch
@@ -133,12 +131,12 @@ fn normalise(c: &Channel, after: After, x: &[f32], r: Option<&[f32]>, y: &mut [f
                 *y = x * c.scale + c.shift;
             }
         }
-        (After::Relu, _) | (After::AddRelu, None) => {
+        (After::Relu, None) => {
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = (x * c.scale + c.shift).max(0.0);
             }
         }
-        (After::AddRelu, Some(r)) => {
+        (After::Relu, Some(r)) => {
             for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
                 *y = (x * c.scale + c.shift + r).max(0.0);
             }
@@ -669,6 +667,6 @@ impl FusedBatchNorm2dKernel for Cpu {
         T: Tape<f32, Self> + Merge<R>,
         R: Tape<f32, Self>,
     {
-        train_op(x, Some(residual), After::AddRelu, gamma, beta, eps)
+        train_op(x, Some(residual), After::Relu, gamma, beta, eps)
     }
 }

@@ -8,8 +8,10 @@
 //! pixels reads consecutive input pixels for every tap, masked where the source leaves its
 //! sub-plane (the padding). Stride 1 needs no split at all: the image is its only sub-plane.
 //!
-//! The kernels ([`conv`], [`weight_grad`]) work on one image or one chunk of images; the
-//! callers in `conv2d` and `conv_transpose2d` spread images over threads.
+//! Small grids are stacked: the sub-planes of several images one after another make one
+//! taller grid (see [`Stack`]), the masks keeping each image's taps inside it. The kernels
+//! ([`conv`], [`weight_grad`]) work on one stack or a run of stacks; the callers in `conv2d`
+//! and `conv_transpose2d` spread them over threads.
 
 // AVX-512 intrinsics are stable from Rust 1.89, which the `gemm` dependency's AVX-512 kernels
 // (its `x86-v4` feature) already require of this crate.
