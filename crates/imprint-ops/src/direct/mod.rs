@@ -313,7 +313,7 @@ impl TapSet {
 }
 
 /// Weights for [`conv`]: output channels in blocks of [`CHANNEL_BLOCK`], each block laid out
-/// `[tap][in][out]` so that the kernel reads them in order.
+/// `[in][tap][out]` so that the kernel reads them in order.
 pub(crate) struct Packed {
     data: Vec<f32>,
     outputs: usize,
@@ -330,8 +330,8 @@ impl Packed {
         let mut data = Vec::with_capacity(outputs * inputs * taps);
         for o0 in (0..outputs).step_by(CHANNEL_BLOCK) {
             let block = o0..(o0 + CHANNEL_BLOCK).min(outputs);
-            for t in 0..taps {
-                for i in 0..inputs {
+            for i in 0..inputs {
+                for t in 0..taps {
                     data.extend(block.clone().map(|o| weight(o, i, t)));
                 }
             }
