@@ -44,7 +44,7 @@ mod test_util;
 
 pub use batch_norm2d::{
     batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
-    BatchNorm2d, BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
+    BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
 };
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
