@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
-use imprint_data::{Dataset, ImageShape};
+use imprint_data::{Dataset, ImageShape, Pixels};
 use imprint_finetune::{finetune, FinetuneConfig, Strategy};
 use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
@@ -175,7 +175,7 @@ impl BenchArgs {
 
 /// Our images/s: an autoencoder's second pre-training epoch (the first warms caches and the
 /// allocator, as the peer's first does), or ResNet-20's fine-tuning after a short warm-up.
-fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
+fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
     let shape = args.shape();
     if args.arch != "resnet20" {
         let cfg = PretrainConfig {
@@ -188,14 +188,14 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
         return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
     }
-    let n = images.len() / shape.len();
+    let n = images.len();
     let data = Dataset {
         shape,
-        pixels: images.to_vec(),
+        pixels: images.clone(),
         labels: Some((0..n).map(|i| i % 10).collect()),
         classes: (0..10).map(|c| c.to_string()).collect(),
         items: (0..n).map(|i| format!("#{i}")).collect(),
-        files: Vec::new(),
+        source: Default::default(),
     };
     let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -289,9 +289,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let shape = args.shape();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let images: Vec<f32> = (0..args.steps * args.batch * shape.len())
+    let images: Vec<u8> = (0..args.steps * args.batch * shape.len())
         .map(|_| rng.gen())
         .collect();
+    let images = Pixels::from_bytes(images, shape.len());
     let what = if args.arch == "resnet20" {
         format!(
             "classifier {} (10 classes, Adam)",

@@ -20,6 +20,11 @@ fn bars(n: usize, side: usize, seed: u64) -> Vec<f32> {
     out
 }
 
+/// Test images as a pre-training reads them: each value kept as its nearest byte.
+fn pixels(images: &[f32]) -> Pixels {
+    Pixels::from_unit_floats(images, 64)
+}
+
 const SIDE8: ImageShape = ImageShape {
     channels: 1,
     height: 8,
@@ -47,7 +52,7 @@ fn conv_autoencoder_loss_falls() {
         }
         let run = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             3,
             Start::Fresh,
@@ -118,7 +123,7 @@ fn resumed_run_equals_uninterrupted_run() {
         };
         let whole = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             5,
             Start::Fresh,
@@ -140,7 +145,7 @@ fn resumed_run_equals_uninterrupted_run() {
         };
         let crashed = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             5,
             Start::Fresh,
@@ -152,7 +157,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let resumed = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             5,
             Start::Resume(&snapshot),
@@ -164,7 +169,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let err = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             6,
             Start::Resume(&snapshot),
@@ -190,7 +195,7 @@ fn loss_falls_and_runs_are_reproducible() {
         let run = || {
             pretrain(
                 &dev,
-                Images::new(&images, SIDE8),
+                Images::new(&pixels(&images), SIDE8),
                 &cfg,
                 7,
                 Start::Fresh,
@@ -224,7 +229,7 @@ fn augmented_pretraining_learns_and_repeats() {
     let losses = |cfg: &PretrainConfig| {
         let run = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             cfg,
             7,
             Start::Fresh,
@@ -273,7 +278,7 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
     let error_to_originals = |cfg: &PretrainConfig| {
         let mut run = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             cfg,
             7,
             Start::Fresh,
@@ -330,7 +335,7 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
     let found = |cfg: &PretrainConfig| {
         let mut run = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             cfg,
             7,
             Start::Fresh,
@@ -504,7 +509,7 @@ fn rotation_pretext_learns_the_turns() {
     cfg.epochs = 20;
     let run = pretrain(
         &dev,
-        Images::new(&images, SIDE8),
+        Images::new(&pixels(&images), SIDE8),
         &cfg,
         0,
         Start::Fresh,
