@@ -187,3 +187,68 @@ fn records_stay_small_and_resume_names_the_first_changed_file() {
     ]);
     assert_eq!(snapshot(t), before, "a refused run changed files");
 }
+
+/// `imprint bench --data` at tiny sizes: it generates both sources, loads each twice (the PNG
+/// folder over its budget, so from the image cache), pre-trains one epoch on each as a child
+/// process, and reports every figure beside its goal; a second run finds the data it generated.
+#[test]
+fn data_bench_reports_every_figure_at_tiny_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = t.join("bench");
+    let args = [
+        "bench",
+        "--data",
+        arg(&dir),
+        "--png-images",
+        "40",
+        "--idx-images",
+        "60",
+        "--idx-budget-mb",
+        "1",
+        "--busy-ok",
+    ];
+    for _ in 0..2 {
+        let run = imprint(t, &args);
+        run.assert_success();
+        let out = &run.stdout;
+        let loads: Vec<&str> = out.lines().filter(|l| l.starts_with("  loaded ")).collect();
+        assert_eq!(loads.len(), 4, "{out}");
+        assert!(
+            loads[..2].iter().all(|l| l.contains("40 images 3x32x32")),
+            "{out}"
+        );
+        assert!(
+            loads[2..].iter().all(|l| l.contains("60 images 3x32x32")),
+            "{out}"
+        );
+        assert!(loads.iter().all(|l| l.ends_with(", mapped")), "{out}");
+        for what in [
+            "PNG folder from the cache: first load ",
+            "idx file, mapped: first load ",
+        ] {
+            let line = out.lines().find(|l| l.starts_with(what));
+            let line = line.unwrap_or_else(|| panic!("no `{what}` in {out}"));
+            for figure in [
+                "peak memory ",
+                " images/s",
+                "run.json ",
+                "data-manifest.csv.gz ",
+            ] {
+                assert!(line.contains(figure), "{line}");
+            }
+        }
+        assert!(out.contains("PNG folder in memory: peak memory "), "{out}");
+        let goals: Vec<&str> = out.lines().filter(|l| l.starts_with("goal ")).collect();
+        assert_eq!(goals.len(), 5, "{out}");
+        // The records are small whatever the speed of the machine.
+        let records = goals.iter().find(|g| g.contains("run.json and sidecars"));
+        assert!(records.is_some_and(|g| g.ends_with(": met")), "{out}");
+    }
+    assert!(dir.join("png-40/.complete-40").exists());
+    let idx = dir.join("bench-60-images-idx4-ubyte");
+    assert_eq!(
+        std::fs::metadata(&idx).unwrap().len(),
+        16 + 4 + 60 * 3 * 32 * 32
+    );
+}

@@ -50,6 +50,19 @@ pub struct BenchArgs {
     /// Measure even on a busy machine (the figures are then marked as such).
     #[arg(long)]
     busy_ok: bool,
+    /// Measure loading and pre-training at scale instead, on data generated (once) in this
+    /// folder: a folder of PNGs and an idx file of 3x32x32 images.
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// With --data: PNG images in the folder.
+    #[arg(long, default_value_t = 200_000)]
+    png_images: usize,
+    /// With --data: images in the idx file.
+    #[arg(long, default_value_t = 1_000_000)]
+    idx_images: usize,
+    /// With --data: the memory budget (MiB) the idx file is read within.
+    #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
+    idx_budget_mb: u64,
 }
 
 /// The PyTorch twin of each net: the same layers, batch, data size, optimizer and loss.
@@ -286,6 +299,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
         }
         println!("WARNING: busy machine; these figures measure the load as much as the code");
+    }
+    if let Some(dir) = &args.data {
+        let sizes = crate::data_bench::Sizes {
+            png: args.png_images,
+            idx: args.idx_images,
+            idx_budget_mb: args.idx_budget_mb,
+        };
+        return crate::data_bench::run(dir, &sizes);
     }
     let shape = args.shape();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

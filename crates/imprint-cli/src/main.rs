@@ -2,6 +2,7 @@
 //! honest comparison with training from scratch. A thin shell over `imprint-pipeline`.
 
 mod bench;
+mod data_bench;
 mod progress;
 
 use anyhow::{Context, Result};
@@ -172,7 +173,8 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// Measure pre-training throughput, optionally against the PyTorch peer in the same run.
+    /// Measure pre-training throughput, optionally against the PyTorch peer in the same run;
+    /// or, with --data, loading, memory and record sizes on large generated sources.
     Bench(bench::BenchArgs),
 }
 

@@ -122,44 +122,69 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Sorted entries of a directory, hidden ones (`.git`, editor droppings) left out.
-fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// One entry of a folder and what it is (a link, as what it points to).
+struct Entry {
+    path: PathBuf,
+    is_file: bool,
+    is_dir: bool,
+}
+
+/// Sorted entries of a directory, hidden ones (`.git`, editor droppings) left out. Their kind
+/// comes with the listing (one more look only for links): a folder of 200,000 images is not
+/// asked about each file twice.
+fn entries(dir: &Path) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        if !is_hidden(&path) {
-            out.push(path);
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        if is_hidden(&path) {
+            continue;
         }
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        let (is_file, is_dir) = if kind.is_symlink() {
+            std::fs::metadata(&path).map_or((false, false), |m| (m.is_file(), m.is_dir()))
+        } else {
+            (kind.is_file(), kind.is_dir())
+        };
+        out.push(Entry {
+            path,
+            is_file,
+            is_dir,
+        });
     }
-    out.sort();
+    // All share the folder, so names order them as whole paths would.
+    out.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
     Ok(out)
 }
 
+fn images_among(entries: &[Entry]) -> Vec<PathBuf> {
+    entries
+        .iter()
+        .filter(|e| e.is_file && is_image(&e.path))
+        .map(|e| e.path.clone())
+        .collect()
+}
+
 fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .collect())
+    Ok(images_among(&entries(dir)?))
 }
 
 /// One sub-folder per class, or images directly inside for unlabeled data.
 pub(crate) fn load_dir(dir: &Path, prep: &Preprocess, storage: &Storage) -> Result<Dataset> {
     let all = entries(dir)?;
-    let loose: Vec<PathBuf> = all
-        .iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .cloned()
-        .collect();
+    let loose = images_among(&all);
     let mut classes = Vec::new();
     let mut paths = Vec::new();
     let mut labels = Vec::new();
-    for sub in all.iter().filter(|p| p.is_dir()) {
-        let imgs = images_in(sub)?;
+    for sub in all.iter().filter(|e| e.is_dir).map(|e| &e.path) {
+        let inside = entries(sub)?;
+        let imgs = images_among(&inside);
         if imgs.is_empty() {
             // A class whose images sit one folder deeper would be dropped without a word.
-            if let Some(deeper) = entries(sub)?
-                .into_iter()
-                .find(|p| p.is_dir() && images_in(p).is_ok_and(|i| !i.is_empty()))
+            if let Some(deeper) = inside
+                .iter()
+                .find(|e| e.is_dir && images_in(&e.path).is_ok_and(|i| !i.is_empty()))
+                .map(|e| &e.path)
             {
                 return Err(invalid(
                     sub,
@@ -184,12 +209,14 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess, storage: &Storage) -> Resu
         // a folder holding one idx image file (like data/digits) names that file
         let idx: Vec<&PathBuf> = all
             .iter()
-            .filter(|p| {
-                p.is_file()
-                    && p.file_name()
+            .filter(|e| {
+                e.is_file
+                    && e.path
+                        .file_name()
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.contains("images-idx3") || n.contains("images-idx4"))
             })
+            .map(|e| &e.path)
             .collect();
         match idx[..] {
             [one] => return crate::idx::load_idx(one, dir, prep, storage),
@@ -444,8 +471,11 @@ fn decode_dataset(
     let digest = manifest.summary().sha256.as_str();
     let cache = image_cache::cache_file(storage, listed.origin, prep);
     let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    // A cache of this content serves a source over the budget; within it, the images are
+    // decoded into memory as the budget allows.
     let cached = match &cache {
-        Some(file) => image_cache::open(file, paths.len(), digest, resident)?,
+        Some(file) => image_cache::open(file, paths.len(), digest, resident)?
+            .filter(|(shape, _)| paths.len().saturating_mul(shape.len()) > resident),
         None => None,
     };
     let (shape, pixels) = match cached {
