@@ -390,7 +390,7 @@ fn diverging_pretraining_stops_naming_epoch_and_step() {
         "loss became",
         "at epoch 1, step ",
         "lower pretrain.lr",
-        "(now 1000000)",
+        "(now 1e6)",
     ]);
     assert!(!out.join("encoder.safetensors").exists());
 }
@@ -732,6 +732,58 @@ fn seeds_or_strategies_named_twice() {
             "scratch,full,scratch",
         ],
         &["compare.strategies: scratch is named twice"],
+    );
+}
+
+/// Settings once taken silently (a negative or NaN weight decay read as 0, zero epochs writing
+/// an untrained encoder, an empty budget) are refused naming the setting; a budget larger than
+/// a class names the class; a diverging fine-tuning names its step and learning rate.
+#[test]
+fn settings_once_taken_silently_are_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, 4);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let out = earlier_results(t);
+    let run = |extra: &[&'static str]| {
+        let mut args = vec!["run", arg(&pipeline), "--out", arg(&out), "--force"];
+        args.extend_from_slice(extra);
+        args
+    };
+    for (setting, needle) in [
+        (
+            "pretrain.weight_decay=-1",
+            "`weight_decay`: must be a non-negative number",
+        ),
+        (
+            "pretrain.weight_decay=nan",
+            "`weight_decay`: must be a non-negative number",
+        ),
+        ("pretrain.epochs=0", "`epochs`: must be at least 1"),
+        ("finetune.steps=0", "`steps`: must be at least 1"),
+    ] {
+        assert_refused(t, &run(&["--set", setting]), &[arg(&pipeline), needle]);
+    }
+    assert_refused(
+        t,
+        &run(&["--labels-per-class", "0"]),
+        &["compare.labels_per_class: give one or more budgets of at least 1"],
+    );
+    assert_refused_after_loading(
+        t,
+        &run(&["--labels-per-class", "40"]),
+        &["40 per class asked for, but class `a` has only"],
+    );
+    assert_refused_after_loading(
+        t,
+        &run(&["--strategies", "scratch", "--set", "finetune.lr=1e30"]),
+        &[
+            "fine-tuning",
+            "loss became",
+            "at step",
+            "lower finetune.lr (now 1e30)",
+        ],
     );
 }
 

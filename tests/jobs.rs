@@ -223,7 +223,46 @@ fn dev_flag_evaluates_on_held_out_labeled_images() {
     finetune(&real, &[]);
     finetune(&dev, &["--dev"]);
     check_finetune(&real, 2, test_items.len());
-    check_finetune(&dev, 2, 9);
+    let (_, dev_accuracy) = check_finetune(&dev, 2, 9);
+
+    // `data split` lists that same split: fine-tuning on its lists equals the --dev run.
+    let split = t.join("split");
+    let listed = imprint(
+        t,
+        &[
+            "data",
+            "split",
+            arg(&train),
+            "--test-fraction",
+            "0.3",
+            "--out",
+            arg(&split),
+        ],
+    );
+    listed.assert_success();
+    assert!(
+        listed.stdout.contains("21 training and 9 test images"),
+        "{}",
+        listed.stdout
+    );
+    let (train_list, test_list) = (split.join("train.csv"), split.join("test.csv"));
+    let lists = t.join("lists");
+    finetune(
+        &lists,
+        &[
+            "--labeled",
+            arg(&train_list),
+            "--unlabeled",
+            arg(&train_list),
+            "--test",
+            arg(&test_list),
+        ],
+    );
+    let (_, lists_accuracy) = check_finetune(&lists, 2, 9);
+    assert_eq!(lists_accuracy, dev_accuracy);
+    let (held_out, trained) = (Table::read(&test_list), Table::read(&train_list));
+    let trained = trained.column("path");
+    assert!(held_out.column("path").iter().all(|p| !trained.contains(p)));
 }
 
 /// Writes `n` images per class into `dir/imgs` and a `path,label` list naming them.
@@ -368,4 +407,57 @@ fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
     }
     let mean = gains.iter().sum::<f64>() / 3.0;
     assert!(mean > 0.03, "mean gain {mean} ({gains:?})");
+}
+
+/// `imprint bench` alternates a fresh process of ours with the peer's, pair by pair, and prints
+/// every pair's speeds, peak memories and ratio, then the medians; a busy machine is refused.
+#[test]
+fn bench_alternates_pairs_and_refuses_a_busy_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // A stand-in for Python with PyTorch: 100 images/s on 2 threads, 2048 KiB at its peak.
+    let peer = t.join("peer");
+    std::fs::write(&peer, "#!/bin/sh\necho 100.0 2 2048\n").unwrap();
+    let mut perms = std::fs::metadata(&peer).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&peer, perms).unwrap();
+    let small = [
+        "bench", "--side", "8", "--hidden", "16", "--latent", "4", "--steps", "3", "--batch", "8",
+    ];
+    for task in ["pretrain", "finetune", "infer"] {
+        let mut args = small.to_vec();
+        args.extend([
+            "--task",
+            task,
+            "--repeats",
+            "2",
+            "--busy-ok",
+            "--peer",
+            arg(&peer),
+        ]);
+        let run = imprint(t, &args);
+        run.assert_success();
+        let pairs: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("pair "))
+            .collect();
+        assert_eq!(pairs.len(), 2, "{}", run.stdout);
+        for pair in pairs {
+            assert!(
+                pair.contains("MiB), PyTorch (2 threads) 100 images/s (2 MiB), ratio "),
+                "{pair}"
+            );
+            assert!(pair.contains("(load "), "{pair}");
+        }
+        let median = run.stdout.lines().last().unwrap();
+        assert!(median.starts_with("median: imprint "), "{median}");
+        assert!(
+            median.contains("PyTorch 100 images/s, peak 2 MiB; ratio of medians"),
+            "{median}"
+        );
+    }
+    let mut args = small.to_vec();
+    args.push("--max-load=-1");
+    imprint(t, &args).assert_error(&["the machine is busy", "--busy-ok"]);
 }

@@ -1,14 +1,15 @@
-//! `imprint bench`: training throughput of the dense or convolutional autoencoder (pre-training)
-//! or of ResNet-20 (a classifier, as fine-tuning trains it), and the PyTorch peer's on the
-//! identical net, batch and data size. The two sides alternate, one measurement each per pair,
-//! so that load hits both alike; the load average is printed before the first and after every
-//! pair, and a busy machine is refused unless asked.
+//! `imprint bench`: throughput and peak memory of pre-training (the dense or convolutional
+//! autoencoder), fine-tuning (a classifier on the dense, convolutional or ResNet-20 encoder) or
+//! inference (that classifier's predictions), and the PyTorch peer's on the identical net, batch
+//! and data size. Each measurement runs in a fresh process, ours and the peer's alternating one
+//! each per pair so that load hits both alike; the load average is printed before the first and
+//! after every pair, and a busy machine is refused unless asked.
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Pixels};
-use imprint_finetune::{finetune, FinetuneConfig, Strategy};
+use imprint_finetune::{finetune, Classifier, FinetuneConfig, Strategy};
 use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
 use imprint_pipeline::provenance::threads_phrase;
@@ -16,6 +17,17 @@ use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
 use std::process::Command;
 use std::time::Instant;
+
+/// What a measurement times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Task {
+    /// Autoencoder training steps (dense and conv).
+    Pretrain,
+    /// Classifier training steps: the encoder and a 10-class head, all trained (Adam).
+    Finetune,
+    /// The classifier's class probabilities in eval mode, without a tape, in chunks of 1024.
+    Infer,
+}
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -50,6 +62,13 @@ pub struct BenchArgs {
     /// Measure even on a busy machine (the figures are then marked as such).
     #[arg(long)]
     busy_ok: bool,
+    /// What to time; pretrain for dense and conv, finetune for resnet20 when not given.
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// Run one measurement of ours in this process and print images/s and peak memory (the
+    /// parent starts one such process per pair).
+    #[arg(long, hide = true)]
+    worker: bool,
     /// Measure loading and pre-training at scale instead, on data generated (once) in this
     /// folder: a folder of PNGs and an idx file of 3x32x32 images.
     #[arg(long, value_name = "DIR")]
@@ -67,10 +86,10 @@ pub struct BenchArgs {
 
 /// The PyTorch twin of each net: the same layers, batch, data size, optimizer and loss.
 const PEER: &str = r#"
-import sys, time, torch, torch.nn as nn, torch.nn.functional as F
+import resource, sys, time, torch, torch.nn as nn, torch.nn.functional as F
 batch, steps, side, latent = (int(a) for a in sys.argv[1:5])
 widths = [int(h) for h in sys.argv[5].split(',')]
-kind = sys.argv[6]
+kind, task = sys.argv[6], sys.argv[7]
 torch.manual_seed(0)
 
 class Block(nn.Module):
@@ -127,15 +146,30 @@ else:
     x = torch.rand(steps * batch, side * side)
     params = list(enc.parameters()) + list(dec.parameters())
     def loss_of(idx): return F.mse_loss(dec(enc(x[idx].view(-1, 1, side, side))), x[idx])
+if task != 'pretrain' and kind != 'resnet20':
+    # a classifier: the encoder and a 10-class head
+    net = nn.Sequential(enc, nn.Linear(latent, 10))
+    y = torch.randint(0, 10, (len(x),))
+    params = list(net.parameters())
+    shaped = (lambda v: v) if kind == 'dense' else (lambda v: v.view(-1, 1, side, side))
+    def loss_of(idx): return F.cross_entropy(net(shaped(x[idx])), y[idx])
 opt = torch.optim.Adam(params, 1e-3)
 def epoch():
     perm = torch.randperm(len(x))
     for i in range(0, len(x), batch):
         loss = loss_of(perm[i:i + batch])
         opt.zero_grad(); loss.backward(); opt.step(); loss.item()
-epoch()
-t = time.time(); epoch(); el = time.time() - t
-print(f"{steps * batch / el:.1f} {torch.get_num_threads()}")
+def infer():
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), 1024):
+            v = x[i:i + 1024]
+            F.softmax(net(v if kind != 'conv' else v.view(-1, 1, side, side)), 1).numpy()
+run = infer if task == 'infer' else epoch
+run()
+t = time.time(); run(); el = time.time() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(f"{steps * batch / el:.1f} {torch.get_num_threads()} {peak}")
 "#;
 
 impl BenchArgs {
@@ -186,18 +220,29 @@ impl BenchArgs {
     }
 }
 
-/// Our images/s: an autoencoder's second pre-training epoch (the first warms caches and the
-/// allocator, as the peer's first does), or ResNet-20's fine-tuning after a short warm-up.
+impl BenchArgs {
+    fn task(&self) -> Task {
+        self.task.unwrap_or(if self.arch == "resnet20" {
+            Task::Finetune
+        } else {
+            Task::Pretrain
+        })
+    }
+}
+
+/// Our images/s on `images`: an autoencoder's second pre-training epoch (the first warms caches
+/// and the allocator, as the peer's first does), a classifier's training steps after a short
+/// warm-up, or its predictions over the images after one warm-up pass.
 fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
     let shape = args.shape();
-    if args.arch != "resnet20" {
+    let dev = Cpu::default();
+    if args.task() == Task::Pretrain {
         let cfg = PretrainConfig {
             batch_size: args.batch,
             holdout_fraction: 0.0,
             ..PretrainConfig::new(args.architecture()?, 2)
         };
         let images = Images::new(images, shape);
-        let dev = Cpu::default();
         let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
         return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
     }
@@ -210,40 +255,83 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
         items: (0..n).map(|i| format!("#{i}")).collect(),
         source: Default::default(),
     };
-    let dev = Cpu::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let encoder = Encoder::new(&dev, &args.architecture()?, shape, &mut rng)?;
-    let cfg = |steps| FinetuneConfig {
-        steps,
-        batch_size: args.batch,
-        checkpoint_every: 0,
-        ..FinetuneConfig::default()
+    let train = |steps| -> Result<Classifier<Cpu>> {
+        let cfg = FinetuneConfig {
+            steps,
+            batch_size: args.batch,
+            checkpoint_every: 0,
+            ..FinetuneConfig::default()
+        };
+        let trained = finetune(&dev, encoder.clone(), &data, None, &cfg, Strategy::FULL, 0)?;
+        Ok(trained.0)
     };
-    let train = |steps| {
-        finetune(
-            &dev,
-            encoder.clone(),
-            &data,
-            None,
-            &cfg(steps),
-            Strategy::SCRATCH,
-            0,
-        )
-    };
-    train(5)?;
+    let mut model = train(5)?;
     let start = Instant::now();
+    if args.task() == Task::Infer {
+        model.predict(&dev, images);
+        let start = Instant::now();
+        model.predict(&dev, images);
+        return Ok(n as f64 / start.elapsed().as_secs_f64());
+    }
     train(args.steps)?;
     Ok((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The peer's images/s and its thread count (`None` where it printed none).
-fn peer(python: &str, args: &BenchArgs) -> Result<(f64, Option<usize>)> {
+/// The images every measurement runs on (the same seeded noise on both sides' sizes), as the
+/// bytes a dataset holds.
+fn images(args: &BenchArgs) -> Pixels {
+    let len = args.shape().len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let bytes = (0..args.steps * args.batch * len)
+        .map(|_| rng.gen())
+        .collect();
+    Pixels::from_bytes(bytes, len)
+}
+
+/// This process's peak resident memory in KiB (`VmHWM`).
+fn peak_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("/proc/self/status: no VmHWM line")
+}
+
+/// One measurement of ours in a fresh process (this program, `--worker`): images/s and peak
+/// memory in KiB.
+fn ours_in_child() -> Result<(f64, u64)> {
+    let exe = std::env::current_exe().context("cannot find this program to run a measurement")?;
+    let out = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--worker")
+        .output()
+        .context("cannot run a measurement")?;
+    if !out.status.success() {
+        bail!(
+            "a measurement failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace().map(str::parse::<f64>);
+    match (words.next(), words.next()) {
+        (Some(Ok(speed)), Some(Ok(peak))) => Ok((speed, peak as u64)),
+        _ => bail!("unexpected measurement output `{}`", text.trim()),
+    }
+}
+
+/// The peer's images/s, thread count and peak memory in KiB.
+fn peer(python: &str, args: &BenchArgs) -> Result<(f64, usize, u64)> {
     let widths: Vec<String> = args.widths().iter().map(|h| h.to_string()).collect();
     let out = Command::new(python)
         .args(["-c", PEER])
         .args([args.batch, args.steps, args.side, args.latent].map(|v| v.to_string()))
         .arg(widths.join(","))
         .arg(&args.arch)
+        .arg(format!("{:?}", args.task()).to_lowercase())
         .output()
         .with_context(|| format!("cannot run the peer `{python}`"))?;
     if !out.status.success() {
@@ -253,12 +341,17 @@ fn peer(python: &str, args: &BenchArgs) -> Result<(f64, Option<usize>)> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    let speed = words
-        .next()
-        .and_then(|w| w.parse().ok())
-        .context("unexpected peer output")?;
-    Ok((speed, words.next().and_then(|w| w.parse().ok())))
+    let mut words = text.split_whitespace().map(str::parse::<f64>);
+    match (words.next(), words.next(), words.next()) {
+        (Some(Ok(speed)), Some(Ok(threads)), Some(Ok(peak))) => {
+            Ok((speed, threads as usize, peak as u64))
+        }
+        _ => bail!("unexpected peer output `{}`", text.trim()),
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -284,6 +377,16 @@ fn load_average() -> Result<[f64; 3]> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.task() == Task::Pretrain && args.arch == "resnet20" {
+        bail!(
+            "--task pretrain times the autoencoders (dense, conv); resnet20 has finetune and infer"
+        );
+    }
+    if args.worker {
+        let speed = ours(args, &images(args))?;
+        println!("{speed} {}", peak_kib()?);
+        return Ok(());
+    }
     let load = load_average()?;
     println!(
         "load average {:.2} {:.2} {:.2} (1, 5, 15 min) before the first measurement",
@@ -309,52 +412,66 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return crate::data_bench::run(dir, &sizes);
     }
     let shape = args.shape();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let images: Vec<u8> = (0..args.steps * args.batch * shape.len())
-        .map(|_| rng.gen())
-        .collect();
-    let images = Pixels::from_bytes(images, shape.len());
-    let what = if args.arch == "resnet20" {
-        format!(
-            "classifier {} (10 classes, Adam)",
+    let net = match args.task() {
+        Task::Pretrain => format!(
+            "autoencoder {} (mirrored decoder), pre-training",
             args.architecture()?.describe(shape)
-        )
-    } else {
-        format!(
-            "autoencoder {} (mirrored decoder)",
-            args.architecture()?.describe(shape)
-        )
+        ),
+        task => format!(
+            "classifier {} + 10-class head, {}",
+            args.architecture()?.describe(shape),
+            if task == Task::Infer {
+                "inference in chunks of 1024"
+            } else {
+                "fine-tuning (Adam)"
+            }
+        ),
     };
     println!(
-        "{what}, batch {}, {} steps per measurement, {}",
+        "{net}, batch {}, {} images per measurement, {}",
         args.batch,
-        args.steps,
+        args.steps * args.batch,
         threads_phrase(rayon::current_num_threads())
     );
     let (mut ours_runs, mut peer_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_peak, mut peer_peak) = (0, 0);
     for i in 0..args.repeats.max(1) {
-        let o = ours(args, &images)?;
-        print!("pair {}: imprint {o:.0} images/s", i + 1);
+        let (o, peak) = ours_in_child()?;
+        ours_peak = ours_peak.max(peak);
+        print!(
+            "pair {}: imprint {o:.0} images/s ({:.0} MiB)",
+            i + 1,
+            mib(peak)
+        );
         ours_runs.push(o);
         if let Some(python) = &args.peer {
-            let (p, threads) = peer(python, args)?;
-            let threads = threads.map_or_else(|| "? threads".to_string(), threads_phrase);
-            print!(", PyTorch ({threads}) {p:.0} images/s, ratio {:.2}x", o / p);
+            let (p, threads, peak) = peer(python, args)?;
+            peer_peak = peer_peak.max(peak);
+            print!(
+                ", PyTorch ({}) {p:.0} images/s ({:.0} MiB), ratio {:.2}x",
+                threads_phrase(threads),
+                mib(peak),
+                o / p
+            );
             peer_runs.push(p);
             ratios.push(o / p);
         }
         println!(" (load {:.2})", load_average()?[0]);
     }
     let o = median(ours_runs);
-    print!("median: imprint {o:.0} images/s");
+    print!(
+        "median: imprint {o:.0} images/s, peak {:.0} MiB",
+        mib(ours_peak)
+    );
     if !peer_runs.is_empty() {
         let p = median(peer_runs);
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         print!(
-            ", PyTorch {p:.0} images/s, ratio of medians {:.2}x, median of ratios {:.2}x \
-             (pairs {lo:.2}-{hi:.2}x)",
+            "; PyTorch {p:.0} images/s, peak {:.0} MiB; ratio of medians {:.2}x, median of \
+             ratios {:.2}x (pairs {lo:.2}-{hi:.2}x)",
+            mib(peer_peak),
             o / p,
             median(ratios)
         );

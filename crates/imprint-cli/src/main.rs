@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use imprint_data::SourceRecord;
 use imprint_finetune::Strategy;
 use imprint_pipeline::{
-    prepare_output_dir, Observer, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
+    prepare_output_dir, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar,
+    StartPoint,
 };
 use progress::Bars;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,19 @@ enum DataCommand {
     },
     /// Load a source and print its size and counts per class.
     Describe { source: PathBuf },
+    /// Write the train/test split a pipeline makes of SOURCE when it has no data.test (the
+    /// `--dev` split) as two `path,label` lists, OUT/train.csv and OUT/test.csv.
+    Split {
+        source: PathBuf,
+        /// Share of each class held out, as data.test_fraction.
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        /// As data.split_seed.
+        #[arg(long, default_value_t = 0)]
+        split_seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Output folder and overrides shared by the jobs.
@@ -251,7 +265,7 @@ impl Common {
         job: &str,
         grid: &Grid,
         resume: bool,
-    ) -> Result<(Pipeline, PathBuf)> {
+    ) -> Result<(Pipeline, OutputDir)> {
         let mut p = Pipeline::from_file_with_settings(path, &self.settings)?;
         Overrides {
             unlabeled: self.unlabeled.clone(),
@@ -270,7 +284,7 @@ impl Common {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{job}", p.name)));
-        prepare_output_dir(&out, self.force || resume)?;
+        let out = prepare_output_dir(&out, self.force, resume)?;
         Ok((p, out))
     }
 }
@@ -318,13 +332,12 @@ fn run_command(cli: Cli) -> Result<()> {
             let (p, out) = common.resolve(&pipeline, "", &grid, resume)?;
             let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
-            let outcome = imprint_pipeline::compare(&p, &data, &out, &bars, &mut log, resume)?;
+            let outcome =
+                imprint_pipeline::compare(&p, &data, out.path(), &bars, &mut log, resume)?;
+            let out = out.finish()?;
             bars.finish();
             println!("\n{}", outcome.table);
-            println!(
-                "results, summary, report and plot in {}",
-                outcome.out.display()
-            );
+            println!("results, summary, report and plot in {}", out.display());
         }
         Command::Pretrain {
             pipeline,
@@ -335,8 +348,16 @@ fn run_command(cli: Cli) -> Result<()> {
             let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default(), resume)?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
-            let (_, history) =
-                imprint_pipeline::pretrain_job(&p, &data, seed, &out, &bars, &mut log, resume)?;
+            let (_, history) = imprint_pipeline::pretrain_job(
+                &p,
+                &data,
+                seed,
+                out.path(),
+                &bars,
+                &mut log,
+                resume,
+            )?;
+            let out = out.finish()?;
             bars.finish();
             if let Some(last) = history.last() {
                 println!(
@@ -378,10 +399,11 @@ fn run_command(cli: Cli) -> Result<()> {
                 strategy,
                 labels_per_class,
                 seed,
-                &out,
+                out.path(),
                 &mut log,
                 resume,
             )?;
+            let out = out.finish()?;
             println!(
                 "{} with {} labels per class: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
                 strategy.name(),
@@ -442,8 +464,9 @@ fn run_command(cli: Cli) -> Result<()> {
                 std,
                 classes,
             };
-            prepare_output_dir(&out, force)?;
-            let imported = imprint_pipeline::import(&checkpoint, &spec, &out)?;
+            let staged = prepare_output_dir(&out, force, false)?;
+            let imported = imprint_pipeline::import(&checkpoint, &spec, staged.path())?;
+            let out = staged.finish()?;
             println!(
                 "{} tensors of {} read as {}{}; written to {}",
                 imported.tensors,
@@ -453,7 +476,8 @@ fn run_command(cli: Cli) -> Result<()> {
                     .classes
                     .map(|c| format!(" with a {}-class head", c.len()))
                     .unwrap_or_default(),
-                imported.weights.display()
+                out.join(imported.weights.file_name().unwrap_or_default())
+                    .display()
             );
         }
         Command::Inspect { checkpoint } => print_inspection(&checkpoint)?,
@@ -480,6 +504,19 @@ fn run_command(cli: Cli) -> Result<()> {
                 let storage = imprint_data::Storage::standard();
                 let ds = imprint_data::load_with(&source, &Default::default(), &storage)?;
                 println!("{}: {}", source.display(), ds.describe());
+            }
+            DataCommand::Split {
+                source,
+                test_fraction,
+                split_seed,
+                out,
+            } => {
+                let (train, test) =
+                    imprint_pipeline::write_split(&source, test_fraction, split_seed, &out)?;
+                println!(
+                    "{train} training and {test} test images listed in {}",
+                    out.display()
+                );
             }
         },
         Command::Bench(args) => bench::run(&args)?,

@@ -662,6 +662,39 @@ mod tests {
     }
 
     #[test]
+    fn csv_header_may_name_the_label_first() {
+        let dir = tempfile::tempdir().unwrap();
+        grey(&dir.path().join("0.png"), 2, 2, 0);
+        grey(&dir.path().join("1.png"), 2, 2, 51);
+        let csv = dir.path().join("list.csv");
+        std::fs::write(&csv, "label,path\nb,0.png\na,1.png\n").unwrap();
+        let ds = load(&csv, &Preprocess::default()).unwrap();
+        assert_eq!(ds.classes, vec!["a", "b"]);
+        assert_eq!(ds.labels, Some(vec![1, 0]));
+        assert_eq!(ds.image(1)[0], 0.2);
+    }
+
+    #[test]
+    fn grey_first_then_colour_reads_as_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        // "0.png" sorts first and is grey; the colour image decides the channel count.
+        grey(&dir.path().join("0.png"), 2, 2, 51);
+        ImageBuffer::from_pixel(2, 2, Rgb([255u8, 0, 102]))
+            .save(dir.path().join("1.png"))
+            .unwrap();
+        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        assert_eq!(ds.shape.channels, 3);
+        let near = |got: &[f32], want: f32| got.iter().all(|v| (v - want).abs() < 1e-6);
+        assert!(
+            near(&ds.image(0), 0.2),
+            "grey on every channel: {:?}",
+            ds.image(0)
+        );
+        let colour = ds.image(1);
+        assert!(near(&colour[..4], 1.0) && near(&colour[4..8], 0.0) && near(&colour[8..], 0.4));
+    }
+
+    #[test]
     fn csv_missing_file_names_csv_line_and_path() {
         let dir = tempfile::tempdir().unwrap();
         grey(&dir.path().join("0.png"), 2, 2, 0);

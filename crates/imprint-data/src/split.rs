@@ -179,14 +179,57 @@ pub fn stratified_split(
 /// Writes `index,item,label` rows (label as class name, empty if unlabeled) atomically: the
 /// audit trail of which items a run used.
 pub fn write_selection_csv(path: &Path, ds: &Dataset, indices: &[usize]) -> Result<()> {
+    write_rows(
+        path,
+        ds,
+        indices,
+        ["index", "item", "label"],
+        |i, item, label| [i.to_string(), item.to_string(), label.to_string()],
+    )
+}
+
+/// Writes the images at `indices` as a `path,label` list the loaders read back as a labeled
+/// source, paths made absolute so the list works from any folder. Only sources of image files
+/// can be listed (an idx file's images are not files).
+pub fn write_list_csv(path: &Path, ds: &Dataset, indices: &[usize]) -> Result<()> {
+    let mut absolute = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let item = ds.items.get(i).map(Path::new);
+        let found = item.and_then(|p| std::fs::canonicalize(p).ok());
+        match found {
+            Some(p) => absolute.push(p.display().to_string()),
+            None => {
+                return Err(DataError::Invalid {
+                    path: path.display().to_string(),
+                    msg: format!(
+                        "cannot list `{}`: not an image file (idx sources cannot be listed)",
+                        item.map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                })
+            }
+        }
+    }
+    let mut next = absolute.into_iter();
+    write_rows(path, ds, indices, ["path", "label"], |_, _, label| {
+        [next.next().unwrap_or_default(), label.to_string()]
+    })
+}
+
+/// Writes a header and one row per index, built from (index, item, label name), atomically.
+fn write_rows<const N: usize>(
+    path: &Path,
+    ds: &Dataset,
+    indices: &[usize],
+    header: [&str; N],
+    mut row: impl FnMut(usize, &str, &str) -> [String; N],
+) -> Result<()> {
     let shown = path.display().to_string();
     let csv_err = |e: csv::Error| DataError::Invalid {
         path: shown.clone(),
         msg: e.to_string(),
     };
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["index", "item", "label"])
-        .map_err(csv_err)?;
+    w.write_record(header).map_err(csv_err)?;
     for &i in indices {
         let Some(item) = ds.items.get(i) else {
             return Err(DataError::Invalid {
@@ -194,8 +237,7 @@ pub fn write_selection_csv(path: &Path, ds: &Dataset, indices: &[usize]) -> Resu
                 msg: format!("selection index {i} is out of range for {} items", ds.len()),
             });
         };
-        let label = ds.label_name(i).unwrap_or("");
-        w.write_record([i.to_string().as_str(), item, label])
+        w.write_record(row(i, item, ds.label_name(i).unwrap_or("")))
             .map_err(csv_err)?;
     }
     let bytes = w.into_inner().map_err(|e| DataError::Invalid {

@@ -1,6 +1,7 @@
 """The same layers and measurements as conv_speed.rs, in PyTorch, for comparison.
 
-python conv_speed_torch.py [iterations]   (uses 2 threads, like the Rust run on 2 cores)
+python conv_speed_torch.py [iterations] [threads] [--cpu-time]   (2 threads unless told, like
+the Rust run on 2 cores; --cpu-time times by process CPU time, meaningful with 1 thread)
 """
 import statistics
 import sys
@@ -8,8 +9,10 @@ import time
 
 import torch
 
-torch.set_num_threads(2)
-iters = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+iters = int(args[0]) if args else 10
+torch.set_num_threads(int(args[1]) if len(args) > 1 else 2)
+clock = time.process_time if "--cpu-time" in sys.argv else time.perf_counter
 B = 128
 layers = [
     ("conv  1->32 k3 s2 p1", torch.nn.Conv2d(1, 32, 3, 2, 1), (1, 28)),
@@ -25,12 +28,12 @@ for name, layer, (c, hw) in layers:
     for i in range(iters + 2):
         layer.zero_grad()
         x.grad = None
-        t = time.perf_counter()
+        t = clock()
         y = layer(x)
-        f = time.perf_counter() - t
-        t = time.perf_counter()
+        f = clock() - t
+        t = clock()
         y.sum().backward()
-        b = time.perf_counter() - t
+        b = clock() - t
         if i >= 2:
             fwd.append(f)
             bwd.append(b)
@@ -48,10 +51,10 @@ x = torch.rand(B, 1, 28, 28)
 times = []
 for i in range(iters + 2):
     model.zero_grad()
-    t = time.perf_counter()
+    t = clock()
     loss = ((model(x) - x) ** 2).mean()
     loss.backward()
     if i >= 2:
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
 step = statistics.median(times)
 print(f"chained step (fwd+bwd, ReLU, MSE)  {step * 1e3:7.2f} ms  -> {B / step:.0f} images/s")

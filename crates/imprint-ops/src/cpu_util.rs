@@ -1,7 +1,9 @@
 //! Building blocks shared by the CPU kernels: a strided gemm wrapper, im2col / col2im and the
 //! split of a batch into chunks of images that share one product.
 
+use rayon::prelude::*;
 use std::cell::Cell;
+use std::sync::Mutex;
 use std::thread::LocalKey;
 
 /// Below this many multiply-adds, splitting one product between threads costs more than it saves.
@@ -315,6 +317,9 @@ thread_local! {
     pub(crate) static IO_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Column matrices and other per-chunk buffers of the kernels.
     pub(crate) static CHUNK_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Kernel outputs in their own layout, before they are put in place, which run while
+    /// the other buffers are in use.
+    pub(crate) static OUT_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Phase-split images inside im2col / col2im, which run while a chunk buffer is in use.
     static SPLIT_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
@@ -430,16 +435,41 @@ pub(crate) fn optional_chunks(
     }
 }
 
-/// A zeroed buffer of `len` floats starting on a cache line (see [`with_scratch`]).
-pub(crate) struct LineVec {
+/// Bytes of freed [`PooledVec`] buffers kept for reuse: a training step's worth of op
+/// inputs at batch 128.
+const POOL_BYTES: usize = 256 << 20;
+
+/// Buffers of dropped [`PooledVec`]s, for the next ones.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A buffer of `len` floats starting on a cache line, with unspecified contents, taken from a
+/// pool of freed ones and given back on drop. The ops copy every input they keep for their
+/// backward pass into one: a fresh `vec![0.0; len]` would zero memory the copy then
+/// overwrites, a pass over all of it on one thread.
+pub(crate) struct PooledVec {
     buf: Vec<f32>,
     start: usize,
     len: usize,
 }
 
-impl LineVec {
-    pub fn zeroed(len: usize) -> Self {
-        let buf = vec![0.0; len + LINE_FLOATS];
+impl PooledVec {
+    pub fn new(len: usize) -> Self {
+        let want = len + LINE_FLOATS;
+        let mut buf = POOL
+            .lock()
+            .ok()
+            .and_then(|mut pool| {
+                // The smallest buffer that fits.
+                let fits = pool
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.capacity() >= want);
+                let (k, _) = fits.min_by_key(|(_, b)| b.capacity())?;
+                Some(pool.swap_remove(k))
+            })
+            .unwrap_or_default();
+        // Only growth beyond what the buffer held is written here.
+        buf.resize(want, 0.0);
         Self {
             start: line_start(&buf),
             buf,
@@ -454,6 +484,32 @@ impl LineVec {
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.buf[self.start..self.start + self.len]
     }
+}
+
+impl Drop for PooledVec {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut pool) = POOL.lock() {
+            let held: usize = pool.iter().map(|b| b.capacity() * 4).sum();
+            if held + buf.capacity() * 4 <= POOL_BYTES {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// Below this many floats, one thread zeroes a buffer as fast as all of them.
+const PARALLEL_ZERO_MIN: usize = 1 << 16;
+
+/// `vec![0.0; len]`, zeroed by all of rayon's threads: the allocator hands out recycled
+/// memory, and one thread's memset over a large output would leave the others idle.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < PARALLEL_ZERO_MIN {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0.0, len));
+    v
 }
 
 /// Element-wise sum of `parts` (each `len` long), added in their order: the same partial results

@@ -14,10 +14,14 @@
 //! are taken by reference and never need a tape of their own.
 //!
 //! Each op is declared as a device trait ([`Conv2dKernel`], [`ConvTranspose2dKernel`],
-//! [`Pool2dKernel`], [`BatchNorm2dKernel`]) plus a generic function; this crate implements them
-//! for [`dfdx::prelude::Cpu`] with im2col + gemm, the batch cut into chunks of images that
-//! share one column matrix (one wide product per chunk) and the chunks spread over rayon's
-//! threads. Another device can implement the traits beside it.
+//! [`Pool2dKernel`], [`BatchNorm2dKernel`], [`FusedBatchNorm2dKernel`]) plus a generic
+//! function; this crate implements them for [`dfdx::prelude::Cpu`]. Convolutions with one
+//! group whose image is the stride times the output grid (the usual "same" and strided 3x3 and
+//! 4x4 layers) run on direct AVX-512 kernels where the CPU has them; all others, and every
+//! convolution on other CPUs, use im2col + gemm, the batch cut into chunks of images that share
+//! one column matrix (one wide product per chunk). Either way images are spread over rayon's
+//! threads, cut by the batch and image size alone, so results do not depend on the thread
+//! count. Another device can implement the traits beside it.
 //!
 //! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
@@ -40,7 +44,7 @@ mod test_util;
 
 pub use batch_norm2d::{
     batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
-    BatchNorm2d, BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
+    BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
 };
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};

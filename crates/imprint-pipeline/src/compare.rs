@@ -13,14 +13,13 @@ use imprint_finetune::Strategy;
 use imprint_nn::Encoder;
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 pub struct CompareOutcome {
     pub records: Vec<RunRecord>,
     pub summary: Vec<SummaryRow>,
     pub table: String,
-    pub out: PathBuf,
 }
 
 /// Every strategy on the identical labeled subset for each seed and budget, pre-training once
@@ -150,7 +149,7 @@ pub fn compare(
         p.pretrain.architecture.describe(data.shape()),
         data.unlabeled.len(),
         p.pretrain.describe(),
-        p.finetune.describe(),
+        fine_tuning(p)?,
         data.test.len(),
         match p.data.test {
             Some(_) => String::new(),
@@ -191,7 +190,6 @@ pub fn compare(
         table: report::render_terminal_table(&summary),
         records,
         summary,
-        out: out.to_path_buf(),
     })
 }
 
@@ -260,6 +258,18 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
     } else {
         Ok(Vec::new())
     }
+}
+
+/// `[finetune]` in words, and each budget's own settings after it.
+fn fine_tuning(p: &Pipeline) -> Result<String> {
+    let mut text = p.finetune.describe();
+    for &k in &p.compare.labels_per_class {
+        if p.finetune_by_budget.contains_key(&k.to_string()) {
+            let own = p.for_budget(k)?.finetune.describe();
+            text.push_str(&format!("; with {k} labels per class, {own}"));
+        }
+    }
+    Ok(text)
 }
 
 fn to_json(p: &Pipeline) -> Result<serde_json::Value> {

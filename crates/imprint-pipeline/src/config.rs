@@ -8,6 +8,7 @@ use imprint_data::{default_cache_dir, Preprocess, Storage, DEFAULT_MEMORY_BUDGET
 use imprint_finetune::{FinetuneConfig, Strategy};
 use imprint_pretrain::PretrainConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,10 @@ pub struct Pipeline {
     pub pretrain: PretrainConfig,
     #[serde(default)]
     pub finetune: FinetuneConfig,
+    /// `[finetune_by_budget.K]`: `[finetune]` keys whose values replace that section's for the
+    /// runs with K labels per class (fewer steps for fewer labels, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub finetune_by_budget: BTreeMap<String, toml::Table>,
     pub compare: CompareConfig,
 }
 
@@ -203,10 +208,42 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The fine-tuning settings of the runs with `k` labels per class: `[finetune]` with the
+    /// keys of `[finetune_by_budget.k]` replaced.
+    pub fn finetune_for(&self, k: usize) -> std::result::Result<FinetuneConfig, String> {
+        let Some(changes) = self.finetune_by_budget.get(&k.to_string()) else {
+            return Ok(self.finetune.clone());
+        };
+        let at = |e: &dyn std::fmt::Display| format!("finetune_by_budget.{k}: {e}");
+        let mut table = toml::Table::try_from(&self.finetune).map_err(|e| at(&e))?;
+        table.extend(changes.clone());
+        let config: FinetuneConfig = table.try_into().map_err(|e| at(&e))?;
+        config.validate().map_err(|e| at(&e))?;
+        Ok(config)
+    }
+
+    /// This pipeline as the runs with `k` labels per class see it ([`Pipeline::finetune_for`]).
+    pub fn for_budget(&self, k: usize) -> Result<Pipeline> {
+        let mut p = self.clone();
+        p.finetune = self.finetune_for(k).map_err(PipelineError::Output)?;
+        p.finetune_by_budget.clear();
+        Ok(p)
+    }
+
     /// Checks that hold across sections; each section checks its own settings too.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.pretrain.validate().map_err(|e| e.to_string())?;
         self.finetune.validate().map_err(|e| e.to_string())?;
+        for k in self.finetune_by_budget.keys() {
+            match k.parse::<usize>() {
+                Ok(k) if k > 0 => self.finetune_for(k).map(|_| ())?,
+                _ => {
+                    return Err(format!(
+                        "finetune_by_budget.{k}: not a label budget (an integer of at least 1)"
+                    ))
+                }
+            }
+        }
         let c = &self.compare;
         if c.strategies.is_empty() {
             return Err("compare.strategies: name at least one strategy".into());
@@ -360,6 +397,12 @@ impl Overrides {
         }
         if let Some(v) = self.steps {
             p.finetune.steps = v;
+            // --steps is every run's count, the budgets' own included.
+            for table in p.finetune_by_budget.values_mut() {
+                if table.contains_key("steps") {
+                    table.insert("steps".into(), toml::Value::Integer(v as i64));
+                }
+            }
         }
         if let Some(v) = &self.strategies {
             p.compare.strategies = v.clone();
@@ -481,6 +524,55 @@ seeds = [0]
         assert_eq!(p.pretrain.architecture.latent(), 2);
         assert_eq!(p.pretrain.epochs, 5);
         assert_eq!(with_settings(&[]).unwrap().finetune.dropout, 0.0);
+    }
+
+    #[test]
+    fn a_budget_may_replace_fine_tuning_settings() {
+        let p = with_settings(&[
+            "finetune.steps=1500",
+            "finetune.weight_decay=0.04",
+            "finetune_by_budget.25.steps=600",
+            "finetune_by_budget.25.augment_flip=true",
+        ])
+        .unwrap();
+        let (small, other) = (p.finetune_for(25).unwrap(), p.finetune_for(400).unwrap());
+        assert_eq!((small.steps, small.augment.flip), (600, true));
+        assert_eq!(
+            small.optim.weight_decay, 0.04,
+            "the other keys stay [finetune]'s"
+        );
+        assert_eq!(other, p.finetune);
+        assert_eq!(p.for_budget(25).unwrap().finetune, small);
+
+        let mut q = p.clone();
+        Overrides {
+            steps: Some(7),
+            ..Default::default()
+        }
+        .apply(&mut q)
+        .unwrap();
+        assert_eq!(
+            (q.finetune_for(25).unwrap().steps, q.finetune.steps),
+            (7, 7)
+        );
+
+        for (setting, expect) in [
+            (
+                "finetune_by_budget.25.stepz=600",
+                "finetune_by_budget.25: unknown field `stepz`",
+            ),
+            (
+                "finetune_by_budget.25.dropout=2.0",
+                "finetune_by_budget.25: invalid",
+            ),
+            (
+                "finetune_by_budget.few.steps=6",
+                "finetune_by_budget.few: not a label budget",
+            ),
+        ] {
+            let e = with_settings(&[setting]).unwrap_err().to_string();
+            assert!(e.contains(expect), "{setting}: {e}");
+        }
     }
 
     /// Settings that only fit together are checked once all are in, in either order.

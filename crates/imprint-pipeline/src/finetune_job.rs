@@ -208,6 +208,7 @@ pub(crate) fn run_one(
     out: &Path,
     resume: bool,
 ) -> Result<FinetuneOutcome> {
+    let p = &p.for_budget(k)?;
     let dev = Cpu::default();
     let encoder = match (strategy.uses_pretrained(), pretrained) {
         (false, _) => fresh_encoder(p, train.shape, seed)?,

@@ -17,8 +17,9 @@ pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline, Route};
 pub use finetune_job::{finetune_job, FinetuneOutcome, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
+pub use imprint_fs::OutputDir;
 pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
-pub use prepared::Prepared;
+pub use prepared::{write_split, Prepared};
 pub use pretrain_job::pretrain_job;
 pub use provenance::RunLog;
 pub use sidecar::{EncoderSidecar, ModelSidecar, Sidecar};
@@ -94,8 +95,10 @@ pub fn refuse_overwriting_input(out: &std::path::Path, inputs: &[&std::path::Pat
     }
 }
 
-/// Creates `dir` for a job's outputs; refuses one that exists and is not empty unless `force`.
-pub fn prepare_output_dir(dir: &std::path::Path, force: bool) -> Result<()> {
+/// The folder a job writes to: refuses one that exists and is not empty unless `force` (or
+/// `resume`, which continues the run there). A forced run writes beside it and replaces it
+/// only when it finishes ([`OutputDir`]), so a failure leaves the earlier outputs intact.
+pub fn prepare_output_dir(dir: &std::path::Path, force: bool, resume: bool) -> Result<OutputDir> {
     if dir.exists() && !dir.is_dir() {
         return Err(PipelineError::Output(format!(
             "{}: --out names a file, not a folder; choose a folder",
@@ -103,13 +106,12 @@ pub fn prepare_output_dir(dir: &std::path::Path, force: bool) -> Result<()> {
         )));
     }
     if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if entries.next().is_some() && !force {
+        if entries.next().is_some() && !force && !resume {
             return Err(PipelineError::Output(format!(
                 "{}: output folder exists and is not empty; choose another --out or pass --force",
                 dir.display()
             )));
         }
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| PipelineError::Output(format!("{}: {e}", dir.display())))
+    OutputDir::create(dir, resume).map_err(|e| PipelineError::Output(e.to_string()))
 }

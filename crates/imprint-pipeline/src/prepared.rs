@@ -168,6 +168,37 @@ fn require_labels(ds: &Dataset, path: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes the split [`Prepared::load`] makes of `source` when a pipeline has no `data.test` (the
+/// `--dev` split, with `data.duplicates = "refuse"`) as `out/train.csv` and `out/test.csv`
+/// `path,label` lists; returns their lengths. Other jobs (a classifier trained elsewhere on the
+/// training part alone, say) can then keep clear of the test images.
+pub fn write_split(
+    source: &Path,
+    test_fraction: f64,
+    split_seed: u64,
+    out: &Path,
+) -> Result<(usize, usize)> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(PipelineError::Input {
+            path: source.display().to_string(),
+            message: format!("--test-fraction {test_fraction}: must be in (0, 1)"),
+        });
+    }
+    let (train_csv, test_csv) = (out.join("train.csv"), out.join("test.csv"));
+    crate::refuse_overwriting_input(&train_csv, &[source])?;
+    crate::refuse_overwriting_input(&test_csv, &[source])?;
+    let all = imprint_data::load(source, &Default::default())?;
+    require_labels(&all, source, "a split")?;
+    let (all, _) = check_duplicates(all, Duplicates::Refuse, source)?;
+    let labels = all.labels.clone().unwrap_or_default();
+    let (train, test) = stratified_split(&labels, all.num_classes(), test_fraction, split_seed);
+    std::fs::create_dir_all(out)
+        .map_err(|e| PipelineError::Output(format!("{}: {e}", out.display())))?;
+    imprint_data::split::write_list_csv(&train_csv, &all, &train)?;
+    imprint_data::split::write_list_csv(&test_csv, &all, &test)?;
+    Ok((train.len(), test.len()))
+}
+
 impl Prepared {
     pub fn load(p: &Pipeline, obs: &dyn Observer) -> Result<Prepared> {
         let d = &p.data;

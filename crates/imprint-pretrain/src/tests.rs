@@ -50,15 +50,7 @@ fn conv_autoencoder_loss_falls() {
             };
             cfg.loss_on_hidden_only = true;
         }
-        let run = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            &cfg,
-            3,
-            Start::Fresh,
-            Hooks::default(),
-        )
-        .unwrap();
+        let run = fresh(&dev, &images, &cfg, 3);
         let (first, last) = (&run.history[0], run.history.last().unwrap());
         // Scored on hidden pixels only, the net is never asked to copy the visible ones, so
         // the whole-image held-out loss falls less.
@@ -70,6 +62,20 @@ fn conv_autoencoder_loss_falls() {
             last.heldout_loss
         );
     }
+}
+
+/// A fresh pre-training of 8x8 `images` (values in [0, 1], held as the bytes they round to)
+/// under `cfg` and `seed`.
+fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrained<Cpu> {
+    pretrain(
+        dev,
+        Images::new(&pixels(images), SIDE8),
+        cfg,
+        seed,
+        Start::Fresh,
+        Hooks::default(),
+    )
+    .unwrap()
 }
 
 fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
@@ -121,15 +127,7 @@ fn resumed_run_equals_uninterrupted_run() {
             h.map(|h| (h.train_loss, h.heldout_loss))
                 .collect::<Vec<_>>()
         };
-        let whole = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            &cfg,
-            5,
-            Start::Fresh,
-            Hooks::default(),
-        )
-        .unwrap();
+        let whole = fresh(&dev, &images, &cfg, 5);
 
         let mut saved = None;
         let mut crash_after_second = |s: &Snapshot| {
@@ -192,17 +190,7 @@ fn loss_falls_and_runs_are_reproducible() {
         (Noise::Gaussian { std: 0.2 }, Reconstruction::Mse),
     ] {
         let cfg = config(noise, loss);
-        let run = || {
-            pretrain(
-                &dev,
-                Images::new(&pixels(&images), SIDE8),
-                &cfg,
-                7,
-                Start::Fresh,
-                Hooks::default(),
-            )
-            .unwrap()
-        };
+        let run = || fresh(&dev, &images, &cfg, 7);
         let a = run();
         let first = a.history.first().unwrap();
         let last = a.history.last().unwrap();
@@ -227,15 +215,7 @@ fn augmented_pretraining_learns_and_repeats() {
     let images = bars(600, 8, 4);
     let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
     let losses = |cfg: &PretrainConfig| {
-        let run = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            cfg,
-            7,
-            Start::Fresh,
-            Hooks::default(),
-        )
-        .unwrap();
+        let run = fresh(&dev, &images, cfg, 7);
         run.history
             .iter()
             .map(|h| (h.train_loss, h.heldout_loss.unwrap()))
@@ -276,15 +256,7 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
     let mut moved = vec![0.0; originals.len()];
     augment_batch(&originals, SIDE8, &cfg.augment, 3, &mut moved);
     let error_to_originals = |cfg: &PretrainConfig| {
-        let mut run = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            cfg,
-            7,
-            Start::Fresh,
-            Hooks::default(),
-        )
-        .unwrap();
+        let mut run = fresh(&dev, &images, cfg, 7);
         let decoder = run.decoder.as_mut().unwrap();
         let drawn = reconstruct(&dev, &mut run.encoder, decoder, &moved, SIDE8.len());
         let squares = drawn.iter().zip(&originals).map(|(a, b)| (a - b).powi(2));
@@ -333,15 +305,7 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
         })
         .collect();
     let found = |cfg: &PretrainConfig| {
-        let mut run = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            cfg,
-            7,
-            Start::Fresh,
-            Hooks::default(),
-        )
-        .unwrap();
+        let mut run = fresh(&dev, &images, cfg, 7);
         let codes: Vec<Vec<Vec<f32>>> = views
             .iter()
             .map(|v| {
@@ -507,15 +471,7 @@ fn rotation_pretext_learns_the_turns() {
         latent: 16,
     };
     cfg.epochs = 20;
-    let run = pretrain(
-        &dev,
-        Images::new(&pixels(&images), SIDE8),
-        &cfg,
-        0,
-        Start::Fresh,
-        Hooks::default(),
-    )
-    .unwrap();
+    let run = fresh(&dev, &images, &cfg, 0);
     let (first, last) = (
         run.history[0].train_loss,
         run.history.last().unwrap().train_loss,

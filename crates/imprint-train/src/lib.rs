@@ -18,7 +18,7 @@ use std::ops::Range;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A NaN or infinite loss: training cannot recover from it.
-    #[error("loss became {value} at {position}; lower {lr_key} (now {lr})")]
+    #[error("loss became {value} at {position}; lower {lr_key} (now {})", short_number(*lr))]
     Diverged {
         value: f32,
         position: String,
@@ -27,6 +27,16 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Nn(#[from] imprint_nn::NnError),
+}
+
+/// `x` as a pipeline file would hold it, in exponent form when plain digits would run long
+/// (`1e30`, not thirty-one digits).
+fn short_number(x: f64) -> String {
+    if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 /// The loss of one step, on a tape.

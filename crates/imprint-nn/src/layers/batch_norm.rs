@@ -189,6 +189,31 @@ mod tests {
         assert!((y[0] - expect).abs() < 1e-5, "{} vs {expect}", y[0]);
     }
 
+    /// The fused forms give the plain form's outputs after ReLU (and the add) and move the
+    /// running statistics exactly as it does.
+    #[test]
+    fn fused_forms_update_the_running_statistics_as_the_plain_one() {
+        let dev = Cpu::default();
+        let x = batch(&dev);
+        let r: Tensor4<Cpu> = dev.tensor_from_vec(
+            (0..24).map(|i| (i as f32 * 0.3).cos()).collect(),
+            (2, 3, 2, 2),
+        );
+        let (mut plain, mut relu, mut add) = (
+            BatchNorm2d::new(&dev, 3),
+            BatchNorm2d::new(&dev, 3),
+            BatchNorm2d::new(&dev, 3),
+        );
+        let y = plain.forward(x.clone(), Mode::Train);
+        let fused = relu.forward_relu(x.clone(), Mode::Train);
+        assert_eq!(fused.as_vec(), y.clone().relu().as_vec());
+        let fused = add.forward_add_relu(x, r.clone(), Mode::Train);
+        assert_eq!(fused.as_vec(), (y + r).relu().as_vec());
+        for bn in [&relu, &add] {
+            assert_eq!(bn.named_tensors("bn"), plain.named_tensors("bn"));
+        }
+    }
+
     #[test]
     fn running_statistics_are_buffers_named_as_pytorch() {
         let dev = Cpu::default();

@@ -120,38 +120,32 @@ pub enum Layer<D: ImprintDevice> {
     Sequential(Box<Sequential<D>>),
 }
 
+/// `$body` on the layer's parameters when it has any (`$l` bound to the inner layer).
+macro_rules! with_params {
+    ($layer:expr, $l:ident => $body:expr) => {
+        match $layer {
+            Layer::Linear($l) => $body,
+            Layer::Conv2d($l) => $body,
+            Layer::ConvTranspose2d($l) => $body,
+            Layer::BatchNorm2d($l) => $body,
+            Layer::Block($l) => $body,
+            Layer::Sequential($l) => $body,
+            Layer::Relu
+            | Layer::Dropout(_)
+            | Layer::Flatten
+            | Layer::Unflatten(_)
+            | Layer::MaxPool2d(_)
+            | Layer::GlobalAvgPool => {}
+        }
+    };
+}
+
 impl<D: ImprintDevice> Params<D> for Layer<D> {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        match self {
-            Layer::Linear(l) => l.visit(prefix, f),
-            Layer::Conv2d(l) => l.visit(prefix, f),
-            Layer::ConvTranspose2d(l) => l.visit(prefix, f),
-            Layer::BatchNorm2d(l) => l.visit(prefix, f),
-            Layer::Block(l) => l.visit(prefix, f),
-            Layer::Sequential(l) => l.visit(prefix, f),
-            Layer::Relu
-            | Layer::Dropout(_)
-            | Layer::Flatten
-            | Layer::Unflatten(_)
-            | Layer::MaxPool2d(_)
-            | Layer::GlobalAvgPool => {}
-        }
+        with_params!(self, l => l.visit(prefix, f))
     }
     fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        match self {
-            Layer::Linear(l) => l.visit_mut(prefix, f),
-            Layer::Conv2d(l) => l.visit_mut(prefix, f),
-            Layer::ConvTranspose2d(l) => l.visit_mut(prefix, f),
-            Layer::BatchNorm2d(l) => l.visit_mut(prefix, f),
-            Layer::Block(l) => l.visit_mut(prefix, f),
-            Layer::Sequential(l) => l.visit_mut(prefix, f),
-            Layer::Relu
-            | Layer::Dropout(_)
-            | Layer::Flatten
-            | Layer::Unflatten(_)
-            | Layer::MaxPool2d(_)
-            | Layer::GlobalAvgPool => {}
-        }
+        with_params!(self, l => l.visit_mut(prefix, f))
     }
 }
 

@@ -185,61 +185,51 @@ impl Architecture {
             .map_err(|m| NnError::Architecture(format!("{}: {m}", self.describe(input))))
     }
 
-    fn encoder_layers<D: ImprintDevice>(
+    /// The layers of the encoder (images of `shape` to features) or of the decoder (back to
+    /// `shape`).
+    fn layers<D: ImprintDevice>(
         &self,
         dev: &D,
-        input: ImageShape,
+        shape: ImageShape,
+        side: Side,
         rng: &mut impl Rng,
     ) -> Result<Sequential<D>> {
-        self.checked(input)?;
+        self.checked(shape)?;
         Ok(match self {
-            Architecture::Dense { hidden, latent } => {
-                dense::encoder(dev, input, hidden, *latent, rng)
-            }
+            Architecture::Dense { hidden, latent } => match side {
+                Side::Encoder => dense::encoder(dev, shape, hidden, *latent, rng),
+                Side::Decoder => dense::decoder(dev, shape, hidden, *latent, rng),
+            },
             Architecture::Conv {
                 channels,
                 kernel,
                 stride,
                 latent,
             } => {
-                let (stages, last) = conv::stages(channels, *kernel, *stride, input)
+                let (stages, last) = conv::stages(channels, *kernel, *stride, shape)
                     .map_err(NnError::Architecture)?;
-                conv::encoder(dev, &stages, last, *latent, rng)
+                match side {
+                    Side::Encoder => conv::encoder(dev, &stages, last, *latent, rng),
+                    Side::Decoder => conv::decoder(dev, &stages, last, *latent, rng),
+                }
             }
             Architecture::Resnet { .. } => {
                 let plan = self.resnet().map_err(NnError::Architecture)?;
-                resnet::encoder(dev, &plan, input, rng)
+                match side {
+                    Side::Encoder => resnet::encoder(dev, &plan, shape, rng),
+                    Side::Decoder => {
+                        resnet::decoder(dev, &plan, shape, rng).map_err(NnError::Architecture)?
+                    }
+                }
             }
         })
     }
+}
 
-    fn decoder_layers<D: ImprintDevice>(
-        &self,
-        dev: &D,
-        output: ImageShape,
-        rng: &mut impl Rng,
-    ) -> Result<Sequential<D>> {
-        self.checked(output)?;
-        Ok(match self {
-            Architecture::Dense { hidden, latent } => {
-                dense::decoder(dev, output, hidden, *latent, rng)
-            }
-            Architecture::Conv {
-                channels,
-                kernel,
-                stride,
-                latent,
-            } => {
-                let (stages, start) = conv::stages(channels, *kernel, *stride, output)
-                    .map_err(NnError::Architecture)?;
-                conv::decoder(dev, &stages, start, *latent, rng)
-            }
-            Architecture::Resnet { .. } => {
-                let plan = self.resnet().map_err(NnError::Architecture)?;
-                resnet::decoder(dev, &plan, output, rng).map_err(NnError::Architecture)?
-            }
-        })
-    }
+#[derive(Clone, Copy)]
+enum Side {
+    Encoder,
+    Decoder,
 }
 
 /// Maps flattened images `[batch, pixels]` to features `[batch, latent]`.
@@ -271,7 +261,7 @@ impl<D: ImprintDevice> Encoder<D> {
         rng: &mut impl Rng,
     ) -> Result<Self> {
         Ok(Self {
-            net: architecture.encoder_layers(dev, input, rng)?,
+            net: architecture.layers(dev, input, Side::Encoder, rng)?,
             architecture: architecture.clone(),
             input,
             normalize: None,
@@ -364,7 +354,7 @@ impl<D: ImprintDevice> Decoder<D> {
         rng: &mut impl Rng,
     ) -> Result<Self> {
         Ok(Self {
-            net: architecture.decoder_layers(dev, output, rng)?,
+            net: architecture.layers(dev, output, Side::Decoder, rng)?,
         })
     }
 

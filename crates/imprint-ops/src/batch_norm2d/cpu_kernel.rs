@@ -1,5 +1,5 @@
 use super::{BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput};
-use crate::cpu_util::with_wide_vectors;
+use crate::cpu_util::{with_wide_vectors, zeros, PooledVec};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -53,13 +53,11 @@ struct Channel {
     shift: f32,
 }
 
-/// What follows the normalisation inside the op.
+/// What follows the normalisation inside the op (after the residual, where one is added).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum After {
     Nothing,
     Relu,
-    /// A residual added, then ReLU.
-    AddRelu,
 }
 
 /// The planes of each channel: entry `c` lists channel `c`'s `plane`-long planes in batch
@@ -133,12 +131,12 @@ fn normalise(c: &Channel, after: After, x: &[f32], r: Option<&[f32]>, y: &mut [f
                 *y = x * c.scale + c.shift;
             }
         }
-        (After::Relu, _) | (After::AddRelu, None) => {
+        (After::Relu, None) => {
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = (x * c.scale + c.shift).max(0.0);
             }
         }
-        (After::AddRelu, Some(r)) => {
+        (After::Relu, Some(r)) => {
             for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
                 *y = (x * c.scale + c.shift + r).max(0.0);
             }
@@ -256,8 +254,8 @@ unsafe fn add_grad_sums_avx512(
 
 /// Saved for the training-mode backward pass.
 struct Saved {
-    x: Vec<f32>,
-    residual: Option<Vec<f32>>,
+    x: PooledVec,
+    residual: Option<PooledVec>,
     channels: Vec<Channel>,
     plane: usize,
     after: After,
@@ -423,8 +421,10 @@ impl<'a> Planes<'a> {
     fn new(s: &'a Saved, dy: &'a [f32]) -> Self {
         let n = s.channels.len();
         Self {
-            x: channel_planes(&s.x, n, s.plane),
-            r: s.residual.as_ref().map(|r| channel_planes(r, n, s.plane)),
+            x: channel_planes(s.x.as_slice(), n, s.plane),
+            r: s.residual
+                .as_ref()
+                .map(|r| channel_planes(r.as_slice(), n, s.plane)),
             dy: channel_planes(dy, n, s.plane),
         }
     }
@@ -462,7 +462,7 @@ fn train_sums(s: &Saved, dy: &[f32], gr: Option<&mut [f32]>) -> Vec<(f64, f64)> 
 /// Training-mode backward, second pass, one task per channel: adds `dL/dx` to `gx`.
 fn train_input_grad(s: &Saved, dy: &[f32], sums: &[(f64, f64)], gx: &mut [f32]) {
     let n = s.channels.len();
-    let m = (s.x.len() / n) as f64;
+    let m = (s.x.as_slice().len() / n) as f64;
     let planes = Planes::new(s, dy);
     channel_planes_mut(gx, n, s.plane)
         .into_par_iter()
@@ -486,7 +486,7 @@ fn train_forward(
     let n = gamma.len();
     let xs = channel_planes(x, n, plane);
     let rs = residual.map(|r| channel_planes(r, n, plane));
-    let mut y = vec![0.0; x.len()];
+    let mut y = zeros(x.len());
     let ys = channel_planes_mut(&mut y, n, plane);
     let channels = ys
         .into_par_iter()
@@ -533,12 +533,13 @@ where
         None => (None, tape),
     };
     let copy = |t: &Tensor4<Cpu>| {
-        let mut v = vec![0.0; t.shape().num_elements()];
-        t.copy_into(&mut v);
+        let mut v = PooledVec::new(t.shape().num_elements());
+        t.copy_into(v.as_mut_slice());
         v
     };
     let (xs, rs) = (copy(&x), residual.as_ref().map(copy));
-    let (y, stats) = train_forward(&xs, rs.as_deref(), after, (&g, &b, eps), plane);
+    let r = rs.as_ref().map(|r| r.as_slice());
+    let (y, stats) = train_forward(xs.as_slice(), r, after, (&g, &b, eps), plane);
     let y = dev.try_tensor_from_vec(y, shape)?;
     let mean: Vec<f32> = stats.iter().map(|c| c.mean).collect();
     let var: Vec<f32> = stats.iter().map(|c| c.var).collect();
@@ -666,6 +667,6 @@ impl FusedBatchNorm2dKernel for Cpu {
         T: Tape<f32, Self> + Merge<R>,
         R: Tape<f32, Self>,
     {
-        train_op(x, Some(residual), After::AddRelu, gamma, beta, eps)
+        train_op(x, Some(residual), After::Relu, gamma, beta, eps)
     }
 }

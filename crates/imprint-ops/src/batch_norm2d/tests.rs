@@ -1,5 +1,6 @@
-//! Batch norm: statistics, running averages as PyTorch keeps them, eval vs train, and
-//! gradients of x, gamma and beta against finite differences.
+//! Batch norm: statistics, eval vs train, the fused ops against the separate ones, and
+//! gradients of x, gamma and beta against finite differences. The running averages are the
+//! layer's (`imprint-nn`), tested there.
 
 use super::*;
 use crate::test_util::*;
@@ -22,32 +23,31 @@ fn stats(x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<f64>, Ve
     (mean, var)
 }
 
-fn layer(dev: &Cpu, gamma: &[f32], beta: &[f32]) -> BatchNorm2d<Cpu> {
-    let mut bn = BatchNorm2d::new(dev, gamma.len());
-    bn.gamma = dev.tensor_from_vec(gamma.to_vec(), (gamma.len(),));
-    bn.beta = dev.tensor_from_vec(beta.to_vec(), (beta.len(),));
-    bn
+fn params(dev: &Cpu, gamma: &[f32], beta: &[f32]) -> (Tensor1<Cpu>, Tensor1<Cpu>) {
+    (
+        dev.tensor_from_vec(gamma.to_vec(), (gamma.len(),)),
+        dev.tensor_from_vec(beta.to_vec(), (beta.len(),)),
+    )
 }
 
 #[test]
-fn train_output_is_normalised_per_channel() {
+fn train_output_is_normalised_per_channel_and_returns_the_batch_statistics() {
     let dev = Cpu::default();
     let shape = (3, 2, 4, 5);
     let x: Vec<f32> = random(&mut rng(1), 120)
         .iter()
         .map(|v| v * 3.0 + 1.0)
         .collect();
-    let mut bn = layer(&dev, &[2.0, 0.5], &[1.0, -1.0]);
-    let y = bn
-        .forward_train(dev.tensor_from_vec(x.clone(), shape))
-        .as_vec();
-    let (mean, var) = stats(&y, shape);
+    let (g, b) = params(&dev, &[2.0, 0.5], &[1.0, -1.0]);
+    let (y, batch_mean, batch_var) =
+        batch_norm2d_train(dev.tensor_from_vec(x.clone(), shape), &g, &b, 1e-5).unwrap();
+    let (mean, var) = stats(&y.as_vec(), shape);
     assert!(
         (mean[0] - 1.0).abs() < 1e-5 && (mean[1] + 1.0).abs() < 1e-5,
         "{mean:?}"
     );
     // var(y) = gamma² var / (var + eps)
-    let (_, xvar) = stats(&x, shape);
+    let (xmean, xvar) = stats(&x, shape);
     for (ch, g) in [2.0f64, 0.5].into_iter().enumerate() {
         let want = g * g * xvar[ch] / (xvar[ch] + 1e-5);
         assert!(
@@ -55,91 +55,35 @@ fn train_output_is_normalised_per_channel() {
             "channel {ch}: {} vs {want}",
             var[ch]
         );
-    }
-}
-
-/// The fused layer methods keep the running statistics as the plain one does.
-#[test]
-fn fused_layer_methods_update_the_running_stats() {
-    let dev = Cpu::default();
-    let shape = (2, 3, 3, 2);
-    let x: Tensor4<Cpu> = dev.tensor_from_vec(random(&mut rng(12), 36), shape);
-    let r: Tensor4<Cpu> = dev.tensor_from_vec(random(&mut rng(13), 36), shape);
-    let (mut plain, mut relu, mut add) = (
-        BatchNorm2d::new(&dev, 3),
-        BatchNorm2d::new(&dev, 3),
-        BatchNorm2d::new(&dev, 3),
-    );
-    let y = plain.forward_train(x.clone());
-    assert_eq!(
-        relu.forward_train_relu(x.clone()).as_vec(),
-        y.clone().relu().as_vec()
-    );
-    let want = (y + r.clone()).relu().as_vec();
-    assert_eq!(add.forward_train_add_relu(x, r).as_vec(), want);
-    for bn in [&relu, &add] {
-        assert_eq!(bn.running_mean, plain.running_mean);
-        assert_eq!(bn.running_var, plain.running_var);
+        // the statistics the running averages are built from: mean and biased variance
+        assert!((batch_mean[ch] as f64 - xmean[ch]).abs() < 1e-5);
+        assert!((batch_var[ch] as f64 - xvar[ch]).abs() < 1e-5);
     }
 }
 
 #[test]
-fn running_stats_follow_pytorch() {
-    // running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance
-    // var * m / (m - 1) (m = n * h * w) entering running_var; starts at mean 0, var 1.
-    let dev = Cpu::default();
-    let shape = (2, 3, 3, 2);
-    let m = 12.0;
-    let mut bn: BatchNorm2d<Cpu> = BatchNorm2d::new(&dev, 3);
-    let (mut want_mean, mut want_var) = (vec![0.0f64; 3], vec![1.0f64; 3]);
-    for step in 0..3 {
-        let x: Vec<f32> = random(&mut rng(10 + step), 36)
-            .iter()
-            .map(|v| v * 2.0 + 0.7)
-            .collect();
-        let _ = bn.forward_train(dev.tensor_from_vec(x.clone(), shape));
-        let (mean, var) = stats(&x, shape);
-        for ch in 0..3 {
-            want_mean[ch] = 0.9 * want_mean[ch] + 0.1 * mean[ch];
-            want_var[ch] = 0.9 * want_var[ch] + 0.1 * var[ch] * m / (m - 1.0);
-        }
-    }
-    for ch in 0..3 {
-        assert!((bn.running_mean[ch] as f64 - want_mean[ch]).abs() < 1e-5);
-        assert!((bn.running_var[ch] as f64 - want_var[ch]).abs() < 1e-5);
-    }
-}
-
-#[test]
-fn eval_uses_running_stats_and_matches_train_on_the_same_statistics() {
+fn eval_uses_the_given_statistics_and_matches_train_on_the_batch_statistics() {
     let dev = Cpu::default();
     let shape = (4, 2, 3, 3);
     let x: Vec<f32> = random(&mut rng(2), 72)
         .iter()
         .map(|v| v * 1.5 - 0.3)
         .collect();
-    let mut bn = layer(&dev, &[1.5, -0.7], &[0.2, 0.4]);
-    // Fresh running stats (0, 1): eval is the affine map x / sqrt(1 + eps) * gamma + beta, and
-    // does not touch the running stats.
-    let before = (bn.running_mean.clone(), bn.running_var.clone());
-    let y = bn
-        .forward_eval(dev.tensor_from_vec(x.clone(), shape))
+    let (g, b) = params(&dev, &[1.5, -0.7], &[0.2, 0.4]);
+    let input = || dev.tensor_from_vec(x.clone(), shape);
+    // Fresh running stats (0, 1): eval is the affine map x / sqrt(1 + eps) * gamma + beta.
+    let y = batch_norm2d_eval(input(), &g, &b, &[0.0; 2], &[1.0; 2], 1e-5)
+        .unwrap()
         .as_vec();
     for (i, (yv, xv)) in y.iter().zip(&x).enumerate() {
         let ch = (i / 9) % 2;
         let (g, b) = ([1.5, -0.7][ch], [0.2, 0.4][ch]);
         assert!((yv - (xv / (1.0f32 + 1e-5).sqrt() * g + b)).abs() < 1e-6);
     }
-    assert_eq!((bn.running_mean.clone(), bn.running_var.clone()), before);
-    // With the running stats set to the batch's mean and biased variance, eval == train.
-    let y_train = bn
-        .forward_train(dev.tensor_from_vec(x.clone(), shape))
-        .as_vec();
-    let (mean, var) = stats(&x, shape);
-    bn.running_mean = mean.iter().map(|&v| v as f32).collect();
-    bn.running_var = var.iter().map(|&v| v as f32).collect();
-    let y_eval = bn.forward_eval(dev.tensor_from_vec(x, shape)).as_vec();
-    assert_close("eval vs train", &y_eval, &y_train, 1e-5);
+    // With the batch's mean and biased variance, eval == train.
+    let (y_train, mean, var) = batch_norm2d_train(input(), &g, &b, 1e-5).unwrap();
+    let y_eval = batch_norm2d_eval(input(), &g, &b, &mean, &var, 1e-5).unwrap();
+    assert_close("eval vs train", &y_eval.as_vec(), &y_train.as_vec(), 1e-5);
 }
 
 fn check_gradients(train: bool, shape: (usize, usize, usize, usize), seed: u64) {
@@ -208,8 +152,9 @@ fn eval_gradients_match_finite_differences() {
 #[should_panic(expected = "more than one value per channel")]
 fn training_on_a_single_value_per_channel_panics() {
     let dev = Cpu::default();
-    let mut bn: BatchNorm2d<Cpu> = BatchNorm2d::new(&dev, 2);
-    let _ = bn.forward_train(dev.tensor_from_vec(vec![1.0, 2.0], (1, 2, 1, 1)));
+    let (g, b) = params(&dev, &[1.0; 2], &[0.0; 2]);
+    let x: Tensor4<Cpu> = dev.tensor_from_vec(vec![1.0, 2.0], (1, 2, 1, 1));
+    let _ = batch_norm2d_train(x, &g, &b, 1e-5);
 }
 
 /// The op of the given kind on a traced `x`: plain, with ReLU after it, or with `residual`

@@ -1,7 +1,7 @@
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
     col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
-    with_scratch, Chunks, Geometry, LineVec, CHUNK_SCRATCH, IO_SCRATCH,
+    with_scratch, Chunks, Geometry, PooledVec, CHUNK_SCRATCH, IO_SCRATCH,
 };
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -247,7 +247,7 @@ where
         });
         return Ok(dev.try_tensor_from_vec(y, shape)?.put_tape(tape));
     }
-    let mut xs = LineVec::zeroed(x_len);
+    let mut xs = PooledVec::new(x_len);
     x.copy_into(xs.as_mut_slice());
     let y = (kernels.forward)(xs.as_slice(), &ws, bs.as_deref());
     let y = dev.try_tensor_from_vec(y, shape)?;

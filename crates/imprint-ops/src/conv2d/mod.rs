@@ -3,7 +3,7 @@
 
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
-mod direct_kernel;
+pub(crate) mod direct_kernel;
 
 use crate::error::{nonzero, SpecError};
 use crate::{Tensor1, Tensor4};

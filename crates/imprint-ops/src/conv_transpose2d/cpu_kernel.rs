@@ -186,12 +186,28 @@ impl ConvTranspose2dKernel for Cpu {
             )
             .unwrap_or_else(|e| panic!("conv_transpose2d: {e}"));
         let d = Dims::new(spec, n, (h, w), out);
+        let shape = (spec.out_channels, out);
+        #[cfg(target_arch = "x86_64")]
+        if let Some((conv_dims, plan)) = super::direct_kernel::plan(&d) {
+            use super::direct_kernel as direct;
+            let plan = std::sync::Arc::new(plan);
+            let fwd_plan = plan.clone();
+            let kernels = Kernels {
+                forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| {
+                    direct::forward(x, w, b, &conv_dims, &fwd_plan)
+                },
+                backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
+                    direct::backward(x, w, dy, gx, &conv_dims, &plan)
+                },
+            };
+            return on_tape(x, weight, bias, shape, true, kernels);
+        }
         let kernels = Kernels {
             forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
             backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
                 backward(x, w, dy, gx, &d)
             },
         };
-        on_tape(x, weight, bias, (spec.out_channels, out), true, kernels)
+        on_tape(x, weight, bias, shape, true, kernels)
     }
 }

@@ -2,6 +2,8 @@
 //! [`conv2d`](crate::conv2d): a product with the weight's transpose, then col2im.
 
 mod cpu_kernel;
+#[cfg(target_arch = "x86_64")]
+mod direct_kernel;
 
 use crate::conv2d::check_params;
 use crate::error::SpecError;

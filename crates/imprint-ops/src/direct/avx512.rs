@@ -105,35 +105,28 @@ fn conv_kernel(channels: usize, vectors: usize) -> unsafe fn(&Block) {
 unsafe fn conv_block<const CO: usize, const V: usize>(b: &Block) {
     let ntaps = b.offsets.len();
     let mut acc = [[_mm512_setzero_ps(); V]; CO];
-    match b.start {
-        Start::Zero => {}
-        Start::Bias(bias) => {
-            for o in 0..CO {
-                acc[o] = [_mm512_set1_ps(bias[o]); V];
-            }
-        }
-        Start::Accumulate => {
-            for o in 0..CO {
-                for v in 0..V {
-                    let p = b.dst.add(o * b.dst_stride + v * LANES);
-                    acc[o][v] = _mm512_maskz_loadu_ps(b.tails[v], p);
-                }
+    if let Start::Accumulate = b.start {
+        for o in 0..CO {
+            for v in 0..V {
+                let p = b.dst.add(o * b.dst_stride + v * LANES);
+                acc[o][v] = _mm512_maskz_loadu_ps(b.tails[v], p);
             }
         }
     }
-    for t in 0..ntaps {
-        let mut masks = [0u16; V];
-        for v in 0..V {
-            masks[v] = b.masks[v * ntaps + t];
-        }
-        // Lanes outside the source's sub-plane are masked off, so the pointer may point
-        // outside `src` there; it is only formed with wrapping arithmetic.
-        let mut s = b.src.wrapping_offset(b.offsets[t]);
-        let mut w = b.w.add(t * b.inputs * CO);
-        for _ in 0..b.inputs {
+    // Input channel by input channel, tap by tap: the order of the column-matrix product, so
+    // that every sum is the same chain of multiply-adds.
+    let mut w = b.w;
+    for i in 0..b.inputs {
+        let channel = b.src.wrapping_add(i * b.src_stride);
+        for t in 0..ntaps {
+            // Lanes outside the source's sub-plane are masked off, so the pointer may point
+            // outside `src` there; it is only formed with wrapping arithmetic.
+            let s = channel.wrapping_offset(b.offsets[t]);
             let mut x = [_mm512_setzero_ps(); V];
             for v in 0..V {
-                x[v] = _mm512_maskz_loadu_ps(masks[v], s.wrapping_add(v * LANES));
+                // SAFETY: `masks` holds a row of `ntaps` for each of the block's `V` vectors.
+                let mask = *b.masks.get_unchecked(v * ntaps + t);
+                x[v] = _mm512_maskz_loadu_ps(mask, s.wrapping_add(v * LANES));
             }
             for o in 0..CO {
                 let wo = _mm512_set1_ps(*w.add(o));
@@ -141,8 +134,16 @@ unsafe fn conv_block<const CO: usize, const V: usize>(b: &Block) {
                     acc[o][v] = _mm512_fmadd_ps(wo, x[v], acc[o][v]);
                 }
             }
-            s = s.wrapping_add(b.src_stride);
             w = w.add(CO);
+        }
+    }
+    if let Start::Bias(bias) = b.start {
+        // Added last, as after the column-matrix product.
+        for o in 0..CO {
+            let bo = _mm512_set1_ps(bias[o]);
+            for v in 0..V {
+                acc[o][v] = _mm512_add_ps(acc[o][v], bo);
+            }
         }
     }
     for o in 0..CO {
@@ -196,7 +197,7 @@ pub(super) unsafe fn weight_grad(
     taps: &TapSet,
     gw: &mut [f32],
 ) {
-    let (ntaps, plane_len) = (taps.len(), taps.plane_len());
+    let (ntaps, plane_len) = (taps.len(), taps.pixels());
     let images = x.len() / (inputs * x_stride).max(1);
     let tap_block = GRAD_TAP_BLOCK;
     let tap_blocks = ntaps.div_ceil(tap_block);

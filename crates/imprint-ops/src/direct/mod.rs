@@ -8,8 +8,10 @@
 //! pixels reads consecutive input pixels for every tap, masked where the source leaves its
 //! sub-plane (the padding). Stride 1 needs no split at all: the image is its only sub-plane.
 //!
-//! The kernels ([`conv`], [`weight_grad`]) work on one image or one chunk of images; the
-//! callers in `conv2d` and `conv_transpose2d` spread images over threads.
+//! Small grids are stacked: the sub-planes of several images one after another make one
+//! taller grid (see [`Stack`]), the masks keeping each image's taps inside it. The kernels
+//! ([`conv`], [`weight_grad`]) work on one stack or a run of stacks; the callers in `conv2d`
+//! and `conv_transpose2d` spread them over threads.
 
 // AVX-512 intrinsics are stable from Rust 1.89, which the `gemm` dependency's AVX-512 kernels
 // (its `x86-v4` feature) already require of this crate.
@@ -108,94 +110,168 @@ impl Plan {
     }
 }
 
-/// Channel stride for copies of images the forward kernel reads: whole vectors and one
-/// more. Channels a multiple of 4 KiB apart (a 32x32 plane) would all map to the same few cache
-/// sets, and the kernel, which reads every channel at the same pixels, would evict its own
-/// lines.
+/// Channel stride for copies the kernels read: whole vectors and one more. Channels a
+/// multiple of 4 KiB apart (a 32x32 plane) would all map to the same few cache sets, and the
+/// kernels, which read every channel at the same pixels, would evict their own lines.
 pub(crate) fn padded_stride(len: usize) -> usize {
     len.next_multiple_of(LANES) + LANES
 }
 
-/// Copies every `len`-long channel of `src` into `out`, channels `stride` apart.
-pub(crate) fn pad_channels(src: &[f32], len: usize, out: &mut [f32], stride: usize) {
-    assert!(stride >= len, "pad_channels stride");
-    for (s, d) in src.chunks_exact(len).zip(out.chunks_mut(stride)) {
-        d[..len].copy_from_slice(s);
-    }
-}
-
-/// Copies `img`, channels of `[sy * gh, sx * gw]`, into `out` split by phase: each channel's
-/// sub-planes one after another (phase `(a, b)` at index `a * sx + b`), channels `stride`
+/// Where a stack of NCHW images lies in the layout the kernels read: every channel split into
+/// the sub-planes of `phases` (one where the stride is 1), channel `c`'s sub-plane `s` holding
+/// the images' sub-planes one after another, a grid `images` times as tall; channels `stride`
 /// apart.
-pub(crate) fn split_planes(img: &[f32], plan: &Plan, out: &mut [f32], stride: usize) {
-    let ((gh, gw), (sy, sx)) = (plan.grid, plan.phases);
-    let (w, channel_len) = (sx * gw, sy * gh * sx * gw);
-    assert!(stride >= channel_len, "split_planes stride");
-    assert_eq!(img.len() % channel_len.max(1), 0, "split_planes image size");
-    if plan.planes() == 1 {
-        return pad_channels(img, channel_len, out, stride);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stack {
+    pub grid: (usize, usize),
+    pub phases: (usize, usize),
+    pub channels: usize,
+    pub images: usize,
+    pub stride: usize,
+}
+
+impl Stack {
+    /// Pixels of one image's sub-plane.
+    pub fn plane_len(&self) -> usize {
+        self.grid.0 * self.grid.1
     }
-    for (src, dst) in img.chunks_exact(channel_len).zip(out.chunks_mut(stride)) {
-        for (plane, dst) in dst[..channel_len].chunks_exact_mut(gh * gw).enumerate() {
-            let (a, b) = (plane / sx, plane % sx);
-            for (u, row) in dst.chunks_exact_mut(gw).enumerate() {
-                let src_row = &src[(sy * u + a) * w + b..];
-                row.iter_mut()
-                    .zip(src_row.iter().step_by(sx))
-                    .for_each(|(d, s)| *d = *s);
+
+    fn channel_len(&self) -> usize {
+        self.phases.0 * self.phases.1 * self.plane_len()
+    }
+
+    /// Floats of the whole stack in this layout.
+    pub fn len(&self) -> usize {
+        self.channels * self.stride
+    }
+
+    /// Floats the stack's images take in NCHW.
+    pub fn images_len(&self) -> usize {
+        self.images * self.channels * self.channel_len()
+    }
+
+    /// Distance between the rows of two neighbouring phases `(a, b)` and `(a, b + 1)`.
+    fn phase_step(&self) -> usize {
+        self.images * self.plane_len()
+    }
+
+    /// Calls `f(row, at)` for every row of every channel of the images: `row` where the
+    /// image row starts in NCHW, `at` where its phase `(a, 0)` row starts in the layout
+    /// (phase `(a, b)` is `b` phase steps further), for rows `sy * u + a`.
+    fn for_each_row(&self, mut f: impl FnMut(usize, usize)) {
+        let ((gh, gw), (sy, sx)) = (self.grid, self.phases);
+        for g in 0..self.images {
+            for c in 0..self.channels {
+                let image = (g * self.channels + c) * self.channel_len();
+                for a in 0..sy {
+                    let plane = c * self.stride + (a * sx * self.images + g) * self.plane_len();
+                    for u in 0..gh {
+                        f(image + (sy * u + a) * sx * gw, plane + u * gw);
+                    }
+                }
             }
         }
     }
-}
 
-/// Adds `split`, laid out by [`split_planes`], onto `img` in the natural order.
-pub(crate) fn merge_planes_add(split: &[f32], plan: &Plan, img: &mut [f32]) {
-    let ((gh, gw), (sy, sx)) = (plan.grid, plan.phases);
-    let (w, image_len) = (sx * gw, sy * gh * sx * gw);
-    assert_eq!(img.len() % image_len, 0, "merge_planes_add image size");
-    assert_eq!(img.len(), split.len(), "merge_planes_add source size");
-    for (src, dst) in split
-        .chunks_exact(image_len)
-        .zip(img.chunks_exact_mut(image_len))
-    {
-        for (plane, src) in src.chunks_exact(gh * gw).enumerate() {
-            let (a, b) = (plane / sx, plane % sx);
-            for (u, row) in src.chunks_exact(gw).enumerate() {
-                let dst_row = &mut dst[(sy * u + a) * w + b..];
-                dst_row
-                    .iter_mut()
-                    .step_by(sx)
-                    .zip(row)
-                    .for_each(|(d, s)| *d += s);
+    /// Copies `images` (NCHW, `self.images` of them) into `out` in this layout.
+    pub fn gather(&self, images: &[f32], out: &mut [f32]) {
+        assert_eq!(images.len(), self.images_len(), "gather: images");
+        assert!(
+            self.stride >= self.images * self.channel_len(),
+            "gather: stride"
+        );
+        assert!(out.len() >= self.len(), "gather: layout");
+        let (gw, sx, step) = (self.grid.1, self.phases.1, self.phase_step());
+        if self.phases == (1, 1) {
+            let len = self.channel_len();
+            for (i, src) in images.chunks_exact(len).enumerate() {
+                let (g, c) = (i / self.channels, i % self.channels);
+                out[c * self.stride + g * len..][..len].copy_from_slice(src);
             }
+            return;
         }
+        self.for_each_row(|row, at| {
+            let src = &images[row..row + sx * gw];
+            if sx == 2 {
+                let (even, odd) = out[at..].split_at_mut(step);
+                return deinterleave(src, &mut even[..gw], &mut odd[..gw]);
+            }
+            for b in 0..sx {
+                let dst = &mut out[at + b * step..][..gw];
+                dst.iter_mut()
+                    .zip(src.chunks_exact(sx))
+                    .for_each(|(d, s)| *d = s[b]);
+            }
+        });
+    }
+
+    /// Writes `src`, in this layout, onto `images` (NCHW), adding where `add`.
+    pub fn scatter(&self, src: &[f32], images: &mut [f32], add: bool) {
+        assert_eq!(images.len(), self.images_len(), "scatter: images");
+        assert!(
+            self.stride >= self.images * self.channel_len(),
+            "scatter: stride"
+        );
+        assert!(src.len() >= self.len(), "scatter: layout");
+        let (gw, sx, step) = (self.grid.1, self.phases.1, self.phase_step());
+        let put = |d: &mut f32, s: f32| *d = if add { *d + s } else { s };
+        if self.phases == (1, 1) {
+            let len = self.channel_len();
+            for (i, dst) in images.chunks_exact_mut(len).enumerate() {
+                let (g, c) = (i / self.channels, i % self.channels);
+                let from = &src[c * self.stride + g * len..][..len];
+                dst.iter_mut().zip(from).for_each(|(d, &s)| put(d, s));
+            }
+            return;
+        }
+        self.for_each_row(|row, at| {
+            let dst = &mut images[row..row + sx * gw];
+            for b in 0..sx {
+                let from = &src[at + b * step..][..gw];
+                dst.chunks_exact_mut(sx)
+                    .zip(from)
+                    .for_each(|(d, &s)| put(&mut d[b], s));
+            }
+        });
     }
 }
 
-/// Taps as the kernels read them: each tap's source offset from the output pixel (sub-planes
-/// `plane_len` apart), and for every vector of the grid a mask of the lanes whose source lies
-/// inside its sub-plane (lanes past the grid's end included in none).
+/// Splits `src` into its even and odd elements.
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    for ((e, o), pair) in even.iter_mut().zip(odd).zip(src.chunks_exact(2)) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// Taps as the kernels read them, for a stack of images (see [`Stack`]): each tap's source
+/// offset from the output pixel (sub-planes a stack apart), and for every vector of the
+/// stacked grid a mask of the lanes whose source lies inside its own image's sub-plane (lanes
+/// past the stack's end included in none).
 pub(crate) struct TapSet {
     offsets: Vec<isize>,
     /// `[vector][tap]`.
     masks: Vec<u16>,
     /// Sub-planes the source must hold per channel.
     planes: usize,
-    grid: (usize, usize),
+    /// Pixels of the stacked grid.
+    pixels: usize,
 }
 
 impl TapSet {
-    pub fn new(grid: (usize, usize), taps: &[Tap]) -> Self {
+    pub fn new(grid: (usize, usize), images: usize, taps: &[Tap]) -> Self {
         let (gh, gw) = grid;
         let plane_len = gh * gw;
-        let vectors = plane_len.div_ceil(LANES);
+        let pixels = images * plane_len;
+        let vectors = pixels.div_ceil(LANES);
         let offsets = taps
             .iter()
-            .map(|t| (t.plane * plane_len) as isize + t.dy * gw as isize + t.dx)
+            .map(|t| (t.plane * pixels) as isize + t.dy * gw as isize + t.dx)
             .collect();
         let inside = |p: usize, t: &Tap| {
-            let (y, x) = ((p / gw) as isize + t.dy, (p % gw) as isize + t.dx);
-            p < plane_len && (0..gh as isize).contains(&y) && (0..gw as isize).contains(&x)
+            let q = p % plane_len.max(1);
+            let (y, x) = ((q / gw) as isize + t.dy, (q % gw) as isize + t.dx);
+            p < pixels && (0..gh as isize).contains(&y) && (0..gw as isize).contains(&x)
         };
         let mut masks = Vec::with_capacity(vectors * taps.len());
         for v in 0..vectors {
@@ -208,7 +284,7 @@ impl TapSet {
             offsets,
             masks,
             planes: taps.iter().map(|t| t.plane + 1).max().unwrap_or(0),
-            grid,
+            pixels,
         }
     }
 
@@ -216,17 +292,18 @@ impl TapSet {
         self.offsets.len()
     }
 
-    fn plane_len(&self) -> usize {
-        self.grid.0 * self.grid.1
+    /// Pixels of the stacked grid.
+    fn pixels(&self) -> usize {
+        self.pixels
     }
 
     fn vectors(&self) -> usize {
-        self.plane_len().div_ceil(LANES)
+        self.pixels.div_ceil(LANES)
     }
 
-    /// Lanes of vector `v` inside the grid.
+    /// Lanes of vector `v` inside the stacked grid.
     fn tail_mask(&self, v: usize) -> u16 {
-        let left = self.plane_len() - v * LANES;
+        let left = self.pixels - v * LANES;
         if left >= LANES {
             u16::MAX
         } else {
@@ -236,7 +313,7 @@ impl TapSet {
 }
 
 /// Weights for [`conv`]: output channels in blocks of [`CHANNEL_BLOCK`], each block laid out
-/// `[tap][in][out]` so that the kernel reads them in order.
+/// `[in][tap][out]` so that the kernel reads them in order.
 pub(crate) struct Packed {
     data: Vec<f32>,
     outputs: usize,
@@ -253,8 +330,8 @@ impl Packed {
         let mut data = Vec::with_capacity(outputs * inputs * taps);
         for o0 in (0..outputs).step_by(CHANNEL_BLOCK) {
             let block = o0..(o0 + CHANNEL_BLOCK).min(outputs);
-            for t in 0..taps {
-                for i in 0..inputs {
+            for i in 0..inputs {
+                for t in 0..taps {
                     data.extend(block.clone().map(|o| weight(o, i, t)));
                 }
             }
@@ -279,8 +356,8 @@ pub(crate) enum Start<'a> {
 }
 
 /// `dst[o * dst_stride + p] = start + Σ_i Σ_t w(o, i, t) · src[i * src_stride + p + offset_t]`
-/// over the grid's pixels `p`, the sum skipping sources outside their sub-plane; `src` holds
-/// the sub-planes of each input channel `src_stride` apart.
+/// over the stacked grid's pixels `p`, the sum skipping sources outside their sub-plane; `src`
+/// holds the sub-planes of each input channel `src_stride` apart.
 pub(crate) fn conv(
     src: &[f32],
     src_stride: usize,
@@ -290,7 +367,7 @@ pub(crate) fn conv(
     dst_stride: usize,
     start: Start,
 ) {
-    let plane_len = taps.plane_len();
+    let plane_len = taps.pixels();
     assert_eq!(taps.len(), w.taps, "conv: taps and weights");
     assert!(src_stride >= taps.planes * plane_len, "conv: source stride");
     assert!(src.len() >= w.inputs * src_stride, "conv: source size");
@@ -322,7 +399,7 @@ pub(crate) fn weight_grad(
     taps: &TapSet,
     gw: &mut [f32],
 ) {
-    let plane_len = taps.plane_len();
+    let plane_len = taps.pixels();
     assert!(
         x_stride >= taps.planes * plane_len,
         "weight_grad: source stride"

@@ -4,7 +4,7 @@ use super::*;
 use crate::test_util::*;
 
 #[test]
-fn split_and_merge_are_inverse() {
+fn stacks_gather_and_scatter_images() {
     let g = Geometry {
         channels: 2,
         image: (6, 8),
@@ -15,21 +15,37 @@ fn split_and_merge_are_inverse() {
         dilation: (1, 1),
     };
     let plan = Plan::new(&g).unwrap();
-    let img = random(&mut rng(1), 2 * 2 * 48);
-    let mut split = vec![0.0; img.len()];
-    split_planes(&img, &plan, &mut split, 48);
-    // Channel 0, phase (1, 0), pixel (2, 3) is image pixel (5, 6).
-    assert_eq!(split[2 * 12 + 2 * 4 + 3], img[5 * 8 + 6]);
-    let mut back = vec![0.0; img.len()];
-    merge_planes_add(&split, &plan, &mut back);
-    assert_eq!(back, img);
-    // Channels padded apart.
-    let mut padded = vec![-1.0; 4 * 50];
-    split_planes(&img, &plan, &mut padded, 50);
-    for (c, chunk) in padded.chunks(50).enumerate() {
-        assert_eq!(chunk[..48], split[c * 48..(c + 1) * 48]);
-        assert_eq!(chunk[48..], [-1.0, -1.0]);
-    }
+    let stack = Stack {
+        grid: plan.grid,
+        phases: plan.phases,
+        channels: 2,
+        images: 3,
+        stride: 4 * 3 * 12 + 5,
+    };
+    let images = random(&mut rng(1), 3 * 2 * 48);
+    let mut laid = vec![f32::NAN; stack.len()];
+    stack.gather(&images, &mut laid);
+    // Image 2, channel 1, pixel (5, 6): phase (1, 0), pixel (2, 3) of that sub-plane, which
+    // holds the three images one after another.
+    let at = stack.stride + (2 * 3 + 2) * 12 + 2 * 4 + 3;
+    assert_eq!(laid[at], images[(2 * 2 + 1) * 48 + 5 * 8 + 6]);
+    let mut back = vec![0.0; images.len()];
+    stack.scatter(&laid, &mut back, false);
+    assert_eq!(back, images);
+    stack.scatter(&laid, &mut back, true);
+    assert!(back.iter().zip(&images).all(|(b, i)| *b == 2.0 * i));
+    // One phase: the channels copied, `stride` apart.
+    let flat = Stack {
+        grid: (6, 8),
+        phases: (1, 1),
+        images: 1,
+        stride: 50,
+        ..stack
+    };
+    let mut padded = vec![-1.0; flat.len()];
+    flat.gather(&images[..96], &mut padded);
+    assert_eq!(padded[50..98], images[48..96]);
+    assert_eq!(padded[98..], [-1.0, -1.0]);
 }
 
 #[test]
@@ -145,7 +161,7 @@ fn conv_matches_plain_loops_from_every_start() {
         let src = random(&mut rng, inputs * stride);
         let w = random(&mut rng, outputs * inputs * taps.len());
         let bias = random(&mut rng, outputs);
-        let set = TapSet::new(grid, &taps);
+        let set = TapSet::new(grid, 1, &taps);
         let packed = Packed::new((outputs, inputs, taps.len()), |o, i, t| {
             w[(o * inputs + i) * taps.len() + t]
         });
@@ -210,7 +226,7 @@ fn weight_grad_matches_plain_loops() {
         let images = 3;
         let x = random(&mut rng, images * inputs * stride);
         let dy = random(&mut rng, images * outputs * plane_len);
-        let set = TapSet::new(grid, &taps);
+        let set = TapSet::new(grid, 1, &taps);
         let mut gw = vec![0.5; outputs * inputs * taps.len()];
         // dy with its channels padded apart.
         let dy_stride = plane_len + 7;
@@ -233,5 +249,49 @@ fn weight_grad_matches_plain_loops() {
             }
         }
         assert_close("weight grad", &gw, &want, 1e-4);
+    }
+}
+
+/// Three images stacked into one tall grid per sub-plane give each image's own convolution:
+/// no tap reads across the seams.
+#[test]
+fn stacked_images_stay_apart() {
+    let mut rng = rng(7);
+    for (inputs, outputs, grid, taps) in cases() {
+        let (plane_len, images) = (grid.0 * grid.1, 3);
+        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let stride = planes * images * plane_len;
+        let src = random(&mut rng, inputs * stride);
+        let w = random(&mut rng, outputs * inputs * taps.len());
+        let packed = Packed::new((outputs, inputs, taps.len()), |o, i, t| {
+            w[(o * inputs + i) * taps.len() + t]
+        });
+        let set = TapSet::new(grid, images, &taps);
+        let dst_stride = images * plane_len;
+        let mut dst = vec![0.0; outputs * dst_stride];
+        conv(
+            &src,
+            stride,
+            &set,
+            &packed,
+            &mut dst,
+            dst_stride,
+            Start::Zero,
+        );
+        for g in 0..images {
+            // Image g's sub-planes, alone.
+            let mut one = Vec::new();
+            for i in 0..inputs {
+                for p in 0..planes {
+                    let at = i * stride + (p * images + g) * plane_len;
+                    one.extend_from_slice(&src[at..at + plane_len]);
+                }
+            }
+            let want = naive_conv(&one, planes * plane_len, grid, &taps, &w, outputs);
+            let got: Vec<f32> = (0..outputs)
+                .flat_map(|o| dst[o * dst_stride + g * plane_len..][..plane_len].to_vec())
+                .collect();
+            assert_close(&format!("{grid:?} image {g}"), &got, &want, 1e-5);
+        }
     }
 }
