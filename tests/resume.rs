@@ -206,3 +206,65 @@ fn killed_pretraining_resumes_from_its_epoch_checkpoint() {
     };
     assert_eq!(losses(&killed), losses(&whole));
 }
+
+/// A pre-training made beforehand (`imprint pretrain --out DIR/pretrain/seed-0`, the long step
+/// done once) is picked up by `run --resume --out DIR`: it is not pre-trained again, and the
+/// comparison equals one that pre-trained itself.
+#[test]
+fn run_resume_reuses_a_pretraining_made_beforehand() {
+    let root = workspace_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (staged, whole) = (tmp.path().join("staged"), tmp.path().join("whole"));
+    let pre = staged.join("pretrain/seed-0");
+    let grid = [
+        "--threads",
+        "2",
+        "--epochs",
+        "3",
+        "--steps",
+        "20",
+        "--seeds",
+        "0",
+        "--labels-per-class",
+        "2",
+        "--strategies",
+        "scratch,probe-then-full",
+    ];
+    let pretrain: Vec<&str> = [
+        "pretrain",
+        "--threads",
+        "2",
+        "--epochs",
+        "3",
+        "--out",
+        arg(&pre),
+    ]
+    .into();
+    imprint(&root, &pretrain).assert_success();
+    let encoder = pre.join("encoder.safetensors");
+    let trained_at = std::fs::metadata(&encoder).unwrap().modified().unwrap();
+
+    let run = |out: &Path, extra: &[&'static str]| {
+        let mut a = vec!["run", "pipelines/digits.toml", "--out", arg(out)];
+        a.extend(grid);
+        a.extend(extra);
+        imprint(&root, &a)
+    };
+    let resumed = run(&staged, &["--resume"]);
+    resumed.assert_success();
+    assert!(
+        resumed.stderr.contains("reusing the pre-trained encoder"),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(
+        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        trained_at,
+        "seed 0 was pre-trained again"
+    );
+    run(&whole, &[]).assert_success();
+    assert_eq!(
+        Table::read(&staged.join("results.csv")).outcomes(),
+        Table::read(&whole.join("results.csv")).outcomes()
+    );
+}

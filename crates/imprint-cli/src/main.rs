@@ -632,24 +632,8 @@ fn print_tensors(tensors: &[(String, Vec<usize>)]) {
     }
 }
 
-/// Training frees and re-allocates the same large buffers every step; glibc's defaults hand
-/// them back to the kernel each time and fault them in again, which cost up to a third of a conv
-/// training step. Keeping up to 256 MiB of freed heap, and serving blocks under 64 MiB from the
-/// heap rather than fresh mappings, removes that churn.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    imprint_ops::tune_allocator();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

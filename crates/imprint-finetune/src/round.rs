@@ -104,6 +104,13 @@ struct Training<'a, 's, 'h, D: ImprintDevice> {
 }
 
 impl<D: ImprintDevice> Training<'_, '_, '_, D> {
+    /// The trainable tensors by checkpoint name, copied (dfdx tensors share their storage, so
+    /// a copy is cheap), for the optimizer's state to be read or written by name.
+    fn trainable_copies(&mut self) -> Vec<(String, Vector<D>)> {
+        let params = self.model.trainable_mut("model");
+        params.into_iter().map(|(n, v)| (n, v.clone())).collect()
+    }
+
     /// Everything needed to continue after `steps` steps of this round.
     fn snapshot(&mut self, steps: usize, optimizer: &mut Optimizer<D>) -> Result<FinetuneSnapshot> {
         let mut tensors = self.model.named_tensors("model");
@@ -111,12 +118,7 @@ impl<D: ImprintDevice> Training<'_, '_, '_, D> {
             tensors.extend(best.named_tensors("best"));
         }
         tensors.extend(self.checkpoints.carried.iter().cloned());
-        let params: Vec<(String, Vector<D>)> = self
-            .model
-            .trainable_mut("model")
-            .into_iter()
-            .map(|(n, v)| (n, v.clone()))
-            .collect();
+        let params = self.trainable_copies();
         let named: Vec<(String, &Vector<D>)> = params.iter().map(|(n, v)| (n.clone(), v)).collect();
         tensors.extend(optimizer.state(&named)?);
         Ok(FinetuneSnapshot {
@@ -163,12 +165,7 @@ impl<D: ImprintDevice> Training<'_, '_, '_, D> {
             None => None,
         };
         // The optimizer holds what the phase the snapshot was taken in trains.
-        let params: Vec<(String, Vector<D>)> = self
-            .model
-            .trainable_mut("model")
-            .into_iter()
-            .map(|(n, v)| (n, v.clone()))
-            .collect();
+        let params = self.trainable_copies();
         let named: Vec<(String, &Vector<D>)> = params
             .iter()
             .filter(|(n, _)| tensors.contains_key(&format!("optimizer.m1.{n}")))

@@ -120,10 +120,12 @@ impl<D: Storage<f32>, P: Params<D>> Params<D> for Box<P> {
 }
 
 /// Declares a struct's tensors and children by field name, in order:
-/// `params!(Linear { weight, bias });` names them `prefix.weight`, `prefix.bias`.
+/// `params!(Linear { weight, bias });` names them `prefix.weight`, `prefix.bias`. A field may
+/// take another name (`head as "rotation"`), or none (`net as _`: its tensors keep the prefix
+/// itself, for a wrapper that adds no scope).
 #[macro_export]
 macro_rules! params {
-    ($ty:ident { $($field:ident),* $(,)? }) => {
+    ($ty:ident { $($field:ident $(as $name:tt)?),* $(,)? }) => {
         impl<D: $crate::ImprintDevice> $crate::tree::Params<D> for $ty<D> {
             fn visit<'a>(
                 &'a self,
@@ -131,7 +133,7 @@ macro_rules! params {
                 f: &mut dyn FnMut(&str, &'a $crate::tree::Var<D>),
             ) {
                 $( $crate::tree::Params::visit(
-                    &self.$field, &$crate::tree::join(prefix, stringify!($field)), f); )*
+                    &self.$field, &$crate::params!(@at prefix $field $($name)?), f); )*
             }
             fn visit_mut<'a>(
                 &'a mut self,
@@ -139,10 +141,13 @@ macro_rules! params {
                 f: &mut dyn FnMut(&str, &'a mut $crate::tree::Var<D>),
             ) {
                 $( $crate::tree::Params::visit_mut(
-                    &mut self.$field, &$crate::tree::join(prefix, stringify!($field)), f); )*
+                    &mut self.$field, &$crate::params!(@at prefix $field $($name)?), f); )*
             }
         }
     };
+    (@at $prefix:ident $field:ident) => { $crate::tree::join($prefix, stringify!($field)) };
+    (@at $prefix:ident $field:ident _) => { $prefix.to_string() };
+    (@at $prefix:ident $field:ident $name:literal) => { $crate::tree::join($prefix, $name) };
 }
 
 /// What follows from [`Params`]; implemented for every module.

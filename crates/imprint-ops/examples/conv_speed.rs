@@ -80,23 +80,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The allocator settings of the `imprint` binary: training frees and re-allocates the same
-/// large buffers every step, and glibc's defaults would return them to the kernel and fault
-/// them in again each time.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() {
-    tune_allocator();
+    imprint_ops::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iters: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
     let cpu_time = args.iter().any(|a| a == "--cpu-time");

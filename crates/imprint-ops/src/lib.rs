@@ -26,6 +26,7 @@
 //! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
 
+mod allocator;
 mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;
@@ -42,6 +43,7 @@ mod dropout_tests;
 #[cfg(test)]
 mod test_util;
 
+pub use allocator::tune_allocator;
 pub use batch_norm2d::{
     batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
     BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,

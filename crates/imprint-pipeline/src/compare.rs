@@ -203,8 +203,13 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
         message: format!("cannot resume: {message}"),
     };
     if !recorded_path.exists() {
-        let empty = std::fs::read_dir(out).map_or(true, |mut d| d.next().is_none());
-        if empty {
+        // An empty folder, or one holding only pre-trainings made beforehand by `imprint
+        // pretrain --out DIR/pretrain/seed-N`: each is reused where its sidecar fits.
+        let only_pretrainings = std::fs::read_dir(out).map_or(true, |d| {
+            d.flatten()
+                .all(|e| e.file_name() == "pretrain" && e.path().is_dir())
+        });
+        if only_pretrainings {
             return Ok(Vec::new());
         }
         return Err(refuse(

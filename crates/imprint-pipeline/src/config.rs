@@ -442,6 +442,31 @@ seeds = [0]
 "#;
 
     #[test]
+    fn every_shipped_pipeline_loads_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let p = Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                names.push(p.name);
+            }
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cifar10",
+                "cifar10-binary",
+                "digits",
+                "mnist",
+                "mnist-conv",
+                "mnist-imported"
+            ]
+        );
+    }
+
+    #[test]
     fn minimal_file_parses_with_defaults() {
         let p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
         assert_eq!(

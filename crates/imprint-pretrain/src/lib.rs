@@ -14,7 +14,7 @@ use imprint_data::{ImageShape, Normalize, Pixels};
 use imprint_nn::infer::{over_images, over_pixels};
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::loss::reconstruction_loss;
-use imprint_nn::tree::{join, Params, ParamsExt, Var};
+use imprint_nn::tree::ParamsExt;
 use imprint_nn::{
     models::mlp, Decoder, Encoder, ImprintDevice, Linear, Matrix, NamedTensor, Optimizer, Pass,
     Vector,
@@ -159,20 +159,12 @@ struct Nets<D: ImprintDevice> {
     reconstruct: Option<Reconstruct<D>>,
 }
 
-impl<D: ImprintDevice> Params<D> for Nets<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.encoder.visit(&join(prefix, "encoder"), f);
-        self.contrastive.visit(prefix, f);
-        self.rotation.visit(prefix, f);
-        self.reconstruct.visit(prefix, f);
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.encoder.visit_mut(&join(prefix, "encoder"), f);
-        self.contrastive.visit_mut(prefix, f);
-        self.rotation.visit_mut(prefix, f);
-        self.reconstruct.visit_mut(prefix, f);
-    }
-}
+imprint_nn::params!(Nets {
+    encoder,
+    contrastive as _,
+    rotation as _,
+    reconstruct as _,
+});
 
 impl<D: ImprintDevice> Nets<D> {
     /// A fresh init drawn from `rng`: encoder, decoder (when reconstructing), projection head

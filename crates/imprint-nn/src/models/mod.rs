@@ -11,7 +11,7 @@ pub use dense::mlp;
 pub use resnet::{Layout, ShortcutKind};
 
 use crate::layers::{Act, Layer, Sequential};
-use crate::tree::{Params, Var};
+use crate::params;
 use crate::{ImprintDevice, Matrix, NnError, Pass, Result};
 use dfdx::prelude::*;
 use imprint_data::{ImageShape, Normalize};
@@ -242,14 +242,7 @@ pub struct Encoder<D: ImprintDevice> {
     net: Sequential<D>,
 }
 
-impl<D: ImprintDevice> Params<D> for Encoder<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.net.visit(prefix, f)
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.net.visit_mut(prefix, f)
-    }
-}
+params!(Encoder { net as _ });
 
 impl<D: ImprintDevice> Encoder<D> {
     /// A fresh encoder, its init drawn from `rng`; errors when the architecture does not fit
@@ -337,14 +330,7 @@ pub struct Decoder<D: ImprintDevice> {
     net: Sequential<D>,
 }
 
-impl<D: ImprintDevice> Params<D> for Decoder<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.net.visit(prefix, f)
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.net.visit_mut(prefix, f)
-    }
-}
+params!(Decoder { net as _ });
 
 impl<D: ImprintDevice> Decoder<D> {
     pub fn new(

@@ -4,8 +4,7 @@
 use super::{Codes, Pretext};
 use crate::views::Views;
 use imprint_nn::loss::contrastive_loss;
-use imprint_nn::tree::{join, Var};
-use imprint_nn::{ImprintDevice, Params, Pass, Sequential};
+use imprint_nn::{ImprintDevice, Pass, Sequential};
 use imprint_train::Loss;
 
 /// Width of the projection head the contrastive term sees (thrown away after pre-training).
@@ -17,14 +16,7 @@ pub(crate) struct Contrastive<D: ImprintDevice> {
     pub weight: f32,
 }
 
-impl<D: ImprintDevice> Params<D> for Contrastive<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.projection.visit(&join(prefix, "projection"), f)
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.projection.visit_mut(&join(prefix, "projection"), f)
-    }
-}
+imprint_nn::params!(Contrastive { projection });
 
 impl<D: ImprintDevice> Pretext<D> for Contrastive<D> {
     fn loss(&mut self, codes: &mut Codes<D>, _views: &Views, pass: &mut Pass) -> Loss<D> {

@@ -5,8 +5,7 @@ use super::{Codes, Pretext};
 use crate::views::Views;
 use imprint_data::ImageShape;
 use imprint_nn::loss::{reconstruction_loss, weighted_reconstruction_loss, Reconstruction};
-use imprint_nn::tree::{join, Var};
-use imprint_nn::{Decoder, ImprintDevice, Matrix, Params, Pass};
+use imprint_nn::{Decoder, ImprintDevice, Matrix, Pass};
 use imprint_train::Loss;
 
 pub(crate) struct Reconstruct<D: ImprintDevice> {
@@ -17,14 +16,7 @@ pub(crate) struct Reconstruct<D: ImprintDevice> {
     pub shape: ImageShape,
 }
 
-impl<D: ImprintDevice> Params<D> for Reconstruct<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.decoder.visit(&join(prefix, "decoder"), f)
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.decoder.visit_mut(&join(prefix, "decoder"), f)
-    }
-}
+imprint_nn::params!(Reconstruct { decoder });
 
 impl<D: ImprintDevice> Pretext<D> for Reconstruct<D> {
     fn loss(&mut self, codes: &mut Codes<D>, views: &Views, pass: &mut Pass) -> Loss<D> {

@@ -4,8 +4,7 @@
 use super::{Codes, Pretext};
 use crate::views::Views;
 use imprint_nn::loss::cross_entropy;
-use imprint_nn::tree::{join, Var};
-use imprint_nn::{Activation, ImprintDevice, Linear, Params, Pass};
+use imprint_nn::{Activation, ImprintDevice, Linear, Pass};
 use imprint_train::Loss;
 
 /// Turns a square image can take; an oblong one only 0° and 180°.
@@ -17,14 +16,7 @@ pub(crate) struct Rotation<D: ImprintDevice> {
     pub weight: f32,
 }
 
-impl<D: ImprintDevice> Params<D> for Rotation<D> {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
-        self.head.visit(&join(prefix, "rotation"), f)
-    }
-    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
-        self.head.visit_mut(&join(prefix, "rotation"), f)
-    }
-}
+imprint_nn::params!(Rotation { head as "rotation" });
 
 impl<D: ImprintDevice> Pretext<D> for Rotation<D> {
     fn loss(&mut self, codes: &mut Codes<D>, views: &Views, _pass: &mut Pass) -> Loss<D> {
