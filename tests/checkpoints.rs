@@ -1,4 +1,5 @@
-//! Checkpoints written by an earlier version (tests/fixtures/checkpoints-f231784) load, and give
+//! Checkpoints written by an earlier version (tests/fixtures/checkpoints-f231784) load (their
+//! sidecars list data files one by one, as records did before sources were summarised), and give
 //! the features and predictions that version computed from them: to the last digit for the dense
 //! nets; for the convolutional ones within float rounding, the convolutions having since been
 //! rewritten (sums taken in another order).
@@ -106,6 +107,15 @@ fn encoders_and_classifiers_of_f231784_load_and_compute_as_then() {
         inspected.assert_success();
         assert!(
             inspected.stdout.contains("head.weight"),
+            "{}",
+            inspected.stdout
+        );
+        // Its sidecar lists the data files one by one, as that version wrote them: read, and
+        // shown in one line.
+        assert!(
+            inspected
+                .stdout
+                .contains("data: 2 files, 2624 bytes, listed one by one in this older sidecar"),
             "{}",
             inspected.stdout
         );

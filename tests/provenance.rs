@@ -2,7 +2,8 @@
 //! as PyTorch writes them (crates/imprint-nn/CHECKPOINTS.md).
 
 use imprint_e2e::{
-    arg, imprint, read_json, write_pipeline, write_png_classes, Lcg, Table, Tiny, SIDE,
+    arg, imprint, read_json, read_manifest, write_pipeline, write_png_classes, Lcg, Table, Tiny,
+    SIDE,
 };
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -30,18 +31,28 @@ fn check_run_json(dir: &Path, command: &str, seeds: &[u64]) -> serde_json::Value
     assert_eq!(recorded, seeds, "{run}");
     assert_eq!(run["pipeline"]["name"], "tiny", "{run}");
     assert!(run["started_at"].as_str().unwrap().ends_with('Z'), "{run}");
+    // each source in one summary; its files once, in data-manifest.csv.gz
     for role in ["unlabeled", "labeled", "test"] {
-        let files = run["data"][role].as_array().unwrap();
-        assert!(!files.is_empty(), "no {role} files: {run}");
-        for f in files {
-            let sha = f["sha256"].as_str().unwrap();
-            assert!(
-                sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{f}"
-            );
-            assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
-        }
+        let source = &run["data"][role];
+        let sha = source["sha256"].as_str().unwrap();
+        assert!(
+            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{source}"
+        );
+        assert!(source["files"].as_u64().unwrap() > 0, "{source}");
+        assert!(source["bytes"].as_u64().unwrap() > 0, "{source}");
+        assert!(
+            source["path"].as_str().unwrap().ends_with("data"),
+            "{source}"
+        );
     }
+    let listed = read_manifest(&dir.join("data-manifest.csv.gz"));
+    assert_eq!(listed[0], "source,path,bytes,sha256");
+    assert_eq!(
+        listed.len() as u64 - 1,
+        run["data"]["labeled"]["files"].as_u64().unwrap(),
+        "every file of the one source, once"
+    );
     let stages = run["stages"].as_array().unwrap();
     assert_eq!(stages[0]["name"], "load data", "{run}");
     assert!(

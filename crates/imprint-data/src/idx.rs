@@ -2,13 +2,22 @@
 //! dimensions), `nd` big-endian u32 sizes, then the bytes. Checked strictly, because a truncated
 //! download otherwise shows up only as a mysteriously bad model.
 
-use crate::images::{fit_grey, Target};
-use crate::{alloc_pixels, invalid, io_err, DataError, Dataset, Preprocess, Result, SourceFile};
-use rayon::prelude::*;
+use crate::hash_cache::digest_files;
+use crate::images::{fit_image, Target};
+use crate::{
+    decode_images, image_cache, invalid, io_err, Dataset, ImageShape, Manifest, Pixels, Preprocess,
+    Result, Storage,
+};
+use image::{DynamicImage, GrayImage, RgbImage};
+use memmap2::Mmap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+/// Grey images: count, height, width.
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Images of 1 or 3 channels: count, channels, height, width (CHW, as datasets hold them).
+pub const IMAGES4_MAGIC: u32 = 0x0000_0804;
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// A parsed idx array borrowing its data.
@@ -20,7 +29,7 @@ pub struct IdxArray<'a> {
 
 fn what(magic: u32) -> &'static str {
     match magic {
-        IMAGES_MAGIC => "image",
+        IMAGES_MAGIC | IMAGES4_MAGIC => "image",
         LABELS_MAGIC => "labels",
         _ => "u8",
     }
@@ -102,30 +111,45 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32) -> Result<IdxA
     Ok(IdxArray { dims, data })
 }
 
-/// Reads a file and gunzips it when it starts with the gzip magic, so `.gz` and raw files load
-/// alike whatever their names say.
-fn read_maybe_gz(path: &Path) -> Result<(Vec<u8>, SourceFile)> {
-    let raw = std::fs::read(path).map_err(io_err(path))?;
-    let source = SourceFile::of_bytes(path, &raw);
-    if raw.starts_with(&[0x1f, 0x8b]) {
+/// An idx file's bytes: mapped when stored raw, decompressed into memory once when gzipped
+/// (whatever the name says, by the gzip magic).
+enum IdxBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl IdxBytes {
+    fn read(path: &Path) -> Result<IdxBytes> {
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        // SAFETY: data files are read, never written, by this program; one changed underneath
+        // a run is outside what any reader can guard against (as for a plain read).
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        if !map.starts_with(&[0x1f, 0x8b]) {
+            return Ok(IdxBytes::Mapped(map));
+        }
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
+        flate2::read::MultiGzDecoder::new(&map[..])
             .read_to_end(&mut out)
             .map_err(|e| invalid(path, format!("corrupt gzip data: {e}")))?;
-        Ok((out, source))
-    } else {
-        Ok((raw, source))
+        Ok(IdxBytes::Owned(out))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            IdxBytes::Mapped(m) => m,
+            IdxBytes::Owned(v) => v,
+        }
     }
 }
 
-/// The standard labels file next to an images file (`*-images-idx3-ubyte[.gz]` ->
-/// `*-labels-idx1-ubyte[.gz]`), trying the same compression first.
+/// The standard labels file next to an images file (`*-images-idx3-ubyte[.gz]` or
+/// `*-images-idx4-ubyte[.gz]` -> `*-labels-idx1-ubyte[.gz]`), trying the same compression first.
 fn labels_path(images: &Path) -> Option<PathBuf> {
     let name = images.file_name()?.to_str()?;
-    if !name.contains("images-idx3") {
-        return None;
-    }
-    let same = name.replacen("images-idx3", "labels-idx1", 1);
+    let kind = ["images-idx3", "images-idx4"]
+        .into_iter()
+        .find(|k| name.contains(k))?;
+    let same = name.replacen(kind, "labels-idx1", 1);
     let other = match same.strip_suffix(".gz") {
         Some(raw) => raw.to_string(),
         None => format!("{same}.gz"),
@@ -136,12 +160,27 @@ fn labels_path(images: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub(crate) fn load_idx(path: &Path, prep: &Preprocess) -> Result<Dataset> {
-    let (bytes, source) = read_maybe_gz(path)?;
-    let mut files = vec![source];
-    let arr = parse_idx(path, &bytes, IMAGES_MAGIC)?;
-    let (n, h, w) = match arr.dims[..] {
-        [n, h, w] => (n, h, w),
+/// Images, their count and stored shape (channels, height, width), of idx bytes with either
+/// image magic.
+fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(IdxArray<'a>, usize, ImageShape)> {
+    let magic = bytes
+        .get(..4)
+        .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
+    let expected = if magic == Some(IMAGES4_MAGIC) {
+        IMAGES4_MAGIC
+    } else {
+        IMAGES_MAGIC
+    };
+    let arr = parse_idx(path, bytes, expected)?;
+    let (n, c, h, w) = match arr.dims[..] {
+        [n, h, w] => (n, 1, h, w),
+        [n, c, h, w] if c == 1 || c == 3 => (n, c, h, w),
+        [_, c, _, _] => {
+            return Err(invalid(
+                path,
+                format!("idx4 images must have 1 or 3 channels, found {c}"),
+            ))
+        }
         _ => return Err(invalid(path, "idx image file must have 3 dimensions")),
     };
     if n == 0 {
@@ -150,13 +189,52 @@ pub(crate) fn load_idx(path: &Path, prep: &Preprocess) -> Result<Dataset> {
     if h == 0 || w == 0 {
         return Err(invalid(path, format!("idx images have zero size {h}x{w}")));
     }
+    let shape = ImageShape {
+        channels: c,
+        height: h,
+        width: w,
+    };
+    Ok((arr, n, shape))
+}
+
+/// One stored image (CHW bytes of `stored`) as a decoded image the resizer takes.
+fn as_image(path: &Path, src: &[u8], stored: ImageShape) -> Result<DynamicImage> {
+    let too_large = || invalid(path, "idx images too large");
+    let w = u32::try_from(stored.width).map_err(|_| too_large())?;
+    let h = u32::try_from(stored.height).map_err(|_| too_large())?;
+    let mismatch = || invalid(path, "idx image buffer size mismatch");
+    if stored.channels == 1 {
+        let img = GrayImage::from_raw(w, h, src.to_vec()).ok_or_else(mismatch)?;
+        return Ok(DynamicImage::ImageLuma8(img));
+    }
+    let plane = stored.height * stored.width;
+    let rgb = (0..plane)
+        .flat_map(|p| (0..3).map(move |c| src[c * plane + p]))
+        .collect();
+    let img = RgbImage::from_raw(w, h, rgb).ok_or_else(mismatch)?;
+    Ok(DynamicImage::ImageRgb8(img))
+}
+
+/// Loads the idx images at `path` (and the labels beside them), `source` being the path the
+/// caller named (the file, or the folder holding it). Pixels are read from the file itself when
+/// stored raw in the shape asked for; otherwise converted once, in memory or into the cache.
+pub(crate) fn load_idx(
+    path: &Path,
+    source: &Path,
+    prep: &Preprocess,
+    storage: &Storage,
+) -> Result<Dataset> {
+    let image_bytes = IdxBytes::read(path)?;
+    let (arr, n, stored) = parse_images(path, image_bytes.bytes())?;
+    let header = image_bytes.bytes().len() - arr.data.len();
+    let mut files = vec![path.to_path_buf()];
 
     let (labels, classes) = match labels_path(path) {
         None => (None, Vec::new()),
         Some(lp) => {
-            let (lbytes, lsource) = read_maybe_gz(&lp)?;
-            files.push(lsource);
-            let larr = parse_idx(&lp, &lbytes, LABELS_MAGIC)?;
+            let lbytes = IdxBytes::read(&lp)?;
+            files.push(lp.clone());
+            let larr = parse_idx(&lp, lbytes.bytes(), LABELS_MAGIC)?;
             if larr.data.len() != n {
                 return Err(invalid(
                     &lp,
@@ -173,31 +251,36 @@ pub(crate) fn load_idx(path: &Path, prep: &Preprocess) -> Result<Dataset> {
             (Some(labels), classes)
         }
     };
+    let root = path.parent().unwrap_or(Path::new(""));
+    let entries = digest_files(root, &files, storage)?;
+    let manifest = Manifest::new(source, root, entries);
 
-    let target = Target::resolve(prep, 1, h, w).map_err(|m| invalid(path, m))?;
+    let target = Target::resolve(prep, stored.channels, stored.height, stored.width)
+        .map_err(|m| invalid(path, m))?;
     let shape = target.shape;
-    let src_len = h * w;
-    let mut pixels = alloc_pixels(path, n, shape)?;
-    if target.channels() == 1 && shape.height == h && shape.width == w {
-        for (o, &b) in pixels.iter_mut().zip(arr.data) {
-            *o = f32::from(b) / 255.0;
-        }
+    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    let pixels = if shape != stored {
+        let src_len = stored.len();
+        let cache = image_cache::cache_file(storage, source, prep);
+        let digest = &manifest.summary().sha256;
+        decode_images(
+            path,
+            n,
+            shape,
+            storage,
+            cache.as_deref().map(|c| (c, digest.as_str())),
+            |i, out| {
+                let img = as_image(path, &arr.data[i * src_len..(i + 1) * src_len], stored)?;
+                fit_image(&img, &target, out);
+                Ok(())
+            },
+        )?
     } else {
-        let (sw, sh) = (
-            u32::try_from(w).map_err(|_| invalid(path, "idx images too wide"))?,
-            u32::try_from(h).map_err(|_| invalid(path, "idx images too tall"))?,
-        );
-        pixels
-            .par_chunks_mut(shape.len())
-            .zip(arr.data.par_chunks(src_len))
-            .try_for_each(|(out, src)| {
-                let grey: Vec<f32> = src.iter().map(|&b| f32::from(b) / 255.0).collect();
-                let buf = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(sw, sh, grey)
-                    .ok_or_else(|| invalid(path, "idx image buffer size mismatch"))?;
-                fit_grey(buf, &target, out);
-                Ok::<(), DataError>(())
-            })?;
-    }
+        match image_bytes {
+            IdxBytes::Mapped(map) => Pixels::mapped(map, header, n, shape.len(), resident),
+            IdxBytes::Owned(bytes) => Pixels::from_bytes_at(bytes, header, shape.len()),
+        }
+    };
     let name = path.display().to_string();
     Ok(Dataset {
         shape,
@@ -205,7 +288,7 @@ pub(crate) fn load_idx(path: &Path, prep: &Preprocess) -> Result<Dataset> {
         labels,
         classes,
         items: (0..n).map(|i| format!("{name}#{i}")).collect(),
-        files,
+        source: Arc::new(manifest),
     })
 }
 
@@ -238,9 +321,11 @@ mod tests {
         assert_eq!(ds.classes.len(), 8);
         assert_eq!(ds.classes[7], "7");
         assert_eq!(ds.items[1], format!("{}#1", img.display()));
-        assert_eq!(ds.files.len(), 2);
-        assert_eq!(ds.files[0].bytes, 16 + 12);
-        assert_eq!(ds.files[0].sha256.len(), 64);
+        let files = ds.source.entries();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].path, "toy-images-idx3-ubyte");
+        assert_eq!(files[0].bytes, 16 + 12);
+        assert_eq!(files[0].sha256.len(), 64);
     }
 
     #[test]
@@ -251,7 +336,7 @@ mod tests {
         // labels stored uncompressed beside gzipped images are still found
         write_idx_labels(&dir.path().join("toy-labels-idx1-ubyte"), &[1, 0]);
         let ds = load(&img, &Preprocess::default()).unwrap();
-        assert_eq!(ds.pixels, vec![1.0; 8]);
+        assert_eq!(ds.pixels.to_vec(), vec![1.0; 8]);
         assert_eq!(ds.labels, Some(vec![1, 0]));
         let prep = Preprocess {
             channels: Some(3),
@@ -261,12 +346,7 @@ mod tests {
         };
         let ds = load(&img, &prep).unwrap();
         assert_eq!(ds.shape.len(), 36);
-        assert_eq!(ds.pixels.len(), 72);
-        assert!(
-            ds.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-5),
-            "{:?}",
-            ds.pixels
-        );
+        assert_eq!(ds.pixels.to_vec(), vec![1.0; 72]);
     }
 
     #[test]
@@ -282,7 +362,8 @@ mod tests {
         };
         let ds = load(&img, &prep).unwrap();
         assert_eq!((ds.shape.height, ds.shape.width), (4, 6));
-        let rows: Vec<&[f32]> = ds.image(0).chunks(6).collect();
+        let image = ds.image(0);
+        let rows: Vec<&[f32]> = image.chunks(6).collect();
         for row in &rows {
             assert_eq!(row, &rows[0], "every row alike: {rows:?}");
             assert!(row.windows(2).all(|p| p[0] <= p[1]), "{rows:?}");
@@ -435,7 +516,8 @@ mod tests {
             std::fs::write(&img, &bytes).unwrap();
             let res = load(&img, &Preprocess { height: Some(3), ..Default::default() });
             if let Ok(ds) = res {
-                prop_assert_eq!(ds.pixels.len(), ds.len() * ds.shape.len());
+                prop_assert_eq!(ds.pixels.len(), ds.len());
+                prop_assert_eq!(ds.pixels.to_vec().len(), ds.len() * ds.shape.len());
             }
         }
     }

@@ -1,12 +1,16 @@
 //! Folders of image files and CSV lists of them, decoded in parallel into one pixel buffer.
 
+use crate::hash_cache::digest_files;
+use crate::pixels::to_byte;
 use crate::{
-    alloc_pixels, invalid, io_err, DataError, Dataset, ImageShape, Preprocess, Result, SourceFile,
+    decode_images, image_cache, invalid, io_err, DataError, Dataset, ImageShape, Manifest,
+    Preprocess, Result, Storage,
 };
 use image::imageops::{resize, FilterType};
 use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Luma, Rgb};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
@@ -54,8 +58,23 @@ impl Target {
     }
 }
 
+/// A decoded image brought to the target's channels and size, as bytes (CHW). Converted and
+/// resized in `f32` (values `b / 255`) and kept as the nearest byte: exact for an image already
+/// of the target's size and channels.
+pub(crate) fn fit_image(img: &DynamicImage, target: &Target, out: &mut [u8]) {
+    let mut values = vec![0.0f32; out.len()];
+    if target.channels() == 1 {
+        fit_grey(img.to_luma32f(), target, &mut values);
+    } else {
+        fit_rgb(img.to_rgb32f(), target, &mut values);
+    }
+    for (o, &v) in out.iter_mut().zip(&values) {
+        *o = to_byte(v);
+    }
+}
+
 /// Resizes a grey image to the target (Triangle filter) and writes it as 1 or 3 channels.
-pub(crate) fn fit_grey(buf: ImageBuffer<Luma<f32>, Vec<f32>>, target: &Target, out: &mut [f32]) {
+fn fit_grey(buf: ImageBuffer<Luma<f32>, Vec<f32>>, target: &Target, out: &mut [f32]) {
     let (w, h) = target.dims();
     let buf = if buf.dimensions() == (w, h) {
         buf
@@ -103,44 +122,70 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Sorted entries of a directory, hidden ones (`.git`, editor droppings) left out.
-fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// One entry of a folder and what it is (a link, as what it points to).
+struct Entry {
+    path: PathBuf,
+    is_file: bool,
+    is_dir: bool,
+}
+
+/// Sorted entries of a directory, hidden ones (`.git`, editor droppings) left out. Their kind
+/// comes with the listing (one more look only for links): a folder of 200,000 images is not
+/// asked about each file twice.
+fn entries(dir: &Path) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        if !is_hidden(&path) {
-            out.push(path);
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        if is_hidden(&path) {
+            continue;
         }
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        let (is_file, is_dir) = if kind.is_symlink() {
+            std::fs::metadata(&path).map_or((false, false), |m| (m.is_file(), m.is_dir()))
+        } else {
+            (kind.is_file(), kind.is_dir())
+        };
+        out.push(Entry {
+            path,
+            is_file,
+            is_dir,
+        });
     }
-    out.sort();
+    // All are the folder's path joined with a name, so their bytes order them as whole paths
+    // would (and as their names would), without taking each path apart at every comparison.
+    out.sort_unstable_by(|a, b| a.path.as_os_str().cmp(b.path.as_os_str()));
     Ok(out)
 }
 
+fn images_among(entries: &[Entry]) -> Vec<PathBuf> {
+    entries
+        .iter()
+        .filter(|e| e.is_file && is_image(&e.path))
+        .map(|e| e.path.clone())
+        .collect()
+}
+
 fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .collect())
+    Ok(images_among(&entries(dir)?))
 }
 
 /// One sub-folder per class, or images directly inside for unlabeled data.
-pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
+pub(crate) fn load_dir(dir: &Path, prep: &Preprocess, storage: &Storage) -> Result<Dataset> {
     let all = entries(dir)?;
-    let loose: Vec<PathBuf> = all
-        .iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .cloned()
-        .collect();
+    let loose = images_among(&all);
     let mut classes = Vec::new();
     let mut paths = Vec::new();
     let mut labels = Vec::new();
-    for sub in all.iter().filter(|p| p.is_dir()) {
-        let imgs = images_in(sub)?;
+    for sub in all.iter().filter(|e| e.is_dir).map(|e| &e.path) {
+        let inside = entries(sub)?;
+        let imgs = images_among(&inside);
         if imgs.is_empty() {
             // A class whose images sit one folder deeper would be dropped without a word.
-            if let Some(deeper) = entries(sub)?
-                .into_iter()
-                .find(|p| p.is_dir() && images_in(p).is_ok_and(|i| !i.is_empty()))
+            if let Some(deeper) = inside
+                .iter()
+                .find(|e| e.is_dir && images_in(&e.path).is_ok_and(|i| !i.is_empty()))
+                .map(|e| &e.path)
             {
                 return Err(invalid(
                     sub,
@@ -165,15 +210,17 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
         // a folder holding one idx image file (like data/digits) names that file
         let idx: Vec<&PathBuf> = all
             .iter()
-            .filter(|p| {
-                p.is_file()
-                    && p.file_name()
+            .filter(|e| {
+                e.is_file
+                    && e.path
+                        .file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.contains("images-idx3"))
+                        .is_some_and(|n| n.contains("images-idx3") || n.contains("images-idx4"))
             })
+            .map(|e| &e.path)
             .collect();
         match idx[..] {
-            [one] => return crate::idx::load_idx(one, prep),
+            [one] => return crate::idx::load_idx(one, dir, prep, storage),
             [] => {}
             _ => {
                 let names: Vec<String> = idx
@@ -190,8 +237,13 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
             }
         }
     }
+    let listed = Listing {
+        origin: dir,
+        root: dir,
+        list: None,
+    };
     if classes.is_empty() {
-        return decode_dataset(dir, loose, None, Vec::new(), Vec::new(), prep);
+        return decode_dataset(&listed, loose, None, Vec::new(), prep, storage);
     }
     if let Some(stray) = loose.first() {
         return Err(invalid(
@@ -203,7 +255,7 @@ pub(crate) fn load_dir(dir: &Path, prep: &Preprocess) -> Result<Dataset> {
             ),
         ));
     }
-    decode_dataset(dir, paths, Some(labels), classes, Vec::new(), prep)
+    decode_dataset(&listed, paths, Some(labels), classes, prep, storage)
 }
 
 /// The columns of a `path,label` (or `file,label`) header row, in either order: `Some(true)`
@@ -219,9 +271,8 @@ fn header_order(rec: &csv::StringRecord) -> Option<bool> {
 }
 
 /// `path,label` rows, paths relative to the CSV's folder.
-pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess) -> Result<Dataset> {
+pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess, storage: &Storage) -> Result<Dataset> {
     let raw = std::fs::read(csv_path).map_err(io_err(csv_path))?;
-    let source = SourceFile::of_bytes(csv_path, &raw);
     let base = csv_path.parent().unwrap_or(Path::new(""));
     let shown = csv_path.display().to_string();
     let csv_err = |line: u64, msg: String| DataError::Csv {
@@ -283,7 +334,12 @@ pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess) -> Result<Dataset> {
         .iter()
         .map(|n| index.get(n.as_str()).copied().unwrap_or(0))
         .collect();
-    decode_dataset(csv_path, paths, Some(labels), classes, vec![source], prep)
+    let listed = Listing {
+        origin: csv_path,
+        root: base,
+        list: Some(csv_path),
+    };
+    decode_dataset(&listed, paths, Some(labels), classes, prep, storage)
 }
 
 /// Numeric order when every label is an integer (so "10" follows "9"), text order otherwise.
@@ -335,10 +391,9 @@ fn has_colour(path: &Path) -> Result<bool> {
     Ok(image::ImageDecoder::color_type(&decoder).has_color())
 }
 
-/// Reads and decodes one image, recording provenance of the exact bytes decoded.
-fn decode(path: &Path) -> Result<(DynamicImage, SourceFile)> {
+/// Reads and decodes one image.
+fn decode(path: &Path) -> Result<DynamicImage> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let source = SourceFile::of_bytes(path, &bytes);
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice()));
     if let Ok(format) = ImageFormat::from_path(path) {
         reader.set_format(format);
@@ -354,25 +409,27 @@ fn decode(path: &Path) -> Result<(DynamicImage, SourceFile)> {
     if img.width() == 0 || img.height() == 0 {
         return Err(invalid(path, "image has zero size"));
     }
-    Ok((img, source))
+    Ok(img)
 }
 
-fn decode_dataset(
-    origin: &Path,
-    paths: Vec<PathBuf>,
-    labels: Option<Vec<usize>>,
-    classes: Vec<String>,
-    mut files: Vec<SourceFile>,
-    prep: &Preprocess,
-) -> Result<Dataset> {
+/// Where a list of image files came from: the source as named, the folder its manifest's
+/// paths are relative to, and the CSV list itself when there is one (a file of the source too).
+struct Listing<'a> {
+    origin: &'a Path,
+    root: &'a Path,
+    list: Option<&'a Path>,
+}
+
+/// The shape images are brought to: preprocess settings, else the first image's size, and
+/// colour when any image has it (so no photo loses its colour to a grey first file).
+fn resolve_target(origin: &Path, paths: &[PathBuf], prep: &Preprocess) -> Result<Target> {
     let Some(first) = paths.first() else {
         return Err(invalid(origin, "no images found"));
     };
-    let target = match (prep.channels, prep.height, prep.width) {
+    match (prep.channels, prep.height, prep.width) {
         (Some(c), Some(h), Some(w)) => Target::resolve(prep, c, h, w),
         _ => {
-            let (img, _) = decode(first)?;
-            // Colour when any image has it, so no photo loses its colour to a grey first file.
+            let img = decode(first)?;
             let channels = match prep.channels {
                 Some(c) => c,
                 None => {
@@ -388,32 +445,65 @@ fn decode_dataset(
             Target::resolve(prep, channels, img.height() as usize, img.width() as usize)
         }
     }
-    .map_err(|m| invalid(origin, m))?;
-    let shape = target.shape;
-    let mut pixels = alloc_pixels(origin, paths.len(), shape)?;
-    let sources: Vec<Result<SourceFile>> = pixels
-        .par_chunks_mut(shape.len())
-        .zip(paths.par_iter())
-        .map(|(out, path)| {
-            let (img, source) = decode(path)?;
-            if target.channels() == 1 {
-                fit_grey(img.to_luma32f(), &target, out);
-            } else {
-                fit_rgb(img.to_rgb32f(), &target, out);
-            }
-            Ok(source)
-        })
-        .collect();
-    for s in sources {
-        files.push(s?);
+    .map_err(|m| invalid(origin, m))
+}
+
+/// Hashes the files (through the digest cache), then decodes the images: from the image cache
+/// when it holds this very content, else afresh (into memory, or the cache when over budget).
+fn decode_dataset(
+    listed: &Listing,
+    paths: Vec<PathBuf>,
+    labels: Option<Vec<usize>>,
+    classes: Vec<String>,
+    prep: &Preprocess,
+    storage: &Storage,
+) -> Result<Dataset> {
+    if paths.is_empty() {
+        return Err(invalid(listed.origin, "no images found"));
     }
+    let files: Vec<PathBuf> = listed
+        .list
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(paths.iter().cloned())
+        .collect();
+    let entries = digest_files(listed.root, &files, storage)?;
+    let manifest = Manifest::new(listed.origin, listed.root, entries);
+    let digest = manifest.summary().sha256.as_str();
+    let cache = image_cache::cache_file(storage, listed.origin, prep);
+    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    // A cache of this content serves a source over the budget; within it, the images are
+    // decoded into memory as the budget allows.
+    let cached = match &cache {
+        Some(file) => image_cache::open(file, paths.len(), digest, resident)?
+            .filter(|(shape, _)| paths.len().saturating_mul(shape.len()) > resident),
+        None => None,
+    };
+    let (shape, pixels) = match cached {
+        Some(found) => found,
+        None => {
+            let target = resolve_target(listed.origin, &paths, prep)?;
+            let pixels = decode_images(
+                listed.origin,
+                paths.len(),
+                target.shape,
+                storage,
+                cache.as_deref().map(|c| (c, digest)),
+                |i, out| {
+                    fit_image(&decode(&paths[i])?, &target, out);
+                    Ok(())
+                },
+            )?;
+            (target.shape, pixels)
+        }
+    };
     Ok(Dataset {
         shape,
         pixels,
         labels,
         classes,
         items: paths.iter().map(|p| p.display().to_string()).collect(),
-        files,
+        source: Arc::new(manifest),
     })
 }
 
@@ -461,7 +551,8 @@ mod tests {
         assert!(ds.image(0).iter().all(|&v| v == 1.0));
         assert!(ds.image(1).iter().all(|&v| v == 0.0));
         assert!(ds.image(2).iter().all(|&v| (v - 1.0).abs() < 1e-5));
-        assert_eq!(ds.files.len(), 3);
+        assert_eq!(ds.source.entries().len(), 3);
+        assert_eq!(ds.source.entries()[0].path, "a_dog/1.png");
         assert!(ds.items[1].ends_with("2.PNG"));
         assert_eq!(ds.describe(), "3 images 3x3x4, 2 classes: a_dog:2 b_cat:1");
         // Asked for grey, every file is read as grey: alpha dropped, colour kept as luma.
@@ -555,8 +646,14 @@ mod tests {
         assert_eq!(ds.classes, vec!["9", "10"]);
         assert_eq!(ds.labels, Some(vec![1, 0, 1]));
         assert_eq!(ds.image(1)[0], 100.0 / 255.0);
-        assert_eq!(ds.files.len(), 4, "csv and three images");
-        assert_eq!(ds.files[0].path, csv.display().to_string());
+        let files: Vec<&str> = ds
+            .source
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(files, ["img/0.png", "img/1.png", "img/2.png", "list.csv"]);
+        assert_eq!(ds.source.summary().path, csv.display().to_string());
 
         // no header, text labels
         std::fs::write(&csv, "img/0.png,zebra\nimg/1.png,ant\n").unwrap();
@@ -590,7 +687,7 @@ mod tests {
         assert_eq!(ds.shape.channels, 3);
         let near = |got: &[f32], want: f32| got.iter().all(|v| (v - want).abs() < 1e-6);
         assert!(
-            near(ds.image(0), 0.2),
+            near(&ds.image(0), 0.2),
             "grey on every channel: {:?}",
             ds.image(0)
         );

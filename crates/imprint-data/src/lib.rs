@@ -1,26 +1,42 @@
 //! Image datasets for transfer-learning experiments.
 //!
 //! [`load`] turns an idx file (MNIST-style, raw or gzipped), a folder of images or a CSV list of
-//! `path,label` rows into one in-memory [`Dataset`] of `f32` pixels in `[0, 1]`, CHW order, with
-//! the provenance (size and sha256) of every file read, so a run can say exactly what it saw.
+//! `path,label` rows into one [`Dataset`] of 8-bit pixels, CHW order, read as `f32` in `[0, 1]` a
+//! batch at a time ([`Pixels`]), with the [`Manifest`] of the files read (size and sha256 of
+//! each, and one digest of them all), so a run can say exactly what it saw. [`load_with`] keeps
+//! a source larger than the memory budget on disk and remembers file digests ([`Storage`]).
 //! [`split`] draws seeded label budgets and train/test splits, [`augment`] shifts images,
 //! [`photo`] holds SimCLR-style photo augmentations, and [`fetch`] downloads MNIST.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 pub mod augment;
 pub mod fetch;
+mod hash_cache;
 mod idx;
+mod image_cache;
 mod images;
+mod manifest;
 pub mod photo;
+mod pixels;
 pub mod split;
+mod storage;
 
 pub use idx::{
-    parse_idx, IdxArray, IMAGES_MAGIC as IDX_IMAGES_MAGIC, LABELS_MAGIC as IDX_LABELS_MAGIC,
+    parse_idx, IdxArray, IMAGES4_MAGIC as IDX_IMAGES4_MAGIC, IMAGES_MAGIC as IDX_IMAGES_MAGIC,
+    LABELS_MAGIC as IDX_LABELS_MAGIC,
 };
+pub use manifest::{
+    first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,
+    SourceSummary, MANIFEST_FILE,
+};
+pub use pixels::Pixels;
+pub use storage::{default_cache_dir, Storage, DEFAULT_MEMORY_BUDGET_MB};
 
 /// Everything that can go wrong reading, sampling or fetching data. Each message is one line that
 /// starts with the file (or item) concerned, so it can be printed as is.
@@ -75,18 +91,39 @@ pub(crate) fn invalid(path: &Path, msg: impl Into<String>) -> DataError {
     }
 }
 
-/// A zeroed pixel buffer for `n` images, or an error (instead of an abort) when the requested
-/// size cannot be held, e.g. from a corrupt header or a mistyped preprocess size.
-pub(crate) fn alloc_pixels(path: &Path, n: usize, shape: ImageShape) -> Result<Vec<f32>> {
+/// `n` images of `shape`, image `i` decoded by `fill(i, bytes)` in parallel: in memory when
+/// they fit the budget (or there is no cache folder), else into the cache file `cache` (a path
+/// and the source's manifest digest) and read back through a mapping. An error instead of an
+/// abort when the size cannot be held, e.g. from a corrupt header or a mistyped preprocess size.
+pub(crate) fn decode_images(
+    path: &Path,
+    n: usize,
+    shape: ImageShape,
+    storage: &Storage,
+    cache: Option<(&Path, &str)>,
+    fill: impl Fn(usize, &mut [u8]) -> Result<()> + Sync,
+) -> Result<Pixels> {
     let total = [shape.channels, shape.height, shape.width]
         .iter()
         .try_fold(n, |acc, &d| acc.checked_mul(d));
     let too_big = || invalid(path, format!("{n} images of {shape} do not fit in memory"));
     let total = total.ok_or_else(too_big)?;
+    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    if let Some((file, digest)) = cache.filter(|_| total > resident) {
+        if let Some((cached, pixels)) = image_cache::open(file, n, digest, resident)? {
+            if cached == shape {
+                return Ok(pixels);
+            }
+        }
+        return image_cache::build(file, shape, n, digest, resident, fill);
+    }
     let mut v = Vec::new();
     v.try_reserve_exact(total).map_err(|_| too_big())?;
-    v.resize(total, 0.0);
-    Ok(v)
+    v.resize(total, 0);
+    v.par_chunks_mut(shape.len())
+        .enumerate()
+        .try_for_each(|(i, out)| fill(i, out))?;
+    Ok(Pixels::from_bytes(v, shape.len()))
 }
 
 /// Size of one image in the order the pixels are stored (channels, then rows, then columns).
@@ -207,7 +244,7 @@ impl Preprocess {
     }
 }
 
-/// Provenance of one input file: enough to tell later whether the same bytes were used.
+/// Provenance of one file (a checkpoint started from; the data files of older records).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFile {
     pub path: String,
@@ -215,36 +252,20 @@ pub struct SourceFile {
     pub sha256: String,
 }
 
-impl SourceFile {
-    /// Describes bytes already read, so the record matches exactly what was parsed.
-    pub(crate) fn of_bytes(path: &Path, bytes: &[u8]) -> SourceFile {
-        let digest = Sha256::digest(bytes);
-        let mut sha256 = String::with_capacity(64);
-        for b in digest {
-            let _ = write!(sha256, "{b:02x}");
-        }
-        SourceFile {
-            path: path.display().to_string(),
-            bytes: bytes.len() as u64,
-            sha256,
-        }
-    }
-}
-
-/// Images held in memory with their labels and where they came from.
+/// Images with their labels and where they came from.
 #[derive(Clone, Debug)]
 pub struct Dataset {
     pub shape: ImageShape,
-    /// `len() * shape.len()` values, each image CHW row-major, values in `[0, 1]`.
-    pub pixels: Vec<f32>,
+    /// `len()` images of `shape.len()` bytes each, CHW row-major, read as values in `[0, 1]`.
+    pub pixels: Pixels,
     /// Index into `classes`; `None` when unlabeled.
     pub labels: Option<Vec<usize>>,
     /// Class names; label `i` means `classes[i]`.
     pub classes: Vec<String>,
     /// One id per image for audit: the image path, or `path/to/file-idx3-ubyte#123`.
     pub items: Vec<String>,
-    /// Provenance of every file read.
-    pub files: Vec<SourceFile>,
+    /// The files read, shared by every subset.
+    pub source: Arc<Manifest>,
 }
 
 impl Dataset {
@@ -260,10 +281,9 @@ impl Dataset {
         self.classes.len()
     }
 
-    /// Pixels of image `i`. Panics if `i >= len()` (a caller bug, not a data problem).
-    pub fn image(&self, i: usize) -> &[f32] {
-        let n = self.shape.len();
-        &self.pixels[i * n..(i + 1) * n]
+    /// Pixels of image `i` as values. Panics if `i >= len()` (a caller bug, not a data problem).
+    pub fn image(&self, i: usize) -> Vec<f32> {
+        self.pixels.image(i)
     }
 
     /// Name of the class of image `i`, if labeled.
@@ -275,36 +295,26 @@ impl Dataset {
     /// The images at `indices`, in that order; classes and provenance are kept whole so labels
     /// keep their meaning. Panics on an index `>= len()` (a caller bug).
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let n = self.shape.len();
-        let mut pixels = Vec::with_capacity(indices.len() * n);
-        for &i in indices {
-            pixels.extend_from_slice(self.image(i));
-        }
         Dataset {
             shape: self.shape,
-            pixels,
+            pixels: self.pixels.subset(indices),
             labels: self
                 .labels
                 .as_ref()
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
             classes: self.classes.clone(),
             items: indices.iter().map(|&i| self.items[i].clone()).collect(),
-            files: self.files.clone(),
+            source: Arc::clone(&self.source),
         }
     }
 
     /// A digest of each image's content (its pixels as loaded): equal for the same image
     /// listed twice, linked under two names, or copied into two folders.
     pub fn digests(&self) -> Vec<u64> {
-        use rayon::prelude::*;
-        self.pixels
-            .par_chunks(self.shape.len().max(1))
-            .map(|img| {
-                let mut h = Sha256::new();
-                for v in img {
-                    h.update(v.to_bits().to_le_bytes());
-                }
-                let d = h.finalize();
+        (0..self.len())
+            .into_par_iter()
+            .map(|i| {
+                let d = Sha256::digest(self.pixels.bytes(i));
                 u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
             })
             .collect()
@@ -398,10 +408,17 @@ pub fn percent(share: f64) -> f64 {
 
 /// Loads a dataset, choosing the reader by the path: a directory is a folder of images
 /// (one sub-folder per class, or images directly inside for unlabeled data; a folder with no
-/// images but a single `*images-idx3*` file loads that file), a `.csv` file is a
-/// `path,label` list, and a file whose name contains `idx` is an idx image file (raw or `.gz`)
-/// with its labels read from the `labels-idx1` file beside it when present.
+/// images but a single `*images-idx3*` or `*images-idx4*` file loads that file), a `.csv` file
+/// is a `path,label` list, and a file whose name contains `idx` is an idx image file (raw or
+/// `.gz`) with its labels read from the `labels-idx1` file beside it when present. Everything is
+/// held in memory and hashed afresh: [`load_with`] takes a budget and a cache folder.
 pub fn load(path: &Path, prep: &Preprocess) -> Result<Dataset> {
+    load_with(path, prep, &Storage::default())
+}
+
+/// [`load`] within `storage`'s memory budget, remembering file digests and decoded images in
+/// its cache folder.
+pub fn load_with(path: &Path, prep: &Preprocess, storage: &Storage) -> Result<Dataset> {
     prep.check(path)?;
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let name = path
@@ -409,14 +426,14 @@ pub fn load(path: &Path, prep: &Preprocess) -> Result<Dataset> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut ds = if meta.is_dir() {
-        images::load_dir(path, prep)?
+        images::load_dir(path, prep, storage)?
     } else if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
     {
-        images::load_csv(path, prep)?
+        images::load_csv(path, prep, storage)?
     } else if name.contains("idx") {
-        idx::load_idx(path, prep)?
+        idx::load_idx(path, path, prep, storage)?
     } else {
         return Err(invalid(
             path,
@@ -428,9 +445,7 @@ pub fn load(path: &Path, prep: &Preprocess) -> Result<Dataset> {
         return Err(invalid(path, "no images found"));
     }
     if prep.invert {
-        for v in &mut ds.pixels {
-            *v = 1.0 - *v;
-        }
+        ds.pixels = ds.pixels.inverted();
     }
     Ok(ds)
 }
@@ -469,6 +484,9 @@ pub(crate) mod testutil {
 }
 
 #[cfg(test)]
+mod load_tests;
+
+#[cfg(test)]
 mod tests {
     use super::testutil::*;
     use super::*;
@@ -480,11 +498,11 @@ mod tests {
                 height: 1,
                 width: 2,
             },
-            pixels: vec![0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+            pixels: Pixels::from_bytes(vec![0, 10, 20, 30, 40, 50], 2),
             labels: Some(vec![1, 0, 1]),
             classes: vec!["cat".into(), "dog".into()],
             items: vec!["a.png".into(), "b.png".into(), "c.png".into()],
-            files: vec![],
+            source: Default::default(),
         }
     }
 
@@ -492,7 +510,10 @@ mod tests {
     fn subset_counts_and_describe() {
         let ds = tiny();
         let sub = ds.subset(&[2, 0]);
-        assert_eq!(sub.pixels, vec![0.4, 0.5, 0.0, 0.1]);
+        assert_eq!(
+            sub.pixels.to_vec(),
+            [40, 50, 0, 10].map(|b| b as f32 / 255.0)
+        );
         assert_eq!(sub.items, vec!["c.png", "a.png"]);
         assert_eq!(sub.labels, Some(vec![1, 1]));
         assert_eq!(
@@ -529,7 +550,7 @@ mod tests {
             ..Default::default()
         };
         let ds = load(&p, &prep).unwrap();
-        assert_eq!(ds.pixels, vec![1.0, 0.0]);
+        assert_eq!(ds.pixels.to_vec(), vec![1.0, 0.0]);
         let bad = Preprocess {
             channels: Some(2),
             ..Default::default()
@@ -599,14 +620,15 @@ mod tests {
         let counts = ds.class_counts();
         assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), 1797);
         assert!(counts.iter().all(|c| c.1 > 150), "{counts:?}");
-        assert_eq!(ds.files.len(), 2);
-        assert!(ds.pixels.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(ds.source.entries().len(), 2);
+        assert!(ds.pixels.to_vec().iter().all(|v| (0.0..=1.0).contains(v)));
         assert!(ds
             .describe()
             .starts_with("1797 images 1x8x8, 10 classes: 0:178 1:182"));
         // the folder itself names its single idx file
         let again = load(&dir, &Preprocess::default()).unwrap();
-        assert_eq!(again.pixels, ds.pixels);
+        assert_eq!(again.pixels.to_vec(), ds.pixels.to_vec());
+        assert_eq!(again.source.summary().sha256, ds.source.summary().sha256);
         assert_eq!(again.labels, ds.labels);
     }
 }

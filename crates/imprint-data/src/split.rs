@@ -370,11 +370,11 @@ mod tests {
                 height: 1,
                 width: 1,
             },
-            pixels: vec![0.0, 1.0],
+            pixels: crate::Pixels::from_bytes(vec![0, 255], 1),
             labels: Some(vec![1, 0]),
             classes: vec!["a".into(), "b,c".into()],
             items: vec!["x.png".into(), "y.png".into()],
-            files: vec![],
+            source: Default::default(),
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sel.csv");

@@ -2,8 +2,8 @@
 //! layer, or a bank of labeled features that vote (k-nearest neighbours).
 
 use dfdx::prelude::*;
-use imprint_data::ImageShape;
-use imprint_nn::infer::over_images;
+use imprint_data::{ImageShape, Pixels};
+use imprint_nn::infer::over_pixels;
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::tree::{join, Params, Var};
 use imprint_nn::{Activation, Dropout, Encoder, ImprintDevice, Linear, Matrix, Mode, Pass};
@@ -118,10 +118,8 @@ impl<D: ImprintDevice> Classifier<D> {
     }
 
     /// The encoder's features of `images`, in eval mode.
-    pub fn features(&mut self, dev: &D, images: &[f32]) -> Vec<f32> {
-        over_images(dev, images, self.shape.len(), |x| {
-            self.encoder.forward(x, &mut Pass::eval())
-        })
+    pub fn features(&mut self, dev: &D, images: &Pixels) -> Vec<f32> {
+        over_pixels(dev, images, |x| self.encoder.forward(x, &mut Pass::eval()))
     }
 
     /// Class logits `[batch, classes]` of a linear head in eval mode, without a tape.
@@ -131,14 +129,13 @@ impl<D: ImprintDevice> Classifier<D> {
             .forward(features, Activation::Identity, false)
     }
 
-    /// Predicted class and its probability (softmax, or share of the vote) for each image
-    /// (`n * shape.len()` floats).
-    pub fn predict(&mut self, dev: &D, images: &[f32]) -> Vec<(usize, f32)> {
+    /// Predicted class and its probability (softmax, or share of the vote) for each image.
+    pub fn predict(&mut self, dev: &D, images: &Pixels) -> Vec<(usize, f32)> {
         if let Head::Knn(bank, settings) = &self.head {
             let (bank, settings) = (bank.clone(), *settings);
             return bank.predict(&self.features(dev, images), settings);
         }
-        let probs = over_images(dev, images, self.shape.len(), |x| {
+        let probs = over_pixels(dev, images, |x| {
             self.logits(x).softmax::<dfdx::shapes::Axis<1>>()
         });
         probs

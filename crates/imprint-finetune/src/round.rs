@@ -11,7 +11,7 @@ use crate::{
 use dfdx::prelude::*;
 use imprint_data::augment::augment_batch;
 use imprint_data::Dataset;
-use imprint_nn::infer::over_images;
+use imprint_nn::infer::over_pixels;
 use imprint_nn::loss::cross_entropy;
 use imprint_nn::tree::ParamsExt;
 use imprint_nn::{ImprintDevice, Matrix, Mode, Optimizer, Pass};
@@ -224,7 +224,7 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
                         let width = self.model.encoder.features();
                         cached.extend_from_slice(&features[k][i * width..(i + 1) * width]);
                     }
-                    None => images.extend_from_slice(source.data.image(i)),
+                    None => images.extend(source.data.image(i)),
                 }
             }
         }
@@ -430,9 +430,7 @@ fn validate<D: ImprintDevice>(
     step: usize,
 ) -> Validation {
     let labels = held_out.labels.as_deref().unwrap_or_default();
-    let logits = over_images(dev, &held_out.pixels, model.shape.len(), |x| {
-        model.logits(x)
-    });
+    let logits = over_pixels(dev, &held_out.pixels, |x| model.logits(x));
     let classes = model.classes.len();
     let correct = logits
         .chunks_exact(classes)

@@ -1,7 +1,7 @@
 use super::*;
 use dfdx::prelude::*;
 use imprint_data::augment::Augment;
-use imprint_data::ImageShape;
+use imprint_data::{ImageShape, Pixels};
 use imprint_nn::tree::ParamsExt;
 use imprint_nn::Architecture;
 use imprint_train::{OptimSettings, Schedule};
@@ -43,11 +43,11 @@ fn bars(n: usize, seed: u64) -> Dataset {
             height: 8,
             width: 8,
         },
-        pixels,
+        pixels: Pixels::from_unit_floats(&pixels, 64),
         labels: Some(labels),
         classes: vec!["h".into(), "v".into()],
         items: (0..n).map(|i| format!("bars#{i}")).collect(),
-        files: vec![],
+        source: Default::default(),
     }
 }
 
@@ -145,7 +145,8 @@ fn halves(n: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut ds = bars(n, seed);
     ds.classes = vec!["top".into(), "bottom".into()];
-    for (i, img) in ds.pixels.chunks_exact_mut(64).enumerate() {
+    let mut pixels = vec![0.0; n * 64];
+    for (i, img) in pixels.chunks_exact_mut(64).enumerate() {
         let rows = if i % 2 == 0 { 0..4 } else { 4..8 };
         let (row, light) = (rng.gen_range(rows), rng.gen_range(0.6..1.0));
         for (k, v) in img.iter_mut().enumerate() {
@@ -156,6 +157,7 @@ fn halves(n: usize, seed: u64) -> Dataset {
             };
         }
     }
+    ds.pixels = Pixels::from_unit_floats(&pixels, 64);
     ds
 }
 

@@ -2,6 +2,7 @@
 //! every evaluation, prediction and embedding goes through.
 
 use crate::{ImprintDevice, Matrix};
+use imprint_data::Pixels;
 use std::ops::Range;
 
 /// Images per chunk: wide enough to keep the products fast, small enough to bound memory.
@@ -40,6 +41,22 @@ pub fn over_images<D: ImprintDevice>(
         images.len() / len.max(1),
         len,
         |r, buf| buf.copy_from_slice(&images[r.start * len..r.end * len]),
+        f,
+    )
+}
+
+/// [`in_chunks`] over 8-bit images, converted to values a chunk at a time: a large set never
+/// exists as `f32` all at once.
+pub fn over_pixels<D: ImprintDevice>(
+    dev: &D,
+    images: &Pixels,
+    f: impl FnMut(Matrix<D>) -> Matrix<D>,
+) -> Vec<f32> {
+    in_chunks(
+        dev,
+        images.len(),
+        images.image_len(),
+        |r, buf| images.fill(r, buf),
         f,
     )
 }

@@ -4,7 +4,7 @@
 use crate::config::Route;
 use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one, StartPoint};
 use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
-use crate::provenance::{read_run_info, threads_phrase, DataFiles, RunLog};
+use crate::provenance::{data_change, read_run_info, threads_phrase, RunLog};
 use crate::sidecar::{read_json, sidecar_path, ENCODER_FORMAT, SIDECAR};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
@@ -220,12 +220,18 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
     let recorded = Pipeline::from_file(&recorded_path)?;
     // Every run follows from its own (strategy, budget, seed), so the grid itself may grow or
     // shrink: the runs it still names are kept, new ones run. The name and description are
-    // words for reports and change no result.
+    // words for reports, and the memory budget and cache folder change speed: none changes a
+    // result.
     let settings = |p: &Pipeline| {
         to_json(p).map(|mut json| {
             if let Some(o) = json.as_object_mut() {
                 for key in ["compare", "name", "description"] {
                     o.remove(key);
+                }
+            }
+            if let Some(d) = json.get_mut("data").and_then(|d| d.as_object_mut()) {
+                for key in ["memory_budget_mb", "cache_dir"] {
+                    d.remove(key);
                 }
             }
             json
@@ -237,8 +243,18 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
     let run_json = out.join("run.json");
     if run_json.exists() {
         let info = read_run_info(&run_json)?;
-        if let Some(difference) = changed_data(&info.data, &DataFiles::of(data)) {
-            return Err(refuse(&run_json, difference));
+        let roles = [
+            ("unlabeled", &info.data.unlabeled, &data.unlabeled),
+            ("labeled", &info.data.labeled, &data.labeled),
+            ("test", &info.data.test, &data.test),
+        ];
+        for (role, recorded, now) in roles {
+            if let Some(change) = data_change(out, recorded, &now.source) {
+                return Err(refuse(
+                    &run_json,
+                    format!("the data.{role} files differ from the recorded run: {change}"),
+                ));
+            }
         }
     }
     let results = out.join("results.csv");
@@ -294,28 +310,6 @@ fn first_difference(
              resume with the same pipeline and flags, or start a new --out"
         )),
     }
-}
-
-/// Names the first data file whose size or content changed since `recorded`.
-fn changed_data(recorded: &DataFiles, now: &DataFiles) -> Option<String> {
-    [
-        ("unlabeled", &recorded.unlabeled, &now.unlabeled),
-        ("labeled", &recorded.labeled, &now.labeled),
-        ("test", &recorded.test, &now.test),
-    ]
-    .into_iter()
-    .find(|(_, a, b)| a != b)
-    .map(|(role, a, b)| {
-        let detail = match a.iter().zip(b.iter()).find(|(x, y)| x != y) {
-            Some((x, y)) if x.path == y.path => format!(
-                "{} changed (sha256 {} recorded, {} now)",
-                y.path, x.sha256, y.sha256
-            ),
-            Some((x, y)) => format!("{} was read, now {}", x.path, y.path),
-            None => format!("{} files were read, now {}", a.len(), b.len()),
-        };
-        format!("the data.{role} files differ from the recorded run: {detail}")
-    })
 }
 
 /// The encoders of a comparison's routes, each made when a run first needs it: pre-trained
@@ -410,7 +404,7 @@ fn finished_pretraining(
     let fits = side.seed == seed
         && side.epochs == p.pretrain.epochs
         && side.preprocess == p.data.preprocess
-        && side.data == data.unlabeled.files
+        && side.data.matches(&data.unlabeled.source)
         && side.started_from.as_ref() == from;
     if !fits {
         return None;
@@ -422,7 +416,6 @@ fn finished_pretraining(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imprint_data::SourceFile;
 
     #[test]
     fn first_difference_names_the_dotted_key() {
@@ -432,30 +425,6 @@ mod tests {
         let d = first_difference(&a, &b, "").unwrap();
         assert!(
             d.starts_with("setting `finetune.steps` is 31 now but 30"),
-            "{d}"
-        );
-    }
-
-    #[test]
-    fn changed_data_names_the_file_and_both_digests() {
-        let file = |sha: &str| SourceFile {
-            path: "d/x.gz".into(),
-            bytes: 3,
-            sha256: sha.into(),
-        };
-        let old = DataFiles {
-            unlabeled: vec![file("aa")],
-            ..Default::default()
-        };
-        let new = DataFiles {
-            unlabeled: vec![file("bb")],
-            ..Default::default()
-        };
-        assert_eq!(changed_data(&old, &old), None);
-        let d = changed_data(&old, &new).unwrap();
-        assert!(
-            d.contains("data.unlabeled")
-                && d.contains("d/x.gz changed (sha256 aa recorded, bb now)"),
             "{d}"
         );
     }

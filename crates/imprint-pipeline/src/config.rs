@@ -4,7 +4,7 @@
 //! key and line, as the TOML parser reports them.
 
 use crate::{PipelineError, Result};
-use imprint_data::Preprocess;
+use imprint_data::{default_cache_dir, Preprocess, Storage, DEFAULT_MEMORY_BUDGET_MB};
 use imprint_finetune::{FinetuneConfig, Strategy};
 use imprint_pretrain::PretrainConfig;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,30 @@ pub struct DataConfig {
     /// the report then says how many.
     #[serde(default)]
     pub allow_test_overlap: bool,
+    /// Decoded images beyond this many MiB are not held in memory: an uncompressed idx file is
+    /// read through a file mapping, other sources through a cache file of their 8-bit pixels,
+    /// and of a mapping about this much stays resident. Changes speed and memory, never results.
+    #[serde(default = "default_memory_budget_mb")]
+    pub memory_budget_mb: u64,
+    /// Where file digests and the image caches of large sources are kept; by default
+    /// `$IMPRINT_CACHE_DIR`, else `$XDG_CACHE_HOME/imprint`, else `~/.cache/imprint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl DataConfig {
+    /// The memory budget and cache folder loading works within.
+    pub fn storage(&self) -> Storage {
+        Storage {
+            cache_dir: self.cache_dir.clone().or_else(default_cache_dir),
+            ..Storage::default()
+        }
+        .with_budget_mb(self.memory_budget_mb)
+    }
+}
+
+fn default_memory_budget_mb() -> u64 {
+    DEFAULT_MEMORY_BUDGET_MB
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

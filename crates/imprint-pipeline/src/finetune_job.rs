@@ -9,7 +9,7 @@ use crate::{
 };
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
-use imprint_data::{Dataset, ImageShape, Preprocess, SourceFile};
+use imprint_data::{Dataset, ImageShape, Preprocess, SourceFile, SourceRecord};
 use imprint_finetune::{
     evaluate, finetune_with, Classifier, FinetuneError, FinetuneHooks, FinetuneSnapshot, Head,
     Metrics, Strategy,
@@ -352,7 +352,7 @@ pub fn finetune_job(
             strategy: strategy.name().into(),
             seed,
             program_version: VERSION.into(),
-            data: data.labeled.files.clone(),
+            data: SourceRecord::of(&data.labeled.source),
             git_revision: log.info().git_revision.clone(),
             knn: match &outcome.model.head {
                 Head::Knn(_, settings) => Some(KnnVote {

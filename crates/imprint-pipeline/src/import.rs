@@ -5,7 +5,7 @@ use crate::provenance::{git_state, VERSION};
 use crate::sidecar::{write_json, ENCODER_FORMAT, MODEL_FORMAT};
 use crate::{create_dir, EncoderSidecar, ModelSidecar, PipelineError, Result};
 use dfdx::prelude::Cpu;
-use imprint_data::{ImageShape, Preprocess, SourceFile};
+use imprint_data::{ImageShape, Preprocess, SourceFile, SourceRecord};
 use imprint_finetune::Classifier;
 use imprint_nn::models::Layout;
 use imprint_nn::{save_tensors, Architecture, Encoder, NamedTensor, ParamsExt};
@@ -159,7 +159,7 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
                     strategy: "imported".into(),
                     seed: 0,
                     program_version: VERSION.into(),
-                    data: Vec::new(),
+                    data: SourceRecord::default(),
                     git_revision,
                     knn: None,
                     started_from: Some(source),
@@ -180,7 +180,8 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
                     seed: 0,
                     epochs: 0,
                     program_version: VERSION.into(),
-                    data: vec![source],
+                    // the network's own file: it was trained on data unknown here
+                    data: SourceRecord::Files(vec![source]),
                     git_revision,
                     seconds: None,
                     started_from: None,

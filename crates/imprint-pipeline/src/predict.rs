@@ -7,9 +7,9 @@ use crate::sidecar::{
 };
 use crate::{EncoderSidecar, ModelSidecar, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
-use imprint_data::{Dataset, ImageShape, Preprocess};
+use imprint_data::{Dataset, ImageShape, Preprocess, Storage};
 use imprint_finetune::{evaluate, Classifier, Head, Metrics};
-use imprint_nn::infer::over_images;
+use imprint_nn::infer::over_pixels;
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::{load_tensors, Encoder, ParamsExt, Pass};
 use rand::SeedableRng;
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// (`path,predicted,confidence`).
 pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
     let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
-    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let images = load_input(input, side.input, &side.preprocess)?;
     let mut model = model_of(model_weights, &side)?;
     let predictions = model.predict(&Cpu::default(), &images.pixels);
     let mut text = String::from("path,predicted,confidence\n");
@@ -53,7 +53,7 @@ pub fn evaluate_job(
     logits_csv: Option<&Path>,
 ) -> Result<Evaluation> {
     let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
-    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let images = load_input(input, side.input, &side.preprocess)?;
     if images.labels.is_none() {
         return Err(PipelineError::Input {
             path: input.display().to_string(),
@@ -71,7 +71,7 @@ pub fn evaluate_job(
                 message: "a kNN classifier has no logits to write".into(),
             });
         };
-        let logits = over_images(&dev, &images.pixels, side.input.len(), |x| model.logits(x));
+        let logits = over_pixels(&dev, &images.pixels, |x| model.logits(x));
         write_logits(path, &images, &side.classes, &logits)?;
     }
     let metrics = evaluate(&dev, &mut model, &images).expect("the images are labeled");
@@ -138,6 +138,13 @@ fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
     Ok(model)
 }
 
+/// The images of `input` brought to a checkpoint's input shape, within the default memory
+/// budget and cache folder.
+fn load_input(input: &Path, shape: ImageShape, recorded: &Preprocess) -> Result<Dataset> {
+    let prep = to_input(shape, recorded);
+    Ok(imprint_data::load_with(input, &prep, &Storage::standard())?)
+}
+
 /// Preprocessing that brings any source to a checkpoint's input shape.
 fn to_input(shape: ImageShape, recorded: &Preprocess) -> Preprocess {
     Preprocess {
@@ -164,10 +171,10 @@ fn csv_field(s: &str) -> String {
 /// encoder's input shape. Returns the number of images.
 pub fn embed(encoder_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
     let side: EncoderSidecar = read_json(&sidecar_path(encoder_weights), ENCODER_FORMAT, SIDECAR)?;
-    let images = imprint_data::load(input, &to_input(side.input, &side.preprocess))?;
+    let images = load_input(input, side.input, &side.preprocess)?;
     let mut encoder = encoder_of(encoder_weights, &side)?;
-    let (len, width) = (side.input.len(), side.architecture.latent());
-    let features = over_images(&Cpu::default(), &images.pixels, len, |x| {
+    let width = side.architecture.latent();
+    let features = over_pixels(&Cpu::default(), &images.pixels, |x| {
         encoder.forward(x, &mut Pass::eval())
     });
     let mut text = String::from("path,label");

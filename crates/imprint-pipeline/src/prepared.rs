@@ -202,7 +202,8 @@ pub fn write_split(
 impl Prepared {
     pub fn load(p: &Pipeline, obs: &dyn Observer) -> Result<Prepared> {
         let d = &p.data;
-        let all = imprint_data::load(&d.labeled, &d.preprocess)?;
+        let storage = d.storage();
+        let all = imprint_data::load_with(&d.labeled, &d.preprocess, &storage)?;
         require_labels(&all, &d.labeled, "data.labeled")?;
         let (all, mut checks) = check_duplicates(all, d.duplicates, &d.labeled)?;
         if all.num_classes() < 2 {
@@ -217,7 +218,7 @@ impl Prepared {
         let labels = all.labels.clone().unwrap_or_default();
         let (labeled, test, pool_idx) = match &d.test {
             Some(path) => {
-                let test = imprint_data::load(path, &d.preprocess)?;
+                let test = imprint_data::load_with(path, &d.preprocess, &storage)?;
                 require_labels(&test, path, "data.test")?;
                 (all.clone(), test.align_classes(&all.classes)?, None)
             }
@@ -234,7 +235,7 @@ impl Prepared {
                 None => all,
             }
         } else {
-            imprint_data::load(&d.unlabeled, &d.preprocess)?
+            imprint_data::load_with(&d.unlabeled, &d.preprocess, &storage)?
         };
         if d.max_unlabeled > 0 && unlabeled.len() > d.max_unlabeled {
             let mut ids: Vec<usize> = (0..unlabeled.len()).collect();

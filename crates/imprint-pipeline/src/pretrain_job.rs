@@ -1,13 +1,13 @@
 //! The `pretrain` job: an encoder pre-trained on the unlabeled images, with its loss curves,
 //! pictures and epoch checkpoints.
 
-use crate::provenance::{RunLog, VERSION};
+use crate::provenance::{data_change, RunLog, VERSION};
 use crate::resume_point;
 use crate::sidecar::{read_json, write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, LabelBudget};
-use imprint_data::{Dataset, SourceFile};
+use imprint_data::{Dataset, SourceFile, SourceRecord};
 use imprint_nn::knn::KnnSettings;
 use imprint_nn::{save_tensors, Decoder, Encoder, ParamsExt};
 use imprint_pretrain::{
@@ -64,12 +64,16 @@ fn refuse_other_run(p: &Pipeline, data: &Prepared, seed: u64, out: &Path) -> Res
         ("the seed", side.seed != seed),
         ("pretrain.epochs", side.epochs != p.pretrain.epochs),
         ("data.preprocess", side.preprocess != p.data.preprocess),
-        ("the unlabeled data", side.data != data.unlabeled.files),
     ]
     .into_iter()
-    .find(|(_, differs)| *differs);
+    .find(|(_, differs)| *differs)
+    .map(|(what, _)| what.to_string())
+    .or_else(|| {
+        data_change(out, &side.data, &data.unlabeled.source)
+            .map(|change| format!("unlabeled data ({change})"))
+    });
     let message = match differs {
-        Some((what, _)) => format!(
+        Some(what) => format!(
             "cannot resume: it holds a finished pre-training whose {what} differs from this \
              run's; choose another --out"
         ),
@@ -273,7 +277,7 @@ pub(crate) fn pretrain_artifacts(
             seed,
             epochs,
             program_version: VERSION.into(),
-            data: data.unlabeled.files.clone(),
+            data: SourceRecord::of(&data.unlabeled.source),
             git_revision: log.info().git_revision.clone(),
             seconds: Some(seconds),
             started_from: from.map(|(_, source)| source.clone()),
@@ -324,10 +328,7 @@ fn write_reconstructions(
     } else {
         heldout.iter().copied().take(12).collect()
     };
-    let originals: Vec<f32> = show
-        .iter()
-        .flat_map(|&i| data.unlabeled.image(i).to_vec())
-        .collect();
+    let originals: Vec<f32> = show.iter().flat_map(|&i| data.unlabeled.image(i)).collect();
     let recon = reconstruct(&Cpu::default(), encoder, decoder, &originals, shape.len());
     report::image_grid(
         path,

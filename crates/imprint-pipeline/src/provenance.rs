@@ -1,11 +1,15 @@
 //! `run.json`: what produced an output folder. The program version, the source revision, the
-//! resolved pipeline, the data files with their sha256, seeds, thread count and per-stage
-//! timings. Everything here is recorded only; nothing in it steers a run (the start time
-//! included), so results stay a function of the pipeline, the data and the seeds.
+//! resolved pipeline, each data source's file count, bytes and digest, seeds, thread count and
+//! per-stage timings; beside it `data-manifest.csv.gz` lists every file of the sources once.
+//! Everything here is recorded only; nothing in it steers a run (the start time included), so
+//! results stay a function of the pipeline, the data and the seeds.
 
 use crate::sidecar::{read_json, write_json};
 use crate::{Pipeline, Prepared, Result};
-use imprint_data::SourceFile;
+use imprint_data::{
+    first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,
+    MANIFEST_FILE,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,20 +18,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub const RUN_FORMAT: &str = "imprint-run/1";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The files each data role was read from.
+/// The source each data role was read from (in records of older versions, its files).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DataFiles {
-    pub unlabeled: Vec<SourceFile>,
-    pub labeled: Vec<SourceFile>,
-    pub test: Vec<SourceFile>,
+pub struct DataSources {
+    pub unlabeled: SourceRecord,
+    pub labeled: SourceRecord,
+    pub test: SourceRecord,
 }
 
-impl DataFiles {
-    pub fn of(data: &Prepared) -> DataFiles {
-        DataFiles {
-            unlabeled: data.unlabeled.files.clone(),
-            labeled: data.labeled.files.clone(),
-            test: data.test.files.clone(),
+impl DataSources {
+    pub fn of(data: &Prepared) -> DataSources {
+        DataSources {
+            unlabeled: SourceRecord::of(&data.unlabeled.source),
+            labeled: SourceRecord::of(&data.labeled.source),
+            test: SourceRecord::of(&data.test.source),
         }
     }
 }
@@ -61,7 +65,7 @@ pub struct RunInfo {
     /// False while the job runs or when it was interrupted.
     pub finished: bool,
     pub pipeline: Pipeline,
-    pub data: DataFiles,
+    pub data: DataSources,
     pub stages: Vec<Stage>,
     pub total_seconds: f64,
 }
@@ -70,6 +74,8 @@ pub struct RunInfo {
 pub struct RunLog {
     info: RunInfo,
     clock: Instant,
+    /// Whether this job wrote the folder's `data-manifest.csv.gz` yet (once is enough).
+    manifest_written: bool,
 }
 
 impl RunLog {
@@ -89,11 +95,12 @@ impl RunLog {
                 resumed: false,
                 finished: false,
                 pipeline: p.clone(),
-                data: DataFiles::default(),
+                data: DataSources::default(),
                 stages: Vec::new(),
                 total_seconds: 0.0,
             },
             clock: Instant::now(),
+            manifest_written: false,
         }
     }
 
@@ -121,13 +128,63 @@ impl RunLog {
         &self.info
     }
 
-    /// Writes `out/run.json`; jobs call it as they go so an interrupted run leaves a record.
+    /// Writes `out/run.json` (and, the first time, `out/data-manifest.csv.gz`); jobs call it as
+    /// they go so an interrupted run leaves a record.
     pub(crate) fn write(&mut self, out: &Path, data: &Prepared, finished: bool) -> Result<()> {
-        self.info.data = DataFiles::of(data);
+        if !self.manifest_written {
+            let sources = [&data.unlabeled, &data.labeled, &data.test].map(|d| &*d.source);
+            write_manifests(&out.join(MANIFEST_FILE), &sources)?;
+            self.manifest_written = true;
+        }
+        self.info.data = DataSources::of(data);
         self.info.finished = finished;
         self.info.total_seconds = self.clock.elapsed().as_secs_f64();
         write_json(&out.join("run.json"), &self.info)
     }
+}
+
+/// How the source `now` differs from `recorded` (a record written into `folder`), naming the
+/// first file that changed; `None` when it is the same. The file list comes from the folder's
+/// `data-manifest.csv.gz` (or, in an older record, from the record itself).
+pub(crate) fn data_change(
+    folder: &Path,
+    recorded: &SourceRecord,
+    now: &Manifest,
+) -> Option<String> {
+    if recorded.matches(now) {
+        return None;
+    }
+    let entry = |path: &str, bytes: u64, sha256: &str| ManifestEntry {
+        path: path.to_string(),
+        bytes,
+        sha256: sha256.to_string(),
+    };
+    let summary = match recorded {
+        SourceRecord::Files(files) => {
+            let listed = |files: &[imprint_data::SourceFile]| {
+                let mut v: Vec<ManifestEntry> = files
+                    .iter()
+                    .map(|f| entry(&f.path, f.bytes, &f.sha256))
+                    .collect();
+                v.sort();
+                v
+            };
+            return first_change(&listed(files), &listed(&now.as_files()));
+        }
+        SourceRecord::Summary(summary) => summary,
+    };
+    let digests = format!(
+        "digest {} recorded, {} now",
+        summary.sha256,
+        now.summary().sha256
+    );
+    let manifest = folder.join(MANIFEST_FILE);
+    Some(match read_manifest(&manifest, &summary.path) {
+        Ok(files) if !files.is_empty() => first_change(&files, now.entries())
+            .map_or(digests.clone(), |change| format!("{change}; {digests}")),
+        Ok(_) => format!("{digests}; {} does not list it", manifest.display()),
+        Err(e) => format!("{digests}; the file that changed cannot be named: {e}"),
+    })
 }
 
 /// Reads a `run.json` written by [`RunLog`].
@@ -193,6 +250,45 @@ mod tests {
     fn thread_counts_read_as_english() {
         assert_eq!(threads_phrase(1), "1 thread");
         assert_eq!(threads_phrase(2), "2 threads");
+    }
+
+    fn manifest(files: &[(&str, u64, &str)]) -> Manifest {
+        let entries = files
+            .iter()
+            .map(|&(path, bytes, sha256)| ManifestEntry {
+                path: path.into(),
+                bytes,
+                sha256: sha256.into(),
+            })
+            .collect();
+        Manifest::new(Path::new("d"), Path::new("d"), entries)
+    }
+
+    #[test]
+    fn a_changed_source_names_its_first_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let then = manifest(&[("a.png", 1, "aa"), ("b.png", 2, "bb"), ("c.png", 3, "cc")]);
+        let now = manifest(&[("a.png", 1, "aa"), ("b.png", 2, "b2"), ("c.png", 3, "c2")]);
+        let recorded = SourceRecord::of(&then);
+        assert_eq!(data_change(dir.path(), &recorded, &then), None);
+        // without the recorded list, the digests alone
+        let said = data_change(dir.path(), &recorded, &now).unwrap();
+        assert!(said.starts_with("digest "), "{said}");
+        assert!(
+            said.contains("the file that changed cannot be named"),
+            "{said}"
+        );
+        write_manifests(&dir.path().join(MANIFEST_FILE), &[&then]).unwrap();
+        let said = data_change(dir.path(), &recorded, &now).unwrap();
+        assert!(
+            said.starts_with("b.png changed (2 bytes, sha256 bb recorded"),
+            "{said}"
+        );
+        // an older record lists the files itself
+        let older = SourceRecord::Files(then.as_files());
+        assert_eq!(data_change(dir.path(), &older, &then), None);
+        let said = data_change(dir.path(), &older, &now).unwrap();
+        assert!(said.starts_with("d/b.png changed"), "{said}");
     }
 
     #[test]

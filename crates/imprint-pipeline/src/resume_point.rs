@@ -73,10 +73,14 @@ fn load<S: DeserializeOwned>(
 }
 
 /// What must be unchanged for a pre-training checkpoint to be continued: pre-training settings,
-/// input preprocessing and the unlabeled data files.
+/// input preprocessing and the unlabeled data (its manifest's digest).
 fn pretrain_run(p: &Pipeline, data: &Prepared, path: &Path) -> Result<String> {
     json(
-        &(&p.pretrain, &p.data.preprocess, &data.unlabeled.files),
+        &(
+            &p.pretrain,
+            &p.data.preprocess,
+            &data.unlabeled.source.summary().sha256,
+        ),
         path,
     )
 }
@@ -100,7 +104,7 @@ pub fn load_pretrain(path: &Path, p: &Pipeline, data: &Prepared) -> Result<Snaps
 }
 
 /// What a fine-tuning checkpoint must match: the fine-tuning settings and architecture, the
-/// preprocessing, the strategy, budget and seed, and the labeled and unlabeled files.
+/// preprocessing, the strategy, budget and seed, and the labeled and unlabeled data.
 fn finetune_run(
     p: &Pipeline,
     data: &Prepared,
@@ -114,8 +118,8 @@ fn finetune_run(
             &p.data.preprocess,
             strategy,
             k,
-            &data.labeled.files,
-            &data.unlabeled.files,
+            &data.labeled.source.summary().sha256,
+            &data.unlabeled.source.summary().sha256,
         ),
         path,
     )

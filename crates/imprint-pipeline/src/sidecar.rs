@@ -2,7 +2,7 @@
 //! and check it fits, and where the weights came from.
 
 use crate::{PipelineError, Result};
-use imprint_data::{ImageShape, Preprocess, SourceFile};
+use imprint_data::{ImageShape, Preprocess, SourceFile, SourceRecord};
 use imprint_nn::Architecture;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ pub struct EncoderSidecar {
     pub seed: u64,
     pub epochs: usize,
     pub program_version: String,
-    pub data: Vec<SourceFile>,
+    /// The unlabeled images' source (older sidecars list its files one by one).
+    pub data: SourceRecord,
     /// Source revision the program ran from (see `run.json`); absent in files written by hand.
     #[serde(default)]
     pub git_revision: Option<String>,
@@ -40,7 +41,8 @@ pub struct ModelSidecar {
     pub strategy: String,
     pub seed: u64,
     pub program_version: String,
-    pub data: Vec<SourceFile>,
+    /// The labeled images' source (older sidecars list its files one by one).
+    pub data: SourceRecord,
     #[serde(default)]
     pub git_revision: Option<String>,
     /// How a kNN classifier's bank votes (its `head.bank` and `head.labels` are the weights).

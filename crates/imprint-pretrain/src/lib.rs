@@ -10,8 +10,8 @@ mod views;
 pub use config::{Noise, PretrainConfig};
 
 use dfdx::prelude::*;
-use imprint_data::{ImageShape, Normalize};
-use imprint_nn::infer::over_images;
+use imprint_data::{ImageShape, Normalize, Pixels};
+use imprint_nn::infer::{over_images, over_pixels};
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::loss::reconstruction_loss;
 use imprint_nn::tree::ParamsExt;
@@ -70,9 +70,9 @@ pub struct EpochStats {
 /// the `bank` images' features for each query: pretexts and settings compared in minutes, with
 /// no fine-tuning.
 pub struct Monitor<'a> {
-    pub bank: &'a [f32],
+    pub bank: &'a Pixels,
     pub bank_labels: &'a [usize],
-    pub queries: &'a [f32],
+    pub queries: &'a Pixels,
     pub query_labels: &'a [usize],
     pub classes: usize,
     pub knn: KnnSettings,
@@ -81,10 +81,8 @@ pub struct Monitor<'a> {
 impl Monitor<'_> {
     /// The share of the queries the vote gets right.
     fn accuracy<D: ImprintDevice>(&self, dev: &D, encoder: &mut Encoder<D>) -> f64 {
-        let len = encoder.input.len();
-        let mut features = |images: &[f32]| {
-            over_images(dev, images, len, |x| encoder.forward(x, &mut Pass::eval()))
-        };
+        let mut features =
+            |images: &Pixels| over_pixels(dev, images, |x| encoder.forward(x, &mut Pass::eval()));
         let bank_features = features(self.bank);
         let query_features = features(self.queries);
         let bank = Bank::new(
@@ -221,12 +219,13 @@ impl<D: ImprintDevice> Nets<D> {
     }
 
     /// The mean reconstruction loss of the uncorrupted `ids`, without a tape.
-    fn heldout_loss(&mut self, dev: &D, images: &[f32], len: usize, ids: &[usize]) -> Option<f64> {
+    fn heldout_loss(&mut self, dev: &D, images: &Pixels, ids: &[usize]) -> Option<f64> {
         let r = self.reconstruct.as_mut()?;
+        let len = images.image_len();
         let mut total = 0.0;
         for chunk in ids.chunks(imprint_nn::infer::CHUNK) {
             let mut buf = vec![0.0; chunk.len() * len];
-            gather(images, len, chunk, &mut buf);
+            images.gather(chunk, &mut buf);
             let x: Matrix<D> = dev.tensor_from_vec(buf, (chunk.len(), len));
             let code = self.encoder.forward(x.clone(), &mut Pass::eval());
             let logits = r.decoder.forward(code, &mut Pass::eval());
@@ -237,16 +236,10 @@ impl<D: ImprintDevice> Nets<D> {
     }
 }
 
-fn gather(images: &[f32], len: usize, ids: &[usize], out: &mut [f32]) {
-    for (dst, &i) in out.chunks_exact_mut(len).zip(ids) {
-        dst.copy_from_slice(&images[i * len..(i + 1) * len]);
-    }
-}
-
 /// One pre-training run as the training loop sees it.
 struct Pretraining<'a, 'h, D: ImprintDevice> {
     dev: &'a D,
-    images: &'a [f32],
+    images: &'a Pixels,
     input: ImageShape,
     cfg: &'a PretrainConfig,
     seed: u64,
@@ -306,9 +299,12 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
             self.epoch_start = Instant::now();
         }
         let len = self.input.len();
-        let ids = &self.train[within * self.batch..(within + 1) * self.batch];
+        let batch = |k: usize| &self.train[k * self.batch..(k + 1) * self.batch];
         let mut original = vec![0.0f32; self.batch * len];
-        gather(self.images, len, ids, &mut original);
+        self.images.gather(batch(within), &mut original);
+        if within + 1 < self.steps_per_epoch {
+            self.images.prefetch(batch(within + 1));
+        }
         let views = draw_views(
             &original,
             self.input,
@@ -381,8 +377,7 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
         let heldout_loss = if self.heldout.is_empty() {
             None
         } else {
-            self.nets
-                .heldout_loss(self.dev, self.images, self.input.len(), &self.heldout)
+            self.nets.heldout_loss(self.dev, self.images, &self.heldout)
         };
         let knn_accuracy = self
             .hooks
@@ -414,15 +409,15 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
 /// The unlabeled images pre-training reads.
 #[derive(Clone, Copy)]
 pub struct Images<'a> {
-    /// `n * shape.len()` values in [0, 1].
-    pub pixels: &'a [f32],
+    /// Images of `shape`, read as values in [0, 1] a batch at a time.
+    pub pixels: &'a Pixels,
     pub shape: ImageShape,
     /// What the encoder applies to them before its first layer.
     pub normalize: Option<&'a Normalize>,
 }
 
 impl<'a> Images<'a> {
-    pub fn new(pixels: &'a [f32], shape: ImageShape) -> Self {
+    pub fn new(pixels: &'a Pixels, shape: ImageShape) -> Self {
         Self {
             pixels,
             shape,
@@ -459,7 +454,7 @@ pub fn pretrain<D: ImprintDevice>(
         shape: input,
         normalize,
     } = images;
-    let n = images.len() / input.len().max(1);
+    let n = images.len();
     if n == 0 {
         return Err(PretrainError::Config {
             key: "data",

@@ -20,6 +20,11 @@ fn bars(n: usize, side: usize, seed: u64) -> Vec<f32> {
     out
 }
 
+/// Test images as a pre-training reads them: each value kept as its nearest byte.
+fn pixels(images: &[f32]) -> Pixels {
+    Pixels::from_unit_floats(images, 64)
+}
+
 const SIDE8: ImageShape = ImageShape {
     channels: 1,
     height: 8,
@@ -59,11 +64,12 @@ fn conv_autoencoder_loss_falls() {
     }
 }
 
-/// A fresh pre-training of 8x8 `images` under `cfg` and `seed`.
+/// A fresh pre-training of 8x8 `images` (values in [0, 1], held as the bytes they round to)
+/// under `cfg` and `seed`.
 fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrained<Cpu> {
     pretrain(
         dev,
-        Images::new(images, SIDE8),
+        Images::new(&pixels(images), SIDE8),
         cfg,
         seed,
         Start::Fresh,
@@ -137,7 +143,7 @@ fn resumed_run_equals_uninterrupted_run() {
         };
         let crashed = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             5,
             Start::Fresh,
@@ -149,7 +155,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let resumed = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             5,
             Start::Resume(&snapshot),
@@ -161,7 +167,7 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let err = pretrain(
             &dev,
-            Images::new(&images, SIDE8),
+            Images::new(&pixels(&images), SIDE8),
             &cfg,
             6,
             Start::Resume(&snapshot),
