@@ -197,6 +197,66 @@ fn pretrain_finetune_predict_on_class_folders() {
     assert!(accuracy > 0.6, "accuracy {accuracy}");
 }
 
+/// `--all-labels` trains on every labeled image, however unequal the classes: 6 ants and 4
+/// bees here, where any per-class draw would take at most 4 ants.
+#[test]
+fn all_labels_trains_on_every_labeled_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let train = t.join("train");
+    write_png_classes(&train, &["ant", "bee"], 0, 4);
+    write_png_classes(&train, &["ant"], 50, 2);
+    let test = t.join("test");
+    let test_items = write_png_classes(&test, &["ant", "bee"], 100, 3);
+    let tiny = Tiny {
+        test: Some(&test),
+        steps: 5,
+        ..Tiny::on(&train)
+    };
+    let pipeline = write_pipeline(&t.join("tiny.toml"), &tiny);
+    let out = t.join("all");
+    let run = imprint(
+        t,
+        &[
+            "finetune",
+            "--pipeline",
+            arg(&pipeline),
+            "--strategy",
+            "scratch",
+            "--all-labels",
+            "--out",
+            arg(&out),
+        ],
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("with every label"), "{}", run.stdout);
+    let labels = Table::read(&out.join("labeled.csv")).column("label");
+    let count = |c: &str| labels.iter().filter(|l| *l == c).count();
+    assert_eq!((count("ant"), count("bee")), (6, 4), "{labels:?}");
+    let metrics = read_json(&out.join("metrics.json"));
+    assert_eq!(metrics["labeled_images"], 10, "{metrics}");
+    assert_eq!(metrics["labels_per_class"], 0, "{metrics}");
+    assert_eq!(metrics["test_images"], test_items.len(), "{metrics}");
+
+    // A budget beside it is refused rather than one of the two silently winning.
+    let both = ["--all-labels", "--labels-per-class", "2"];
+    let mut args = vec![
+        "finetune",
+        "--pipeline",
+        arg(&pipeline),
+        "--strategy",
+        "scratch",
+    ];
+    args.extend(both);
+    args.extend(["--out", arg(&t.join("both"))]);
+    let refused = imprint(t, &args);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot be used with"),
+        "{refused:?}"
+    );
+}
+
 /// `--dev` leaves the pipeline's test folder aside and evaluates on a held-out share of the
 /// labeled images instead: 30% of 10 per class here, 3 per class.
 #[test]

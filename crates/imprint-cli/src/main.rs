@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use imprint_data::SourceRecord;
 use imprint_finetune::Strategy;
 use imprint_pipeline::{
-    prepare_output_dir, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar,
-    StartPoint,
+    prepare_output_dir, Labels, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog,
+    Sidecar, StartPoint,
 };
 use progress::Bars;
 use std::path::{Path, PathBuf};
@@ -91,6 +91,10 @@ enum Command {
         /// Labeled images per class drawn from the labeled source.
         #[arg(long, default_value_t = 10)]
         labels_per_class: usize,
+        /// Train on every labeled image instead, however many each class has (recorded as 0
+        /// labels per class).
+        #[arg(long, conflicts_with = "labels_per_class")]
+        all_labels: bool,
         /// Seed of the labeled draw, initialisation and batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -374,10 +378,16 @@ fn run_command(cli: Cli) -> Result<()> {
             init,
             strategy,
             labels_per_class,
+            all_labels,
             seed,
             common,
             resume,
         } => {
+            let labels = if all_labels {
+                Labels::All
+            } else {
+                Labels::PerClass(labels_per_class)
+            };
             let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), resume)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
@@ -397,17 +407,21 @@ fn run_command(cli: Cli) -> Result<()> {
                 &data,
                 start.as_ref(),
                 strategy,
-                labels_per_class,
+                labels,
                 seed,
                 out.path(),
                 &mut log,
                 resume,
             )?;
             let out = out.finish()?;
+            let budget = match labels {
+                Labels::All => "every label".to_string(),
+                Labels::PerClass(k) => format!("{k} labels per class"),
+            };
             println!(
-                "{} with {} labels per class: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
+                "{} with {}: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
                 strategy.name(),
-                labels_per_class,
+                budget,
                 100.0 * o.metrics.accuracy,
                 o.metrics.macro_f1,
                 out.join("model.safetensors").display()

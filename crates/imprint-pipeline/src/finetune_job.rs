@@ -138,6 +138,35 @@ pub struct FinetuneOutcome {
     pub record: RunRecord,
 }
 
+/// The labeled images one `finetune` run trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Labels {
+    /// A draw of this many of each class (seeded).
+    PerClass(usize),
+    /// Every labeled image, whatever each class holds; recorded as 0 labels per class.
+    All,
+}
+
+impl Labels {
+    /// The per-class budget its records and `[finetune_by_budget]` go by: 0 for every label.
+    fn per_class(self) -> usize {
+        match self {
+            Labels::PerClass(k) => k,
+            Labels::All => 0,
+        }
+    }
+}
+
+/// Every labeled image, recorded in `selection_csv`.
+fn every_labeled(data: &Prepared, selection_csv: &Path) -> Result<Dataset> {
+    let ids: Vec<usize> = (0..data.labeled.len()).collect();
+    if let Some(parent) = selection_csv.parent() {
+        create_dir(parent)?;
+    }
+    write_selection_csv(selection_csv, &data.labeled, &ids)?;
+    Ok(data.labeled.subset(&ids))
+}
+
 /// The labeled subset for (`labels_per_class`, `seed`), recorded in `selection_csv`.
 pub(crate) fn labeled_subset(
     data: &Prepared,
@@ -278,7 +307,8 @@ pub(crate) fn run_one(
         &serde_json::json!({
             "strategy": record.strategy, "labels_per_class": k, "seed": seed,
             "test_accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
-            "test_images": data.test.len(), "finetune_seconds": seconds,
+            "labeled_images": train.len(), "test_images": data.test.len(),
+            "finetune_seconds": seconds,
             "pseudo_labels": history.pseudo_labels,
         }),
     )?;
@@ -298,7 +328,7 @@ pub fn finetune_job(
     data: &Prepared,
     start: Option<&StartPoint>,
     strategy: Strategy,
-    k: usize,
+    labels: Labels,
     seed: u64,
     out: &Path,
     log: &mut RunLog,
@@ -319,7 +349,12 @@ pub fn finetune_job(
         (false, _) => None,
     };
     create_dir(out)?;
-    let train = labeled_subset(data, k, seed, &out.join("labeled.csv"))?;
+    let selection = out.join("labeled.csv");
+    let train = match labels {
+        Labels::PerClass(k) => labeled_subset(data, k, seed, &selection)?,
+        Labels::All => every_labeled(data, &selection)?,
+    };
+    let k = labels.per_class();
     let outcome = run_one(
         p,
         data,

@@ -15,7 +15,7 @@ mod sidecar;
 
 pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline, Route};
-pub use finetune_job::{finetune_job, FinetuneOutcome, StartPoint};
+pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
 pub use imprint_fs::OutputDir;
 pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
