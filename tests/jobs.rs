@@ -230,8 +230,9 @@ fn all_labels_trains_on_every_labeled_image() {
     );
     run.assert_success();
     assert!(run.stdout.contains("with every label"), "{}", run.stdout);
-    let labels = Table::read(&out.join("labeled.csv")).column("label");
-    let count = |c: &str| labels.iter().filter(|l| *l == c).count();
+    let labeled = Table::read(&out.join("labeled.csv"));
+    let labels = labeled.column("label");
+    let count = |c: &str| labels.iter().filter(|&&l| l == c).count();
     assert_eq!((count("ant"), count("bee")), (6, 4), "{labels:?}");
     let metrics = read_json(&out.join("metrics.json"));
     assert_eq!(metrics["labeled_images"], 10, "{metrics}");
@@ -248,7 +249,8 @@ fn all_labels_trains_on_every_labeled_image() {
         "scratch",
     ];
     args.extend(both);
-    args.extend(["--out", arg(&t.join("both"))]);
+    let both_out = t.join("both");
+    args.extend(["--out", arg(&both_out)]);
     let refused = imprint(t, &args);
     assert_eq!(refused.code, Some(2), "{refused:?}");
     assert!(
