@@ -214,20 +214,14 @@ fn all_labels_trains_on_every_labeled_image() {
         ..Tiny::on(&train)
     };
     let pipeline = write_pipeline(&t.join("tiny.toml"), &tiny);
+    let finetune = |extra: &[&str], out: &Path| {
+        let mut args = vec!["finetune", "--pipeline", arg(&pipeline), "--strategy"];
+        args.extend(["scratch", "--out", arg(out)]);
+        args.extend(extra);
+        imprint(t, &args)
+    };
     let out = t.join("all");
-    let run = imprint(
-        t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&pipeline),
-            "--strategy",
-            "scratch",
-            "--all-labels",
-            "--out",
-            arg(&out),
-        ],
-    );
+    let run = finetune(&["--all-labels"], &out);
     run.assert_success();
     assert!(run.stdout.contains("with every label"), "{}", run.stdout);
     let labeled = Table::read(&out.join("labeled.csv"));
@@ -241,17 +235,7 @@ fn all_labels_trains_on_every_labeled_image() {
 
     // A budget beside it is refused rather than one of the two silently winning.
     let both = ["--all-labels", "--labels-per-class", "2"];
-    let mut args = vec![
-        "finetune",
-        "--pipeline",
-        arg(&pipeline),
-        "--strategy",
-        "scratch",
-    ];
-    args.extend(both);
-    let both_out = t.join("both");
-    args.extend(["--out", arg(&both_out)]);
-    let refused = imprint(t, &args);
+    let refused = finetune(&both, &t.join("both"));
     assert_eq!(refused.code, Some(2), "{refused:?}");
     assert!(
         refused.stderr.contains("cannot be used with"),

@@ -414,14 +414,10 @@ fn run_command(cli: Cli) -> Result<()> {
                 resume,
             )?;
             let out = out.finish()?;
-            let budget = match labels {
-                Labels::All => "every label".to_string(),
-                Labels::PerClass(k) => format!("{k} labels per class"),
-            };
             println!(
                 "{} with {}: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
                 strategy.name(),
-                budget,
+                labels,
                 100.0 * o.metrics.accuracy,
                 o.metrics.macro_f1,
                 out.join("model.safetensors").display()

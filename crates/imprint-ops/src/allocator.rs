@@ -9,7 +9,7 @@
 /// time in page faults without it). Call it first thing in `main`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
+    // SAFETY: mallopt only changes allocator settings; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);

@@ -157,14 +157,23 @@ impl Labels {
     }
 }
 
-/// Every labeled image, recorded in `selection_csv`.
-fn every_labeled(data: &Prepared, selection_csv: &Path) -> Result<Dataset> {
-    let ids: Vec<usize> = (0..data.labeled.len()).collect();
+/// How a run's output says what it trained on.
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Labels::PerClass(k) => write!(f, "{k} labels per class"),
+            Labels::All => f.write_str("every label"),
+        }
+    }
+}
+
+/// The labeled images `ids` as a dataset, their list written to `selection_csv`.
+fn selected(data: &Prepared, ids: &[usize], selection_csv: &Path) -> Result<Dataset> {
     if let Some(parent) = selection_csv.parent() {
         create_dir(parent)?;
     }
-    write_selection_csv(selection_csv, &data.labeled, &ids)?;
-    Ok(data.labeled.subset(&ids))
+    write_selection_csv(selection_csv, &data.labeled, ids)?;
+    Ok(data.labeled.subset(ids))
 }
 
 /// The labeled subset for (`labels_per_class`, `seed`), recorded in `selection_csv`.
@@ -199,11 +208,7 @@ pub(crate) fn labeled_subset(
         LabelBudget::PerClass(k),
         seed,
     )?;
-    if let Some(parent) = selection_csv.parent() {
-        create_dir(parent)?;
-    }
-    write_selection_csv(selection_csv, &data.labeled, &ids)?;
-    Ok(data.labeled.subset(&ids))
+    selected(data, &ids, selection_csv)
 }
 
 fn write_confusion(path: &Path, classes: &[String], m: &Metrics) -> Result<()> {
@@ -352,7 +357,10 @@ pub fn finetune_job(
     let selection = out.join("labeled.csv");
     let train = match labels {
         Labels::PerClass(k) => labeled_subset(data, k, seed, &selection)?,
-        Labels::All => every_labeled(data, &selection)?,
+        Labels::All => {
+            let every: Vec<usize> = (0..data.labeled.len()).collect();
+            selected(data, &every, &selection)?
+        }
     };
     let k = labels.per_class();
     let outcome = run_one(
