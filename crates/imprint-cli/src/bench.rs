@@ -175,22 +175,22 @@ print(f"{steps * batch / el:.1f} {torch.get_num_threads()} {peak}")
 impl BenchArgs {
     fn architecture(&self) -> Result<Architecture> {
         Ok(match self.arch.as_str() {
-            "dense" => Architecture::Dense {
+            "dense" => Architecture::Dense(imprint_nn::DenseNet {
                 hidden: self.hidden.clone(),
                 latent: self.latent,
-            },
-            "conv" => Architecture::Conv {
+            }),
+            "conv" => Architecture::Conv(imprint_nn::ConvNet {
                 channels: self.channels.clone(),
                 kernel: 3,
                 stride: 2,
                 latent: self.latent,
-            },
-            "resnet20" => Architecture::Resnet {
+            }),
+            "resnet20" => Architecture::Resnet(imprint_nn::ResNet {
                 depth: 20,
                 layout: Layout::Cifar,
                 widths: None,
                 shortcut: None,
-            },
+            }),
             other => bail!("unknown --arch `{other}` (dense, conv or resnet20)"),
         })
     }

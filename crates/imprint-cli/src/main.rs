@@ -62,23 +62,13 @@ enum Command {
     },
     /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
     Pretrain {
-        /// Pipeline file (TOML) giving the data and settings.
-        #[arg(long, default_value = "pipelines/digits.toml")]
-        pipeline: PathBuf,
-        /// Seed of the initialisation, corruption and batch order.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         #[command(flatten)]
-        common: Common,
-        /// Continue an interrupted pre-training in --out from its last epoch checkpoint.
-        #[arg(long, conflicts_with = "force")]
-        resume: bool,
+        job: JobArgs,
     },
     /// Fine-tune a classifier on a few labels per class and report test metrics.
     Finetune {
-        /// Pipeline file (TOML) giving the data and settings.
-        #[arg(long, default_value = "pipelines/digits.toml")]
-        pipeline: PathBuf,
+        #[command(flatten)]
+        job: JobArgs,
         /// Where the encoder starts: a pre-trained or imported `encoder.safetensors`, or any
         /// classifier's `model.safetensors` (its head is replaced by one for the labeled
         /// classes); its architecture, input size and normalisation replace the pipeline's. Not
@@ -95,14 +85,6 @@ enum Command {
         /// labels per class).
         #[arg(long, conflicts_with = "labels_per_class")]
         all_labels: bool,
-        /// Seed of the labeled draw, initialisation and batches.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[command(flatten)]
-        common: Common,
-        /// Continue an interrupted fine-tuning in --out from its last checkpoint.
-        #[arg(long, conflicts_with = "force")]
-        resume: bool,
     },
     /// Classify images with a fine-tuned model into a CSV `path,predicted,confidence`.
     Predict {
@@ -246,6 +228,31 @@ struct Common {
     settings: Vec<String>,
 }
 
+/// What `pretrain` and `finetune` share: one pipeline, one seed, the output options, resuming.
+#[derive(Args)]
+struct JobArgs {
+    /// Pipeline file (TOML) giving the data and settings.
+    #[arg(long, default_value = "pipelines/digits.toml")]
+    pipeline: PathBuf,
+    /// Seed of the job's random choices: the labeled draw, initialisation, corruption, batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    common: Common,
+    /// Continue an interrupted job in --out from its last checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+}
+
+impl JobArgs {
+    /// The pipeline with this command line's overrides, and the output folder (named after the
+    /// pipeline and `job` unless --out says).
+    fn resolve(&self, job: &str) -> Result<(Pipeline, OutputDir)> {
+        let grid = Grid::default();
+        self.common.resolve(&self.pipeline, job, &grid, self.resume)
+    }
+}
+
 /// The comparison grid; `finetune` names its single strategy, budget and seed instead.
 #[derive(Args, Default)]
 struct Grid {
@@ -343,13 +350,9 @@ fn run_command(cli: Cli) -> Result<()> {
             println!("\n{}", outcome.table);
             println!("results, summary, report and plot in {}", out.display());
         }
-        Command::Pretrain {
-            pipeline,
-            seed,
-            common,
-            resume,
-        } => {
-            let (p, out) = common.resolve(&pipeline, "-pretrain", &Grid::default(), resume)?;
+        Command::Pretrain { job } => {
+            let (seed, resume) = (job.seed, job.resume);
+            let (p, out) = job.resolve("-pretrain")?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let (_, history) = imprint_pipeline::pretrain_job(
@@ -374,21 +377,19 @@ fn run_command(cli: Cli) -> Result<()> {
             }
         }
         Command::Finetune {
-            pipeline,
+            job,
             init,
             strategy,
             labels_per_class,
             all_labels,
-            seed,
-            common,
-            resume,
         } => {
+            let (seed, resume) = (job.seed, job.resume);
             let labels = if all_labels {
                 Labels::All
             } else {
                 Labels::PerClass(labels_per_class)
             };
-            let (mut p, out) = common.resolve(&pipeline, "-finetune", &Grid::default(), resume)?;
+            let (mut p, out) = job.resolve("-finetune")?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
                 if start.architecture != p.pretrain.architecture {

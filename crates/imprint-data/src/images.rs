@@ -375,6 +375,14 @@ fn decode_limits() -> image::Limits {
     limits
 }
 
+/// The error for an image `path` that does not decode, on one line.
+fn decode_err(path: &Path) -> impl Fn(image::ImageError) -> DataError + '_ {
+    move |e| {
+        let reason = e.to_string().replace('\n', " ");
+        invalid(path, format!("cannot decode image: {reason}"))
+    }
+}
+
 /// Whether an image file holds colour, read from its header alone.
 fn has_colour(path: &Path) -> Result<bool> {
     let mut reader = ImageReader::open(path)
@@ -382,12 +390,7 @@ fn has_colour(path: &Path) -> Result<bool> {
         .with_guessed_format()
         .map_err(io_err(path))?;
     reader.limits(decode_limits());
-    let decoder = reader.into_decoder().map_err(|e| {
-        invalid(
-            path,
-            format!("cannot decode image: {}", e.to_string().replace('\n', " ")),
-        )
-    })?;
+    let decoder = reader.into_decoder().map_err(decode_err(path))?;
     Ok(image::ImageDecoder::color_type(&decoder).has_color())
 }
 
@@ -400,12 +403,7 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     }
     let mut reader = reader.with_guessed_format().map_err(io_err(path))?;
     reader.limits(decode_limits());
-    let img = reader.decode().map_err(|e| {
-        invalid(
-            path,
-            format!("cannot decode image: {}", e.to_string().replace('\n', " ")),
-        )
-    })?;
+    let img = reader.decode().map_err(decode_err(path))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(invalid(path, "image has zero size"));
     }

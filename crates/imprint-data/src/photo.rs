@@ -53,8 +53,7 @@ pub fn pad_crop(
     src: &[f32],
     shape: ImageShape,
     pad: usize,
-    top: usize,
-    left: usize,
+    (top, left): (usize, usize),
     dst: &mut [f32],
 ) {
     check_image("pad_crop", src, dst, shape);
@@ -109,10 +108,7 @@ fn copy_window(src: &[f32], shape: ImageShape, dy: i64, dx: i64, dst: &mut [f32]
 pub fn resized_crop(
     src: &[f32],
     shape: ImageShape,
-    top: usize,
-    left: usize,
-    crop_h: usize,
-    crop_w: usize,
+    (top, left, crop_h, crop_w): (usize, usize, usize, usize),
     dst: &mut [f32],
 ) {
     check_image("resized_crop", src, dst, shape);
@@ -619,12 +615,12 @@ impl Augment {
         if self.pad_crop > 0 {
             let (top, left) = pad_crop_params(self.pad_crop, rng);
             let before = dst.to_vec();
-            pad_crop(&before, shape, self.pad_crop, top, left, dst);
+            pad_crop(&before, shape, self.pad_crop, (top, left), dst);
         }
         if let Some(scale) = self.crop_scale {
             let (top, left, ch, cw) = random_resized_crop_params(h, w, scale, self.crop_ratio, rng);
             let before = dst.to_vec();
-            resized_crop(&before, shape, top, left, ch, cw, dst);
+            resized_crop(&before, shape, (top, left, ch, cw), dst);
         }
         if self.jitters() && happens(self.jitter_probability, rng) {
             Jitter::draw(self.jitter, rng).apply(dst, shape);

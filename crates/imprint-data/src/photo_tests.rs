@@ -50,7 +50,7 @@ fn resized_crop_of_the_whole_image_is_the_identity() {
     let s = shape(3, 4, 5);
     let src = colourful(4, 5);
     let mut dst = vec![0.0; src.len()];
-    resized_crop(&src, s, 0, 0, 4, 5, &mut dst);
+    resized_crop(&src, s, (0, 0, 4, 5), &mut dst);
     assert_eq!(dst, src);
 }
 
@@ -61,7 +61,7 @@ fn resized_crop_doubles_a_ramp_by_hand() {
     // the crop's edge: 1, 1 + 0.25, 1 + 0.75, 2.
     let src = [0.0, 1.0, 2.0, 3.0];
     let mut dst = [0.0; 4];
-    resized_crop(&src, shape(1, 1, 4), 0, 1, 1, 2, &mut dst);
+    resized_crop(&src, shape(1, 1, 4), (0, 1, 1, 2), &mut dst);
     assert_eq!(dst, [1.0, 1.25, 1.75, 2.0]);
 }
 
@@ -72,7 +72,7 @@ fn resized_crop_matches_pytorch_bilinear() {
     // (antialias=True gives the same to 6e-8: the crop is upscaled)
     let src: Vec<f32> = (0..16).map(|v| v as f32 / 15.0).collect();
     let mut dst = vec![0.0; 16];
-    resized_crop(&src, shape(1, 4, 4), 1, 0, 3, 2, &mut dst);
+    resized_crop(&src, shape(1, 4, 4), (1, 0, 3, 2), &mut dst);
     let expected = [
         0.26666668, 0.28333336, 0.31666666, 0.33333334, 0.43333337, 0.45000002, 0.48333335, 0.5,
         0.6333333, 0.65000004, 0.68333334, 0.7, 0.8, 0.81666666, 0.85, 0.8666667,
@@ -84,9 +84,9 @@ fn resized_crop_matches_pytorch_bilinear() {
 fn resized_crop_reads_zero_outside_the_image() {
     // columns 1..3 of [1, 1] are [1, outside = 0], at the same size
     let mut dst = [9.0; 2];
-    resized_crop(&[1.0, 1.0], shape(1, 1, 2), 0, 1, 1, 2, &mut dst);
+    resized_crop(&[1.0, 1.0], shape(1, 1, 2), (0, 1, 1, 2), &mut dst);
     assert_eq!(dst, [1.0, 0.0]);
-    resized_crop(&[1.0, 1.0], shape(1, 1, 2), 0, 0, 1, 0, &mut dst);
+    resized_crop(&[1.0, 1.0], shape(1, 1, 2), (0, 0, 1, 0), &mut dst);
     assert_eq!(dst, [0.0, 0.0], "an empty crop");
 }
 
@@ -95,13 +95,13 @@ fn pad_crop_shifts_in_zeros_exactly() {
     let s = shape(1, 3, 3);
     let src: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let mut dst = vec![0.0; 9];
-    pad_crop(&src, s, 1, 0, 0, &mut dst);
+    pad_crop(&src, s, 1, (0, 0), &mut dst);
     assert_eq!(dst, [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
-    pad_crop(&src, s, 1, 2, 2, &mut dst);
+    pad_crop(&src, s, 1, (2, 2), &mut dst);
     assert_eq!(dst, [5.0, 6.0, 0.0, 8.0, 9.0, 0.0, 0.0, 0.0, 0.0]);
-    pad_crop(&src, s, 1, 1, 1, &mut dst);
+    pad_crop(&src, s, 1, (1, 1), &mut dst);
     assert_eq!(dst, src, "the centre window is the image");
-    pad_crop(&src, s, 4, 0, 8, &mut dst);
+    pad_crop(&src, s, 4, (0, 8), &mut dst);
     assert_eq!(dst, [0.0; 9], "a window wholly in the padding");
 }
 
@@ -435,11 +435,11 @@ fn apply_draws_in_the_documented_order() {
         let mut by_hand = ChaCha8Rng::seed_from_u64(seed);
         let (top, left) = pad_crop_params(2, &mut by_hand);
         let mut padded = vec![0.0; src.len()];
-        pad_crop(&src, s, 2, top, left, &mut padded);
+        pad_crop(&src, s, 2, (top, left), &mut padded);
         let (top, left, ch, cw) =
             random_resized_crop_params(20, 20, (0.2, 1.0), settings.crop_ratio, &mut by_hand);
         let mut expected = vec![0.0; src.len()];
-        resized_crop(&padded, s, top, left, ch, cw, &mut expected);
+        resized_crop(&padded, s, (top, left, ch, cw), &mut expected);
         let jittered = by_hand.gen::<f64>() < 0.8;
         if jittered {
             Jitter::draw(settings.jitter, &mut by_hand).apply(&mut expected, s);

@@ -52,10 +52,10 @@ fn bars(n: usize, seed: u64) -> Dataset {
 }
 
 fn encoder(seed: u64) -> Encoder<Cpu> {
-    let arch = Architecture::Dense {
+    let arch = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![32],
         latent: 8,
-    };
+    });
     Encoder::new(
         &Cpu::default(),
         &arch,
@@ -73,20 +73,24 @@ const SIDE8: ImageShape = ImageShape {
 
 /// An encoder pre-trained (without labels) on bar images.
 fn pretrained_encoder() -> Encoder<Cpu> {
-    let dense = Architecture::Dense {
+    pretrained_on(&bars(600, 7))
+}
+
+/// A small dense encoder pre-trained (without labels) on `images`.
+fn pretrained_on(images: &Dataset) -> Encoder<Cpu> {
+    let dense = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![32],
         latent: 8,
-    };
+    });
     let mut cfg = imprint_pretrain::PretrainConfig {
         batch_size: 32,
         holdout_fraction: 0.0,
         ..imprint_pretrain::PretrainConfig::new(dense, 20)
     };
     cfg.optim.lr = 3e-3;
-    let images = bars(600, 7).pixels;
     imprint_pretrain::pretrain(
         &Cpu::default(),
-        imprint_pretrain::Images::new(&images, SIDE8),
+        imprint_pretrain::Images::new(&images.pixels, SIDE8),
         &cfg,
         0,
         imprint_pretrain::Start::Fresh,
@@ -166,27 +170,7 @@ fn halves(n: usize, seed: u64) -> Dataset {
 #[test]
 fn frozen_encoder_strategies_read_what_the_code_keeps() {
     let dev = Cpu::default();
-    let dense = Architecture::Dense {
-        hidden: vec![32],
-        latent: 8,
-    };
-    let mut pre = imprint_pretrain::PretrainConfig {
-        batch_size: 32,
-        holdout_fraction: 0.0,
-        ..imprint_pretrain::PretrainConfig::new(dense, 20)
-    };
-    pre.optim.lr = 3e-3;
-    let images = halves(600, 7).pixels;
-    let encoder = imprint_pretrain::pretrain(
-        &dev,
-        imprint_pretrain::Images::new(&images, SIDE8),
-        &pre,
-        0,
-        imprint_pretrain::Start::Fresh,
-        imprint_pretrain::Hooks::default(),
-    )
-    .unwrap()
-    .encoder;
+    let encoder = pretrained_on(&halves(600, 7));
     let cfg = FinetuneConfig {
         steps: 400,
         optim: lr(3e-2),
@@ -315,10 +299,10 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
         "match after loading"
     );
 
-    let arch = Architecture::Dense {
+    let arch = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![16],
         latent: 8,
-    };
+    });
     let other = Encoder::new(&dev, &arch, SIDE8, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     let mut wrong = Classifier::new(&dev, other, model.classes.clone(), model.shape, 1);
     let e = wrong

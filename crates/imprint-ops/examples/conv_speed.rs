@@ -11,22 +11,8 @@
 
 use dfdx::prelude::*;
 use imprint_ops::{conv2d, conv_transpose2d, Conv2dSpec, ConvTranspose2dSpec, Tensor1, Tensor4};
-use std::time::Instant;
-
-/// Seconds on the wall clock, or of this process's CPU time.
-fn now(cpu_time: bool) -> f64 {
-    if !cpu_time {
-        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        return START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    }
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which `t` is.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
+mod common;
+use common::Clock;
 
 const BATCH: usize = 128;
 
@@ -84,7 +70,10 @@ fn main() {
     imprint_ops::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iters: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
-    let cpu_time = args.iter().any(|a| a == "--cpu-time");
+    let clock = match args.iter().any(|a| a == "--cpu-time") {
+        true => Clock::Cpu,
+        false => Clock::Wall,
+    };
     let dev = Cpu::seed_from_u64(0);
     let layers = [
         Params::new(
@@ -114,12 +103,12 @@ fn main() {
         let x: Tensor4<Cpu> = dev.sample_uniform_like(&(BATCH, c, hw, hw));
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         for i in 0..iters + 2 {
-            let t = now(cpu_time);
+            let t = clock.now();
             let y = p.forward(x.leaky_trace());
-            let f = now(cpu_time) - t;
-            let t = now(cpu_time);
+            let f = clock.now() - t;
+            let t = clock.now();
             let grads = y.sum().backward();
-            let b = now(cpu_time) - t;
+            let b = clock.now() - t;
             std::hint::black_box(grads);
             if i >= 2 {
                 fwd.push(f);
@@ -141,7 +130,7 @@ fn main() {
     let x: Tensor4<Cpu> = dev.sample_uniform_like(&(BATCH, 1, 28, 28));
     let mut times = Vec::new();
     for i in 0..iters + 2 {
-        let t = now(cpu_time);
+        let t = clock.now();
         let mut h = x.leaky_trace();
         for (k, p) in layers.iter().enumerate() {
             h = p.forward(h);
@@ -152,7 +141,7 @@ fn main() {
         let grads = (h - x.clone()).square().mean().backward();
         std::hint::black_box(grads);
         if i >= 2 {
-            times.push(now(cpu_time) - t);
+            times.push(clock.now() - t);
         }
     }
     let step = median(times);

@@ -18,35 +18,8 @@ use imprint_ops::{
     avg_pool2d, batch_norm2d_add_relu_train, batch_norm2d_relu_train, batch_norm2d_train, conv2d,
     linear, Activation, Conv2dSpec, Tensor1, Tensor4,
 };
-use std::time::Instant;
-
-/// A stopwatch on the wall clock, or on this process's CPU time: on a machine shared with
-/// other work, a single-threaded run's CPU time leaves out the time others held the cores.
-#[derive(Clone, Copy)]
-enum Clock {
-    Wall,
-    Cpu,
-}
-
-impl Clock {
-    fn now(self) -> f64 {
-        match self {
-            Clock::Wall => {
-                static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-                START.get_or_init(Instant::now).elapsed().as_secs_f64()
-            }
-            Clock::Cpu => {
-                let mut t = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: clock_gettime writes one timespec, which `t` is.
-                unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-                t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-            }
-        }
-    }
-}
+mod common;
+use common::Clock;
 
 const BATCH: usize = 128;
 const CLASSES: usize = 10;

@@ -9,6 +9,16 @@ use std::thread::LocalKey;
 /// Below this many multiply-adds, splitting one product between threads costs more than it saves.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
+/// What a convolution's output starts from before its products are added.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    Zero,
+    /// One value per output channel.
+    Bias(&'a [f32]),
+    /// What the output already holds.
+    Accumulate,
+}
+
 /// Matrix view for [`gemm`]: pointer, rows, columns, row stride, column stride.
 pub(crate) struct View {
     ptr: *const f32,

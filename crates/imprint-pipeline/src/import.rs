@@ -50,12 +50,12 @@ pub fn named_architecture(name: &str) -> std::result::Result<Architecture, Strin
         20 | 32 | 44 | 56 | 110 => Layout::Cifar,
         _ => return Err(format!("unknown architecture `{name}`; known: {known}")),
     };
-    Ok(Architecture::Resnet {
+    Ok(Architecture::Resnet(imprint_nn::ResNet {
         depth,
         layout,
         widths: None,
         shortcut: None,
-    })
+    }))
 }
 
 /// Our name of a tensor of a PyTorch state dict: the classifier (`linear` of the CIFAR nets,

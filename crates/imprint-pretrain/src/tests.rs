@@ -36,12 +36,12 @@ fn conv_autoencoder_loss_falls() {
     let dev = Cpu::default();
     let images = bars(400, 8, 1);
     let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
-    cfg.architecture = Architecture::Conv {
+    cfg.architecture = Architecture::Conv(imprint_nn::ConvNet {
         channels: vec![8, 16],
         kernel: 3,
         stride: 2,
         latent: 8,
-    };
+    });
     for masked in [false, true] {
         if masked {
             cfg.noise = Noise::Patches {
@@ -79,10 +79,10 @@ fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrain
 }
 
 fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
-    let dense = Architecture::Dense {
+    let dense = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![32],
         latent: 8,
-    };
+    });
     let mut cfg = PretrainConfig {
         noise,
         loss,
@@ -107,12 +107,12 @@ fn resumed_run_equals_uninterrupted_run() {
     cfg.epochs = 4;
     for conv in [false, true] {
         if conv {
-            cfg.architecture = Architecture::Conv {
+            cfg.architecture = Architecture::Conv(imprint_nn::ConvNet {
                 channels: vec![4, 8],
                 kernel: 3,
                 stride: 2,
                 latent: 8,
-            };
+            });
             cfg.augment.shift = 1;
             cfg.augment.rotate_degrees = 10.0;
             cfg.contrast_weight = 0.5;
@@ -351,10 +351,10 @@ fn new_matches_the_pipeline_defaults() {
         "epochs = 3\narchitecture = { kind = \"dense\", hidden = [32], latent = 8 }",
     )
     .unwrap();
-    let dense = Architecture::Dense {
+    let dense = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![32],
         latent: 8,
-    };
+    });
     assert_eq!(PretrainConfig::new(dense, 3), from_file);
 }
 
@@ -464,12 +464,12 @@ fn rotation_pretext_learns_the_turns() {
     let mut cfg = config(Noise::None, Reconstruction::Mse);
     cfg.reconstruction_weight = 0.0;
     cfg.rotation_weight = 1.0;
-    cfg.architecture = Architecture::Conv {
+    cfg.architecture = Architecture::Conv(imprint_nn::ConvNet {
         channels: vec![8, 16],
         kernel: 3,
         stride: 2,
         latent: 16,
-    };
+    });
     cfg.epochs = 20;
     let run = fresh(&dev, &images, &cfg, 0);
     let (first, last) = (

@@ -2,6 +2,8 @@
 
 use crate::stats::SummaryRow;
 use crate::{invalid, ReportError, Result};
+use plotters::chart::MeshStyle;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::collections::BTreeSet;
@@ -223,27 +225,16 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
     };
     render_plot(path, |root| {
         let err = plot_err(path);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 26))
-            .margin(16)
-            .x_label_area_size(56)
-            .y_label_area_size(70)
+        let mut chart = titled(root, title, 70)
             .build_cartesian_2d(x_axis, y_lo..y_hi)
             .map_err(&err)?;
-        chart
-            .configure_mesh()
+        house_style(&mut chart.configure_mesh())
             .x_desc(if log_x {
                 "labels per class (log scale)"
             } else {
                 "labels per class"
             })
             .y_desc("test accuracy (%)")
-            .y_label_formatter(&|y| fmt_tick(*y))
-            .axis_desc_style((FONT, 18))
-            .label_style((FONT, 15))
-            .max_light_lines(1)
-            .light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(215, 215, 215))
             .draw()
             .map_err(&err)?;
 
@@ -325,24 +316,13 @@ pub fn plot_curves(
 
     render_plot(path, |root| {
         let err = plot_err(path);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 26))
-            .margin(16)
-            .x_label_area_size(56)
-            .y_label_area_size(80)
+        let mut chart = titled(root, title, 80)
             .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
             .map_err(&err)?;
-        chart
-            .configure_mesh()
+        house_style(&mut chart.configure_mesh())
             .x_desc("epoch")
             .y_desc(y_label)
             .x_label_formatter(&|x| fmt_tick(*x))
-            .y_label_formatter(&|y| fmt_tick(*y))
-            .axis_desc_style((FONT, 18))
-            .label_style((FONT, 15))
-            .max_light_lines(1)
-            .light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(215, 215, 215))
             .draw()
             .map_err(&err)?;
         for (i, (name, points)) in series.iter().enumerate() {
@@ -362,4 +342,36 @@ pub fn plot_curves(
         }
         draw_legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(&err)
     })
+}
+
+/// A chart on `root` with its title and the margins every plot here shares, `y_labels` pixels
+/// wide for the y axis's labels.
+fn titled<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    y_labels: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut chart = ChartBuilder::on(root);
+    chart
+        .caption(title, (FONT, 26))
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(y_labels);
+    chart
+}
+
+/// The fonts, grid and y ticks every plot here shares.
+fn house_style<'m, 'a, 'b, X, DB>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, RangedCoordf64, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, RangedCoordf64, DB>
+where
+    X: Ranged,
+    DB: DrawingBackend,
+{
+    mesh.y_label_formatter(&|y| fmt_tick(*y))
+        .axis_desc_style((FONT, 18))
+        .label_style((FONT, 15))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(235, 235, 235))
+        .bold_line_style(RGBColor(215, 215, 215))
 }

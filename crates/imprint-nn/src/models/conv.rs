@@ -4,112 +4,153 @@
 //! `encoder.{2n+1}`) and `nn.Sequential(Linear, ReLU, Unflatten, ConvTranspose2d, ReLU, ...)`
 //! (`decoder.0`, `decoder.3`, `decoder.5`, ...).
 
+use super::{linear_parameters, Kind, Net, ZERO_WIDTH};
 use crate::layers::{Conv2d, ConvTranspose2d, Layer, Linear, Sequential};
 use crate::ImprintDevice;
 use imprint_data::ImageShape;
 use imprint_ops::{Conv2dSpec, ConvTranspose2dSpec};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
-/// Each convolution's spec and the (channels, height, width) it maps from, then the shape the
-/// last one maps to; an error names the first convolution that does not fit.
-pub(super) fn stages(
-    channels: &[usize],
-    kernel: usize,
-    stride: usize,
-    input: ImageShape,
-) -> Result<(Vec<(Conv2dSpec, ImageShape)>, ImageShape), String> {
-    let mut shape = input;
-    let mut stages = Vec::new();
-    for &c in channels {
-        let spec = Conv2dSpec::new(shape.channels, c, kernel)
-            .stride(stride)
-            .padding(kernel / 2);
-        let (h, w) = spec
-            .output_size_checked(shape.height, shape.width)
-            .map_err(|e| {
-                format!(
-                    "a convolution with {c} filters does not fit {}x{} images: {e}",
-                    shape.height, shape.width
-                )
-            })?;
-        stages.push((spec, shape));
-        shape = ImageShape {
-            channels: c,
-            height: h,
-            width: w,
-        };
-    }
-    Ok((stages, shape))
+/// Convolutions (ReLU) with `channels[i]` filters each, then a linear map to `latent`; the
+/// decoder mirrors it with transposed convolutions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvNet {
+    pub channels: Vec<usize>,
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    #[serde(default = "default_stride")]
+    pub stride: usize,
+    pub latent: usize,
 }
 
-pub(super) fn encoder<D: ImprintDevice>(
-    dev: &D,
-    stages: &[(Conv2dSpec, ImageShape)],
-    last: ImageShape,
-    latent: usize,
-    rng: &mut impl Rng,
-) -> Sequential<D> {
-    let mut layers = Vec::new();
-    for (spec, _) in stages {
-        layers.push(Layer::Conv2d(Conv2d::new(dev, *spec, rng)));
-        layers.push(Layer::Relu);
-    }
-    layers.push(Layer::Flatten);
-    layers.push(Layer::Linear(Linear::new(dev, last.len(), latent, rng)));
-    Sequential::indexed(layers)
+fn default_kernel() -> usize {
+    3
+}
+fn default_stride() -> usize {
+    2
 }
 
-pub(super) fn decoder<D: ImprintDevice>(
-    dev: &D,
-    stages: &[(Conv2dSpec, ImageShape)],
-    start: ImageShape,
-    latent: usize,
-    rng: &mut impl Rng,
-) -> Sequential<D> {
-    // Each transposed convolution undoes one convolution, back to its exact size. They draw
-    // their init before the linear layer, as they always have (a checkpoint's seed keeps its
-    // meaning).
-    let convs: Vec<ConvTranspose2d<D>> = stages
-        .iter()
-        .rev()
-        .map(|(s, from)| {
-            let (h, w) = s.output_size(from.height, from.width);
-            let natural = |out: usize, k: usize, st: usize, p: usize| (out - 1) * st + k - 2 * p;
-            let mut spec = ConvTranspose2dSpec::new(s.out_channels, s.in_channels, s.kernel.0)
-                .stride(s.stride.0)
-                .padding(s.padding.0);
-            spec.output_padding = (
-                from.height - natural(h, s.kernel.0, s.stride.0, s.padding.0),
-                from.width - natural(w, s.kernel.1, s.stride.1, s.padding.1),
-            );
-            ConvTranspose2d::new(dev, spec, rng)
-        })
-        .collect();
-    let mut layers = vec![
-        Layer::Linear(Linear::new(dev, latent, start.len(), rng)),
-        Layer::Relu,
-        Layer::Unflatten(start),
-    ];
-    let last = convs.len().saturating_sub(1);
-    for (i, conv) in convs.into_iter().enumerate() {
-        layers.push(Layer::ConvTranspose2d(conv));
-        if i < last {
-            layers.push(Layer::Relu);
+/// Each convolution's spec and the shape it maps from, then the shape the last one maps to.
+type Stages = (Vec<(Conv2dSpec, ImageShape)>, ImageShape);
+
+impl ConvNet {
+    /// Each convolution's spec and the (channels, height, width) it maps from, then the shape
+    /// the last one maps to; an error names the first convolution that does not fit.
+    fn stages(&self, input: ImageShape) -> Result<Stages, String> {
+        let mut shape = input;
+        let mut stages = Vec::new();
+        for &c in &self.channels {
+            let spec = Conv2dSpec::new(shape.channels, c, self.kernel)
+                .stride(self.stride)
+                .padding(self.kernel / 2);
+            let (h, w) = spec
+                .output_size_checked(shape.height, shape.width)
+                .map_err(|e| {
+                    format!(
+                        "a convolution with {c} filters does not fit {}x{} images: {e}",
+                        shape.height, shape.width
+                    )
+                })?;
+            stages.push((spec, shape));
+            shape = ImageShape {
+                channels: c,
+                height: h,
+                width: w,
+            };
+        }
+        Ok((stages, shape))
+    }
+}
+
+impl Kind for ConvNet {
+    fn latent(&self) -> usize {
+        self.latent
+    }
+
+    fn check_widths(&self) -> Result<(), String> {
+        let c = &self.channels;
+        match self.latent > 0
+            && !c.is_empty()
+            && !c.contains(&0)
+            && self.kernel > 0
+            && self.stride > 0
+        {
+            true => Ok(()),
+            false => Err(ZERO_WIDTH.into()),
         }
     }
-    Sequential::indexed(layers)
-}
 
-pub(super) fn describe(
-    input: ImageShape,
-    channels: &[usize],
-    kernel: usize,
-    stride: usize,
-    latent: usize,
-) -> String {
-    let s: Vec<String> = channels.iter().map(|d| d.to_string()).collect();
-    format!(
-        "conv {input} -> {} (kernel {kernel}, stride {stride}) -> linear {latent}",
-        s.join("-")
-    )
+    fn fits(&self, input: ImageShape) -> Result<(), String> {
+        self.stages(input).map(drop)
+    }
+
+    fn describe(&self, input: ImageShape) -> String {
+        let s: Vec<String> = self.channels.iter().map(|d| d.to_string()).collect();
+        let (kernel, stride, latent) = (self.kernel, self.stride, self.latent);
+        format!(
+            "conv {input} -> {} (kernel {kernel}, stride {stride}) -> linear {latent}",
+            s.join("-")
+        )
+    }
+
+    fn parameter_count(&self, input: ImageShape) -> Option<u128> {
+        let (stages, last) = self.stages(input).ok()?;
+        let convs: u128 = stages
+            .iter()
+            .map(|(s, _)| s.weight_len() as u128 + s.out_channels as u128)
+            .sum();
+        Some(2 * (convs + linear_parameters(last.len(), self.latent)))
+    }
+
+    fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        let (stages, last) = self.stages(shape)?;
+        let mut layers = Vec::new();
+        for (spec, _) in stages {
+            layers.push(Layer::Conv2d(Conv2d::new(dev, spec, rng)));
+            layers.push(Layer::Relu);
+        }
+        layers.push(Layer::Flatten);
+        let head = Linear::new(dev, last.len(), self.latent, rng);
+        layers.push(Layer::Linear(head));
+        Ok(Sequential::indexed(layers))
+    }
+
+    fn decoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        let (stages, start) = self.stages(shape)?;
+        // Each transposed convolution undoes one convolution, back to its exact size. They draw
+        // their init before the linear layer, as they always have (a checkpoint's seed keeps its
+        // meaning).
+        let convs: Vec<ConvTranspose2d<D>> = stages
+            .iter()
+            .rev()
+            .map(|(s, from)| {
+                let (h, w) = s.output_size(from.height, from.width);
+                let natural =
+                    |out: usize, k: usize, st: usize, p: usize| (out - 1) * st + k - 2 * p;
+                let mut spec = ConvTranspose2dSpec::new(s.out_channels, s.in_channels, s.kernel.0)
+                    .stride(s.stride.0)
+                    .padding(s.padding.0);
+                spec.output_padding = (
+                    from.height - natural(h, s.kernel.0, s.stride.0, s.padding.0),
+                    from.width - natural(w, s.kernel.1, s.stride.1, s.padding.1),
+                );
+                ConvTranspose2d::new(dev, spec, rng)
+            })
+            .collect();
+        let mut layers = vec![
+            Layer::Linear(Linear::new(dev, self.latent, start.len(), rng)),
+            Layer::Relu,
+            Layer::Unflatten(start),
+        ];
+        let last = convs.len().saturating_sub(1);
+        for (i, conv) in convs.into_iter().enumerate() {
+            layers.push(Layer::ConvTranspose2d(conv));
+            if i < last {
+                layers.push(Layer::Relu);
+            }
+        }
+        Ok(Sequential::indexed(layers))
+    }
 }

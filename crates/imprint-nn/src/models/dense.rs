@@ -2,10 +2,70 @@
 //! mirrored decoder. Named as a PyTorch `nn.Sequential` of `Linear` and `ReLU`, so the linear
 //! layers sit at the even indices (`encoder.0`, `encoder.2`, ...).
 
+use super::{linear_parameters, Kind, Net, ZERO_WIDTH};
 use crate::layers::{Layer, Linear, Sequential};
 use crate::ImprintDevice;
 use imprint_data::ImageShape;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Fully connected: input pixels -> hidden widths (ReLU) -> latent (linear); the decoder
+/// mirrors it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseNet {
+    pub hidden: Vec<usize>,
+    pub latent: usize,
+}
+
+impl DenseNet {
+    /// Input pixels, hidden widths, latent.
+    fn widths(&self, input: ImageShape) -> Vec<usize> {
+        let mut dims = vec![input.len()];
+        dims.extend(&self.hidden);
+        dims.push(self.latent);
+        dims
+    }
+}
+
+impl Kind for DenseNet {
+    fn latent(&self) -> usize {
+        self.latent
+    }
+
+    fn check_widths(&self) -> Result<(), String> {
+        match self.latent > 0 && !self.hidden.contains(&0) {
+            true => Ok(()),
+            false => Err(ZERO_WIDTH.into()),
+        }
+    }
+
+    fn fits(&self, _input: ImageShape) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn describe(&self, input: ImageShape) -> String {
+        let s: Vec<String> = self.widths(input).iter().map(|d| d.to_string()).collect();
+        format!("dense {}", s.join("-"))
+    }
+
+    fn parameter_count(&self, input: ImageShape) -> Option<u128> {
+        let dims = self.widths(input);
+        // Encoder and mirrored decoder.
+        let one_way: u128 = dims.windows(2).map(|w| linear_parameters(w[0], w[1])).sum();
+        Some(2 * one_way)
+    }
+
+    fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        Ok(mlp(dev, &self.widths(shape), rng))
+    }
+
+    fn decoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        let mut dims = self.widths(shape);
+        dims.reverse();
+        Ok(mlp(dev, &dims, rng))
+    }
+}
 
 /// `dims[0] -> dims[1] -> ...`, ReLU between the linear layers, none after the last.
 pub fn mlp<D: ImprintDevice>(dev: &D, dims: &[usize], rng: &mut impl Rng) -> Sequential<D> {
@@ -18,38 +78,4 @@ pub fn mlp<D: ImprintDevice>(dev: &D, dims: &[usize], rng: &mut impl Rng) -> Seq
         }
     }
     Sequential::indexed(layers)
-}
-
-pub(super) fn encoder<D: ImprintDevice>(
-    dev: &D,
-    input: ImageShape,
-    hidden: &[usize],
-    latent: usize,
-    rng: &mut impl Rng,
-) -> Sequential<D> {
-    let mut dims = vec![input.len()];
-    dims.extend(hidden);
-    dims.push(latent);
-    mlp(dev, &dims, rng)
-}
-
-pub(super) fn decoder<D: ImprintDevice>(
-    dev: &D,
-    output: ImageShape,
-    hidden: &[usize],
-    latent: usize,
-    rng: &mut impl Rng,
-) -> Sequential<D> {
-    let mut dims = vec![latent];
-    dims.extend(hidden.iter().rev());
-    dims.push(output.len());
-    mlp(dev, &dims, rng)
-}
-
-pub(super) fn describe(input: ImageShape, hidden: &[usize], latent: usize) -> String {
-    let mut dims = vec![input.len()];
-    dims.extend(hidden);
-    dims.push(latent);
-    let s: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    format!("dense {}", s.join("-"))
 }

@@ -7,8 +7,9 @@ mod conv;
 mod dense;
 mod resnet;
 
-pub use dense::mlp;
-pub use resnet::{Layout, ShortcutKind};
+pub use conv::ConvNet;
+pub use dense::{mlp, DenseNet};
+pub use resnet::{Layout, ResNet, ShortcutKind};
 
 use crate::layers::{Act, Layer, Sequential};
 use crate::params;
@@ -18,165 +19,83 @@ use imprint_data::{ImageShape, Normalize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`) that
+/// implements [`Kind`]; a new kind is a new file, a variant here and a line in [`each_kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Architecture {
-    /// Fully connected: input pixels -> hidden widths (ReLU) -> latent (linear); the decoder mirrors it.
-    Dense { hidden: Vec<usize>, latent: usize },
-    /// Convolutions (ReLU) with `channels[i]` filters each, then a linear map to `latent`; the
-    /// decoder mirrors it with transposed convolutions.
-    Conv {
-        channels: Vec<usize>,
-        #[serde(default = "default_kernel")]
-        kernel: usize,
-        #[serde(default = "default_stride")]
-        stride: usize,
-        latent: usize,
-    },
-    /// A residual net of basic blocks: `depth = 6n + 2` in the CIFAR layout (stages of 16, 32,
-    /// 64 filters by default), 18 or 34 in the ImageNet layout (64-128-256-512); features are
-    /// the global average of the last stage.
-    Resnet {
-        #[serde(default = "default_depth")]
-        depth: usize,
-        #[serde(default)]
-        layout: Layout,
-        /// Filters per stage; the layout's own when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        widths: Option<Vec<usize>>,
-        /// `a` (the CIFAR nets' default) or `b` (the ImageNet layout's).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        shortcut: Option<ShortcutKind>,
-    },
+    Dense(DenseNet),
+    Conv(ConvNet),
+    Resnet(ResNet),
 }
 
-fn default_depth() -> usize {
-    20
+/// `$body` with `$k` bound to the kind inside `$arch`, whichever it is.
+macro_rules! each_kind {
+    ($arch:expr, $k:ident => $body:expr) => {
+        match $arch {
+            Architecture::Dense($k) => $body,
+            Architecture::Conv($k) => $body,
+            Architecture::Resnet($k) => $body,
+        }
+    };
 }
-fn default_kernel() -> usize {
-    3
+
+/// What a kind of net tells the rest of the toolkit.
+trait Kind {
+    /// Width of the features the encoder gives.
+    fn latent(&self) -> usize;
+    /// Checks that every width, kernel and stride is at least 1 (and, for a ResNet, that its
+    /// depth, widths and shortcut go together).
+    fn check_widths(&self) -> std::result::Result<(), String>;
+    /// Checks that the layers fit images of `input`'s size; widths are checked first.
+    fn fits(&self, input: ImageShape) -> std::result::Result<(), String>;
+    fn describe(&self, input: ImageShape) -> String;
+    /// Trainable values of the encoder and its decoder on images of `input`; `None` when the
+    /// layers do not fit the images or the count overflows.
+    fn parameter_count(&self, input: ImageShape) -> Option<u128>;
+    /// The encoder's layers, images of `shape` to features (the architecture validated).
+    fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D>;
+    /// The decoder's layers, features back to images of `shape`.
+    fn decoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D>;
 }
-fn default_stride() -> usize {
-    2
+
+/// A net's layers, or why they cannot be built.
+type Net<D> = std::result::Result<Sequential<D>, String>;
+
+/// Trainable values of a linear layer from `i` to `o` features.
+fn linear_parameters(i: usize, o: usize) -> u128 {
+    (i as u128 + 1) * o as u128
 }
+
+/// The error of a width, kernel or stride of 0.
+const ZERO_WIDTH: &str = "layer widths, kernel and stride must be at least 1";
 
 impl Architecture {
     /// Width of the features the encoder gives.
     pub fn latent(&self) -> usize {
-        match self {
-            Architecture::Dense { latent, .. } | Architecture::Conv { latent, .. } => *latent,
-            Architecture::Resnet { .. } => self.resnet().map_or(0, |p| p.features()),
-        }
-    }
-
-    /// The checked plan of a ResNet (an error for any other kind of net).
-    fn resnet(&self) -> std::result::Result<resnet::Plan, String> {
-        match self {
-            Architecture::Resnet {
-                depth,
-                layout,
-                widths,
-                shortcut,
-            } => resnet::Plan::new(*depth, *layout, widths, *shortcut),
-            _ => Err("not a ResNet".into()),
-        }
+        each_kind!(self, k => k.latent())
     }
 
     /// Checks that every width, kernel and stride is at least 1.
     pub fn check_widths(&self) -> std::result::Result<(), String> {
-        let widths_ok = match self {
-            Architecture::Dense { hidden, latent } => *latent > 0 && !hidden.contains(&0),
-            Architecture::Conv {
-                channels,
-                kernel,
-                stride,
-                latent,
-            } => {
-                *latent > 0
-                    && !channels.is_empty()
-                    && !channels.contains(&0)
-                    && *kernel > 0
-                    && *stride > 0
-            }
-            Architecture::Resnet { .. } => return self.resnet().map(drop),
-        };
-        if widths_ok {
-            Ok(())
-        } else {
-            Err("layer widths, kernel and stride must be at least 1".into())
-        }
+        each_kind!(self, k => k.check_widths())
     }
 
     /// Checks widths and that the layers fit images of `input`'s size.
     pub fn validate(&self, input: ImageShape) -> std::result::Result<(), String> {
         self.check_widths()?;
-        if let Architecture::Conv {
-            channels,
-            kernel,
-            stride,
-            ..
-        } = self
-        {
-            conv::stages(channels, *kernel, *stride, input)?;
-        }
-        if let Architecture::Resnet { .. } = self {
-            self.resnet()?.levels(input)?;
-        }
-        Ok(())
+        each_kind!(self, k => k.fits(input))
     }
 
     pub fn describe(&self, input: ImageShape) -> String {
-        match self {
-            Architecture::Dense { hidden, latent } => dense::describe(input, hidden, *latent),
-            Architecture::Conv {
-                channels,
-                kernel,
-                stride,
-                latent,
-            } => conv::describe(input, channels, *kernel, *stride, *latent),
-            Architecture::Resnet { depth, .. } => match self.resnet() {
-                Ok(plan) => plan.describe(*depth, input),
-                Err(_) => format!("ResNet-{depth}"),
-            },
-        }
+        each_kind!(self, k => k.describe(input))
     }
 
     /// Trainable values of the encoder and its decoder on images of `input`, counted without
     /// building them (so a mistyped width is caught before memory is asked for); `None` when
     /// the layers do not fit the images or the count overflows.
     pub fn parameter_count(&self, input: ImageShape) -> Option<u128> {
-        let linear = |i: usize, o: usize| (i as u128 + 1) * o as u128;
-        match self {
-            Architecture::Dense { hidden, latent } => {
-                let mut dims = vec![input.len()];
-                dims.extend(hidden);
-                dims.push(*latent);
-                // Encoder and mirrored decoder.
-                Some(2 * dims.windows(2).map(|w| linear(w[0], w[1])).sum::<u128>())
-            }
-            Architecture::Conv {
-                channels,
-                kernel,
-                stride,
-                latent,
-            } => {
-                let (stages, last) = conv::stages(channels, *kernel, *stride, input).ok()?;
-                let convs: u128 = stages
-                    .iter()
-                    .map(|(s, _)| s.weight_len() as u128 + s.out_channels as u128)
-                    .sum();
-                Some(2 * (convs + linear(last.len(), *latent)))
-            }
-            Architecture::Resnet { .. } => {
-                let plan = self.resnet().ok()?;
-                let levels = plan.levels(input).ok()?;
-                let last = levels.last()?;
-                // The encoder's 3x3 convolutions dominate; the decoder adds a linear map back
-                // to the last feature maps.
-                let encoder = plan.conv_parameters(input.channels);
-                Some(encoder + linear(plan.features(), last.len()) + encoder)
-            }
-        }
+        each_kind!(self, k => k.parameter_count(input))
     }
 
     /// The validated architecture, or an error naming it and what does not fit.
@@ -195,34 +114,11 @@ impl Architecture {
         rng: &mut impl Rng,
     ) -> Result<Sequential<D>> {
         self.checked(shape)?;
-        Ok(match self {
-            Architecture::Dense { hidden, latent } => match side {
-                Side::Encoder => dense::encoder(dev, shape, hidden, *latent, rng),
-                Side::Decoder => dense::decoder(dev, shape, hidden, *latent, rng),
-            },
-            Architecture::Conv {
-                channels,
-                kernel,
-                stride,
-                latent,
-            } => {
-                let (stages, last) = conv::stages(channels, *kernel, *stride, shape)
-                    .map_err(NnError::Architecture)?;
-                match side {
-                    Side::Encoder => conv::encoder(dev, &stages, last, *latent, rng),
-                    Side::Decoder => conv::decoder(dev, &stages, last, *latent, rng),
-                }
-            }
-            Architecture::Resnet { .. } => {
-                let plan = self.resnet().map_err(NnError::Architecture)?;
-                match side {
-                    Side::Encoder => resnet::encoder(dev, &plan, shape, rng),
-                    Side::Decoder => {
-                        resnet::decoder(dev, &plan, shape, rng).map_err(NnError::Architecture)?
-                    }
-                }
-            }
-        })
+        let built = match side {
+            Side::Encoder => each_kind!(self, k => k.encoder(dev, shape, rng)),
+            Side::Decoder => each_kind!(self, k => k.decoder(dev, shape, rng)),
+        };
+        built.map_err(NnError::Architecture)
     }
 }
 

@@ -9,6 +9,7 @@
 //! feature maps (linear, ReLU), then doubles the size with a transposed convolution (batch norm,
 //! ReLU) wherever the encoder halved it, and ends in a 3x3 convolution to the image's channels.
 
+use super::{linear_parameters, Kind, Net};
 use crate::layers::{
     BasicBlock, BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Linear, Sequential, Shortcut,
 };
@@ -17,6 +18,74 @@ use imprint_data::ImageShape;
 use imprint_ops::{Conv2dSpec, ConvTranspose2dSpec, Pool2dSpec};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+/// A residual net of basic blocks: `depth = 6n + 2` in the CIFAR layout (stages of 16, 32, 64
+/// filters by default), 18 or 34 in the ImageNet layout (64-128-256-512); features are the
+/// global average of the last stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNet {
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    #[serde(default)]
+    pub layout: Layout,
+    /// Filters per stage; the layout's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<usize>>,
+    /// `a` (the CIFAR nets' default) or `b` (the ImageNet layout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<ShortcutKind>,
+}
+
+fn default_depth() -> usize {
+    20
+}
+
+impl ResNet {
+    /// The checked plan.
+    fn plan(&self) -> Result<Plan, String> {
+        Plan::new(self.depth, self.layout, &self.widths, self.shortcut)
+    }
+}
+
+impl Kind for ResNet {
+    fn latent(&self) -> usize {
+        self.plan().map_or(0, |p| p.features())
+    }
+
+    fn check_widths(&self) -> Result<(), String> {
+        self.plan().map(drop)
+    }
+
+    fn fits(&self, input: ImageShape) -> Result<(), String> {
+        self.plan()?.levels(input).map(drop)
+    }
+
+    fn describe(&self, input: ImageShape) -> String {
+        match self.plan() {
+            Ok(plan) => plan.describe(self.depth, input),
+            Err(_) => format!("ResNet-{}", self.depth),
+        }
+    }
+
+    fn parameter_count(&self, input: ImageShape) -> Option<u128> {
+        let plan = self.plan().ok()?;
+        let levels = plan.levels(input).ok()?;
+        let last = levels.last()?;
+        // The encoder's 3x3 convolutions dominate; the decoder adds a linear map back to the
+        // last feature maps.
+        let encoder = plan.conv_parameters(input.channels);
+        Some(encoder + linear_parameters(plan.features(), last.len()) + encoder)
+    }
+
+    fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        Ok(encoder(dev, &self.plan()?, shape, rng))
+    }
+
+    fn decoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
+        decoder(dev, &self.plan()?, shape, rng)
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,7 +109,7 @@ pub enum ShortcutKind {
 
 /// A checked ResNet: blocks per stage, widths, shortcut.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Plan {
+struct Plan {
     layout: Layout,
     blocks: Vec<usize>,
     widths: Vec<usize>,
@@ -248,7 +317,7 @@ fn block<D: ImprintDevice>(
     }
 }
 
-pub(super) fn encoder<D: ImprintDevice>(
+fn encoder<D: ImprintDevice>(
     dev: &D,
     plan: &Plan,
     input: ImageShape,
@@ -304,7 +373,7 @@ fn up<D: ImprintDevice>(
     ]
 }
 
-pub(super) fn decoder<D: ImprintDevice>(
+fn decoder<D: ImprintDevice>(
     dev: &D,
     plan: &Plan,
     output: ImageShape,

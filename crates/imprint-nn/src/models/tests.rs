@@ -5,12 +5,12 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 fn conv_arch() -> Architecture {
-    Architecture::Conv {
+    Architecture::Conv(ConvNet {
         channels: vec![4, 6],
         kernel: 3,
         stride: 2,
         latent: 5,
-    }
+    })
 }
 
 #[test]
@@ -95,10 +95,10 @@ fn conv_names_follow_pytorch_sequential_and_load_back() {
 #[test]
 fn dense_names_take_the_even_indices() {
     let dev = Cpu::default();
-    let arch = Architecture::Dense {
+    let arch = Architecture::Dense(DenseNet {
         hidden: vec![8, 6],
         latent: 3,
-    };
+    });
     let shape = ImageShape {
         channels: 1,
         height: 2,
@@ -126,12 +126,12 @@ fn dense_names_take_the_even_indices() {
 
 #[test]
 fn conv_with_no_filters_is_an_error() {
-    let arch = Architecture::Conv {
+    let arch = Architecture::Conv(ConvNet {
         channels: vec![4, 0],
         kernel: 3,
         stride: 2,
         latent: 2,
-    };
+    });
     let shape = ImageShape {
         channels: 1,
         height: 4,
@@ -148,12 +148,12 @@ fn conv_with_no_filters_is_an_error() {
 }
 
 fn resnet(depth: usize, shortcut: Option<ShortcutKind>) -> Architecture {
-    Architecture::Resnet {
+    Architecture::Resnet(ResNet {
         depth,
         layout: Layout::Cifar,
         widths: None,
         shortcut,
-    }
+    })
 }
 
 const CIFAR: ImageShape = ImageShape {
@@ -247,4 +247,31 @@ fn resnet_save_load_keeps_running_statistics() {
         .load_named("encoder", &saved, "x.safetensors")
         .unwrap();
     assert_eq!(features(&mut other), features(&mut enc));
+}
+
+/// Each kind reads and writes the same JSON as when the kinds' fields sat in the enum itself
+/// (sidecars of older checkpoints), fills its defaults, and refuses a field it does not have.
+#[test]
+fn architectures_keep_their_json_and_refuse_unknown_fields() {
+    let cases = [
+        (
+            r#"{"kind":"dense","hidden":[32],"latent":8}"#,
+            r#"{"kind":"dense","hidden":[32],"latent":8}"#,
+        ),
+        (
+            r#"{"kind":"conv","channels":[32,64],"latent":16}"#,
+            r#"{"kind":"conv","channels":[32,64],"kernel":3,"stride":2,"latent":16}"#,
+        ),
+        (
+            r#"{"kind":"resnet"}"#,
+            r#"{"kind":"resnet","depth":20,"layout":"cifar"}"#,
+        ),
+    ];
+    for (given, written) in cases {
+        let arch: Architecture = serde_json::from_str(given).unwrap();
+        assert_eq!(serde_json::to_string(&arch).unwrap(), written);
+        let typo = given.replacen('{', r#"{"latnet":1,"#, 1);
+        let err = serde_json::from_str::<Architecture>(&typo).unwrap_err();
+        assert!(err.to_string().contains("unknown field `latnet`"), "{err}");
+    }
 }

@@ -238,10 +238,7 @@ fn fused_ops_match_the_separate_ops() {
             let w = random(&mut rng(60), p[0].len());
             let want = run_op(kind, true, &p, shape, &w);
             let got = run_op(kind, false, &p, shape, &w);
-            let on = |threads| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-                pool.unwrap().install(|| run_op(kind, false, &p, shape, &w))
-            };
+            let on = |threads| on_threads(threads, || run_op(kind, false, &p, shape, &w));
             assert!(on(1) == on(3), "{kind:?} {shape:?}: thread count");
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_close(&format!("{kind:?} {shape:?} output {k}"), g, w, 1e-6);
@@ -328,16 +325,6 @@ fn reference_train(
     [y, dx, dg, db]
 }
 
-/// `max |a - b| / max |b|`.
-fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale.max(f32::MIN_POSITIVE)
-}
-
 /// On ResNet-20's batch-norm shapes the op computes the plain formulas up to the order of its
 /// sums, and gives the same bits in pools of one and three threads.
 #[test]
@@ -370,14 +357,8 @@ fn train_matches_the_reference_on_resnet_shapes_on_any_thread_count() {
             let (gx, gg, gb) = (grads.get(&xt), grads.get(&gt), grads.get(&bt));
             [values, gx.as_vec(), gg.as_vec(), gb.as_vec()]
         };
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-        };
-        let got = pool(1).install(run);
-        assert!(got == pool(3).install(run), "{shape:?}: thread count");
+        let got = on_threads(1, run);
+        assert!(got == on_threads(3, run), "{shape:?}: thread count");
         let want = reference_train(&x, &g, &b, &dy, shape);
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
             let d = relative_difference(g, w);

@@ -1,8 +1,11 @@
+#[cfg(target_arch = "x86_64")]
+use super::direct_kernel;
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
     col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
-    with_scratch, Chunks, Geometry, PooledVec, CHUNK_SCRATCH, IO_SCRATCH,
+    with_scratch, zeros, Chunks, Geometry, PooledVec, Start, CHUNK_SCRATCH, IO_SCRATCH,
 };
+use crate::error::SpecError;
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -56,18 +59,15 @@ impl Dims {
     }
 }
 
-/// Forward pass on plain slices: `x` is `[batch, in, h, w]`, `w` the weight, `b` the bias;
-/// returns `[batch, out, oh, ow]`.
+/// `y = start + conv(x)` on plain slices: `x` is `[batch, in, h, w]`, `w` the weight, `y`
+/// `[batch, out, oh, ow]`.
 ///
 /// Each chunk of images is one column matrix `[in * kh * kw, images * oh * ow]`, so each group
 /// costs one wide product per chunk rather than one narrow product per image.
-pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<f32> {
+fn forward_into(x: &[f32], w: &[f32], start: Start, y: &mut [f32], d: &Dims) {
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
     let out_channels = d.groups * cgo;
     let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    // Every element is overwritten below; a large zeroed `vec!` comes from fresh zero pages
-    // rather than a fill pass.
-    let mut y = vec![0.0; d.batch * d.out_len()];
     y.par_chunks_mut(chunks.images * d.out_len())
         .zip(x.par_chunks(chunks.images * d.in_len()))
         .for_each(|(ys, xs)| {
@@ -92,85 +92,221 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims) -> Vec<
                 for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
                     for (c, row) in yi.chunks_exact_mut(l).enumerate() {
                         let src = &prod[c * pitch + i * l..][..l];
-                        let bias = b.map_or(0.0, |b| b[c]);
-                        row.iter_mut().zip(src).for_each(|(y, p)| *y = p + bias);
+                        let pairs = row.iter_mut().zip(src);
+                        match start {
+                            Start::Zero => row.copy_from_slice(src),
+                            Start::Bias(b) => pairs.for_each(|(y, p)| *y = p + b[c]),
+                            Start::Accumulate => pairs.for_each(|(y, p)| *y += p),
+                        }
                     }
                 }
             });
         });
-    y
 }
 
-/// Backward pass on plain slices: adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
-pub(crate) fn backward(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    gx: Option<&mut [f32]>,
-    d: &Dims,
-) -> Vec<f32> {
+/// `gx += convᵀ(dy)` on plain slices: the input gradient alone, which is the transposed
+/// convolution's forward pass.
+fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) {
     let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
     let out_channels = d.groups * cgo;
     let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    let gxs = optional_chunks(
-        gx,
-        chunks.images * d.in_len(),
-        d.batch.div_ceil(chunks.images),
-    );
-    // One dW per chunk, summed in chunk order: a fold's grouping follows the work stealing, and
-    // float sums in another order would make runs differ.
-    let parts: Vec<Vec<f32>> = gxs
-        .into_par_iter()
-        .zip(x.par_chunks(chunks.images * d.in_len()))
+    gx.par_chunks_mut(chunks.images * d.in_len())
         .zip(dy.par_chunks(chunks.images * d.out_len()))
-        .map(|((gxs, xs), dys)| {
-            let mut gw = vec![0.0; w.len()];
-            let images = xs.len() / d.in_len();
-            let pitch = images * l;
-            let col_len = d.geo.rows() * pitch;
-            with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
-                // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
-                let (col, dyc) = buf.split_at_mut(col_len);
-                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
-                }
+        .for_each(|(gxs, dys)| {
+            let pitch = dys.len() / d.out_len() * l;
+            with_scratch(&CHUNK_SCRATCH, dys.len() + d.geo.rows() * pitch, |buf| {
+                let (dyc, col) = buf.split_at_mut(dys.len());
                 gather(dys, dyc, out_channels, l);
                 for g in 0..d.groups {
-                    let dy_g = row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch);
-                    let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
-                    // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
+                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l]
                     gemm(
-                        &mut gw[g * cgo * kg..(g + 1) * cgo * kg],
-                        dy_g,
-                        transposed(col_g, pitch, kg),
-                        true,
-                        chunks.gemm_threads,
-                    );
-                    if gxs.is_none() {
-                        continue;
-                    }
-                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l],
-                    // over this group's columns, which dW no longer needs.
-                    gemm(
-                        col_g,
+                        &mut col[g * kg * pitch..(g + 1) * kg * pitch],
                         transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
                         row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch),
                         false,
                         chunks.gemm_threads,
                     );
                 }
-                for (i, gxi) in gxs
-                    .into_iter()
-                    .flat_map(|g| g.chunks_exact_mut(d.in_len()))
-                    .enumerate()
-                {
+                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
                     col2im(&d.geo, &col[i * l..], pitch, gxi);
                 }
             });
+        });
+}
+
+/// Backward pass on plain slices: adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
+fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>, d: &Dims) -> Vec<f32> {
+    let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
+    let out_channels = d.groups * cgo;
+    let Chunks {
+        images,
+        gemm_threads,
+    } = Chunks::new(d.batch, d.col_len() + d.out_len());
+    weight_grad_by_chunks((x, dy, gx), d, images, w.len(), |xs, dys, gxs, gw| {
+        let pitch = xs.len() / d.in_len() * l;
+        let col_len = d.geo.rows() * pitch;
+        with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
+            // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
+            let (col, dyc) = buf.split_at_mut(col_len);
+            for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
+                im2col(&d.geo, xi, &mut col[i * l..], pitch);
+            }
+            gather(dys, dyc, out_channels, l);
+            for g in 0..d.groups {
+                let dy_g = &dyc[g * cgo * pitch..(g + 1) * cgo * pitch];
+                let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
+                let w_g = &w[g * cgo * kg..(g + 1) * cgo * kg];
+                // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
+                let dw_lhs = row_major(dy_g, cgo, pitch);
+                let gw_g = &mut gw[g * cgo * kg..(g + 1) * cgo * kg];
+                gemm(
+                    gw_g,
+                    dw_lhs,
+                    transposed(col_g, pitch, kg),
+                    true,
+                    gemm_threads,
+                );
+                if gxs.is_some() {
+                    // dcol_g = W_gᵀ · dY_g over this group's columns, which dW no longer needs.
+                    let w_t = transposed(w_g, kg, cgo);
+                    gemm(col_g, w_t, row_major(dy_g, cgo, pitch), false, gemm_threads);
+                }
+            }
+            let gxs = gxs.into_iter().flat_map(|g| g.chunks_exact_mut(d.in_len()));
+            for (i, gxi) in gxs.enumerate() {
+                col2im(&d.geo, &col[i * l..], pitch, gxi);
+            }
+        });
+    })
+}
+
+/// The weight gradient summed over chunks of `images` images in chunk order, `grad(xs, dys,
+/// gxs, gw)` adding each chunk's into `gw` (and its `dL/dx` into `gxs`, where there is one).
+/// A fold's grouping would follow the work stealing, and float sums in another order would
+/// make runs differ.
+pub(crate) fn weight_grad_by_chunks<F>(
+    (x, dy, gx): (&[f32], &[f32], Option<&mut [f32]>),
+    d: &Dims,
+    images: usize,
+    w_len: usize,
+    grad: F,
+) -> Vec<f32>
+where
+    F: Fn(&[f32], &[f32], Option<&mut [f32]>, &mut [f32]) + Sync,
+{
+    let gxs = optional_chunks(gx, images * d.in_len(), d.batch.div_ceil(images));
+    let parts: Vec<Vec<f32>> = gxs
+        .into_par_iter()
+        .zip(x.par_chunks(images * d.in_len()))
+        .zip(dy.par_chunks(images * d.out_len()))
+        .map(|((gxs, xs), dys)| {
+            let mut gw = vec![0.0; w_len];
+            grad(xs, dys, gxs, &mut gw);
             gw
         })
         .collect();
-    sum_in_order(&parts, w.len())
+    sum_in_order(&parts, w_len)
+}
+
+/// How a convolution's passes are computed: im2col + gemm, or the direct kernels where the
+/// CPU and the layer allow them.
+pub(crate) enum Passes {
+    Gemm(Dims),
+    #[cfg(target_arch = "x86_64")]
+    Direct(Dims, crate::direct::Plan),
+}
+
+impl Passes {
+    /// The direct kernels where they take `d`, else gemm.
+    pub fn choose(d: Dims) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = super::direct_kernel::plan(&d) {
+            return Self::Direct(d, plan);
+        }
+        Self::Gemm(d)
+    }
+
+    fn dims(&self) -> &Dims {
+        match self {
+            Self::Gemm(d) => d,
+            #[cfg(target_arch = "x86_64")]
+            Self::Direct(d, _) => d,
+        }
+    }
+
+    /// `y = start + conv(x)`.
+    fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]) {
+        match self {
+            Self::Gemm(d) => forward_into(x, w, start, y, d),
+            #[cfg(target_arch = "x86_64")]
+            Self::Direct(d, plan) => direct_kernel::forward_into(x, w, start, y, d, plan),
+        }
+    }
+
+    /// `gx += convᵀ(dy)`.
+    fn adjoint_into(&self, w: &[f32], dy: &[f32], gx: &mut [f32]) {
+        match self {
+            Self::Gemm(d) => adjoint_into(w, dy, gx, d),
+            #[cfg(target_arch = "x86_64")]
+            Self::Direct(d, plan) => direct_kernel::adjoint_into(w, dy, gx, d, plan),
+        }
+    }
+
+    /// Adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
+    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>) -> Vec<f32> {
+        match self {
+            Self::Gemm(d) => backward(x, w, dy, gx, d),
+            #[cfg(target_arch = "x86_64")]
+            Self::Direct(d, plan) => direct_kernel::backward(x, w, dy, gx, d, plan),
+        }
+    }
+}
+
+/// A convolution-like op on plain slices: a convolution, or its adjoint (the transposed
+/// convolution, whose passes are the convolution's turned around).
+pub(crate) enum SliceOp {
+    Conv(Passes),
+    Transposed(Passes),
+}
+
+impl SliceOp {
+    /// `(x, w, bias) -> y`.
+    pub fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+        match self {
+            Self::Conv(p) => {
+                let mut y = zeros(p.dims().batch * p.dims().out_len());
+                p.forward_into(x, w, b.map_or(Start::Zero, Start::Bias), &mut y);
+                y
+            }
+            Self::Transposed(p) => {
+                let d = p.dims();
+                let mut y = zeros(d.batch * d.in_len());
+                if let Some(b) = b {
+                    let plane = d.geo.image.0 * d.geo.image.1;
+                    for (row, &bias) in y.chunks_exact_mut(plane).zip(b.iter().cycle()) {
+                        row.fill(bias);
+                    }
+                }
+                p.adjoint_into(w, x, &mut y);
+                y
+            }
+        }
+    }
+
+    /// `(x, w, dy, dx accumulator if wanted) -> dw`.
+    pub fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>) -> Vec<f32> {
+        match self {
+            Self::Conv(p) => p.backward(x, w, dy, gx),
+            // dL/dx is the convolution of dy; dL/dW the convolution's weight gradient with dy
+            // as its input and x as its output gradient.
+            Self::Transposed(p) => {
+                if let Some(gx) = gx {
+                    p.forward_into(dy, w, Start::Accumulate, gx);
+                }
+                p.backward(dy, w, x, None)
+            }
+        }
+    }
 }
 
 /// Adds the per-channel sums of `dy` (`[batch, channels, plane]`) to `gb`, the images split
@@ -201,31 +337,18 @@ fn lane_sum(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
-/// The forward and backward kernels of a convolution-like op on plain slices: forward `(x, w,
-/// bias) -> y`, backward `(x, w, dy, dx accumulator if wanted) -> dw`.
-pub(crate) struct Kernels<F, B> {
-    pub forward: F,
-    pub backward: B,
-}
-
-/// Runs `kernels.forward` on `x` (`[n, _, _, _]`) into `[n, out_channels, out.0, out.1]` and,
-/// when `x` owns its tape, records the backward pass for `x` (where `input_grad`), `weight`
-/// and `bias`. Shared by [`conv2d`](crate::conv2d) and
-/// [`conv_transpose2d`](crate::conv_transpose2d), which differ in their kernels only.
-pub(crate) fn on_tape<S, T, F, B>(
+/// Runs `op`'s forward pass on `x` (`[n, _, _, _]`) into `[n, out_channels, out.0, out.1]`
+/// and, when `x` owns its tape, records its backward pass for `x` (where `input_grad`),
+/// `weight` and `bias`. Shared by [`conv2d`](crate::conv2d) and
+/// [`conv_transpose2d`](crate::conv_transpose2d).
+pub(crate) fn on_tape<S: Shape, T: Tape<f32, Cpu>>(
     x: Tensor4<Cpu, T>,
     weight: &Tensor<S, f32, Cpu>,
     bias: Option<&Tensor1<Cpu>>,
     (out_channels, out): (usize, (usize, usize)),
     input_grad: bool,
-    kernels: Kernels<F, B>,
-) -> Result<Tensor4<Cpu, T>, CpuError>
-where
-    S: Shape,
-    T: Tape<f32, Cpu>,
-    F: FnOnce(&[f32], &[f32], Option<&[f32]>) -> Vec<f32>,
-    B: Fn(&[f32], &[f32], &[f32], Option<&mut [f32]>) -> Vec<f32> + Send + Sync + 'static,
-{
+    op: SliceOp,
+) -> Result<Tensor4<Cpu, T>, CpuError> {
     let n = x.shape().0;
     let shape = (n, out_channels, out.0, out.1);
     let dev = x.device().clone();
@@ -243,17 +366,16 @@ where
     if !T::OWNS_TAPE {
         let y = with_scratch(&IO_SCRATCH, x_len, |xs| {
             x.copy_into(xs);
-            (kernels.forward)(xs, &ws, bs.as_deref())
+            op.forward(xs, &ws, bs.as_deref())
         });
         return Ok(dev.try_tensor_from_vec(y, shape)?.put_tape(tape));
     }
     let mut xs = PooledVec::new(x_len);
     x.copy_into(xs.as_mut_slice());
-    let y = (kernels.forward)(xs.as_slice(), &ws, bs.as_deref());
+    let y = op.forward(xs.as_slice(), &ws, bs.as_deref());
     let y = dev.try_tensor_from_vec(y, shape)?;
     let (x_g, w_g, y_g) = (x.ghost(), weight.ghost(), y.ghost());
     let b_g = bias.map(|b| b.ghost());
-    let backward = kernels.backward;
     tape.add_backward_op(move |grads| {
         // Taken out of the gradients for the kernels to read beside dL/dx, rather than
         // copied; put back below.
@@ -270,13 +392,27 @@ where
             true => Some(&mut grads.get_or_alloc_mut(&x_g)?[..]),
             false => None,
         };
-        let gw = backward(xs.as_slice(), &ws, &dy, gx);
+        let gw = op.backward(xs.as_slice(), &ws, &dy, gx);
         **grads.get_or_alloc_mut(&y_g)? = dy;
         let acc = grads.get_or_alloc_mut(&w_g)?;
         acc.iter_mut().zip(&gw).for_each(|(a, g)| *a += g);
         Ok(())
     });
     Ok(y.put_tape(tape))
+}
+
+/// The output size of `x` through a spec's `check` (input `(channels, h, w)`, weight and bias
+/// lengths), panicking with the op's name as the public functions document.
+pub(crate) fn checked_output<S: Shape, T>(
+    op: &str,
+    x: &Tensor4<Cpu, T>,
+    weight: &Tensor<S, f32, Cpu>,
+    bias: Option<&Tensor1<Cpu>>,
+    check: impl FnOnce((usize, usize, usize), usize, Option<usize>) -> Result<(usize, usize), SpecError>,
+) -> (usize, usize) {
+    let (_, c, h, w) = *x.shape();
+    let lens = (weight.shape().num_elements(), bias.map(|b| b.shape().0));
+    check((c, h, w), lens.0, lens.1).unwrap_or_else(|e| panic!("{op}: {e}"))
 }
 
 impl Conv2dKernel for Cpu {
@@ -286,37 +422,16 @@ impl Conv2dKernel for Cpu {
         bias: Option<&Tensor1<Self>>,
         spec: &Conv2dSpec,
     ) -> Result<Tensor4<Self, T>, Self::Err> {
-        let (n, c, h, w) = *x.shape();
-        let out = spec
-            .check(
-                (c, h, w),
-                weight.shape().num_elements(),
-                bias.map(|b| b.shape().0),
-            )
-            .unwrap_or_else(|e| panic!("conv2d: {e}"));
-        let d = Dims::new(spec, n, (h, w), out);
-        let shape = (spec.out_channels, out);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(plan) = super::direct_kernel::plan(&d) {
-            use super::direct_kernel as direct;
-            let plan = std::sync::Arc::new(plan);
-            let fwd_plan = plan.clone();
-            let kernels = Kernels {
-                forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| {
-                    direct::forward(x, w, b, &d, &fwd_plan)
-                },
-                backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
-                    direct::backward(x, w, dy, gx, &d, &plan)
-                },
-            };
-            return on_tape(x, weight, bias, shape, spec.input_grad, kernels);
-        }
-        let kernels = Kernels {
-            forward: |x: &[f32], w: &[f32], b: Option<&[f32]>| forward(x, w, b, &d),
-            backward: move |x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>| {
-                backward(x, w, dy, gx, &d)
-            },
-        };
-        on_tape(x, weight, bias, shape, spec.input_grad, kernels)
+        let out = checked_output("conv2d", &x, weight, bias, |i, w, b| spec.check(i, w, b));
+        let (n, _, h, w) = *x.shape();
+        let op = SliceOp::Conv(Passes::choose(Dims::new(spec, n, (h, w), out)));
+        on_tape(
+            x,
+            weight,
+            bias,
+            (spec.out_channels, out),
+            spec.input_grad,
+            op,
+        )
     }
 }

@@ -4,11 +4,8 @@
 //! Images go to the kernels in stacks (see [`Stack`]): small grids stacked into one taller
 //! grid fill their vectors and pay the per-image costs once per stack.
 
-use super::cpu_kernel::Dims;
-use crate::cpu_util::{
-    optional_chunks, sum_in_order, with_scratch, zeros, Chunks, CHUNK_SCRATCH, IO_SCRATCH,
-    OUT_SCRATCH,
-};
+use super::cpu_kernel::{weight_grad_by_chunks, Dims};
+use crate::cpu_util::{with_scratch, Chunks, CHUNK_SCRATCH, IO_SCRATCH, OUT_SCRATCH};
 use crate::direct::{self, padded_stride, Packed, Plan, Stack, Start, TapSet};
 use rayon::prelude::*;
 
@@ -76,15 +73,7 @@ impl<T> PerStack<T> {
     }
 }
 
-/// Forward pass on plain slices, as [`super::cpu_kernel::forward`].
-pub(crate) fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims, plan: &Plan) -> Vec<f32> {
-    let mut y = zeros(d.batch * d.out_len());
-    forward_into(x, w, b.map_or(Start::Zero, Start::Bias), &mut y, d, plan);
-    y
-}
-
-/// `y = start + conv(x)` over a batch, stacks in parallel: the forward pass, and with
-/// [`Start::Accumulate`] the input gradient of the transposed convolution.
+/// `y = start + conv(x)` over a batch, stacks in parallel.
 pub(crate) fn forward_into(
     x: &[f32],
     w: &[f32],
@@ -122,7 +111,7 @@ pub(crate) fn forward_into(
 }
 
 /// `gx += convᵀ(dy)` over a batch, stacks in parallel: the input gradient without the weight
-/// gradient, which is the transposed convolution's forward pass.
+/// gradient.
 pub(crate) fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan: &Plan) {
     let g = stack_images(plan);
     let adjoints = PerStack::new(d.batch, g, |n| adjoints(w, d, plan, n));
@@ -138,7 +127,7 @@ pub(crate) fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan
         });
 }
 
-/// Backward pass on plain slices, as [`super::cpu_kernel::backward`]: adds `dL/dx` to `gx`
+/// Backward pass on plain slices, as the gemm kernels' (`super::cpu_kernel::backward`): adds `dL/dx` to `gx`
 /// (where given) and returns `dL/dW`.
 ///
 /// Chunk by chunk (cut by the batch alone), `x` and `dy` are put in the kernels' layout once,
@@ -164,48 +153,39 @@ pub(crate) fn backward(
     let images = Chunks::new(d.batch, d.in_len() + d.out_len())
         .images
         .next_multiple_of(g);
-    let gxs = optional_chunks(gx, images * d.in_len(), d.batch.div_ceil(images));
     // Images of one phase, one per stack, are read where they lie.
     let in_place = g == 1 && plan.planes() == 1;
-    let parts: Vec<Vec<f32>> = gxs
-        .into_par_iter()
-        .zip(x.par_chunks(images * d.in_len()))
-        .zip(dy.par_chunks(images * d.out_len()))
-        .map(|((gxs, xs), dys)| {
-            let stacks = Stacks::new(xs.len() / d.in_len(), g, d, plan, in_place);
-            let mut gw = vec![0.0; len];
-            with_scratch(&IO_SCRATCH, stacks.len(|(_, o)| o), |dyp| {
-                stacks.gather(dys, dyp, |(_, o)| o);
-                if let Some(gxs) = gxs {
-                    let (mut at_x, mut at_dy) = (0, 0);
-                    for (input, output) in stacks.iter() {
-                        let gx = &mut gxs[at_x..at_x + input.images * d.in_len()];
-                        let src = &dyp[at_dy..at_dy + output.len()];
-                        adjoint(src, &output, adjoints.get(input.images), gx, &input);
-                        (at_x, at_dy) = (at_x + gx.len(), at_dy + output.len());
-                    }
+    weight_grad_by_chunks((x, dy, gx), d, images, len, |xs, dys, gxs, gw| {
+        let stacks = Stacks::new(xs.len() / d.in_len(), g, d, plan, in_place);
+        with_scratch(&IO_SCRATCH, stacks.len(|(_, o)| o), |dyp| {
+            stacks.gather(dys, dyp, |(_, o)| o);
+            if let Some(gxs) = gxs {
+                let (mut at_x, mut at_dy) = (0, 0);
+                for (input, output) in stacks.iter() {
+                    let gx = &mut gxs[at_x..at_x + input.images * d.in_len()];
+                    let src = &dyp[at_dy..at_dy + output.len()];
+                    adjoint(src, &output, adjoints.get(input.images), gx, &input);
+                    (at_x, at_dy) = (at_x + gx.len(), at_dy + output.len());
                 }
-                let mut weight_grad = |xp: &[f32]| {
-                    for run in stacks.runs() {
-                        let (input, output) = run.layouts;
-                        let x = &xp[run.inputs];
-                        let dy = (&dyp[run.outputs], output.stride);
-                        let taps = taps.get(input.images);
-                        direct::weight_grad(x, input.stride, dy, (cout, cin), taps, &mut gw);
-                    }
-                };
-                if in_place {
-                    return weight_grad(xs);
+            }
+            let mut weight_grad = |xp: &[f32]| {
+                for run in stacks.runs() {
+                    let (input, output) = run.layouts;
+                    let x = &xp[run.inputs];
+                    let dy = (&dyp[run.outputs], output.stride);
+                    let taps = taps.get(input.images);
+                    direct::weight_grad(x, input.stride, dy, (cout, cin), taps, gw);
                 }
-                with_scratch(&CHUNK_SCRATCH, stacks.len(|(i, _)| i), |xp| {
-                    stacks.gather(xs, xp, |(i, _)| i);
-                    weight_grad(xp);
-                });
+            };
+            if in_place {
+                return weight_grad(xs);
+            }
+            with_scratch(&CHUNK_SCRATCH, stacks.len(|(i, _)| i), |xp| {
+                stacks.gather(xs, xp, |(i, _)| i);
+                weight_grad(xp);
             });
-            gw
-        })
-        .collect();
-    sum_in_order(&parts, len)
+        });
+    })
 }
 
 /// The stacks of one chunk of images, each laid out after the one before (inputs in one

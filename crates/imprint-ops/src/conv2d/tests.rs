@@ -47,21 +47,6 @@ pub(crate) fn naive_conv2d(
     y
 }
 
-/// Runs the op without a tape on plain data.
-fn run(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    (n, h, wd): (usize, usize, usize),
-    s: &Conv2dSpec,
-) -> Vec<f32> {
-    let dev = Cpu::default();
-    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.to_vec(), (n, s.in_channels, h, wd));
-    let wt = dev.tensor_from_vec(w.to_vec(), (w.len(),));
-    let bt = b.map(|b| dev.tensor_from_vec(b.to_vec(), (b.len(),)));
-    conv2d(xt, &wt, bt.as_ref(), s).unwrap().as_vec()
-}
-
 #[test]
 fn forward_matches_hand_computed() {
     // x = [[1 2 3] [4 5 6] [7 8 9]], w = [[1 2] [3 4]]
@@ -70,19 +55,19 @@ fn forward_matches_hand_computed() {
     let spec = Conv2dSpec::new(1, 1, 2);
     // 1*1 + 2*2 + 3*4 + 4*5 = 37, then shifting right adds 10, down adds 30.
     assert_eq!(
-        run(&x, &w, Some(&[0.5]), (1, 3, 3), &spec),
+        run_conv(&spec, &x, &w, Some(&[0.5]), (1, 3, 3)),
         vec![37.5, 47.5, 67.5, 77.5]
     );
     // Padding 1, stride 2: windows at (-1,-1), (-1,1), (1,-1), (1,1).
     let spec = spec.padding(1).stride(2);
     assert_eq!(spec.output_size(3, 3), (2, 2));
     assert_eq!(
-        run(&x, &w, None, (1, 3, 3), &spec),
+        run_conv(&spec, &x, &w, None, (1, 3, 3)),
         vec![4.0, 2.0 * 3.0 + 3.0 * 4.0, 4.0 * 2.0 + 7.0 * 4.0, 77.0]
     );
     // Dilation 2 with a 2x2 kernel reads the four corners: 1 + 2*3 + 3*7 + 4*9.
     let spec = Conv2dSpec::new(1, 1, 2).dilation(2);
-    assert_eq!(run(&x, &w, None, (1, 3, 3), &spec), vec![64.0]);
+    assert_eq!(run_conv(&spec, &x, &w, None, (1, 3, 3)), vec![64.0]);
 }
 
 fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
@@ -114,21 +99,18 @@ fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
 fn forward_matches_naive_loops() {
     let mut rng = rng(11);
     for (spec, dims) in specs() {
-        let (n, h, wd) = dims;
-        let x = random(&mut rng, n * spec.in_channels * h * wd);
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
+        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
         let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
         assert_close(
             &format!("{spec:?}"),
-            &run(&x, &w, Some(&b), dims, &spec),
+            &run_conv(&spec, &x, &w, Some(&b), dims),
             &want,
             1e-5,
         );
         let want = naive_conv2d(&x, &w, None, dims, &spec);
         assert_close(
             &format!("{spec:?} no bias"),
-            &run(&x, &w, None, dims, &spec),
+            &run_conv(&spec, &x, &w, None, dims),
             &want,
             1e-5,
         );
@@ -145,33 +127,12 @@ fn forward_matches_naive_loops_at_autoencoder_size() {
     let w = random(&mut rng, spec.weight_len());
     let b = random(&mut rng, 64);
     let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
-    assert_close("32->64", &run(&x, &w, Some(&b), dims, &spec), &want, 1e-4);
-}
-
-pub(crate) fn check_gradients(spec: Conv2dSpec, dims: (usize, usize, usize), seed: u64) {
-    let dev = Cpu::default();
-    let mut rng = rng(seed);
-    let (n, h, wd) = dims;
-    let (oh, ow) = spec.output_size(h, wd);
-    let x = random(&mut rng, n * spec.in_channels * h * wd);
-    let w = random(&mut rng, spec.weight_len());
-    let b = random(&mut rng, spec.out_channels);
-    let r = random(&mut rng, n * spec.out_channels * oh * ow);
-
-    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, spec.in_channels, h, wd));
-    let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
-    let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
-    let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
-    let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
-    let grads = (y * rt).sum().backward();
-    let analytic = [
-        grads.get(&xt).as_vec(),
-        grads.get(&wt).as_vec(),
-        grads.get(&bt).as_vec(),
-    ];
-    check_finite_differences(&format!("{spec:?}"), &[x, w, b], &analytic, &r, |p| {
-        run(&p[0], &p[1], Some(&p[2]), dims, &spec)
-    });
+    assert_close(
+        "32->64",
+        &run_conv(&spec, &x, &w, Some(&b), dims),
+        &want,
+        1e-4,
+    );
 }
 
 #[test]
@@ -196,7 +157,7 @@ fn gradients_match_finite_differences() {
         } else {
             Conv2dSpec { groups: 1, ..spec }
         };
-        check_gradients(spec, dims, 20 + seed as u64);
+        check_conv_gradients(spec, dims, 20 + seed as u64);
     }
 }
 
@@ -211,7 +172,7 @@ fn weight_may_be_four_dimensional() {
     let w4: Tensor4<Cpu> = dev.tensor_from_vec(w.clone(), (o, i, kh, kw));
     let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (2, 2, 4, 4));
     let y = conv2d(xt.leaky_trace(), &w4, None, &spec).unwrap();
-    assert_eq!(y.as_vec(), run(&x, &w, None, (2, 4, 4), &spec));
+    assert_eq!(y.as_vec(), run_conv(&spec, &x, &w, None, (2, 4, 4)));
     let grads = y.sum().backward();
     assert_eq!(*grads.get(&w4).shape(), (o, i, kh, kw));
 }
@@ -261,13 +222,8 @@ fn spec_sizes_and_errors() {
 #[test]
 #[should_panic(expected = "conv2d: bias has 3 elements but the spec needs 2")]
 fn mismatched_bias_panics_with_the_reason() {
-    run(
-        &[0.0; 9],
-        &[0.0; 18],
-        Some(&[0.0; 3]),
-        (1, 3, 3),
-        &Conv2dSpec::new(1, 2, 3),
-    );
+    let spec = Conv2dSpec::new(1, 2, 3);
+    run_conv(&spec, &[0.0; 9], &[0.0; 18], Some(&[0.0; 3]), (1, 3, 3));
 }
 
 /// Weight and bias gradients summed over many images in a pool of several threads come out
@@ -352,13 +308,10 @@ fn direct_plans_cover_the_resnet_and_autoencoder_convolutions() {
 fn direct_forward_matches_naive_loops() {
     let mut rng = rng(31);
     for (spec, dims) in direct_specs() {
-        let (n, h, wd) = dims;
-        let x = random(&mut rng, n * spec.in_channels * h * wd);
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
+        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
         for bias in [Some(&b[..]), None] {
             let want = naive_conv2d(&x, &w, bias, dims, &spec);
-            let got = run(&x, &w, bias, dims, &spec);
+            let got = run_conv(&spec, &x, &w, bias, dims);
             assert_close(&format!("{spec:?} {bias:?}"), &got, &want, 1e-5);
         }
     }
@@ -367,35 +320,24 @@ fn direct_forward_matches_naive_loops() {
 #[test]
 fn direct_gradients_match_finite_differences() {
     for (seed, (spec, dims)) in direct_specs().into_iter().enumerate() {
-        check_gradients(spec, dims, 40 + seed as u64);
+        check_conv_gradients(spec, dims, 40 + seed as u64);
     }
 }
 
-/// `max |a - b| / max |b|`: the difference relative to the tensor's scale, which reordered
-/// sums keep small even where single elements nearly cancel.
-fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale.max(f32::MIN_POSITIVE)
-}
-
-/// The direct kernels give the column-matrix kernels' results up to the order of the sums
-/// (the forward pass the very same bits where gemm sums in one run), on every convolution
-/// shape of a CIFAR ResNet-20 and the MNIST autoencoder.
+/// The direct kernels give the column-matrix kernels' results up to the order of the sums, and
+/// the same bits on one and three threads, on every convolution of a CIFAR ResNet-20 and of the
+/// MNIST autoencoder, its decoder's transposed ones included; a convolution's forward pass
+/// gives the very same bits where gemm sums in one run.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
-    use super::cpu_kernel::{backward, forward, Dims};
-    use super::direct_kernel;
+    use super::cpu_kernel::{Dims, Passes, SliceOp};
+    use crate::ConvTranspose2dSpec;
     if !crate::direct::available() {
         return;
     }
     let mut rng = rng(33);
-    let layers = [
+    let convs = [
         (Conv2dSpec::new(3, 16, 3).padding(1), 32),
         (Conv2dSpec::new(16, 16, 3).padding(1), 32),
         (Conv2dSpec::new(16, 32, 3).stride(2).padding(1), 32),
@@ -405,33 +347,54 @@ fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
         (Conv2dSpec::new(1, 32, 3).stride(2).padding(1), 28),
         (Conv2dSpec::new(32, 64, 3).stride(2).padding(1), 14),
     ];
-    for (spec, hw) in layers {
-        // Whole stacks of small images and a shorter last one.
-        let n = 6;
-        let out = spec.output_size(hw, hw);
-        let d = Dims::new(&spec, n, (hw, hw), out);
-        let plan = direct_kernel::plan(&d).expect("a direct plan");
-        let x = random(&mut rng, n * d.in_len());
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
-        let dy = random(&mut rng, n * d.out_len());
-        let label = format!("{spec:?} on {hw}x{hw}");
-        let y = direct_kernel::forward(&x, &w, Some(&b), &d, &plan);
-        let y_ref = forward(&x, &w, Some(&b), &d);
-        assert!(relative_difference(&y, &y_ref) < 1e-5, "{label}: y");
+    let transposed = [
+        (ConvTranspose2dSpec::new(64, 32, 4).stride(2).padding(1), 7),
+        (ConvTranspose2dSpec::new(32, 1, 4).stride(2).padding(1), 14),
+    ];
+    // Whole stacks of small images and a shorter last one. A transposed convolution runs the
+    // passes of the convolution that maps its output back to its input.
+    let convs = convs.map(|(spec, hw)| {
+        let d = Dims::new(&spec, 6, (hw, hw), spec.output_size(hw, hw));
+        (format!("{spec:?} on {hw}x{hw}"), d, false)
+    });
+    let transposed = transposed.map(|(spec, hw)| {
+        let d = Dims::new(&spec.as_conv(), 12, spec.output_size(hw, hw), (hw, hw));
+        (format!("{spec:?} on {hw}x{hw}"), d, true)
+    });
+    for (label, d, is_transposed) in convs.into_iter().chain(transposed) {
+        let op = |passes| match is_transposed {
+            true => SliceOp::Transposed(passes),
+            false => SliceOp::Conv(passes),
+        };
+        let direct = op(Passes::choose(d));
+        let (SliceOp::Conv(Passes::Direct(..)) | SliceOp::Transposed(Passes::Direct(..))) = direct
+        else {
+            panic!("{label}: no direct plan");
+        };
+        let gemm = op(Passes::Gemm(d));
+        let (x_len, y_len, bias_len) = match is_transposed {
+            true => (d.out_len(), d.in_len(), d.geo.channels),
+            false => (d.in_len(), d.out_len(), d.groups * d.out_per_group),
+        };
+        let w_len = d.groups * d.out_per_group * d.k_per_group;
+        let lens = [d.batch * x_len, w_len, bias_len, d.batch * y_len];
+        let data = lens.map(|len| random(&mut rng, len));
+        let got = on_threads(1, || slice_passes(&direct, &data));
+        let again = on_threads(3, || slice_passes(&direct, &data));
+        assert!(got == again, "{label}: thread count");
+        let want = slice_passes(&gemm, &data);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(relative_difference(g, w) < 1e-5, "{label}: output {k}");
+        }
         // Sums of up to 512 products gemm takes in one run, in the order the direct kernel
         // takes them too: the same bits (checkpoints keep computing what they did).
-        if d.k_per_group <= 512 {
-            assert!(y == y_ref, "{label}: y not bit-identical");
+        if !is_transposed && d.k_per_group <= 512 {
+            assert!(got[0] == want[0], "{label}: y not bit-identical");
         }
-        let (mut gx, mut gx_ref) = (vec![0.5; x.len()], vec![0.5; x.len()]);
-        let gw = direct_kernel::backward(&x, &w, &dy, Some(&mut gx), &d, &plan);
-        let gw_ref = backward(&x, &w, &dy, Some(&mut gx_ref), &d);
-        assert!(relative_difference(&gx, &gx_ref) < 1e-5, "{label}: dx");
-        assert!(relative_difference(&gw, &gw_ref) < 1e-5, "{label}: dw");
         // Without dL/dx the weight gradient is the same.
-        assert_eq!(direct_kernel::backward(&x, &w, &dy, None, &d, &plan), gw);
-        assert_eq!(backward(&x, &w, &dy, None, &d), gw_ref);
+        let [x, w, _, dy] = &data;
+        assert_eq!(direct.backward(x, w, dy, None), got[2], "{label}");
+        assert_eq!(gemm.backward(x, w, dy, None), want[2], "{label}");
     }
 }
 
@@ -468,16 +431,7 @@ fn results_do_not_depend_on_the_thread_count() {
             ];
             (y_vals, grads)
         };
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-        };
-        assert!(
-            pool(1).install(results) == pool(3).install(results),
-            "{spec:?}"
-        );
+        assert!(on_threads(1, results) == on_threads(3, results), "{spec:?}");
     }
 }
 

@@ -1,9 +1,8 @@
 //! 2-D transposed convolution (PyTorch's `nn.ConvTranspose2d`), computed as the adjoint of
-//! [`conv2d`](crate::conv2d): a product with the weight's transpose, then col2im.
+//! [`conv2d`](crate::conv2d) on the convolution's own kernels: its forward pass is the
+//! convolution's input gradient, its input gradient the convolution's forward pass.
 
 mod cpu_kernel;
-#[cfg(target_arch = "x86_64")]
-mod direct_kernel;
 
 use crate::conv2d::check_params;
 use crate::error::SpecError;

@@ -52,33 +52,14 @@ fn naive_conv_transpose2d(
     y.into_iter().map(|v| v as f32).collect()
 }
 
-fn run(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    (n, h, wd): (usize, usize, usize),
-    s: &ConvTranspose2dSpec,
-) -> Vec<f32> {
-    let dev = Cpu::default();
-    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.to_vec(), (n, s.in_channels, h, wd));
-    let wt = dev.tensor_from_vec(w.to_vec(), (w.len(),));
-    let bt = b.map(|b| dev.tensor_from_vec(b.to_vec(), (b.len(),)));
-    conv_transpose2d(xt, &wt, bt.as_ref(), s).unwrap().as_vec()
-}
-
 #[test]
 fn forward_matches_hand_computed() {
     // One input channel, 2x2 input [[1 2] [3 4]], 2x2 kernel [[1 10] [100 1000]], stride 2:
     // every input pixel stamps a scaled copy of the kernel onto a disjoint 2x2 block.
     let spec = ConvTranspose2dSpec::new(1, 1, 2).stride(2);
     assert_eq!(spec.output_size(2, 2), (4, 4));
-    let y = run(
-        &[1.0, 2.0, 3.0, 4.0],
-        &[1.0, 10.0, 100.0, 1000.0],
-        Some(&[0.5]),
-        (1, 2, 2),
-        &spec,
-    );
+    let (x, w) = ([1.0, 2.0, 3.0, 4.0], [1.0, 10.0, 100.0, 1000.0]);
+    let y = run_conv(&spec, &x, &w, Some(&[0.5]), (1, 2, 2));
     #[rustfmt::skip]
     let want = [
         1.0, 10.0, 2.0, 20.0,
@@ -90,13 +71,7 @@ fn forward_matches_hand_computed() {
     // Stride 1: overlapping stamps add up; the centre of a 3x3 output gets 1*1000 + 2*100 +
     // 3*10 + 4*1.
     let spec = ConvTranspose2dSpec::new(1, 1, 2);
-    let y = run(
-        &[1.0, 2.0, 3.0, 4.0],
-        &[1.0, 10.0, 100.0, 1000.0],
-        None,
-        (1, 2, 2),
-        &spec,
-    );
+    let y = run_conv(&spec, &x, &w, None, (1, 2, 2));
     assert_eq!(y[4], 1234.0);
     assert_eq!(y.iter().sum::<f32>(), 10.0 * 1111.0);
 }
@@ -145,14 +120,11 @@ fn specs() -> Vec<(ConvTranspose2dSpec, (usize, usize, usize))> {
 fn forward_matches_naive_scatter() {
     let mut rng = rng(31);
     for (spec, dims) in specs() {
-        let (n, h, wd) = dims;
-        let x = random(&mut rng, n * spec.in_channels * h * wd);
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
+        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
         let want = naive_conv_transpose2d(&x, &w, Some(&b), dims, &spec);
         assert_close(
             &format!("{spec:?}"),
-            &run(&x, &w, Some(&b), dims, &spec),
+            &run_conv(&spec, &x, &w, Some(&b), dims),
             &want,
             1e-5,
         );
@@ -216,35 +188,10 @@ fn is_the_adjoint_of_conv2d() {
     }
 }
 
-fn check_gradients(spec: ConvTranspose2dSpec, dims: (usize, usize, usize), seed: u64) {
-    let dev = Cpu::default();
-    let mut rng = rng(seed);
-    let (n, h, wd) = dims;
-    let (oh, ow) = spec.output_size(h, wd);
-    let x = random(&mut rng, n * spec.in_channels * h * wd);
-    let w = random(&mut rng, spec.weight_len());
-    let b = random(&mut rng, spec.out_channels);
-    let r = random(&mut rng, n * spec.out_channels * oh * ow);
-    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, spec.in_channels, h, wd));
-    let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
-    let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
-    let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
-    let y = conv_transpose2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
-    let grads = (y * rt).sum().backward();
-    let analytic = [
-        grads.get(&xt).as_vec(),
-        grads.get(&wt).as_vec(),
-        grads.get(&bt).as_vec(),
-    ];
-    check_finite_differences(&format!("{spec:?}"), &[x, w, b], &analytic, &r, |p| {
-        run(&p[0], &p[1], Some(&p[2]), dims, &spec)
-    });
-}
-
 #[test]
 fn gradients_match_finite_differences() {
     for (seed, (spec, dims)) in specs().into_iter().enumerate() {
-        check_gradients(spec, dims, 50 + seed as u64);
+        check_conv_gradients(spec, dims, 50 + seed as u64);
     }
 }
 
@@ -265,67 +212,10 @@ fn direct_specs() -> Vec<(ConvTranspose2dSpec, (usize, usize, usize))> {
 fn direct_path_matches_naive_scatter_and_finite_differences() {
     let mut rng = rng(61);
     for (seed, (spec, dims)) in direct_specs().into_iter().enumerate() {
-        let (n, h, wd) = dims;
-        let x = random(&mut rng, n * spec.in_channels * h * wd);
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
+        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
         let want = naive_conv_transpose2d(&x, &w, Some(&b), dims, &spec);
-        let got = run(&x, &w, Some(&b), dims, &spec);
+        let got = run_conv(&spec, &x, &w, Some(&b), dims);
         assert_close(&format!("{spec:?}"), &got, &want, 1e-5);
-        check_gradients(spec, dims, 70 + seed as u64);
-    }
-}
-
-/// The direct kernels give the column-matrix kernels' results up to the order of the sums on
-/// the autoencoder's layers, and the same bits on one and three threads.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
-    use super::cpu_kernel::{backward, forward, Dims};
-    use super::direct_kernel;
-    if !crate::direct::available() {
-        return;
-    }
-    let mut rng = rng(63);
-    let relative = |a: &[f32], b: &[f32]| {
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        diff / scale
-    };
-    let pool = |threads| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-    };
-    for (spec, hw) in [
-        (ConvTranspose2dSpec::new(64, 32, 4).stride(2).padding(1), 7),
-        (ConvTranspose2dSpec::new(32, 1, 4).stride(2).padding(1), 14),
-    ] {
-        let n = 12;
-        let out = spec.output_size(hw, hw);
-        let d = Dims::new(&spec, n, (hw, hw), out);
-        let (conv_dims, plan) = direct_kernel::plan(&d).expect("a direct plan");
-        let x = random(&mut rng, n * spec.in_channels * hw * hw);
-        let w = random(&mut rng, spec.weight_len());
-        let b = random(&mut rng, spec.out_channels);
-        let dy = random(&mut rng, n * spec.out_channels * out.0 * out.1);
-        let direct = || {
-            let y = direct_kernel::forward(&x, &w, Some(&b), &conv_dims, &plan);
-            let mut gx = vec![0.5; x.len()];
-            let gw = direct_kernel::backward(&x, &w, &dy, Some(&mut gx), &conv_dims, &plan);
-            [y, gx, gw]
-        };
-        let got = pool(1).install(direct);
-        assert!(got == pool(3).install(direct), "{spec:?}: thread count");
-        let mut gx = vec![0.5; x.len()];
-        let gw = backward(&x, &w, &dy, Some(&mut gx), &d);
-        let want = [forward(&x, &w, Some(&b), &d), gx, gw];
-        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(relative(g, w) < 1e-5, "{spec:?} output {k}");
-        }
+        check_conv_gradients(spec, dims, 70 + seed as u64);
     }
 }

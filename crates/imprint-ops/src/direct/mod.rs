@@ -19,6 +19,7 @@
 mod avx512;
 
 use crate::cpu_util::Geometry;
+pub(crate) use crate::cpu_util::Start;
 
 /// Floats in one vector register.
 pub(crate) const LANES: usize = 16;
@@ -343,16 +344,6 @@ impl Packed {
             taps,
         }
     }
-}
-
-/// What the output of [`conv`] starts from before the taps are added.
-#[derive(Clone, Copy)]
-pub(crate) enum Start<'a> {
-    Zero,
-    /// One value per output channel.
-    Bias(&'a [f32]),
-    /// What `dst` already holds.
-    Accumulate,
 }
 
 /// `dst[o * dst_stride + p] = start + Σ_i Σ_t w(o, i, t) · src[i * src_stride + p + offset_t]`

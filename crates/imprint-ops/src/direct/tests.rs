@@ -162,22 +162,14 @@ fn conv_matches_plain_loops_from_every_start() {
         let w = random(&mut rng, outputs * inputs * taps.len());
         let bias = random(&mut rng, outputs);
         let set = TapSet::new(grid, 1, &taps);
-        let packed = Packed::new((outputs, inputs, taps.len()), |o, i, t| {
-            w[(o * inputs + i) * taps.len() + t]
-        });
+        let packed = packed(&w, (outputs, inputs, taps.len()));
         let want = naive_conv(&src, stride, grid, &taps, &w, outputs);
         // Output channels padded apart, the padding left alone.
         let dst_stride = plane_len + 5;
         let mut dst = vec![7.0; outputs * dst_stride];
-        conv(
-            &src,
-            stride,
-            &set,
-            &packed,
-            &mut dst,
-            dst_stride,
-            Start::Zero,
-        );
+        let run =
+            |dst: &mut [f32], start| conv(&src, stride, &set, &packed, dst, dst_stride, start);
+        run(&mut dst, Start::Zero);
         let got = |dst: &[f32]| -> Vec<f32> {
             dst.chunks(dst_stride)
                 .flat_map(|c| c[..plane_len].to_vec())
@@ -187,26 +179,10 @@ fn conv_matches_plain_loops_from_every_start() {
         assert!(dst
             .chunks(dst_stride)
             .all(|c| c[plane_len..].iter().all(|&v| v == 7.0)));
-        conv(
-            &src,
-            stride,
-            &set,
-            &packed,
-            &mut dst,
-            dst_stride,
-            Start::Accumulate,
-        );
+        run(&mut dst, Start::Accumulate);
         let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
         assert_close("accumulate", &got(&dst), &twice, 1e-5);
-        conv(
-            &src,
-            stride,
-            &set,
-            &packed,
-            &mut dst,
-            dst_stride,
-            Start::Bias(&bias),
-        );
+        run(&mut dst, Start::Bias(&bias));
         let biased: Vec<f32> = want
             .iter()
             .enumerate()
@@ -263,9 +239,7 @@ fn stacked_images_stay_apart() {
         let stride = planes * images * plane_len;
         let src = random(&mut rng, inputs * stride);
         let w = random(&mut rng, outputs * inputs * taps.len());
-        let packed = Packed::new((outputs, inputs, taps.len()), |o, i, t| {
-            w[(o * inputs + i) * taps.len() + t]
-        });
+        let packed = packed(&w, (outputs, inputs, taps.len()));
         let set = TapSet::new(grid, images, &taps);
         let dst_stride = images * plane_len;
         let mut dst = vec![0.0; outputs * dst_stride];
@@ -294,4 +268,11 @@ fn stacked_images_stay_apart() {
             assert_close(&format!("{grid:?} image {g}"), &got, &want, 1e-5);
         }
     }
+}
+
+/// `w` (`[outputs, inputs, taps]`) packed for the kernels.
+fn packed(w: &[f32], (outputs, inputs, taps): (usize, usize, usize)) -> Packed {
+    Packed::new((outputs, inputs, taps), |o, i, t| {
+        w[(o * inputs + i) * taps + t]
+    })
 }

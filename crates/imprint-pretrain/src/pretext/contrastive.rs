@@ -21,16 +21,8 @@ imprint_nn::params!(Contrastive { projection });
 impl<D: ImprintDevice> Pretext<D> for Contrastive<D> {
     fn loss(&mut self, codes: &mut Codes<D>, _views: &Views, pass: &mut Pass) -> Loss<D> {
         use imprint_nn::layers::Act;
-        let second = codes
-            .second
-            .take()
-            .expect("the contrastive term needs a second view");
-        // The head reads the first code as the decoder does; the retaped copy keeps its id, so
-        // both losses' gradients meet in the encoder. Without a decoder it is the only reader.
-        let first = match codes.first.as_ref() {
-            Some(z) => z.retaped(),
-            None => unreachable!("the first view's code is read before the decoder takes it"),
-        };
+        let second = codes.take_second();
+        let first = codes.first_copy();
         let a = self
             .projection
             .forward(Act::Flat(first), pass, true)

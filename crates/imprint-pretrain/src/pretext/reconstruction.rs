@@ -20,10 +20,7 @@ imprint_nn::params!(Reconstruct { decoder });
 
 impl<D: ImprintDevice> Pretext<D> for Reconstruct<D> {
     fn loss(&mut self, codes: &mut Codes<D>, views: &Views, pass: &mut Pass) -> Loss<D> {
-        let z = codes
-            .first
-            .take()
-            .expect("the first view's code is the reconstruction's");
+        let z = codes.take_first();
         let dev = z.device().clone();
         let shape = (views.target.len() / self.shape.len(), self.shape.len());
         let y: Matrix<D> = dev.tensor_from_vec(views.target.clone(), shape);

@@ -24,11 +24,7 @@ impl<D: ImprintDevice> Pretext<D> for Rotation<D> {
             .turns
             .as_ref()
             .expect("views are turned for the rotation pretext");
-        // A copy of the first code under its own id, as the contrastive term reads it.
-        let code = match codes.first.as_ref() {
-            Some(z) => z.retaped(),
-            None => unreachable!("the first view's code is read before the decoder takes it"),
-        };
+        let code = codes.first_copy();
         let logits = self.head.forward(code, Activation::Identity, true);
         cross_entropy(logits, turns) * self.weight
     }
