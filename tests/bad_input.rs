@@ -2,9 +2,12 @@
 //! the problem, without a panic and without touching what was there before.
 
 use imprint_e2e::{
-    arg, class_pixels, digits_dir, edit_file, imprint, snapshot, write_grey_png, write_idx_images,
-    write_idx_labels, write_pipeline, write_png_classes, Tiny, SIDE,
+    apply_args, arg, assert_refused, assert_refused_after_loading, class_pixels, digits_dir,
+    edit_file, finetune_args, imprint, png_pipeline, pretrain_args, read_tensors, run_args,
+    snapshot, test_dir, write_grey_png, write_idx_images, write_idx_labels, write_pipeline,
+    write_png_classes, write_tensors, RawTensor, Tiny, SIDE,
 };
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// An output folder holding the results of an earlier run, which a failed run must not touch.
@@ -19,20 +22,50 @@ fn earlier_results(t: &Path) -> PathBuf {
     out
 }
 
-/// Runs `imprint args` in `t` and asserts that it fails with one error line holding all of
-/// `needles`, every file under `t` left as it was.
-fn assert_refused(t: &Path, args: &[&str], needles: &[&str]) {
-    let before = snapshot(t);
-    imprint(t, args).assert_error(needles);
-    assert_eq!(snapshot(t), before, "a refused run changed files");
+/// `run PIPELINE --out OUT --force`, then `extra`: a run allowed to replace [`earlier_results`].
+fn forced_run<'a>(pipeline: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = run_args(pipeline, out, &["--force"]);
+    args.extend(extra);
+    args
 }
 
-/// [`assert_refused`] for a problem found once the data is read: progress lines may precede
-/// the error line.
-fn assert_refused_after_loading(t: &Path, args: &[&str], needles: &[&str]) {
-    let before = snapshot(t);
-    imprint(t, args).assert_error_after_progress(needles);
-    assert_eq!(snapshot(t), before, "a refused run changed files");
+/// A [`Tiny`] pipeline `t/p.toml` and [`earlier_results`] beside it, for [`forced_run`]s with
+/// bad data or settings.
+struct ForcedRun<'a> {
+    t: &'a Path,
+    pipeline: PathBuf,
+    out: PathBuf,
+}
+
+impl<'a> ForcedRun<'a> {
+    /// The pipeline on `data`.
+    fn on(t: &'a Path, data: &Path) -> Self {
+        let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(data));
+        let out = earlier_results(t);
+        ForcedRun { t, pipeline, out }
+    }
+
+    /// The pipeline on 4 generated PNGs of each of two classes.
+    fn on_pngs(t: &'a Path) -> Self {
+        let (_, pipeline) = png_pipeline(t, &["a", "b"], 4);
+        let out = earlier_results(t);
+        ForcedRun { t, pipeline, out }
+    }
+
+    /// [`assert_refused`] for the run given `extra`.
+    fn assert_refused(&self, extra: &[&str], needles: &[&str]) {
+        assert_refused(
+            self.t,
+            &forced_run(&self.pipeline, &self.out, extra),
+            needles,
+        );
+    }
+
+    /// [`assert_refused_after_loading`] for the run given `extra`.
+    fn assert_refused_after_loading(&self, extra: &[&str], needles: &[&str]) {
+        let args = forced_run(&self.pipeline, &self.out, extra);
+        assert_refused_after_loading(self.t, &args, needles);
+    }
 }
 
 /// A valid idx pair of `n` 8x8 images; returns the images path.
@@ -49,25 +82,17 @@ fn idx_pair(t: &Path, stem: &str, n: u8) -> PathBuf {
 
 #[test]
 fn truncated_idx_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let images = idx_pair(t, "cut", 20);
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() - 100]).unwrap();
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&images));
-    let out = earlier_results(t);
-
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[arg(&images), "truncated idx file", "1280", "1180"],
-    );
+    let needles = [arg(&images), "truncated idx file", "1280", "1180"];
+    ForcedRun::on(t, &images).assert_refused(&[], &needles);
 }
 
 #[test]
 fn idx_file_with_wrong_magic() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let images = idx_pair(t, "odd", 20);
     let mut bytes = std::fs::read(&images).unwrap();
     bytes[2] = 0x0d; // f32 data: not the u8 images the reader takes
@@ -77,46 +102,29 @@ fn idx_file_with_wrong_magic() {
 
     assert_refused(
         t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&out),
-            "--force",
-        ],
+        &pretrain_args(&pipeline, &out, &["--force"]),
         &[arg(&images), "not an idx", "magic 0x00000d03"],
     );
 }
 
 #[test]
 fn corrupt_png() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 6);
+    let t: &Path = &test_dir();
+    let (data, pipeline) = png_pipeline(t, &["a", "b"], 6);
     let bad = data.join("b/3.png");
     let bytes = std::fs::read(&bad).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
 
     assert_refused(
         t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&t.join("pre")),
-        ],
+        &pretrain_args(&pipeline, &t.join("pre"), &[]),
         &[arg(&bad), "cannot decode image"],
     );
 }
 
 #[test]
 fn csv_list_naming_a_missing_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     write_grey_png(&t.join("imgs/0.png"), SIDE, SIDE, class_pixels(0, 0));
     write_grey_png(&t.join("imgs/1.png"), SIDE, SIDE, class_pixels(1, 1));
     let list = t.join("list.csv");
@@ -125,88 +133,63 @@ fn csv_list_naming_a_missing_file() {
         "path,label\nimgs/0.png,a\nimgs/missing.png,b\nimgs/1.png,b\n",
     )
     .unwrap();
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&list));
-    let out = earlier_results(t);
-
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[arg(&list), "line 3", "not found", "missing.png"],
-    );
+    let needles = [arg(&list), "line 3", "not found", "missing.png"];
+    ForcedRun::on(t, &list).assert_refused(&[], &needles);
 }
 
 #[test]
 fn test_label_outside_the_labeled_classes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let (train, test) = (t.join("train"), t.join("test"));
     write_png_classes(&train, &["a", "b"], 0, 6);
     write_png_classes(&test, &["a", "c"], 10, 3);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&train));
-    let out = earlier_results(t);
 
     // the test set given on the command line
-    assert_refused(
-        t,
-        &[
-            "run",
-            arg(&pipeline),
-            "--test",
-            arg(&test),
-            "--out",
-            arg(&out),
-            "--force",
-        ],
-        &[arg(&test.join("c")), "label out of range", "\"c\"", "a b"],
-    );
+    let c = test.join("c");
+    let needles = [arg(&c), "label out of range", "\"c\"", "a b"];
+    ForcedRun::on(t, &train).assert_refused(&["--test", arg(&test)], &needles);
+}
+
+/// Pipelines `t/small.toml` and `t/wide.toml` on `per_class` PNGs of each of two classes, their
+/// dense encoders of hidden layers [16] and [24] pre-trained for `epochs` (small, wide).
+fn small_and_wide(t: &Path, per_class: usize, epochs: (usize, usize)) -> (PathBuf, PathBuf) {
+    let data = t.join("data");
+    write_png_classes(&data, &["a", "b"], 0, per_class);
+    let dense = |name: &str, hidden: &[usize], epochs: usize| {
+        let tiny = Tiny {
+            hidden,
+            epochs,
+            ..Tiny::on(&data)
+        };
+        write_pipeline(&t.join(format!("{name}.toml")), &tiny)
+    };
+    (
+        dense("small", &[16], epochs.0),
+        dense("wide", &[24], epochs.1),
+    )
+}
+
+/// Pre-trains `pipeline` into `t/pre`, which it returns.
+fn pretrained(t: &Path, pipeline: &Path) -> PathBuf {
+    let pre = t.join("pre");
+    imprint(t, &pretrain_args(pipeline, &pre, &[])).assert_success();
+    pre
 }
 
 #[test]
 fn encoder_checkpoint_of_another_architecture() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 8);
-    let small = write_pipeline(
-        &t.join("small.toml"),
-        &Tiny {
-            hidden: &[16],
-            epochs: 1,
-            ..Tiny::on(&data)
-        },
-    );
-    let wide = write_pipeline(
-        &t.join("wide.toml"),
-        &Tiny {
-            hidden: &[24],
-            ..Tiny::on(&data)
-        },
-    );
-    let pre = t.join("pre");
-    imprint(
-        t,
-        &["pretrain", "--pipeline", arg(&small), "--out", arg(&pre)],
-    )
-    .assert_success();
+    let t: &Path = &test_dir();
+    let (small, wide) = small_and_wide(t, 8, (1, 3));
+    let pre = pretrained(t, &small);
     let before = snapshot(&pre);
     let encoder = pre.join("encoder.safetensors");
 
     // A comparison needs its imported network to be the pipeline's architecture, so that
     // scratch and every route train the same net: refused before anything is written.
     let compared = t.join("compared");
-    let run = imprint(
-        t,
-        &[
-            "run",
-            arg(&wide),
-            "--out",
-            arg(&compared),
-            "--set",
-            "compare.routes=[\"imported\"]",
-            "--set",
-            &format!("compare.imported=\"{}\"", encoder.display()),
-        ],
-    );
+    let imported = format!("compare.imported=\"{}\"", encoder.display());
+    let routes = ["--set", "compare.routes=[\"imported\"]", "--set", &imported];
+    let run = imprint(t, &run_args(&wide, &compared, &routes));
     run.assert_error_after_progress(&[
         arg(&encoder),
         "architecture mismatch",
@@ -222,28 +205,10 @@ fn encoder_checkpoint_of_another_architecture() {
     // Fine-tuning from it (`--init`, alias `--encoder`) takes the checkpoint's architecture
     // instead, says so, and records where it started.
     let ft = t.join("ft");
-    let run = imprint(
-        t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&wide),
-            "--encoder",
-            arg(&encoder),
-            "--strategy",
-            "full",
-            "--labels-per-class",
-            "2",
-            "--out",
-            arg(&ft),
-        ],
-    );
-    run.assert_success();
-    assert!(
-        run.stderr.contains("dense 64-16-8") && run.stderr.contains("from the checkpoint"),
-        "{}",
-        run.stderr
-    );
+    let from_encoder = ["--encoder", arg(&encoder)];
+    imprint(t, &finetune_args(&wide, "full", "2", &ft, &from_encoder))
+        .assert_success()
+        .assert_stderr_has(&["dense 64-16-8", "from the checkpoint"]);
     let side = imprint_e2e::read_json(&ft.join("model.json"));
     assert_eq!(side["architecture"]["hidden"], serde_json::json!([16]));
     assert_eq!(
@@ -254,8 +219,7 @@ fn encoder_checkpoint_of_another_architecture() {
 
 #[test]
 fn output_folder_exists_and_is_not_empty() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let data = t.join("data");
     write_png_classes(&data, &["a", "b"], 0, 6);
     let pipeline = write_pipeline(
@@ -270,20 +234,13 @@ fn output_folder_exists_and_is_not_empty() {
 
     assert_refused(
         t,
-        &["run", arg(&pipeline), "--out", arg(&out)],
+        &run_args(&pipeline, &out, &[]),
         &[arg(&out), "not empty", "--force"],
     );
 
     // the refusal is about the folder alone: with --force the same run goes through
-    imprint(t, &["run", arg(&pipeline), "--out", arg(&out), "--force"]).assert_success();
+    imprint(t, &forced_run(&pipeline, &out, &[])).assert_success();
     assert!(out.join("summary.csv").is_file());
-}
-
-/// A tiny pipeline in `t` on 4 generated PNGs of each of two classes.
-fn png_pipeline(t: &Path) -> PathBuf {
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 4);
-    write_pipeline(&t.join("p.toml"), &Tiny::on(&data))
 }
 
 /// The line (1-based) of the first line of `text` that starts with `prefix`.
@@ -294,66 +251,43 @@ fn line_of(text: &str, prefix: &str) -> usize {
         .expect("line present")
 }
 
+/// A forced run of a tiny pipeline on PNGs, its text with `from` replaced by `to`, is refused
+/// naming the file, the line that starts with `key`, and `needles`.
+fn assert_edited_pipeline_refused((from, to): (&str, &str), key: &str, needles: &[&str]) {
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
+    let text = edit_file(&forced.pipeline, from, to);
+    let line = format!("line {}", line_of(&text, key));
+    let mut all = vec![arg(&forced.pipeline), &line];
+    all.extend(needles);
+    forced.assert_refused(&[], &all);
+}
+
 #[test]
 fn pipeline_with_an_unknown_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let pipeline = png_pipeline(t);
-    let text = edit_file(&pipeline, "epochs = 3\n", "epochs = 3\nepoch_count = 2\n");
-    let line = format!("line {}", line_of(&text, "epoch_count"));
-    let out = earlier_results(t);
-
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[arg(&pipeline), "unknown field", "epoch_count", &line],
-    );
+    let edit = ("epochs = 3\n", "epochs = 3\nepoch_count = 2\n");
+    assert_edited_pipeline_refused(edit, "epoch_count", &["unknown field", "epoch_count"]);
 }
 
 #[test]
 fn pipeline_with_a_value_of_the_wrong_type() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let pipeline = png_pipeline(t);
-    let text = edit_file(&pipeline, "steps = 40", "steps = \"forty\"");
-    let line = format!("line {}", line_of(&text, "steps"));
-    let out = earlier_results(t);
-
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[arg(&pipeline), &line, "steps", "\"forty\"", "expected"],
-    );
+    let edit = ("steps = 40", "steps = \"forty\"");
+    assert_edited_pipeline_refused(edit, "steps", &["steps", "\"forty\"", "expected"]);
 }
 
 #[test]
 fn setting_an_unknown_key_on_the_command_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let pipeline = png_pipeline(t);
-    let out = earlier_results(t);
-
-    assert_refused(
-        t,
-        &[
-            "run",
-            arg(&pipeline),
-            "--set",
-            "finetune.dropot=0.3",
-            "--out",
-            arg(&out),
-            "--force",
-        ],
-        &[arg(&pipeline), "--set", "unknown field `dropot`"],
-    );
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
+    let needles = [arg(&forced.pipeline), "--set", "unknown field `dropot`"];
+    forced.assert_refused(&["--set", "finetune.dropot=0.3"], &needles);
 }
 
 #[test]
 fn missing_pipeline_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let pipeline = t.join("nowhere.toml");
-    let run = imprint(t, &["run", arg(&pipeline), "--out", arg(&t.join("out"))]);
+    let run = imprint(t, &run_args(&pipeline, &t.join("out"), &[]));
     run.assert_error(&[arg(&pipeline), "os error 2"]);
     assert!(!t.join("out").join("results.csv").exists());
 }
@@ -373,85 +307,61 @@ fn diverging_pipeline(t: &Path, batch_size: usize) -> PathBuf {
     pipeline
 }
 
+/// Pre-trains [`diverging_pipeline`] into `t/pre` with `extra`, which must fail naming
+/// `needles` and write no encoder; returns (pipeline, that folder).
+fn assert_pretraining_diverges(
+    t: &Path,
+    batch_size: usize,
+    extra: &[&str],
+    needles: &[&str],
+) -> (PathBuf, PathBuf) {
+    let pipeline = diverging_pipeline(t, batch_size);
+    let out = t.join("pre");
+    imprint(t, &pretrain_args(&pipeline, &out, extra)).assert_error_after_progress(needles);
+    assert!(!out.join("encoder.safetensors").exists());
+    (pipeline, out)
+}
+
 #[test]
 fn diverging_pretraining_stops_naming_epoch_and_step() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     // BCE on exploding logits overflows within steps
-    let pipeline = diverging_pipeline(t, 16);
-    let out = t.join("pre");
-
-    let run = imprint(
-        t,
-        &["pretrain", "--pipeline", arg(&pipeline), "--out", arg(&out)],
-    );
-    run.assert_error_after_progress(&[
+    let needles = [
         "pre-training seed 0",
         "loss became",
         "at epoch 1, step ",
         "lower pretrain.lr",
         "(now 1e6)",
-    ]);
-    assert!(!out.join("encoder.safetensors").exists());
+    ];
+    assert_pretraining_diverges(t, 16, &[], &needles);
 }
 
 /// A pre-training that diverges after finishing an epoch stops naming where, and keeps the
 /// checkpoint of the last finished epoch.
 #[test]
 fn diverging_pretraining_keeps_the_last_good_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     // One step per epoch (a batch larger than the data): epoch 1's loss is still finite, its
     // update blows the weights up, and epoch 2's loss is not.
-    let pipeline = diverging_pipeline(t, 100_000);
-    let out = t.join("pre");
-    let run = imprint(
-        t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&out),
-            "--epochs",
-            "5",
-        ],
-    );
-    run.assert_error_after_progress(&[
+    let kept_in = "the last good checkpoint (after epoch 1) is kept in";
+    let needles = [
         "loss became",
         "at epoch 2, step 1",
-        "the last good checkpoint (after epoch 1) is kept in",
+        kept_in,
         "checkpoint.safetensors",
-    ]);
-    assert!(!out.join("encoder.safetensors").exists());
+    ];
+    let (pipeline, out) = assert_pretraining_diverges(t, 100_000, &["--epochs", "5"], &needles);
     // The kept weights are exactly those a one-epoch pre-training ends with.
     let one_epoch = t.join("one");
-    imprint(
-        t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&one_epoch),
-            "--epochs",
-            "1",
-        ],
-    )
-    .assert_success();
-    let kept = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
-    let kept = safetensors::SafeTensors::deserialize(&kept).unwrap();
-    let finished = std::fs::read(one_epoch.join("encoder.safetensors")).unwrap();
-    let finished = safetensors::SafeTensors::deserialize(&finished).unwrap();
-    let mut names = finished.names();
-    names.sort();
-    assert!(!names.is_empty());
-    for name in names {
-        assert_eq!(
-            kept.tensor(name).unwrap().data(),
-            finished.tensor(name).unwrap().data(),
-            "{name}"
-        );
+    imprint(t, &pretrain_args(&pipeline, &one_epoch, &["--epochs", "1"])).assert_success();
+    let kept: HashMap<String, Vec<u8>> = read_tensors(&out.join("checkpoint.safetensors"))
+        .into_iter()
+        .map(|(name, _, data)| (name, data))
+        .collect();
+    let finished = read_tensors(&one_epoch.join("encoder.safetensors"));
+    assert!(!finished.is_empty());
+    for (name, _, data) in &finished {
+        assert_eq!(kept.get(name), Some(data), "{name}");
     }
 }
 
@@ -481,43 +391,32 @@ fn cifar_resnet_state_dict(blocks: usize) -> Vec<(String, Vec<usize>)> {
     t
 }
 
+/// Writes `tensors` (name, shape) filled with zeros.
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let zeros: Vec<RawTensor> = tensors
         .iter()
         .map(|(n, s)| {
             (
                 n.clone(),
                 s.clone(),
-                vec![0u8; 4 * s.iter().product::<usize>()],
+                vec![0; 4 * s.iter().product::<usize>()],
             )
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .unwrap();
-            (n.clone(), view)
-        })
-        .collect();
-    std::fs::write(path, safetensors::tensor::serialize(views, &None).unwrap()).unwrap();
+    write_tensors(path, &zeros, None);
+}
+
+/// `import FILE --arch resnet20 --out OUT`.
+fn import_resnet20<'a>(file: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    let mut args = vec!["import", arg(file)];
+    args.extend(["--arch", "resnet20", "--out", arg(out)]);
+    args
 }
 
 /// `imprint import FILE --arch resnet20` into `t/imported`, which must stay absent.
 fn assert_import_refused(t: &Path, file: &Path, needles: &[&str]) {
     let out = t.join("imported");
-    assert_refused(
-        t,
-        &[
-            "import",
-            arg(file),
-            "--arch",
-            "resnet20",
-            "--out",
-            arg(&out),
-        ],
-        needles,
-    );
+    assert_refused(t, &import_resnet20(file, &out), needles);
     assert!(!out.join("model.safetensors").exists());
 }
 
@@ -529,8 +428,7 @@ fn torch_fixture(name: &str) -> PathBuf {
 
 #[test]
 fn checkpoint_cut_short() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let bytes = std::fs::read(torch_fixture("state_dict_legacy.pt")).unwrap();
     let cut = t.join("cut.th");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
@@ -539,8 +437,7 @@ fn checkpoint_cut_short() {
 
 #[test]
 fn checkpoint_whose_pickle_calls_os_system() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     for name in ["system.pt", "system_legacy.pt"] {
         let evil = t.join(name);
         std::fs::copy(torch_fixture(name), &evil).unwrap();
@@ -550,8 +447,7 @@ fn checkpoint_whose_pickle_calls_os_system() {
 
 #[test]
 fn checkpoint_without_a_state_dict() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let list = t.join("list.pt");
     std::fs::copy(torch_fixture("list.pt"), &list).unwrap();
     assert_import_refused(t, &list, &[arg(&list), "no state dict", "list"]);
@@ -559,8 +455,7 @@ fn checkpoint_without_a_state_dict() {
 
 #[test]
 fn state_dict_of_another_depth() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let deeper = t.join("resnet32.safetensors");
     write_safetensors(&deeper, &cifar_resnet_state_dict(5));
     assert_import_refused(
@@ -576,8 +471,7 @@ fn state_dict_of_another_depth() {
 
 #[test]
 fn state_dict_missing_a_tensor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let mut tensors = cifar_resnet_state_dict(3);
     tensors.retain(|(n, _)| n != "layer2.1.bn2.running_var");
     let short = t.join("short.safetensors");
@@ -591,25 +485,13 @@ fn state_dict_missing_a_tensor() {
     let whole = t.join("whole.safetensors");
     write_safetensors(&whole, &cifar_resnet_state_dict(3));
     let out = t.join("ok");
-    imprint(
-        t,
-        &[
-            "import",
-            arg(&whole),
-            "--arch",
-            "resnet20",
-            "--out",
-            arg(&out),
-        ],
-    )
-    .assert_success();
+    imprint(t, &import_resnet20(&whole, &out)).assert_success();
     assert!(out.join("model.safetensors").exists() && out.join("model.json").exists());
 }
 
 #[test]
 fn dense_checkpoint_given_as_a_resnet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let dense = imprint_e2e::workspace_root()
         .join("tests/fixtures/checkpoints-f231784/dense-model/model.safetensors");
     assert_import_refused(t, &dense, &[arg(&dense), "tensor `"]);
@@ -617,69 +499,38 @@ fn dense_checkpoint_given_as_a_resnet() {
 
 #[test]
 fn image_too_large_to_decode() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let data = t.join("data");
     write_png_classes(&data, &["a", "b"], 0, 4);
     // 20000 pixels wide: past the decoder's limit of 16384 on a side, yet a small file.
     let huge = data.join("a/huge.png");
     write_grey_png(&huge, 20_000, 1, vec![7; 20_000]);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
-    let out = earlier_results(t);
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[arg(&huge), "cannot decode image", "limit"],
-    );
+    let needles = [arg(&huge), "cannot decode image", "limit"];
+    ForcedRun::on(t, &data).assert_refused(&[], &needles);
 }
 
 #[test]
 fn class_images_one_folder_too_deep() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let data = t.join("data");
     write_png_classes(&data, &["a", "b"], 0, 4);
     write_png_classes(&data.join("c"), &["inner"], 0, 4);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
-    let out = earlier_results(t);
-    assert_refused(
-        t,
-        &["run", arg(&pipeline), "--out", arg(&out), "--force"],
-        &[
-            &format!("{}/c", arg(&data)),
-            "holds no images itself",
-            "c/inner",
-        ],
-    );
+    let c = format!("{}/c", arg(&data));
+    let needles = [c.as_str(), "holds no images itself", "c/inner"];
+    ForcedRun::on(t, &data).assert_refused(&[], &needles);
 }
 
 #[test]
 fn layer_too_wide_for_memory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 4);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
-    let out = earlier_results(t);
-    assert_refused_after_loading(
-        t,
-        &[
-            "run",
-            arg(&pipeline),
-            "--out",
-            arg(&out),
-            "--force",
-            "--set",
-            "pretrain.architecture={kind=\"dense\",hidden=[100000000],latent=4}",
-        ],
-        &["pretrain.architecture", "dense 64-100000000-4", "GB"],
-    );
+    let t: &Path = &test_dir();
+    let wide = "pretrain.architecture={kind=\"dense\",hidden=[100000000],latent=4}";
+    let needles = ["pretrain.architecture", "dense 64-100000000-4", "GB"];
+    ForcedRun::on_pngs(t).assert_refused_after_loading(&["--set", wide], &needles);
 }
 
 #[test]
 fn thread_count_beyond_the_cores() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let started = std::time::Instant::now();
     assert_refused(
         t,
@@ -701,38 +552,11 @@ fn thread_count_beyond_the_cores() {
 
 #[test]
 fn seeds_or_strategies_named_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 4);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
-    let out = earlier_results(t);
-    assert_refused(
-        t,
-        &[
-            "run",
-            arg(&pipeline),
-            "--out",
-            arg(&out),
-            "--force",
-            "--seeds",
-            "0,0",
-        ],
-        &["compare.seeds: 0 is named twice"],
-    );
-    assert_refused(
-        t,
-        &[
-            "run",
-            arg(&pipeline),
-            "--out",
-            arg(&out),
-            "--force",
-            "--strategies",
-            "scratch,full,scratch",
-        ],
-        &["compare.strategies: scratch is named twice"],
-    );
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
+    forced.assert_refused(&["--seeds", "0,0"], &["compare.seeds: 0 is named twice"]);
+    let strategies = ["--strategies", "scratch,full,scratch"];
+    forced.assert_refused(&strategies, &["compare.strategies: scratch is named twice"]);
 }
 
 /// Settings once taken silently (a negative or NaN weight decay read as 0, zero epochs writing
@@ -740,17 +564,8 @@ fn seeds_or_strategies_named_twice() {
 /// a class names the class; a diverging fine-tuning names its step and learning rate.
 #[test]
 fn settings_once_taken_silently_are_refused_naming_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 4);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
-    let out = earlier_results(t);
-    let run = |extra: &[&'static str]| {
-        let mut args = vec!["run", arg(&pipeline), "--out", arg(&out), "--force"];
-        args.extend_from_slice(extra);
-        args
-    };
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
     for (setting, needle) in [
         (
             "pretrain.weight_decay=-1",
@@ -763,21 +578,18 @@ fn settings_once_taken_silently_are_refused_naming_them() {
         ("pretrain.epochs=0", "`epochs`: must be at least 1"),
         ("finetune.steps=0", "`steps`: must be at least 1"),
     ] {
-        assert_refused(t, &run(&["--set", setting]), &[arg(&pipeline), needle]);
+        forced.assert_refused(&["--set", setting], &[arg(&forced.pipeline), needle]);
     }
-    assert_refused(
-        t,
-        &run(&["--labels-per-class", "0"]),
+    forced.assert_refused(
+        &["--labels-per-class", "0"],
         &["compare.labels_per_class: give one or more budgets of at least 1"],
     );
-    assert_refused_after_loading(
-        t,
-        &run(&["--labels-per-class", "40"]),
+    forced.assert_refused_after_loading(
+        &["--labels-per-class", "40"],
         &["40 per class asked for, but class `a` has only"],
     );
-    assert_refused_after_loading(
-        t,
-        &run(&["--strategies", "scratch", "--set", "finetune.lr=1e30"]),
+    forced.assert_refused_after_loading(
+        &["--strategies", "scratch", "--set", "finetune.lr=1e30"],
         &[
             "fine-tuning",
             "loss became",
@@ -799,46 +611,18 @@ fn trained_model(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&list, text).unwrap();
     let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
     let ft = t.join("ft");
-    imprint(
-        t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&pipeline),
-            "--strategy",
-            "scratch",
-            "--labels-per-class",
-            "2",
-            "--out",
-            arg(&ft),
-        ],
-    )
-    .assert_success();
+    imprint(t, &finetune_args(&pipeline, "scratch", "2", &ft, &[])).assert_success();
     (ft.join("model.safetensors"), data, list)
 }
 
 #[test]
 fn output_that_is_an_input_or_a_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let (model, _, list) = trained_model(t);
     for command in ["predict", "embed"] {
-        let flag = if command == "predict" {
-            "--model"
-        } else {
-            "--encoder"
-        };
         assert_refused(
             t,
-            &[
-                command,
-                flag,
-                arg(&model),
-                "--input",
-                arg(&list),
-                "--out",
-                arg(&list),
-            ],
+            &apply_args(command, &model, &list, &list),
             &[arg(&list), "--out is also an input of this command"],
         );
     }
@@ -847,118 +631,41 @@ fn output_that_is_an_input_or_a_file() {
     let pipeline = t.join("p.toml");
     assert_refused(
         t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&file),
-        ],
+        &pretrain_args(&pipeline, &file, &[]),
         &[arg(&file), "--out names a file, not a folder"],
     );
 }
 
 #[test]
 fn classifier_with_broken_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let (model, data, _) = trained_model(t);
     // NaN in the head's bias, as a diverged run would leave it.
-    let bytes = std::fs::read(&model).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut tensors = read_tensors(&model);
     let bias = tensors
         .iter_mut()
         .find(|(n, _, _)| n == "head.bias")
         .unwrap();
     bias.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .unwrap();
-            (n.clone(), v)
-        })
-        .collect();
-    std::fs::write(
-        &model,
-        safetensors::tensor::serialize(views, &None).unwrap(),
-    )
-    .unwrap();
+    write_tensors(&model, &tensors, None);
     let out = t.join("predictions.csv");
-    assert_refused(
-        t,
-        &[
-            "predict",
-            "--model",
-            arg(&model),
-            "--input",
-            arg(&data),
-            "--out",
-            arg(&out),
-        ],
-        &[arg(&model), "tensor `head.bias` holds NaN"],
-    );
+    let predict = apply_args("predict", &model, &data, &out);
+    assert_refused(t, &predict, &[arg(&model), "tensor `head.bias` holds NaN"]);
     // Cut short, it says so in plain words.
     let whole = std::fs::read(&model).unwrap();
     std::fs::write(&model, &whole[..whole.len() / 2]).unwrap();
-    assert_refused(
-        t,
-        &[
-            "predict",
-            "--model",
-            arg(&model),
-            "--input",
-            arg(&data),
-            "--out",
-            arg(&out),
-        ],
-        &[arg(&model), "cut short"],
-    );
+    assert_refused(t, &predict, &[arg(&model), "cut short"]);
 }
 
 #[test]
 fn resume_onto_another_finished_pretraining() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 6);
-    let wide = write_pipeline(
-        &t.join("wide.toml"),
-        &Tiny {
-            hidden: &[24],
-            epochs: 1,
-            ..Tiny::on(&data)
-        },
-    );
-    let small = write_pipeline(
-        &t.join("small.toml"),
-        &Tiny {
-            epochs: 1,
-            ..Tiny::on(&data)
-        },
-    );
-    let pre = t.join("pre");
-    imprint(
-        t,
-        &["pretrain", "--pipeline", arg(&wide), "--out", arg(&pre)],
-    )
-    .assert_success();
+    let t: &Path = &test_dir();
+    let (small, wide) = small_and_wide(t, 6, (1, 1));
+    let pre = pretrained(t, &wide);
     let sidecar = pre.join("encoder.json");
     assert_refused_after_loading(
         t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&small),
-            "--out",
-            arg(&pre),
-            "--resume",
-        ],
+        &pretrain_args(&small, &pre, &["--resume"]),
         &[
             arg(&sidecar),
             "cannot resume",
@@ -967,14 +674,7 @@ fn resume_onto_another_finished_pretraining() {
     );
     assert_refused_after_loading(
         t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&wide),
-            "--out",
-            arg(&pre),
-            "--resume",
-        ],
+        &pretrain_args(&wide, &pre, &["--resume"]),
         &[arg(&sidecar), "already finished"],
     );
 }

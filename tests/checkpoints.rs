@@ -4,7 +4,7 @@
 //! nets; for the convolutional ones within float rounding, the convolutions having since been
 //! rewritten (sums taken in another order).
 
-use imprint_e2e::{imprint, workspace_root};
+use imprint_e2e::{apply_args, imprint, test_dir, workspace_root};
 use std::path::Path;
 
 /// Copies the fixtures into a fresh folder, so the images are read by the same relative path
@@ -60,64 +60,27 @@ fn expected(name: &str) -> String {
 
 #[test]
 fn encoders_and_classifiers_of_f231784_load_and_compute_as_then() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     fixtures(t);
+    let images = Path::new("digits40-images-idx3-ubyte");
     for kind in ["dense", "conv"] {
-        let features = format!("{kind}-features.csv");
-        imprint(
-            t,
-            &[
-                "embed",
-                "--encoder",
-                &format!("{kind}-encoder/encoder.safetensors"),
-                "--input",
-                "digits40-images-idx3-ubyte",
-                "--out",
-                &features,
-            ],
-        )
-        .assert_success();
-        assert_csv_matches(
-            kind,
-            &std::fs::read_to_string(t.join(&features)).unwrap(),
-            &expected(&features),
-        );
-        let predictions = format!("{kind}-predictions.csv");
-        imprint(
-            t,
-            &[
-                "predict",
-                "--model",
-                &format!("{kind}-model/model.safetensors"),
-                "--input",
-                "digits40-images-idx3-ubyte",
-                "--out",
-                &predictions,
-            ],
-        )
-        .assert_success();
-        assert_csv_matches(
-            kind,
-            &std::fs::read_to_string(t.join(&predictions)).unwrap(),
-            &expected(&predictions),
-        );
-        // And the classifier's checkpoint names are all there to inspect.
-        let inspected = imprint(t, &["inspect", &format!("{kind}-model/model.safetensors")]);
-        inspected.assert_success();
-        assert!(
-            inspected.stdout.contains("head.weight"),
-            "{}",
-            inspected.stdout
-        );
-        // Its sidecar lists the data files one by one, as that version wrote them: read, and
-        // shown in one line.
-        assert!(
-            inspected
-                .stdout
-                .contains("data: 2 files, 2624 bytes, listed one by one in this older sidecar"),
-            "{}",
-            inspected.stdout
-        );
+        let steps = [
+            ("embed", "encoder/encoder", "features"),
+            ("predict", "model/model", "predictions"),
+        ];
+        for (command, checkpoint, csv) in steps {
+            let checkpoint = format!("{kind}-{checkpoint}.safetensors");
+            let csv = format!("{kind}-{csv}.csv");
+            let args = apply_args(command, Path::new(&checkpoint), images, Path::new(&csv));
+            imprint(t, &args).assert_success();
+            let got = std::fs::read_to_string(t.join(&csv)).unwrap();
+            assert_csv_matches(kind, &got, &expected(&csv));
+        }
+        // And the classifier's checkpoint names are all there to inspect; its sidecar lists the
+        // data files one by one, as that version wrote them: read, and shown in one line.
+        let older = "data: 2 files, 2624 bytes, listed one by one in this older sidecar";
+        imprint(t, &["inspect", &format!("{kind}-model/model.safetensors")])
+            .assert_success()
+            .assert_stdout_has(&["head.weight", older]);
     }
 }

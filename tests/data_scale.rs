@@ -4,8 +4,8 @@
 //! changed since the recorded run.
 
 use imprint_e2e::{
-    arg, imprint, imprint_with_cache, read_json, read_manifest, snapshot, write_grey_png,
-    write_pipeline, write_png_classes, Table, Tiny, SIDE,
+    arg, assert_refused_after_loading, imprint, imprint_with_cache, modified, png_pipeline,
+    read_json, read_manifest, run_args, snapshot, test_dir, words, write_grey_png, Table, SIDE,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -32,37 +32,25 @@ fn backdate(path: &Path) -> SystemTime {
     modified(path)
 }
 
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path).unwrap().modified().unwrap()
-}
+/// A zero memory budget: every source is read from the image cache.
+const NO_MEMORY: [&str; 2] = ["--set", "data.memory_budget_mb=0"];
 
-/// `run PIPELINE --out OUT` with everything held over a zero memory budget (every source is
-/// read from the image cache).
+/// `run PIPELINE --out OUT --force` with [`NO_MEMORY`].
 fn run_from_cache(t: &Path, pipeline: &Path, out: &Path, cache: &Path) -> Table {
-    let args = [
-        "run",
-        arg(pipeline),
-        "--out",
-        arg(out),
-        "--force",
-        "--set",
-        "data.memory_budget_mb=0",
-    ];
+    let mut args = run_args(pipeline, out, &["--force"]);
+    args.extend(NO_MEMORY);
     imprint_with_cache(t, &args, cache).assert_success();
     Table::read(&out.join("results.csv"))
 }
 
 #[test]
 fn a_source_over_the_budget_is_cached_reused_and_rebuilt_as_its_files_change() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 8);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let t: &Path = &test_dir();
+    let (data, pipeline) = png_pipeline(t, &["a", "b"], 8);
     let cache = t.join("cache");
 
     let in_memory = t.join("mem");
-    imprint(t, &["run", arg(&pipeline), "--out", arg(&in_memory)]).assert_success();
+    imprint(t, &run_args(&pipeline, &in_memory, &[])).assert_success();
     let expected = Table::read(&in_memory.join("results.csv")).outcomes();
 
     let first = run_from_cache(t, &pipeline, &t.join("c1"), &cache);
@@ -102,25 +90,14 @@ fn a_source_over_the_budget_is_cached_reused_and_rebuilt_as_its_files_change() {
 
 #[test]
 fn an_unwritable_cache_folder_is_refused_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 4);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let t: &Path = &test_dir();
+    let (_, pipeline) = png_pipeline(t, &["a", "b"], 4);
     // a file where the cache folder should be: no folder can be made there
     let blocked = t.join("blocked");
     std::fs::write(&blocked, "").unwrap();
     let before = snapshot(t);
     let out = t.join("out");
-    let args = [
-        "run",
-        arg(&pipeline),
-        "--out",
-        arg(&out),
-        "--set",
-        "data.memory_budget_mb=0",
-    ];
-    let refused = imprint_with_cache(t, &args, &blocked);
+    let refused = imprint_with_cache(t, &run_args(&pipeline, &out, &NO_MEMORY), &blocked);
     refused.assert_error(&[
         &format!(
             "{}: cannot write the image cache",
@@ -134,14 +111,11 @@ fn an_unwritable_cache_folder_is_refused_naming_it() {
 
 #[test]
 fn records_stay_small_and_resume_names_the_first_changed_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
+    let t: &Path = &test_dir();
     let per_class = 150;
-    write_png_classes(&data, &["a", "b"], 0, per_class);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let (data, pipeline) = png_pipeline(t, &["a", "b"], per_class);
     let out = t.join("out");
-    let args = ["run", arg(&pipeline), "--out", arg(&out), "--epochs", "1"];
+    let args = run_args(&pipeline, &out, &["--epochs", "1"]);
     imprint(t, &args).assert_success();
 
     // one line per source, however many files; the files listed once, in the manifest
@@ -176,16 +150,11 @@ fn records_stay_small_and_resume_names_the_first_changed_file() {
 
     // one image redrawn: --resume refuses, naming it
     write_grey_png(&data.join("b/7.png"), SIDE, SIDE, vec![9; 64]);
-    let before = snapshot(t);
-    let mut resumed = args.to_vec();
+    let mut resumed = args.clone();
     resumed.push("--resume");
-    let refused = imprint(t, &resumed);
-    refused.assert_error_after_progress(&[
-        &format!("{}: cannot resume", out.join("run.json").display()),
-        "the data.unlabeled files differ from the recorded run: b/7.png changed (",
-        "sha256",
-    ]);
-    assert_eq!(snapshot(t), before, "a refused run changed files");
+    let cannot = format!("{}: cannot resume", out.join("run.json").display());
+    let changed = "the data.unlabeled files differ from the recorded run: b/7.png changed (";
+    assert_refused_after_loading(t, &resumed, &[&cannot, changed, "sha256"]);
 }
 
 /// `imprint bench --data` at tiny sizes: it generates both sources, loads each twice (the PNG
@@ -193,26 +162,17 @@ fn records_stay_small_and_resume_names_the_first_changed_file() {
 /// process, and reports every figure beside its goal; a second run finds the data it generated.
 #[test]
 fn data_bench_reports_every_figure_at_tiny_sizes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let dir = t.join("bench");
-    let args = [
-        "bench",
-        "--data",
-        arg(&dir),
-        "--png-images",
-        "40",
-        "--idx-images",
-        "60",
-        "--idx-budget-mb",
-        "1",
-        "--busy-ok",
-    ];
+    let mut args = vec!["bench", "--data", arg(&dir)];
+    args.extend(words(
+        "--png-images 40 --idx-images 60 --idx-budget-mb 1 --busy-ok",
+    ));
     for _ in 0..2 {
         let run = imprint(t, &args);
         run.assert_success();
         let out = &run.stdout;
-        let loads: Vec<&str> = out.lines().filter(|l| l.starts_with("  loaded ")).collect();
+        let loads = run.stdout_lines_starting("  loaded ");
         assert_eq!(loads.len(), 4, "{out}");
         assert!(
             loads[..2].iter().all(|l| l.contains("40 images 3x32x32")),
@@ -239,7 +199,7 @@ fn data_bench_reports_every_figure_at_tiny_sizes() {
             }
         }
         assert!(out.contains("PNG folder in memory: peak memory "), "{out}");
-        let goals: Vec<&str> = out.lines().filter(|l| l.starts_with("goal ")).collect();
+        let goals = run.stdout_lines_starting("goal ");
         assert_eq!(goals.len(), 5, "{out}");
         // The records are small whatever the speed of the machine.
         let records = goals.iter().find(|g| g.contains("run.json and sidecars"));

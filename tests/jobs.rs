@@ -1,11 +1,12 @@
 //! The separate jobs chained by hand: pre-train, fine-tune with that encoder, predict.
 
 use imprint_e2e::{
-    arg, assert_nonempty, assert_png, class_pixels, imprint, read_json, write_grey_png,
-    write_pipeline, write_png_classes, Table, Tiny, SIDE,
+    apply_args, arg, assert_nonempty, assert_png, class_pixels, finetune_args, imprint,
+    pretrain_args, read_json, test_dir, write_grey_png, write_pipeline, write_png_classes, Table,
+    Tiny, SIDE,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Checks the pre-training outputs in `dir`.
 fn check_pretrain(dir: &Path, epochs: usize) {
@@ -26,6 +27,15 @@ fn check_pretrain(dir: &Path, epochs: usize) {
         "pre-training loss did not fall: {train_loss:?}"
     );
     assert_png(&dir.join("reconstructions.png"));
+}
+
+/// Pre-trains `pipeline` (of `epochs` epochs) into `t/pre` with `extra`, checks what it wrote
+/// and returns the encoder.
+fn pretrained_encoder(t: &Path, pipeline: &Path, epochs: usize, extra: &[&str]) -> PathBuf {
+    let pre = t.join("pre");
+    imprint(t, &pretrain_args(pipeline, &pre, extra)).assert_success();
+    check_pretrain(&pre, epochs);
+    pre.join("encoder.safetensors")
 }
 
 /// Checks the fine-tuning outputs in `dir` and returns (classes, test accuracy).
@@ -73,6 +83,27 @@ fn check_finetune(dir: &Path, k: usize, test_images: usize) -> (Vec<String>, f64
     (classes, accuracy)
 }
 
+/// A pipeline `t/tiny.toml` on `train`, evaluated on `test`, pre-training for `epochs` and
+/// fine-tuning for `steps`.
+fn pipeline_with_test(t: &Path, train: &Path, test: &Path, epochs: usize, steps: usize) -> PathBuf {
+    let tiny = Tiny {
+        test: Some(test),
+        epochs,
+        steps,
+        ..Tiny::on(train)
+    };
+    write_pipeline(&t.join("tiny.toml"), &tiny)
+}
+
+/// The class of each of `items` (relative to `root`, as [`write_png_classes`] returns them),
+/// by the path `predict` writes for it.
+fn truth_of(root: &Path, items: &[(String, String)]) -> BTreeMap<String, String> {
+    items
+        .iter()
+        .map(|(rel, class)| (arg(&root.join(rel)).to_string(), class.clone()))
+        .collect()
+}
+
 /// Runs `imprint predict` with the model in `ft` on `input`, writing `csv`, and checks the
 /// predictions against the true class of every image: their accuracy must be the one fine-tuning
 /// reported, since both see the same model and images.
@@ -85,19 +116,8 @@ fn predict_matches_finetune(
     classes: &[String],
     accuracy: f64,
 ) {
-    imprint(
-        t,
-        &[
-            "predict",
-            "--model",
-            arg(&ft.join("model.safetensors")),
-            "--input",
-            arg(input),
-            "--out",
-            arg(csv),
-        ],
-    )
-    .assert_success();
+    let model = ft.join("model.safetensors");
+    imprint(t, &apply_args("predict", &model, input, csv)).assert_success();
     let pred = Table::read(csv);
     assert_eq!(pred.header, ["path", "predicted", "confidence"]);
     assert_eq!(pred.rows.len(), truth.len(), "one row per image");
@@ -129,69 +149,28 @@ fn predict_matches_finetune(
 
 #[test]
 fn pretrain_finetune_predict_on_class_folders() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let classes = ["ant", "bee", "cat"];
     let train = t.join("train");
     let test = t.join("test");
     write_png_classes(&train, &classes, 0, 10);
     let test_items = write_png_classes(&test, &classes, 100, 5);
-    let pipeline = write_pipeline(
-        &t.join("tiny.toml"),
-        &Tiny {
-            test: Some(&test),
-            epochs: 5,
-            steps: 60,
-            ..Tiny::on(&train)
-        },
-    );
-
-    let pre = t.join("pre");
-    imprint(
-        t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--seed",
-            "0",
-            "--out",
-            arg(&pre),
-        ],
-    )
-    .assert_success();
-    check_pretrain(&pre, 5);
+    let pipeline = pipeline_with_test(t, &train, &test, 5, 60);
+    let encoder = pretrained_encoder(t, &pipeline, 5, &["--seed", "0"]);
 
     let ft = t.join("ft");
-    let encoder = pre.join("encoder.safetensors");
-    let run = imprint(
+    let from_encoder = ["--encoder", arg(&encoder), "--seed", "1"];
+    imprint(
         t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&pipeline),
-            "--encoder",
-            arg(&encoder),
-            "--strategy",
-            "full",
-            "--labels-per-class",
-            "3",
-            "--seed",
-            "1",
-            "--out",
-            arg(&ft),
-        ],
-    );
-    run.assert_success();
-    assert!(run.stdout.contains("test accuracy"), "{}", run.stdout);
+        &finetune_args(&pipeline, "full", "3", &ft, &from_encoder),
+    )
+    .assert_success()
+    .assert_stdout_has(&["test accuracy"]);
     let (model_classes, accuracy) = check_finetune(&ft, 3, test_items.len());
     assert_eq!(model_classes, classes);
 
     let pred = t.join("predictions.csv");
-    let truth: BTreeMap<String, String> = test_items
-        .iter()
-        .map(|(rel, class)| (arg(&test.join(rel)).to_string(), class.clone()))
-        .collect();
+    let truth = truth_of(&test, &test_items);
     predict_matches_finetune(t, &ft, &test, &pred, &truth, &model_classes, accuracy);
     // the classes are a bright bar at different rows: far easier than chance
     assert!(accuracy > 0.6, "accuracy {accuracy}");
@@ -201,19 +180,13 @@ fn pretrain_finetune_predict_on_class_folders() {
 /// bees here, where any per-class draw would take at most 4 ants.
 #[test]
 fn all_labels_trains_on_every_labeled_image() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let train = t.join("train");
     write_png_classes(&train, &["ant", "bee"], 0, 4);
     write_png_classes(&train, &["ant"], 50, 2);
     let test = t.join("test");
     let test_items = write_png_classes(&test, &["ant", "bee"], 100, 3);
-    let tiny = Tiny {
-        test: Some(&test),
-        steps: 5,
-        ..Tiny::on(&train)
-    };
-    let pipeline = write_pipeline(&t.join("tiny.toml"), &tiny);
+    let pipeline = pipeline_with_test(t, &train, &test, 3, 5);
     let finetune = |extra: &[&str], out: &Path| {
         let mut args = vec!["finetune", "--pipeline", arg(&pipeline), "--strategy"];
         args.extend(["scratch", "--out", arg(out)]);
@@ -221,9 +194,9 @@ fn all_labels_trains_on_every_labeled_image() {
         imprint(t, &args)
     };
     let out = t.join("all");
-    let run = finetune(&["--all-labels"], &out);
-    run.assert_success();
-    assert!(run.stdout.contains("with every label"), "{}", run.stdout);
+    finetune(&["--all-labels"], &out)
+        .assert_success()
+        .assert_stdout_has(&["with every label"]);
     let labeled = Table::read(&out.join("labeled.csv"));
     let labels = labeled.column("label");
     let count = |c: &str| labels.iter().filter(|&&l| l == c).count();
@@ -247,23 +220,14 @@ fn all_labels_trains_on_every_labeled_image() {
 /// labeled images instead: 30% of 10 per class here, 3 per class.
 #[test]
 fn dev_flag_evaluates_on_held_out_labeled_images() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let classes = ["ant", "bee", "cat"];
     let (train, test) = (t.join("train"), t.join("test"));
     write_png_classes(&train, &classes, 0, 10);
     let test_items = write_png_classes(&test, &classes, 100, 5);
-    let tiny = Tiny {
-        test: Some(&test),
-        steps: 20,
-        ..Tiny::on(&train)
-    };
-    let pipeline = write_pipeline(&t.join("tiny.toml"), &tiny);
+    let pipeline = pipeline_with_test(t, &train, &test, 3, 20);
     let finetune = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["finetune", "--pipeline", arg(&pipeline), "--strategy"];
-        args.extend(["scratch", "--labels-per-class", "2", "--out", arg(out)]);
-        args.extend(extra);
-        imprint(t, &args).assert_success();
+        imprint(t, &finetune_args(&pipeline, "scratch", "2", out, extra)).assert_success();
     };
     let (real, dev) = (t.join("real"), t.join("dev"));
     finetune(&real, &[]);
@@ -335,54 +299,20 @@ fn write_list(
 
 #[test]
 fn pretrain_finetune_predict_on_csv_lists() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     // numeric labels are ordered as numbers: 10 after 7
     let labels = ["10", "3", "7"];
     write_list(t, "train.csv", &labels, 0, 8);
     let test_items = write_list(t, "test.csv", &labels, 50, 4);
     let (train, test) = (t.join("train.csv"), t.join("test.csv"));
-    let pipeline = write_pipeline(
-        &t.join("tiny.toml"),
-        &Tiny {
-            test: Some(&test),
-            epochs: 4,
-            ..Tiny::on(&train)
-        },
-    );
-
-    let pre = t.join("pre");
-    imprint(
-        t,
-        &[
-            "pretrain",
-            "--pipeline",
-            arg(&pipeline),
-            "--out",
-            arg(&pre),
-            "--threads",
-            "1",
-        ],
-    )
-    .assert_success();
-    check_pretrain(&pre, 4);
+    let pipeline = pipeline_with_test(t, &train, &test, 4, 40);
+    let encoder = pretrained_encoder(t, &pipeline, 4, &["--threads", "1"]);
 
     let ft = t.join("ft");
+    let from_encoder = ["--encoder", arg(&encoder)];
     imprint(
         t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&pipeline),
-            "--encoder",
-            arg(&pre.join("encoder.safetensors")),
-            "--strategy",
-            "probe-then-full",
-            "--labels-per-class",
-            "2",
-            "--out",
-            arg(&ft),
-        ],
+        &finetune_args(&pipeline, "probe-then-full", "2", &ft, &from_encoder),
     )
     .assert_success();
     let (classes, accuracy) = check_finetune(&ft, 2, test_items.len());
@@ -390,10 +320,7 @@ fn pretrain_finetune_predict_on_csv_lists() {
 
     let pred = t.join("out/predictions.csv");
     std::fs::create_dir_all(pred.parent().unwrap()).unwrap();
-    let truth: BTreeMap<String, String> = test_items
-        .iter()
-        .map(|(rel, class)| (arg(&t.join(rel)).to_string(), class.clone()))
-        .collect();
+    let truth = truth_of(t, &test_items);
     predict_matches_finetune(t, &ft, &test, &pred, &truth, &classes, accuracy);
 }
 
@@ -403,9 +330,9 @@ fn pretrain_finetune_predict_on_csv_lists() {
 #[test]
 fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
     let root = imprint_e2e::workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
+    let t: &Path = &test_dir();
     let accuracy = |seed: &str, sets: &[&str]| {
-        let out = tmp.path().join(format!("s{seed}-{}", sets.len()));
+        let out = t.join(format!("s{seed}-{}", sets.len()));
         let mut args = vec![
             "--threads",
             "1",
@@ -459,8 +386,7 @@ fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
 /// every pair's speeds, peak memories and ratio, then the medians; a busy machine is refused.
 #[test]
 fn bench_alternates_pairs_and_refuses_a_busy_machine() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     // A stand-in for Python with PyTorch: 100 images/s on 2 threads, 2048 KiB at its peak.
     let peer = t.join("peer");
     std::fs::write(&peer, "#!/bin/sh\necho 100.0 2 2048\n").unwrap();
@@ -482,12 +408,7 @@ fn bench_alternates_pairs_and_refuses_a_busy_machine() {
             arg(&peer),
         ]);
         let run = imprint(t, &args);
-        run.assert_success();
-        let pairs: Vec<&str> = run
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("pair "))
-            .collect();
+        let pairs = run.assert_success().stdout_lines_starting("pair ");
         assert_eq!(pairs.len(), 2, "{}", run.stdout);
         for pair in pairs {
             assert!(

@@ -2,7 +2,10 @@
 //! both sides of the test split), test images among the training ones, and one image under two
 //! labels; one class is no classification.
 
-use imprint_e2e::{arg, imprint, snapshot, write_grey_png, write_pipeline, Lcg, Table, Tiny, SIDE};
+use imprint_e2e::{
+    arg, assert_refused, imprint, png_pipeline, test_dir, write_grey_png, write_pipeline, Lcg,
+    Table, Tiny, SIDE,
+};
 use std::path::{Path, PathBuf};
 
 /// `n` PNGs of pure noise, half labeled `a` and half `b` at random, and a CSV listing each
@@ -32,11 +35,7 @@ fn run_args<'a>(pipeline: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a
 }
 
 fn run_k<'a>(pipeline: &'a Path, out: &'a Path, k: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        arg(pipeline),
-        "--out",
-        arg(out),
+    let grid = [
         "--seeds",
         "0,1,2",
         "--labels-per-class",
@@ -44,8 +43,15 @@ fn run_k<'a>(pipeline: &'a Path, out: &'a Path, k: &'a str, extra: &[&'a str]) -
         "--strategies",
         "scratch",
     ];
+    let mut args = imprint_e2e::run_args(pipeline, out, &grid);
     args.extend_from_slice(extra);
     args
+}
+
+/// Asserts that the report in `out` says `needle`.
+fn assert_reported(out: &Path, needle: &str) {
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(needle), "no {needle:?} in\n{report}");
 }
 
 /// Pure noise listed twice: every duplicate pair may straddle the test split, and a net that
@@ -53,36 +59,26 @@ fn run_k<'a>(pipeline: &'a Path, out: &'a Path, k: &'a str, extra: &[&'a str]) -
 /// each, the noise scores at chance.
 #[test]
 fn duplicated_noise_is_refused_or_collapsed_to_chance() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let csv = noise_list(t, 60, 2);
     let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&csv));
-    let before = snapshot(t);
-    let refused = imprint(t, &run_args(&pipeline, &t.join("out"), &[]));
-    refused.assert_error(&[
-        arg(&csv),
-        "are the same image",
-        "60 images appear more than once",
-        "collapse",
-    ]);
-    assert_eq!(snapshot(t), before, "a refused run changed files");
+    assert_refused(
+        t,
+        &run_args(&pipeline, &t.join("out"), &[]),
+        &[
+            arg(&csv),
+            "are the same image",
+            "60 images appear more than once",
+            "collapse",
+        ],
+    );
 
     let out = t.join("collapsed");
-    let run = imprint(
-        t,
-        &run_args(&pipeline, &out, &["--set", "data.duplicates=\"collapse\""]),
-    );
-    run.assert_success();
-    assert!(
-        run.stderr.contains("60 duplicate labeled images dropped"),
-        "{}",
-        run.stderr
-    );
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        report.contains("60 duplicate labeled images dropped"),
-        "{report}"
-    );
+    let collapse = ["--set", "data.duplicates=\"collapse\""];
+    imprint(t, &run_args(&pipeline, &out, &collapse))
+        .assert_success()
+        .assert_stderr_has(&["60 duplicate labeled images dropped"]);
+    assert_reported(&out, "60 duplicate labeled images dropped");
     let acc = Table::read(&out.join("results.csv")).numbers("test_accuracy");
     let mean = acc.iter().sum::<f64>() / acc.len() as f64;
     assert!(
@@ -94,8 +90,7 @@ fn duplicated_noise_is_refused_or_collapsed_to_chance() {
 /// `data.test` naming the labeled source: every test image was trained on.
 #[test]
 fn test_set_among_the_training_images_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let csv = noise_list(t, 20, 1);
     let pipeline = write_pipeline(
         &t.join("p.toml"),
@@ -122,18 +117,13 @@ fn test_set_among_the_training_images_is_refused() {
         ),
     )
     .assert_success();
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        report.contains("20 test images also among the training images"),
-        "{report}"
-    );
+    assert_reported(&out, "20 test images also among the training images");
 }
 
 /// One file under two labels, in a CSV and through a class folder that links to another.
 #[test]
 fn one_image_under_two_labels_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+    let t: &Path = &test_dir();
     let csv = noise_list(t, 12, 1);
     let mut text = std::fs::read_to_string(&csv).unwrap();
     text.push_str("noise/3.png,c\nnoise/4.png,c\n");
@@ -158,11 +148,8 @@ fn one_image_under_two_labels_is_refused() {
 
 #[test]
 fn a_single_class_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let folders = t.join("one");
-    imprint_e2e::write_png_classes(&folders, &["only"], 0, 10);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&folders));
+    let t: &Path = &test_dir();
+    let (folders, pipeline) = png_pipeline(t, &["only"], 10);
     imprint(t, &run_args(&pipeline, &t.join("out"), &[])).assert_error(&[
         arg(&folders),
         "has one class (only)",

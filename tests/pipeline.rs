@@ -1,8 +1,11 @@
 //! The main job on the shipped digits, and determinism of a whole pipeline run.
 
-use imprint_e2e::{arg, assert_nonempty, assert_png, imprint, read_json, workspace_root, Table};
+use imprint_e2e::{
+    assert_nonempty, assert_png, assert_same_file, digits_run_args, imprint, read_json, test_dir,
+    words, workspace_root, Table,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The comparison grid of a pipeline file, read independently of the program under test.
 fn grid(pipeline: &Path) -> (Vec<String>, Vec<u64>, Vec<u64>, u64) {
@@ -39,22 +42,12 @@ fn digits_pipeline_writes_every_artifact_and_pretraining_beats_scratch() {
     let pipeline = root.join("pipelines/digits.toml");
     let (strategies, budgets, seeds, epochs) = grid(&pipeline);
     assert!(strategies.iter().any(|s| s == "scratch"));
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
+    let t: &Path = &test_dir();
+    let out = t.join("out");
 
-    let run = imprint(
-        &root,
-        &[
-            "run",
-            "pipelines/digits.toml",
-            "--out",
-            arg(&out),
-            "--threads",
-            "2",
-        ],
-    );
-    run.assert_success();
-    assert!(run.stdout.contains("probe-then-full"), "{}", run.stdout);
+    imprint(&root, &digits_run_args(&out, "--threads 2"))
+        .assert_success()
+        .assert_stdout_has(&["probe-then-full"]);
 
     // results.csv: one row per strategy x budget x seed, accuracies in [0, 1]
     let results = Table::read(&out.join("results.csv"));
@@ -187,58 +180,32 @@ fn digits_pipeline_writes_every_artifact_and_pretraining_beats_scratch() {
     );
 }
 
+/// Runs the shipped digits comparison with `flags` twice, the i-th run also given the flags
+/// `each[i]`; returns each run's output folder and results.
+fn digits_twice(t: &Path, flags: &str, each: [&str; 2]) -> [(PathBuf, Table); 2] {
+    [0, 1].map(|i| {
+        let out = t.join(format!("run-{i}"));
+        let mut args = digits_run_args(&out, flags);
+        args.extend(words(each[i]));
+        imprint(&workspace_root(), &args).assert_success();
+        let results = Table::read(&out.join("results.csv"));
+        (out, results)
+    })
+}
+
 /// Two runs of the same small pipeline with the same seeds and thread count agree exactly.
 #[test]
 fn same_pipeline_twice_gives_identical_results() {
-    let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let run_once = |name: &str| {
-        let out = tmp.path().join(name);
-        imprint(
-            &root,
-            &[
-                "run",
-                "pipelines/digits.toml",
-                "--out",
-                arg(&out),
-                "--threads",
-                "2",
-                "--epochs",
-                "4",
-                "--steps",
-                "40",
-                "--seeds",
-                "3,4",
-                "--labels-per-class",
-                "2",
-                "--strategies",
-                "scratch,probe,probe-then-full",
-            ],
-        )
-        .assert_success();
-        out
-    };
-    let a = run_once("a");
-    let b = run_once("b");
-    let (ta, tb) = (
-        Table::read(&a.join("results.csv")),
-        Table::read(&b.join("results.csv")),
-    );
+    let t: &Path = &test_dir();
+    let flags = "--threads 2 --epochs 4 --steps 40 --seeds 3,4 --labels-per-class 2 \
+                 --strategies scratch,probe,probe-then-full";
+    let [(a, ta), (b, tb)] = digits_twice(t, flags, ["", ""]);
     assert_eq!(ta.rows.len(), 3 * 2, "{:?}", ta.rows);
     assert_eq!(ta.column("test_accuracy"), tb.column("test_accuracy"));
     assert_eq!(ta.outcomes(), tb.outcomes());
     for seed in [3, 4] {
-        let enc = format!("pretrain/seed-{seed}/encoder.safetensors");
-        assert!(
-            std::fs::read(a.join(&enc)).unwrap() == std::fs::read(b.join(&enc)).unwrap(),
-            "{enc} differs between the two runs"
-        );
-        let sel = format!("labeled/k2-seed{seed}.csv");
-        assert_eq!(
-            std::fs::read(a.join(&sel)).unwrap(),
-            std::fs::read(b.join(&sel)).unwrap(),
-            "{sel} differs"
-        );
+        assert_same_file(&a, &b, &format!("pretrain/seed-{seed}/encoder.safetensors"));
+        assert_same_file(&a, &b, &format!("labeled/k2-seed{seed}.csv"));
     }
 }
 
@@ -246,51 +213,14 @@ fn same_pipeline_twice_gives_identical_results() {
 /// into chunks by their size alone, and gradients summed in a fixed order.
 #[test]
 fn conv_results_do_not_depend_on_the_thread_count() {
-    let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let run_with = |threads: &str| {
-        let out = tmp.path().join(format!("threads-{threads}"));
-        imprint(
-            &root,
-            &[
-                "run",
-                "pipelines/digits.toml",
-                "--out",
-                arg(&out),
-                "--threads",
-                threads,
-                "--epochs",
-                "3",
-                "--steps",
-                "30",
-                "--seeds",
-                "0",
-                "--labels-per-class",
-                "3",
-                "--strategies",
-                "scratch,full",
-                "--set",
-                "pretrain.architecture={kind=\"conv\",channels=[4,8],latent=16}",
-                "--set",
-                "pretrain.contrast_weight=1.0",
-                "--set",
-                "finetune.batch_size=16",
-            ],
-        )
-        .assert_success();
-        out
-    };
-    let (one, two) = (run_with("1"), run_with("2"));
-    let (t1, t2) = (
-        Table::read(&one.join("results.csv")),
-        Table::read(&two.join("results.csv")),
-    );
+    let t: &Path = &test_dir();
+    let flags = "--epochs 3 --steps 30 --seeds 0 --labels-per-class 3 --strategies scratch,full \
+                 --set pretrain.architecture={kind=\"conv\",channels=[4,8],latent=16} \
+                 --set pretrain.contrast_weight=1.0 --set finetune.batch_size=16";
+    let [(one, t1), (two, t2)] = digits_twice(t, flags, ["--threads 1", "--threads 2"]);
     assert_eq!(t1.rows.len(), 2);
     assert_eq!(t1.column("test_accuracy"), t2.column("test_accuracy"));
     assert_eq!(t1.column("macro_f1"), t2.column("macro_f1"));
-    let enc = "pretrain/seed-0/encoder.safetensors";
-    assert!(
-        std::fs::read(one.join(enc)).unwrap() == std::fs::read(two.join(enc)).unwrap(),
-        "the encoder pre-trained on one thread differs from the one pre-trained on two"
-    );
+    // the encoder pre-trained on one thread is the one pre-trained on two
+    assert_same_file(&one, &two, "pretrain/seed-0/encoder.safetensors");
 }

@@ -2,10 +2,9 @@
 //! as PyTorch writes them (crates/imprint-nn/CHECKPOINTS.md).
 
 use imprint_e2e::{
-    arg, imprint, read_json, read_manifest, write_pipeline, write_png_classes, Lcg, Table, Tiny,
-    SIDE,
+    apply_args, arg, finetune_args, imprint, png_pipeline, pretrain_args, read_json, read_manifest,
+    read_tensors, run_args, test_dir, write_tensors, Lcg, RawTensor, Table, SIDE,
 };
-use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -73,33 +72,27 @@ fn stage_names(run: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 8);
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    let t: &Path = &test_dir();
+    let (_, pipeline) = png_pipeline(t, &["a", "b"], 8);
     let (pre, ft, cmp) = (t.join("pre"), t.join("ft"), t.join("cmp"));
     let threads = ["--threads", "2"];
 
-    let p = arg(&pipeline);
-    let mut args = vec![
-        "pretrain",
-        "--pipeline",
-        p,
-        "--seed",
-        "3",
-        "--out",
-        arg(&pre),
-    ];
-    args.extend(threads);
-    imprint(t, &args).assert_success();
+    let pretrain = pretrain_args(&pipeline, &pre, &["--seed", "3", "--threads", "2"]);
+    imprint(t, &pretrain).assert_success();
     let run = check_run_json(&pre, "pretrain", &[3]);
     assert_eq!(stage_names(&run), ["load data", "pretrain seed 3"]);
     let side = read_json(&pre.join("encoder.json"));
     assert_eq!(side["git_revision"], run["git_revision"], "{side}");
 
     let encoder = pre.join("encoder.safetensors");
-    let mut args = vec!["finetune", "--pipeline", p, "--encoder", arg(&encoder)];
+    // no --strategy: the default one
+    let mut args = vec![
+        "finetune",
+        "--pipeline",
+        arg(&pipeline),
+        "--encoder",
+        arg(&encoder),
+    ];
     args.extend(["--labels-per-class", "2", "--seed", "3", "--out", arg(&ft)]);
     args.extend(threads);
     imprint(t, &args).assert_success();
@@ -109,9 +102,11 @@ fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
         ["load data", "load encoder", "k2-seed3-full"]
     );
 
-    let mut args = vec!["run", p, "--seeds", "0,1", "--out", arg(&cmp)];
-    args.extend(threads);
-    imprint(t, &args).assert_success();
+    imprint(
+        t,
+        &run_args(&pipeline, &cmp, &["--seeds", "0,1", "--threads", "2"]),
+    )
+    .assert_success();
     let run = check_run_json(&cmp, "compare", &[0, 1]);
     assert_eq!(
         stage_names(&run),
@@ -141,32 +136,19 @@ fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
     );
 
     let shown = imprint(t, &["inspect", arg(&encoder)]);
-    shown.assert_success();
-    for needle in [
+    shown.assert_success().assert_stdout_has(&[
         "pre-trained encoder",
         "dense 64-16-8",
         "seed 3",
         "sha256",
         "the tensors fit the architecture",
-    ] {
-        assert!(
-            shown.stdout.contains(needle),
-            "{needle:?}\n{}",
-            shown.stdout
-        );
-    }
+    ]);
     assert!(lists_tensor(&shown.stdout, "encoder.0.weight", "[16, 64]"));
     assert!(lists_tensor(&shown.stdout, "encoder.2.bias", "[8]"));
     let shown = imprint(t, &["inspect", arg(&ft.join("model.safetensors"))]);
     shown.assert_success();
     assert!(lists_tensor(&shown.stdout, "head.weight", "[2, 8]"));
-    for needle in ["classifier", "classes (2): a b", "strategy full"] {
-        assert!(
-            shown.stdout.contains(needle),
-            "{needle:?}\n{}",
-            shown.stdout
-        );
-    }
+    shown.assert_stdout_has(&["classifier", "classes (2): a b", "strategy full"]);
 }
 
 /// Whether `inspect` output lists a tensor `name` of `shape` (`[a, b]`) on a line of its own.
@@ -184,25 +166,15 @@ fn lists_tensor(stdout: &str, name: &str, shape: &str) -> bool {
 /// Writes `tensors` to a safetensors file as PyTorch's `safetensors.torch.save_file` does:
 /// f32 little-endian, row-major, the given names and shapes.
 fn save_like_pytorch(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let raw: Vec<RawTensor> = tensors
         .iter()
         .map(|(name, shape, data)| {
-            let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.to_string(), shape.clone(), raw)
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, s, raw)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), raw).unwrap(),
-            )
+            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.to_string(), shape.clone(), bytes)
         })
         .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let out = safetensors::tensor::serialize(views, &Some(meta)).unwrap();
-    std::fs::write(path, out).unwrap();
+    write_tensors(path, &raw, Some(meta));
 }
 
 /// `n` values in ±scale from a fixed generator.
@@ -216,10 +188,8 @@ fn values(rng: &mut Lcg, n: usize, scale: f32) -> Vec<f32> {
 /// sidecar, is accepted by `finetune --encoder`, and `embed` computes exactly its forward pass.
 #[test]
 fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let data = t.join("data");
-    write_png_classes(&data, &["a", "b"], 0, 8);
+    let t: &Path = &test_dir();
+    let (data, pipeline) = png_pipeline(t, &["a", "b"], 8);
     let (input, hidden, latent) = ((SIDE * SIDE) as usize, 16usize, 8usize);
 
     // nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8)); weights [out, in]
@@ -251,23 +221,11 @@ fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {
     });
     std::fs::write(t.join("torch/encoder.json"), sidecar.to_string()).unwrap();
 
-    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
     let ft = t.join("ft");
+    let from_encoder = ["--encoder", arg(&encoder)];
     imprint(
         t,
-        &[
-            "finetune",
-            "--pipeline",
-            arg(&pipeline),
-            "--encoder",
-            arg(&encoder),
-            "--strategy",
-            "probe",
-            "--labels-per-class",
-            "2",
-            "--out",
-            arg(&ft),
-        ],
+        &finetune_args(&pipeline, "probe", "2", &ft, &from_encoder),
     )
     .assert_success();
     // a probe keeps the encoder: the saved model carries the PyTorch weights unchanged
@@ -276,19 +234,7 @@ fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {
     assert_eq!(model["encoder.2.bias"], b2);
 
     let features = t.join("features.csv");
-    imprint(
-        t,
-        &[
-            "embed",
-            "--encoder",
-            arg(&encoder),
-            "--input",
-            arg(&data),
-            "--out",
-            arg(&features),
-        ],
-    )
-    .assert_success();
+    imprint(t, &apply_args("embed", &encoder, &data, &features)).assert_success();
     let table = Table::read(&features);
     let mut header = vec!["path".to_string(), "label".to_string()];
     header.extend((0..latent).map(|j| format!("f{j}")));
@@ -328,25 +274,20 @@ fn encoder_saved_from_pytorch_is_accepted_and_embeds_as_computed_by_hand() {
         }
     }
 
-    let shown = imprint(t, &["inspect", arg(&encoder)]);
-    shown.assert_success();
-    assert!(
-        shown.stdout.contains("the tensors fit the architecture")
-            && shown.stdout.contains("program version pytorch"),
-        "{}",
-        shown.stdout
-    );
+    imprint(t, &["inspect", arg(&encoder)])
+        .assert_success()
+        .assert_stdout_has(&[
+            "the tensors fit the architecture",
+            "program version pytorch",
+        ]);
 }
 
 /// Every tensor of a safetensors file by name.
 fn load_tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
+    read_tensors(path)
         .into_iter()
-        .map(|(name, view)| {
-            let data = view
-                .data()
+        .map(|(name, _, bytes)| {
+            let data = bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();

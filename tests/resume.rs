@@ -1,35 +1,56 @@
 //! `run --resume` after a hard kill completes the comparison with the same results as an
 //! uninterrupted run, without repeating finished runs or pre-trainings.
 
-use imprint_e2e::{arg, imprint, imprint_bin, read_json, workspace_root, Table};
+use imprint_e2e::{
+    arg, assert_same_file, digits_run_args, imprint, imprint_bin, modified, read_json, test_dir,
+    words, workspace_root, Outcome, Table,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A small comparison on the shipped digits: 2 seeds x 2 strategies, pre-training per seed
 /// long enough that a kill after the first result lands mid-run.
-const ARGS: [&str; 14] = [
-    "run",
-    "pipelines/digits.toml",
-    "--threads",
-    "2",
-    "--epochs",
-    "20",
-    "--steps",
-    "40",
-    "--seeds",
-    "0,1",
-    "--labels-per-class",
-    "2",
-    "--strategies",
-    "scratch,probe-then-full",
-];
+const FLAGS: &str = "--threads 2 --epochs 20 --steps 40 --seeds 0,1 --labels-per-class 2 \
+                     --strategies scratch,probe-then-full";
 
 fn args_with<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = ARGS.to_vec();
-    args.extend(["--out", arg(out)]);
+    let mut args = digits_run_args(out, FLAGS);
     args.extend(extra);
     args
+}
+
+/// `imprint ARGS` in the workspace root, where `pipelines/digits.toml` is found.
+fn in_workspace(args: &[&str]) -> Outcome {
+    imprint(&workspace_root(), args)
+}
+
+/// Starts `imprint ARGS` in the workspace root (with a cache folder in `t`), waits until
+/// `ready()` holds and then `settle`, and kills it with SIGKILL; fails if it ends before, or
+/// nothing is ready within 5 minutes. `what` names what it waits for.
+fn kill_when(t: &Path, args: &[&str], what: &str, settle: Duration, ready: impl Fn() -> bool) {
+    let mut child = Command::new(imprint_bin())
+        .current_dir(workspace_root())
+        .args(args)
+        .env("IMPRINT_CACHE_DIR", t.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start imprint");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !ready() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("imprint ended ({status}) before writing {what}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not written within 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(settle);
+    child.kill().expect("SIGKILL imprint");
+    child.wait().unwrap();
 }
 
 /// Rows of results.csv, 0 while it does not exist.
@@ -39,51 +60,33 @@ fn rows(results: &Path) -> usize {
 
 #[test]
 fn killed_run_resumes_to_the_uninterrupted_result() {
-    let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let t: &Path = &test_dir();
+    let (killed, whole) = (t.join("killed"), t.join("whole"));
 
-    let mut child = Command::new(imprint_bin())
-        .current_dir(&root)
-        .args(args_with(&killed, &[]))
-        .env("IMPRINT_CACHE_DIR", tmp.path().join("cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start imprint");
     let results = killed.join("results.csv");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while rows(&results) == 0 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("imprint ended ({status}) before writing a result");
-        }
-        assert!(Instant::now() < deadline, "no result within 5 minutes");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().expect("SIGKILL imprint");
-    child.wait().unwrap();
+    let first_run = args_with(&killed, &[]);
+    kill_when(t, &first_run, "a result", Duration::ZERO, || {
+        rows(&results) > 0
+    });
     let done = rows(&results);
     assert!(done < 4, "the run finished before the kill ({done} rows)");
     let encoder = killed.join("pretrain/seed-0/encoder.safetensors");
-    let trained_at = std::fs::metadata(&encoder).unwrap().modified().unwrap();
+    let trained_at = modified(&encoder);
 
     // a changed setting is refused, naming it, and leaves the folder as it was
-    let refused = imprint(
-        &root,
-        &args_with(&killed, &["--resume", "--max-unlabeled", "500"]),
-    );
+    let refused = in_workspace(&args_with(&killed, &["--resume", "--max-unlabeled", "500"]));
     refused.assert_error_after_progress(&["cannot resume", "data.max_unlabeled", "500"]);
     assert_eq!(rows(&results), done);
 
-    imprint(&root, &args_with(&killed, &["--resume"])).assert_success();
-    imprint(&root, &args_with(&whole, &[])).assert_success();
+    in_workspace(&args_with(&killed, &["--resume"])).assert_success();
+    in_workspace(&args_with(&whole, &[])).assert_success();
 
     assert_eq!(
         Table::read(&results).outcomes(),
         Table::read(&whole.join("results.csv")).outcomes()
     );
     assert_eq!(
-        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        modified(&encoder),
         trained_at,
         "seed 0 was pre-trained again"
     );
@@ -103,17 +106,14 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     assert_eq!(reused("pretrain seed 0"), true, "{run}");
     assert_eq!(reused("k2-seed0-scratch"), true, "{run}");
     assert_eq!(reused("pretrain seed 1"), false, "{run}");
-    assert_eq!(
-        std::fs::read(killed.join("summary.csv")).unwrap(),
-        std::fs::read(whole.join("summary.csv")).unwrap()
-    );
+    assert_same_file(&killed, &whole, "summary.csv");
 
     // a finished comparison grows by a strategy: only its runs are new, the others are kept
     let before = Table::read(&results).outcomes();
     let mut extended = args_with(&killed, &["--resume"]);
     let strategies = extended.iter().position(|&a| a == "--strategies").unwrap() + 1;
     extended[strategies] = "scratch,probe-then-full,probe";
-    imprint(&root, &extended).assert_success();
+    in_workspace(&extended).assert_success();
     let after = Table::read(&results).outcomes();
     let probe: Vec<_> = after.iter().filter(|r| r[0] == "probe").collect();
     assert_eq!(probe.len(), 2, "{after:?}");
@@ -132,50 +132,33 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     }
 }
 
+/// `pretrain --threads 2 --epochs 400 --out OUT`, then `extra`.
+fn pretrain_400<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args: Vec<&str> = words("pretrain --threads 2 --epochs 400 --out");
+    args.push(arg(out));
+    args.extend(extra);
+    args
+}
+
 /// `pretrain --resume` after a hard kill mid-way continues from the last epoch checkpoint (not
 /// from scratch) and writes the weights and losses of an uninterrupted pre-training.
 #[test]
 fn killed_pretraining_resumes_from_its_epoch_checkpoint() {
-    let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
-    let args = |out: &Path, extra: &[&'static str]| {
-        let mut a = vec!["pretrain", "--threads", "2", "--epochs", "400", "--out"];
-        a.push(arg(out));
-        a.extend(extra);
-        a.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let mut child = Command::new(imprint_bin())
-        .current_dir(&root)
-        .args(args(&killed, &[]))
-        .env("IMPRINT_CACHE_DIR", tmp.path().join("cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start imprint");
+    let t: &Path = &test_dir();
+    let (killed, whole) = (t.join("killed"), t.join("whole"));
     let checkpoint = killed.join("checkpoint.safetensors");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !checkpoint.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("imprint ended ({status}) before its first checkpoint");
-        }
-        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    child.kill().expect("SIGKILL imprint");
-    child.wait().unwrap();
+    let settle = Duration::from_millis(200);
+    let first_run = pretrain_400(&killed, &[]);
+    kill_when(t, &first_run, "the first checkpoint", settle, || {
+        checkpoint.exists()
+    });
     assert!(
         !killed.join("encoder.json").exists(),
         "the pre-training finished before the kill"
     );
     assert!(checkpoint.exists());
 
-    let run = |out: &Path, extra: &[&'static str]| {
-        let a = args(out, extra);
-        imprint(&root, &a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let outcome = run(&killed, &["--resume"]);
+    let outcome = in_workspace(&pretrain_400(&killed, &["--resume"]));
     outcome.assert_success();
     assert!(
         outcome
@@ -192,13 +175,10 @@ fn killed_pretraining_resumes_from_its_epoch_checkpoint() {
         !checkpoint.exists(),
         "the finished run keeps its checkpoint"
     );
-    run(&whole, &[]).assert_success();
+    in_workspace(&pretrain_400(&whole, &[])).assert_success();
 
     for file in ["encoder.safetensors", "decoder.safetensors"] {
-        assert!(
-            std::fs::read(killed.join(file)).unwrap() == std::fs::read(whole.join(file)).unwrap(),
-            "{file} differs from the uninterrupted run's"
-        );
+        assert_same_file(&killed, &whole, file);
     }
     let losses = |dir: &Path| {
         let t = Table::read(&dir.join("loss.csv"));
@@ -212,53 +192,27 @@ fn killed_pretraining_resumes_from_its_epoch_checkpoint() {
 /// comparison equals one that pre-trained itself.
 #[test]
 fn run_resume_reuses_a_pretraining_made_beforehand() {
-    let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let (staged, whole) = (tmp.path().join("staged"), tmp.path().join("whole"));
+    let t: &Path = &test_dir();
+    let (staged, whole) = (t.join("staged"), t.join("whole"));
     let pre = staged.join("pretrain/seed-0");
-    let grid = [
-        "--threads",
-        "2",
-        "--epochs",
-        "3",
-        "--steps",
-        "20",
-        "--seeds",
-        "0",
-        "--labels-per-class",
-        "2",
-        "--strategies",
-        "scratch,probe-then-full",
-    ];
-    let pretrain: Vec<&str> = [
-        "pretrain",
-        "--threads",
-        "2",
-        "--epochs",
-        "3",
-        "--out",
-        arg(&pre),
-    ]
-    .into();
-    imprint(&root, &pretrain).assert_success();
+    let grid = "--threads 2 --epochs 3 --steps 20 --seeds 0 --labels-per-class 2 \
+                --strategies scratch,probe-then-full";
+    let mut pretrain = words("pretrain --threads 2 --epochs 3 --out");
+    pretrain.push(arg(&pre));
+    in_workspace(&pretrain).assert_success();
     let encoder = pre.join("encoder.safetensors");
-    let trained_at = std::fs::metadata(&encoder).unwrap().modified().unwrap();
+    let trained_at = modified(&encoder);
 
     let run = |out: &Path, extra: &[&'static str]| {
-        let mut a = vec!["run", "pipelines/digits.toml", "--out", arg(out)];
-        a.extend(grid);
+        let mut a = digits_run_args(out, grid);
         a.extend(extra);
-        imprint(&root, &a)
+        in_workspace(&a)
     };
-    let resumed = run(&staged, &["--resume"]);
-    resumed.assert_success();
-    assert!(
-        resumed.stderr.contains("reusing the pre-trained encoder"),
-        "{}",
-        resumed.stderr
-    );
+    run(&staged, &["--resume"])
+        .assert_success()
+        .assert_stderr_has(&["reusing the pre-trained encoder"]);
     assert_eq!(
-        std::fs::metadata(&encoder).unwrap().modified().unwrap(),
+        modified(&encoder),
         trained_at,
         "seed 0 was pre-trained again"
     );

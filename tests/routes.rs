@@ -1,7 +1,8 @@
 //! Where an encoder starts: a network trained elsewhere, imported, and the comparison of every
 //! route (scratch, pre-trained here, imported, imported then pre-trained here).
 
-use imprint_e2e::{arg, imprint, workspace_root, Table};
+use imprint_e2e::{digits_run_args, imprint, read_json, test_dir, words, workspace_root, Table};
+use std::path::Path;
 
 /// The dense classifier of the f231784 fixtures stands in for a network trained elsewhere.
 fn imported_model() -> std::path::PathBuf {
@@ -11,35 +12,19 @@ fn imported_model() -> std::path::PathBuf {
 #[test]
 fn every_route_runs_on_the_same_subsets_and_records_where_it_started() {
     let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("routes");
+    let t: &Path = &test_dir();
+    let out = t.join("routes");
     let imported = imported_model();
-    imprint(
-        &root,
-        &[
-            "run",
-            "pipelines/digits.toml",
-            "--out",
-            arg(&out),
-            "--epochs",
-            "2",
-            "--steps",
-            "20",
-            "--seeds",
-            "0",
-            "--labels-per-class",
-            "3",
-            "--strategies",
-            "scratch,probe,full",
-            "--set",
-            "pretrain.architecture={kind=\"dense\",hidden=[16],latent=8}",
-            "--set",
-            "compare.routes=[\"self\",\"imported\",\"imported+self\"]",
-            "--set",
-            &format!("compare.imported=\"{}\"", imported.display()),
-        ],
-    )
-    .assert_success();
+    let flags =
+        "--epochs 2 --steps 20 --seeds 0 --labels-per-class 3 --strategies scratch,probe,full";
+    let mut args = digits_run_args(&out, flags);
+    args.extend(words(
+        "--set pretrain.architecture={kind=\"dense\",hidden=[16],latent=8} \
+         --set compare.routes=[\"self\",\"imported\",\"imported+self\"]",
+    ));
+    let imported_at = format!("compare.imported=\"{}\"", imported.display());
+    args.extend(["--set", &imported_at]);
+    imprint(&root, &args).assert_success();
     let table = Table::read(&out.join("results.csv"));
     let names = table.column("strategy");
     assert_eq!(
@@ -55,18 +40,12 @@ fn every_route_runs_on_the_same_subsets_and_records_where_it_started() {
         ]
     );
     // Each pre-training route has its own encoder; the one from the imported network says so.
-    let side: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("pretrain/seed-0-from-imported/encoder.json")).unwrap(),
-    )
-    .unwrap();
+    let side = read_json(&out.join("pretrain/seed-0-from-imported/encoder.json"));
     let digest = side["started_from"]["sha256"].as_str().unwrap();
     let (_, expected) = sha256_of(&imported);
     assert_eq!(digest, expected);
     assert!(out.join("pretrain/seed-0/encoder.json").exists());
-    let plain: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("pretrain/seed-0/encoder.json")).unwrap(),
-    )
-    .unwrap();
+    let plain = read_json(&out.join("pretrain/seed-0/encoder.json"));
     assert!(plain.get("started_from").is_none(), "{plain}");
     // The imported network's frozen encoder is the fixture's, whatever the seed: its probe
     // differs from the probe of the encoder pre-trained here.
@@ -77,7 +56,7 @@ fn every_route_runs_on_the_same_subsets_and_records_where_it_started() {
     );
 }
 
-fn sha256_of(path: &std::path::Path) -> (u64, String) {
+fn sha256_of(path: &Path) -> (u64, String) {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).unwrap();
     let digest = Sha256::digest(&bytes);

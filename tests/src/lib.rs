@@ -17,7 +17,7 @@
 //! because an old binary would silently test old code; when it is up to date the call costs a
 //! fraction of a second. Set `IMPRINT_BIN` to test another binary without building.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +29,23 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent folder")
         .to_path_buf()
+}
+
+/// A fresh temporary folder for one test, removed when dropped. It derefs to its path, so that
+/// `let t: &Path = &test_dir();` holds it for the whole test in one line.
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A new [`TestDir`].
+pub fn test_dir() -> TestDir {
+    TestDir(tempfile::tempdir().expect("a temporary folder"))
 }
 
 /// The shipped digits data set (1797 8x8 images, 10 classes).
@@ -132,6 +149,70 @@ pub fn imprint_with_cache(cwd: &Path, args: &[&str], cache: &Path) -> Outcome {
     }
 }
 
+/// `flags` split at white space: the literal part of a command line, written as it is typed.
+pub fn words(flags: &str) -> Vec<&str> {
+    flags.split_whitespace().collect()
+}
+
+/// `pretrain --pipeline PIPELINE --out OUT`, then `extra`.
+pub fn pretrain_args<'a>(pipeline: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["pretrain", "--pipeline", arg(pipeline), "--out", arg(out)];
+    args.extend(extra);
+    args
+}
+
+/// `finetune --pipeline PIPELINE --strategy STRATEGY --labels-per-class K --out OUT`, then
+/// `extra`.
+pub fn finetune_args<'a>(
+    pipeline: &'a Path,
+    strategy: &'a str,
+    k: &'a str,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "finetune",
+        "--pipeline",
+        arg(pipeline),
+        "--strategy",
+        strategy,
+    ];
+    args.extend(["--labels-per-class", k, "--out", arg(out)]);
+    args.extend(extra);
+    args
+}
+
+/// `run PIPELINE --out OUT`, then `extra`.
+pub fn run_args<'a>(pipeline: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", arg(pipeline), "--out", arg(out)];
+    args.extend(extra);
+    args
+}
+
+/// `run pipelines/digits.toml --out OUT`, then [`words`] of `flags`: a comparison on the
+/// shipped digits, for a command run in [`workspace_root`].
+pub fn digits_run_args<'a>(out: &'a Path, flags: &'a str) -> Vec<&'a str> {
+    run_args(Path::new("pipelines/digits.toml"), out, &words(flags))
+}
+
+/// `predict --model CHECKPOINT` or `embed --encoder CHECKPOINT`, then `--input INPUT --out OUT`:
+/// the two commands that apply a checkpoint to images.
+pub fn apply_args<'a>(
+    command: &'a str,
+    checkpoint: &'a Path,
+    input: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    let flag = match command {
+        "predict" => "--model",
+        "embed" => "--encoder",
+        other => panic!("`{other}` applies no checkpoint"),
+    };
+    let mut args = vec![command, flag, arg(checkpoint)];
+    args.extend(["--input", arg(input), "--out", arg(out)]);
+    args
+}
+
 /// Lines the CLI prints to stderr while it works (progress), as opposed to the error line.
 const PROGRESS_PREFIXES: [&str; 5] = [
     "unlabeled:",
@@ -154,6 +235,35 @@ impl Outcome {
         assert_eq!(self.code, Some(0), "{}", self.dump());
         assert!(!self.stderr.contains("panicked"), "{}", self.dump());
         self
+    }
+
+    /// Panics (showing both streams) unless stdout holds every one of `needles`.
+    pub fn assert_stdout_has(&self, needles: &[&str]) -> &Self {
+        self.check_has("stdout", &self.stdout, needles)
+    }
+
+    /// Panics (showing both streams) unless stderr holds every one of `needles`.
+    pub fn assert_stderr_has(&self, needles: &[&str]) -> &Self {
+        self.check_has("stderr", &self.stderr, needles)
+    }
+
+    fn check_has(&self, name: &str, stream: &str, needles: &[&str]) -> &Self {
+        for needle in needles {
+            assert!(
+                stream.contains(needle),
+                "no {needle:?} in {name}\n{}",
+                self.dump()
+            );
+        }
+        self
+    }
+
+    /// The lines of stdout that start with `prefix`.
+    pub fn stdout_lines_starting(&self, prefix: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
     }
 
     /// Checks a clean failure before any work began: exit status 1, no panic, and stderr is
@@ -207,6 +317,22 @@ impl Outcome {
         println!("{}\n  -> {last}", self.cmdline);
         last.to_string()
     }
+}
+
+/// Runs `imprint ARGS` in `t` and asserts that it fails with one error line holding all of
+/// `needles` ([`Outcome::assert_error`]), every file under `t` left as it was.
+pub fn assert_refused(t: &Path, args: &[&str], needles: &[&str]) {
+    let before = snapshot(t);
+    imprint(t, args).assert_error(needles);
+    assert_eq!(snapshot(t), before, "a refused run changed files");
+}
+
+/// [`assert_refused`] for a problem found once the data is read: progress lines may precede
+/// the error line ([`Outcome::assert_error_after_progress`]).
+pub fn assert_refused_after_loading(t: &Path, args: &[&str], needles: &[&str]) {
+    let before = snapshot(t);
+    imprint(t, args).assert_error_after_progress(needles);
+    assert_eq!(snapshot(t), before, "a refused run changed files");
 }
 
 /// A CSV file split into its header and rows. The files checked here never quote fields.
@@ -332,10 +458,63 @@ pub fn assert_nonempty(path: &Path) {
     assert!(len > 0, "{} is empty", path.display());
 }
 
+/// Asserts that the file `rel` holds the same bytes in the folders `a` and `b`.
+pub fn assert_same_file(a: &Path, b: &Path, rel: &str) {
+    let read = |dir: &Path| {
+        let path = dir.join(rel);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    assert!(
+        read(a) == read(b),
+        "{rel} differs between {} and {}",
+        a.display(),
+        b.display()
+    );
+}
+
+/// When a file was last written.
+pub fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// A tensor as a safetensors file holds it: name, shape and little-endian f32 bytes.
+pub type RawTensor = (String, Vec<usize>, Vec<u8>);
+
+/// Every tensor of a safetensors file, in the file's order.
+pub fn read_tensors(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not safetensors: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect()
+}
+
+/// Writes f32 `tensors` to a safetensors file, with `metadata` in its header.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: Option<HashMap<String, String>>,
+) {
+    use safetensors::tensor::TensorView;
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            let view = TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    let bytes = safetensors::tensor::serialize(views, &metadata).unwrap();
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// The lines of a gzipped text file such as `data-manifest.csv.gz`.
@@ -421,6 +600,15 @@ pub fn write_png_classes(
         }
     }
     written
+}
+
+/// `per_class` PNGs of each of `classes` in `t/data` (see [`write_png_classes`]), and a
+/// [`Tiny`] pipeline `t/p.toml` on them; returns (data folder, pipeline file).
+pub fn png_pipeline(t: &Path, classes: &[&str], per_class: usize) -> (PathBuf, PathBuf) {
+    let data = t.join("data");
+    write_png_classes(&data, classes, 0, per_class);
+    let pipeline = write_pipeline(&t.join("p.toml"), &Tiny::on(&data));
+    (data, pipeline)
 }
 
 /// Writes an uncompressed idx3 image file (`pixels` is n*h*w bytes).
