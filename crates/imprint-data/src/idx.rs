@@ -295,26 +295,19 @@ pub(crate) fn load_idx(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::{file_in_tempdir, idx_in_tempdir, load_err, shape};
     use crate::testutil::*;
-    use crate::{load, ImageShape, Preprocess};
+    use crate::{load, Preprocess};
     use proptest::prelude::*;
 
     #[test]
     fn idx_round_trip_with_labels() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("toy-images-idx3-ubyte");
-        write_idx_images(&img, 3, 2, 2, &[0, 51, 102, 255, 1, 2, 3, 4, 9, 8, 7, 6]);
+        let pixels = [0, 51, 102, 255, 1, 2, 3, 4, 9, 8, 7, 6];
+        let (dir, img) = idx_in_tempdir("toy-images-idx3-ubyte", (3, 2, 2), &pixels);
         write_idx_labels(&dir.path().join("toy-labels-idx1-ubyte"), &[7, 0, 2]);
         let ds = load(&img, &Preprocess::default()).unwrap();
         assert_eq!(ds.len(), 3);
-        assert_eq!(
-            ds.shape,
-            ImageShape {
-                channels: 1,
-                height: 2,
-                width: 2
-            }
-        );
+        assert_eq!(ds.shape, shape(1, 2, 2));
         assert_eq!(ds.image(0), &[0.0, 0.2, 0.4, 1.0]);
         assert_eq!(ds.image(2)[0], 9.0 / 255.0);
         assert_eq!(ds.labels, Some(vec![7, 0, 2]));
@@ -330,9 +323,7 @@ mod tests {
 
     #[test]
     fn gz_idx_with_raw_labels_and_resize() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("toy-images-idx3-ubyte.gz");
-        write_idx_images(&img, 2, 2, 2, &[255; 8]);
+        let (dir, img) = idx_in_tempdir("toy-images-idx3-ubyte.gz", (2, 2, 2), &[255; 8]);
         // labels stored uncompressed beside gzipped images are still found
         write_idx_labels(&dir.path().join("toy-labels-idx1-ubyte"), &[1, 0]);
         let ds = load(&img, &Preprocess::default()).unwrap();
@@ -351,10 +342,9 @@ mod tests {
 
     #[test]
     fn resize_keeps_a_horizontal_ramp_horizontal() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("ramp-images-idx3-ubyte");
         // two rows, three columns, dark on the left and bright on the right
-        write_idx_images(&img, 1, 2, 3, &[0, 128, 255, 0, 128, 255]);
+        let ramp = [0, 128, 255, 0, 128, 255];
+        let (_dir, img) = idx_in_tempdir("ramp-images-idx3-ubyte", (1, 2, 3), &ramp);
         let prep = Preprocess {
             height: Some(4),
             width: Some(6),
@@ -373,9 +363,7 @@ mod tests {
 
     #[test]
     fn unlabeled_when_no_labels_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("x-images-idx3-ubyte");
-        write_idx_images(&img, 1, 1, 1, &[0]);
+        let (_dir, img) = idx_in_tempdir("x-images-idx3-ubyte", (1, 1, 1), &[0]);
         let ds = load(&img, &Preprocess::default()).unwrap();
         assert!(ds.labels.is_none());
         assert!(ds.classes.is_empty());
@@ -384,46 +372,34 @@ mod tests {
 
     #[test]
     fn truncated_idx_is_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("t-images-idx3-ubyte");
-        let mut bytes = vec![0, 0, 8, 3];
-        for d in [60000u32, 28, 28] {
-            bytes.extend_from_slice(&d.to_be_bytes());
-        }
-        bytes.extend_from_slice(&[0; 1000]);
-        std::fs::write(&img, &bytes).unwrap();
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let (_dir, img) = idx_in_tempdir("t-images-idx3-ubyte", (60000, 28, 28), &[0; 1000]);
         assert_eq!(
-            err,
+            load_err(&img),
             format!(
                 "{}: truncated idx file: header promises 47040000 bytes of pixels, found 1000",
                 img.display()
             )
         );
-        bytes.truncate(10);
-        std::fs::write(&img, &bytes).unwrap();
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let bytes = std::fs::read(&img).unwrap();
+        std::fs::write(&img, &bytes[..10]).unwrap();
+        let err = load_err(&img);
         assert!(err.contains("header needs 16 bytes, found 10"), "{err}");
     }
 
     #[test]
     fn trailing_bytes_are_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("t-images-idx3-ubyte");
-        write_idx_images(&img, 1, 1, 2, &[1, 2, 3]);
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let (_dir, img) = idx_in_tempdir("t-images-idx3-ubyte", (1, 1, 2), &[1, 2, 3]);
+        let err = load_err(&img);
         assert!(err.contains("trailing bytes"), "{err}");
         assert!(err.contains("promises 2 bytes of pixels, found 3"), "{err}");
     }
 
     #[test]
     fn wrong_magic_is_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("w-images-idx3-ubyte");
-        std::fs::write(&img, [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]).unwrap();
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let wrong = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0];
+        let (dir, img) = file_in_tempdir("w-images-idx3-ubyte", &wrong);
         assert_eq!(
-            err,
+            load_err(&img),
             format!(
                 "{}: not an idx image file: magic 0x12345678 (expected 0x00000803)",
                 img.display()
@@ -431,18 +407,16 @@ mod tests {
         );
         let lab = dir.path().join("w-labels-idx1-ubyte");
         write_idx_labels(&lab, &[1, 2]);
-        let err = load(&lab, &Preprocess::default()).unwrap_err().to_string();
+        let err = load_err(&lab);
         assert!(err.contains("this is a labels file"), "{err}");
     }
 
     #[test]
     fn label_count_mismatch_names_labels_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("m-images-idx3-ubyte.gz");
-        write_idx_images(&img, 3, 1, 1, &[1, 2, 3]);
+        let (dir, img) = idx_in_tempdir("m-images-idx3-ubyte.gz", (3, 1, 1), &[1, 2, 3]);
         let lab = dir.path().join("m-labels-idx1-ubyte.gz");
         write_idx_labels(&lab, &[1, 2]);
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let err = load_err(&img);
         assert!(err.starts_with(&lab.display().to_string()), "{err}");
         assert!(err.contains("has 2 labels but"), "{err}");
         assert!(err.contains("has 3 images"), "{err}");
@@ -450,10 +424,9 @@ mod tests {
 
     #[test]
     fn corrupt_gzip_is_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("c-images-idx3-ubyte.gz");
-        std::fs::write(&img, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
-        let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+        let corrupt = [0x1f, 0x8b, 8, 0, 1, 2, 3];
+        let (_dir, img) = file_in_tempdir("c-images-idx3-ubyte.gz", &corrupt);
+        let err = load_err(&img);
         assert!(err.contains("corrupt gzip"), "{err}");
     }
 
@@ -479,9 +452,7 @@ mod tests {
             2,
             &[0, 0],
         );
-        let err = load(dir.path(), &Preprocess::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_err(dir.path());
         assert!(err.starts_with(&dir.path().display().to_string()), "{err}");
         assert!(err.contains("several idx image files"), "{err}");
         assert!(err.contains("t10k-images-idx3-ubyte"), "{err}");
@@ -506,14 +477,7 @@ mod tests {
         #[test]
         fn loader_never_panics(body in proptest::collection::vec(any::<u8>(), 0..40),
                                n in 0u32..4, h in 0u32..4, w in 0u32..4) {
-            let dir = tempfile::tempdir().unwrap();
-            let img = dir.path().join("f-images-idx3-ubyte");
-            let mut bytes = vec![0, 0, 8, 3];
-            for d in [n, h, w] {
-                bytes.extend_from_slice(&d.to_be_bytes());
-            }
-            bytes.extend_from_slice(&body);
-            std::fs::write(&img, &bytes).unwrap();
+            let (_dir, img) = idx_in_tempdir("f-images-idx3-ubyte", (n, h, w), &body);
             let res = load(&img, &Preprocess { height: Some(3), ..Default::default() });
             if let Ok(ds) = res {
                 prop_assert_eq!(ds.pixels.len(), ds.len());

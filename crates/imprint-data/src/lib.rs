@@ -491,13 +491,51 @@ mod tests {
     use super::testutil::*;
     use super::*;
 
+    /// A fresh temporary folder holding the idx image file `name` of `n` images of `h x w`
+    /// (see [`write_idx_images`]); the folder lasts as long as the returned guard.
+    pub(crate) fn idx_in_tempdir(
+        name: &str,
+        (n, h, w): (u32, u32, u32),
+        pixels: &[u8],
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        write_idx_images(&path, n, h, w, pixels);
+        (dir, path)
+    }
+
+    /// A fresh temporary folder holding `bytes` as the file `name`.
+    pub(crate) fn file_in_tempdir(
+        name: &str,
+        bytes: &[u8],
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    /// The message of the error loading `path` with `prep` gives.
+    pub(crate) fn load_err_with(path: &Path, prep: &Preprocess) -> String {
+        load(path, prep).unwrap_err().to_string()
+    }
+
+    /// The message of the error loading `path` without preprocessing gives.
+    pub(crate) fn load_err(path: &Path) -> String {
+        load_err_with(path, &Preprocess::default())
+    }
+
+    pub(crate) fn shape(channels: usize, height: usize, width: usize) -> ImageShape {
+        ImageShape {
+            channels,
+            height,
+            width,
+        }
+    }
+
     fn tiny() -> Dataset {
         Dataset {
-            shape: ImageShape {
-                channels: 1,
-                height: 1,
-                width: 2,
-            },
+            shape: shape(1, 1, 2),
             pixels: Pixels::from_bytes(vec![0, 10, 20, 30, 40, 50], 2),
             labels: Some(vec![1, 0, 1]),
             classes: vec!["cat".into(), "dog".into()],
@@ -542,9 +580,7 @@ mod tests {
 
     #[test]
     fn invert_and_preprocess_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x-images-idx3-ubyte");
-        write_idx_images(&p, 1, 1, 2, &[0, 255]);
+        let (_dir, p) = idx_in_tempdir("x-images-idx3-ubyte", (1, 1, 2), &[0, 255]);
         let prep = Preprocess {
             invert: true,
             ..Default::default()
@@ -555,7 +591,7 @@ mod tests {
             channels: Some(2),
             ..Default::default()
         };
-        let err = load(&p, &bad).unwrap_err().to_string();
+        let err = load_err_with(&p, &bad);
         assert!(err.contains("channels must be 1 or 3"), "{err}");
         for channels in [1, 3] {
             let huge = Preprocess {
@@ -564,7 +600,7 @@ mod tests {
                 width: Some(u32::MAX as usize),
                 ..Default::default()
             };
-            let err = load(&p, &huge).unwrap_err().to_string();
+            let err = load_err_with(&p, &huge);
             assert!(err.contains("do not fit in memory"), "{err}");
         }
     }
@@ -573,21 +609,15 @@ mod tests {
     fn missing_and_unknown_paths_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = load(&missing, &Preprocess::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_err(&missing);
         assert!(err.starts_with(&missing.display().to_string()), "{err}");
         let other = dir.path().join("notes.txt");
         std::fs::write(&other, "hi").unwrap();
-        let err = load(&other, &Preprocess::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_err(&other);
         assert!(err.contains("unknown data source"), "{err}");
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let err = load(&empty, &Preprocess::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_err(&empty);
         assert!(err.contains("no images"), "{err}");
     }
 
@@ -608,14 +638,7 @@ mod tests {
         let p = dir.join("digits-images-idx3-ubyte.gz");
         let ds = load(&p, &Preprocess::default()).unwrap();
         assert_eq!(ds.len(), 1797);
-        assert_eq!(
-            ds.shape,
-            ImageShape {
-                channels: 1,
-                height: 8,
-                width: 8
-            }
-        );
+        assert_eq!(ds.shape, shape(1, 8, 8));
         assert_eq!(ds.classes.len(), 10);
         let counts = ds.class_counts();
         assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), 1797);

@@ -1,8 +1,9 @@
 //! Loading within a memory budget: mapped idx files, the image cache's reuse and rebuilding,
 //! and colour idx files.
 
+use crate::tests::{idx_in_tempdir, load_err, shape};
 use crate::testutil::*;
-use crate::{load, load_with, ImageShape, Preprocess, Storage};
+use crate::{load, load_with, Preprocess, Storage};
 use image::{ImageBuffer, Rgb};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,11 @@ fn cached(dir: &Path, budget: u64) -> Storage {
     }
 }
 
-fn colour_folder(root: &Path, count: u8) {
+/// A temporary folder with a folder source `imgs` of `count` 3x2 colour images in each of
+/// classes `a` and `b`, and the path of a cache folder `cache` beside it (not made).
+fn colour_folder(count: u8) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, cache) = (tmp.path().join("imgs"), tmp.path().join("cache"));
     for class in ["a", "b"] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..count {
@@ -22,6 +27,7 @@ fn colour_folder(root: &Path, count: u8) {
             img.save(root.join(class).join(format!("{i}.png"))).unwrap();
         }
     }
+    (tmp, root, cache)
 }
 
 /// The one image cache file under `cache`.
@@ -88,12 +94,7 @@ fn colour_idx4_files_load_channel_major_with_their_labels() {
     std::fs::write(&img, &bytes).unwrap();
     write_idx_labels(&dir.path().join("c-labels-idx1-ubyte"), &[1, 0]);
     let ds = load(&img, &Preprocess::default()).unwrap();
-    let shape = ImageShape {
-        channels: 3,
-        height: 1,
-        width: 2,
-    };
-    assert_eq!(ds.shape, shape);
+    assert_eq!(ds.shape, shape(3, 1, 2));
     assert_eq!(ds.labels, Some(vec![1, 0]));
     assert_eq!(ds.pixels.bytes(1), &pixels[6..]);
     // resized, the colours stay in their planes
@@ -116,7 +117,7 @@ fn colour_idx4_files_load_channel_major_with_their_labels() {
     bytes[8..12].copy_from_slice(&2u32.to_be_bytes());
     bytes.truncate(20 + 8);
     std::fs::write(&img, &bytes).unwrap();
-    let err = load(&img, &Preprocess::default()).unwrap_err().to_string();
+    let err = load_err(&img);
     assert!(
         err.ends_with("idx4 images must have 1 or 3 channels, found 2"),
         "{err}"
@@ -125,9 +126,7 @@ fn colour_idx4_files_load_channel_major_with_their_labels() {
 
 #[test]
 fn a_folder_over_budget_is_cached_reused_and_rebuilt_when_a_file_changes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, cache) = (tmp.path().join("imgs"), tmp.path().join("cache"));
-    colour_folder(&root, 4);
+    let (_tmp, root, cache) = colour_folder(4);
     let storage = cached(&cache, 0);
     let in_memory = load(&root, &Preprocess::default()).unwrap();
     let first = load_with(&root, &Preprocess::default(), &storage).unwrap();
@@ -171,9 +170,7 @@ fn a_folder_over_budget_is_cached_reused_and_rebuilt_when_a_file_changes() {
 
 #[test]
 fn a_truncated_or_corrupt_cache_is_rebuilt() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, cache) = (tmp.path().join("imgs"), tmp.path().join("cache"));
-    colour_folder(&root, 3);
+    let (_tmp, root, cache) = colour_folder(3);
     let storage = cached(&cache, 0);
     // the values, not the dataset: it reads the file this test then overwrites in place
     let good = load_with(&root, &Preprocess::default(), &storage)
@@ -192,15 +189,8 @@ fn a_truncated_or_corrupt_cache_is_rebuilt() {
 
 #[test]
 fn converted_idx_images_over_budget_are_cached_too() {
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("g-images-idx3-ubyte.gz");
-    write_idx_images(
-        &img,
-        3,
-        2,
-        2,
-        &[0, 60, 120, 180, 1, 2, 3, 4, 255, 0, 255, 0],
-    );
+    let pixels = [0, 60, 120, 180, 1, 2, 3, 4, 255, 0, 255, 0];
+    let (tmp, img) = idx_in_tempdir("g-images-idx3-ubyte.gz", (3, 2, 2), &pixels);
     let prep = Preprocess {
         channels: Some(3),
         height: Some(4),
@@ -221,9 +211,7 @@ fn converted_idx_images_over_budget_are_cached_too() {
 
 #[test]
 fn within_budget_nothing_is_cached_but_digests() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, cache) = (tmp.path().join("imgs"), tmp.path().join("cache"));
-    colour_folder(&root, 2);
+    let (_tmp, root, cache) = colour_folder(2);
     let ds = load_with(&root, &Preprocess::default(), &cached(&cache, 1 << 20)).unwrap();
     assert!(!ds.pixels.is_mapped());
     assert!(!cache.join("images").exists());

@@ -1,16 +1,9 @@
 use super::*;
 use crate::augment::{augment_batch, Augment};
+use crate::tests::shape;
 use rand::RngCore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn shape(channels: usize, height: usize, width: usize) -> ImageShape {
-    ImageShape {
-        channels,
-        height,
-        width,
-    }
-}
 
 /// Asserts `actual` and `expected` agree to within `tol` everywhere.
 fn assert_close(actual: &[f32], expected: &[f32], tol: f32) {
@@ -337,44 +330,38 @@ fn jitter_draws_a_permutation_and_factors_in_range() {
     assert_eq!(first, [true; 4], "each adjustment comes first sometimes");
 }
 
+/// `img` after a jitter by `factors` (brightness, contrast, saturation, hue) in `order`.
+fn jittered(
+    mut img: Vec<f32>,
+    s: ImageShape,
+    order: [usize; 4],
+    factors: [Option<f64>; 4],
+) -> Vec<f32> {
+    Jitter { order, factors }.apply(&mut img, s);
+    img
+}
+
 #[test]
 fn jitter_applies_in_its_order() {
     let s = shape(3, 1, 1);
     let red = pixels(&[[1.0, 0.0, 0.0]]);
     let factors = [None, None, Some(0.0), Some(0.5)];
     // greying red first leaves nothing for the hue to turn: red's luma
-    let mut grey_first = red.clone();
-    let saturation_first = Jitter {
-        order: [2, 3, 0, 1],
-        factors,
-    };
-    saturation_first.apply(&mut grey_first, s);
+    let grey_first = jittered(red.clone(), s, [2, 3, 0, 1], factors);
     assert_close(&grey_first, &[0.299; 3], 1e-7);
     // turning it first greys cyan: 0.587 + 0.114
-    let mut turned_first = red.clone();
-    let hue_first = Jitter {
-        order: [3, 2, 1, 0],
-        factors,
-    };
-    hue_first.apply(&mut turned_first, s);
+    let turned_first = jittered(red, s, [3, 2, 1, 0], factors);
     assert_close(&turned_first, &[0.701; 3], 1e-6);
 }
 
 #[test]
 fn jitter_on_a_grey_image_changes_only_brightness_and_contrast() {
     let s = shape(1, 1, 2);
-    let colour_only = Jitter {
-        order: [0, 1, 2, 3],
-        factors: [None, None, Some(0.0), Some(0.5)],
-    };
-    let mut img = vec![0.2, 0.6];
-    colour_only.apply(&mut img, s);
+    let colour_only = [None, None, Some(0.0), Some(0.5)];
+    let img = jittered(vec![0.2, 0.6], s, [0, 1, 2, 3], colour_only);
     assert_eq!(img, [0.2, 0.6]);
-    let all = Jitter {
-        order: [3, 2, 1, 0],
-        factors: [Some(0.5), Some(0.0), Some(0.0), Some(0.5)],
-    };
-    all.apply(&mut img, s);
+    let all = [Some(0.5), Some(0.0), Some(0.0), Some(0.5)];
+    let img = jittered(img, s, [3, 2, 1, 0], all);
     assert_close(&img, &[0.2, 0.2], 1e-7);
 }
 
@@ -470,15 +457,23 @@ fn apply_draws_in_the_documented_order() {
     }
 }
 
+/// `count` copies of the [`colourful`] `side x side` image, and their shape.
+fn colourful_batch(count: usize, side: usize) -> (ImageShape, Vec<f32>) {
+    let images = (0..count).flat_map(|_| colourful(side, side)).collect();
+    (shape(3, side, side), images)
+}
+
+/// `images` augmented by [`simclr`] under `seed`.
+fn simclr_batch(images: &[f32], s: ImageShape, seed: u64) -> Vec<f32> {
+    let mut out = vec![0.0; images.len()];
+    augment_batch(images, s, &simclr(), seed, &mut out);
+    out
+}
+
 #[test]
 fn batches_repeat_by_seed_and_vary_across_seeds() {
-    let s = shape(3, 8, 8);
-    let images: Vec<f32> = (0..6).flat_map(|_| colourful(8, 8)).collect();
-    let run = |seed| {
-        let mut out = vec![0.0; images.len()];
-        augment_batch(&images, s, &simclr(), seed, &mut out);
-        out
-    };
+    let (s, images) = colourful_batch(6, 8);
+    let run = |seed| simclr_batch(&images, s, seed);
     let first = run(11);
     assert_eq!(first, run(11));
     assert_ne!(first, run(12));
@@ -493,16 +488,13 @@ fn batches_repeat_by_seed_and_vary_across_seeds() {
 
 #[test]
 fn batches_do_not_depend_on_the_thread_count() {
-    let s = shape(3, 10, 10);
-    let images: Vec<f32> = (0..16).flat_map(|_| colourful(10, 10)).collect();
+    let (s, images) = colourful_batch(16, 10);
     let on_threads = |threads| {
-        let mut out = vec![0.0; images.len()];
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| augment_batch(&images, s, &simclr(), 4, &mut out));
-        out
+            .install(|| simclr_batch(&images, s, 4))
     };
     assert_eq!(on_threads(1), on_threads(3));
 }

@@ -16,6 +16,15 @@ fn lr(lr: f64) -> OptimSettings {
     }
 }
 
+/// `steps` at the learning rate the toy tasks train well at.
+fn quick(steps: usize) -> FinetuneConfig {
+    FinetuneConfig {
+        steps,
+        optim: lr(1e-2),
+        ..Default::default()
+    }
+}
+
 fn shift(shift: usize) -> Augment {
     Augment {
         shift,
@@ -38,11 +47,7 @@ fn bars(n: usize, seed: u64) -> Dataset {
         labels.push(class);
     }
     Dataset {
-        shape: ImageShape {
-            channels: 1,
-            height: 8,
-            width: 8,
-        },
+        shape: SIDE8,
         pixels: Pixels::from_unit_floats(&pixels, 64),
         labels: Some(labels),
         classes: vec!["h".into(), "v".into()],
@@ -100,13 +105,31 @@ fn pretrained_on(images: &Dataset) -> Encoder<Cpu> {
     .encoder
 }
 
-/// `finetune` of the fresh `encoder(3)` on `train` with seed 0 and no unlabeled pool.
+/// `finetune` of the fresh `encoder(3)` on `train` with no unlabeled pool.
+fn fit(
+    train: &Dataset,
+    cfg: &FinetuneConfig,
+    strategy: Strategy,
+    seed: u64,
+) -> Result<(Classifier<Cpu>, History)> {
+    finetune(
+        &Cpu::default(),
+        encoder(3),
+        train,
+        None,
+        cfg,
+        strategy,
+        seed,
+    )
+}
+
+/// [`fit`] with seed 0 and no unlabeled pool.
 fn fit_fresh(
     train: &Dataset,
     cfg: &FinetuneConfig,
     strategy: Strategy,
 ) -> (Classifier<Cpu>, History) {
-    finetune(&Cpu::default(), encoder(3), train, None, cfg, strategy, 0).unwrap()
+    fit(train, cfg, strategy, 0).unwrap()
 }
 
 #[test]
@@ -114,10 +137,8 @@ fn every_strategy_learns_a_separable_task() {
     let dev = Cpu::default();
     let (train, test) = (bars(40, 1), bars(200, 2));
     let cfg = FinetuneConfig {
-        steps: 150,
-        optim: lr(1e-2),
         augment: shift(1),
-        ..Default::default()
+        ..quick(150)
     };
     let pretrained = pretrained_encoder();
     for strategy in Strategy::all() {
@@ -203,25 +224,13 @@ fn probe_leaves_the_encoder_untouched() {
 
 #[test]
 fn same_seed_same_model() {
-    let dev = Cpu::default();
     let cfg = FinetuneConfig {
         steps: 10,
         batch_size: 8,
         augment: shift(1),
         ..Default::default()
     };
-    let run = || {
-        finetune(
-            &dev,
-            encoder(3),
-            &bars(20, 1),
-            None,
-            &cfg,
-            Strategy::PROBE_THEN_FULL,
-            5,
-        )
-        .unwrap()
-    };
+    let run = || fit(&bars(20, 1), &cfg, Strategy::PROBE_THEN_FULL, 5).unwrap();
     assert_eq!(run().0.named_tensors(""), run().0.named_tensors(""));
 }
 
@@ -230,22 +239,10 @@ fn dropout_changes_training_yet_learns_and_repeats() {
     let dev = Cpu::default();
     let (train, test) = (bars(40, 1), bars(200, 2));
     let cfg = |dropout| FinetuneConfig {
-        steps: 150,
-        optim: lr(1e-2),
         dropout,
-        ..Default::default()
+        ..quick(150)
     };
-    let run = |dropout| {
-        finetune(
-            &dev,
-            encoder(3),
-            &train,
-            None,
-            &cfg(dropout),
-            Strategy::FULL,
-            0,
-        )
-    };
+    let run = |dropout| fit(&train, &cfg(dropout), Strategy::FULL, 0);
     let (mut with, _) = run(0.5).unwrap();
     assert!(evaluate(&dev, &mut with, &test).unwrap().accuracy > 0.9);
     assert_eq!(
@@ -318,21 +315,17 @@ fn saved_weights_load_back_and_mismatches_are_refused() {
 #[test]
 fn early_stopping_keeps_the_best_validated_model() {
     let dev = Cpu::default();
-    let train = bars(40, 1);
     let cfg = FinetuneConfig {
-        steps: 1000,
-        optim: lr(1e-2),
         augment: Augment {
-            shift: 1,
             rotate_degrees: 10.0,
-            ..Default::default()
+            ..shift(1)
         },
         validation_fraction: 0.25,
         eval_every: 10,
         patience: 3,
-        ..Default::default()
+        ..quick(1000)
     };
-    let (mut model, history) = fit_fresh(&train, &cfg, Strategy::SCRATCH);
+    let (mut model, history) = fit_fresh(&bars(40, 1), &cfg, Strategy::SCRATCH);
     assert!(history.steps_run < cfg.steps, "never stopped early");
     assert_eq!(history.train_loss.len(), history.steps_run);
     let checks = &history.validation;
@@ -349,20 +342,13 @@ fn early_stopping_keeps_the_best_validated_model() {
     assert!(evaluate(&dev, &mut model, &bars(200, 2)).unwrap().accuracy > 0.9);
 
     // a class with one labeled image cannot give up half of it
-    let err = finetune(
-        &dev,
-        encoder(3),
-        &bars(2, 1),
-        None,
-        &FinetuneConfig {
-            validation_fraction: 0.5,
-            ..cfg.clone()
-        },
-        Strategy::SCRATCH,
-        0,
-    )
-    .unwrap_err()
-    .to_string();
+    let halved = FinetuneConfig {
+        validation_fraction: 0.5,
+        ..cfg.clone()
+    };
+    let err = fit(&bars(2, 1), &halved, Strategy::SCRATCH, 0)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("validation_fraction 0.5 leaves class"),
         "{err}"
@@ -428,11 +414,7 @@ fn unlabeled_bars(n: usize, seed: u64) -> Dataset {
 #[test]
 fn pseudo_labels_keep_each_class_most_confident_share() {
     let dev = Cpu::default();
-    let cfg = FinetuneConfig {
-        steps: 30,
-        optim: lr(1e-2),
-        ..Default::default()
-    };
+    let cfg = quick(30);
     let (mut teacher, _) = fit_fresh(&bars(40, 1), &cfg, Strategy::FULL);
     let pool = unlabeled_bars(300, 5);
     let predicted = teacher.predict(&dev, &pool.pixels);
@@ -466,20 +448,19 @@ fn pseudo_labels_keep_each_class_most_confident_share() {
 fn self_training_returns_a_student_that_repeats() {
     let dev = Cpu::default();
     let cfg = FinetuneConfig {
-        steps: 20,
         batch_size: 8,
-        optim: lr(1e-2),
         augment: shift(1),
         self_train_steps: 30,
         self_train_fraction: 0.5,
-        ..Default::default()
+        ..quick(20)
     };
     let pool = unlabeled_bars(100, 5);
     let run = |cfg: &FinetuneConfig| {
+        let train = bars(10, 1);
         finetune(
             &dev,
             encoder(3),
-            &bars(10, 1),
+            &train,
             Some(&pool),
             cfg,
             Strategy::PROBE_THEN_FULL,
@@ -609,12 +590,10 @@ fn resumed_finetuning_equals_uninterrupted() {
     let dev = Cpu::default();
     let pool = unlabeled_bars(60, 5);
     let base = FinetuneConfig {
-        steps: 30,
         batch_size: 8,
-        optim: lr(1e-2),
         augment: shift(1),
         dropout: 0.2,
-        ..Default::default()
+        ..quick(30)
     };
     let cases = [
         (base.clone(), 5),

@@ -93,6 +93,12 @@ pub(crate) fn slice_passes(
 pub(crate) trait ConvLike: std::fmt::Debug {
     /// `(in, out)` channels.
     fn channels(&self) -> (usize, usize);
+    fn groups(&self) -> usize;
+    /// Kernel, stride, padding and dilation.
+    fn window(&self) -> [(usize, usize); 4];
+    /// Whether the op scatters each input pixel over its window (a transposed convolution)
+    /// rather than gathering each output pixel from it.
+    fn transposed(&self) -> bool;
     fn weight_len(&self) -> usize;
     fn output_size(&self, h: usize, w: usize) -> (usize, usize);
     fn apply<T: Tape<f32, Cpu>>(
@@ -105,10 +111,19 @@ pub(crate) trait ConvLike: std::fmt::Debug {
 
 /// [`ConvLike`] for a spec type and its op function.
 macro_rules! conv_like {
-    ($spec:ty, $op:path) => {
+    ($spec:ty, $op:path, $transposed:expr) => {
         impl ConvLike for $spec {
             fn channels(&self) -> (usize, usize) {
                 (self.in_channels, self.out_channels)
+            }
+            fn groups(&self) -> usize {
+                self.groups
+            }
+            fn window(&self) -> [(usize, usize); 4] {
+                [self.kernel, self.stride, self.padding, self.dilation]
+            }
+            fn transposed(&self) -> bool {
+                $transposed
             }
             fn weight_len(&self) -> usize {
                 self.weight_len()
@@ -128,8 +143,40 @@ macro_rules! conv_like {
     };
 }
 
-conv_like!(crate::Conv2dSpec, crate::conv2d);
-conv_like!(crate::ConvTranspose2dSpec, crate::conv_transpose2d);
+conv_like!(crate::Conv2dSpec, crate::conv2d, false);
+conv_like!(crate::ConvTranspose2dSpec, crate::conv_transpose2d, true);
+
+/// The `(small-side pixel, kernel tap, large-side pixel)` links of a strided, padded, dilated
+/// window, as flat indices: tap `k` joins pixel `p` of the `small` grid to pixel
+/// `p * stride + k * dilation - padding` of the `large` one where that lies inside it.
+fn window_links(
+    [kernel, stride, padding, dilation]: [(usize, usize); 4],
+    small: (usize, usize),
+    large: (usize, usize),
+) -> Vec<(usize, usize, usize)> {
+    let along = |p: usize, k: usize, axis: usize| {
+        let [s, d, pad, len] = [stride, dilation, padding, large].map(|v| [v.0, v.1][axis]);
+        (p * s + k * d).checked_sub(pad).filter(|&q| q < len)
+    };
+    let mut links = Vec::new();
+    for (py, px) in (0..small.0).flat_map(|y| (0..small.1).map(move |x| (y, x))) {
+        for (ky, kx) in (0..kernel.0).flat_map(|y| (0..kernel.1).map(move |x| (y, x))) {
+            if let (Some(qy), Some(qx)) = (along(py, ky, 0), along(px, kx, 1)) {
+                let (p, k, q) = (py * small.1 + px, ky * kernel.1 + kx, qy * large.1 + qx);
+                links.push((p, k, q));
+            }
+        }
+    }
+    links
+}
+
+/// The gradients of the given tensors in `grads`, as plain vectors.
+macro_rules! gradients {
+    ($grads:expr, $($tensor:expr),+) => {
+        [$($grads.get($tensor).as_vec()),+]
+    };
+}
+pub(crate) use gradients;
 
 /// Random input, weight and bias for `spec` on `n` images of `h x w`.
 pub(crate) fn random_conv_inputs(
@@ -158,6 +205,60 @@ pub(crate) fn run_conv(
     spec.apply(xt, &wt, bt.as_ref()).as_vec()
 }
 
+/// The op on random inputs for `spec` against its definition in plain loops with f64 sums,
+/// with a bias and without: a convolution gathers each output pixel from the input pixels its
+/// window covers, a transposed one scatters each input pixel over the output pixels its window
+/// covers, both through the same links. Each input channel meets each output channel of its
+/// group.
+pub(crate) fn check_against_naive(
+    rng: &mut ChaCha8Rng,
+    spec: &impl ConvLike,
+    (n, h, wd): (usize, usize, usize),
+    tol: f32,
+) {
+    let [x, w, b] = random_conv_inputs(rng, spec, (n, h, wd));
+    let (oh, ow) = spec.output_size(h, wd);
+    let ((cin, cout), g) = (spec.channels(), spec.groups());
+    let (cgi, cgo) = (cin / g, cout / g);
+    let window = spec.window();
+    let taps = window[0].0 * window[0].1;
+    // As (input pixel, tap, output pixel).
+    let links: Vec<_> = match spec.transposed() {
+        true => window_links(window, (h, wd), (oh, ow)),
+        false => window_links(window, (oh, ow), (h, wd))
+            .into_iter()
+            .map(|(o, k, i)| (i, k, o))
+            .collect(),
+    };
+    let (in_len, out_len) = (h * wd, oh * ow);
+    let naive = |bias: Option<&[f32]>| {
+        let mut y = vec![0.0f64; n * cout * out_len];
+        for (i, o) in (0..n).flat_map(|i| (0..cout).map(move |o| (i, o))) {
+            let bias = bias.map_or(0.0, |b| b[o] as f64);
+            y[(i * cout + o) * out_len..][..out_len].fill(bias);
+        }
+        for i in 0..n {
+            for (c, o) in (0..cin).flat_map(|c| (0..cgo).map(move |co| (c, c / cgi * cgo + co))) {
+                // Weights are `[out][in / groups][kh][kw]`, transposed ones `[in][out / groups]..`.
+                let at = match spec.transposed() {
+                    true => (c * cgo + o % cgo) * taps,
+                    false => (o * cgi + c % cgi) * taps,
+                };
+                let (xs, ys) = ((i * cin + c) * in_len, (i * cout + o) * out_len);
+                for &(p, k, q) in &links {
+                    y[ys + q] += x[xs + p] as f64 * w[at + k] as f64;
+                }
+            }
+        }
+        y.into_iter().map(|v| v as f32).collect::<Vec<_>>()
+    };
+    for bias in [Some(&b[..]), None] {
+        let got = run_conv(spec, &x, &w, bias, (n, h, wd));
+        let label = format!("{spec:?} with bias: {}", bias.is_some());
+        assert_close(&label, &got, &naive(bias), tol);
+    }
+}
+
 /// The op's gradients for input, weight and bias against finite differences.
 pub(crate) fn check_conv_gradients(spec: impl ConvLike, dims: (usize, usize, usize), seed: u64) {
     let dev = Cpu::default();
@@ -173,11 +274,7 @@ pub(crate) fn check_conv_gradients(spec: impl ConvLike, dims: (usize, usize, usi
     let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, cout, oh, ow));
     let y = spec.apply(xt.leaky_trace(), &wt, Some(&bt));
     let grads = (y * rt).sum().backward();
-    let analytic = [
-        grads.get(&xt).as_vec(),
-        grads.get(&wt).as_vec(),
-        grads.get(&bt).as_vec(),
-    ];
+    let analytic = gradients!(grads, &xt, &wt, &bt);
     check_finite_differences(&format!("{spec:?}"), &[x, w, b], &analytic, &r, |p| {
         run_conv(&spec, &p[0], &p[1], Some(&p[2]), dims)
     });

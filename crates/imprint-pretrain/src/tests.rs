@@ -64,18 +64,29 @@ fn conv_autoencoder_loss_falls() {
     }
 }
 
-/// A fresh pre-training of 8x8 `images` (values in [0, 1], held as the bytes they round to)
-/// under `cfg` and `seed`.
-fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrained<Cpu> {
+/// A pre-training of 8x8 `images` (values in [0, 1], held as the bytes they round to) under
+/// `cfg` and `seed`, begun as `start` says, without hooks.
+fn pretrain_images(
+    dev: &Cpu,
+    images: &[f32],
+    cfg: &PretrainConfig,
+    seed: u64,
+    start: Start<'_, Cpu>,
+) -> Result<Pretrained<Cpu>> {
+    let pixels = pixels(images);
     pretrain(
         dev,
-        Images::new(&pixels(images), SIDE8),
+        Images::new(&pixels, SIDE8),
         cfg,
         seed,
-        Start::Fresh,
+        start,
         Hooks::default(),
     )
-    .unwrap()
+}
+
+/// A fresh [`pretrain_images`].
+fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrained<Cpu> {
+    pretrain_images(dev, images, cfg, seed, Start::Fresh).unwrap()
 }
 
 fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
@@ -153,29 +164,14 @@ fn resumed_run_equals_uninterrupted_run() {
         let snapshot = saved.expect("a snapshot after epoch 2");
         assert_eq!(snapshot.state.epochs_done, 2);
 
-        let resumed = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            &cfg,
-            5,
-            Start::Resume(&snapshot),
-            Hooks::default(),
-        )
-        .unwrap();
+        let resumed = pretrain_images(&dev, &images, &cfg, 5, Start::Resume(&snapshot)).unwrap();
         assert_eq!(weights(&resumed), weights(&whole), "conv {conv}");
         assert_eq!(losses(&resumed), losses(&whole), "conv {conv}");
 
-        let err = pretrain(
-            &dev,
-            Images::new(&pixels(&images), SIDE8),
-            &cfg,
-            6,
-            Start::Resume(&snapshot),
-            Hooks::default(),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = pretrain_images(&dev, &images, &cfg, 6, Start::Resume(&snapshot))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("seed 5, not 6"), "{err}");
     }
 }

@@ -54,19 +54,29 @@ fn dtype(name: &str) -> Dtype {
     }
 }
 
-/// Equal names, dtypes, shapes and values to the bit.
-fn assert_same(actual: &[TorchTensor], expected: &[TorchTensor]) {
+/// Equal names, dtypes, shapes and values to the bit; `label` names what is compared.
+fn assert_same(label: &str, actual: &[TorchTensor], expected: &[TorchTensor]) {
     let names = |ts: &[TorchTensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(actual), names(expected));
+    assert_eq!(names(actual), names(expected), "{label}");
     for (a, e) in actual.iter().zip(expected) {
-        assert_eq!((a.dtype, &a.shape), (e.dtype, &e.shape), "{}", a.name);
+        assert_eq!(
+            (a.dtype, &a.shape),
+            (e.dtype, &e.shape),
+            "{label}: {}",
+            a.name
+        );
         let bits = |t: &TorchTensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(a), bits(e), "{}", a.name);
+        assert_eq!(bits(a), bits(e), "{label}: {}", a.name);
     }
 }
 
 fn read(name: &str) -> Vec<TorchTensor> {
     read_checkpoint(&fixture(name)).unwrap()
+}
+
+/// The message of the error reading fixture `name` gives.
+fn error_message(name: &str) -> String {
+    read_checkpoint(&fixture(name)).unwrap_err().to_string()
 }
 
 /// The problem reading fixture `name` runs into; its message must be one line naming the file.
@@ -91,7 +101,7 @@ fn problem_at(path: &Path) -> Problem {
 #[test]
 fn zip_state_dict_reads_as_torch_saved_it() {
     let tensors = read("state_dict.pt");
-    assert_same(&tensors, &expected("state_dict"));
+    assert_same("state_dict.pt", &tensors, &expected("state_dict"));
     let count = tensors.iter().find(|t| t.name == "bn.num_batches_tracked");
     assert_eq!(
         count.map(|t| (t.dtype, t.data.clone())),
@@ -99,34 +109,34 @@ fn zip_state_dict_reads_as_torch_saved_it() {
     );
 }
 
+/// Each other format and layout reads as the group of `expected.json` it holds.
 #[test]
-fn legacy_state_dict_reads_the_same_as_the_zip_one() {
-    assert_same(&read("state_dict_legacy.pt"), &read("state_dict.pt"));
-    assert_same(&read("state_dict_legacy.pt"), &expected("state_dict"));
-}
-
-#[test]
-fn safetensors_file_reads_through_the_same_function() {
-    assert_same(&read("state_dict.safetensors"), &expected("state_dict"));
-}
-
-#[test]
-fn state_dict_under_a_key_loses_its_data_parallel_prefix() {
-    // `{'state_dict': {'module.conv.weight': ...}, 'best_prec1': 91.2, 'epoch': 3}`.
-    assert_same(&read("prefixed_legacy.th"), &expected("state_dict"));
-}
-
-#[test]
-fn tensors_of_releases_before_0_4_rebuild_without_hooks() {
-    // `_rebuild_tensor(storage, offset, size, stride)`, as early ImageNet and CIFAR
-    // checkpoints hold; `fc.weight_t` views `fc.weight`'s storage transposed.
-    assert_same(&read("old_rebuild_legacy.th"), &expected("old_rebuild"));
+fn every_format_and_layout_reads_as_torch_saved_it() {
+    let cases = [
+        // The legacy (non-zip) format.
+        ("state_dict_legacy.pt", "state_dict"),
+        // safetensors, through the same function.
+        ("state_dict.safetensors", "state_dict"),
+        // `{'state_dict': {'module.conv.weight': ...}, 'best_prec1': 91.2, 'epoch': 3}`: the
+        // state dict under a key loses its data-parallel prefix.
+        ("prefixed_legacy.th", "state_dict"),
+        // `_rebuild_tensor(storage, offset, size, stride)` of releases before 0.4, as early
+        // ImageNet and CIFAR checkpoints hold, rebuilt without hooks; `fc.weight_t` views
+        // `fc.weight`'s storage transposed.
+        ("old_rebuild_legacy.th", "old_rebuild"),
+    ];
+    for (file, group) in cases {
+        assert_same(file, &read(file), &expected(group));
+    }
+    // The legacy file reads the same as the zip one.
+    let legacy = read("state_dict_legacy.pt");
+    assert_same("legacy vs zip", &legacy, &read("state_dict.pt"));
 }
 
 #[test]
 fn other_dtypes_convert_to_f32() {
     let tensors = read("dtypes.pt");
-    assert_same(&tensors, &expected("dtypes"));
+    assert_same("dtypes.pt", &tensors, &expected("dtypes"));
     let f16 = tensors.iter().find(|t| t.name == "f16").unwrap();
     assert_eq!((f16.dtype, f16.shape.as_slice()), (Dtype::F16, &[6][..]));
 }
@@ -137,7 +147,7 @@ fn strided_views_and_shared_storages_come_out_row_major() {
     // `nn.Parameter`.
     for file in ["views.pt", "views_legacy.pt"] {
         let tensors = read(file);
-        assert_same(&tensors, &expected("views"));
+        assert_same(file, &tensors, &expected("views"));
         let by_name = |n: &str| tensors.iter().find(|t| t.name == n).unwrap().data.clone();
         // The base is 0.5 * i - 3 for i in 0..24.
         let base = |i: usize| 0.5 * i as f32 - 3.0;
@@ -155,9 +165,7 @@ fn os_system_is_refused_in_both_formats() {
     for file in ["system.pt", "system_legacy.pt"] {
         assert_eq!(problem(file), Problem::Refused("posix.system".into()));
     }
-    let message = read_checkpoint(&fixture("system.pt"))
-        .unwrap_err()
-        .to_string();
+    let message = error_message("system.pt");
     assert!(message.ends_with(
         "system.pt: refuses to load: the pickle imports posix.system, which is not a \
          tensor-rebuilding function or a plain container"
@@ -201,9 +209,7 @@ fn zip_without_a_storage_entry_names_it() {
 
 #[test]
 fn pickled_list_has_no_state_dict() {
-    let message = read_checkpoint(&fixture("list.pt"))
-        .unwrap_err()
-        .to_string();
+    let message = error_message("list.pt");
     assert!(message.ends_with("list.pt: no state dict found: the top-level object is a list"));
 }
 

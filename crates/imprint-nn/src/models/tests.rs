@@ -1,8 +1,35 @@
 use super::*;
 use crate::tree::ParamsExt;
+use crate::NamedTensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
+
+const fn shape(channels: usize, height: usize, width: usize) -> ImageShape {
+    ImageShape {
+        channels,
+        height,
+        width,
+    }
+}
+
+/// A fresh encoder of `arch` for `shape`, its weights drawn from `seed`.
+fn encoder(arch: &Architecture, shape: ImageShape, seed: u64) -> Encoder<Cpu> {
+    let rng = &mut ChaCha8Rng::seed_from_u64(seed);
+    Encoder::new(&Cpu::default(), arch, shape, rng).unwrap()
+}
+
+/// The encoder's tensors under the prefix `encoder`, by name: what a saved file holds.
+fn saved(enc: &Encoder<Cpu>) -> BTreeMap<String, NamedTensor> {
+    let tensors = enc.named_tensors("encoder").into_iter();
+    tensors.map(|t| (t.name.clone(), t)).collect()
+}
+
+/// The names and shapes of the encoder's tensors under the prefix `encoder`.
+fn names_and_shapes(enc: &Encoder<Cpu>) -> Vec<(String, Vec<usize>)> {
+    let tensors = enc.named_tensors("encoder").into_iter();
+    tensors.map(|t| (t.name, t.shape)).collect()
+}
 
 fn conv_arch() -> Architecture {
     Architecture::Conv(ConvNet {
@@ -17,12 +44,7 @@ fn conv_arch() -> Architecture {
 fn conv_autoencoder_restores_the_input_size() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    for (c, h, w) in [(1, 28, 28), (3, 9, 7), (1, 8, 8)] {
-        let shape = ImageShape {
-            channels: c,
-            height: h,
-            width: w,
-        };
+    for shape in [shape(1, 28, 28), shape(3, 9, 7), shape(1, 8, 8)] {
         let mut enc = Encoder::new(&dev, &conv_arch(), shape, &mut rng).unwrap();
         let mut dec = Decoder::new(&dev, &conv_arch(), shape, &mut rng).unwrap();
         let x: Matrix<Cpu> = dev.tensor_from_vec(vec![0.5; 2 * shape.len()], (2, shape.len()));
@@ -39,19 +61,10 @@ fn conv_autoencoder_restores_the_input_size() {
 #[test]
 fn conv_names_follow_pytorch_sequential_and_load_back() {
     let dev = Cpu::default();
-    let shape = ImageShape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-    let enc = Encoder::new(&dev, &conv_arch(), shape, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
-    let names: Vec<(String, Vec<usize>)> = enc
-        .named_tensors("encoder")
-        .into_iter()
-        .map(|t| (t.name, t.shape))
-        .collect();
+    let shape = shape(1, 28, 28);
+    let enc = encoder(&conv_arch(), shape, 1);
     assert_eq!(
-        names,
+        names_and_shapes(&enc),
         vec![
             ("encoder.0.weight".to_string(), vec![4, 1, 3, 3]),
             ("encoder.0.bias".to_string(), vec![4]),
@@ -78,13 +91,8 @@ fn conv_names_follow_pytorch_sequential_and_load_back() {
             "decoder.5.bias"
         ]
     );
-    let tensors: BTreeMap<_, _> = enc
-        .named_tensors("encoder")
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let mut other =
-        Encoder::new(&dev, &conv_arch(), shape, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+    let tensors = saved(&enc);
+    let mut other = encoder(&conv_arch(), shape, 2);
     assert_ne!(other.named_tensors("encoder"), enc.named_tensors("encoder"));
     other
         .load_named("encoder", &tensors, "x.safetensors")
@@ -94,24 +102,13 @@ fn conv_names_follow_pytorch_sequential_and_load_back() {
 
 #[test]
 fn dense_names_take_the_even_indices() {
-    let dev = Cpu::default();
     let arch = Architecture::Dense(DenseNet {
         hidden: vec![8, 6],
         latent: 3,
     });
-    let shape = ImageShape {
-        channels: 1,
-        height: 2,
-        width: 5,
-    };
-    let enc = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-    let names: Vec<(String, Vec<usize>)> = enc
-        .named_tensors("encoder")
-        .into_iter()
-        .map(|t| (t.name, t.shape))
-        .collect();
+    let enc = encoder(&arch, shape(1, 2, 5), 0);
     assert_eq!(
-        names,
+        names_and_shapes(&enc),
         vec![
             ("encoder.0.weight".to_string(), vec![8, 10]),
             ("encoder.0.bias".to_string(), vec![8]),
@@ -132,11 +129,7 @@ fn conv_with_no_filters_is_an_error() {
         stride: 2,
         latent: 2,
     });
-    let shape = ImageShape {
-        channels: 1,
-        height: 4,
-        width: 4,
-    };
+    let shape = shape(1, 4, 4);
     assert!(arch.validate(shape).is_err());
     assert!(Encoder::<Cpu>::new(
         &Cpu::default(),
@@ -156,11 +149,7 @@ fn resnet(depth: usize, shortcut: Option<ShortcutKind>) -> Architecture {
     })
 }
 
-const CIFAR: ImageShape = ImageShape {
-    channels: 3,
-    height: 32,
-    width: 32,
-};
+const CIFAR: ImageShape = shape(3, 32, 32);
 
 /// ResNet-20 as He et al. count it: 0.27M parameters (269,722 with the 64 -> 10 classifier:
 /// `sum(p.numel() for p in resnet20().parameters())` of the CIFAR nets' PyTorch definition),
@@ -208,13 +197,9 @@ fn resnet20_has_the_papers_parameters_and_pytorchs_names() {
 #[test]
 fn resnet_save_load_keeps_running_statistics() {
     let dev = Cpu::default();
-    let shape = ImageShape {
-        channels: 3,
-        height: 8,
-        width: 8,
-    };
+    let shape = shape(3, 8, 8);
     let arch = resnet(8, Some(ShortcutKind::B));
-    let mut enc = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let mut enc = encoder(&arch, shape, 0);
     let x: Matrix<Cpu> = dev.tensor_from_vec(
         (0..4 * shape.len())
             .map(|i| (i as f32 * 0.37).sin())
@@ -235,16 +220,12 @@ fn resnet_save_load_keeps_running_statistics() {
         mean.iter().any(|&m| m != 0.0),
         "training moves the running mean"
     );
-    let saved: BTreeMap<_, _> = enc
-        .named_tensors("encoder")
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let mut other = Encoder::new(&dev, &arch, shape, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+    let tensors = saved(&enc);
+    let mut other = encoder(&arch, shape, 2);
     let features = |e: &mut Encoder<Cpu>| e.forward(x.clone(), &mut Pass::eval()).as_vec();
     assert_ne!(features(&mut other), features(&mut enc));
     other
-        .load_named("encoder", &saved, "x.safetensors")
+        .load_named("encoder", &tensors, "x.safetensors")
         .unwrap();
     assert_eq!(features(&mut other), features(&mut enc));
 }

@@ -4,9 +4,13 @@
 
 use super::*;
 use crate::test_util::*;
+use rand_chacha::ChaCha8Rng;
+
+/// `[n, c, h, w]`.
+type Shape = (usize, usize, usize, usize);
 
 /// Per-channel mean and biased variance of `[n, c, h, w]` data, in f64.
-fn stats(x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+fn stats(x: &[f32], (n, c, h, w): Shape) -> (Vec<f64>, Vec<f64>) {
     let plane = h * w;
     let m = (n * plane) as f64;
     let vals = |ch: usize| {
@@ -30,14 +34,34 @@ fn params(dev: &Cpu, gamma: &[f32], beta: &[f32]) -> (Tensor1<Cpu>, Tensor1<Cpu>
     )
 }
 
+/// `x`, gamma and beta as tensors.
+fn tensors(
+    dev: &Cpu,
+    [x, g, b]: [&[f32]; 3],
+    shape: Shape,
+) -> (Tensor4<Cpu>, Tensor1<Cpu>, Tensor1<Cpu>) {
+    let (g, b) = params(dev, g, b);
+    (dev.tensor_from_vec(x.to_vec(), shape), g, b)
+}
+
+/// `values` spread by `scale` about `centre`.
+fn spread(values: Vec<f32>, scale: f32, centre: f32) -> Vec<f32> {
+    values.into_iter().map(|v| v * scale + centre).collect()
+}
+
+/// Random `x` (spread by `scale` about `centre`), gamma about 1.5 and beta for `shape`.
+fn random_inputs(rng: &mut ChaCha8Rng, shape: Shape, (scale, centre): (f32, f32)) -> [Vec<f32>; 3] {
+    let (c, len) = (shape.1, shape.0 * shape.1 * shape.2 * shape.3);
+    let x = spread(random(rng, len), scale, centre);
+    let gamma = random(rng, c).iter().map(|v| v + 1.5).collect();
+    [x, gamma, random(rng, c)]
+}
+
 #[test]
 fn train_output_is_normalised_per_channel_and_returns_the_batch_statistics() {
     let dev = Cpu::default();
     let shape = (3, 2, 4, 5);
-    let x: Vec<f32> = random(&mut rng(1), 120)
-        .iter()
-        .map(|v| v * 3.0 + 1.0)
-        .collect();
+    let x = spread(random(&mut rng(1), 120), 3.0, 1.0);
     let (g, b) = params(&dev, &[2.0, 0.5], &[1.0, -1.0]);
     let (y, batch_mean, batch_var) =
         batch_norm2d_train(dev.tensor_from_vec(x.clone(), shape), &g, &b, 1e-5).unwrap();
@@ -65,10 +89,7 @@ fn train_output_is_normalised_per_channel_and_returns_the_batch_statistics() {
 fn eval_uses_the_given_statistics_and_matches_train_on_the_batch_statistics() {
     let dev = Cpu::default();
     let shape = (4, 2, 3, 3);
-    let x: Vec<f32> = random(&mut rng(2), 72)
-        .iter()
-        .map(|v| v * 1.5 - 0.3)
-        .collect();
+    let x = spread(random(&mut rng(2), 72), 1.5, -0.3);
     let (g, b) = params(&dev, &[1.5, -0.7], &[0.2, 0.4]);
     let input = || dev.tensor_from_vec(x.clone(), shape);
     // Fresh running stats (0, 1): eval is the affine map x / sqrt(1 + eps) * gamma + beta.
@@ -86,18 +107,12 @@ fn eval_uses_the_given_statistics_and_matches_train_on_the_batch_statistics() {
     assert_close("eval vs train", &y_eval.as_vec(), &y_train.as_vec(), 1e-5);
 }
 
-fn check_gradients(train: bool, shape: (usize, usize, usize, usize), seed: u64) {
+fn check_gradients(train: bool, shape: Shape, seed: u64) {
     let dev = Cpu::default();
     let mut rng = rng(seed);
     let c = shape.1;
-    let len = shape.0 * c * shape.2 * shape.3;
-    let x: Vec<f32> = random(&mut rng, len)
-        .iter()
-        .map(|v| v * 2.0 + 0.5)
-        .collect();
-    let gamma: Vec<f32> = random(&mut rng, c).iter().map(|v| v + 1.5).collect();
-    let beta = random(&mut rng, c);
-    let r = random(&mut rng, len);
+    let [x, gamma, beta] = random_inputs(&mut rng, shape, (2.0, 0.5));
+    let r = random(&mut rng, x.len());
     let mean: Vec<f32> = random(&mut rng, c);
     let var: Vec<f32> = random(&mut rng, c).iter().map(|v| v + 1.2).collect();
     let forward = |x: Tensor4<Cpu, OwnedTape<f32, Cpu>>, g: &Tensor1<Cpu>, b: &Tensor1<Cpu>| {
@@ -107,25 +122,17 @@ fn check_gradients(train: bool, shape: (usize, usize, usize, usize), seed: u64) 
             batch_norm2d_eval(x, g, b, &mean, &var, 1e-5).unwrap()
         }
     };
-    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), shape);
-    let gt = dev.tensor_from_vec(gamma.clone(), (c,));
-    let bt = dev.tensor_from_vec(beta.clone(), (c,));
+    let (xt, gt, bt) = tensors(&dev, [&x, &gamma, &beta], shape);
     let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), shape);
     let grads = (forward(xt.leaky_trace(), &gt, &bt) * rt).sum().backward();
-    let analytic = [
-        grads.get(&xt).as_vec(),
-        grads.get(&gt).as_vec(),
-        grads.get(&bt).as_vec(),
-    ];
+    let analytic = gradients!(grads, &xt, &gt, &bt);
     check_finite_differences(
         &format!("train={train}"),
         &[x, gamma, beta],
         &analytic,
         &r,
         |p| {
-            let xt: Tensor4<Cpu> = dev.tensor_from_vec(p[0].clone(), shape);
-            let g = dev.tensor_from_vec(p[1].clone(), (c,));
-            let b = dev.tensor_from_vec(p[2].clone(), (c,));
+            let (xt, g, b) = tensors(&dev, [&p[0], &p[1], &p[2]], shape);
             if train {
                 batch_norm2d_train(xt, &g, &b, 1e-5).unwrap().0.as_vec()
             } else {
@@ -186,30 +193,19 @@ fn unfused(kind: Kind, x: Traced, r: Traced, g: &Tensor1<Cpu>, b: &Tensor1<Cpu>)
 }
 
 /// `x`, gamma, beta and a residual for a test of the given shape.
-fn inputs(seed: u64, shape: (usize, usize, usize, usize)) -> Vec<Vec<f32>> {
+fn inputs(seed: u64, shape: Shape) -> Vec<Vec<f32>> {
     let mut rng = rng(seed);
-    let (c, len) = (shape.1, shape.0 * shape.1 * shape.2 * shape.3);
-    let x = random(&mut rng, len);
-    let gamma = random(&mut rng, c).iter().map(|v| v + 1.5).collect();
-    let beta = random(&mut rng, c);
-    vec![x, gamma, beta, random(&mut rng, len)]
+    let [x, gamma, beta] = random_inputs(&mut rng, shape, (1.0, 0.0));
+    let residual = random(&mut rng, x.len());
+    vec![x, gamma, beta, residual]
 }
 
 /// The output of `kind` on `p` (from [`inputs`]) and the gradients of `Σ output ⊙ w` with
 /// respect to `x`, gamma, beta and, where one is added, the residual; `separate` builds the
 /// op from batch norm, ReLU and add.
-fn run_op(
-    kind: Kind,
-    separate: bool,
-    p: &[Vec<f32>],
-    shape: (usize, usize, usize, usize),
-    w: &[f32],
-) -> Vec<Vec<f32>> {
+fn run_op(kind: Kind, separate: bool, p: &[Vec<f32>], shape: Shape, w: &[f32]) -> Vec<Vec<f32>> {
     let dev = Cpu::default();
-    let c = shape.1;
-    let x: Tensor4<Cpu> = dev.tensor_from_vec(p[0].clone(), shape);
-    let g = dev.tensor_from_vec(p[1].clone(), (c,));
-    let b = dev.tensor_from_vec(p[2].clone(), (c,));
+    let (x, g, b) = tensors(&dev, [&p[0], &p[1], &p[2]], shape);
     let r: Tensor4<Cpu> = dev.tensor_from_vec(p[3].clone(), shape);
     let wt: Tensor4<Cpu> = dev.tensor_from_vec(w.to_vec(), shape);
     // The residual on the same tape as `x`, as in a residual block.
@@ -248,7 +244,7 @@ fn fused_ops_match_the_separate_ops() {
 }
 
 /// `bn(x)`, plus the residual for [`Kind::AddRelu`]: what the ReLU sees.
-fn pre_activation(kind: Kind, p: &[Vec<f32>], shape: (usize, usize, usize, usize)) -> Vec<f32> {
+fn pre_activation(kind: Kind, p: &[Vec<f32>], shape: Shape) -> Vec<f32> {
     let y = run_op(Kind::Plain, false, p, shape, &vec![0.0; p[0].len()]).swap_remove(0);
     match kind {
         Kind::AddRelu => y.iter().zip(&p[3]).map(|(a, b)| a + b).collect(),
@@ -283,13 +279,7 @@ fn fused_gradients_match_finite_differences() {
 
 /// The training forward and backward written out plainly, with sequential f64 sums: the
 /// formulas of the op, for comparing on full-size layers.
-fn reference_train(
-    x: &[f32],
-    g: &[f32],
-    b: &[f32],
-    dy: &[f32],
-    shape: (usize, usize, usize, usize),
-) -> [Vec<f32>; 4] {
+fn reference_train(x: &[f32], g: &[f32], b: &[f32], dy: &[f32], shape: Shape) -> [Vec<f32>; 4] {
     let (n, c, h, w) = shape;
     let plane = h * w;
     let m = (n * plane) as f64;
@@ -335,27 +325,18 @@ fn train_matches_the_reference_on_resnet_shapes_on_any_thread_count() {
         .enumerate()
     {
         let mut rng = rng(80 + seed as u64);
-        let len = shape.0 * shape.1 * shape.2 * shape.3;
-        let c = shape.1;
-        let x: Vec<f32> = random(&mut rng, len)
-            .iter()
-            .map(|v| v * 3.0 + 0.5)
-            .collect();
-        let g: Vec<f32> = random(&mut rng, c).iter().map(|v| v + 1.5).collect();
-        let b = random(&mut rng, c);
-        let dy = random(&mut rng, len);
+        let [x, g, b] = random_inputs(&mut rng, shape, (3.0, 0.5));
+        let dy = random(&mut rng, x.len());
         let run = || {
-            let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), shape);
-            let gt = dev.tensor_from_vec(g.clone(), (c,));
-            let bt = dev.tensor_from_vec(b.clone(), (c,));
+            let (xt, gt, bt) = tensors(&dev, [&x, &g, &b], shape);
             let wt: Tensor4<Cpu> = dev.tensor_from_vec(dy.clone(), shape);
             let y = batch_norm2d_train(xt.leaky_trace(), &gt, &bt, 1e-5)
                 .unwrap()
                 .0;
             let values = y.as_vec();
             let grads = (y * wt).sum().backward();
-            let (gx, gg, gb) = (grads.get(&xt), grads.get(&gt), grads.get(&bt));
-            [values, gx.as_vec(), gg.as_vec(), gb.as_vec()]
+            let [gx, gg, gb] = gradients!(grads, &xt, &gt, &bt);
+            [values, gx, gg, gb]
         };
         let got = on_threads(1, run);
         assert!(got == on_threads(3, run), "{shape:?}: thread count");

@@ -3,50 +3,6 @@
 use super::*;
 use crate::test_util::*;
 
-/// Direct six-loop convolution with f64 accumulation.
-pub(crate) fn naive_conv2d(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    (n, h, wd): (usize, usize, usize),
-    s: &Conv2dSpec,
-) -> Vec<f32> {
-    let (oh, ow) = s.output_size(h, wd);
-    let (cin, cout, g) = (s.in_channels, s.out_channels, s.groups);
-    let (cgi, cgo) = (cin / g, cout / g);
-    let (kh, kw) = s.kernel;
-    let mut y = vec![0.0; n * cout * oh * ow];
-    for i in 0..n {
-        for o in 0..cout {
-            let grp = o / cgo;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = b.map_or(0.0, |b| b[o] as f64);
-                    for ci in 0..cgi {
-                        let c = grp * cgi + ci;
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                let iy = (oy * s.stride.0 + ki * s.dilation.0) as isize
-                                    - s.padding.0 as isize;
-                                let ix = (ox * s.stride.1 + kj * s.dilation.1) as isize
-                                    - s.padding.1 as isize;
-                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
-                                    continue;
-                                }
-                                let xv = x[((i * cin + c) * h + iy as usize) * wd + ix as usize];
-                                let wv = w[((o * cgi + ci) * kh + ki) * kw + kj];
-                                acc += xv as f64 * wv as f64;
-                            }
-                        }
-                    }
-                    y[((i * cout + o) * oh + oy) * ow + ox] = acc as f32;
-                }
-            }
-        }
-    }
-    y
-}
-
 #[test]
 fn forward_matches_hand_computed() {
     // x = [[1 2 3] [4 5 6] [7 8 9]], w = [[1 2] [3 4]]
@@ -70,13 +26,22 @@ fn forward_matches_hand_computed() {
     assert_eq!(run_conv(&spec, &x, &w, None, (1, 3, 3)), vec![64.0]);
 }
 
-fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
+type Dims = (usize, usize, usize);
+
+/// Each spec with the `(n, h, w)` of its forward check and the smaller ones of its finite
+/// differences.
+fn specs() -> Vec<(Conv2dSpec, Dims, Dims)> {
     vec![
-        (Conv2dSpec::new(3, 5, 3), (2, 7, 9)),
-        (Conv2dSpec::new(4, 6, 3).stride(2).padding(1), (3, 9, 8)),
+        (Conv2dSpec::new(3, 5, 3), (2, 7, 9), (2, 5, 6)),
+        (
+            Conv2dSpec::new(4, 6, 3).stride(2).padding(1),
+            (3, 9, 8),
+            (3, 6, 5),
+        ),
         (
             Conv2dSpec::new(4, 6, 3).dilation(2).padding(1).groups(2),
             (3, 11, 7),
+            (2, 7, 6),
         ),
         (
             Conv2dSpec {
@@ -87,33 +52,24 @@ fn specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
                 ..Conv2dSpec::new(6, 3, 1).groups(3)
             },
             (3, 5, 6),
+            (3, 5, 6),
         ),
-        (Conv2dSpec::new(4, 4, 3).groups(4).padding(1), (2, 5, 5)),
+        (
+            Conv2dSpec::new(4, 4, 3).groups(4).padding(1),
+            (2, 5, 5),
+            (2, 4, 4),
+        ),
         // 1x1 / stride 1 / no padding: the column matrix is the image itself.
-        (Conv2dSpec::new(5, 3, 1), (3, 4, 6)),
-        (Conv2dSpec::new(4, 6, 1).groups(2), (2, 3, 3)),
+        (Conv2dSpec::new(5, 3, 1), (3, 4, 6), (2, 3, 4)),
+        (Conv2dSpec::new(4, 6, 1).groups(2), (2, 3, 3), (2, 3, 3)),
     ]
 }
 
 #[test]
 fn forward_matches_naive_loops() {
     let mut rng = rng(11);
-    for (spec, dims) in specs() {
-        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
-        let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
-        assert_close(
-            &format!("{spec:?}"),
-            &run_conv(&spec, &x, &w, Some(&b), dims),
-            &want,
-            1e-5,
-        );
-        let want = naive_conv2d(&x, &w, None, dims, &spec);
-        assert_close(
-            &format!("{spec:?} no bias"),
-            &run_conv(&spec, &x, &w, None, dims),
-            &want,
-            1e-5,
-        );
+    for (spec, dims, _) in specs() {
+        check_against_naive(&mut rng, &spec, dims, 1e-5);
     }
 }
 
@@ -123,30 +79,12 @@ fn forward_matches_naive_loops_at_autoencoder_size() {
     let mut rng = rng(12);
     let spec = Conv2dSpec::new(32, 64, 3).stride(2).padding(1);
     let dims = (5, 14, 14);
-    let x = random(&mut rng, 5 * 32 * 14 * 14);
-    let w = random(&mut rng, spec.weight_len());
-    let b = random(&mut rng, 64);
-    let want = naive_conv2d(&x, &w, Some(&b), dims, &spec);
-    assert_close(
-        "32->64",
-        &run_conv(&spec, &x, &w, Some(&b), dims),
-        &want,
-        1e-4,
-    );
+    check_against_naive(&mut rng, &spec, dims, 1e-4);
 }
 
 #[test]
 fn gradients_match_finite_differences() {
-    let small = [
-        (2, 5, 6),
-        (3, 6, 5),
-        (2, 7, 6),
-        (3, 5, 6),
-        (2, 4, 4),
-        (2, 3, 4),
-        (2, 3, 3),
-    ];
-    for (seed, ((spec, _), dims)) in specs().into_iter().zip(small).enumerate() {
+    for (seed, (spec, _, dims)) in specs().into_iter().enumerate() {
         let spec = Conv2dSpec {
             in_channels: spec.in_channels.min(4),
             out_channels: spec.out_channels.min(4),
@@ -264,7 +202,7 @@ fn gradients_are_identical_run_after_run() {
 }
 
 /// Convolutions the direct kernels take: one group, the image the stride times the grid.
-fn direct_specs() -> Vec<(Conv2dSpec, (usize, usize, usize))> {
+fn direct_specs() -> Vec<(Conv2dSpec, Dims)> {
     vec![
         (Conv2dSpec::new(3, 5, 3).padding(1), (2, 5, 6)),
         (Conv2dSpec::new(4, 6, 3).stride(2).padding(1), (3, 6, 4)),
@@ -308,12 +246,7 @@ fn direct_plans_cover_the_resnet_and_autoencoder_convolutions() {
 fn direct_forward_matches_naive_loops() {
     let mut rng = rng(31);
     for (spec, dims) in direct_specs() {
-        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
-        for bias in [Some(&b[..]), None] {
-            let want = naive_conv2d(&x, &w, bias, dims, &spec);
-            let got = run_conv(&spec, &x, &w, bias, dims);
-            assert_close(&format!("{spec:?} {bias:?}"), &got, &want, 1e-5);
-        }
+        check_against_naive(&mut rng, &spec, dims, 1e-5);
     }
 }
 
@@ -424,12 +357,7 @@ fn results_do_not_depend_on_the_thread_count() {
             let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
             let y_vals = y.as_vec();
             let g = (y * rt).sum().backward();
-            let grads = [
-                g.get(&xt).as_vec(),
-                g.get(&wt).as_vec(),
-                g.get(&bt).as_vec(),
-            ];
-            (y_vals, grads)
+            (y_vals, gradients!(g, &xt, &wt, &bt))
         };
         assert!(on_threads(1, results) == on_threads(3, results), "{spec:?}");
     }

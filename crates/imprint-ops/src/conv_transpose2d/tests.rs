@@ -5,53 +5,6 @@ use super::*;
 use crate::test_util::*;
 use crate::{conv2d, Conv2dSpec};
 
-/// Direct definition: every input pixel scatters `x * w` onto the output.
-fn naive_conv_transpose2d(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    (n, h, wd): (usize, usize, usize),
-    s: &ConvTranspose2dSpec,
-) -> Vec<f32> {
-    let (oh, ow) = s.output_size(h, wd);
-    let (cin, cout, g) = (s.in_channels, s.out_channels, s.groups);
-    let (cgi, cgo) = (cin / g, cout / g);
-    let (kh, kw) = s.kernel;
-    let mut y = vec![0.0f64; n * cout * oh * ow];
-    for i in 0..n {
-        for o in 0..cout {
-            let bias = b.map_or(0.0, |b| b[o] as f64);
-            y[(i * cout + o) * oh * ow..(i * cout + o + 1) * oh * ow].fill(bias);
-        }
-        for c in 0..cin {
-            let grp = c / cgi;
-            for iy in 0..h {
-                for ix in 0..wd {
-                    let xv = x[((i * cin + c) * h + iy) * wd + ix] as f64;
-                    for co in 0..cgo {
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                let oy = (iy * s.stride.0 + ki * s.dilation.0) as isize
-                                    - s.padding.0 as isize;
-                                let ox = (ix * s.stride.1 + kj * s.dilation.1) as isize
-                                    - s.padding.1 as isize;
-                                if oy < 0 || ox < 0 || oy as usize >= oh || ox as usize >= ow {
-                                    continue;
-                                }
-                                let o = grp * cgo + co;
-                                let wv = w[((c * cgo + co) * kh + ki) * kw + kj] as f64;
-                                y[((i * cout + o) * oh + oy as usize) * ow + ox as usize] +=
-                                    xv * wv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    y.into_iter().map(|v| v as f32).collect()
-}
-
 #[test]
 fn forward_matches_hand_computed() {
     // One input channel, 2x2 input [[1 2] [3 4]], 2x2 kernel [[1 10] [100 1000]], stride 2:
@@ -120,14 +73,7 @@ fn specs() -> Vec<(ConvTranspose2dSpec, (usize, usize, usize))> {
 fn forward_matches_naive_scatter() {
     let mut rng = rng(31);
     for (spec, dims) in specs() {
-        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
-        let want = naive_conv_transpose2d(&x, &w, Some(&b), dims, &spec);
-        assert_close(
-            &format!("{spec:?}"),
-            &run_conv(&spec, &x, &w, Some(&b), dims),
-            &want,
-            1e-5,
-        );
+        check_against_naive(&mut rng, &spec, dims, 1e-5);
     }
 }
 
@@ -212,10 +158,7 @@ fn direct_specs() -> Vec<(ConvTranspose2dSpec, (usize, usize, usize))> {
 fn direct_path_matches_naive_scatter_and_finite_differences() {
     let mut rng = rng(61);
     for (seed, (spec, dims)) in direct_specs().into_iter().enumerate() {
-        let [x, w, b] = random_conv_inputs(&mut rng, &spec, dims);
-        let want = naive_conv_transpose2d(&x, &w, Some(&b), dims, &spec);
-        let got = run_conv(&spec, &x, &w, Some(&b), dims);
-        assert_close(&format!("{spec:?}"), &got, &want, 1e-5);
+        check_against_naive(&mut rng, &spec, dims, 1e-5);
         check_conv_gradients(spec, dims, 70 + seed as u64);
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::test_util::*;
+use rand_chacha::ChaCha8Rng;
 
 #[test]
 fn stacks_gather_and_scatter_images() {
@@ -155,14 +156,12 @@ fn cases() -> Vec<Case> {
 fn conv_matches_plain_loops_from_every_start() {
     let mut rng = rng(5);
     for (inputs, outputs, grid, taps) in cases() {
-        let plane_len = grid.0 * grid.1;
-        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let (plane_len, planes) = plane_sizes(grid, &taps);
         let stride = planes * plane_len + 3;
         let src = random(&mut rng, inputs * stride);
-        let w = random(&mut rng, outputs * inputs * taps.len());
+        let (w, packed) = random_weights(&mut rng, (outputs, inputs, taps.len()));
         let bias = random(&mut rng, outputs);
         let set = TapSet::new(grid, 1, &taps);
-        let packed = packed(&w, (outputs, inputs, taps.len()));
         let want = naive_conv(&src, stride, grid, &taps, &w, outputs);
         // Output channels padded apart, the padding left alone.
         let dst_stride = plane_len + 5;
@@ -196,8 +195,7 @@ fn conv_matches_plain_loops_from_every_start() {
 fn weight_grad_matches_plain_loops() {
     let mut rng = rng(6);
     for (inputs, outputs, grid, taps) in cases() {
-        let plane_len = grid.0 * grid.1;
-        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let (plane_len, planes) = plane_sizes(grid, &taps);
         let stride = planes * plane_len;
         let images = 3;
         let x = random(&mut rng, images * inputs * stride);
@@ -234,12 +232,10 @@ fn weight_grad_matches_plain_loops() {
 fn stacked_images_stay_apart() {
     let mut rng = rng(7);
     for (inputs, outputs, grid, taps) in cases() {
-        let (plane_len, images) = (grid.0 * grid.1, 3);
-        let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+        let ((plane_len, planes), images) = (plane_sizes(grid, &taps), 3);
         let stride = planes * images * plane_len;
         let src = random(&mut rng, inputs * stride);
-        let w = random(&mut rng, outputs * inputs * taps.len());
-        let packed = packed(&w, (outputs, inputs, taps.len()));
+        let (w, packed) = random_weights(&mut rng, (outputs, inputs, taps.len()));
         let set = TapSet::new(grid, images, &taps);
         let dst_stride = images * plane_len;
         let mut dst = vec![0.0; outputs * dst_stride];
@@ -270,9 +266,16 @@ fn stacked_images_stay_apart() {
     }
 }
 
-/// `w` (`[outputs, inputs, taps]`) packed for the kernels.
-fn packed(w: &[f32], (outputs, inputs, taps): (usize, usize, usize)) -> Packed {
-    Packed::new((outputs, inputs, taps), |o, i, t| {
-        w[(o * inputs + i) * taps + t]
-    })
+/// Random weights `[outputs, inputs, taps]`, and the same packed for the kernels.
+fn random_weights(rng: &mut ChaCha8Rng, dims: (usize, usize, usize)) -> (Vec<f32>, Packed) {
+    let (outputs, inputs, taps) = dims;
+    let w = random(rng, outputs * inputs * taps);
+    let packed = Packed::new(dims, |o, i, t| w[(o * inputs + i) * taps + t]);
+    (w, packed)
+}
+
+/// The length of one sub-plane of `grid`, and how many sub-planes the taps read.
+fn plane_sizes(grid: (usize, usize), taps: &[Tap]) -> (usize, usize) {
+    let planes = taps.iter().map(|t| t.plane + 1).max().unwrap();
+    (grid.0 * grid.1, planes)
 }

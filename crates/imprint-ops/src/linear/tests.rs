@@ -1,31 +1,21 @@
 //! The fused op against plain loops (forward) and central finite differences (backward).
 
 use super::*;
+use crate::test_util::{check_finite_differences, gradients, random, rng};
 use crate::{Matrix, Tensor1 as Vector};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
-/// Loss used for gradient checks: sum of `y ⊙ r` for a fixed random `r`, so every output
-/// element gets a distinct upstream gradient.
-fn loss_value(
+/// The CPU kernel's forward pass on plain data of `(batch, n_in, n_out)`.
+fn forward(
     x: &[f32],
     w: &[f32],
     b: &[f32],
-    r: &[f32],
     dims: (usize, usize, usize),
     act: Activation,
-) -> f64 {
+) -> Vec<f32> {
     let (batch, n_in, n_out) = dims;
     let mut y = vec![0.0; batch * n_out];
     super::cpu_kernel::forward(x, w, b, batch, n_in, n_out, act, &mut y);
-    y.iter()
-        .zip(r)
-        .map(|(a, b)| (*a as f64) * (*b as f64))
-        .sum()
+    y
 }
 
 #[test]
@@ -43,7 +33,7 @@ fn forward_matches_hand_computed() {
 
 #[test]
 fn forward_matches_naive_loops_on_odd_sizes() {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rng = rng(1);
     // The last two take the transposed product (both sides of at least 128 units).
     let sizes = [
         (1, 1, 1),
@@ -57,8 +47,7 @@ fn forward_matches_naive_loops_on_odd_sizes() {
         let x = random(&mut rng, batch * n_in);
         let w = random(&mut rng, n_out * n_in);
         let b = random(&mut rng, n_out);
-        let mut y = vec![0.0; batch * n_out];
-        super::cpu_kernel::forward(&x, &w, &b, batch, n_in, n_out, Activation::Sigmoid, &mut y);
+        let y = forward(&x, &w, &b, (batch, n_in, n_out), Activation::Sigmoid);
         for i in 0..batch {
             for o in 0..n_out {
                 let z: f32 = b[o]
@@ -77,42 +66,28 @@ fn forward_matches_naive_loops_on_odd_sizes() {
 
 fn check_gradients(batch: usize, n_in: usize, n_out: usize, act: Activation, seed: u64) {
     let dev = Cpu::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = rng(seed);
     let x = random(&mut rng, batch * n_in);
     let w = random(&mut rng, n_out * n_in);
     let b = random(&mut rng, n_out);
     let r = random(&mut rng, batch * n_out);
     let dims = (batch, n_in, n_out);
-
     let xt: Matrix<Cpu> = dev.tensor_from_vec(x.clone(), (batch, n_in));
     let wt: Vector<Cpu> = dev.tensor_from_vec(w.clone(), (w.len(),));
     let bt: Vector<Cpu> = dev.tensor_from_vec(b.clone(), (n_out,));
     let rt: Matrix<Cpu> = dev.tensor_from_vec(r.clone(), (batch, n_out));
     let y = linear(xt.leaky_trace(), &wt, &bt, n_out, act, true).unwrap();
     let grads = (y * rt).sum().backward();
-    let analytic = [
-        grads.get(&xt).as_vec(),
-        grads.get(&wt).as_vec(),
-        grads.get(&bt).as_vec(),
-    ];
-
-    let eps = 1e-2f32;
-    for (which, base) in [&x, &w, &b].into_iter().enumerate() {
-        for i in 0..base.len() {
-            let mut plus = [x.clone(), w.clone(), b.clone()];
-            let mut minus = [x.clone(), w.clone(), b.clone()];
-            plus[which][i] += eps;
-            minus[which][i] -= eps;
-            let fp = loss_value(&plus[0], &plus[1], &plus[2], &r, dims, act);
-            let fm = loss_value(&minus[0], &minus[1], &minus[2], &r, dims, act);
-            let numeric = (fp - fm) / (2.0 * eps as f64);
-            let got = analytic[which][i] as f64;
-            assert!(
-                (numeric - got).abs() <= 2e-3 + 2e-3 * numeric.abs(),
-                "{act:?} dims {dims:?} tensor {which} element {i}: analytic {got}, numeric {numeric}"
-            );
-        }
-    }
+    let analytic = gradients!(grads, &xt, &wt, &bt);
+    // Loss `Σ y ⊙ r` for a fixed random `r`, so every output element gets a distinct
+    // upstream gradient.
+    check_finite_differences(
+        &format!("{act:?} dims {dims:?}"),
+        &[x, w, b],
+        &analytic,
+        &r,
+        |p| forward(&p[0], &p[1], &p[2], dims, act),
+    );
 }
 
 #[test]
