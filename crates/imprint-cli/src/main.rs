@@ -234,7 +234,8 @@ struct JobArgs {
     /// Pipeline file (TOML) giving the data and settings.
     #[arg(long, default_value = "pipelines/digits.toml")]
     pipeline: PathBuf,
-    /// Seed of the job's random choices: the labeled draw, initialisation, corruption, batches.
+    /// Seed of the job's random choices: initialisation, corruption and batches, and
+    /// finetune's labeled draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
