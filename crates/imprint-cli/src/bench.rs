@@ -10,8 +10,8 @@ use clap::{Args, ValueEnum};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Pixels};
 use imprint_finetune::{finetune, Classifier, FinetuneConfig, Strategy};
-use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
+use imprint_pipeline::named_architecture;
 use imprint_pipeline::provenance::threads_phrase;
 use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
@@ -185,12 +185,7 @@ impl BenchArgs {
                 stride: 2,
                 latent: self.latent,
             }),
-            "resnet20" => Architecture::Resnet(imprint_nn::ResNet {
-                depth: 20,
-                layout: Layout::Cifar,
-                widths: None,
-                shortcut: None,
-            }),
+            "resnet20" => named_architecture(&self.arch).map_err(anyhow::Error::msg)?,
             other => bail!("unknown --arch `{other}` (dense, conv or resnet20)"),
         })
     }

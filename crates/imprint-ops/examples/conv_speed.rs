@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use imprint_ops::{conv2d, conv_transpose2d, Conv2dSpec, ConvTranspose2dSpec, Tensor1, Tensor4};
 mod common;
-use common::Clock;
+use common::{median, Clock};
 
 const BATCH: usize = 128;
 
@@ -61,19 +61,11 @@ impl Params {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     imprint_ops::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iters: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
-    let clock = match args.iter().any(|a| a == "--cpu-time") {
-        true => Clock::Cpu,
-        false => Clock::Wall,
-    };
+    let clock = Clock::from_args(&args);
     let dev = Cpu::seed_from_u64(0);
     let layers = [
         Params::new(

@@ -19,17 +19,12 @@ use imprint_ops::{
     linear, Activation, Conv2dSpec, Tensor1, Tensor4,
 };
 mod common;
-use common::Clock;
+use common::{median, Clock};
 
 const BATCH: usize = 128;
 const CLASSES: usize = 10;
 
 type Taped = Tensor4<Cpu, OwnedTape<f32, Cpu>>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn uniform(dev: &Cpu, len: usize, scale: f32) -> Tensor1<Cpu> {
     dev.sample_uniform_like(&(len,)) * (2.0 * scale) - scale
@@ -359,10 +354,7 @@ fn main() {
             .to_string(),
         chain_only: args.iter().any(|a| a == "--chain-only"),
         separate: args.iter().any(|a| a == "--separate"),
-        clock: match args.iter().any(|a| a == "--cpu-time") {
-            true => Clock::Cpu,
-            false => Clock::Wall,
-        },
+        clock: Clock::from_args(&args),
     };
     let dev = Cpu::seed_from_u64(0);
     println!(

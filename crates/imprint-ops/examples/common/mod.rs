@@ -11,6 +11,14 @@ pub enum Clock {
 }
 
 impl Clock {
+    /// Process CPU time when the command line says `--cpu-time`, else the wall clock.
+    pub fn from_args(args: &[String]) -> Self {
+        match args.iter().any(|a| a == "--cpu-time") {
+            true => Clock::Cpu,
+            false => Clock::Wall,
+        }
+    }
+
     pub fn now(self) -> f64 {
         match self {
             Clock::Wall => {
@@ -28,4 +36,10 @@ impl Clock {
             }
         }
     }
+}
+
+/// The middle value of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -5,8 +5,8 @@
 //! grid fill their vectors and pay the per-image costs once per stack.
 
 use super::cpu_kernel::{weight_grad_by_chunks, Dims};
-use crate::cpu_util::{with_scratch, Chunks, CHUNK_SCRATCH, IO_SCRATCH, OUT_SCRATCH};
-use crate::direct::{self, padded_stride, Packed, Plan, Stack, Start, TapSet};
+use crate::cpu_util::{with_scratch, Chunks, Start, CHUNK_SCRATCH, IO_SCRATCH, OUT_SCRATCH};
+use crate::direct::{self, padded_stride, Packed, Plan, Stack, TapSet};
 use rayon::prelude::*;
 
 /// Output pixels a stack of images should reach: 16 vectors.
@@ -127,8 +127,8 @@ pub(crate) fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan
         });
 }
 
-/// Backward pass on plain slices, as the gemm kernels' (`super::cpu_kernel::backward`): adds `dL/dx` to `gx`
-/// (where given) and returns `dL/dW`.
+/// Backward pass on plain slices, as the gemm kernels' (`super::cpu_kernel::backward`): adds
+/// `dL/dx` to `gx` (where given) and returns `dL/dW`.
 ///
 /// Chunk by chunk (cut by the batch alone), `x` and `dy` are put in the kernels' layout once,
 /// stack by stack, for both gradients; one dW per chunk, summed in chunk order, so that the

@@ -2,7 +2,8 @@
 //! [`conv_block`] `CO` output channels times `V` vectors of pixels, [`grad_block`] `CO`
 //! output channels times `NT` taps of one input channel.
 
-use super::{Packed, Start, TapSet, CHANNEL_BLOCK, LANES};
+use super::{Packed, TapSet, CHANNEL_BLOCK, LANES};
+use crate::cpu_util::Start;
 use std::arch::x86_64::*;
 
 /// Vectors of pixels one call of the forward micro-kernel computes together: with

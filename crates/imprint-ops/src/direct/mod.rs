@@ -18,8 +18,7 @@
 #[clippy::msrv = "1.89"]
 mod avx512;
 
-use crate::cpu_util::Geometry;
-pub(crate) use crate::cpu_util::Start;
+use crate::cpu_util::{Geometry, Start};
 
 /// Floats in one vector register.
 pub(crate) const LANES: usize = 16;
