@@ -652,3 +652,47 @@ fn resumed_finetuning_equals_uninterrupted() {
         assert_eq!(resumed_history, history, "stopped at {stop_at}");
     }
 }
+
+/// `freeze_bn` trains a ResNet's weights with batch norm in eval mode: its running statistics
+/// stay those it started with, where plain `full` moves them towards the batches'.
+#[test]
+fn freeze_bn_trains_the_weights_and_keeps_the_running_statistics() {
+    let dev = Cpu::default();
+    let arch = Architecture::Resnet(imprint_nn::ResNet {
+        depth: 8,
+        layout: imprint_nn::models::Layout::Cifar,
+        widths: Some(vec![4, 8, 8]),
+        shortcut: None,
+    });
+    let enc = Encoder::new(&dev, &arch, SIDE8, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let split = |tensors: Vec<imprint_nn::NamedTensor>| -> (Vec<_>, Vec<_>) {
+        tensors
+            .into_iter()
+            .partition(|t| t.name.contains("running_"))
+    };
+    let (stats, weights) = split(enc.named_tensors("encoder"));
+    let trained = |freeze_bn: bool| {
+        let cfg = FinetuneConfig {
+            steps: 5,
+            batch_size: 8,
+            freeze_bn,
+            ..quick(5)
+        };
+        let (model, _) = finetune(
+            &dev,
+            enc.clone(),
+            &bars(16, 1),
+            None,
+            &cfg,
+            Strategy::FULL,
+            0,
+        )
+        .unwrap();
+        split(model.encoder.named_tensors("encoder"))
+    };
+    let (frozen_stats, frozen_weights) = trained(true);
+    assert_eq!(frozen_stats, stats);
+    assert_ne!(frozen_weights, weights);
+    let (moved_stats, _) = trained(false);
+    assert_ne!(moved_stats, stats);
+}

@@ -130,14 +130,19 @@ mod tests {
         b
     }
 
-    /// `Σ block(x) ⊙ r` with the block in training mode (batch statistics), and its gradient
-    /// with respect to the input and every trainable tensor.
-    fn loss_and_grads(b: &BasicBlock<Cpu>, x: &[f32], r: &[f32]) -> (f64, Vec<Vec<f32>>) {
+    /// `Σ block(x) ⊙ r` with the block in `mode` (batch statistics in training, the running
+    /// ones in eval), and its gradient with respect to the input and every trainable tensor.
+    fn loss_and_grads(
+        b: &BasicBlock<Cpu>,
+        x: &[f32],
+        r: &[f32],
+        mode: Mode,
+    ) -> (f64, Vec<Vec<f32>>) {
         let dev = Cpu::default();
         let mut b = b.clone();
         let x: Tensor4<Cpu> = dev.tensor_from_vec(x.to_vec(), (2, 2, 5, 5));
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let y = b.forward(x.leaky_trace(), &mut Pass::train(&mut rng));
+        let y = b.forward(x.leaky_trace(), &mut Pass::train(&mut rng).with_mode(mode));
         let weights: Tensor4<Cpu> = dev.tensor_from_vec(r.to_vec(), *y.shape());
         let loss = (y * weights).sum::<(), _>();
         let value = loss.as_vec()[0] as f64;
@@ -149,19 +154,31 @@ mod tests {
         (value, out)
     }
 
-    /// Both shortcuts, with batch norm on batch statistics: every gradient matches central
-    /// finite differences of the loss.
+    /// Both shortcuts, with batch norm on batch statistics (training) and on running ones
+    /// (eval, as `finetune.freeze_bn` trains): every gradient matches central finite
+    /// differences of the loss.
     #[test]
     fn block_gradients_match_finite_differences() {
         let dev = Cpu::default();
-        for project in [false, true] {
+        for (project, mode) in [false, true]
+            .into_iter()
+            .flat_map(|p| [Mode::Train, Mode::Eval].map(|m| (p, m)))
+        {
             let mut rng = ChaCha8Rng::seed_from_u64(if project { 1 } else { 2 });
-            let b = block(&dev, project, &mut rng);
+            let mut b = block(&dev, project, &mut rng);
+            // Running statistics away from 0 and 1, so that eval mode's use of them shows.
+            for (name, v) in b.vars_mut("") {
+                if name.ends_with("running_mean") {
+                    v.set((0..4).map(|i| 0.2 * i as f32 - 0.3).collect());
+                } else if name.ends_with("running_var") {
+                    v.set((0..4).map(|i| 0.5 + 0.4 * i as f32).collect());
+                }
+            }
             let x: Vec<f32> = (0..100).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let r: Vec<f32> = (0..2 * 4 * 3 * 3)
                 .map(|_| rng.gen_range(-1.0..1.0))
                 .collect();
-            let (_, analytic) = loss_and_grads(&b, &x, &r);
+            let (_, analytic) = loss_and_grads(&b, &x, &r, mode);
             // Small enough that no step crosses a ReLU's kink at these seeds (1e-2 did once).
             let eps = 1e-3f32;
             // The input's gradient, element by element.
@@ -169,13 +186,13 @@ mod tests {
                 let shifted = |d: f32| {
                     let mut x = x.clone();
                     x[i] += d;
-                    loss_and_grads(&b, &x, &r).0
+                    loss_and_grads(&b, &x, &r, mode).0
                 };
                 let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
                 let got = analytic[0][i] as f64;
                 assert!(
                     (numeric - got).abs() < 5e-3 + 1e-2 * numeric.abs(),
-                    "project {project}: input {i}: analytic {got}, numeric {numeric}"
+                    "project {project}, {mode:?}: input {i}: analytic {got}, numeric {numeric}"
                 );
             }
             // Each trainable tensor, a few elements each.
@@ -197,13 +214,13 @@ mod tests {
                         let mut values = v.as_vec();
                         values[i] += d;
                         v.copy_from(&values);
-                        loss_and_grads(&b, &x, &r).0
+                        loss_and_grads(&b, &x, &r, mode).0
                     };
                     let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
                     let got = analytic[k + 1][i] as f64;
                     assert!(
                         (numeric - got).abs() < 5e-3 + 1e-2 * numeric.abs(),
-                        "project {project}: {name}[{i}]: analytic {got}, numeric {numeric}"
+                        "project {project}, {mode:?}: {name}[{i}]: analytic {got}, numeric {numeric}"
                     );
                 }
             }
@@ -229,6 +246,5 @@ mod tests {
         // Option A has no tensors of its own.
         let a = block(&dev, false, &mut ChaCha8Rng::seed_from_u64(0));
         assert!(a.vars("").iter().all(|(n, _)| !n.contains("shortcut")));
-        let _ = Mode::Eval;
     }
 }
