@@ -673,7 +673,6 @@ fn freeze_bn_trains_the_weights_and_keeps_the_running_statistics() {
     let (stats, weights) = split(enc.named_tensors("encoder"));
     let trained = |freeze_bn: bool| {
         let cfg = FinetuneConfig {
-            steps: 5,
             batch_size: 8,
             freeze_bn,
             ..quick(5)

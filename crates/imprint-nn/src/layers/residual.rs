@@ -119,12 +119,17 @@ mod tests {
             shortcut,
             shortcut_name: "shortcut",
         };
-        // Scales and shifts away from 1 and 0, so their gradients are exercised too.
+        // Scales and shifts away from 1 and 0, so their gradients are exercised too, and running
+        // statistics away from 0 and 1, so that eval mode's use of them shows.
         for (name, v) in b.vars_mut("") {
             if name.ends_with("bn1.weight") || name.ends_with("bn2.weight") {
                 v.set((0..4).map(|i| 0.5 + 0.3 * i as f32).collect());
             } else if name.ends_with(".bias") {
                 v.set((0..4).map(|i| 0.1 * i as f32 - 0.15).collect());
+            } else if name.ends_with("running_mean") {
+                v.set((0..4).map(|i| 0.2 * i as f32 - 0.3).collect());
+            } else if name.ends_with("running_var") {
+                v.set((0..4).map(|i| 0.5 + 0.4 * i as f32).collect());
             }
         }
         b
@@ -165,15 +170,7 @@ mod tests {
             .flat_map(|p| [Mode::Train, Mode::Eval].map(|m| (p, m)))
         {
             let mut rng = ChaCha8Rng::seed_from_u64(if project { 1 } else { 2 });
-            let mut b = block(&dev, project, &mut rng);
-            // Running statistics away from 0 and 1, so that eval mode's use of them shows.
-            for (name, v) in b.vars_mut("") {
-                if name.ends_with("running_mean") {
-                    v.set((0..4).map(|i| 0.2 * i as f32 - 0.3).collect());
-                } else if name.ends_with("running_var") {
-                    v.set((0..4).map(|i| 0.5 + 0.4 * i as f32).collect());
-                }
-            }
+            let b = block(&dev, project, &mut rng);
             let x: Vec<f32> = (0..100).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let r: Vec<f32> = (0..2 * 4 * 3 * 3)
                 .map(|_| rng.gen_range(-1.0..1.0))
