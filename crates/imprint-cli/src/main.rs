@@ -310,7 +310,10 @@ const MAX_THREADS_PER_CORE: usize = 8;
 /// dozens of times per training step; from inside, the caller takes part in the work. Measured:
 /// +24% dense autoencoder steps per second on 2 cores.
 fn run(cli: Cli) -> Result<()> {
-    let mut pool = rayon::ThreadPoolBuilder::new().stack_size(16 << 20);
+    // Every worker flushes subnormals itself, whichever thread happens to start the pool.
+    let mut pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(16 << 20)
+        .start_handler(|_| imprint_ops::flush_denormals());
     if let Some(n) = cli.threads {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         anyhow::ensure!(
@@ -646,6 +649,7 @@ fn print_tensors(tensors: &[(String, Vec<usize>)]) {
 
 fn main() -> ExitCode {
     imprint_ops::tune_allocator();
+    imprint_ops::flush_denormals();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -31,6 +31,7 @@ mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;
 mod cpu_util;
+mod denormals;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod error;
@@ -50,6 +51,7 @@ pub use batch_norm2d::{
 };
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
+pub use denormals::flush_denormals;
 pub use error::SpecError;
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
