@@ -154,8 +154,8 @@ fn digits_pipeline_writes_every_artifact_and_pretraining_beats_scratch() {
         }
     }
 
-    // Pre-training helps, judged on the strategy the README recommends (probe-then-full), named
-    // before the run: over all budgets and seeds, and by 5 points at one label per class.
+    // Pre-training helps, judged on one strategy named before the run (probe-then-full): over all
+    // budgets and seeds, and by 5 points at one label per class.
     let strategy = results.column("strategy");
     let budget = results.column("labels_per_class");
     let mean_of = |name: &str, k: Option<&str>| {
