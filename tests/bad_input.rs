@@ -10,10 +10,12 @@ use imprint_e2e::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// An output folder holding the results of an earlier run, which a failed run must not touch.
+/// An output folder holding the results of an earlier run (with the marker every output folder
+/// holds), which a failed run must not touch.
 fn earlier_results(t: &Path) -> PathBuf {
     let out = t.join("out");
     std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(".imprint-output"), "an output folder of imprint\n").unwrap();
     std::fs::write(
         out.join("results.csv"),
         "strategy,test_accuracy\nearlier,0.5\n",
@@ -623,7 +625,7 @@ fn output_that_is_an_input_or_a_file() {
         assert_refused(
             t,
             &apply_args(command, &model, &list, &list),
-            &[arg(&list), "--out is also an input of this command"],
+            &[arg(&list), "is also an input of this command", "--input"],
         );
     }
     let file = t.join("a-file");

@@ -276,7 +276,9 @@ pub fn run(dir: &Path, sizes: &Sizes) -> Result<()> {
     if sizes.png == 0 || sizes.idx == 0 {
         bail!("--png-images and --idx-images must be at least 1");
     }
-    std::fs::create_dir_all(dir)?;
+    // The folder is the bench's own, kept between runs (what it generated is reused), and held
+    // while the bench writes there.
+    let held = imprint_pipeline::prepare_output_dir(dir, false, true, &[])?;
     // Named by their counts, so that runs of other sizes in the same folder keep to their own.
     let (png, labeled, idx) = (
         dir.join(format!("png-{}", sizes.png)),
@@ -363,5 +365,6 @@ pub fn run(dir: &Path, sizes: &Sizes) -> Result<()> {
         format!(">= {:.0}%", 100.0 * CACHE_SPEED_GOAL),
         ratio >= CACHE_SPEED_GOAL,
     );
+    held.finish()?;
     Ok(())
 }

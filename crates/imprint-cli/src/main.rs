@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use imprint_data::SourceRecord;
 use imprint_finetune::Strategy;
 use imprint_pipeline::{
-    prepare_output_dir, Labels, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog,
-    Sidecar, StartPoint,
+    checkpoint_inputs, prepare_output_dir, prepare_output_file, Input, Labels, Observer, OutputDir,
+    Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
 };
 use progress::Bars;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,9 @@ enum Command {
         /// CSV to write (through a temporary name, so a failure leaves no half file).
         #[arg(long, default_value = "predictions.csv")]
         out: PathBuf,
+        /// Replace --out if it exists (a regular file that is none of the inputs).
+        #[arg(long)]
+        force: bool,
     },
     /// Score a classifier on labeled images: accuracy, per-class accuracy, confusion matrix.
     Evaluate {
@@ -109,9 +112,13 @@ enum Command {
         /// Also write each image's logits to this CSV (`path,label,logit_<class>...`).
         #[arg(long)]
         logits: Option<PathBuf>,
+        /// Replace --logits if it exists (a regular file that is none of the inputs).
+        #[arg(long)]
+        force: bool,
     },
     /// Read a network trained elsewhere (PyTorch .pt/.pth/.th, zip or legacy, or safetensors)
     /// into one of our architectures: writes model.safetensors + model.json (or the encoder's).
+    #[command(allow_negative_numbers = true)]
     Import {
         /// The checkpoint; its pickle is read without running anything in it.
         checkpoint: PathBuf,
@@ -134,7 +141,7 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Write into an existing non-empty output folder.
+        /// Replace an existing output folder of imprint.
         #[arg(long)]
         force: bool,
     },
@@ -154,6 +161,9 @@ enum Command {
         /// CSV to write (through a temporary name, so a failure leaves no half file).
         #[arg(long, default_value = "features.csv")]
         out: PathBuf,
+        /// Replace --out if it exists (a regular file that is none of the inputs).
+        #[arg(long)]
+        force: bool,
     },
     /// Data sources: fetch MNIST, or describe a source.
     Data {
@@ -178,6 +188,7 @@ enum DataCommand {
     Describe { source: PathBuf },
     /// Write the train/test split a pipeline makes of SOURCE when it has no data.test (the
     /// `--dev` split) as two `path,label` lists, OUT/train.csv and OUT/test.csv.
+    #[command(allow_negative_numbers = true)]
     Split {
         source: PathBuf,
         /// Share of each class held out, as data.test_fraction.
@@ -188,6 +199,9 @@ enum DataCommand {
         split_seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Replace OUT/train.csv and OUT/test.csv if they exist.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -197,7 +211,8 @@ struct Common {
     /// Output folder (default: runs/<pipeline name>[-job]).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Write into an existing non-empty output folder.
+    /// Replace an existing output folder of imprint (one that holds none of the inputs); the
+    /// new outputs take its place only when the job finishes.
     #[arg(long)]
     force: bool,
     /// Unlabeled images for pre-training, in place of data.unlabeled (idx file, folder, CSV).
@@ -247,10 +262,12 @@ struct JobArgs {
 
 impl JobArgs {
     /// The pipeline with this command line's overrides, and the output folder (named after the
-    /// pipeline and `job` unless --out says).
-    fn resolve(&self, job: &str) -> Result<(Pipeline, OutputDir)> {
+    /// pipeline and `job` unless --out says), which may not touch `inputs` besides the
+    /// pipeline's own.
+    fn resolve(&self, job: &str, inputs: &[Input]) -> Result<(Pipeline, OutputDir)> {
         let grid = Grid::default();
-        self.common.resolve(&self.pipeline, job, &grid, self.resume)
+        self.common
+            .resolve(&self.pipeline, job, &grid, self.resume, inputs)
     }
 }
 
@@ -277,6 +294,7 @@ impl Common {
         job: &str,
         grid: &Grid,
         resume: bool,
+        inputs: &[Input],
     ) -> Result<(Pipeline, OutputDir)> {
         let mut p = Pipeline::from_file_with_settings(path, &self.settings)?;
         Overrides {
@@ -296,7 +314,9 @@ impl Common {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{job}", p.name)));
-        let out = prepare_output_dir(&out, self.force, resume)?;
+        let mut all = p.inputs(path);
+        all.extend_from_slice(inputs);
+        let out = prepare_output_dir(&out, self.force, resume, &all)?;
         Ok((p, out))
     }
 }
@@ -344,7 +364,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 grid,
                 resume,
             } = comparison;
-            let (p, out) = common.resolve(&pipeline, "", &grid, resume)?;
+            let (p, out) = common.resolve(&pipeline, "", &grid, resume, &[])?;
             let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let outcome =
@@ -356,7 +376,7 @@ fn run_command(cli: Cli) -> Result<()> {
         }
         Command::Pretrain { job } => {
             let (seed, resume) = (job.seed, job.resume);
-            let (p, out) = job.resolve("-pretrain")?;
+            let (p, out) = job.resolve("-pretrain", &[])?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let (_, history) = imprint_pipeline::pretrain_job(
@@ -393,7 +413,10 @@ fn run_command(cli: Cli) -> Result<()> {
             } else {
                 Labels::PerClass(labels_per_class)
             };
-            let (mut p, out) = job.resolve("-finetune")?;
+            let init_inputs = init
+                .as_deref()
+                .map_or(Vec::new(), |i| checkpoint_inputs("--init", i));
+            let (mut p, out) = job.resolve("-finetune", &init_inputs)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
                 if start.architecture != p.pretrain.architecture {
@@ -428,20 +451,29 @@ fn run_command(cli: Cli) -> Result<()> {
                 out.join("model.safetensors").display()
             );
         }
-        Command::Predict { model, input, out } => {
-            imprint_pipeline::refuse_overwriting_input(&out, &[&model, &input])?;
-            let n = imprint_pipeline::predict(&model, &input, &out)?;
+        Command::Predict {
+            model,
+            input,
+            out,
+            force,
+        } => {
+            let inputs = applied_inputs("--model", &model, &input);
+            let file = prepare_output_file(&out, force, &inputs)?;
+            let n = imprint_pipeline::predict(&model, &input, &file)?;
             println!("{n} predictions in {}", out.display());
         }
         Command::Evaluate {
             model,
             input,
             logits,
+            force,
         } => {
-            if let Some(path) = &logits {
-                imprint_pipeline::refuse_overwriting_input(path, &[&model, &input])?;
-            }
-            let e = imprint_pipeline::evaluate_job(&model, &input, logits.as_deref())?;
+            let inputs = applied_inputs("--model", &model, &input);
+            let file = logits
+                .as_deref()
+                .map(|path| prepare_output_file(path, force, &inputs))
+                .transpose()?;
+            let e = imprint_pipeline::evaluate_job(&model, &input, file.as_deref())?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
                 e.images,
@@ -479,7 +511,8 @@ fn run_command(cli: Cli) -> Result<()> {
                 std,
                 classes,
             };
-            let staged = prepare_output_dir(&out, force, false)?;
+            let inputs = [Input::new("the checkpoint", &checkpoint)];
+            let staged = prepare_output_dir(&out, force, false, &inputs)?;
             let imported = imprint_pipeline::import(&checkpoint, &spec, staged.path())?;
             let out = staged.finish()?;
             println!(
@@ -500,9 +533,11 @@ fn run_command(cli: Cli) -> Result<()> {
             encoder,
             input,
             out,
+            force,
         } => {
-            imprint_pipeline::refuse_overwriting_input(&out, &[&encoder, &input])?;
-            let n = imprint_pipeline::embed(&encoder, &input, &out)?;
+            let inputs = applied_inputs("--encoder", &encoder, &input);
+            let file = prepare_output_file(&out, force, &inputs)?;
+            let n = imprint_pipeline::embed(&encoder, &input, &file)?;
             println!("features of {n} images in {}", out.display());
         }
         Command::Data { command } => match command {
@@ -525,9 +560,10 @@ fn run_command(cli: Cli) -> Result<()> {
                 test_fraction,
                 split_seed,
                 out,
+                force,
             } => {
                 let (train, test) =
-                    imprint_pipeline::write_split(&source, test_fraction, split_seed, &out)?;
+                    imprint_pipeline::write_split(&source, test_fraction, split_seed, &out, force)?;
                 println!(
                     "{train} training and {test} test images listed in {}",
                     out.display()
@@ -537,6 +573,17 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&args)?,
     }
     Ok(())
+}
+
+/// What `predict`, `embed` and `evaluate` read: the checkpoint (with its sidecar and folder),
+/// the images, and the image cache folder they may be decoded into.
+fn applied_inputs(flag: &str, checkpoint: &Path, images: &Path) -> Vec<Input> {
+    let mut inputs = checkpoint_inputs(flag, checkpoint);
+    inputs.push(Input::new("--input", images));
+    if let Some(cache) = imprint_data::default_cache_dir() {
+        inputs.push(Input::new("the image cache folder", cache));
+    }
+    inputs
 }
 
 /// `3x32x32` as channels, height, width.

@@ -2,12 +2,18 @@
 //!
 //! Every file the toolkit writes goes through [`write_atomic`] (or [`AtomicFile`]): the bytes land
 //! in a temporary file beside the target, are flushed to disk, and only then renamed over the
-//! target, so a crash never leaves a half-written checkpoint or CSV that looks whole.
+//! target, so a crash never leaves a half-written checkpoint or CSV that looks whole. Where a job
+//! may write at all, its output folder or a single output file, is decided in [`output`].
 
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+mod output;
+pub use output::{
+    output_file, resolved, Claim, Input, NewFolders, OutputDir, OutputError, HOLDER, MARKER,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
@@ -42,7 +48,8 @@ impl AtomicFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let file = File::create(&temp).map_err(at(&temp))?;
+        // Named by the target: the temporary name is ours, not the user's.
+        let file = File::create(&temp).map_err(at(&target))?;
         Ok(Self {
             target,
             temp,
@@ -109,79 +116,6 @@ pub fn size_and_sha256(path: impl AsRef<Path>) -> Result<(u64, String)> {
     Ok((size, hex))
 }
 
-/// A job's output folder. A run allowed to replace a folder that already holds outputs writes
-/// beside it, in `.<name>.incomplete`, and takes the folder's place only in [`OutputDir::finish`]:
-/// a run that fails or is stopped leaves the earlier outputs as they were. Dropping an
-/// unfinished one removes what it wrote.
-pub struct OutputDir {
-    target: PathBuf,
-    staging: Option<PathBuf>,
-}
-
-impl OutputDir {
-    /// Writes straight into `target` (created if missing) when it is empty or `in_place` (a
-    /// resumed run continues its own folder); otherwise beside it.
-    pub fn create(target: &Path, in_place: bool) -> Result<Self> {
-        let empty = match fs::read_dir(target) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-            Err(e) => return Err(at(target)(e)),
-        };
-        let staging = if empty || in_place {
-            fs::create_dir_all(target).map_err(at(target))?;
-            None
-        } else {
-            let staging = Self::beside(target, "incomplete");
-            // A leftover of a run that was killed: ours to clear.
-            remove_dir_if_present(&staging)?;
-            fs::create_dir_all(&staging).map_err(at(&staging))?;
-            Some(staging)
-        };
-        Ok(Self {
-            target: target.to_path_buf(),
-            staging,
-        })
-    }
-
-    fn beside(target: &Path, what: &str) -> PathBuf {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        target.with_file_name(format!(".{name}.{what}"))
-    }
-
-    /// Where the job writes.
-    pub fn path(&self) -> &Path {
-        self.staging.as_deref().unwrap_or(&self.target)
-    }
-
-    /// Where the outputs end up.
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Puts the finished outputs in place of the earlier ones.
-    pub fn finish(mut self) -> Result<PathBuf> {
-        if let Some(staging) = self.staging.take() {
-            let replaced = Self::beside(&self.target, "replaced");
-            remove_dir_if_present(&replaced)?;
-            fs::rename(&self.target, &replaced).map_err(at(&self.target))?;
-            fs::rename(&staging, &self.target).map_err(at(&self.target))?;
-            remove_dir_if_present(&replaced)?;
-        }
-        Ok(self.target.clone())
-    }
-}
-
-impl Drop for OutputDir {
-    fn drop(&mut self) {
-        if let Some(staging) = &self.staging {
-            let _ = fs::remove_dir_all(staging);
-        }
-    }
-}
-
 fn remove_dir_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(at(dir)(e)),
@@ -225,55 +159,5 @@ mod tests {
             hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[test]
-    fn output_dir_replaces_earlier_outputs_only_when_finished() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("out");
-        fs::create_dir_all(&out).unwrap();
-        fs::write(out.join("results.csv"), "earlier").unwrap();
-
-        let failed = OutputDir::create(&out, false).unwrap();
-        assert_ne!(failed.path(), out.as_path());
-        fs::write(failed.path().join("results.csv"), "half").unwrap();
-        drop(failed);
-        assert_eq!(
-            fs::read_to_string(out.join("results.csv")).unwrap(),
-            "earlier"
-        );
-        assert_eq!(
-            fs::read_dir(tmp.path()).unwrap().count(),
-            1,
-            "nothing left beside"
-        );
-
-        let done = OutputDir::create(&out, false).unwrap();
-        fs::write(done.path().join("results.csv"), "new").unwrap();
-        assert_eq!(done.finish().unwrap(), out);
-        assert_eq!(fs::read_to_string(out.join("results.csv")).unwrap(), "new");
-        assert_eq!(
-            fs::read_dir(tmp.path()).unwrap().count(),
-            1,
-            "nothing left beside"
-        );
-    }
-
-    #[test]
-    fn output_dir_writes_in_place_when_empty_or_resumed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("new/out");
-        let fresh = OutputDir::create(&out, false).unwrap();
-        assert_eq!(fresh.path(), out.as_path());
-        fs::write(out.join("checkpoint"), "x").unwrap();
-        drop(fresh);
-        assert!(
-            out.join("checkpoint").exists(),
-            "a run in place keeps what it wrote"
-        );
-        let resumed = OutputDir::create(&out, true).unwrap();
-        assert_eq!(resumed.path(), out.as_path());
-        resumed.finish().unwrap();
-        assert!(out.join("checkpoint").exists());
     }
 }

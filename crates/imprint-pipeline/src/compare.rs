@@ -203,11 +203,16 @@ fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunReco
         message: format!("cannot resume: {message}"),
     };
     if !recorded_path.exists() {
-        // An empty folder, or one holding only pre-trainings made beforehand by `imprint
-        // pretrain --out DIR/pretrain/seed-N`: each is reused where its sidecar fits.
+        // An empty folder (but for the marker this job holds), or one holding only
+        // pre-trainings made beforehand by `imprint pretrain --out DIR/pretrain/seed-N`: each
+        // is reused where its sidecar fits.
         let only_pretrainings = std::fs::read_dir(out).map_or(true, |d| {
-            d.flatten()
-                .all(|e| e.file_name() == "pretrain" && e.path().is_dir())
+            d.flatten().all(|e| {
+                let name = e.file_name();
+                name == imprint_fs::MARKER
+                    || name == imprint_fs::HOLDER
+                    || (name == "pretrain" && e.path().is_dir())
+            })
         });
         if only_pretrainings {
             return Ok(Vec::new());

@@ -6,6 +6,7 @@
 use crate::{PipelineError, Result};
 use imprint_data::{default_cache_dir, Preprocess, Storage, DEFAULT_MEMORY_BUDGET_MB};
 use imprint_finetune::{FinetuneConfig, Strategy};
+use imprint_fs::Input;
 use imprint_pretrain::PretrainConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -220,6 +221,27 @@ impl Pipeline {
         let config: FinetuneConfig = table.try_into().map_err(|e| at(&e))?;
         config.validate().map_err(|e| at(&e))?;
         Ok(config)
+    }
+
+    /// What a job of this pipeline (read from `file`) reads, which its outputs must leave alone:
+    /// the file, the data sources, the imported network and the image cache folder.
+    pub fn inputs(&self, file: &Path) -> Vec<Input> {
+        let d = &self.data;
+        let mut inputs = vec![
+            Input::new("the pipeline file", file),
+            Input::new("data.unlabeled", &d.unlabeled),
+            Input::new("data.labeled", &d.labeled),
+        ];
+        if let Some(test) = &d.test {
+            inputs.push(Input::new("data.test", test));
+        }
+        if let Some(imported) = &self.compare.imported {
+            inputs.extend(crate::checkpoint_inputs("compare.imported", imported));
+        }
+        if let Some(cache) = d.storage().cache_dir {
+            inputs.push(Input::new("the image cache folder", cache));
+        }
+        inputs
     }
 
     /// This pipeline as the runs with `k` labels per class see it ([`Pipeline::finetune_for`]).

@@ -6,6 +6,7 @@ mod compare;
 pub mod config;
 mod finetune_job;
 mod import;
+mod outputs;
 mod predict;
 mod prepared;
 mod pretrain_job;
@@ -17,7 +18,8 @@ pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline, Route};
 pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
-pub use imprint_fs::OutputDir;
+pub use imprint_fs::{Input, OutputDir};
+pub use outputs::{checkpoint_inputs, prepare_output_dir, prepare_output_file};
 pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
 pub use prepared::{write_split, Prepared};
 pub use pretrain_job::pretrain_job;
@@ -75,43 +77,4 @@ impl Observer for Silent {}
 pub(crate) fn create_dir(path: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(path)
         .map_err(|e| PipelineError::Output(format!("{}: {e}", path.display())))
-}
-
-/// Refuses an output file that is one of the command's inputs: writing it would destroy what
-/// the command reads.
-pub fn refuse_overwriting_input(out: &std::path::Path, inputs: &[&std::path::Path]) -> Result<()> {
-    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
-    {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    match inputs.iter().find(|i| same(out, i)) {
-        Some(input) => Err(PipelineError::Output(format!(
-            "{}: --out is also an input of this command ({}); choose another file",
-            out.display(),
-            input.display()
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The folder a job writes to: refuses one that exists and is not empty unless `force` (or
-/// `resume`, which continues the run there). A forced run writes beside it and replaces it
-/// only when it finishes ([`OutputDir`]), so a failure leaves the earlier outputs intact.
-pub fn prepare_output_dir(dir: &std::path::Path, force: bool, resume: bool) -> Result<OutputDir> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(PipelineError::Output(format!(
-            "{}: --out names a file, not a folder; choose a folder",
-            dir.display()
-        )));
-    }
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if entries.next().is_some() && !force && !resume {
-            return Err(PipelineError::Output(format!(
-                "{}: output folder exists and is not empty; choose another --out or pass --force",
-                dir.display()
-            )));
-        }
-    }
-    OutputDir::create(dir, resume).map_err(|e| PipelineError::Output(e.to_string()))
 }

@@ -171,12 +171,14 @@ fn require_labels(ds: &Dataset, path: &Path, key: &str) -> Result<()> {
 /// Writes the split [`Prepared::load`] makes of `source` when a pipeline has no `data.test` (the
 /// `--dev` split, with `data.duplicates = "refuse"`) as `out/train.csv` and `out/test.csv`
 /// `path,label` lists; returns their lengths. Other jobs (a classifier trained elsewhere on the
-/// training part alone, say) can then keep clear of the test images.
+/// training part alone, say) can then keep clear of the test images. Existing lists are
+/// replaced only with `force`; a folder made for them goes again when the split fails.
 pub fn write_split(
     source: &Path,
     test_fraction: f64,
     split_seed: u64,
     out: &Path,
+    force: bool,
 ) -> Result<(usize, usize)> {
     if !(test_fraction > 0.0 && test_fraction < 1.0) {
         return Err(PipelineError::Input {
@@ -184,18 +186,21 @@ pub fn write_split(
             message: format!("--test-fraction {test_fraction}: must be in (0, 1)"),
         });
     }
-    let (train_csv, test_csv) = (out.join("train.csv"), out.join("test.csv"));
-    crate::refuse_overwriting_input(&train_csv, &[source])?;
-    crate::refuse_overwriting_input(&test_csv, &[source])?;
+    if out.exists() && !out.is_dir() {
+        return Err(imprint_fs::OutputError::NotAFolder(out.to_path_buf()).into());
+    }
+    let mut made = imprint_fs::NewFolders::create(out)?;
+    let inputs = [imprint_fs::Input::new("the source", source)];
+    let train_csv = crate::prepare_output_file(&out.join("train.csv"), force, &inputs)?;
+    let test_csv = crate::prepare_output_file(&out.join("test.csv"), force, &inputs)?;
     let all = imprint_data::load(source, &Default::default())?;
     require_labels(&all, source, "a split")?;
     let (all, _) = check_duplicates(all, Duplicates::Refuse, source)?;
     let labels = all.labels.clone().unwrap_or_default();
     let (train, test) = stratified_split(&labels, all.num_classes(), test_fraction, split_seed);
-    std::fs::create_dir_all(out)
-        .map_err(|e| PipelineError::Output(format!("{}: {e}", out.display())))?;
     imprint_data::split::write_list_csv(&train_csv, &all, &train)?;
     imprint_data::split::write_list_csv(&test_csv, &all, &test)?;
+    made.keep();
     Ok((train.len(), test.len()))
 }
 
