@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imprint_data::SourceRecord;
 use imprint_finetune::Strategy;
+use imprint_pipeline::config::check_budget_settings;
 use imprint_pipeline::{
     checkpoint_inputs, prepare_output_dir, prepare_output_file, Input, Labels, Observer, OutputDir,
     Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
@@ -118,7 +119,6 @@ enum Command {
     },
     /// Read a network trained elsewhere (PyTorch .pt/.pth/.th, zip or legacy, or safetensors)
     /// into one of our architectures: writes model.safetensors + model.json (or the encoder's).
-    #[command(allow_negative_numbers = true)]
     Import {
         /// The checkpoint; its pickle is read without running anything in it.
         checkpoint: PathBuf,
@@ -130,10 +130,10 @@ enum Command {
         input: String,
         /// Per-channel mean the network was trained with, comma-separated (e.g. ImageNet's
         /// 0.485,0.456,0.406).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         mean: Option<Vec<f32>>,
         /// Per-channel standard deviation, comma-separated (ImageNet's 0.229,0.224,0.225).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         std: Option<Vec<f32>>,
         /// Names of the classifier's outputs in order, comma-separated (default 0, 1, ...).
         #[arg(long, value_delimiter = ',')]
@@ -296,8 +296,7 @@ impl Common {
         resume: bool,
         inputs: &[Input],
     ) -> Result<(Pipeline, OutputDir)> {
-        let mut p = Pipeline::from_file_with_settings(path, &self.settings)?;
-        Overrides {
+        let overrides = Overrides {
             unlabeled: self.unlabeled.clone(),
             labeled: self.labeled.clone(),
             test: self.test.clone(),
@@ -308,8 +307,8 @@ impl Common {
             labels_per_class: grid.budgets.clone(),
             seeds: grid.seeds.clone(),
             max_unlabeled: self.max_unlabeled,
-        }
-        .apply(&mut p)?;
+        };
+        let p = Pipeline::from_file_with_overrides(path, &self.settings, &overrides)?;
         let out = self
             .out
             .clone()
@@ -365,6 +364,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 resume,
             } = comparison;
             let (p, out) = common.resolve(&pipeline, "", &grid, resume, &[])?;
+            check_budget_settings(&common.settings, &p.compare.labels_per_class)?;
             let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
             let outcome =
@@ -417,6 +417,11 @@ fn run_command(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map_or(Vec::new(), |i| checkpoint_inputs("--init", i));
             let (mut p, out) = job.resolve("-finetune", &init_inputs)?;
+            let budgets = match labels {
+                Labels::PerClass(k) => vec![k],
+                Labels::All => Vec::new(),
+            };
+            check_budget_settings(&job.common.settings, &budgets)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
                 if start.architecture != p.pretrain.architecture {
@@ -483,7 +488,10 @@ fn run_command(cli: Cli) -> Result<()> {
             );
             let width = e.classes.iter().map(String::len).max().unwrap_or(0);
             for (class, (n, acc)) in e.classes.iter().zip(&e.per_class) {
-                println!("  {class:width$}  {:6.2}% of {n}", 100.0 * acc);
+                match n {
+                    0 => println!("  {class:width$}  no images"),
+                    _ => println!("  {class:width$}  {:6.2}% of {n}", 100.0 * acc),
+                }
             }
             println!("confusion (rows true, columns predicted, in the order above):");
             for row in &e.metrics.confusion {

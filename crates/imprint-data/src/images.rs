@@ -315,6 +315,15 @@ pub(crate) fn load_csv(csv_path: &Path, prep: &Preprocess, storage: &Storage) ->
             return Err(csv_err(line, "empty path or label".into()));
         }
         let full = base.join(file);
+        if full.is_dir() {
+            return Err(csv_err(
+                line,
+                format!(
+                    "{} is a folder; a list names one image file per row",
+                    full.display()
+                ),
+            ));
+        }
         if !full.is_file() {
             return Err(csv_err(
                 line,

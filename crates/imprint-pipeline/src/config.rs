@@ -4,10 +4,11 @@
 //! key and line, as the TOML parser reports them.
 
 use crate::{PipelineError, Result};
-use imprint_data::{default_cache_dir, Preprocess, Storage, DEFAULT_MEMORY_BUDGET_MB};
+use imprint_data::augment::Augment;
+use imprint_data::{default_cache_dir, ImageShape, Preprocess, Storage, DEFAULT_MEMORY_BUDGET_MB};
 use imprint_finetune::{FinetuneConfig, Strategy};
 use imprint_fs::Input;
-use imprint_pretrain::PretrainConfig;
+use imprint_pretrain::{Noise, PretrainConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,40 @@ impl Pipeline {
     /// replace or add single keys; the result is checked as a whole file would be, once every
     /// setting is in (so settings that only fit together are accepted in any order).
     pub fn from_file_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
+        let pipeline = Self::read_with_settings(path, settings)?;
+        pipeline
+            .validate()
+            .map_err(|m| settings_error(path, settings, m))?;
+        Ok(pipeline)
+    }
+
+    /// [`Pipeline::from_file_with_settings`] with a command line's `overrides` in before the
+    /// values are checked, so that a flag may settle what the file alone leaves open
+    /// (`--test DIR` with `data.test_fraction = 0`). A problem is blamed on the file and its
+    /// settings when they have the same one without the flags, else on the command line.
+    pub fn from_file_with_overrides(
+        path: &Path,
+        settings: &[String],
+        overrides: &Overrides,
+    ) -> Result<Pipeline> {
+        let read = Self::read_with_settings(path, settings)?;
+        let mut pipeline = read.clone();
+        overrides.set(&mut pipeline);
+        if let Err(m) = pipeline.validate() {
+            return Err(if read.validate().err().as_ref() == Some(&m) {
+                settings_error(path, settings, m)
+            } else {
+                PipelineError::Input {
+                    path: "command line".into(),
+                    message: m,
+                }
+            });
+        }
+        Ok(pipeline)
+    }
+
+    /// The file with `settings` in, its keys and types checked, its values not yet.
+    fn read_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
         let text = read_text(path)?;
         let bad = |message: String| PipelineError::Input {
             path: path.display().to_string(),
@@ -178,15 +213,8 @@ impl Pipeline {
             set_key(&mut table, setting).map_err(named)?;
             pipeline = toml::Value::Table(table.clone())
                 .try_into()
-                .map_err(|e: toml::de::Error| named(e.message().trim().to_string()))?;
+                .map_err(|e: toml::de::Error| named(plain(e.message())))?;
         }
-        pipeline.validate().map_err(|m| {
-            if settings.is_empty() {
-                bad(m)
-            } else {
-                bad(format!("with the --set settings: {m}"))
-            }
-        })?;
         Ok(pipeline)
     }
 
@@ -220,6 +248,7 @@ impl Pipeline {
         table.extend(changes.clone());
         let config: FinetuneConfig = table.try_into().map_err(|e| at(&e))?;
         config.validate().map_err(|e| at(&e))?;
+        step_problem(&format!("finetune_by_budget.{k}"), &config)?;
         Ok(config)
     }
 
@@ -254,8 +283,36 @@ impl Pipeline {
 
     /// Checks that hold across sections; each section checks its own settings too.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // The output folder keeps the resolved file: every value must fit one.
+        if let Some(problem) = too_large_for_toml(self) {
+            return Err(problem);
+        }
+        if let Some(problem) = name_problem(&self.name) {
+            return Err(problem);
+        }
         self.pretrain.validate().map_err(|e| e.to_string())?;
         self.finetune.validate().map_err(|e| e.to_string())?;
+        if self.pretrain.epochs > MAX_STEPS {
+            return Err(format!(
+                "pretrain.epochs: {} is more than {MAX_STEPS}: every epoch takes at least one \
+                 optimizer step, and the optimizer counts its steps in 32 bits",
+                self.pretrain.epochs
+            ));
+        }
+        step_problem("finetune", &self.finetune)?;
+        if self
+            .data
+            .cache_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(
+                "data.cache_dir: empty (it would be the current folder); leave the key \
+                        out for the default: $IMPRINT_CACHE_DIR, else $XDG_CACHE_HOME/imprint, \
+                        else ~/.cache/imprint"
+                    .into(),
+            );
+        }
         for k in self.finetune_by_budget.keys() {
             match k.parse::<usize>() {
                 Ok(k) if k > 0 => self.finetune_for(k).map(|_| ())?,
@@ -305,8 +362,120 @@ impl Pipeline {
         if let Some(problem) = prep.normalize_problem(channels) {
             return Err(format!("data.preprocess: {problem}"));
         }
+        if let (Some(height), Some(width)) = (prep.height, prep.width) {
+            let shape = ImageShape {
+                channels: 1,
+                height,
+                width,
+            };
+            if let Some((key, problem)) = self.shape_problem(shape) {
+                return Err(format!("{key}: {problem}"));
+            }
+        }
         Ok(())
     }
+
+    /// A setting in pixels that images of `shape` make meaningless, with its key: a shift or
+    /// padded crop as wide as the image leaves nothing of it, a patch larger than the image
+    /// hides all of it.
+    pub fn shape_problem(&self, shape: ImageShape) -> Option<(String, String)> {
+        let side = shape.height.min(shape.width);
+        let size = format!("{}x{}", shape.height, shape.width);
+        let augment = |section: &str, a: &Augment| {
+            let (key, px, what) = if a.shift >= side {
+                ("augment_shift", a.shift, "moves the images out of sight")
+            } else if a.pad_crop >= side {
+                (
+                    "augment_pad_crop",
+                    a.pad_crop,
+                    "leaves crops of padding alone",
+                )
+            } else {
+                return None;
+            };
+            let message = format!(
+                "{px} px {what}: the images are {size}; at most {}",
+                side.saturating_sub(1)
+            );
+            Some((format!("{section}.{key}"), message))
+        };
+        if let Noise::Patches { patch, .. } = self.pretrain.noise {
+            if patch > side {
+                let message = format!(
+                    "patches of {patch} px are larger than the {size} images; at most {side}"
+                );
+                return Some(("pretrain.noise.patch".into(), message));
+            }
+        }
+        augment("pretrain", &self.pretrain.augment)
+            .or_else(|| augment("finetune", &self.finetune.augment))
+            .or_else(|| {
+                self.finetune_by_budget.keys().find_map(|k| {
+                    let config = self.finetune_for(k.parse().ok()?).ok()?;
+                    augment(&format!("finetune_by_budget.{k}"), &config.augment)
+                })
+            })
+    }
+}
+
+/// The most optimizer steps a run may take: the optimizer counts them in an `i32` (as dfdx's
+/// Adam takes its step), so more would wrap around and break its bias correction.
+pub const MAX_STEPS: usize = i32::MAX as usize;
+
+/// Fine-tuning settings (under `section`) that ask for more steps than [`MAX_STEPS`].
+fn step_problem(section: &str, f: &FinetuneConfig) -> std::result::Result<(), String> {
+    for (key, steps) in [("steps", f.steps), ("self_train_steps", f.self_train_steps)] {
+        if steps > MAX_STEPS {
+            return Err(format!(
+                "{section}.{key}: {steps} is more than {MAX_STEPS}, the most steps the optimizer \
+                 counts (in 32 bits)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `name` cannot name the default output folder `runs/<name>`, if it cannot.
+fn name_problem(name: &str) -> Option<String> {
+    let why = if name.is_empty() {
+        "is empty"
+    } else if name == "." || name == ".." || name.contains(['/', '\\']) {
+        "is a path"
+    } else if name.chars().any(char::is_control) {
+        "holds control characters"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "name {:?} {why}: the default output folder is runs/<name>, so give a plain folder name",
+        name
+    ))
+}
+
+/// The first value of `p` beyond TOML's integers (2^63 - 1), named by its key.
+fn too_large_for_toml(p: &Pipeline) -> Option<String> {
+    fn find(value: &serde_json::Value, key: &str) -> Option<String> {
+        match value {
+            serde_json::Value::Number(n) => n.as_u64().filter(|&v| v > i64::MAX as u64).map(|v| {
+                format!(
+                    "{key}: {v} is too large: the pipeline.toml each output folder keeps \
+                         holds integers up to {}",
+                    i64::MAX
+                )
+            }),
+            serde_json::Value::Array(items) => items.iter().find_map(|v| find(v, key)),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+                let key = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                find(v, &key)
+            }),
+            _ => None,
+        }
+    }
+    find(&serde_json::to_value(p).ok()?, "")
 }
 
 /// A message naming `key` and the first entry `list` holds twice (a run counted twice), if any.
@@ -318,6 +487,18 @@ fn repeated<T: PartialEq + std::fmt::Debug>(list: &[T], key: &str) -> Option<Str
     })
 }
 
+/// A problem of the file, or of the file with `settings`, named so.
+fn settings_error(path: &Path, settings: &[String], message: String) -> PipelineError {
+    PipelineError::Input {
+        path: path.display().to_string(),
+        message: if settings.is_empty() {
+            message
+        } else {
+            format!("with the --set settings: {message}")
+        },
+    }
+}
+
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| PipelineError::Input {
         path: path.display().to_string(),
@@ -325,9 +506,31 @@ fn read_text(path: &Path) -> Result<String> {
     })
 }
 
+/// Whether a `--set` value that is no TOML was meant as a number, an array, a table or a quoted
+/// string (and is not a bare word to take as a string).
+fn meant_as_toml(text: &str) -> bool {
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let number = digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '_');
+    number || text.starts_with(['[', '{', '"', '\''])
+}
+
+/// The TOML parser's words on one line; a number too large for TOML says the limit.
+fn plain(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(": ").replace(
+        "number too large to fit in target type",
+        "number too large: a pipeline file holds integers up to 9223372036854775807",
+    )
+}
+
 /// TOML errors span several lines with a source excerpt; keep one line: where, which key, what.
 fn one_line(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().trim().to_string();
+    let message = plain(e.message());
     let Some(span) = e.span() else {
         return message;
     };
@@ -359,19 +562,34 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
 }
 
 /// Puts `value` at the dotted `key` of `section.key=value`. The value is read as TOML (numbers,
-/// booleans, arrays, inline tables, quoted strings); anything else is taken as a bare string.
+/// booleans, arrays, inline tables, quoted strings); anything else is taken as a bare string,
+/// unless it is plainly meant as a number, array or table. A setting replaces one key: a
+/// whole section (`finetune={...}`, `finetune_by_budget.25={...}`) would silently drop the
+/// keys it does not name, and is refused.
 fn set_key(table: &mut toml::Table, setting: &str) -> std::result::Result<(), String> {
     let (key, value) = setting
         .split_once('=')
         .ok_or("expected KEY=VALUE, e.g. finetune.dropout=0.3")?;
-    let value = value.trim();
-    let value = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let text = value.trim();
+    let value = match format!("v = {text}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(text.into())),
+        Err(e) if meant_as_toml(text) => return Err(plain(e.message())),
+        Err(_) => toml::Value::String(text.to_string()),
+    };
+    let key = key.trim();
+    let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().filter(|k| !k.is_empty()).ok_or("empty key")?;
+    let section = match parts.as_slice() {
+        [] => table.get(last).is_some_and(toml::Value::is_table) || value.is_table(),
+        ["finetune_by_budget"] => value.is_table(),
+        _ => false,
+    };
+    if section {
+        return Err(format!(
+            "`{key}` is a whole section; set its keys one by one (--set {key}.KEY=VALUE), so \
+             that the others keep their values"
+        ));
+    }
     let mut at = table;
     for part in parts {
         at = at
@@ -381,6 +599,36 @@ fn set_key(table: &mut toml::Table, setting: &str) -> std::result::Result<(), St
             .ok_or_else(|| format!("`{part}` is a value, not a section"))?;
     }
     at.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Refuses a `--set finetune_by_budget.K...` setting for a budget `K` that no run of the
+/// command has (`budgets`): its settings would never be used.
+pub fn check_budget_settings(settings: &[String], budgets: &[usize]) -> Result<()> {
+    for setting in settings {
+        let key = setting.split('=').next().unwrap_or_default().trim();
+        let Some(k) = key
+            .strip_prefix("finetune_by_budget.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !budgets.contains(&k) {
+            let runs = if budgets.is_empty() {
+                "none: every label is used".to_string()
+            } else {
+                let list: Vec<String> = budgets.iter().map(usize::to_string).collect();
+                list.join(", ")
+            };
+            return Err(PipelineError::Input {
+                path: "command line".into(),
+                message: format!(
+                    "--set `{setting}`: no run has {k} labels per class (the budgets: {runs}); \
+                     its settings would never be used"
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -401,7 +649,17 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// [`Overrides::set`], then the pipeline checked; a problem is named as the command line's.
     pub fn apply(&self, p: &mut Pipeline) -> Result<()> {
+        self.set(p);
+        p.validate().map_err(|message| PipelineError::Input {
+            path: "command line".into(),
+            message,
+        })
+    }
+
+    /// Puts the overrides into `p`, unchecked.
+    pub fn set(&self, p: &mut Pipeline) {
         if let Some(v) = &self.unlabeled {
             p.data.unlabeled = v.clone();
         }
@@ -422,7 +680,9 @@ impl Overrides {
             // --steps is every run's count, the budgets' own included.
             for table in p.finetune_by_budget.values_mut() {
                 if table.contains_key("steps") {
-                    table.insert("steps".into(), toml::Value::Integer(v as i64));
+                    // Beyond TOML's integers, it is refused as `finetune.steps` is.
+                    let steps = i64::try_from(v).unwrap_or(i64::MAX);
+                    table.insert("steps".into(), toml::Value::Integer(steps));
                 }
             }
         }
@@ -438,10 +698,6 @@ impl Overrides {
         if let Some(v) = self.max_unlabeled {
             p.data.max_unlabeled = v;
         }
-        p.validate().map_err(|message| PipelineError::Input {
-            path: "command line".into(),
-            message,
-        })
     }
 }
 
@@ -650,6 +906,174 @@ seeds = [0]
             let e = with_settings(&[setting]).unwrap_err().to_string();
             assert!(e.contains("p.toml") && e.contains(expect), "{setting}: {e}");
         }
+    }
+
+    #[test]
+    fn a_name_must_be_a_plain_folder_name() {
+        for name in ["", ".", "..", "../x", "/abs", "a/b", "a\\b", "a\nb"] {
+            let text = MINIMAL.replace("name = \"t\"", &format!("name = {name:?}"));
+            let e = Pipeline::from_toml(&text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("p.toml: name") && e.contains("plain folder name"),
+                "{name:?}: {e}"
+            );
+        }
+        for name in ["digits", "cifar10-binary", "run.2", "..."] {
+            let text = MINIMAL.replace("name = \"t\"", &format!("name = {name:?}"));
+            Pipeline::from_toml(&text, Path::new("p.toml")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_setting_replaces_one_key_never_a_whole_section() {
+        for setting in [
+            "finetune={dropout=0.2}",
+            "compare={seeds=[1]}",
+            "finetune_by_budget.25={steps=3}",
+            "data=3",
+        ] {
+            let e = with_settings(&[setting]).unwrap_err().to_string();
+            assert!(e.contains("is a whole section"), "{setting}: {e}");
+        }
+        let p = with_settings(&["finetune_by_budget.25.steps=3"]).unwrap();
+        assert_eq!(p.finetune_for(25).unwrap().steps, 3);
+    }
+
+    #[test]
+    fn numbers_beyond_a_pipeline_file_or_the_step_counter_are_refused_naming_the_key() {
+        for setting in [
+            "compare.seeds=[1, 9223372036854775808]",
+            "data.memory_budget_mb=18446744073709551615",
+        ] {
+            let e = with_settings(&[setting]).unwrap_err().to_string();
+            assert!(
+                e.contains(setting) && e.contains("up to 9223372036854775807"),
+                "{e}"
+            );
+        }
+        let mut p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        let seeds = Overrides {
+            seeds: Some(vec![1 << 63]),
+            ..Default::default()
+        };
+        let e = seeds.apply(&mut p).unwrap_err().to_string();
+        assert!(
+            e.contains("compare.seeds: 9223372036854775808 is too large"),
+            "{e}"
+        );
+
+        let mut p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        let epochs = Overrides {
+            epochs: Some(MAX_STEPS + 1),
+            ..Default::default()
+        };
+        let e = epochs.apply(&mut p).unwrap_err().to_string();
+        assert!(
+            e.contains("pretrain.epochs: 2147483648") && e.contains("32 bits"),
+            "{e}"
+        );
+        for (setting, key) in [
+            ("finetune.steps=100000000000", "finetune.steps"),
+            (
+                "finetune.self_train_steps=2147483648",
+                "finetune.self_train_steps",
+            ),
+            (
+                "finetune_by_budget.1.steps=2147483648",
+                "finetune_by_budget.1.steps",
+            ),
+        ] {
+            let e = with_settings(&[setting, "finetune.batch_size=2"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("32 bits"), "{e}");
+        }
+        with_settings(&["finetune.steps=2147483647"]).unwrap();
+    }
+
+    #[test]
+    fn a_command_line_flag_may_settle_what_the_file_leaves_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let settings = vec!["data.test_fraction=0".to_string()];
+        let load = |o: &Overrides| Pipeline::from_file_with_overrides(&path, &settings, o);
+        let e = load(&Overrides::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("with the --set settings: data.test_fraction"),
+            "{e}"
+        );
+        let test = Overrides {
+            test: Some("held-out".into()),
+            ..Default::default()
+        };
+        assert_eq!(load(&test).unwrap().data.test, Some("held-out".into()));
+        let budgets = Overrides {
+            labels_per_class: Some(vec![0]),
+            ..test
+        };
+        let e = load(&budgets).unwrap_err().to_string();
+        assert!(
+            e.starts_with("command line: compare.labels_per_class"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn settings_of_a_budget_no_run_has_are_refused_naming_the_budgets() {
+        let set = |s: &str| vec![s.to_string()];
+        check_budget_settings(&set("finetune_by_budget.10.steps=2"), &[1, 10]).unwrap();
+        check_budget_settings(&set("finetune.steps=2"), &[]).unwrap();
+        let e = check_budget_settings(&set("finetune_by_budget.7.steps=2"), &[1, 10])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no run has 7 labels per class (the budgets: 1, 10)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn settings_in_pixels_must_fit_the_images() {
+        let p = with_settings(&["finetune.augment_shift=8"]).unwrap();
+        let shape = |side| ImageShape {
+            channels: 1,
+            height: side,
+            width: side,
+        };
+        let (key, message) = p.shape_problem(shape(8)).unwrap();
+        assert_eq!(key, "finetune.augment_shift");
+        assert!(message.contains("8x8; at most 7"), "{message}");
+        assert_eq!(p.shape_problem(shape(9)), None);
+        let patches = "pretrain.noise={ kind = \"patches\", patch = 9, fraction = 0.5 }";
+        let p = with_settings(&[patches]).unwrap();
+        assert_eq!(p.shape_problem(shape(8)).unwrap().0, "pretrain.noise.patch");
+        // Known before the data is read when the file gives the size.
+        let sized = [
+            patches,
+            "data.preprocess.height=8",
+            "data.preprocess.width=8",
+        ];
+        let e = with_settings(&sized).unwrap_err().to_string();
+        assert!(e.contains("pretrain.noise.patch"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_cache_folder_and_duplicate_tables_are_refused_in_one_line() {
+        let e = with_settings(&["data.cache_dir=\"\""])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.cache_dir: empty"), "{e}");
+        let twice = format!("{MINIMAL}[data]\ntest_fraction = 0.5\n");
+        let e = Pipeline::from_toml(&twice, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains('\n') && e.contains("line 13") && e.contains("duplicate key `data`"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {

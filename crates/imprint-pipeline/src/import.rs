@@ -73,6 +73,23 @@ fn our_name(torch: &str) -> Option<String> {
     Some(format!("encoder.{torch}"))
 }
 
+/// Why the names given to `--classes` cannot name a classifier's outputs, if they cannot: each
+/// must be a name, and each output its own.
+fn classes_problem(classes: &[String]) -> Option<String> {
+    if let Some(i) = classes.iter().position(|c| c.trim().is_empty()) {
+        return Some(format!(
+            "name {} of {} is empty; give one name per output, comma-separated",
+            i + 1,
+            classes.len()
+        ));
+    }
+    classes.iter().enumerate().find_map(|(i, c)| {
+        classes[..i]
+            .contains(c)
+            .then(|| format!("`{c}` is named twice; each output needs a name of its own"))
+    })
+}
+
 /// Reads `file` as `spec` describes and writes it into `out` (which must exist).
 pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
     let input = |message: String| PipelineError::Input {
@@ -94,6 +111,12 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
     if let Some(problem) = preprocess.normalize_problem(spec.input.channels) {
         return Err(PipelineError::Input {
             path: "--mean/--std".into(),
+            message: problem,
+        });
+    }
+    if let Some(problem) = spec.classes.as_deref().and_then(classes_problem) {
+        return Err(PipelineError::Input {
+            path: "--classes".into(),
             message: problem,
         });
     }

@@ -233,6 +233,19 @@ impl Prepared {
                 (all.subset(&train), all.subset(&test), Some(train))
             }
         };
+        if test.is_empty() {
+            // An accuracy over no images would read as 0%.
+            let smallest = all.class_counts().into_iter().map(|(_, n)| n).min();
+            return Err(PipelineError::Input {
+                path: "data.test_fraction".into(),
+                message: format!(
+                    "{} of the labeled images holds out no test image (the smallest class has \
+                     {}); raise it, or give data.test",
+                    d.test_fraction,
+                    smallest.unwrap_or(0)
+                ),
+            });
+        }
         let mut unlabeled = if same_file(&d.unlabeled, &d.labeled) {
             // Test images split off this source must stay unseen by pre-training.
             match &pool_idx {
@@ -279,6 +292,9 @@ impl Prepared {
         obs.info(&format!("labeled pool: {}", labeled.describe()));
         obs.info(&format!("test: {}", test.describe()));
         check_memory(p, labeled.shape)?;
+        if let Some((key, message)) = p.shape_problem(labeled.shape) {
+            return Err(PipelineError::Input { path: key, message });
+        }
         let found = checks.describe();
         if !found.is_empty() {
             obs.info(&format!("content checks: {found}"));

@@ -297,6 +297,20 @@ fn monitor_sets(p: &Pipeline, data: &Prepared) -> Result<Option<(Dataset, Datase
         return Ok(None);
     }
     let pool = &data.labeled;
+    // Named by the setting and the class, as the user knows them.
+    if let Some((name, count)) = pool
+        .class_counts()
+        .into_iter()
+        .find(|(_, n)| *n < per_class)
+    {
+        return Err(PipelineError::Input {
+            path: "pretrain.monitor_labels_per_class".into(),
+            message: format!(
+                "{per_class} per class asked for, but class `{name}` has only {count} labeled \
+                 images (the test images set aside)"
+            ),
+        });
+    }
     let labels = pool.labels.as_deref().unwrap_or_default();
     let seed = p.data.split_seed ^ MONITOR_SALT;
     let classes = pool.num_classes();
