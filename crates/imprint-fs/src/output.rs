@@ -248,11 +248,14 @@ impl OutputDir {
     /// Puts the finished outputs in place of the earlier ones.
     pub fn finish(mut self) -> std::result::Result<PathBuf, FsError> {
         if let Some(staging) = self.staging.take() {
+            // The folder itself is replaced, not a link to it (the link then leads to the new
+            // outputs); the staging folder lies beside it.
+            let real = &self.resolved;
             let replaced = self.beside("replaced");
             remove_dir_if_present(&replaced)?;
-            fs::rename(&self.target, &replaced).map_err(at(&self.target))?;
-            if let Err(e) = fs::rename(&staging, &self.target) {
-                let _ = fs::rename(&replaced, &self.target);
+            fs::rename(real, &replaced).map_err(at(&self.target))?;
+            if let Err(e) = fs::rename(&staging, real) {
+                let _ = fs::rename(&replaced, real);
                 self.staging = Some(staging);
                 return Err(at(&self.target)(e));
             }

@@ -228,3 +228,25 @@ fn single_files_never_land_on_inputs_or_special_files() {
         }
     }
 }
+
+#[test]
+fn force_through_a_link_replaces_the_folder_it_leads_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    drop(OutputDir::create(&real, &claim(false, &[])).unwrap());
+    let first = OutputDir::create(&real, &claim(false, &[])).unwrap();
+    fs::write(first.path().join("results.csv"), "earlier").unwrap();
+    first.finish().unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let forced = OutputDir::create(&link, &claim(true, &[])).unwrap();
+    fs::write(forced.path().join("results.csv"), "new").unwrap();
+    forced.finish().unwrap();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_to_string(real.join("results.csv")).unwrap(), "new");
+    let names = fs::read_dir(tmp.path()).unwrap().count();
+    assert_eq!(names, 2, "nothing left beside");
+}
