@@ -17,16 +17,19 @@ use std::sync::Arc;
 
 pub mod augment;
 pub mod fetch;
+mod fingerprint;
 mod hash_cache;
 mod idx;
 mod image_cache;
 mod images;
 mod manifest;
+mod near;
 pub mod photo;
 mod pixels;
 pub mod split;
 mod storage;
 
+pub use fingerprint::{correlation, distance, fingerprint, Fingerprint};
 pub use idx::{
     parse_idx, IdxArray, IMAGES4_MAGIC as IDX_IMAGES4_MAGIC, IMAGES_MAGIC as IDX_IMAGES_MAGIC,
     LABELS_MAGIC as IDX_LABELS_MAGIC,
@@ -35,6 +38,7 @@ pub use manifest::{
     first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,
     SourceSummary, MANIFEST_FILE,
 };
+pub use near::{near_pairs_between, near_pairs_within, NearIndex, NearPair, MIN_CORRELATION};
 pub use pixels::Pixels;
 pub use storage::{default_cache_dir, Storage, DEFAULT_MEMORY_BUDGET_MB};
 
@@ -317,6 +321,15 @@ impl Dataset {
                 let d = Sha256::digest(self.pixels.bytes(i));
                 u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
             })
+            .collect()
+    }
+
+    /// The perceptual fingerprint of each image (see [`fingerprint`]), from its pixels as
+    /// loaded: within a few bits for a re-encoded or re-saved copy.
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        (0..self.len())
+            .into_par_iter()
+            .map(|i| fingerprint(self.pixels.bytes(i), self.shape))
             .collect()
     }
 
