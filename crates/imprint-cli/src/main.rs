@@ -197,6 +197,10 @@ enum DataCommand {
         /// As data.split_seed.
         #[arg(long, default_value_t = 0)]
         split_seed: u64,
+        /// As data.near_duplicate_distance: bits apart for two images to be taken for copies
+        /// (with their pixels correlating), or `off`.
+        #[arg(long, default_value_t = imprint_pipeline::NearDuplicates::default())]
+        near_duplicate_distance: imprint_pipeline::NearDuplicates,
         #[arg(long)]
         out: PathBuf,
         /// Replace OUT/train.csv and OUT/test.csv if they exist.
@@ -567,11 +571,18 @@ fn run_command(cli: Cli) -> Result<()> {
                 source,
                 test_fraction,
                 split_seed,
+                near_duplicate_distance,
                 out,
                 force,
             } => {
-                let (train, test) =
-                    imprint_pipeline::write_split(&source, test_fraction, split_seed, &out, force)?;
+                let (train, test) = imprint_pipeline::write_split(
+                    &source,
+                    test_fraction,
+                    split_seed,
+                    near_duplicate_distance,
+                    &out,
+                    force,
+                )?;
                 println!(
                     "{train} training and {test} test images listed in {}",
                     out.display()

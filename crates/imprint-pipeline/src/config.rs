@@ -61,6 +61,12 @@ pub struct DataConfig {
     /// the report then says how many.
     #[serde(default)]
     pub allow_test_overlap: bool,
+    /// How far apart (in bits of 64) two images' perceptual fingerprints may be for the pair to
+    /// count as copies when their pixels also correlate (a re-encoded or re-saved photo): such
+    /// pairs within the labeled images fall under `duplicates`, and test images near a labeled
+    /// or unlabeled one under `allow_test_overlap`. `"off"` skips the check.
+    #[serde(default)]
+    pub near_duplicate_distance: NearDuplicates,
     /// Decoded images beyond this many MiB are not held in memory: an uncompressed idx file is
     /// read through a file mapping, other sources through a cache file of their 8-bit pixels,
     /// and of a mapping about this much stays resident. Changes speed and memory, never results.
@@ -93,6 +99,109 @@ pub enum Duplicates {
     #[default]
     Refuse,
     Collapse,
+}
+
+/// `data.near_duplicate_distance`: a number of bits, or `"off"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NearDuplicates {
+    Off,
+    Within(u32),
+}
+
+impl NearDuplicates {
+    /// Measured on CIFAR-10 (docs/leakage.md): every JPEG re-encode and PNG re-save within 4
+    /// bits of its original, and the fewest distinct images flagged.
+    pub const DEFAULT_DISTANCE: u32 = 4;
+    /// Past this the fingerprints of distinct images meet by the thousand and the search slows.
+    pub const MAX_DISTANCE: u32 = 16;
+
+    /// The distance checked within, if the check is on.
+    pub fn distance(self) -> Option<u32> {
+        match self {
+            NearDuplicates::Off => None,
+            NearDuplicates::Within(d) => Some(d),
+        }
+    }
+}
+
+impl std::str::FromStr for NearDuplicates {
+    type Err = String;
+
+    /// `off`, or a number of bits up to [`NearDuplicates::MAX_DISTANCE`] (as given to a flag).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "off" => Ok(NearDuplicates::Off),
+            t => match t.parse::<u32>() {
+                Ok(d) if d <= Self::MAX_DISTANCE => Ok(NearDuplicates::Within(d)),
+                _ => Err(format!(
+                    "`{s}`: expected a number of bits from 0 to {} or \"off\"",
+                    Self::MAX_DISTANCE
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for NearDuplicates {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            NearDuplicates::Off => write!(f, "off"),
+            NearDuplicates::Within(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+impl Default for NearDuplicates {
+    fn default() -> Self {
+        NearDuplicates::Within(Self::DEFAULT_DISTANCE)
+    }
+}
+
+impl Serialize for NearDuplicates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            NearDuplicates::Off => s.serialize_str("off"),
+            NearDuplicates::Within(d) => s.serialize_u32(*d),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NearDuplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NearDuplicates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a number of bits from 0 to {} or \"off\"",
+                    NearDuplicates::MAX_DISTANCE
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+                match u32::try_from(v) {
+                    Ok(d) if d <= NearDuplicates::MAX_DISTANCE => Ok(NearDuplicates::Within(d)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                match u32::try_from(v) {
+                    Ok(d) if d <= NearDuplicates::MAX_DISTANCE => Ok(NearDuplicates::Within(d)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(NearDuplicates::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn default_test_fraction() -> f64 {

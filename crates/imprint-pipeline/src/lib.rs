@@ -15,7 +15,7 @@ mod resume_point;
 mod sidecar;
 
 pub use compare::{compare, CompareOutcome};
-pub use config::{Overrides, Pipeline, Route};
+pub use config::{NearDuplicates, Overrides, Pipeline, Route};
 pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
 pub use import::{import, named_architecture, ImportSpec, Imported};
 pub use imprint_fs::{Input, OutputDir};

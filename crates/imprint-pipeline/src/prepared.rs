@@ -1,9 +1,12 @@
 //! The three data sets a pipeline names, loaded once and made consistent: same image shape,
 //! test classes aligned to the labeled set's, and test images kept out of pre-training.
 
-use crate::config::Duplicates;
+use crate::config::{Duplicates, NearDuplicates};
 use crate::{Observer, Pipeline, PipelineError, Result};
-use imprint_data::{split::stratified_split, Dataset, ImageShape};
+use imprint_data::{
+    near_pairs_between, near_pairs_within, split::stratified_split, Dataset, Fingerprint,
+    ImageShape, NearPair,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -25,9 +28,12 @@ pub struct Prepared {
 pub struct ContentChecks {
     /// Extra copies of labeled images dropped (`data.duplicates = "collapse"`).
     pub duplicates_dropped: usize,
+    /// Labeled images dropped for being near-duplicates of an earlier one (with `collapse`).
+    pub near_duplicates_dropped: usize,
     /// Images dropped for being listed under two labels (with `collapse`).
     pub contradictory_dropped: usize,
-    /// Test images also among the labeled or unlabeled ones (`data.allow_test_overlap`).
+    /// Test images also among the labeled or unlabeled ones, or near-duplicates of one of them
+    /// (`data.allow_test_overlap`).
     pub test_overlap: usize,
 }
 
@@ -41,6 +47,12 @@ impl ContentChecks {
                 self.duplicates_dropped
             ));
         }
+        if self.near_duplicates_dropped > 0 {
+            parts.push(format!(
+                "{} near-duplicate labeled images dropped",
+                self.near_duplicates_dropped
+            ));
+        }
         if self.contradictory_dropped > 0 {
             parts.push(format!(
                 "{} images listed under two labels dropped",
@@ -49,7 +61,7 @@ impl ContentChecks {
         }
         if self.test_overlap > 0 {
             parts.push(format!(
-                "{} test images also among the training images (allowed by data.allow_test_overlap)",
+                "{} test images also among the training images or near-duplicates of them (allowed by data.allow_test_overlap)",
                 self.test_overlap
             ));
         }
@@ -117,13 +129,13 @@ fn check_duplicates(
 }
 
 /// The first test image also among `others`, as a message, unless overlap is allowed; and the
-/// number of such images.
+/// positions of such images.
 fn check_test_overlap(
     test: &Dataset,
     others: &[&Dataset],
     allow: bool,
     path: &Path,
-) -> Result<usize> {
+) -> Result<Vec<usize>> {
     let mut seen: HashMap<u64, (usize, usize)> = HashMap::new();
     for (k, ds) in others.iter().enumerate() {
         for (i, d) in ds.digests().into_iter().enumerate() {
@@ -147,8 +159,137 @@ fn check_test_overlap(
                 hits.len()
             ),
         }),
-        _ => Ok(hits.len()),
+        _ => Ok(hits.iter().map(|h| h.0).collect()),
     }
+}
+
+/// How a near-duplicate pair was found, for messages.
+fn describe_pair(p: &NearPair) -> String {
+    let mirrored = if p.mirrored {
+        ", one the other's mirror image"
+    } else {
+        ""
+    };
+    format!(
+        "fingerprints {} bits apart, pixels correlating {:.4}{mirrored}",
+        p.distance, p.correlation
+    )
+}
+
+/// How to make the near-duplicate check pass, for messages.
+const NEAR_REMEDY: &str = "or lower data.near_duplicate_distance (\"off\" skips the check)";
+
+/// Labeled images that are copies of each other by their fingerprints and pixels (a photo and
+/// its re-encoded or re-saved copy): refused, or each group kept as its first image when its
+/// labels agree (and dropped when they do not). Returns the images kept and their fingerprints.
+fn check_near_duplicates(
+    (ds, prints): (Dataset, Vec<Fingerprint>),
+    policy: Duplicates,
+    distance: u32,
+    path: &Path,
+    checks: &mut ContentChecks,
+) -> Result<(Dataset, Vec<Fingerprint>)> {
+    let pairs = near_pairs_within(&ds, &prints, distance);
+    let Some(first) = pairs.first() else {
+        return Ok((ds, prints));
+    };
+    if policy == Duplicates::Refuse {
+        let name = |i: usize| {
+            let label = ds.label_name(i).unwrap_or("?");
+            format!("{} (label {label})", ds.items[i])
+        };
+        return Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!(
+                "{} and {} are near-duplicates ({}; {} such pairs); remove the copies, set \
+                 data.duplicates = \"collapse\" to keep one of each, {NEAR_REMEDY}",
+                name(first.a),
+                name(first.b),
+                describe_pair(first),
+                pairs.len()
+            ),
+        });
+    }
+    // Groups of copies (joined through any chain of pairs), each named by its first image.
+    let mut first_of: Vec<usize> = (0..ds.len()).collect();
+    fn root(first_of: &mut [usize], mut i: usize) -> usize {
+        while first_of[i] != i {
+            first_of[i] = first_of[first_of[i]];
+            i = first_of[i];
+        }
+        i
+    }
+    for p in &pairs {
+        let (a, b) = (root(&mut first_of, p.a), root(&mut first_of, p.b));
+        first_of[a.max(b)] = a.min(b);
+    }
+    let labels = ds.labels.clone().unwrap_or_default();
+    let roots: Vec<usize> = (0..ds.len()).map(|i| root(&mut first_of, i)).collect();
+    let mut agree = vec![true; ds.len()];
+    for (i, &r) in roots.iter().enumerate() {
+        if labels.get(i) != labels.get(r) {
+            agree[r] = false;
+        }
+    }
+    let keep: Vec<usize> = (0..ds.len())
+        .filter(|&i| {
+            let r = roots[i];
+            if !agree[r] {
+                checks.contradictory_dropped += 1;
+                false
+            } else if r != i {
+                checks.near_duplicates_dropped += 1;
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let prints = keep.iter().map(|&i| prints[i]).collect();
+    Ok((ds.subset(&keep), prints))
+}
+
+/// The first test image that is a near-duplicate of an image of `others`, as a message, unless
+/// overlap is allowed; and the positions of such test images.
+fn check_test_near_overlap(
+    (test, test_prints): (&Dataset, &[Fingerprint]),
+    others: &[(&Dataset, &[Fingerprint])],
+    distance: u32,
+    allow: bool,
+    path: &Path,
+) -> Result<Vec<usize>> {
+    let found: Vec<(usize, NearPair)> = others
+        .iter()
+        .enumerate()
+        .flat_map(|(k, other)| {
+            near_pairs_between((test, test_prints), *other, distance)
+                .into_iter()
+                .map(move |p| (k, p))
+        })
+        .collect();
+    let mut hits: Vec<usize> = found.iter().map(|(_, p)| p.a).collect();
+    hits.sort_unstable();
+    hits.dedup();
+    match found.first() {
+        Some((k, p)) if !allow => Err(PipelineError::Input {
+            path: path.display().to_string(),
+            message: format!(
+                "test image {} is a near-duplicate of the training image {} ({}; {} test images \
+                 in all); a test set must be unseen: remove them, set \
+                 data.allow_test_overlap = true, {NEAR_REMEDY}",
+                test.items[p.a],
+                others[*k].0.items[p.b],
+                describe_pair(p),
+                hits.len()
+            ),
+        }),
+        _ => Ok(hits),
+    }
+}
+
+/// The fingerprints at `ids`.
+fn pick(prints: &[Fingerprint], ids: &[usize]) -> Vec<Fingerprint> {
+    ids.iter().map(|&i| prints[i]).collect()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -169,7 +310,7 @@ fn require_labels(ds: &Dataset, path: &Path, key: &str) -> Result<()> {
 }
 
 /// Writes the split [`Prepared::load`] makes of `source` when a pipeline has no `data.test` (the
-/// `--dev` split, with `data.duplicates = "refuse"`) as `out/train.csv` and `out/test.csv`
+/// `--dev` split, with `data.duplicates = "refuse"` and `near` as `data.near_duplicate_distance`) as `out/train.csv` and `out/test.csv`
 /// `path,label` lists; returns their lengths. Other jobs (a classifier trained elsewhere on the
 /// training part alone, say) can then keep clear of the test images. Existing lists are
 /// replaced only with `force`; a folder made for them goes again when the split fails.
@@ -177,6 +318,7 @@ pub fn write_split(
     source: &Path,
     test_fraction: f64,
     split_seed: u64,
+    near: NearDuplicates,
     out: &Path,
     force: bool,
 ) -> Result<(usize, usize)> {
@@ -195,7 +337,17 @@ pub fn write_split(
     let test_csv = crate::prepare_output_file(&out.join("test.csv"), force, &inputs)?;
     let all = imprint_data::load(source, &Default::default())?;
     require_labels(&all, source, "a split")?;
-    let (all, _) = check_duplicates(all, Duplicates::Refuse, source)?;
+    let (mut all, mut checks) = check_duplicates(all, Duplicates::Refuse, source)?;
+    if let Some(distance) = near.distance() {
+        let prints = all.fingerprints();
+        (all, _) = check_near_duplicates(
+            (all, prints),
+            Duplicates::Refuse,
+            distance,
+            source,
+            &mut checks,
+        )?;
+    }
     let labels = all.labels.clone().unwrap_or_default();
     let (train, test) = stratified_split(&labels, all.num_classes(), test_fraction, split_seed);
     imprint_data::split::write_list_csv(&train_csv, &all, &train)?;
@@ -211,6 +363,22 @@ impl Prepared {
         let all = imprint_data::load_with(&d.labeled, &d.preprocess, &storage)?;
         require_labels(&all, &d.labeled, "data.labeled")?;
         let (all, mut checks) = check_duplicates(all, d.duplicates, &d.labeled)?;
+        let near = d.near_duplicate_distance.distance();
+        // Fingerprints of the labeled images, kept beside them through every subset below.
+        let (all, all_prints) = match near {
+            Some(distance) => {
+                let prints = all.fingerprints();
+                let (all, prints) = check_near_duplicates(
+                    (all, prints),
+                    d.duplicates,
+                    distance,
+                    &d.labeled,
+                    &mut checks,
+                )?;
+                (all, Some(prints))
+            }
+            None => (all, None),
+        };
         if all.num_classes() < 2 {
             return Err(PipelineError::Input {
                 path: d.labeled.display().to_string(),
@@ -246,7 +414,8 @@ impl Prepared {
                 ),
             });
         }
-        let mut unlabeled = if same_file(&d.unlabeled, &d.labeled) {
+        let unlabeled_is_labeled = same_file(&d.unlabeled, &d.labeled);
+        let mut unlabeled = if unlabeled_is_labeled {
             // Test images split off this source must stay unseen by pre-training.
             match &pool_idx {
                 Some(train) => all.subset(train),
@@ -276,12 +445,45 @@ impl Prepared {
             &d.labeled,
         )?;
         let test_path = d.test.as_deref().unwrap_or(&d.labeled);
-        checks.test_overlap = check_test_overlap(
+        let mut overlap = check_test_overlap(
             &test,
             &[&labeled, &unlabeled],
             d.allow_test_overlap,
             test_path,
         )?;
+        if let (Some(distance), Some(all_prints)) = (near, &all_prints) {
+            // A test set split off the labeled images (or an unlabeled source that is those
+            // images) was checked with them above.
+            let labeled_prints = match &pool_idx {
+                Some(train) => pick(all_prints, train),
+                None => all_prints.clone(),
+            };
+            let unlabeled_prints = (!unlabeled_is_labeled).then(|| unlabeled.fingerprints());
+            let test_prints = if d.test.is_some() || unlabeled_prints.is_some() {
+                test.fingerprints()
+            } else {
+                Vec::new()
+            };
+            let mut others: Vec<(&Dataset, &[Fingerprint])> = Vec::new();
+            if d.test.is_some() {
+                others.push((&labeled, &labeled_prints));
+            }
+            if let Some(prints) = &unlabeled_prints {
+                others.push((&unlabeled, prints));
+            }
+            if !others.is_empty() {
+                overlap.extend(check_test_near_overlap(
+                    (&test, &test_prints),
+                    &others,
+                    distance,
+                    d.allow_test_overlap,
+                    test_path,
+                )?);
+            }
+        }
+        overlap.sort_unstable();
+        overlap.dedup();
+        checks.test_overlap = overlap.len();
         if let Some(problem) = d.preprocess.normalize_problem(labeled.shape.channels) {
             return Err(PipelineError::Input {
                 path: d.labeled.display().to_string(),
