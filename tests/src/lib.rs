@@ -708,3 +708,77 @@ seeds = [0]
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path.to_path_buf()
 }
+
+/// A 32 x 32 colour picture of soft blobs and ripples over a gradient, different for every
+/// seed: a stand-in for a photo (textured as photos are), whose copies a near-duplicate check
+/// must tell from other pictures.
+pub fn photo(seed: u64) -> image::RgbImage {
+    let mut rng = Lcg::new(seed);
+    let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * f32::from(rng.next_u8(255)) / 254.0;
+    let base: [f32; 3] = std::array::from_fn(|_| uniform(60.0, 190.0));
+    let slope: [f32; 3] = std::array::from_fn(|_| uniform(-2.0, 2.0));
+    let blobs: Vec<([f32; 3], [f32; 3])> = (0..12)
+        .map(|_| {
+            let shape = [uniform(0.0, 32.0), uniform(0.0, 32.0), uniform(1.5, 6.0)];
+            (shape, std::array::from_fn(|_| uniform(-100.0, 100.0)))
+        })
+        .collect();
+    let ripples: Vec<[f32; 4]> = (0..3)
+        .map(|_| {
+            let f = [uniform(-1.0, 1.0), uniform(-1.0, 1.0)];
+            [f[0], f[1], uniform(0.0, 6.3), uniform(10.0, 30.0)]
+        })
+        .collect();
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        let (x, y) = (x as f32, y as f32);
+        let ripple: f32 = ripples
+            .iter()
+            .map(|[fx, fy, phase, amp]| amp * (fx * x + fy * y + phase).sin())
+            .sum();
+        image::Rgb(std::array::from_fn(|c| {
+            let mut v = base[c] + slope[c] * (x - 16.0) + ripple;
+            for ([bx, by, size], colour) in &blobs {
+                let d2 = (x - bx).powi(2) + (y - by).powi(2);
+                v += colour[c] * (-d2 / (2.0 * size * size)).exp();
+            }
+            v.clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// Saves `img` at `path` (folders made as needed): PNG, or JPEG of `quality` for a `.jpg` name.
+pub fn save_photo(path: &Path, img: &image::RgbImage, quality: u8) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create image folder");
+    }
+    if path.extension().is_some_and(|e| e == "jpg") {
+        let file = std::fs::File::create(path).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(file, quality)
+            .encode_image(img)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    } else {
+        img.save(path)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+/// `per_class` distinct photos (see [`photo`]) of each of `classes` as `root/<class>/<i>.png`,
+/// seeds from `first_seed` on; returns the paths written.
+pub fn write_photo_classes(
+    root: &Path,
+    classes: &[&str],
+    per_class: usize,
+    first_seed: u64,
+) -> Vec<PathBuf> {
+    let mut written = Vec::new();
+    let mut seed = first_seed;
+    for class in classes {
+        for i in 0..per_class {
+            let path = root.join(class).join(format!("{i}.png"));
+            save_photo(&path, &photo(seed), 0);
+            written.push(path);
+            seed += 1;
+        }
+    }
+    written
+}

@@ -113,6 +113,11 @@ fn pairs(source: &str, t: &str, show: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// A copy's fingerprint distance and correlation to its original: as it is, and mirrored.
+type Measured = [(u32, f32); 2];
+/// Whether a copy so measured is caught within a distance.
+type Rule<'a> = &'a dyn Fn(&Measured, u32) -> bool;
+
 fn recall(source: &str, copies: &[&str]) -> Result<()> {
     const UP_TO: u32 = 12;
     let originals = open(source)?;
@@ -130,7 +135,7 @@ fn recall(source: &str, copies: &[&str]) -> Result<()> {
         }
         let prints = ds.fingerprints();
         // Per copy: fingerprint distance and correlation, as it is and mirrored.
-        let measured: Vec<[(u32, f32); 2]> = (0..ds.len())
+        let measured: Vec<Measured> = (0..ds.len())
             .map(|i| {
                 let (c, o) = (prints[i], original_prints[i]);
                 let (a, b) = (ds.pixels.bytes(i), originals.pixels.bytes(i));
@@ -143,7 +148,7 @@ fn recall(source: &str, copies: &[&str]) -> Result<()> {
                 ]
             })
             .collect();
-        let share = |caught: &dyn Fn(&[(u32, f32); 2]) -> bool| {
+        let share = |caught: &dyn Fn(&Measured) -> bool| {
             100.0 * measured.iter().filter(|m| caught(m)).count() as f64 / measured.len() as f64
         };
         let below: Vec<String> = [0.99, 0.995, 0.998]
@@ -155,7 +160,7 @@ fn recall(source: &str, copies: &[&str]) -> Result<()> {
             ds.len(),
             below.join(" ")
         );
-        let rows: [(&str, &dyn Fn(&[(u32, f32); 2], u32) -> bool); 3] = [
+        let rows: [(&str, Rule); 3] = [
             ("fingerprint alone", &|m, t| m[0].0 <= t),
             ("and correlation", &|m, t| {
                 m[0].0 <= t && m[0].1 >= MIN_CORRELATION

@@ -204,3 +204,183 @@ impl Sums {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::near::MIN_CORRELATION;
+    use image::codecs::jpeg::JpegEncoder;
+    use image::{DynamicImage, RgbImage};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const SHAPE: ImageShape = ImageShape {
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+
+    /// A 32 x 32 colour picture of soft blobs and ripples over a gradient, different for every
+    /// seed: textured as photos are (a smooth picture leaves most of its low frequencies near
+    /// zero, and their bits to chance).
+    fn photo(seed: u64) -> RgbImage {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let base = [0; 3].map(|_| rng.gen_range(60.0..190.0f32));
+        let slope = [0; 3].map(|_| rng.gen_range(-2.0..2.0f32));
+        let blobs: Vec<([f32; 3], [f32; 3])> = (0..12)
+            .map(|_| {
+                let shape = [
+                    rng.gen_range(0.0..32.0),
+                    rng.gen_range(0.0..32.0),
+                    rng.gen_range(1.5..6.0),
+                ];
+                (shape, [0; 3].map(|_| rng.gen_range(-100.0..100.0)))
+            })
+            .collect();
+        let ripples: Vec<[f32; 4]> = (0..3)
+            .map(|_| {
+                [
+                    rng.gen_range(-1.0..1.0),
+                    rng.gen_range(-1.0..1.0),
+                    rng.gen_range(0.0..6.3),
+                    rng.gen_range(10.0..30.0),
+                ]
+            })
+            .collect();
+        RgbImage::from_fn(32, 32, |x, y| {
+            let (x, y) = (x as f32, y as f32);
+            let ripple: f32 = ripples
+                .iter()
+                .map(|[fx, fy, phase, amp]| amp * (fx * x + fy * y + phase).sin())
+                .sum();
+            image::Rgb(std::array::from_fn(|c| {
+                let mut v = base[c] + slope[c] * (x - 16.0) + ripple;
+                for ([bx, by, size], colour) in &blobs {
+                    let d2 = (x - bx).powi(2) + (y - by).powi(2);
+                    v += colour[c] * (-d2 / (2.0 * size * size)).exp();
+                }
+                v.clamp(0.0, 255.0) as u8
+            }))
+        })
+    }
+
+    /// The image as CHW bytes, as a data set holds it.
+    fn chw(img: &RgbImage) -> Vec<u8> {
+        (0..3)
+            .flat_map(|c| img.pixels().map(move |p| p[c]))
+            .collect()
+    }
+
+    fn jpeg(img: &RgbImage, quality: u8) -> RgbImage {
+        let mut bytes = Vec::new();
+        JpegEncoder::new_with_quality(&mut bytes, quality)
+            .encode_image(img)
+            .unwrap();
+        image::load_from_memory(&bytes).unwrap().to_rgb8()
+    }
+
+    /// Whether `copy` is taken for a copy of `original`, as it is or mirrored.
+    fn caught(original: &RgbImage, copy: &RgbImage) -> bool {
+        let (a, b) = (chw(original), chw(copy));
+        let (fa, fb) = (fingerprint(&a, SHAPE), fingerprint(&b, SHAPE));
+        let plain =
+            distance(fa.hash, fb.hash) <= 4 && correlation(&a, &b, SHAPE, false) >= MIN_CORRELATION;
+        let mirrored = distance(fa.hash, fb.mirror) <= 4
+            && correlation(&a, &b, SHAPE, true) >= MIN_CORRELATION;
+        plain || mirrored
+    }
+
+    /// JPEG re-encodes, a brighter copy and a mirror image are caught, distinct photos never.
+    /// A first JPEG of a lossless picture at quality 75 may correlate just below the floor
+    /// (2 of these 30 at 0.993): the floor sits above what distinct MNIST digits reach.
+    #[test]
+    fn re_encoded_brightened_and_mirrored_copies_are_caught_and_distinct_photos_are_not() {
+        let photos: Vec<RgbImage> = (0..30).map(photo).collect();
+        let kinds = [
+            "JPEG quality 90",
+            "JPEG quality 75",
+            "5% brighter",
+            "mirrored",
+        ];
+        let mut caught_of_kind = [0; 4];
+        for (i, p) in photos.iter().enumerate() {
+            let brighter = RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb(
+                    p.get_pixel(x, y)
+                        .0
+                        .map(|v| (f32::from(v) * 1.05).min(255.0) as u8),
+                )
+            });
+            let copies = [
+                jpeg(p, 90),
+                jpeg(p, 75),
+                brighter,
+                image::imageops::flip_horizontal(p),
+            ];
+            for (k, copy) in copies.iter().enumerate() {
+                caught_of_kind[k] += usize::from(caught(p, copy));
+            }
+            for (j, other) in photos.iter().enumerate().skip(i + 1) {
+                assert!(!caught(p, other), "photos {i} and {j} taken for copies");
+            }
+        }
+        let caught: Vec<(&str, usize)> = kinds.into_iter().zip(caught_of_kind).collect();
+        assert!(caught_of_kind[1] >= 27, "{caught:?} of 30");
+        assert_eq!(
+            [0, 2, 3].map(|k| caught_of_kind[k]),
+            [30; 3],
+            "{caught:?} of 30"
+        );
+    }
+
+    #[test]
+    fn the_mirror_fingerprint_is_the_mirrored_image_fingerprint() {
+        for seed in 0..10 {
+            let p = photo(seed);
+            let flipped = image::imageops::flip_horizontal(&p);
+            let (a, b) = (
+                fingerprint(&chw(&p), SHAPE),
+                fingerprint(&chw(&flipped), SHAPE),
+            );
+            assert!(distance(a.mirror, b.hash) <= 2, "seed {seed}: {a:?} {b:?}");
+            assert!(
+                distance(a.hash, b.hash) > 16,
+                "seed {seed}: a mirror is not a copy as it is"
+            );
+        }
+    }
+
+    #[test]
+    fn other_sizes_and_grey_images_have_fingerprints() {
+        let p = DynamicImage::ImageRgb8(photo(3));
+        let big = p
+            .resize_exact(96, 64, image::imageops::FilterType::Triangle)
+            .to_luma8();
+        let small = p
+            .resize_exact(48, 32, image::imageops::FilterType::Triangle)
+            .to_luma8();
+        let shape = |w, h| ImageShape {
+            channels: 1,
+            height: h,
+            width: w,
+        };
+        let (a, b) = (
+            fingerprint(big.as_raw(), shape(96, 64)),
+            fingerprint(small.as_raw(), shape(48, 32)),
+        );
+        assert!(distance(a.hash, b.hash) <= 4, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn correlation_ignores_brightness_and_contrast_and_handles_flat_images() {
+        let img = chw(&photo(5));
+        let scaled: Vec<u8> = img.iter().map(|&v| v / 2 + 40).collect();
+        assert!(correlation(&img, &scaled, SHAPE, false) > 0.999);
+        let flat = vec![90u8; img.len()];
+        let other_flat = vec![10u8; img.len()];
+        assert_eq!(correlation(&flat, &other_flat, SHAPE, false), 1.0);
+        assert_eq!(correlation(&img, &flat, SHAPE, false), 0.0);
+        let inverted: Vec<u8> = img.iter().map(|&v| 255 - v).collect();
+        assert!(correlation(&img, &inverted, SHAPE, false) < -0.999);
+    }
+}
