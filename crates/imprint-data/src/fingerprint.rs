@@ -29,17 +29,14 @@ pub fn distance(a: u64, b: u64) -> u32 {
     (a ^ b).count_ones()
 }
 
-/// `cos[u][x]`: the orthonormal DCT-II basis of length [`SIDE`], its [`LOW`] lowest rows.
-fn basis() -> &'static [[f32; SIDE]; LOW] {
-    static BASIS: OnceLock<[[f32; SIDE]; LOW]> = OnceLock::new();
+/// `cos[x][u]`: the orthonormal DCT-II basis of length [`SIDE`], its [`LOW`] lowest frequencies,
+/// position-major so the sums below run over eight neighbouring lanes.
+fn basis() -> &'static [[f32; LOW]; SIDE] {
+    static BASIS: OnceLock<[[f32; LOW]; SIDE]> = OnceLock::new();
     BASIS.get_or_init(|| {
-        std::array::from_fn(|u| {
-            let scale = if u == 0 {
-                (1.0 / SIDE as f64).sqrt()
-            } else {
-                (2.0 / SIDE as f64).sqrt()
-            };
-            std::array::from_fn(|x| {
+        std::array::from_fn(|x| {
+            std::array::from_fn(|u| {
+                let scale = if u == 0 { 1.0 } else { 2f64.sqrt() } / (SIDE as f64).sqrt();
                 let angle =
                     std::f64::consts::PI * (2 * x + 1) as f64 * u as f64 / (2 * SIDE) as f64;
                 (scale * angle.cos()) as f32
@@ -48,24 +45,29 @@ fn basis() -> &'static [[f32; SIDE]; LOW] {
     })
 }
 
+/// `out[u] += weight * lanes[u]`.
+fn add_scaled(out: &mut [f32; LOW], weight: f32, lanes: &[f32; LOW]) {
+    for (o, l) in out.iter_mut().zip(lanes) {
+        *o += weight * l;
+    }
+}
+
 /// The fingerprint of one image of `shape` (CHW bytes, as a [`crate::Dataset`] holds them).
 pub fn fingerprint(pixels: &[u8], shape: ImageShape) -> Fingerprint {
     let grey = grey_square(pixels, shape);
     let cos = basis();
-    // Rows first: rows[y][u] = sum_x grey[y][x] cos[u][x].
+    // Rows first: rows[y][u] = sum_x grey[y][x] cos[x][u].
     let mut rows = [[0f32; LOW]; SIDE];
     for (row, out) in grey.chunks_exact(SIDE).zip(rows.iter_mut()) {
-        for (o, c) in out.iter_mut().zip(cos) {
-            *o = row.iter().zip(c).map(|(g, c)| g * c).sum();
+        for (&g, c) in row.iter().zip(cos) {
+            add_scaled(out, g, c);
         }
     }
-    // coef[v][u] = sum_y cos[v][y] rows[y][u]
+    // coef[v][u] = sum_y cos[y][v] rows[y][u]
     let mut coef = [[0f32; LOW]; LOW];
-    for (out, c) in coef.iter_mut().zip(cos) {
-        for (y, r) in rows.iter().enumerate() {
-            for (o, v) in out.iter_mut().zip(r) {
-                *o += c[y] * v;
-            }
+    for (c, r) in cos.iter().zip(&rows) {
+        for (out, &weight) in coef.iter_mut().zip(c) {
+            add_scaled(out, weight, r);
         }
     }
     let hash = bits(&coef, false);
