@@ -3,10 +3,12 @@
 //! lives in a file of its own that builds its layers; the rest of the toolkit sees only
 //! [`Encoder`] and [`Decoder`], which take and give flattened images `[batch, c*h*w]`.
 
+mod bottleneck;
 mod conv;
 mod dense;
 mod resnet;
 
+pub use bottleneck::BottleneckNet;
 pub use conv::ConvNet;
 pub use dense::{mlp, DenseNet};
 pub use resnet::{Layout, ResNet, ShortcutKind};
@@ -19,14 +21,17 @@ use imprint_data::{ImageShape, Normalize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`) that
-/// implements [`Kind`]; a new kind is a new file, a variant here and a line in [`each_kind`].
+/// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`,
+/// `bottleneck.rs`) that implements [`Kind`]; a new kind is a new file, a variant here and a
+/// line in [`each_kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Architecture {
     Dense(DenseNet),
     Conv(ConvNet),
     Resnet(ResNet),
+    /// ResNet-50/101/152 and the wide ResNets (`bottleneck.rs`).
+    Bottleneck(BottleneckNet),
 }
 
 /// `$body` with `$k` bound to the kind inside `$arch`, whichever it is.
@@ -36,6 +41,7 @@ macro_rules! each_kind {
             Architecture::Dense($k) => $body,
             Architecture::Conv($k) => $body,
             Architecture::Resnet($k) => $body,
+            Architecture::Bottleneck($k) => $body,
         }
     };
 }
