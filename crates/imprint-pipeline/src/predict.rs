@@ -237,3 +237,16 @@ pub fn inspect(weights: &Path) -> Result<Inspection> {
         fits,
     })
 }
+
+/// What a user should know before running the checkpoint `weights` (an ImageNet-layout net on
+/// small images); nothing when its sidecar cannot be read (the command itself says why).
+pub fn run_warnings(weights: &Path) -> Vec<String> {
+    let (architecture, input) = match read_sidecar(&sidecar_path(weights)) {
+        Ok(Sidecar::Encoder(s)) => (s.architecture, s.input),
+        Ok(Sidecar::Model(s)) => (s.architecture, s.input),
+        Err(_) => return Vec::new(),
+    };
+    crate::detect::small_input_warning(&architecture, input)
+        .into_iter()
+        .collect()
+}
