@@ -184,6 +184,21 @@ enum Command {
         #[arg(long, value_name = "PREFIX")]
         strip_prefix: Option<String>,
     },
+    /// Write a classifier or an encoder as a standard ONNX model (opset 13) for deployment:
+    /// input float32 [batch, channels, height, width], values in [0, 1] at the model's input
+    /// size; the inversion and normalisation it was trained with are inside the graph; output
+    /// `logits` [batch, classes] (class names in the model's metadata `classes`) or `features`.
+    Export {
+        /// The ONNX file to write; an existing one only with --force, never an input.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// `model.safetensors` or `encoder.safetensors` (its `.json` sidecar beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Replace an existing --onnx file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a pre-trained encoder's features of images to a CSV `path,label,f0,f1,...`.
     Embed {
         /// `encoder.safetensors` (its `encoder.json` beside it).
@@ -590,6 +605,18 @@ fn run_command(cli: Cli) -> Result<()> {
                     .display()
             );
             warn(&imported.warnings);
+        }
+        Command::Export { onnx, model, force } => {
+            warn(&imprint_pipeline::run_warnings(&model));
+            let e = imprint_pipeline::export_onnx(&model, &onnx, force)?;
+            println!(
+                "{} written: {} bytes, ONNX opset {}, output `{}` of {} values",
+                onnx.display(),
+                e.bytes,
+                e.opset,
+                e.output,
+                e.width
+            );
         }
         Command::Inspect {
             checkpoint,

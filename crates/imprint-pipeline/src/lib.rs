@@ -5,6 +5,7 @@
 mod compare;
 pub mod config;
 pub mod detect;
+mod export;
 mod finetune_job;
 mod import;
 mod outputs;
@@ -18,6 +19,7 @@ mod sidecar;
 pub use compare::{compare, CompareOutcome};
 pub use config::{Overrides, Pipeline, Route};
 pub use detect::named_architecture;
+pub use export::{export_onnx, Exported};
 pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
 pub use import::{examine, import, Found, ImportSpec, Imported};
 pub use imprint_fs::{Input, OutputDir};

@@ -113,7 +113,7 @@ fn write_logits(path: &Path, images: &Dataset, classes: &[String], logits: &[f32
 }
 
 /// The classifier a sidecar describes, with the weights of `weights`.
-fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
+pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
     let (tensors, _) = load_tensors(weights)?;
     let dev = Cpu::default();
     let encoder = Encoder::new(

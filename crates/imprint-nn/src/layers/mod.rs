@@ -251,6 +251,11 @@ impl<D: ImprintDevice> Sequential<D> {
         self.layers.iter().map(|(_, l)| l)
     }
 
+    /// The layers with their names, in order (for walking a model, as an exporter does).
+    pub fn named_layers(&self) -> impl Iterator<Item = (&str, &Layer<D>)> {
+        self.layers.iter().map(|(n, l)| (n.as_str(), l))
+    }
+
     /// The names (under `prefix`) of the layers that hold tensors, in forward order, a named
     /// stage counting by its own layers (a ResNet's blocks): the depths layer-wise learning-rate
     /// decay steps through.

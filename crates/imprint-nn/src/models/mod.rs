@@ -173,6 +173,17 @@ impl<D: ImprintDevice> Encoder<D> {
         self.architecture.latent()
     }
 
+    /// The layers, images (normalised, then as feature maps where the first layer takes them)
+    /// to features: for walking the model, as an exporter does.
+    pub fn net(&self) -> &Sequential<D> {
+        &self.net
+    }
+
+    /// Whether the first layer takes feature maps (else the flattened image).
+    pub fn takes_maps(&self) -> bool {
+        self.net.layers().next().is_some_and(Layer::takes_maps)
+    }
+
     /// The layers holding tensors, by name, from the input up (see [`Sequential::units`]).
     pub fn units(&self) -> Vec<String> {
         self.net.units("")
@@ -188,8 +199,7 @@ impl<D: ImprintDevice> Encoder<D> {
             Some(n) => normalize(x, n, self.input),
             None => x,
         };
-        let takes_maps = self.net.layers().next().is_some_and(Layer::takes_maps);
-        let x = if takes_maps {
+        let x = if self.takes_maps() {
             Act::Maps(Act::Flat(x).into_maps(self.input))
         } else {
             Act::Flat(x)
