@@ -4,7 +4,7 @@
 # train-mode passes over random photos, their scales and shifts drawn away from 1 and 0), imprint
 # imports the file with nothing but the normalisation said (architecture, input size, state dict
 # found), and both score the same PNG photos (CIFAR-10 training photos enlarged to 224x224 by the
-# peer, so that no resizing differs). Prints the largest logit difference and the top-1
+# peer, so that no resizing differs; the running statistics come from photos of other classes). Prints the largest logit difference and the top-1
 # agreement. Needs the photos in data/cifar10/train, the release binary, and the PyTorch peer
 # of ../shared/README.md (torch, torchvision, pillow).
 #   bash tests/parity/resnet50.sh [PYTHON] [PHOTOS_PER_CLASS] [ARCH]
@@ -36,10 +36,20 @@ for m in net.modules():
         with torch.no_grad():
             m.weight.uniform_(0.5, 1.5)
             m.bias.uniform_(-0.2, 0.2)
+# The running statistics of photos like those scored (other classes', normalised as ImageNet's),
+# so that activations keep the scale of a trained net's.
+mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+others = [f for d in sorted(pathlib.Path("data/cifar10/train").iterdir())[2:6]
+          for f in sorted(d.glob("*.jpg"))[:4]]
+def photo(f):
+    big = Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)
+    return (torchvision.transforms.functional.to_tensor(big) - mean) / std
+batch = torch.stack([photo(f) for f in others])
 net.train()
 with torch.no_grad():
-    for _ in range(2):
-        net(torch.rand(8, 3, 224, 224))
+    for half in batch.split(8):
+        net(half)
 net.eval()
 torch.save(net.state_dict(), work / f"{arch}.pth")
 PY
