@@ -161,13 +161,17 @@ fn export_never_writes_over_an_input_or_an_existing_file_unasked() {
             arg(&model),
             "--force",
         ];
-        assert_refused(t, &args, &["--out is also an input of this command"]);
+        assert_refused(t, &args, &[arg(target), "is also an input of this command"]);
     }
     assert_eq!(std::fs::read(&model).unwrap(), before);
     let onnx = t.join("m.onnx");
     std::fs::write(&onnx, b"mine").unwrap();
     let args = ["export", "--onnx", arg(&onnx), "--model", arg(&model)];
-    assert_refused(t, &args, &[arg(&onnx), "exists", "--force"]);
+    assert_refused(
+        t,
+        &args,
+        &[arg(&onnx), "exists; pass --force to replace it"],
+    );
     assert_eq!(std::fs::read(&onnx).unwrap(), b"mine");
     let mut forced = args.to_vec();
     forced.push("--force");

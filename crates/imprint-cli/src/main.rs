@@ -189,7 +189,8 @@ enum Command {
     /// size; the inversion and normalisation it was trained with are inside the graph; output
     /// `logits` [batch, classes] (class names in the model's metadata `classes`) or `features`.
     Export {
-        /// The ONNX file to write; an existing one only with --force, never an input.
+        /// The ONNX file to write; an existing one only with --force, never an input (nor a
+        /// file in the folder imprint wrote the model into).
         #[arg(long)]
         onnx: PathBuf,
         /// `model.safetensors` or `encoder.safetensors` (its `.json` sidecar beside it).
@@ -607,8 +608,9 @@ fn run_command(cli: Cli) -> Result<()> {
             warn(&imported.warnings);
         }
         Command::Export { onnx, model, force } => {
+            let file = prepare_output_file(&onnx, force, &checkpoint_inputs("--model", &model))?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let e = imprint_pipeline::export_onnx(&model, &onnx, force)?;
+            let e = imprint_pipeline::export_onnx(&model, &file)?;
             println!(
                 "{} written: {} bytes, ONNX opset {}, output `{}` of {} values",
                 onnx.display(),

@@ -4,7 +4,7 @@
 use crate::finetune_job::encoder_of;
 use crate::predict::model_of;
 use crate::sidecar::{read_sidecar, sidecar_path};
-use crate::{refuse_overwriting_input, PipelineError, Result, Sidecar};
+use crate::{PipelineError, Result, Sidecar};
 use imprint_finetune::Head;
 use std::path::Path;
 
@@ -19,23 +19,10 @@ pub struct Exported {
     pub opset: i64,
 }
 
-/// Writes the model `weights` (with its sidecar beside it) to `out` as ONNX. Refuses an `out`
-/// that is one of the inputs, and one that exists unless `force`.
-pub fn export_onnx(weights: &Path, out: &Path, force: bool) -> Result<Exported> {
+/// Writes the model `weights` (with its sidecar beside it) to `out` as ONNX, through a
+/// temporary name; `out` is the file [`crate::prepare_output_file`] chose.
+pub fn export_onnx(weights: &Path, out: &Path) -> Result<Exported> {
     let side_path = sidecar_path(weights);
-    refuse_overwriting_input(out, &[weights, &side_path])?;
-    if out.is_dir() {
-        return Err(PipelineError::Output(format!(
-            "{}: --onnx names a folder; name the file to write",
-            out.display()
-        )));
-    }
-    if out.exists() && !force {
-        return Err(PipelineError::Output(format!(
-            "{}: exists; choose another --onnx or pass --force to replace it",
-            out.display()
-        )));
-    }
     let input = |message: String| PipelineError::Input {
         path: weights.display().to_string(),
         message,

@@ -226,13 +226,16 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
             path: "--arch".into(),
             message: m,
         })?;
-    // Checked before the file is read, per channel once the channels are known.
-    normalisation(spec, spec.input.map(|s| s.channels))?;
     if let Some(problem) = spec.classes.as_deref().and_then(classes_problem) {
         return Err(PipelineError::Input {
             path: "--classes".into(),
             message: problem,
         });
+    }
+    // A normalisation given is checked before the file is read (per channel once the channels
+    // are known); one missing after, so that a file that cannot be read says so first.
+    if spec.mean.is_some() || spec.std.is_some() || spec.no_normalize {
+        normalisation(spec, spec.input.map(|s| s.channels))?;
     }
     let found = examine(
         file,
