@@ -117,27 +117,52 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Read a network trained elsewhere (PyTorch .pt/.pth/.th, zip or legacy, or safetensors)
-    /// into one of our architectures: writes model.safetensors + model.json (or the encoder's).
+    /// Read a network trained elsewhere (PyTorch .pt/.pth/.th/.ckpt, zip or legacy, or
+    /// safetensors) into one of our architectures: writes model.safetensors + model.json (or
+    /// the encoder's).
+    ///
+    /// What it finds on its own, and says: where the state dict is (the file's top level, or
+    /// under `state_dict`, `model_state_dict`, `model_state`, `model`, `net`, `network`, then
+    /// the averaged copies `state_dict_ema`, `model_ema`, `ema`, `ema_state_dict`, else the
+    /// only dict of tensors), the prefix of the network's names (the one its stem
+    /// `conv1.weight` sits under: `model.` of Lightning, `module.` of DataParallel,
+    /// `backbone.`), and the architecture, from the tensors' shapes. `imprint inspect FILE`
+    /// shows the same without writing anything.
+    #[command(verbatim_doc_comment)]
     Import {
         /// The checkpoint; its pickle is read without running anything in it.
         checkpoint: PathBuf,
-        /// resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR layout), resnet18, resnet34.
+        /// resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR layout), resnet18,
+        /// resnet34, resnet50, resnet101, resnet152, wide_resnet50_2, wide_resnet101_2
+        /// (ImageNet layout). Detected from the tensors' shapes when absent; when given, the
+        /// tensors must be this one.
         #[arg(long)]
-        arch: String,
-        /// Input images as CHANNELSxHEIGHTxWIDTH.
-        #[arg(long, default_value = "3x32x32")]
-        input: String,
+        arch: Option<String>,
+        /// Input images as CHANNELSxHEIGHTxWIDTH (default: the layout's own, 3x32x32 for the
+        /// CIFAR nets, 3x224x224 for the ImageNet ones; channels as the first layer takes).
+        #[arg(long)]
+        input: Option<String>,
         /// Per-channel mean the network was trained with, comma-separated (e.g. ImageNet's
-        /// 0.485,0.456,0.406).
+        /// 0.485,0.456,0.406). Required, with --std, unless --no-normalize.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         mean: Option<Vec<f32>>,
         /// Per-channel standard deviation, comma-separated (ImageNet's 0.229,0.224,0.225).
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         std: Option<Vec<f32>>,
+        /// The network takes raw pixels in [0, 1], not normalised ones.
+        #[arg(long, conflicts_with_all = ["mean", "std"])]
+        no_normalize: bool,
         /// Names of the classifier's outputs in order, comma-separated (default 0, 1, ...).
         #[arg(long, value_delimiter = ',')]
         classes: Option<Vec<String>>,
+        /// The top-level key holding the state dict (e.g. `state_dict_ema` for timm's
+        /// averaged weights, `teacher`); found when absent.
+        #[arg(long, value_name = "KEY")]
+        state_dict_key: Option<String>,
+        /// The prefix of the network's tensor names to strip (e.g. `model.`); tensors without
+        /// it are left out. Found when absent.
+        #[arg(long, value_name = "PREFIX")]
+        strip_prefix: Option<String>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -145,10 +170,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print a checkpoint's architecture, tensor names and shapes, and its sidecar's provenance.
+    /// Print what a checkpoint holds: for ours, the architecture, tensors and provenance of its
+    /// sidecar; for a PyTorch checkpoint, where its state dict is, the prefix of its names and
+    /// the architecture detected, as `import` would read it.
     Inspect {
-        /// `encoder.safetensors` or `model.safetensors` (its `.json` sidecar beside it).
+        /// `encoder.safetensors` or `model.safetensors` (its `.json` sidecar beside it), or a
+        /// PyTorch checkpoint.
         checkpoint: PathBuf,
+        /// As `import --state-dict-key`, for a PyTorch checkpoint.
+        #[arg(long, value_name = "KEY")]
+        state_dict_key: Option<String>,
+        /// As `import --strip-prefix`, for a PyTorch checkpoint.
+        #[arg(long, value_name = "PREFIX")]
+        strip_prefix: Option<String>,
+    },
+    /// Write a classifier or an encoder as a standard ONNX model (opset 13) for deployment:
+    /// input float32 [batch, channels, height, width], values in [0, 1] at the model's input
+    /// size; the inversion and normalisation it was trained with are inside the graph; output
+    /// `logits` [batch, classes] (class names in the model's metadata `classes`) or `features`.
+    Export {
+        /// The ONNX file to write; an existing one only with --force, never an input (nor a
+        /// file in the folder imprint wrote the model into).
+        #[arg(long)]
+        onnx: PathBuf,
+        /// `model.safetensors` or `encoder.safetensors` (its `.json` sidecar beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Replace an existing --onnx file.
+        #[arg(long)]
+        force: bool,
     },
     /// Write a pre-trained encoder's features of images to a CSV `path,label,f0,f1,...`.
     Embed {
@@ -428,6 +478,9 @@ fn run_command(cli: Cli) -> Result<()> {
             check_budget_settings(&job.common.settings, &budgets)?;
             let start = init.as_deref().map(StartPoint::read).transpose()?;
             if let Some(start) = &start {
+                let small =
+                    imprint_pipeline::detect::small_input_warning(&start.architecture, start.input);
+                warn(&Vec::from_iter(small));
                 if start.architecture != p.pretrain.architecture {
                     bars.info(&format!(
                         "architecture {} taken from the checkpoint (the pipeline names {})",
@@ -468,6 +521,7 @@ fn run_command(cli: Cli) -> Result<()> {
         } => {
             let inputs = applied_inputs("--model", &model, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
+            warn(&imprint_pipeline::run_warnings(&model));
             let n = imprint_pipeline::predict(&model, &input, &file)?;
             println!("{n} predictions in {}", out.display());
         }
@@ -482,6 +536,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|path| prepare_output_file(path, force, &inputs))
                 .transpose()?;
+            warn(&imprint_pipeline::run_warnings(&model));
             let e = imprint_pipeline::evaluate_job(&model, &input, file.as_deref())?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
@@ -512,26 +567,41 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             mean,
             std,
+            no_normalize,
             classes,
+            state_dict_key,
+            strip_prefix,
             out,
             force,
         } => {
+            let how = match &arch {
+                Some(_) => "as --arch says (the tensors agree)",
+                None => "detected from the tensors' shapes",
+            };
             let spec = imprint_pipeline::ImportSpec {
                 arch,
-                input: parse_shape(&input)?,
+                input: input.as_deref().map(parse_shape).transpose()?,
                 mean,
                 std,
+                no_normalize,
                 classes,
+                state_dict_key,
+                strip_prefix,
             };
             let inputs = [Input::new("the checkpoint", &checkpoint)];
             let staged = prepare_output_dir(&out, force, false, &inputs)?;
             let imported = imprint_pipeline::import(&checkpoint, &spec, staged.path())?;
             let out = staged.finish()?;
+            print_found(&imported.found);
+            println!(
+                "architecture: {}, {how}",
+                imprint_pipeline::detect::architecture_name(&imported.architecture)
+            );
             println!(
                 "{} tensors of {} read as {}{}; written to {}",
                 imported.tensors,
                 checkpoint.display(),
-                imported.architecture.describe(spec.input),
+                imported.architecture.describe(imported.input),
                 imported
                     .classes
                     .map(|c| format!(" with a {}-class head", c.len()))
@@ -539,8 +609,26 @@ fn run_command(cli: Cli) -> Result<()> {
                 out.join(imported.weights.file_name().unwrap_or_default())
                     .display()
             );
+            warn(&imported.warnings);
         }
-        Command::Inspect { checkpoint } => print_inspection(&checkpoint)?,
+        Command::Export { onnx, model, force } => {
+            let file = prepare_output_file(&onnx, force, &checkpoint_inputs("--model", &model))?;
+            warn(&imprint_pipeline::run_warnings(&model));
+            let e = imprint_pipeline::export_onnx(&model, &file)?;
+            println!(
+                "{} written: {} bytes, ONNX opset {}, output `{}` of {} values",
+                onnx.display(),
+                e.bytes,
+                e.opset,
+                e.output,
+                e.width
+            );
+        }
+        Command::Inspect {
+            checkpoint,
+            state_dict_key,
+            strip_prefix,
+        } => print_inspection(&checkpoint, state_dict_key, strip_prefix)?,
         Command::Embed {
             encoder,
             input,
@@ -549,6 +637,7 @@ fn run_command(cli: Cli) -> Result<()> {
         } => {
             let inputs = applied_inputs("--encoder", &encoder, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
+            warn(&imprint_pipeline::run_warnings(&encoder));
             let n = imprint_pipeline::embed(&encoder, &input, &file)?;
             println!("features of {n} images in {}", out.display());
         }
@@ -623,8 +712,114 @@ fn parse_shape(text: &str) -> Result<imprint_data::ImageShape> {
     })
 }
 
-/// The `inspect` report: what the sidecar says, the tensors, and whether they fit.
-fn print_inspection(checkpoint: &Path) -> Result<()> {
+/// Where the state dict was, the prefix stripped and what was left out: the first lines of
+/// `import` and of `inspect` on a PyTorch checkpoint.
+fn print_found(found: &imprint_pipeline::Found) {
+    let also = if found.location.others.is_empty() {
+        String::new()
+    } else {
+        let others: Vec<String> = found
+            .location
+            .others
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect();
+        format!(
+            " (also holding tensors: {}; --state-dict-key reads another)",
+            others.join(", ")
+        )
+    };
+    match &found.location.key {
+        Some(key) => println!("state dict: under `{key}`{also}"),
+        None => println!("state dict: the file's top level{also}"),
+    }
+    if found.prefix.is_empty() {
+        println!("prefix: none");
+    } else {
+        println!("prefix: `{}` stripped", found.prefix);
+    }
+    if !found.ignored.is_empty() {
+        let shown: Vec<String> = found
+            .ignored
+            .iter()
+            .take(5)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        println!(
+            "left out: {} outside the prefix ({}{})",
+            count(found.ignored.len(), "tensor"),
+            shown.join(", "),
+            if found.ignored.len() > 5 { ", ..." } else { "" }
+        );
+    }
+}
+
+/// Each warning on its own `warning:` line of stderr.
+fn warn(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
+    }
+}
+
+/// `inspect` of a PyTorch checkpoint: what `import` would find in it.
+fn print_torch_inspection(
+    checkpoint: &Path,
+    key: Option<String>,
+    prefix: Option<String>,
+) -> Result<()> {
+    let found = imprint_pipeline::examine(checkpoint, key.as_deref(), prefix.as_deref())?;
+    println!("{}", checkpoint.display());
+    println!(
+        "kind: PyTorch checkpoint, {} tensors in the network (read without running anything)",
+        found.tensor_count()
+    );
+    print_found(&found);
+    match &found.detection {
+        Ok(d) => {
+            let input = d.default_input();
+            println!(
+                "architecture: {} detected: {}",
+                imprint_pipeline::detect::architecture_name(&d.architecture),
+                d.architecture.describe(input)
+            );
+            match d.classes {
+                Some(n) => println!("classifier: {n} outputs"),
+                None => println!("classifier: none (imports as an encoder)"),
+            }
+            let mut command = format!("imprint import {} --out DIR", checkpoint.display());
+            if let Some(key) = key {
+                command.push_str(&format!(" --state-dict-key {key}"));
+            }
+            if prefix.is_some() {
+                command.push_str(&format!(" --strip-prefix {}", found.prefix));
+            }
+            println!(
+                "import with: {command} --mean M --std S (the normalisation it was trained \
+                 with; --no-normalize for raw pixels); input {input} unless --input says"
+            );
+        }
+        Err(why) => println!("architecture: not detected: {why}"),
+    }
+    print_tensors(&found.shapes);
+    Ok(())
+}
+
+/// The `inspect` report: what the sidecar says, the tensors, and whether they fit; for a
+/// PyTorch checkpoint (no sidecar of ours beside it), what `import` would find.
+fn print_inspection(checkpoint: &Path, key: Option<String>, prefix: Option<String>) -> Result<()> {
+    let ours = checkpoint.extension().is_some_and(|e| e == "safetensors")
+        && checkpoint.with_extension("json").exists();
+    if !ours || key.is_some() || prefix.is_some() {
+        return print_torch_inspection(checkpoint, key, prefix);
+    }
     let found = imprint_pipeline::inspect(checkpoint)?;
     println!("{}", checkpoint.display());
     let (architecture, input, preprocess, data) = match &found.sidecar {

@@ -18,7 +18,7 @@ pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
 pub use imprint_ops::{linear, Activation, LinearKernel};
 pub use layers::{Dropout, Linear, Sequential};
 pub use mode::{Mode, Pass};
-pub use models::{Architecture, ConvNet, Decoder, DenseNet, Encoder, ResNet};
+pub use models::{Architecture, BottleneckNet, ConvNet, Decoder, DenseNet, Encoder, ResNet};
 pub use optim::{HostBuffer, Optimizer, ParamGroup, Rule};
 pub use tree::{Kind, Params, ParamsExt, Var};
 

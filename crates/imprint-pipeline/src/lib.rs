@@ -4,6 +4,8 @@
 
 mod compare;
 pub mod config;
+pub mod detect;
+mod export;
 mod finetune_job;
 mod import;
 mod outputs;
@@ -16,11 +18,13 @@ mod sidecar;
 
 pub use compare::{compare, CompareOutcome};
 pub use config::{NearDuplicates, Overrides, Pipeline, Route};
+pub use detect::named_architecture;
+pub use export::{export_onnx, Exported};
 pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
-pub use import::{import, named_architecture, ImportSpec, Imported};
+pub use import::{examine, import, Found, ImportSpec, Imported};
 pub use imprint_fs::{Input, OutputDir};
 pub use outputs::{checkpoint_inputs, prepare_output_dir, prepare_output_file};
-pub use predict::{embed, evaluate_job, inspect, predict, Evaluation, Inspection};
+pub use predict::{embed, evaluate_job, inspect, predict, run_warnings, Evaluation, Inspection};
 pub use prepared::{write_split, Prepared};
 pub use pretrain_job::pretrain_job;
 pub use provenance::RunLog;

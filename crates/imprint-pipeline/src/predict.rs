@@ -113,7 +113,7 @@ fn write_logits(path: &Path, images: &Dataset, classes: &[String], logits: &[f32
 }
 
 /// The classifier a sidecar describes, with the weights of `weights`.
-fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
+pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
     let (tensors, _) = load_tensors(weights)?;
     let dev = Cpu::default();
     let encoder = Encoder::new(
@@ -236,4 +236,17 @@ pub fn inspect(weights: &Path) -> Result<Inspection> {
         sidecar,
         fits,
     })
+}
+
+/// What a user should know before running the checkpoint `weights` (an ImageNet-layout net on
+/// small images); nothing when its sidecar cannot be read (the command itself says why).
+pub fn run_warnings(weights: &Path) -> Vec<String> {
+    let (architecture, input) = match read_sidecar(&sidecar_path(weights)) {
+        Ok(Sidecar::Encoder(s)) => (s.architecture, s.input),
+        Ok(Sidecar::Model(s)) => (s.architecture, s.input),
+        Err(_) => return Vec::new(),
+    };
+    crate::detect::small_input_warning(&architecture, input)
+        .into_iter()
+        .collect()
 }

@@ -5,7 +5,7 @@
 use crate::assemble::{assemble, ElementBudget};
 use crate::error::{one_line, quoted, Checked, Problem};
 use crate::pickle::unpickle;
-use crate::state_dict::named_tensors;
+use crate::state_dict::{named_tensors, Location};
 use crate::TorchTensor;
 use std::borrow::Cow;
 use std::io::{Cursor, Read};
@@ -18,7 +18,11 @@ struct Archive<'a> {
     file_len: u64,
 }
 
-pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<TorchTensor>> {
+pub(crate) fn read(
+    bytes: &[u8],
+    budget: &mut ElementBudget,
+    key: Option<&str>,
+) -> Checked<(Vec<TorchTensor>, Location)> {
     let mut zip = Archive {
         zip: ZipArchive::new(Cursor::new(bytes)).map_err(archive_error)?,
         file_len: bytes.len() as u64,
@@ -29,8 +33,8 @@ pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<Torc
     let pickle = read_entry(&mut zip, &pickle_name)?
         .ok_or_else(|| Problem::Archive(format!("no entry {}", quoted(&pickle_name))))?;
     let object = unpickle(&pickle, 0)?;
-    let named = named_tensors(&object.root, &object.heap)?;
-    assemble(named, budget, |storage, user| {
+    let (named, location) = named_tensors(&object.root, &object.heap, key)?;
+    let tensors = assemble(named, budget, |storage, user| {
         let name = format!("{root}/data/{}", storage.key);
         match read_entry(&mut zip, &name)? {
             Some(data) => Ok(Cow::Owned(data)),
@@ -40,7 +44,8 @@ pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<Torc
                 quoted(user)
             ))),
         }
-    })
+    })?;
+    Ok((tensors, location))
 }
 
 /// The folder holding `data.pkl`: torch names it after the file it first saved to.

@@ -39,6 +39,14 @@ pub enum Problem {
     Safetensors(String),
     #[error("no state dict found: {0}")]
     NoStateDict(String),
+    /// Several top-level dicts hold tensors and none has a known name: which one is the
+    /// state dict is the user's to say.
+    #[error(
+        "several dicts of tensors at the top level ({}), none under a known name; name the one \
+         to read",
+        .0.iter().map(|k| quoted(k)).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousStateDict(Vec<String>),
     /// Well-formed, but outside what this crate reads (big-endian files, nested state dicts,
     /// other dtypes).
     #[error("{0}")]

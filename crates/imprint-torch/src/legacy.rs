@@ -7,7 +7,7 @@
 use crate::assemble::{assemble, ElementBudget};
 use crate::error::{quoted, Checked, Problem};
 use crate::pickle::{unpickle, TensorSpec, Unpickled, Value};
-use crate::state_dict::named_tensors;
+use crate::state_dict::{named_tensors, Location};
 use crate::TorchTensor;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +17,11 @@ use std::rc::Rc;
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const PROTOCOL_VERSION: i64 = 1001;
 
-pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<TorchTensor>> {
+pub(crate) fn read(
+    bytes: &[u8],
+    budget: &mut ElementBudget,
+    key: Option<&str>,
+) -> Checked<(Vec<TorchTensor>, Location)> {
     let magic = unpickle(bytes, 0)?;
     if !matches!(&magic.root, Value::BigInt(b) if **b == MAGIC) {
         return Err(Problem::Unsupported(
@@ -34,9 +38,9 @@ pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<Torc
     check_little_endian(&sys_info)?;
     let object = unpickle(bytes, sys_info.end)?;
     let keys = unpickle(bytes, object.end)?;
-    let named = named_tensors(&object.root, &object.heap)?;
+    let (named, location) = named_tensors(&object.root, &object.heap, key)?;
     let storages = storage_data(bytes, keys.end, &storage_keys(&keys)?, &object, &named)?;
-    assemble(named, budget, |storage, user| {
+    let tensors = assemble(named, budget, |storage, user| {
         storages
             .get(&*storage.key)
             .map(|&data| Cow::Borrowed(data))
@@ -46,7 +50,8 @@ pub(crate) fn read(bytes: &[u8], budget: &mut ElementBudget) -> Checked<Vec<Torc
                     quoted(user)
                 ))
             })
-    })
+    })?;
+    Ok((tensors, location))
 }
 
 fn check_little_endian(sys_info: &Unpickled) -> Checked<()> {

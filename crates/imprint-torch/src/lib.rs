@@ -16,7 +16,8 @@
 //!
 //! [`read_checkpoint`] returns every tensor of a checkpoint's state dict as a [`TorchTensor`]
 //! (name, shape, the [`Dtype`] it was stored as, and its values converted to f32, row-major),
-//! sorted by name. Errors are [`Error`]s whose message is one line starting with the path; the
+//! sorted by name; [`read_state_dict`] also says where the state dict was found (a
+//! [`Location`]), takes the key to read it under, and keeps the names as the file has them. Errors are [`Error`]s whose message is one line starting with the path; the
 //! [`Problem`] inside says what was wrong with the contents.
 //!
 //! # Formats
@@ -29,10 +30,13 @@
 //! - safetensors files.
 //!
 //! The pickled object is a state dict (a dict or `OrderedDict` of names to tensors), or a
-//! dict holding one under `state_dict` (else `model_state_dict`, `model`, `net`) beside
-//! other entries (`epoch`, `best_prec1`, `optimizer`), which are ignored. Dicts of tensors
-//! nested deeper are not read: the error says so. When every name starts with `module.` (a
-//! model saved through `DataParallel`), the prefix is dropped. Tensors may be strided views
+//! dict holding one beside other entries (`epoch`, `best_prec1`, `optimizer`), which are
+//! ignored: under the key the caller names, else the first of [`HOLDERS`] present
+//! (`state_dict`, `model_state_dict`, `model_state`, `model`, `net`, `network`, then the
+//! averaged copies `state_dict_ema`, `model_ema`, `ema`, `ema_state_dict`), else the only dict
+//! of tensors at the top level; several such dicts and none known is an error that lists them.
+//! Dicts of tensors nested deeper are not read: the error says so. [`read_checkpoint`] drops
+//! the `module.` prefix when every name has it (a model saved through `DataParallel`). Tensors may be strided views
 //! (transposed, sliced, expanded), share storages, or be scalars; only little-endian files
 //! are read.
 //!
@@ -65,6 +69,7 @@ mod strided;
 
 pub use dtype::Dtype;
 pub use error::{Error, Problem, Result};
+pub use state_dict::{Location, HOLDERS};
 
 use assemble::ElementBudget;
 use error::Checked;
@@ -81,29 +86,54 @@ pub struct TorchTensor {
     pub data: Vec<f32>,
 }
 
-/// Every tensor of the checkpoint at `path`, sorted by name.
+/// A checkpoint's state dict, its names as the file has them, and where it was found.
+#[derive(Clone, Debug)]
+pub struct StateDict {
+    /// Sorted by name.
+    pub tensors: Vec<TorchTensor>,
+    pub location: Location,
+}
+
+/// Every tensor of the checkpoint at `path`, sorted by name, with DataParallel's `module.`
+/// prefix dropped when every name has it.
 pub fn read_checkpoint(path: &Path) -> Result<Vec<TorchTensor>> {
+    let mut tensors = read_state_dict(path, None)?.tensors;
+    strip_data_parallel_prefix(&mut tensors);
+    Ok(tensors)
+}
+
+/// The state dict of the checkpoint at `path`, under the top-level `key` when given, else
+/// where [`HOLDERS`] and the file's layout say (see the crate docs); names are kept as they
+/// are in the file.
+pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(|cause| Error::Io {
         path: path.to_owned(),
         cause,
     })?;
-    read_bytes(&bytes).map_err(|problem| Error::Invalid {
+    read_bytes(&bytes, key).map_err(|problem| Error::Invalid {
         path: path.to_owned(),
         problem,
     })
 }
 
-fn read_bytes(bytes: &[u8]) -> Checked<Vec<TorchTensor>> {
+fn read_bytes(bytes: &[u8], key: Option<&str>) -> Checked<StateDict> {
     let mut budget = ElementBudget::for_file(bytes.len());
-    let mut tensors = match format::detect(bytes) {
-        Format::Zip => archive::read(bytes, &mut budget)?,
-        Format::Safetensors => safetensors_file::read(bytes)?,
-        Format::LegacyPickle => legacy::read(bytes, &mut budget)?,
+    let (mut tensors, location) = match format::detect(bytes) {
+        Format::Zip => archive::read(bytes, &mut budget, key)?,
+        Format::Safetensors => match key {
+            None => (safetensors_file::read(bytes)?, Location::default()),
+            Some(key) => {
+                return Err(Problem::NoStateDict(format!(
+                    "a safetensors file holds one flat state dict, nothing under {}",
+                    error::quoted(key)
+                )))
+            }
+        },
+        Format::LegacyPickle => legacy::read(bytes, &mut budget, key)?,
         Format::Unknown => return Err(Problem::NotACheckpoint),
     };
-    strip_data_parallel_prefix(&mut tensors);
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(tensors)
+    Ok(StateDict { tensors, location })
 }
 
 /// `DataParallel` saves its module's tensors as `module.<name>`.

@@ -1,7 +1,7 @@
 //! `read_checkpoint` on the checkpoints `fixtures/make_fixtures.py` wrote with PyTorch,
 //! against the contents the same script recorded in `fixtures/expected.json`.
 
-use imprint_torch::{read_checkpoint, Dtype, Error, Problem, TorchTensor};
+use imprint_torch::{read_checkpoint, read_state_dict, Dtype, Error, Problem, TorchTensor};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -54,9 +54,12 @@ fn dtype(name: &str) -> Dtype {
     }
 }
 
+fn names(tensors: &[TorchTensor]) -> Vec<String> {
+    tensors.iter().map(|t| t.name.clone()).collect()
+}
+
 /// Equal names, dtypes, shapes and values to the bit; `label` names what is compared.
 fn assert_same(label: &str, actual: &[TorchTensor], expected: &[TorchTensor]) {
-    let names = |ts: &[TorchTensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(actual), names(expected), "{label}");
     for (a, e) in actual.iter().zip(expected) {
         assert_eq!(
@@ -213,14 +216,63 @@ fn pickled_list_has_no_state_dict() {
     assert!(message.ends_with("list.pt: no state dict found: the top-level object is a list"));
 }
 
+/// Two dicts of tensors under keys that name no state dict: the error lists them, and either
+/// reads when named.
 #[test]
-fn nested_dicts_of_tensors_are_refused_with_the_reason() {
-    let Problem::Unsupported(detail) = problem("nested.pt") else {
-        panic!("expected an unsupported layout");
+fn dicts_of_tensors_under_unknown_keys_are_listed_and_read_when_named() {
+    for (name, keys) in [
+        ("nested.pt", ["encoder", "head"]),
+        ("two_nets.pt", ["student", "teacher"]),
+    ] {
+        assert_eq!(
+            problem(name),
+            Problem::AmbiguousStateDict(keys.map(String::from).to_vec())
+        );
+        let read = read_state_dict(&fixture(name), Some(keys[1])).unwrap();
+        assert_eq!(read.location.key.as_deref(), Some(keys[1]));
+        assert_eq!(read.location.others, [keys[0]]);
+    }
+    let teacher = read_state_dict(&fixture("two_nets.pt"), Some("teacher")).unwrap();
+    assert_eq!(
+        names(&teacher.tensors),
+        ["backbone.conv1.weight", "backbone.fc.bias"]
+    );
+    assert!(teacher.tensors[0].data.iter().all(|&v| v == 2.0));
+}
+
+/// Lightning's `.ckpt`: the state dict under `state_dict`, its names kept with the module's
+/// prefix, beside optimizer states that hold tensors too; timm's: `state_dict` before its
+/// averaged copy, which is named as the other choice and reads when asked for.
+#[test]
+fn state_dicts_of_lightning_and_timm_are_found() {
+    let lightning = read_state_dict(&fixture("lightning.ckpt"), None).unwrap();
+    assert_eq!(lightning.location.key.as_deref(), Some("state_dict"));
+    assert!(lightning.location.others.is_empty());
+    assert_eq!(
+        names(&lightning.tensors),
+        ["model.conv1.weight", "model.fc.bias"]
+    );
+    let timm = read_state_dict(&fixture("ema.pt"), None).unwrap();
+    assert_eq!(timm.location.key.as_deref(), Some("state_dict"));
+    assert_eq!(timm.location.others, ["state_dict_ema"]);
+    assert!(timm
+        .tensors
+        .iter()
+        .all(|t| t.data.iter().all(|&v| v == 1.0)));
+    let ema = read_state_dict(&fixture("ema.pt"), Some("state_dict_ema")).unwrap();
+    assert!(ema.tensors.iter().all(|t| t.data.iter().all(|&v| v == 2.0)));
+    // A key that holds none names what the file has instead.
+    let Err(Error::Invalid { problem, .. }) = read_state_dict(&fixture("ema.pt"), Some("ema"))
+    else {
+        panic!("`ema` is not in the file");
     };
-    assert!(
-        detail.contains("nested dict of tensors under `encoder`"),
-        "{detail}"
+    assert_eq!(
+        problem,
+        Problem::NoStateDict(
+            "no dict of tensors under `ema`; dicts of tensors are under `state_dict`, \
+             `state_dict_ema`"
+                .into()
+        )
     );
 }
 

@@ -2,12 +2,14 @@
 //! composes them under names as PyTorch's `nn.Sequential` does (`0`, `1`, ... or given names).
 
 mod batch_norm;
+mod bottleneck;
 mod conv;
 mod dropout;
 mod linear;
 mod residual;
 
 pub use batch_norm::BatchNorm2d;
+pub use bottleneck::Bottleneck;
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use linear::Linear;
@@ -116,6 +118,7 @@ pub enum Layer<D: ImprintDevice> {
     /// channel (`nn.AdaptiveAvgPool2d(1)` then `flatten`).
     GlobalAvgPool,
     Block(Box<BasicBlock<D>>),
+    Bottleneck(Box<Bottleneck<D>>),
     /// Layers under a name of their own (a ResNet's `layer1`, ...).
     Sequential(Box<Sequential<D>>),
 }
@@ -129,6 +132,7 @@ macro_rules! with_params {
             Layer::ConvTranspose2d($l) => $body,
             Layer::BatchNorm2d($l) => $body,
             Layer::Block($l) => $body,
+            Layer::Bottleneck($l) => $body,
             Layer::Sequential($l) => $body,
             Layer::Relu
             | Layer::Dropout(_)
@@ -158,7 +162,8 @@ impl<D: ImprintDevice> Layer<D> {
             | Layer::BatchNorm2d(_)
             | Layer::MaxPool2d(_)
             | Layer::GlobalAvgPool
-            | Layer::Block(_) => true,
+            | Layer::Block(_)
+            | Layer::Bottleneck(_) => true,
             Layer::Sequential(s) => s.layers().next().is_some_and(Layer::takes_maps),
             _ => false,
         }
@@ -204,6 +209,7 @@ impl<D: ImprintDevice> Layer<D> {
                 )
             }
             Layer::Block(block) => Act::Maps(block.forward(x.maps("BasicBlock"), pass)),
+            Layer::Bottleneck(block) => Act::Maps(block.forward(x.maps("Bottleneck"), pass)),
             Layer::Sequential(s) => s.forward(x, pass, input_grad),
         }
     }
@@ -243,6 +249,11 @@ impl<D: ImprintDevice> Sequential<D> {
 
     pub fn layers(&self) -> impl Iterator<Item = &Layer<D>> {
         self.layers.iter().map(|(_, l)| l)
+    }
+
+    /// The layers with their names, in order (for walking a model, as an exporter does).
+    pub fn named_layers(&self) -> impl Iterator<Item = (&str, &Layer<D>)> {
+        self.layers.iter().map(|(n, l)| (n.as_str(), l))
     }
 
     /// The names (under `prefix`) of the layers that hold tensors, in forward order, a named

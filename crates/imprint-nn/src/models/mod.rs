@@ -3,10 +3,12 @@
 //! lives in a file of its own that builds its layers; the rest of the toolkit sees only
 //! [`Encoder`] and [`Decoder`], which take and give flattened images `[batch, c*h*w]`.
 
+mod bottleneck;
 mod conv;
 mod dense;
 mod resnet;
 
+pub use bottleneck::BottleneckNet;
 pub use conv::ConvNet;
 pub use dense::{mlp, DenseNet};
 pub use resnet::{Layout, ResNet, ShortcutKind};
@@ -19,14 +21,17 @@ use imprint_data::{ImageShape, Normalize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`) that
-/// implements [`Kind`]; a new kind is a new file, a variant here and a line in [`each_kind`].
+/// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`,
+/// `bottleneck.rs`) that implements [`Kind`]; a new kind is a new file, a variant here and a
+/// line in [`each_kind`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Architecture {
     Dense(DenseNet),
     Conv(ConvNet),
     Resnet(ResNet),
+    /// ResNet-50/101/152 and the wide ResNets (`bottleneck.rs`).
+    Bottleneck(BottleneckNet),
 }
 
 /// `$body` with `$k` bound to the kind inside `$arch`, whichever it is.
@@ -36,6 +41,7 @@ macro_rules! each_kind {
             Architecture::Dense($k) => $body,
             Architecture::Conv($k) => $body,
             Architecture::Resnet($k) => $body,
+            Architecture::Bottleneck($k) => $body,
         }
     };
 }
@@ -167,6 +173,17 @@ impl<D: ImprintDevice> Encoder<D> {
         self.architecture.latent()
     }
 
+    /// The layers, images (normalised, then as feature maps where the first layer takes them)
+    /// to features: for walking the model, as an exporter does.
+    pub fn net(&self) -> &Sequential<D> {
+        &self.net
+    }
+
+    /// Whether the first layer takes feature maps (else the flattened image).
+    pub fn takes_maps(&self) -> bool {
+        self.net.layers().next().is_some_and(Layer::takes_maps)
+    }
+
     /// The layers holding tensors, by name, from the input up (see [`Sequential::units`]).
     pub fn units(&self) -> Vec<String> {
         self.net.units("")
@@ -182,8 +199,7 @@ impl<D: ImprintDevice> Encoder<D> {
             Some(n) => normalize(x, n, self.input),
             None => x,
         };
-        let takes_maps = self.net.layers().next().is_some_and(Layer::takes_maps);
-        let x = if takes_maps {
+        let x = if self.takes_maps() {
             Act::Maps(Act::Flat(x).into_maps(self.input))
         } else {
             Act::Flat(x)

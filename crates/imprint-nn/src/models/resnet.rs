@@ -184,18 +184,12 @@ impl Plan {
     fn stem(&self, channels: usize) -> Conv2dSpec {
         match self.layout {
             Layout::Cifar => Conv2dSpec::new(channels, self.widths[0], 3).padding(1),
-            Layout::Imagenet => Conv2dSpec::new(channels, self.widths[0], 7)
-                .stride(2)
-                .padding(3),
+            Layout::Imagenet => imagenet_stem(channels, self.widths[0]),
         }
     }
 
     fn max_pool(&self) -> Option<Pool2dSpec> {
-        (self.layout == Layout::Imagenet).then_some(Pool2dSpec {
-            kernel: (3, 3),
-            stride: (2, 2),
-            padding: (1, 1),
-        })
+        (self.layout == Layout::Imagenet).then_some(IMAGENET_POOL)
     }
 
     /// The feature maps' shape at each resolution the encoder works at: after the stem (and,
@@ -264,7 +258,19 @@ impl Plan {
     }
 }
 
-fn conv_bn<D: ImprintDevice>(
+/// The ImageNet layout's stem: a 7x7 convolution of stride 2 (then [`IMAGENET_POOL`]).
+pub(super) fn imagenet_stem(channels: usize, width: usize) -> Conv2dSpec {
+    Conv2dSpec::new(channels, width, 7).stride(2).padding(3)
+}
+
+/// The ImageNet layout's max pool after the stem: 3x3, stride 2.
+pub(super) const IMAGENET_POOL: Pool2dSpec = Pool2dSpec {
+    kernel: (3, 3),
+    stride: (2, 2),
+    padding: (1, 1),
+};
+
+pub(super) fn conv_bn<D: ImprintDevice>(
     dev: &D,
     spec: Conv2dSpec,
     rng: &mut impl Rng,
@@ -379,10 +385,27 @@ fn decoder<D: ImprintDevice>(
     output: ImageShape,
     rng: &mut impl Rng,
 ) -> Result<Sequential<D>, String> {
-    let levels = plan.levels(output)?;
+    Ok(decoder_of_levels(
+        dev,
+        &plan.levels(output)?,
+        plan.features(),
+        output,
+        rng,
+    ))
+}
+
+/// The decoder of a residual net whose encoder works at `levels` (see [`Plan::levels`]) and
+/// gives `features` values: shared with the bottleneck nets.
+pub(super) fn decoder_of_levels<D: ImprintDevice>(
+    dev: &D,
+    levels: &[ImageShape],
+    features: usize,
+    output: ImageShape,
+    rng: &mut impl Rng,
+) -> Sequential<D> {
     let last = *levels.last().expect("a plan has levels");
     let mut layers = vec![
-        Layer::Linear(Linear::new(dev, plan.features(), last.len(), rng)),
+        Layer::Linear(Linear::new(dev, features, last.len(), rng)),
         Layer::Relu,
         Layer::Unflatten(last),
     ];
@@ -399,5 +422,5 @@ fn decoder<D: ImprintDevice>(
     }
     let head = Conv2dSpec::new(first.channels, output.channels, 3).padding(1);
     layers.push(Layer::Conv2d(Conv2d::new(dev, head, rng)));
-    Ok(Sequential::indexed(layers))
+    Sequential::indexed(layers)
 }

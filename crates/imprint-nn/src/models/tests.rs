@@ -1,7 +1,7 @@
 use super::*;
 use crate::tree::ParamsExt;
 use crate::NamedTensor;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
@@ -230,6 +230,115 @@ fn resnet_save_load_keeps_running_statistics() {
     assert_eq!(features(&mut other), features(&mut enc));
 }
 
+fn bottleneck(depth: usize, width_per_group: usize) -> Architecture {
+    Architecture::Bottleneck(BottleneckNet {
+        depth,
+        width_per_group,
+    })
+}
+
+/// ResNet-50 and Wide ResNet-50-2 have torchvision's parameters (25,557,032 and 68,883,240 with
+/// the 2048 -> 1000 classifier: `sum(p.numel() for p in torchvision.models.resnet50()
+/// .parameters())`) and names; the deeper ones build too; the features are 2048 wide.
+#[test]
+fn bottleneck_nets_have_torchvisions_parameters_and_names() {
+    let dev = Cpu::default();
+    let fc = 2048 * 1000 + 1000;
+    let small = shape(3, 32, 32);
+    for (arch, params) in [
+        (bottleneck(50, 64), 25_557_032),
+        (bottleneck(50, 128), 68_883_240),
+    ] {
+        let enc = encoder(&arch, small, 0);
+        assert_eq!(enc.param_count() + fc, params, "{}", arch.describe(small));
+        let counted = arch.parameter_count(small).unwrap();
+        assert!(counted >= 2 * enc.param_count() as u128, "{counted}");
+    }
+    let mut enc = encoder(&bottleneck(50, 64), small, 0);
+    let names: Vec<String> = enc.named_tensors("").into_iter().map(|t| t.name).collect();
+    // 53 convolutions without bias (49 in the blocks' paths, 4 downsamples), each followed by
+    // a batch norm of four tensors.
+    assert_eq!(names.len(), 53 * 5);
+    for name in [
+        "conv1.weight",
+        "layer1.0.downsample.0.weight",
+        "layer1.2.conv3.weight",
+        "layer3.5.bn2.running_mean",
+        "layer4.2.bn3.bias",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing");
+    }
+    let x: Matrix<Cpu> = dev.tensor_from_vec(vec![0.5; 2 * small.len()], (2, small.len()));
+    assert_eq!(*enc.forward(x, &mut Pass::eval()).shape(), (2, 2048));
+    assert_eq!(enc.units().len(), 2 + 16, "the stem, then 16 blocks");
+    for depth in [101, 152] {
+        let blocks = encoder(&bottleneck(depth, 64), small, 0).units().len() - 2;
+        assert_eq!(3 * blocks + 2, depth);
+    }
+    assert!(Encoder::new(
+        &dev,
+        &bottleneck(34, 64),
+        small,
+        &mut ChaCha8Rng::seed_from_u64(0)
+    )
+    .is_err());
+    // Too small an image for the stem, max pool and three halvings is refused by name.
+    let e = bottleneck(50, 64).validate(shape(3, 0, 0)).unwrap_err();
+    assert!(e.contains("does not fit"), "{e}");
+}
+
+/// A whole bottleneck net trains: one backward pass from its features reaches every trainable
+/// tensor, and a small step against that gradient lowers the loss. Saved and loaded, it gives
+/// the same eval-mode features, which differ before loading.
+#[test]
+fn bottleneck_net_trains_and_saves() {
+    let dev = Cpu::default();
+    let input = shape(3, 64, 64);
+    let arch = bottleneck(50, 8);
+    let mut enc = encoder(&arch, input, 0);
+    let mut draw = ChaCha8Rng::seed_from_u64(3);
+    let x: Matrix<Cpu> = dev.tensor_from_vec(
+        (0..4 * input.len())
+            .map(|_| draw.gen_range(0.0..1.0))
+            .collect(),
+        (4, input.len()),
+    );
+    let target: Vec<f32> = (0..4 * 2048).map(|i| (i as f32 * 0.11).cos()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut losses = Vec::new();
+    for step in 0..3 {
+        let z = enc.forward(x.clone().leaky_traced(), &mut Pass::train(&mut rng));
+        let t: Matrix<Cpu> = dev.tensor_from_vec(target.clone(), (4, 2048));
+        let loss = (z - t).square().mean::<(), _>();
+        losses.push(loss.as_vec()[0]);
+        let grads = loss.backward();
+        for (name, v) in enc.trainable_mut("") {
+            let g = grads.get(&*v).as_vec();
+            if step == 0 {
+                assert!(g.iter().any(|&g| g != 0.0), "no gradient reaches {name}");
+            }
+            // Small: train-mode batch norm on few values per channel and the max pool make the
+            // loss sharply curved.
+            let values: Vec<f32> = v
+                .as_vec()
+                .iter()
+                .zip(&g)
+                .map(|(w, g)| w - 1e-5 * g)
+                .collect();
+            v.copy_from(&values);
+        }
+    }
+    assert!(losses[2] < losses[0], "losses {losses:?}");
+    let tensors = saved(&enc);
+    let mut other = encoder(&arch, input, 2);
+    let features = |e: &mut Encoder<Cpu>| e.forward(x.clone(), &mut Pass::eval()).as_vec();
+    assert_ne!(features(&mut other), features(&mut enc));
+    other
+        .load_named("encoder", &tensors, "x.safetensors")
+        .unwrap();
+    assert_eq!(features(&mut other), features(&mut enc));
+}
+
 /// Each kind reads and writes the same JSON as when the kinds' fields sat in the enum itself
 /// (sidecars of older checkpoints), fills its defaults, and refuses a field it does not have.
 #[test]
@@ -246,6 +355,10 @@ fn architectures_keep_their_json_and_refuse_unknown_fields() {
         (
             r#"{"kind":"resnet"}"#,
             r#"{"kind":"resnet","depth":20,"layout":"cifar"}"#,
+        ),
+        (
+            r#"{"kind":"bottleneck"}"#,
+            r#"{"kind":"bottleneck","depth":50,"width_per_group":64}"#,
         ),
     ];
     for (given, written) in cases {
