@@ -2,8 +2,8 @@
 
 use imprint_e2e::{
     apply_args, arg, assert_nonempty, assert_png, class_pixels, finetune_args, imprint,
-    pretrain_args, read_json, test_dir, write_grey_png, write_pipeline, write_png_classes, Table,
-    Tiny, SIDE,
+    png_pipeline, pretrain_args, read_json, test_dir, write_grey_png, write_pipeline,
+    write_png_classes, Table, Tiny, SIDE,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -427,4 +427,53 @@ fn bench_alternates_pairs_and_refuses_a_busy_machine() {
     let mut args = small.to_vec();
     args.push("--max-load=-1");
     imprint(t, &args).assert_error(&["the machine is busy", "--busy-ok"]);
+}
+
+/// `evaluate`, `predict` and `embed` within a 1 MiB budget run a 32 px ResNet four images at a
+/// time (counted as 61 KB of activations an image, and a quarter of the budget is theirs),
+/// and write the same files, to the bit, as with the default budget, which runs all the images
+/// at once.
+#[test]
+fn inference_within_a_small_budget_writes_the_same_files() {
+    let t: &Path = &test_dir();
+    let (data, pipeline) = png_pipeline(t, &["ant", "bee", "cat"], 8);
+    let settings = [
+        "--set",
+        r#"pretrain.architecture={ kind = "resnet", depth = 18, layout = "imagenet", widths = [8, 16, 16, 32] }"#,
+        "--set",
+        "data.preprocess={ channels = 3, height = 32, width = 32 }",
+    ];
+    let (pre, ft) = (t.join("pre"), t.join("ft"));
+    let mut args = vec!["pretrain", "--pipeline", arg(&pipeline), "--out", arg(&pre)];
+    args.extend(["--epochs", "1"]);
+    args.extend(settings);
+    imprint(t, &args).assert_success();
+    let mut extra = vec!["--steps", "2"];
+    extra.extend(settings);
+    imprint(t, &finetune_args(&pipeline, "scratch", "3", &ft, &extra)).assert_success();
+    let model = ft.join("model.safetensors");
+    let encoder = pre.join("encoder.safetensors");
+    let outputs = |budget: &[&str], tag: &str| {
+        let files = ["logits", "predictions", "features"].map(|f| t.join(format!("{f}-{tag}.csv")));
+        let mut evaluate = vec!["evaluate", "--model", arg(&model), "--input", arg(&data)];
+        evaluate.extend(["--logits", arg(&files[0])]);
+        evaluate.extend(budget);
+        let run = imprint(t, &evaluate);
+        run.assert_success();
+        let scores = run.stdout.replace(tag, "");
+        let mut predict = apply_args("predict", &model, &data, &files[1]);
+        predict.extend(budget);
+        imprint(t, &predict).assert_success();
+        let mut embed = apply_args("embed", &encoder, &data, &files[2]);
+        embed.extend(budget);
+        imprint(t, &embed).assert_success();
+        let texts = files.map(|f| std::fs::read_to_string(f).unwrap());
+        (scores, texts)
+    };
+    let (scores, texts) = outputs(&[], "default");
+    assert_eq!(texts[0].lines().count(), 25, "a header and 24 images");
+    assert_eq!(
+        outputs(&["--memory-budget-mb", "1"], "small"),
+        (scores, texts)
+    );
 }
