@@ -639,6 +639,20 @@ fn output_that_is_an_input_or_a_file() {
 }
 
 #[test]
+fn a_memory_budget_of_nothing() {
+    let t: &Path = &test_dir();
+    let (model, _, list) = trained_model(t);
+    let out = t.join("predictions.csv");
+    let mut predict = apply_args("predict", &model, &list, &out);
+    predict.extend(["--memory-budget-mb", "0"]);
+    assert_refused(
+        t,
+        &predict,
+        &["--memory-budget-mb 0: must be at least 1 (MiB)"],
+    );
+}
+
+#[test]
 fn classifier_with_broken_weights() {
     let t: &Path = &test_dir();
     let (model, data, _) = trained_model(t);

@@ -2,8 +2,8 @@
 
 use imprint_e2e::{
     apply_args, arg, assert_nonempty, assert_png, class_pixels, finetune_args, imprint,
-    pretrain_args, read_json, test_dir, write_grey_png, write_pipeline, write_png_classes, Table,
-    Tiny, SIDE,
+    png_pipeline, pretrain_args, read_json, test_dir, write_grey_png, write_pipeline,
+    write_png_classes, Table, Tiny, SIDE,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -382,49 +382,113 @@ fn self_training_on_unlabeled_digits_beats_as_many_labeled_steps() {
     assert!(mean > 0.03, "mean gain {mean} ({gains:?})");
 }
 
-/// `imprint bench` alternates a fresh process of ours with the peer's, pair by pair, and prints
-/// every pair's speeds, peak memories and ratio, then the medians; a busy machine is refused.
+/// `imprint bench` alternates a fresh process of ours with the peer's (its plain fp32 mode,
+/// then its fastest), pair by pair, and prints the CPU, the kernels of each side, every pair's
+/// speeds, peak memories and ratios, then the medians; a busy machine is refused.
 #[test]
 fn bench_alternates_pairs_and_refuses_a_busy_machine() {
     let t: &Path = &test_dir();
-    // A stand-in for Python with PyTorch: 100 images/s on 2 threads, 2048 KiB at its peak.
+    // A stand-in for Python with PyTorch: an AVX2 CPU without bf16, 100 images/s on 2
+    // threads, 2048 KiB at its peak, one oneDNN kernel.
     let peer = t.join("peer");
-    std::fs::write(&peer, "#!/bin/sh\necho 100.0 2 2048\n").unwrap();
+    let json = r#"{"torch": "2.0", "capability": "AVX2", "bf16": false, "amx": false, "images_per_second": 100.0, "threads": 2, "peak_kib": 2048, "kernels": ["convolution jit:avx2 f32"]}"#;
+    std::fs::write(&peer, format!("#!/bin/sh\necho '{json}'\n")).unwrap();
     let mut perms = std::fs::metadata(&peer).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&peer, perms).unwrap();
     let small = [
         "bench", "--side", "8", "--hidden", "16", "--latent", "4", "--steps", "3", "--batch", "8",
     ];
-    for task in ["pretrain", "finetune", "infer"] {
-        let mut args = small.to_vec();
-        args.extend([
-            "--task",
-            task,
-            "--repeats",
-            "2",
-            "--busy-ok",
-            "--peer",
-            arg(&peer),
-        ]);
+    let resnet = ["--arch", "resnet20", "--steps", "2", "--batch", "8"];
+    for (net, task) in [
+        (&small[1..], "pretrain"),
+        (&small[1..], "finetune"),
+        (&small[1..], "infer"),
+        (&resnet[..], "simclr"),
+    ] {
+        let mut args = vec!["bench"];
+        args.extend(net);
+        args.extend(["--task", task, "--repeats", "2", "--busy-ok"]);
+        args.extend(["--peer", arg(&peer), "--avx2"]);
         let run = imprint(t, &args);
-        let pairs = run.assert_success().stdout_lines_starting("pair ");
+        run.assert_success().assert_stdout_has(&[
+            "CPU: ",
+            "avx512f ",
+            "imprint: f32; AVX-512 switched off (IMPRINT_NO_AVX512)",
+            "PyTorch 2.0: ATen CPU capability AVX2 (ATEN_CPU_CAPABILITY=avx2",
+            "oneDNN bf16 no, AMX tiles no; timed in fp32 and cl (fp32 with channels_last",
+            "2 threads on both sides",
+            "PyTorch cl ran (oneDNN's log of one more step): convolution jit:avx2 f32",
+        ]);
+        let pairs = run.stdout_lines_starting("pair ");
         assert_eq!(pairs.len(), 2, "{}", run.stdout);
         for pair in pairs {
-            assert!(
-                pair.contains("MiB), PyTorch (2 threads) 100 images/s (2 MiB), ratio "),
-                "{pair}"
-            );
+            for mode in ["fp32", "cl"] {
+                let peer = format!("PyTorch {mode} (2 threads) 100 images/s (2 MiB), ratio ");
+                assert!(pair.contains(&peer), "{pair}");
+            }
             assert!(pair.contains("(load "), "{pair}");
         }
         let median = run.stdout.lines().last().unwrap();
         assert!(median.starts_with("median: imprint "), "{median}");
-        assert!(
-            median.contains("PyTorch 100 images/s, peak 2 MiB; ratio of medians"),
-            "{median}"
-        );
+        for mode in ["fp32", "cl"] {
+            let peer = format!("PyTorch {mode} 100 images/s, peak 2 MiB, ratio of medians");
+            assert!(median.contains(&peer), "{median}");
+        }
     }
     let mut args = small.to_vec();
     args.push("--max-load=-1");
     imprint(t, &args).assert_error(&["the machine is busy", "--busy-ok"]);
+    let mut args = small.to_vec();
+    args.extend(["--task", "simclr", "--busy-ok"]);
+    imprint(t, &args).assert_error(&["--task simclr times the ResNets"]);
+}
+
+/// `evaluate`, `predict` and `embed` within a 1 MiB budget run a 32 px ResNet four images at a
+/// time (counted as 61 KB of activations an image, and a quarter of the budget is theirs),
+/// and write the same files, to the bit, as with the default budget, which runs all the images
+/// at once.
+#[test]
+fn inference_within_a_small_budget_writes_the_same_files() {
+    let t: &Path = &test_dir();
+    let (data, pipeline) = png_pipeline(t, &["ant", "bee", "cat"], 8);
+    let settings = [
+        "--set",
+        r#"pretrain.architecture={ kind = "resnet", depth = 18, layout = "imagenet", widths = [8, 16, 16, 32] }"#,
+        "--set",
+        "data.preprocess={ channels = 3, height = 32, width = 32 }",
+    ];
+    let (pre, ft) = (t.join("pre"), t.join("ft"));
+    let mut args = vec!["pretrain", "--pipeline", arg(&pipeline), "--out", arg(&pre)];
+    args.extend(["--epochs", "1"]);
+    args.extend(settings);
+    imprint(t, &args).assert_success();
+    let mut extra = vec!["--steps", "2"];
+    extra.extend(settings);
+    imprint(t, &finetune_args(&pipeline, "scratch", "3", &ft, &extra)).assert_success();
+    let model = ft.join("model.safetensors");
+    let encoder = pre.join("encoder.safetensors");
+    let outputs = |budget: &[&str], tag: &str| {
+        let files = ["logits", "predictions", "features"].map(|f| t.join(format!("{f}-{tag}.csv")));
+        let mut evaluate = vec!["evaluate", "--model", arg(&model), "--input", arg(&data)];
+        evaluate.extend(["--logits", arg(&files[0])]);
+        evaluate.extend(budget);
+        let run = imprint(t, &evaluate);
+        run.assert_success();
+        let scores = run.stdout.replace(tag, "");
+        let mut predict = apply_args("predict", &model, &data, &files[1]);
+        predict.extend(budget);
+        imprint(t, &predict).assert_success();
+        let mut embed = apply_args("embed", &encoder, &data, &files[2]);
+        embed.extend(budget);
+        imprint(t, &embed).assert_success();
+        let texts = files.map(|f| std::fs::read_to_string(f).unwrap());
+        (scores, texts)
+    };
+    let (scores, texts) = outputs(&[], "default");
+    assert_eq!(texts[0].lines().count(), 25, "a header and 24 images");
+    assert_eq!(
+        outputs(&["--memory-budget-mb", "1"], "small"),
+        (scores, texts)
+    );
 }

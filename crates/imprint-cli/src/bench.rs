@@ -1,20 +1,26 @@
 //! `imprint bench`: throughput and peak memory of pre-training (the dense or convolutional
-//! autoencoder), fine-tuning (a classifier on the dense, convolutional or ResNet-20 encoder) or
-//! inference (that classifier's predictions), and the PyTorch peer's on the identical net, batch
-//! and data size. Each measurement runs in a fresh process, ours and the peer's alternating one
-//! each per pair so that load hits both alike; the load average is printed before the first and
-//! after every pair, and a busy machine is refused unless asked.
+//! autoencoder, or SimCLR's contrastive step on a ResNet), fine-tuning (a classifier on the
+//! dense, convolutional or residual encoder) or inference (that classifier's predictions), and
+//! the PyTorch peer's on the identical net, batch, optimizer and data size, in its plain fp32
+//! mode and in its fastest one on this CPU (bf16 autocast with channels_last where oneDNN has
+//! bf16, else fp32 channels_last). Each measurement runs in a fresh process, ours and the
+//! peer's alternating within each pair so that load hits both alike; the load average is
+//! printed before the first and after every pair, and a busy machine is refused unless asked.
+//! The CPU, its vector extensions and the kernels each side ran are printed with the figures.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Pixels};
 use imprint_finetune::{finetune, Classifier, FinetuneConfig, Strategy};
+use imprint_nn::infer::Chunks;
+use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
 use imprint_pipeline::named_architecture;
 use imprint_pipeline::provenance::threads_phrase;
 use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
+use serde::Deserialize;
 use std::process::Command;
 use std::time::Instant;
 
@@ -23,20 +29,53 @@ use std::time::Instant;
 enum Task {
     /// Autoencoder training steps (dense and conv).
     Pretrain,
+    /// SimCLR training steps (ResNets): two views of each image through the encoder, a
+    /// projection head features -> features -> 64, NT-Xent at --temperature (Adam), as the
+    /// contrastive pretext runs them. Each view is the image flipped or not at random: the
+    /// pipelines' crops and colour jitter are timed on neither side.
+    Simclr,
     /// Classifier training steps: the encoder and a 10-class head, all trained (Adam).
     Finetune,
-    /// The classifier's class probabilities in eval mode, without a tape, in chunks of 1024.
+    /// The classifier's class probabilities in eval mode, without a tape, in the chunks the
+    /// default memory budget allows.
     Infer,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Pretrain => "pretrain",
+            Task::Simclr => "simclr",
+            Task::Finetune => "finetune",
+            Task::Infer => "infer",
+        }
+    }
+}
+
+/// The PyTorch mode timed beside its plain fp32 one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PeerFast {
+    /// bf16cl where oneDNN has bf16 on this CPU (and --avx2 is not given), else cl.
+    Auto,
+    /// bf16 autocast with channels_last tensors.
+    Bf16cl,
+    /// bf16 autocast.
+    Bf16,
+    /// fp32 with channels_last tensors.
+    Cl,
+    /// fp32 alone.
+    None,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Training steps per measurement.
+    /// Training steps per measurement (images: steps x batch).
     #[arg(long, default_value_t = 200)]
     steps: usize,
-    /// Image side (square, one channel; ResNet-20 takes 3x32x32 whatever this says).
+    /// Image side: one channel for dense and conv, three for the ImageNet-layout ResNets; the
+    /// CIFAR-layout ResNets take 3x32x32 whatever this says.
     #[arg(long, default_value_t = 28)]
     side: usize,
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
@@ -44,7 +83,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     latent: usize,
     /// `dense` or `conv` (an autoencoder: 3x3 stride-2 convolutions with `--channels` filters,
-    /// then linear), or `resnet20` (a 10-class classifier on 3x32x32 images, Adam).
+    /// then linear), or a ResNet: `resnet20` (32, 44, 56, 110; CIFAR layout, 3x32x32 images),
+    /// `resnet18` or `resnet34` (ImageNet layout, 3 x --side x --side images).
     #[arg(long, default_value = "dense")]
     arch: String,
     #[arg(long, value_delimiter = ',', default_value = "32,64")]
@@ -55,6 +95,17 @@ pub struct BenchArgs {
     /// A Python with PyTorch: also time the same net there (e.g. ~/peer/bin/python).
     #[arg(long)]
     peer: Option<String>,
+    /// The peer's mode timed beside its plain fp32 one: its fastest on this CPU by default.
+    #[arg(long, value_enum, default_value = "auto")]
+    peer_fast: PeerFast,
+    /// Time the path of a CPU without AVX-512: ours with AVX-512 switched off
+    /// (IMPRINT_NO_AVX512=1), the peer with ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2
+    /// and MKL_ENABLE_INSTRUCTIONS=AVX2.
+    #[arg(long)]
+    avx2: bool,
+    /// NT-Xent temperature of --task simclr (the CIFAR pipeline's).
+    #[arg(long, default_value_t = 0.2)]
+    temperature: f64,
     /// Refuse to start when the 1-minute load average is above this: another job on the
     /// cores measures the load, not the code.
     #[arg(long, default_value_t = 1.5)]
@@ -62,7 +113,7 @@ pub struct BenchArgs {
     /// Measure even on a busy machine (the figures are then marked as such).
     #[arg(long)]
     busy_ok: bool,
-    /// What to time; pretrain for dense and conv, finetune for resnet20 when not given.
+    /// What to time; pretrain for dense and conv, finetune for the ResNets when not given.
     #[arg(long, value_enum)]
     task: Option<Task>,
     /// Run one measurement of ours in this process and print images/s and peak memory (the
@@ -84,93 +135,15 @@ pub struct BenchArgs {
     idx_budget_mb: u64,
 }
 
-/// The PyTorch twin of each net: the same layers, batch, data size, optimizer and loss.
-const PEER: &str = r#"
-import resource, sys, time, torch, torch.nn as nn, torch.nn.functional as F
-batch, steps, side, latent = (int(a) for a in sys.argv[1:5])
-widths = [int(h) for h in sys.argv[5].split(',')]
-kind, task = sys.argv[6], sys.argv[7]
-torch.manual_seed(0)
+/// The PyTorch twin of each measurement (see the file's head).
+const PEER: &str = include_str!("bench_peer.py");
 
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.b2 = nn.BatchNorm2d(cout)
-        self.pad = (cout - cin) // 2 if cin != cout else 0
-        self.stride = stride
-    def forward(self, x):
-        h = F.relu(self.b1(self.c1(x)))
-        h = self.b2(self.c2(h))
-        s = x
-        if self.stride != 1 or self.pad:
-            s = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(h + s)
-
-def resnet20():
-    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    cin = 16
-    for i, w in enumerate([16, 32, 64]):
-        for b in range(3):
-            layers.append(Block(cin, w, 2 if i > 0 and b == 0 else 1)); cin = w
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
-
-if kind == 'resnet20':
-    net = resnet20()
-    x = torch.rand(steps * batch, 3, 32, 32)
-    y = torch.randint(0, 10, (steps * batch,))
-    params = list(net.parameters())
-    def loss_of(idx): return F.cross_entropy(net(x[idx]), y[idx])
-elif kind == 'dense':
-    dims = [side * side] + widths + [latent]
-    enc, dec = [], []
-    for i in range(len(dims) - 1):
-        enc += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
-        dec += [nn.Linear(dims[-1 - i], dims[-2 - i]), nn.ReLU()]
-    enc, dec = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1], nn.Sigmoid())
-    x = torch.rand(steps * batch, side * side)
-    params = list(enc.parameters()) + list(dec.parameters())
-    def loss_of(idx): return F.mse_loss(dec(enc(x[idx])), x[idx])
-else:
-    chans, sizes = [1] + widths, [side]
-    for _ in widths: sizes.append((sizes[-1] - 1) // 2 + 1)
-    enc = []
-    for i in range(len(widths)): enc += [nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.ReLU()]
-    flat = chans[-1] * sizes[-1] ** 2
-    enc = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, latent))
-    dec = [nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, (chans[-1], sizes[-1], sizes[-1]))]
-    for i in reversed(range(len(widths))):
-        op = sizes[i] - ((sizes[i + 1] - 1) * 2 + 3 - 2)
-        dec += [nn.ConvTranspose2d(chans[i + 1], chans[i], 3, 2, 1, output_padding=op), nn.ReLU()]
-    dec = nn.Sequential(*dec[:-1], nn.Sigmoid(), nn.Flatten())
-    x = torch.rand(steps * batch, side * side)
-    params = list(enc.parameters()) + list(dec.parameters())
-    def loss_of(idx): return F.mse_loss(dec(enc(x[idx].view(-1, 1, side, side))), x[idx])
-if task != 'pretrain' and kind != 'resnet20':
-    # a classifier: the encoder and a 10-class head
-    net = nn.Sequential(enc, nn.Linear(latent, 10))
-    y = torch.randint(0, 10, (len(x),))
-    params = list(net.parameters())
-    shaped = (lambda v: v) if kind == 'dense' else (lambda v: v.view(-1, 1, side, side))
-    def loss_of(idx): return F.cross_entropy(net(shaped(x[idx])), y[idx])
-opt = torch.optim.Adam(params, 1e-3)
-def epoch():
-    perm = torch.randperm(len(x))
-    for i in range(0, len(x), batch):
-        loss = loss_of(perm[i:i + batch])
-        opt.zero_grad(); loss.backward(); opt.step(); loss.item()
-def infer():
-    net.eval()
-    with torch.no_grad():
-        for i in range(0, len(x), 1024):
-            v = x[i:i + 1024]
-            F.softmax(net(v if kind != 'conv' else v.view(-1, 1, side, side)), 1).numpy()
-run = infer if task == 'infer' else epoch
-run()
-t = time.time(); run(); el = time.time() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(f"{steps * batch / el:.1f} {torch.get_num_threads()} {peak}")
-"#;
+/// Environment that keeps PyTorch to AVX2: ATen's own kernels, oneDNN's and MKL's.
+const PEER_AVX2_ENV: [(&str, &str); 3] = [
+    ("ATEN_CPU_CAPABILITY", "avx2"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+    ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+];
 
 impl BenchArgs {
     fn architecture(&self) -> Result<Architecture> {
@@ -185,8 +158,18 @@ impl BenchArgs {
                 stride: 2,
                 latent: self.latent,
             }),
-            "resnet20" => named_architecture(&self.arch).map_err(anyhow::Error::msg)?,
-            other => bail!("unknown --arch `{other}` (dense, conv or resnet20)"),
+            name if name.starts_with("resnet") => {
+                named_architecture(name).map_err(anyhow::Error::msg)?
+            }
+            other => bail!("unknown --arch `{other}` (dense, conv, resnet20, resnet18, ...)"),
+        })
+    }
+
+    /// The ResNet's layout and depth, for a ResNet.
+    fn resnet(&self) -> Result<Option<(Layout, usize)>> {
+        Ok(match self.architecture()? {
+            Architecture::Resnet(r) => Some((r.layout, r.depth)),
+            _ => None,
         })
     }
 
@@ -198,48 +181,85 @@ impl BenchArgs {
         }
     }
 
-    fn shape(&self) -> ImageShape {
-        if self.arch == "resnet20" {
-            ImageShape {
-                channels: 3,
-                height: 32,
-                width: 32,
-            }
-        } else {
-            ImageShape {
-                channels: 1,
-                height: self.side,
-                width: self.side,
-            }
-        }
+    fn shape(&self) -> Result<ImageShape> {
+        let (channels, side) = match self.resnet()? {
+            Some((Layout::Cifar, _)) => (3, 32),
+            Some((Layout::Imagenet, _)) => (3, self.side),
+            None => (1, self.side),
+        };
+        Ok(ImageShape {
+            channels,
+            height: side,
+            width: side,
+        })
     }
-}
 
-impl BenchArgs {
     fn task(&self) -> Task {
-        self.task.unwrap_or(if self.arch == "resnet20" {
+        self.task.unwrap_or(if self.arch.starts_with("resnet") {
             Task::Finetune
         } else {
             Task::Pretrain
         })
     }
+
+    /// How our inference cuts the images, within the default memory budget: the peer runs
+    /// chunks of as many images.
+    fn chunks(&self) -> Result<Chunks> {
+        let (arch, shape) = (self.architecture()?, self.shape()?);
+        Ok(Chunks::within(
+            imprint_data::DEFAULT_MEMORY_BUDGET_MB << 20,
+            shape.len(),
+            arch.widest(shape),
+            arch.widest_row(shape),
+        ))
+    }
 }
 
 /// Our images/s on `images`: an autoencoder's second pre-training epoch (the first warms caches
-/// and the allocator, as the peer's first does), a classifier's training steps after a short
-/// warm-up, or its predictions over the images after one warm-up pass.
+/// and the allocator, as the peer's first does), SimCLR's or a classifier's training steps
+/// after 5 warm-up steps, or a classifier's predictions over the images after one warm-up pass.
 fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
-    let shape = args.shape();
+    let shape = args.shape()?;
     let dev = Cpu::default();
-    if args.task() == Task::Pretrain {
-        let cfg = PretrainConfig {
-            batch_size: args.batch,
-            holdout_fraction: 0.0,
-            ..PretrainConfig::new(args.architecture()?, 2)
-        };
-        let images = Images::new(images, shape);
-        let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
-        return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
+    match args.task() {
+        Task::Pretrain => {
+            let cfg = PretrainConfig {
+                batch_size: args.batch,
+                holdout_fraction: 0.0,
+                ..PretrainConfig::new(args.architecture()?, 2)
+            };
+            let images = Images::new(images, shape);
+            let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
+            return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
+        }
+        Task::Simclr => {
+            let cfg = PretrainConfig {
+                batch_size: args.batch,
+                holdout_fraction: 0.0,
+                reconstruction_weight: 0.0,
+                contrast_weight: 1.0,
+                contrast_temperature: args.temperature,
+                augment: imprint_data::augment::Augment {
+                    flip: true,
+                    ..Default::default()
+                },
+                ..PretrainConfig::new(args.architecture()?, 1)
+            };
+            let warm: Vec<usize> = (0..(5 * args.batch).min(images.len())).collect();
+            let warm = images.subset(&warm);
+            pretrain(
+                &dev,
+                Images::new(&warm, shape),
+                &cfg,
+                0,
+                Start::Fresh,
+                Hooks::default(),
+            )?;
+            let images = Images::new(images, shape);
+            let run = pretrain(&dev, images, &cfg, 0, Start::Fresh, Hooks::default())?;
+            return Ok(run.history.last().map_or(0.0, |h| h.images_per_second));
+        }
+        Task::Finetune | Task::Infer => {}
     }
     let n = images.len();
     let data = Dataset {
@@ -276,13 +296,13 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
 
 /// The images every measurement runs on (the same seeded noise on both sides' sizes), as the
 /// bytes a dataset holds.
-fn images(args: &BenchArgs) -> Pixels {
-    let len = args.shape().len();
+fn images(args: &BenchArgs) -> Result<Pixels> {
+    let len = args.shape()?.len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let bytes = (0..args.steps * args.batch * len)
         .map(|_| rng.gen())
         .collect();
-    Pixels::from_bytes(bytes, len)
+    Ok(Pixels::from_bytes(bytes, len))
 }
 
 /// This process's peak resident memory in KiB (`VmHWM`).
@@ -297,13 +317,14 @@ fn peak_kib() -> Result<u64> {
 
 /// One measurement of ours in a fresh process (this program, `--worker`): images/s and peak
 /// memory in KiB.
-fn ours_in_child() -> Result<(f64, u64)> {
+fn ours_in_child(args: &BenchArgs) -> Result<(f64, u64)> {
     let exe = std::env::current_exe().context("cannot find this program to run a measurement")?;
-    let out = Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .arg("--worker")
-        .output()
-        .context("cannot run a measurement")?;
+    let mut child = Command::new(exe);
+    child.args(std::env::args_os().skip(1)).arg("--worker");
+    if args.avx2 {
+        child.env(imprint_ops::NO_AVX512_VAR, "1");
+    }
+    let out = child.output().context("cannot run a measurement")?;
     if !out.status.success() {
         bail!(
             "a measurement failed: {}",
@@ -318,15 +339,40 @@ fn ours_in_child() -> Result<(f64, u64)> {
     }
 }
 
-/// The peer's images/s, thread count and peak memory in KiB.
-fn peer(python: &str, args: &BenchArgs) -> Result<(f64, usize, u64)> {
-    let widths: Vec<String> = args.widths().iter().map(|h| h.to_string()).collect();
-    let out = Command::new(python)
-        .args(["-c", PEER])
-        .args([args.batch, args.steps, args.side, args.latent].map(|v| v.to_string()))
-        .arg(widths.join(","))
-        .arg(&args.arch)
-        .arg(format!("{:?}", args.task()).to_lowercase())
+/// What the peer says of PyTorch on this CPU.
+#[derive(Debug, Deserialize)]
+struct PeerCapabilities {
+    torch: String,
+    /// ATen's CPU capability (`torch.backends.cpu.get_cpu_capability()`): AVX512, AVX2, ...
+    capability: String,
+    /// Whether oneDNN runs bf16 on this CPU (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`).
+    bf16: bool,
+    /// Whether the CPU has AMX tiles (`torch.cpu._is_amx_tile_supported()`).
+    amx: bool,
+}
+
+/// One measurement of the peer.
+#[derive(Debug, Deserialize)]
+struct PeerRun {
+    images_per_second: f64,
+    threads: usize,
+    peak_kib: u64,
+    /// The oneDNN kernels one more step ran: `kind implementation source-type`.
+    kernels: Vec<String>,
+}
+
+/// Runs the peer with `settings` (its `task`, `mode` and the net) and reads its JSON line.
+fn run_peer<T: for<'de> Deserialize<'de>>(
+    python: &str,
+    args: &BenchArgs,
+    settings: serde_json::Value,
+) -> Result<T> {
+    let mut peer = Command::new(python);
+    peer.args(["-c", PEER]).arg(settings.to_string());
+    if args.avx2 {
+        peer.envs(PEER_AVX2_ENV);
+    }
+    let out = peer
         .output()
         .with_context(|| format!("cannot run the peer `{python}`"))?;
     if !out.status.success() {
@@ -336,12 +382,92 @@ fn peer(python: &str, args: &BenchArgs) -> Result<(f64, usize, u64)> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace().map(str::parse::<f64>);
-    match (words.next(), words.next(), words.next()) {
-        (Some(Ok(speed)), Some(Ok(threads)), Some(Ok(peak))) => {
-            Ok((speed, threads as usize, peak as u64))
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("unexpected peer output `{}`", text.trim()))
+}
+
+/// The peer's settings for one measurement in `mode`.
+fn peer_settings(args: &BenchArgs, mode: &str) -> Result<serde_json::Value> {
+    let (kind, layout, depth) = match args.resnet()? {
+        Some((layout, depth)) => {
+            let layout = match layout {
+                Layout::Cifar => "cifar",
+                Layout::Imagenet => "imagenet",
+            };
+            ("resnet", layout, depth)
         }
-        _ => bail!("unexpected peer output `{}`", text.trim()),
+        None => (args.arch.as_str(), "", 0),
+    };
+    Ok(serde_json::json!({
+        "task": args.task().name(),
+        "mode": mode,
+        "kind": kind,
+        "layout": layout,
+        "depth": depth,
+        "batch": args.batch,
+        "steps": args.steps,
+        "side": args.shape()?.height,
+        "latent": args.latent,
+        "widths": args.widths(),
+        "threads": rayon::current_num_threads(),
+        "chunk": args.chunks()?.images,
+        "temperature": args.temperature,
+    }))
+}
+
+/// What a peer mode is, in words.
+fn mode_words(mode: &str) -> &'static str {
+    match mode {
+        "fp32" => "plain fp32",
+        "cl" => "fp32 with channels_last",
+        "bf16" => "bf16 autocast",
+        "bf16cl" => "bf16 autocast with channels_last",
+        _ => "?",
+    }
+}
+
+/// The CPU's model name and whether it has the vector extensions the kernels choose by, from
+/// `/proc/cpuinfo` (a virtual machine's model name may say little: the flags say what runs).
+fn cpu_line() -> String {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return "CPU: unknown (no /proc/cpuinfo)".into();
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown model".into());
+    let flags = field("flags").unwrap_or_default();
+    let has: Vec<String> = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_tile",
+    ]
+    .iter()
+    .map(|f| {
+        let yes = flags.split_whitespace().any(|g| g == *f);
+        format!("{f} {}", if yes { "yes" } else { "no" })
+    })
+    .collect();
+    format!("CPU: {model} ({})", has.join(", "))
+}
+
+/// The kernels our side runs on this CPU, as the dispatch chooses them (`avx2`: with AVX-512
+/// switched off, as the measurements' processes have it).
+fn our_kernels(avx2: bool) -> &'static str {
+    if imprint_ops::avx512() && !avx2 {
+        "f32; convolutions of stride-aligned shapes on direct AVX-512 kernels, the rest on \
+         im2col + gemm (AVX-512 micro-kernels); batch norm and elementwise loops at AVX-512 width"
+    } else if avx2 || imprint_ops::avx512_switched_off() {
+        "f32; AVX-512 switched off (IMPRINT_NO_AVX512): convolutions on im2col + gemm (FMA \
+         micro-kernels at AVX2 width), loops at AVX2 width"
+    } else {
+        "f32; convolutions on im2col + gemm (the micro-kernels gemm picks for this CPU)"
     }
 }
 
@@ -371,14 +497,93 @@ fn load_average() -> Result<[f64; 3]> {
     Ok([next()?, next()?, next()?])
 }
 
+/// The net and task, in words.
+fn describe(args: &BenchArgs) -> Result<String> {
+    let (arch, shape) = (args.architecture()?, args.shape()?);
+    Ok(match args.task() {
+        Task::Pretrain => format!(
+            "autoencoder {} (mirrored decoder), pre-training (Adam)",
+            arch.describe(shape)
+        ),
+        Task::Simclr => format!(
+            "SimCLR on {}: two views of each image (random flips), projection head {l}-{l}-64, \
+             NT-Xent at temperature {}, pre-training (Adam; images/s counts images, not views)",
+            arch.describe(shape),
+            args.temperature,
+            l = arch.latent()
+        ),
+        Task::Finetune => format!(
+            "classifier {} + 10-class head, fine-tuning (Adam)",
+            arch.describe(shape)
+        ),
+        Task::Infer => format!(
+            "classifier {} + 10-class head, inference in chunks of {} images",
+            arch.describe(shape),
+            args.chunks()?.images
+        ),
+    })
+}
+
+/// The peer's fast mode on this CPU, or `None` for fp32 alone.
+fn fast_mode(args: &BenchArgs, caps: &PeerCapabilities) -> Option<&'static str> {
+    match args.peer_fast {
+        PeerFast::Auto if caps.bf16 && !args.avx2 => Some("bf16cl"),
+        PeerFast::Auto | PeerFast::Cl => Some("cl"),
+        PeerFast::Bf16cl => Some("bf16cl"),
+        PeerFast::Bf16 => Some("bf16"),
+        PeerFast::None => None,
+    }
+}
+
+/// A peer mode's runs in one bench.
+struct PeerSeries {
+    mode: &'static str,
+    speeds: Vec<f64>,
+    ratios: Vec<f64>,
+    peak_kib: u64,
+    kernels: Vec<String>,
+}
+
+impl PeerSeries {
+    fn new(mode: &'static str) -> Self {
+        PeerSeries {
+            mode,
+            speeds: Vec::new(),
+            ratios: Vec::new(),
+            peak_kib: 0,
+            kernels: Vec::new(),
+        }
+    }
+
+    /// `median: ...` words for this mode against our median `o`.
+    fn summary(&self, o: f64) -> String {
+        let p = median(self.speeds.clone());
+        let (lo, hi) = self
+            .ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        format!(
+            "PyTorch {} {p:.0} images/s, peak {:.0} MiB, ratio of medians {:.2}x, median of \
+             ratios {:.2}x (pairs {lo:.2}-{hi:.2}x)",
+            self.mode,
+            mib(self.peak_kib),
+            o / p,
+            median(self.ratios.clone())
+        )
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.task() == Task::Pretrain && args.arch == "resnet20" {
-        bail!(
-            "--task pretrain times the autoencoders (dense, conv); resnet20 has finetune and infer"
-        );
+    let task = args.task();
+    let resnet = args.resnet()?.is_some();
+    if task == Task::Pretrain && resnet {
+        bail!("--task pretrain times the autoencoders (dense, conv); a ResNet has simclr, finetune and infer");
+    }
+    if task == Task::Simclr && !resnet {
+        bail!("--task simclr times the ResNets (resnet20, resnet18, ...)");
     }
     if args.worker {
-        let speed = ours(args, &images(args))?;
+        let speed = ours(args, &images(args)?)?;
         println!("{speed} {}", peak_kib()?);
         return Ok(());
     }
@@ -406,71 +611,87 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         return crate::data_bench::run(dir, &sizes);
     }
-    let shape = args.shape();
-    let net = match args.task() {
-        Task::Pretrain => format!(
-            "autoencoder {} (mirrored decoder), pre-training",
-            args.architecture()?.describe(shape)
-        ),
-        task => format!(
-            "classifier {} + 10-class head, {}",
-            args.architecture()?.describe(shape),
-            if task == Task::Infer {
-                "inference in chunks of 1024"
+    let threads = rayon::current_num_threads();
+    println!("{}", cpu_line());
+    println!("imprint: {}", our_kernels(args.avx2));
+    let mut series = Vec::new();
+    if let Some(python) = &args.peer {
+        let probe = serde_json::json!({ "task": "probe", "threads": threads });
+        let caps: PeerCapabilities = run_peer(python, args, probe)?;
+        let fast = fast_mode(args, &caps);
+        println!(
+            "PyTorch {}: ATen CPU capability {}{}, oneDNN bf16 {}, AMX tiles {}; timed in {}",
+            caps.torch,
+            caps.capability,
+            if args.avx2 {
+                " (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2)"
             } else {
-                "fine-tuning (Adam)"
+                ""
+            },
+            if caps.bf16 { "yes" } else { "no" },
+            if caps.amx { "yes" } else { "no" },
+            match fast {
+                Some(m) => format!("fp32 and {m} ({}, its fastest here)", mode_words(m)),
+                None => "fp32 alone".into(),
             }
-        ),
-    };
+        );
+        series.push(PeerSeries::new("fp32"));
+        series.extend(fast.map(PeerSeries::new));
+    }
     println!(
-        "{net}, batch {}, {} images per measurement, {}",
+        "{}, batch {}, {} images per measurement, {} on both sides",
+        describe(args)?,
         args.batch,
         args.steps * args.batch,
-        threads_phrase(rayon::current_num_threads())
+        threads_phrase(threads)
     );
-    let (mut ours_runs, mut peer_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ours_peak, mut peer_peak) = (0, 0);
+    let (mut ours_runs, mut ours_peak) = (Vec::new(), 0);
     for i in 0..args.repeats.max(1) {
-        let (o, peak) = ours_in_child()?;
+        let (o, peak) = ours_in_child(args)?;
         ours_peak = ours_peak.max(peak);
-        print!(
+        let mut line = format!(
             "pair {}: imprint {o:.0} images/s ({:.0} MiB)",
             i + 1,
             mib(peak)
         );
         ours_runs.push(o);
-        if let Some(python) = &args.peer {
-            let (p, threads, peak) = peer(python, args)?;
-            peer_peak = peer_peak.max(peak);
-            print!(
-                ", PyTorch ({}) {p:.0} images/s ({:.0} MiB), ratio {:.2}x",
-                threads_phrase(threads),
-                mib(peak),
+        for s in &mut series {
+            let python = args.peer.as_deref().expect("a peer series needs a peer");
+            let run: PeerRun = run_peer(python, args, peer_settings(args, s.mode)?)?;
+            s.peak_kib = s.peak_kib.max(run.peak_kib);
+            s.kernels = run.kernels;
+            let p = run.images_per_second;
+            line.push_str(&format!(
+                ", PyTorch {} ({}) {p:.0} images/s ({:.0} MiB), ratio {:.2}x",
+                s.mode,
+                threads_phrase(run.threads),
+                mib(run.peak_kib),
                 o / p
-            );
-            peer_runs.push(p);
-            ratios.push(o / p);
+            ));
+            s.speeds.push(p);
+            s.ratios.push(o / p);
         }
-        println!(" (load {:.2})", load_average()?[0]);
+        println!("{line} (load {:.2})", load_average()?[0]);
+    }
+    for s in &series {
+        let kernels = match s.kernels.is_empty() {
+            true => "no oneDNN convolution or matmul (ATen's own kernels)".to_string(),
+            false => s.kernels.join(", "),
+        };
+        println!(
+            "PyTorch {} ran (oneDNN's log of one more step): {kernels}",
+            s.mode
+        );
     }
     let o = median(ours_runs);
-    print!(
+    let mut summary = format!(
         "median: imprint {o:.0} images/s, peak {:.0} MiB",
         mib(ours_peak)
     );
-    if !peer_runs.is_empty() {
-        let p = median(peer_runs);
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-        print!(
-            "; PyTorch {p:.0} images/s, peak {:.0} MiB; ratio of medians {:.2}x, median of \
-             ratios {:.2}x (pairs {lo:.2}-{hi:.2}x)",
-            mib(peer_peak),
-            o / p,
-            median(ratios)
-        );
+    for s in &series {
+        summary.push_str("; ");
+        summary.push_str(&s.summary(o));
     }
-    println!();
+    println!("{summary}");
     Ok(())
 }

@@ -101,6 +101,10 @@ enum Command {
         /// Replace --out if it exists (a regular file that is none of the inputs).
         #[arg(long)]
         force: bool,
+        /// MiB of memory to work within: decoded images beyond it are read from the image
+        /// cache, and as many images run at once as a quarter of it holds the activations of.
+        #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
+        memory_budget_mb: u64,
     },
     /// Score a classifier on labeled images: accuracy, per-class accuracy, confusion matrix.
     Evaluate {
@@ -116,6 +120,10 @@ enum Command {
         /// Replace --logits if it exists (a regular file that is none of the inputs).
         #[arg(long)]
         force: bool,
+        /// MiB of memory to work within: decoded images beyond it are read from the image
+        /// cache, and as many images run at once as a quarter of it holds the activations of.
+        #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
+        memory_budget_mb: u64,
     },
     /// Read a network trained elsewhere (PyTorch .pt/.pth/.th/.ckpt, zip or legacy, or
     /// safetensors) into one of our architectures: writes model.safetensors + model.json (or
@@ -214,6 +222,10 @@ enum Command {
         /// Replace --out if it exists (a regular file that is none of the inputs).
         #[arg(long)]
         force: bool,
+        /// MiB of memory to work within: decoded images beyond it are read from the image
+        /// cache, and as many images run at once as a quarter of it holds the activations of.
+        #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
+        memory_budget_mb: u64,
     },
     /// Data sources: fetch MNIST, or describe a source.
     Data {
@@ -518,11 +530,13 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             out,
             force,
+            memory_budget_mb,
         } => {
+            check_budget(memory_budget_mb)?;
             let inputs = applied_inputs("--model", &model, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let n = imprint_pipeline::predict(&model, &input, &file)?;
+            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb)?;
             println!("{n} predictions in {}", out.display());
         }
         Command::Evaluate {
@@ -530,14 +544,17 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             logits,
             force,
+            memory_budget_mb,
         } => {
+            check_budget(memory_budget_mb)?;
             let inputs = applied_inputs("--model", &model, &input);
             let file = logits
                 .as_deref()
                 .map(|path| prepare_output_file(path, force, &inputs))
                 .transpose()?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let e = imprint_pipeline::evaluate_job(&model, &input, file.as_deref())?;
+            let e =
+                imprint_pipeline::evaluate_job(&model, &input, file.as_deref(), memory_budget_mb)?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
                 e.images,
@@ -634,11 +651,13 @@ fn run_command(cli: Cli) -> Result<()> {
             input,
             out,
             force,
+            memory_budget_mb,
         } => {
+            check_budget(memory_budget_mb)?;
             let inputs = applied_inputs("--encoder", &encoder, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&encoder));
-            let n = imprint_pipeline::embed(&encoder, &input, &file)?;
+            let n = imprint_pipeline::embed(&encoder, &input, &file, memory_budget_mb)?;
             println!("features of {n} images in {}", out.display());
         }
         Command::Data { command } => match command {
@@ -692,6 +711,12 @@ fn applied_inputs(flag: &str, checkpoint: &Path, images: &Path) -> Vec<Input> {
         inputs.push(Input::new("the image cache folder", cache));
     }
     inputs
+}
+
+/// `--memory-budget-mb`: a budget of no memory leaves nothing to work in.
+fn check_budget(mb: u64) -> Result<()> {
+    anyhow::ensure!(mb >= 1, "--memory-budget-mb {mb}: must be at least 1 (MiB)");
+    Ok(())
 }
 
 /// `3x32x32` as channels, height, width.

@@ -22,7 +22,7 @@ const MAGIC: &[u8; 16] = b"imprint-u8-image";
 const VERSION: u32 = 1;
 const HEADER: usize = 128;
 /// Images decoded at once while a cache file is written: enough to keep every core busy,
-/// few enough to bound the memory it takes.
+/// few enough to bound the memory it takes (and never more than the budget holds).
 const CHUNK: usize = 4096;
 
 /// The cache file of `source` decoded as `prep` asks, when there is a cache folder.
@@ -145,9 +145,10 @@ pub(crate) fn build(
     temp.write_all(&header(shape, count, digest))
         .map_err(disk_full)?;
     let len = shape.len();
-    let mut buffer = vec![0u8; CHUNK.min(count) * len];
-    for start in (0..count).step_by(CHUNK) {
-        let n = CHUNK.min(count - start);
+    let chunk = CHUNK.min(resident_limit / len.max(1)).max(1);
+    let mut buffer = vec![0u8; chunk.min(count) * len];
+    for start in (0..count).step_by(chunk) {
+        let n = chunk.min(count - start);
         buffer[..n * len]
             .par_chunks_mut(len)
             .enumerate()

@@ -3,12 +3,12 @@
 
 use dfdx::prelude::*;
 use imprint_data::{ImageShape, Pixels};
-use imprint_nn::infer::over_pixels;
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::tree::{join, Params, Var};
 use imprint_nn::{Activation, Dropout, Encoder, ImprintDevice, Linear, Matrix, Mode, Pass};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
 
 /// What turns features into a class.
 #[derive(Clone, Debug)]
@@ -119,29 +119,71 @@ impl<D: ImprintDevice> Classifier<D> {
 
     /// The encoder's features of `images`, in eval mode.
     pub fn features(&mut self, dev: &D, images: &Pixels) -> Vec<f32> {
-        over_pixels(dev, images, |x| self.encoder.forward(x, &mut Pass::eval()))
+        self.encoder.infer(dev, images, |f| f)
     }
 
-    /// Class logits `[batch, classes]` of a linear head in eval mode, without a tape.
-    pub fn logits(&mut self, x: Matrix<D>) -> Matrix<D> {
-        let features = self.encoder.forward(x, &mut Pass::eval());
-        self.linear_head()
-            .forward(features, Activation::Identity, false)
+    /// The linear head's logits `[images, classes]` of `images` in eval mode, as the encoder's
+    /// memory budget cuts them: `sink(range, logits)` gets those of images `range`, in order.
+    ///
+    /// # Panics
+    /// On a kNN classifier, which has no logits (a caller bug).
+    pub fn logits_each(
+        &mut self,
+        dev: &D,
+        images: &Pixels,
+        sink: impl FnMut(Range<usize>, Vec<f32>),
+    ) {
+        let chunks = self.encoder.inference_chunks();
+        let Classifier { encoder, head, .. } = self;
+        let Head::Linear(head) = head else {
+            panic!("a kNN classifier has no logits");
+        };
+        let logits = |f| head.forward(f, Activation::Identity, false);
+        encoder.infer_each(dev, images, chunks, logits, sink);
     }
 
     /// Predicted class and its probability (softmax, or share of the vote) for each image.
     pub fn predict(&mut self, dev: &D, images: &Pixels) -> Vec<(usize, f32)> {
-        if let Head::Knn(bank, settings) = &self.head {
-            let (bank, settings) = (bank.clone(), *settings);
-            return bank.predict(&self.features(dev, images), settings);
+        let mut out = Vec::with_capacity(images.len());
+        self.predict_each(dev, images, |_, p| out.extend_from_slice(p));
+        out
+    }
+
+    /// [`Classifier::predict`] a chunk of images at a time, as the encoder's memory budget
+    /// cuts them: `sink(first, predictions)` gets the predictions of images `first..`, in
+    /// order, and nothing of a chunk is kept after it.
+    pub fn predict_each(
+        &mut self,
+        dev: &D,
+        images: &Pixels,
+        mut sink: impl FnMut(usize, &[(usize, f32)]),
+    ) {
+        let chunks = self.encoder.inference_chunks();
+        let classes = self.classes.len();
+        let Classifier { encoder, head, .. } = self;
+        match head {
+            Head::Knn(bank, settings) => {
+                let settings = *settings;
+                encoder.infer_each(
+                    dev,
+                    images,
+                    chunks,
+                    |f| f,
+                    |r, features| sink(r.start, &bank.predict(&features, settings)),
+                );
+            }
+            Head::Linear(head) => {
+                let probabilities = |f| {
+                    head.forward(f, Activation::Identity, false)
+                        .softmax::<dfdx::shapes::Axis<1>>()
+                };
+                encoder.infer_each(dev, images, chunks, probabilities, |r, probs| {
+                    let best: Vec<(usize, f32)> =
+                        probs.chunks_exact(classes).map(best_class).collect();
+                    sink(r.start, &best)
+                });
+            }
         }
-        let probs = over_pixels(dev, images, |x| {
-            self.logits(x).softmax::<dfdx::shapes::Axis<1>>()
-        });
-        probs
-            .chunks_exact(self.classes.len())
-            .map(best_class)
-            .collect()
     }
 }
 

@@ -11,7 +11,6 @@ use crate::{
 use dfdx::prelude::*;
 use imprint_data::augment::augment_batch;
 use imprint_data::Dataset;
-use imprint_nn::infer::over_pixels;
 use imprint_nn::loss::cross_entropy;
 use imprint_nn::tree::ParamsExt;
 use imprint_nn::{ImprintDevice, Matrix, Mode, Optimizer, Pass};
@@ -430,7 +429,8 @@ fn validate<D: ImprintDevice>(
     step: usize,
 ) -> Validation {
     let labels = held_out.labels.as_deref().unwrap_or_default();
-    let logits = over_pixels(dev, &held_out.pixels, |x| model.logits(x));
+    let mut logits = Vec::new();
+    model.logits_each(dev, &held_out.pixels, |_, v| logits.extend(v));
     let classes = model.classes.len();
     let correct = logits
         .chunks_exact(classes)

@@ -67,10 +67,44 @@ pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, thre
         }
         return;
     }
-    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    let parallel = m * n * k >= PARALLEL_MIN_FLOPS && threads > 1;
+    // gemm 0.19 picks its AVX-512 micro-kernels by itself wherever the CPU has them; with
+    // AVX-512 switched off, the products go to gemm 0.15 (the version dfdx brings), whose
+    // micro-kernels on stable Rust are FMA at AVX2 width, as on a CPU without AVX-512.
+    if crate::isa::avx512_switched_off() {
+        let parallelism = match parallel {
+            true => gemm_fma::Parallelism::Rayon(threads),
+            false => gemm_fma::Parallelism::None,
+        };
+        // SAFETY: as below.
+        unsafe {
+            gemm_fma::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                lhs.ptr,
+                lhs.col_stride,
+                lhs.row_stride,
+                rhs.ptr,
+                rhs.col_stride,
+                rhs.row_stride,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        return;
+    }
+    let parallelism = match parallel {
+        true => gemm::Parallelism::Rayon(threads),
+        false => gemm::Parallelism::None,
     };
     // SAFETY: every view was built from a live slice holding exactly rows x cols elements with
     // matching strides (asserted in `row_major` / `transposed`), the inner dimensions agree,
@@ -312,7 +346,7 @@ macro_rules! with_wide_vectors {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx512f") {
+            if $crate::isa::avx512() {
                 // SAFETY: the CPU has AVX-512F.
                 return unsafe { wide($($arg),*) };
             }

@@ -17,8 +17,8 @@
 //! [`Pool2dKernel`], [`BatchNorm2dKernel`], [`FusedBatchNorm2dKernel`]) plus a generic
 //! function; this crate implements them for [`dfdx::prelude::Cpu`]. Convolutions with one
 //! group whose image is the stride times the output grid (the usual "same" and strided 3x3 and
-//! 4x4 layers) run on direct AVX-512 kernels where the CPU has them; all others, and every
-//! convolution on other CPUs, use im2col + gemm, the batch cut into chunks of images that share
+//! 4x4 layers) run on direct AVX-512 kernels where the CPU has them (and [`NO_AVX512_VAR`] does
+//! not turn AVX-512 off); all others, and every convolution on other CPUs, use im2col + gemm, the batch cut into chunks of images that share
 //! one column matrix (one wide product per chunk). Either way images are spread over rayon's
 //! threads, cut by the batch and image size alone, so results do not depend on the thread
 //! count. Another device can implement the traits beside it.
@@ -35,6 +35,7 @@ mod denormals;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 mod error;
+mod isa;
 mod linear;
 mod pool2d;
 mod shortcut;
@@ -53,6 +54,7 @@ pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
 pub use denormals::flush_denormals;
 pub use error::SpecError;
+pub use isa::{avx512, avx512_switched_off, NO_AVX512_VAR};
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
 pub use shortcut::{subsample_pad_channels, ShortcutKernel};

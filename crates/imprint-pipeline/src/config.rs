@@ -69,7 +69,9 @@ pub struct DataConfig {
     pub near_duplicate_distance: NearDuplicates,
     /// Decoded images beyond this many MiB are not held in memory: an uncompressed idx file is
     /// read through a file mapping, other sources through a cache file of their 8-bit pixels,
-    /// and of a mapping about this much stays resident. Changes speed and memory, never results.
+    /// and of a mapping about this much stays resident. Inference (test scores, the kNN
+    /// monitor, self-training's teacher) runs as many images at once as a quarter of it holds
+    /// the activations of. Changes speed and memory, never results.
     #[serde(default = "default_memory_budget_mb")]
     pub memory_budget_mb: u64,
     /// Where file digests and the image caches of large sources are kept; by default

@@ -254,6 +254,8 @@ pub(crate) fn run_one(
             )))
         }
     };
+    // Self-training's teacher and the test set's scores run within the data's budget.
+    let encoder = encoder.within_memory(p.data.storage().memory_budget);
     create_dir(out)?;
     let checkpoint = resume_point::checkpoint_path(out);
     let run = (strategy, k);

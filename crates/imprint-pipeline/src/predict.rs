@@ -9,30 +9,78 @@ use crate::{EncoderSidecar, ModelSidecar, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Preprocess, Storage};
 use imprint_finetune::{evaluate, Classifier, Head, Metrics};
-use imprint_nn::infer::over_pixels;
 use imprint_nn::knn::{Bank, KnnSettings};
-use imprint_nn::{load_tensors, Encoder, ParamsExt, Pass};
+use imprint_nn::{load_tensors, Encoder, ParamsExt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Classifies the images of `input` with a fine-tuned model into `out_csv`
-/// (`path,predicted,confidence`).
-pub fn predict(model_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
+/// (`path,predicted,confidence`), within `memory_budget_mb` MiB of decoded images and a share
+/// of it for the activations of the images run at once; rows are written as they come.
+pub fn predict(
+    model_weights: &Path,
+    input: &Path,
+    out_csv: &Path,
+    memory_budget_mb: u64,
+) -> Result<usize> {
     let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
-    let images = load_input(input, side.input, &side.preprocess)?;
+    let storage = Storage::standard().with_budget_mb(memory_budget_mb);
+    let images = load_input(input, side.input, &side.preprocess, &storage)?;
     let mut model = model_of(model_weights, &side)?;
-    let predictions = model.predict(&Cpu::default(), &images.pixels);
-    let mut text = String::from("path,predicted,confidence\n");
-    for (item, (class, p)) in images.items.iter().zip(&predictions) {
-        text.push_str(&format!(
-            "{},{},{p:.6}\n",
-            csv_field(item),
-            csv_field(&side.classes[*class])
-        ));
+    model.encoder.memory_budget = storage.memory_budget;
+    let mut out = CsvOut::create(out_csv, "path,predicted,confidence\n")?;
+    model.predict_each(&Cpu::default(), &images.pixels, |first, predictions| {
+        let mut text = String::new();
+        for (i, (class, p)) in (first..).zip(predictions) {
+            text.push_str(&format!(
+                "{},{},{p:.6}\n",
+                csv_field(&images.items[i]),
+                csv_field(&side.classes[*class])
+            ));
+        }
+        out.write(&text);
+    });
+    out.commit()?;
+    Ok(images.len())
+}
+
+/// A CSV written through a temporary name a chunk of rows at a time; the first write error is
+/// kept and reported by [`CsvOut::commit`], which renames the file into place.
+struct CsvOut {
+    path: PathBuf,
+    file: imprint_fs::AtomicFile,
+    failed: Option<std::io::Error>,
+}
+
+impl CsvOut {
+    fn create(path: &Path, header: &str) -> Result<Self> {
+        let mut out = CsvOut {
+            path: path.to_path_buf(),
+            file: imprint_fs::AtomicFile::create(path)?,
+            failed: None,
+        };
+        out.write(header);
+        Ok(out)
     }
-    imprint_fs::write_atomic(out_csv, text.as_bytes())?;
-    Ok(predictions.len())
+
+    fn write(&mut self, text: &str) {
+        if self.failed.is_none() {
+            self.failed = self.file.write_all(text.as_bytes()).err();
+        }
+    }
+
+    fn commit(self) -> Result<()> {
+        if let Some(source) = self.failed {
+            return Err(imprint_fs::FsError {
+                path: self.path,
+                source,
+            }
+            .into());
+        }
+        Ok(self.file.commit()?)
+    }
 }
 
 /// A classifier's scores on labeled images.
@@ -45,15 +93,18 @@ pub struct Evaluation {
 }
 
 /// Scores a classifier on the labeled images of `input` (a folder per class, a CSV list, an idx
-/// file with labels), whose class names must be among the classifier's. Writes `logits_csv`
-/// (`path,label,logit_<class>...`, the linear head's scores before the softmax) when asked.
+/// file with labels), whose class names must be among the classifier's, within
+/// `memory_budget_mb` MiB as [`predict`]. Writes `logits_csv` (`path,label,logit_<class>...`,
+/// the linear head's scores before the softmax) when asked, a chunk of rows at a time.
 pub fn evaluate_job(
     model_weights: &Path,
     input: &Path,
     logits_csv: Option<&Path>,
+    memory_budget_mb: u64,
 ) -> Result<Evaluation> {
     let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
-    let images = load_input(input, side.input, &side.preprocess)?;
+    let storage = Storage::standard().with_budget_mb(memory_budget_mb);
+    let images = load_input(input, side.input, &side.preprocess, &storage)?;
     if images.labels.is_none() {
         return Err(PipelineError::Input {
             path: input.display().to_string(),
@@ -63,6 +114,7 @@ pub fn evaluate_job(
     }
     let images = images.align_classes(&side.classes)?;
     let mut model = model_of(model_weights, &side)?;
+    model.encoder.memory_budget = storage.memory_budget;
     let dev = Cpu::default();
     if let Some(path) = logits_csv {
         let Head::Linear(_) = model.head else {
@@ -71,8 +123,7 @@ pub fn evaluate_job(
                 message: "a kNN classifier has no logits to write".into(),
             });
         };
-        let logits = over_pixels(&dev, &images.pixels, |x| model.logits(x));
-        write_logits(path, &images, &side.classes, &logits)?;
+        write_logits(&dev, &mut model, path, &images, &side.classes)?;
     }
     let metrics = evaluate(&dev, &mut model, &images).expect("the images are labeled");
     let per_class = metrics
@@ -92,24 +143,35 @@ pub fn evaluate_job(
     })
 }
 
-/// `path,label,logit_<class>...`, each logit as the shortest text that reads back as the same f32.
-fn write_logits(path: &Path, images: &Dataset, classes: &[String], logits: &[f32]) -> Result<()> {
-    let mut text = String::from("path,label");
+/// `path,label,logit_<class>...` of every image, each logit as the shortest text that reads
+/// back as the same f32, written a chunk of images at a time.
+fn write_logits(
+    dev: &Cpu,
+    model: &mut Classifier<Cpu>,
+    path: &Path,
+    images: &Dataset,
+    classes: &[String],
+) -> Result<()> {
+    let mut header = String::from("path,label");
     for c in classes {
-        text.push_str(&format!(",logit_{}", csv_field(c)));
+        header.push_str(&format!(",logit_{}", csv_field(c)));
     }
-    text.push('\n');
-    for (i, row) in logits.chunks_exact(classes.len()).enumerate() {
-        text.push_str(&csv_field(&images.items[i]));
-        text.push(',');
-        text.push_str(&csv_field(images.label_name(i).unwrap_or("")));
-        for v in row {
-            text.push_str(&format!(",{v}"));
+    header.push('\n');
+    let mut out = CsvOut::create(path, &header)?;
+    model.logits_each(dev, &images.pixels, |r, logits| {
+        let mut text = String::new();
+        for (i, row) in r.zip(logits.chunks_exact(classes.len())) {
+            text.push_str(&csv_field(&images.items[i]));
+            text.push(',');
+            text.push_str(&csv_field(images.label_name(i).unwrap_or("")));
+            for v in row {
+                text.push_str(&format!(",{v}"));
+            }
+            text.push('\n');
         }
-        text.push('\n');
-    }
-    imprint_fs::write_atomic(path, text.as_bytes())?;
-    Ok(())
+        out.write(&text);
+    });
+    out.commit()
 }
 
 /// The classifier a sidecar describes, with the weights of `weights`.
@@ -138,11 +200,16 @@ pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier
     Ok(model)
 }
 
-/// The images of `input` brought to a checkpoint's input shape, within the default memory
-/// budget and cache folder.
-fn load_input(input: &Path, shape: ImageShape, recorded: &Preprocess) -> Result<Dataset> {
+/// The images of `input` brought to a checkpoint's input shape, within the memory budget and
+/// cache folder of `storage`.
+fn load_input(
+    input: &Path,
+    shape: ImageShape,
+    recorded: &Preprocess,
+    storage: &Storage,
+) -> Result<Dataset> {
     let prep = to_input(shape, recorded);
-    Ok(imprint_data::load_with(input, &prep, &Storage::standard())?)
+    Ok(imprint_data::load_with(input, &prep, storage)?)
 }
 
 /// Preprocessing that brings any source to a checkpoint's input shape.
@@ -167,39 +234,54 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Writes the features a pre-trained encoder gives every image of `input` to `out_csv` as
-/// `path,label,f0,f1,...` (label empty when the source has none); images are brought to the
-/// encoder's input shape. Returns the number of images.
-pub fn embed(encoder_weights: &Path, input: &Path, out_csv: &Path) -> Result<usize> {
+/// `path,label,f0,f1,...` (label empty when the source has none), a chunk of images at a time,
+/// within `memory_budget_mb` MiB as [`predict`]; images are brought to the encoder's input
+/// shape. Returns the number of images.
+pub fn embed(
+    encoder_weights: &Path,
+    input: &Path,
+    out_csv: &Path,
+    memory_budget_mb: u64,
+) -> Result<usize> {
     let side: EncoderSidecar = read_json(&sidecar_path(encoder_weights), ENCODER_FORMAT, SIDECAR)?;
-    let images = load_input(input, side.input, &side.preprocess)?;
-    let mut encoder = encoder_of(encoder_weights, &side)?;
+    let storage = Storage::standard().with_budget_mb(memory_budget_mb);
+    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let mut encoder = encoder_of(encoder_weights, &side)?.within_memory(storage.memory_budget);
     let width = side.architecture.latent();
-    let features = over_pixels(&Cpu::default(), &images.pixels, |x| {
-        encoder.forward(x, &mut Pass::eval())
-    });
-    let mut text = String::from("path,label");
+    let mut header = String::from("path,label");
     for j in 0..width {
-        text.push_str(&format!(",f{j}"));
+        header.push_str(&format!(",f{j}"));
     }
-    text.push('\n');
-    let mut row = 0;
-    for f in features.chunks_exact(width) {
-        let label = images
-            .labels
-            .as_ref()
-            .map_or("", |l| images.classes[l[row]].as_str());
-        text.push_str(&csv_field(&images.items[row]));
-        text.push(',');
-        text.push_str(&csv_field(label));
-        for v in f {
-            // Shortest text that reads back as the same f32.
-            text.push_str(&format!(",{v}"));
-        }
-        text.push('\n');
-        row += 1;
-    }
-    imprint_fs::write_atomic(out_csv, text.as_bytes())?;
-    Ok(row)
+    header.push('\n');
+    let mut out = CsvOut::create(out_csv, &header)?;
+    let chunks = encoder.inference_chunks();
+    let dev = Cpu::default();
+    encoder.infer_each(
+        &dev,
+        &images.pixels,
+        chunks,
+        |f| f,
+        |r, features| {
+            let mut text = String::new();
+            for (row, f) in r.zip(features.chunks_exact(width)) {
+                let label = images
+                    .labels
+                    .as_ref()
+                    .map_or("", |l| images.classes[l[row]].as_str());
+                text.push_str(&csv_field(&images.items[row]));
+                text.push(',');
+                text.push_str(&csv_field(label));
+                for v in f {
+                    // Shortest text that reads back as the same f32.
+                    text.push_str(&format!(",{v}"));
+                }
+                text.push('\n');
+            }
+            out.write(&text);
+        },
+    );
+    out.commit()?;
+    Ok(images.len())
 }
 
 /// A checkpoint as [`inspect`] finds it.

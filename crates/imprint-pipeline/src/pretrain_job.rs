@@ -151,6 +151,7 @@ pub(crate) fn pretrain_artifacts(
             query_labels: queries.labels.as_deref().unwrap_or_default(),
             classes: bank.num_classes(),
             knn: KnnSettings::default(),
+            memory_budget: p.data.storage().memory_budget,
         }),
     };
     let normalize = p.data.preprocess.normalize();

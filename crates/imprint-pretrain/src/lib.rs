@@ -11,7 +11,7 @@ pub use config::{Noise, PretrainConfig};
 
 use dfdx::prelude::*;
 use imprint_data::{ImageShape, Normalize, Pixels};
-use imprint_nn::infer::{over_images, over_pixels};
+use imprint_nn::infer::over_images;
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::loss::reconstruction_loss;
 use imprint_nn::tree::ParamsExt;
@@ -76,13 +76,19 @@ pub struct Monitor<'a> {
     pub query_labels: &'a [usize],
     pub classes: usize,
     pub knn: KnnSettings,
+    /// Bytes of memory the features are computed within (see [`Encoder::chunks_within`]).
+    pub memory_budget: u64,
 }
 
 impl Monitor<'_> {
     /// The share of the queries the vote gets right.
     fn accuracy<D: ImprintDevice>(&self, dev: &D, encoder: &mut Encoder<D>) -> f64 {
-        let mut features =
-            |images: &Pixels| over_pixels(dev, images, |x| encoder.forward(x, &mut Pass::eval()));
+        let chunks = encoder.chunks_within(self.memory_budget);
+        let mut features = |images: &Pixels| {
+            let mut out = Vec::new();
+            encoder.infer_each(dev, images, chunks, |f| f, |_, v| out.extend(v));
+            out
+        };
         let bank_features = features(self.bank);
         let query_features = features(self.queries);
         let bank = Bank::new(
@@ -223,7 +229,7 @@ impl<D: ImprintDevice> Nets<D> {
         let r = self.reconstruct.as_mut()?;
         let len = images.image_len();
         let mut total = 0.0;
-        for chunk in ids.chunks(imprint_nn::infer::CHUNK) {
+        for chunk in ids.chunks(self.encoder.inference_chunks().images) {
             let mut buf = vec![0.0; chunk.len() * len];
             images.gather(chunk, &mut buf);
             let x: Matrix<D> = dev.tensor_from_vec(buf, (chunk.len(), len));
@@ -582,7 +588,8 @@ pub fn reconstruct<D: ImprintDevice>(
     images: &[f32],
     len: usize,
 ) -> Vec<f32> {
-    over_images(dev, images, len, |x| {
+    let chunk = encoder.inference_chunks().images;
+    over_images(dev, images, len, chunk, |x| {
         let z = encoder.forward(x, &mut Pass::eval());
         decoder.forward(z, &mut Pass::eval()).sigmoid()
     })

@@ -154,6 +154,15 @@ impl<D: ImprintDevice> Params<D> for Layer<D> {
 }
 
 impl<D: ImprintDevice> Layer<D> {
+    /// Whether the layer is, or holds, a linear layer.
+    fn holds_linear(&self) -> bool {
+        match self {
+            Layer::Linear(_) => true,
+            Layer::Sequential(s) => s.layers().any(Layer::holds_linear),
+            _ => false,
+        }
+    }
+
     /// Whether the layer reads feature maps (so flat input must be unflattened first).
     pub fn takes_maps(&self) -> bool {
         match self {
@@ -280,13 +289,26 @@ impl<D: ImprintDevice> Sequential<D> {
     /// `input_grad = false` when `x` is data, which needs no gradient.
     pub fn forward<T: Tape<f32, D> + Merge<T>>(
         &mut self,
+        x: Act<D, T>,
+        pass: &mut Pass,
+        input_grad: bool,
+    ) -> Act<D, T> {
+        let all = 0..self.layers.len();
+        self.forward_layers(x, pass, input_grad, all)
+    }
+
+    /// The layers `range` of this sequence (by position) applied in turn.
+    pub fn forward_layers<T: Tape<f32, D> + Merge<T>>(
+        &mut self,
         mut x: Act<D, T>,
         pass: &mut Pass,
         mut input_grad: bool,
+        range: std::ops::Range<usize>,
     ) -> Act<D, T> {
-        let mut i = 0;
-        while i < self.layers.len() {
+        let mut i = range.start;
+        while i < range.end {
             let fuse = matches!(self.layers[i].1, Layer::Linear(_) | Layer::BatchNorm2d(_))
+                && i + 1 < range.end
                 && matches!(self.layers.get(i + 1), Some((_, Layer::Relu)));
             let activation = if fuse {
                 Activation::Relu
@@ -298,5 +320,24 @@ impl<D: ImprintDevice> Sequential<D> {
             i += if fuse { 2 } else { 1 };
         }
         x
+    }
+
+    /// How many leading layers come before the first linear layer: those take each image on
+    /// its own in eval mode (convolutions, batch norm, pooling, ...), whatever else is in the
+    /// batch, where a linear layer's product sums in an order that depends on its row count.
+    pub fn image_layers(&self) -> usize {
+        self.layers
+            .iter()
+            .take_while(|(_, l)| !l.holds_linear())
+            .count()
+    }
+
+    /// The number of top-level layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
     }
 }

@@ -165,6 +165,24 @@ impl Kind for BottleneckNet {
         Some(2 * encoder + linear_parameters(self.latent(), last.len()))
     }
 
+    fn widest(&self, input: ImageShape) -> usize {
+        let Ok(levels) = self.levels(input) else {
+            return 0;
+        };
+        // The first stage widens the pooled maps to 256 channels at their size; no block's
+        // inner maps are wider than its output.
+        let pooled = levels[1];
+        let first_stage = PLANES[0] * EXPANSION * pooled.height * pooled.width;
+        levels
+            .iter()
+            .map(ImageShape::len)
+            .fold(input.len().max(first_stage), usize::max)
+    }
+
+    fn widest_row(&self, _input: ImageShape) -> usize {
+        self.latent()
+    }
+
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
         let blocks = self.blocks()?;
         let (conv1, bn1) = conv_bn(dev, imagenet_stem(shape.channels, PLANES[0]), rng);

@@ -104,6 +104,20 @@ impl Kind for ConvNet {
         Some(2 * (convs + linear_parameters(last.len(), self.latent)))
     }
 
+    fn widest(&self, input: ImageShape) -> usize {
+        let Ok((stages, last)) = self.stages(input) else {
+            return 0;
+        };
+        let maps = stages.iter().map(|(_, s)| s.len()).chain([last.len()]);
+        maps.max().unwrap_or(0).max(self.latent)
+    }
+
+    fn widest_row(&self, input: ImageShape) -> usize {
+        self.stages(input)
+            .map_or(0, |(_, last)| last.len())
+            .max(self.latent)
+    }
+
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
         let (stages, last) = self.stages(shape)?;
         let mut layers = Vec::new();

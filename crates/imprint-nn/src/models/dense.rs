@@ -56,6 +56,14 @@ impl Kind for DenseNet {
         Some(2 * one_way)
     }
 
+    fn widest(&self, input: ImageShape) -> usize {
+        self.widths(input).into_iter().max().unwrap_or(0)
+    }
+
+    fn widest_row(&self, input: ImageShape) -> usize {
+        self.widest(input)
+    }
+
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
         Ok(mlp(dev, &self.widths(shape), rng))
     }

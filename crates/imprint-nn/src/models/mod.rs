@@ -13,13 +13,15 @@ pub use conv::ConvNet;
 pub use dense::{mlp, DenseNet};
 pub use resnet::{Layout, ResNet, ShortcutKind};
 
+use crate::infer::{Chunks, Stages};
 use crate::layers::{Act, Layer, Sequential};
 use crate::params;
 use crate::{ImprintDevice, Matrix, NnError, Pass, Result};
 use dfdx::prelude::*;
-use imprint_data::{ImageShape, Normalize};
+use imprint_data::{ImageShape, Normalize, Pixels};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// The kinds of net, each in a file of its own (`dense.rs`, `conv.rs`, `resnet.rs`,
 /// `bottleneck.rs`) that implements [`Kind`]; a new kind is a new file, a variant here and a
@@ -59,6 +61,12 @@ trait Kind {
     /// Trainable values of the encoder and its decoder on images of `input`; `None` when the
     /// layers do not fit the images or the count overflows.
     fn parameter_count(&self, input: ImageShape) -> Option<u128>;
+    /// Values per image of the encoder's largest activation (its input, a hidden layer or a
+    /// feature map); 0 when the layers do not fit the images.
+    fn widest(&self, input: ImageShape) -> usize;
+    /// Values per image of the widest row a linear layer of the encoder reads or gives (the
+    /// features, when it has none).
+    fn widest_row(&self, input: ImageShape) -> usize;
     /// The encoder's layers, images of `shape` to features (the architecture validated).
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D>;
     /// The decoder's layers, features back to images of `shape`.
@@ -104,6 +112,19 @@ impl Architecture {
         each_kind!(self, k => k.parameter_count(input))
     }
 
+    /// Values per image of the encoder's largest activation on images of `input` (its input, a
+    /// hidden layer or a feature map), which sets how many images inference runs at once; 0
+    /// when the layers do not fit the images.
+    pub fn widest(&self, input: ImageShape) -> usize {
+        each_kind!(self, k => k.widest(input))
+    }
+
+    /// Values per image of the widest row a linear layer of the encoder reads or gives on
+    /// images of `input` (the features, when it has none).
+    pub fn widest_row(&self, input: ImageShape) -> usize {
+        each_kind!(self, k => k.widest_row(input))
+    }
+
     /// The validated architecture, or an error naming it and what does not fit.
     fn checked(&self, input: ImageShape) -> Result<()> {
         self.validate(input)
@@ -141,6 +162,9 @@ pub struct Encoder<D: ImprintDevice> {
     pub input: ImageShape,
     /// Applied to the images before the first layer (recorded in the sidecar's `preprocess`).
     pub normalize: Option<Normalize>,
+    /// Bytes of memory inference works within (`data.memory_budget_mb`): a share of it bounds
+    /// the activations of the images run at once (see [`crate::infer`]).
+    pub memory_budget: u64,
     net: Sequential<D>,
 }
 
@@ -160,12 +184,72 @@ impl<D: ImprintDevice> Encoder<D> {
             architecture: architecture.clone(),
             input,
             normalize: None,
+            memory_budget: imprint_data::DEFAULT_MEMORY_BUDGET_MB << 20,
         })
     }
 
     /// The same encoder reading images through `normalize`.
     pub fn normalized(self, normalize: Option<Normalize>) -> Self {
         Self { normalize, ..self }
+    }
+
+    /// The same encoder running inference within `bytes` of memory.
+    pub fn within_memory(self, bytes: u64) -> Self {
+        Self {
+            memory_budget: bytes,
+            ..self
+        }
+    }
+
+    /// How inference cuts images within the memory budget (see [`Chunks::within`]).
+    pub fn inference_chunks(&self) -> Chunks {
+        self.chunks_within(self.memory_budget)
+    }
+
+    /// How inference cuts images within `budget` bytes of memory.
+    pub fn chunks_within(&self, budget: u64) -> Chunks {
+        let a = &self.architecture;
+        Chunks::within(
+            budget,
+            self.input.len(),
+            a.widest(self.input),
+            a.widest_row(self.input),
+        )
+    }
+
+    /// The features of `pixels` in eval mode, without a tape, as `chunks` cut them: the layers
+    /// that take each image on its own run on [`Chunks::images`] at a time, the linear ones,
+    /// then `then` (a head, or nothing), on [`Chunks::rows`]; `sink(range, values)` gets what
+    /// `then` gives for images `range`, in order.
+    pub fn infer_each(
+        &mut self,
+        dev: &D,
+        pixels: &Pixels,
+        chunks: Chunks,
+        then: impl FnMut(Matrix<D>) -> Matrix<D>,
+        sink: impl FnMut(Range<usize>, Vec<f32>),
+    ) {
+        let split = self.net.image_layers();
+        let mut stages = EncoderStages {
+            encoder: self,
+            split,
+            then,
+        };
+        crate::infer::each_pixels_chunk(dev, pixels, chunks, &mut stages, sink)
+    }
+
+    /// [`Encoder::infer_each`] within the encoder's memory budget, the values gathered in
+    /// order.
+    pub fn infer(
+        &mut self,
+        dev: &D,
+        pixels: &Pixels,
+        then: impl FnMut(Matrix<D>) -> Matrix<D>,
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        let chunks = self.inference_chunks();
+        self.infer_each(dev, pixels, chunks, then, |_, v| out.extend(v));
+        out
     }
 
     /// Width of the features.
@@ -214,6 +298,39 @@ impl<D: ImprintDevice> Encoder<D> {
             Layer::Conv2d(c) => Some((c.weight.value.as_vec(), c.spec.weight_shape())),
             _ => None,
         })
+    }
+}
+
+/// An encoder in eval mode cut before its first linear layer, then `then`.
+struct EncoderStages<'a, D: ImprintDevice, H> {
+    encoder: &'a mut Encoder<D>,
+    split: usize,
+    then: H,
+}
+
+impl<D: ImprintDevice, H: FnMut(Matrix<D>) -> Matrix<D>> Stages<D> for EncoderStages<'_, D, H> {
+    fn images(&mut self, x: Matrix<D>) -> Matrix<D> {
+        let e = &mut *self.encoder;
+        let x = match &e.normalize {
+            Some(n) => normalize(x, n, e.input),
+            None => x,
+        };
+        let x = match self.split > 0 && e.net.layers().next().is_some_and(Layer::takes_maps) {
+            true => Act::Maps(Act::Flat(x).into_maps(e.input)),
+            false => Act::Flat(x),
+        };
+        e.net
+            .forward_layers(x, &mut Pass::eval(), false, 0..self.split)
+            .into_flat()
+    }
+
+    fn rows(&mut self, x: Matrix<D>) -> Matrix<D> {
+        let net = &mut self.encoder.net;
+        let all = self.split..net.len();
+        (self.then)(
+            net.forward_layers(Act::Flat(x), &mut Pass::eval(), false, all)
+                .into_flat(),
+        )
     }
 }
 

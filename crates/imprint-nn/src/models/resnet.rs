@@ -78,6 +78,20 @@ impl Kind for ResNet {
         Some(encoder + linear_parameters(plan.features(), last.len()) + encoder)
     }
 
+    fn widest(&self, input: ImageShape) -> usize {
+        let Ok(levels) = self.plan().and_then(|p| p.levels(input)) else {
+            return 0;
+        };
+        levels
+            .iter()
+            .map(ImageShape::len)
+            .fold(input.len(), usize::max)
+    }
+
+    fn widest_row(&self, _input: ImageShape) -> usize {
+        self.latent()
+    }
+
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {
         Ok(encoder(dev, &self.plan()?, shape, rng))
     }

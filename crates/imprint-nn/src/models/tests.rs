@@ -369,3 +369,54 @@ fn architectures_keep_their_json_and_refuse_unknown_fields() {
         assert!(err.to_string().contains("unknown field `latnet`"), "{err}");
     }
 }
+
+/// The layers before the first linear one take each image on its own: however many images
+/// they run at once, the features are the same to the bit, when the linear layers get the same
+/// rows (the sizes here take the direct convolution kernels, 16 = 2 x 8, and im2col, 13 and 15).
+#[test]
+fn features_do_not_depend_on_how_many_images_run_at_once() {
+    let imagenet = Architecture::Resnet(ResNet {
+        depth: 18,
+        layout: Layout::Imagenet,
+        widths: Some(vec![8, 16, 16, 32]),
+        shortcut: None,
+    });
+    let dense = Architecture::Dense(DenseNet {
+        hidden: vec![40, 20],
+        latent: 10,
+    });
+    for (arch, input) in [
+        (dense, shape(1, 12, 12)),
+        (conv_arch(), shape(1, 16, 16)),
+        (conv_arch(), shape(1, 13, 13)),
+        (resnet(20, None), shape(3, 16, 16)),
+        (resnet(20, None), shape(3, 15, 15)),
+        (imagenet, shape(3, 64, 64)),
+    ] {
+        let dev = Cpu::default();
+        let mut enc = encoder(&arch, input, 3);
+        let n = 37;
+        let values: Vec<f32> = (0..n * input.len())
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let pixels = imprint_data::Pixels::from_unit_floats(&values, input.len());
+        let mut run = |images| {
+            let mut out = Vec::new();
+            let chunks = crate::infer::Chunks { images, rows: n };
+            enc.infer_each(&dev, &pixels, chunks, |f| f, |_, v| out.extend(v));
+            out
+        };
+        let whole = run(n);
+        assert_eq!(whole.len(), n * arch.latent());
+        for images in [1, 5, 16] {
+            assert!(
+                run(images) == whole,
+                "{} in chunks of {images}",
+                arch.describe(input)
+            );
+        }
+        // And the same as the encoder's forward pass on all of them at once.
+        let x: Matrix<Cpu> = dev.tensor_from_vec(pixels.to_vec(), (n, input.len()));
+        assert_eq!(enc.forward(x, &mut Pass::eval()).as_vec(), whole);
+    }
+}

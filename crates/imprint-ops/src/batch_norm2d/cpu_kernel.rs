@@ -322,7 +322,7 @@ fn channel_sums(
     gr: Option<&mut [&mut [f32]]>,
 ) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::isa::avx512() {
         // SAFETY: the CPU has AVX-512F.
         return unsafe { channel_sums_avx512(c, after, p, gr) };
     }

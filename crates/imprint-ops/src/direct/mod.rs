@@ -28,7 +28,7 @@ pub(crate) const CHANNEL_BLOCK: usize = 4;
 
 /// Whether this CPU runs the direct kernels.
 pub(crate) fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
+    crate::isa::avx512()
 }
 
 /// Where one kernel tap reads for output pixel `(y, x)`: pixel `(y + dy, x + dx)` of sub-plane

@@ -154,6 +154,9 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn conv_matches_plain_loops_from_every_start() {
+    if !super::available() {
+        return;
+    }
     let mut rng = rng(5);
     for (inputs, outputs, grid, taps) in cases() {
         let (plane_len, planes) = plane_sizes(grid, &taps);
@@ -193,6 +196,9 @@ fn conv_matches_plain_loops_from_every_start() {
 
 #[test]
 fn weight_grad_matches_plain_loops() {
+    if !super::available() {
+        return;
+    }
     let mut rng = rng(6);
     for (inputs, outputs, grid, taps) in cases() {
         let (plane_len, planes) = plane_sizes(grid, &taps);
@@ -230,6 +236,9 @@ fn weight_grad_matches_plain_loops() {
 /// no tap reads across the seams.
 #[test]
 fn stacked_images_stay_apart() {
+    if !super::available() {
+        return;
+    }
     let mut rng = rng(7);
     for (inputs, outputs, grid, taps) in cases() {
         let ((plane_len, planes), images) = (plane_sizes(grid, &taps), 3);
