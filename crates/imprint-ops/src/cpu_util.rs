@@ -19,42 +19,81 @@ pub(crate) enum Start<'a> {
     Accumulate,
 }
 
-/// Matrix view for [`gemm`]: pointer, rows, columns, row stride, column stride.
-pub(crate) struct View {
-    ptr: *const f32,
+/// Matrix view for [`gemm`] and the bf16 products: a row-major matrix, or the transpose of one.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
     rows: usize,
     cols: usize,
-    row_stride: isize,
-    col_stride: isize,
+    /// Whether `data` holds the transpose, row-major `[cols, rows]`.
+    transposed: bool,
 }
 
 /// `data` as a row-major `[rows, cols]` matrix.
-pub(crate) fn row_major(data: &[f32], rows: usize, cols: usize) -> View {
+pub(crate) fn row_major(data: &[f32], rows: usize, cols: usize) -> View<'_> {
     assert_eq!(data.len(), rows * cols, "matrix size");
     View {
-        ptr: data.as_ptr(),
+        data,
         rows,
         cols,
-        row_stride: cols as isize,
-        col_stride: 1,
+        transposed: false,
     }
 }
 
 /// `data` is row-major `[cols, rows]`; the view is its transpose `[rows, cols]`.
-pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> View {
+pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> View<'_> {
     assert_eq!(data.len(), rows * cols, "matrix size");
     View {
-        ptr: data.as_ptr(),
+        data,
         rows,
         cols,
-        row_stride: 1,
-        col_stride: rows as isize,
+        transposed: true,
+    }
+}
+
+impl<'a> View<'a> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Whether the data holds the transpose, row-major `[cols, rows]`; else it is row-major
+    /// `[rows, cols]`.
+    pub fn is_transposed(&self) -> bool {
+        self.transposed
+    }
+
+    /// The data, laid out as [`Self::is_transposed`] says.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    /// The transpose, on the same data.
+    pub fn t(&self) -> View<'a> {
+        View {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+        }
+    }
+
+    /// `(row stride, column stride)` in elements.
+    fn strides(&self) -> (isize, isize) {
+        match self.transposed {
+            false => (self.cols as isize, 1),
+            true => (1, self.rows as isize),
+        }
     }
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with `dst` row-major; `accumulate = false` overwrites
 /// `dst` without reading it. Uses up to `threads` threads inside the product.
 pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = (lhs.strides(), rhs.strides());
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -84,12 +123,12 @@ pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, thre
             1,
             n as isize,
             accumulate,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,

@@ -36,7 +36,9 @@ mod denormals;
 mod direct;
 mod error;
 mod linear;
+mod matmul;
 mod pool2d;
+mod precision;
 mod shortcut;
 
 #[cfg(test)]
@@ -55,6 +57,9 @@ pub use denormals::flush_denormals;
 pub use error::SpecError;
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
+pub use precision::{
+    current_kernel, with_kernel, with_precision, Choice, Precision, ProductKernel,
+};
 pub use shortcut::{subsample_pad_channels, ShortcutKernel};
 
 use dfdx::prelude::{NoneTape, Tensor};

@@ -4,6 +4,7 @@
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod direct_kernel;
+mod gemm_kernel;
 
 use crate::error::{nonzero, SpecError};
 use crate::{Tensor1, Tensor4};
