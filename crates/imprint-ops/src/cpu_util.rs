@@ -382,12 +382,16 @@ const KEEP_SCRATCH_BYTES: usize = 64 << 20;
 /// lines (a load that does costs two).
 const LINE_FLOATS: usize = 16;
 
+/// Bytes of a cache line.
+const LINE_BYTES: usize = 64;
+
 /// Index of the first element of `buf` that starts a cache line.
-fn line_start(buf: &[f32]) -> usize {
-    (buf.as_ptr() as usize).wrapping_neg() % (4 * LINE_FLOATS) / 4
+fn line_start<T>(buf: &[T]) -> usize {
+    let size = std::mem::size_of::<T>();
+    (buf.as_ptr() as usize).wrapping_neg() % LINE_BYTES / size
 }
 
-/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, starting on a cache
+/// Runs `f` on `len` elements of this thread's scratch buffer in `slot`, starting on a cache
 /// line, with unspecified contents (whatever an earlier call left). Reusing the buffer spares a
 /// fresh allocation per chunk, whose pages the kernel would otherwise have to fault in and zero
 /// every time.
@@ -395,18 +399,20 @@ fn line_start(buf: &[f32]) -> usize {
 /// The buffer is taken out of the slot while `f` runs: a nested call on the same thread (rayon
 /// may run another chunk here while a product waits for its helpers) finds the slot empty and
 /// allocates its own.
-pub(crate) fn with_scratch<R>(
-    slot: &'static LocalKey<Cell<Vec<f32>>>,
+pub(crate) fn with_scratch<T: Copy + Default, R>(
+    slot: &'static LocalKey<Cell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
+    let size = std::mem::size_of::<T>();
+    let line = LINE_BYTES / size;
     let mut buf = slot.with(Cell::take);
-    if buf.len() < len + LINE_FLOATS {
-        buf.resize(len + LINE_FLOATS, 0.0);
+    if buf.len() < len + line {
+        buf.resize(len + line, T::default());
     }
     let start = line_start(&buf);
     let r = f(&mut buf[start..start + len]);
-    if buf.len() * 4 <= KEEP_SCRATCH_BYTES {
+    if buf.len() * size <= KEEP_SCRATCH_BYTES {
         slot.with(|s| s.set(buf));
     }
     r
@@ -573,7 +579,7 @@ pub(crate) fn sum_in_order(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
 
 /// Writes the transpose of row-major `src` (`[rows, cols]`) into `dst` (`[cols, rows]`), in
 /// square tiles so that reads and writes both stay within a few cache lines.
-pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     const TILE: usize = 16;
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");

@@ -27,6 +27,9 @@
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
 
 mod allocator;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod amx;
 mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;

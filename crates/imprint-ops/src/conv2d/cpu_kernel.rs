@@ -94,6 +94,10 @@ where
 pub(crate) trait ConvPasses: Send + Sync {
     fn dims(&self) -> &Dims;
 
+    /// How the passes compute, for tests and timings.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn name(&self) -> &'static str;
+
     /// `y = start + conv(x)`.
     fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]);
 
@@ -106,14 +110,22 @@ pub(crate) trait ConvPasses: Send + Sync {
 
 pub(crate) type Passes = Box<dyn ConvPasses>;
 
-/// The passes of `d` with products on `kernel`: for f32 the direct kernels where the CPU and
-/// the layer allow them; otherwise im2col and the kernel's matrix products.
+/// The passes of `d` with products on `kernel`: the direct kernels of f32 or AMX where the CPU
+/// and the layer allow them; otherwise im2col and the kernel's matrix products.
 pub(crate) fn choose(d: Dims, kernel: ProductKernel) -> Passes {
     #[cfg(target_arch = "x86_64")]
-    if kernel == ProductKernel::F32 {
-        if let Some(plan) = direct_kernel::plan(&d) {
-            return Box::new(direct_kernel::DirectPasses { d, plan });
+    match kernel {
+        ProductKernel::F32 => {
+            if let Some(plan) = direct_kernel::plan(&d) {
+                return Box::new(direct_kernel::DirectPasses { d, plan });
+            }
         }
+        ProductKernel::AmxBf16 => {
+            if let Some(passes) = super::amx_kernel::AmxPasses::new(&d) {
+                return Box::new(passes);
+            }
+        }
+        ProductKernel::Avx512Bf16 => {}
     }
     Box::new(GemmPasses::new(d, kernel))
 }

@@ -23,6 +23,10 @@ impl ConvPasses for DirectPasses {
         &self.d
     }
 
+    fn name(&self) -> &'static str {
+        "direct f32"
+    }
+
     fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]) {
         forward_into(x, w, start, y, &self.d, &self.plan)
     }

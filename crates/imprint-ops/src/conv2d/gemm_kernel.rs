@@ -30,6 +30,10 @@ impl ConvPasses for GemmPasses {
         &self.d
     }
 
+    fn name(&self) -> &'static str {
+        "im2col and products"
+    }
+
     fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]) {
         forward_into(self.mm, x, w, start, y, &self.d)
     }

@@ -1,6 +1,12 @@
 //! 2-D convolution (cross-correlation, as in PyTorch's `nn.Conv2d`) with stride, padding,
 //! dilation and groups.
 
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod amx_kernel;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod amx_tiles;
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod direct_kernel;

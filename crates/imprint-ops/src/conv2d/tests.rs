@@ -332,9 +332,17 @@ fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
 }
 
 /// Forward output and every gradient of a ResNet-sized convolution, bit for bit the same in
-/// pools of one and three threads.
+/// pools of one and three threads, on every kernel this CPU has.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
+    let mut kernels = vec![crate::ProductKernel::F32];
+    kernels.extend(bf16_kernels("results_do_not_depend_on_the_thread_count"));
+    for kernel in kernels {
+        results_do_not_depend_on_the_thread_count_on(kernel);
+    }
+}
+
+fn results_do_not_depend_on_the_thread_count_on(kernel: crate::ProductKernel) {
     let mut rng = rng(35);
     for (spec, hw) in [
         (Conv2dSpec::new(16, 16, 3).padding(1), 32),
@@ -354,12 +362,15 @@ fn results_do_not_depend_on_the_thread_count() {
             let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
             let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
             let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
-            let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
-            let y_vals = y.as_vec();
-            let g = (y * rt).sum().backward();
-            (y_vals, gradients!(g, &xt, &wt, &bt))
+            crate::with_kernel(kernel, || {
+                let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
+                let y_vals = y.as_vec();
+                let g = (y * rt).sum().backward();
+                (y_vals, gradients!(g, &xt, &wt, &bt))
+            })
         };
-        assert!(on_threads(1, results) == on_threads(3, results), "{spec:?}");
+        let label = format!("{} {spec:?}", kernel.name());
+        assert!(on_threads(1, results) == on_threads(3, results), "{label}");
     }
 }
 
@@ -408,6 +419,10 @@ fn bf16_kernels_stay_within_the_rounding_bound() {
     ];
     for kernel in bf16_kernels("bf16_kernels_stay_within_the_rounding_bound") {
         for (seed, (spec, dims)) in cases.iter().enumerate() {
+            let (n, h, w) = *dims;
+            let d = cpu_kernel::Dims::new(spec, n, (h, w), spec.output_size(h, w));
+            let passes = cpu_kernel::choose(d, kernel).name();
+            println!("{} {spec:?} on {dims:?}: {passes}", kernel.name());
             check_bf16_conv(spec, *dims, kernel, 60 + seed as u64);
         }
     }

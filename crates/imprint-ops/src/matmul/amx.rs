@@ -1,52 +1,12 @@
-//! The bf16 micro-kernel on AMX tiles: `tdpbf16ps` multiplies a 16 x 32 bf16 tile by a
-//! 32 x 16 one (stored as 16 rows of pairs) into a 16 x 16 f32 tile, 8,192 multiply-adds per
-//! instruction.
-//!
-//! Rust's AMX intrinsics are unstable, so the instructions are written with `asm!`. Linux hands
-//! a process the tile registers only after it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM,
-//! XFEATURE_XTILEDATA)`), once for all its threads.
+//! The bf16 micro-kernel on AMX tiles (see [`crate::amx`]): `tdpbf16ps` multiplies a 16 x 32
+//! bf16 tile by a 32 x 16 one (stored as 16 rows of pairs) into a 16 x 16 f32 tile, 8,192
+//! multiply-adds per instruction.
 
 use super::MicroKernel;
+use crate::amx::{with_tiles, TileConfig};
 use std::arch::asm;
-use std::arch::x86_64::{__cpuid, __cpuid_count};
-use std::sync::OnceLock;
 
-/// Whether this CPU has AMX-BF16 and the operating system granted the tiles (the packing
-/// beside it also needs AVX512-BF16, which every AMX CPU has).
-pub(crate) fn available() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| cpu_has_amx_bf16() && super::avx512bf16::available() && request_tiles())
-}
-
-/// CPUID leaf 7, sub-leaf 0: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-fn cpu_has_amx_bf16() -> bool {
-    // Leaf 7 is read only where leaf 0 says it exists.
-    __cpuid(0).eax >= 7 && {
-        let edx = __cpuid_count(7, 0).edx;
-        edx & (1 << 22) != 0 && edx & (1 << 24) != 0
-    }
-}
-
-/// Asks Linux for the tile data state for this process; false where it refuses (an older
-/// kernel) or elsewhere.
-fn request_tiles() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: a request for a permission; it changes nothing else about the process.
-        let granted = unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            )
-        };
-        granted == 0
-    }
-    #[cfg(not(target_os = "linux"))]
-    false
-}
+pub(crate) use crate::amx::available;
 
 /// 16 rows times 64 columns: four accumulator tiles (`tmm0`-`tmm3`) side by side, one tile of
 /// the row block (`tmm4`) shared by four panel tiles (`tmm5`-`tmm7`, one reused).
@@ -57,22 +17,15 @@ const NR: usize = 64;
 /// bf16 values in one tile row (64 bytes).
 const KC: usize = 32;
 
-/// `ldtilecfg`'s operand, palette 1: every tile 16 rows of 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    bytes_per_row: [u16; 16],
-    rows: [u8; 16],
-}
-
-const CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+/// Every tile 16 rows of 64 bytes.
+const CONFIG: TileConfig = {
+    let mut config = TileConfig::new();
+    let mut t = 0;
+    while t < 8 {
+        config = config.tile(t, 16, 64);
+        t += 1;
+    }
+    config
 };
 
 impl MicroKernel for Kernel {
@@ -81,18 +34,7 @@ impl MicroKernel for Kernel {
     const KC: usize = KC;
 
     fn session<R>(f: impl FnOnce() -> R) -> R {
-        struct Release;
-        impl Drop for Release {
-            fn drop(&mut self) {
-                // SAFETY: AMX is available (the session only runs inside `matmul`'s kernels,
-                // which checked); releasing the tiles only returns them to their initial state.
-                unsafe { asm!("tilerelease", options(nostack, nomem)) };
-            }
-        }
-        // SAFETY: as above; the configuration is a valid palette-1 layout.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
-        let _release = Release;
-        f()
+        with_tiles(&CONFIG, f)
     }
 
     unsafe fn block(a: &[u16], b: &[u16], kp: usize, c: &mut [f32]) {

@@ -73,7 +73,7 @@ fn mask16(len: usize) -> u16 {
 /// # Safety
 /// AVX512-BF16 and AVX512-BW.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn convert(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn convert(src: &[f32], dst: &mut [u16]) {
     let len = src.len().min(dst.len());
     let mut i = 0;
     while i < len {
@@ -95,7 +95,7 @@ pub(super) unsafe fn convert(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// AVX512-BF16 and AVX512-BW.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [u16]) {
     let len = even.len().min(odd.len()).min(dst.len() / 2);
     // Lane 2i takes lane i (the even row, lower half), lane 2i + 1 lane 16 + i.
     let order = _mm512_set_epi16(
