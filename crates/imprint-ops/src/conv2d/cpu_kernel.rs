@@ -1,6 +1,8 @@
 #[cfg(target_arch = "x86_64")]
-use super::direct_kernel;
+use super::bf16_kernel::Bf16Passes;
 use super::gemm_kernel::GemmPasses;
+#[cfg(target_arch = "x86_64")]
+use super::{bf16_amx, bf16_avx512, direct_kernel};
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
     optional_chunks, sum_in_order, with_scratch, zeros, Geometry, PooledVec, Start, IO_SCRATCH,
@@ -121,11 +123,15 @@ pub(crate) fn choose(d: Dims, kernel: ProductKernel) -> Passes {
             }
         }
         ProductKernel::AmxBf16 => {
-            if let Some(passes) = super::amx_kernel::AmxPasses::new(&d) {
+            if let Some(passes) = Bf16Passes::<bf16_amx::Amx>::new(&d) {
                 return Box::new(passes);
             }
         }
-        ProductKernel::Avx512Bf16 => {}
+        ProductKernel::Avx512Bf16 => {
+            if let Some(passes) = Bf16Passes::<bf16_avx512::Avx512>::new(&d) {
+                return Box::new(passes);
+            }
+        }
     }
     Box::new(GemmPasses::new(d, kernel))
 }

@@ -3,10 +3,13 @@
 
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
-mod amx_kernel;
+mod bf16_amx;
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
-mod amx_tiles;
+mod bf16_avx512;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod bf16_kernel;
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod direct_kernel;

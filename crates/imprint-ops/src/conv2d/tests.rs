@@ -407,6 +407,9 @@ fn bf16_kernels_stay_within_the_rounding_bound() {
     let cases = [
         (Conv2dSpec::new(3, 5, 3).padding(1), (2, 7, 9)),
         (Conv2dSpec::new(17, 33, 3).stride(2).padding(1), (1, 9, 8)),
+        (Conv2dSpec::new(17, 33, 3).stride(2).padding(1), (1, 10, 8)),
+        (Conv2dSpec::new(3, 4, 3).dilation(2).padding(2), (2, 5, 5)),
+        (Conv2dSpec::new(40, 24, 5).stride(2).padding(2), (3, 14, 14)),
         (Conv2dSpec::new(5, 3, 1), (3, 4, 6)),
         (Conv2dSpec::new(20, 40, 1).stride(2), (2, 6, 6)),
         (
