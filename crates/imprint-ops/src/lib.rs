@@ -23,6 +23,10 @@
 //! threads, cut by the batch and image size alone, so results do not depend on the thread
 //! count. Another device can implement the traits beside it.
 //!
+//! Convolutions, transposed convolutions and the fused dense layer take their products in the
+//! calling thread's [`Precision`] ([`with_precision`]): f32, or bf16 inputs with f32 sums on
+//! AMX tiles or AVX512-BF16, whichever the CPU has ([`ProductKernel`]); everything else is f32.
+//!
 //! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
 

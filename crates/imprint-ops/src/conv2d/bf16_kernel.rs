@@ -1,6 +1,7 @@
 //! conv2d's passes in bf16 without a column matrix, on AMX tiles ([`super::bf16_amx`]) or
-//! AVX512-BF16 ([`super::bf16_avx512`]): for the convolutions the f32 direct kernels take (one group, the image the stride times the output grid, see
-//! [`crate::direct`]), which are all of ResNet's and the autoencoder's.
+//! AVX512-BF16 ([`super::bf16_avx512`]): for the convolutions the f32 direct kernels take (one
+//! group, the image the stride times the output grid, see [`crate::direct`]), which are all of
+//! ResNet's and the autoencoder's.
 //!
 //! With bf16 products (AMX's above all) the passes cost what they move through memory, and a
 //! column matrix nine times the image would cost most. Instead each sub-plane of a channel is
@@ -8,7 +9,7 @@
 //! wide, the images one below the other with `pad` zero rows between them: output position `q`
 //! (of this padded grid) then reads position `q + dy * wp + dx` for tap `(dy, dx)`, a constant
 //! offset, so a tile of 16 consecutive positions is one load at any tap. Positions in the
-//! padding are computed too and thrown away (6% on a 32x32 grid, 41% on 8x8).
+//! padding are computed too and thrown away (10% more positions on a 32x32 grid, 41% on 8x8).
 //!
 //! - Forward (and the input gradient, the same kernel on the output gradient with the taps
 //!   turned around, once per sub-plane of the input): the source laid out as pairs of channels
@@ -161,7 +162,7 @@ impl<K: DirectBf16> Bf16Passes<K> {
                 for (s, taps, tiles) in adjoints {
                     K::conv(tiles, src, &layout, &g, taps, sums, stride);
                     let phase = (s / self.plan.phases.1, s % self.plan.phases.1);
-                    let into = Into {
+                    let into = Destination {
                         channels: cin,
                         phases: self.plan.phases,
                         phase,
@@ -201,7 +202,7 @@ impl<K: DirectBf16> ConvPasses for Bf16Passes<K> {
                     let stride = g.sums_stride();
                     with_scratch(&SUMS, tiles.outputs * stride, |sums| {
                         K::conv(&tiles, src, &layout, &g, &self.plan.taps, sums, stride);
-                        let into = Into {
+                        let into = Destination {
                             channels: cout,
                             phases: (1, 1),
                             phase: (0, 0),
@@ -494,7 +495,7 @@ impl Tiles {
 
 /// Where the kernels' output on the padded grid goes: `channels` channels of NCHW images of
 /// `phases` times the grid, at phase `phase`.
-struct Into {
+struct Destination {
     channels: usize,
     phases: (usize, usize),
     phase: (usize, usize),
@@ -502,7 +503,14 @@ struct Into {
 
 /// Writes the real positions of `sums` (`[c][q - start]`, channels `stride` apart) into
 /// `images` from `start`.
-fn unpad(sums: &[f32], stride: usize, g: &Grid, into: &Into, images: &mut [f32], start: Start) {
+fn unpad(
+    sums: &[f32],
+    stride: usize,
+    g: &Grid,
+    into: &Destination,
+    images: &mut [f32],
+    start: Start,
+) {
     let ((gh, gw), (sy, sx), (a, b)) = (g.size, into.phases, into.phase);
     let (h, w) = (sy * gh, sx * gw);
     assert_eq!(
