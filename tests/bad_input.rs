@@ -694,3 +694,20 @@ fn resume_onto_another_finished_pretraining() {
         &[arg(&sidecar), "already finished"],
     );
 }
+
+// Mixed precision (docs/precision.md).
+
+#[test]
+fn an_unknown_precision_is_refused_naming_the_key() {
+    let edit = ("steps = 40", "steps = 40\nprecision = \"fp16\"");
+    let needles = [
+        "key `precision`",
+        "unknown variant `fp16`",
+        "`f32` or `bf16`",
+    ];
+    assert_edited_pipeline_refused(edit, "precision", &needles);
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
+    let set = ["--set", "pretrain.precision=fp16"];
+    forced.assert_refused(&set, &[arg(&forced.pipeline), "unknown variant `fp16`"]);
+}

@@ -295,3 +295,38 @@ fn load_tensors(path: &Path) -> HashMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// `--precision bf16` is said when the job starts and recorded in `run.json` with the kernel
+/// this CPU ran (f32, saying why, on a CPU without bf16 products); f32 is the default.
+#[test]
+fn jobs_say_and_record_the_kernel_of_their_products() {
+    let t: &Path = &test_dir();
+    let (_, pipeline) = png_pipeline(t, &["a", "b"], 8);
+    let (f32_dir, bf16_dir) = (t.join("f32"), t.join("bf16"));
+    let plain = imprint(t, &pretrain_args(&pipeline, &f32_dir, &[]));
+    plain.assert_success();
+    plain.assert_stderr_has(&["pretrain: f32 products"]);
+    let run = read_json(&f32_dir.join("run.json"));
+    assert_eq!(run["products"]["pretrain"]["precision"], "f32", "{run}");
+    assert_eq!(run["products"]["pretrain"]["kernel"], "f32", "{run}");
+
+    let mixed = imprint(
+        t,
+        &pretrain_args(&pipeline, &bf16_dir, &["--precision", "bf16"]),
+    );
+    mixed.assert_success();
+    let run = read_json(&bf16_dir.join("run.json"));
+    let record = &run["products"]["pretrain"];
+    assert_eq!(record["precision"], "bf16", "{run}");
+    assert_eq!(run["pipeline"]["pretrain"]["precision"], "bf16", "{run}");
+    let description = record["description"].as_str().unwrap();
+    match record["kernel"].as_str().unwrap() {
+        "bf16-amx" | "bf16-avx512" => assert!(description.starts_with("bf16 products"), "{run}"),
+        "f32" => assert!(
+            description.contains("neither AMX-BF16 nor AVX512-BF16"),
+            "{run}"
+        ),
+        other => panic!("kernel {other}"),
+    }
+    mixed.assert_stderr_has(&[&format!("pretrain: {description}")]);
+}

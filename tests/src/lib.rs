@@ -214,12 +214,16 @@ pub fn apply_args<'a>(
 }
 
 /// Lines the CLI prints to stderr while it works (progress), as opposed to the error line.
-const PROGRESS_PREFIXES: [&str; 5] = [
+const PROGRESS_PREFIXES: [&str; 8] = [
     "unlabeled:",
     "labeled pool:",
     "test:",
     "pre-training",
     "seed ",
+    // The kernel of each section's products (docs/precision.md).
+    "pretrain:",
+    "finetune:",
+    "pretrain, finetune:",
 ];
 
 impl Outcome {

@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// What to time; pretrain for dense and conv, finetune for the ResNets when not given.
     #[arg(long, value_enum)]
     task: Option<Task>,
+    /// Number format of our convolution and linear products: f32, or bf16 with f32 sums (the
+    /// peer runs f32 either way).
+    #[arg(long, default_value = "f32")]
+    precision: imprint_nn::Precision,
     /// Run one measurement of ours in this process and print images/s and peak memory (the
     /// parent starts one such process per pair).
     #[arg(long, hide = true)]
@@ -226,6 +230,7 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
             let cfg = PretrainConfig {
                 batch_size: args.batch,
                 holdout_fraction: 0.0,
+                precision: args.precision,
                 ..PretrainConfig::new(args.architecture()?, 2)
             };
             let images = Images::new(images, shape);
@@ -236,6 +241,7 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
             let cfg = PretrainConfig {
                 batch_size: args.batch,
                 holdout_fraction: 0.0,
+                precision: args.precision,
                 reconstruction_weight: 0.0,
                 contrast_weight: 1.0,
                 contrast_temperature: args.temperature,
@@ -277,6 +283,7 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
             steps,
             batch_size: args.batch,
             checkpoint_every: 0,
+            precision: args.precision,
             ..FinetuneConfig::default()
         };
         let trained = finetune(&dev, encoder.clone(), &data, None, &cfg, Strategy::FULL, 0)?;
@@ -285,10 +292,12 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
     let mut model = train(5)?;
     let start = Instant::now();
     if args.task() == Task::Infer {
-        model.predict(&dev, images);
-        let start = Instant::now();
-        model.predict(&dev, images);
-        return Ok(n as f64 / start.elapsed().as_secs_f64());
+        return Ok(imprint_nn::with_precision(args.precision, || {
+            model.predict(&dev, images);
+            let start = Instant::now();
+            model.predict(&dev, images);
+            n as f64 / start.elapsed().as_secs_f64()
+        }));
     }
     train(args.steps)?;
     Ok((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64())
@@ -639,11 +648,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         series.extend(fast.map(PeerSeries::new));
     }
     println!(
-        "{}, batch {}, {} images per measurement, {} on both sides",
+        "{}, batch {}, {} images per measurement, {} on both sides; ours: {}",
         describe(args)?,
         args.batch,
         args.steps * args.batch,
-        threads_phrase(threads)
+        threads_phrase(threads),
+        imprint_nn::Choice::of(args.precision)
     );
     let (mut ours_runs, mut ours_peak) = (Vec::new(), 0);
     for i in 0..args.repeats.max(1) {

@@ -303,6 +303,11 @@ struct Common {
     /// Use at most this many unlabeled images.
     #[arg(long)]
     max_unlabeled: Option<usize>,
+    /// Number format of the convolution and linear products in pre-training and fine-tuning
+    /// (pretrain.precision and finetune.precision): f32, or bf16 with f32 sums (f32 on a CPU
+    /// with neither AMX-BF16 nor AVX512-BF16, and said so).
+    #[arg(long)]
+    precision: Option<imprint_nn::Precision>,
     /// Set any pipeline key, e.g. `--set finetune.dropout=0.3` (repeatable; values are TOML,
     /// or bare strings).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
@@ -371,6 +376,7 @@ impl Common {
             steps: self.steps,
             strategies: grid.strategies.clone(),
             labels_per_class: grid.budgets.clone(),
+            precision: self.precision,
             seeds: grid.seeds.clone(),
             max_unlabeled: self.max_unlabeled,
         };
@@ -433,6 +439,9 @@ fn run_command(cli: Cli) -> Result<()> {
             check_budget_settings(&common.settings, &p.compare.labels_per_class)?;
             let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            for line in log.products_lines() {
+                bars.info(&line);
+            }
             let outcome =
                 imprint_pipeline::compare(&p, &data, out.path(), &bars, &mut log, resume)?;
             let out = out.finish()?;
@@ -445,6 +454,9 @@ fn run_command(cli: Cli) -> Result<()> {
             let (p, out) = job.resolve("-pretrain", &[])?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            for line in log.products_lines() {
+                bars.info(&line);
+            }
             let (_, history) = imprint_pipeline::pretrain_job(
                 &p,
                 &data,
@@ -504,6 +516,9 @@ fn run_command(cli: Cli) -> Result<()> {
             }
             let mut log = RunLog::start("finetune", &p, vec![seed]);
             let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            for line in log.products_lines() {
+                bars.info(&line);
+            }
             let o = imprint_pipeline::finetune_job(
                 &p,
                 &data,

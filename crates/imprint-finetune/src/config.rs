@@ -3,6 +3,7 @@
 use crate::{FinetuneError, Result};
 use imprint_data::augment::Augment;
 use imprint_nn::knn::KnnSettings;
+use imprint_nn::Precision;
 use imprint_train::OptimSettings;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,10 @@ pub struct FinetuneConfig {
     /// Temperature of the `knn` strategy's vote weights `exp(cosine / t)`.
     #[serde(default = "default_knn_temperature")]
     pub knn_temperature: f64,
+    /// Number format of the convolution and linear products: `f32`, or `bf16` (inputs rounded
+    /// to bf16, sums in f32; weights, optimizer state and batch-norm statistics stay f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_steps() -> usize {
@@ -114,6 +119,7 @@ impl Default for FinetuneConfig {
             checkpoint_every: default_checkpoint_every(),
             knn_k: default_knn_k(),
             knn_temperature: default_knn_temperature(),
+            precision: Precision::F32,
         }
     }
 }

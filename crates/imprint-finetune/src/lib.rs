@@ -125,9 +125,29 @@ pub fn finetune<D: ImprintDevice>(
 }
 
 /// [`finetune`], checkpointing through `hooks` and continuing from `resume`, a snapshot of the
-/// same run.
+/// same run. The products of every op it runs (training, validation, the teacher's
+/// pseudo-labels) are in `cfg.precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune_with<D: ImprintDevice>(
+    dev: &D,
+    encoder: Encoder<D>,
+    train: &Dataset,
+    unlabeled: Option<&Dataset>,
+    cfg: &FinetuneConfig,
+    strategy: Strategy,
+    seed: u64,
+    hooks: FinetuneHooks<'_>,
+    resume: Option<&FinetuneSnapshot>,
+) -> Result<(Classifier<D>, History)> {
+    imprint_nn::with_precision(cfg.precision, || {
+        finetune_in_precision(
+            dev, encoder, train, unlabeled, cfg, strategy, seed, hooks, resume,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finetune_in_precision<D: ImprintDevice>(
     dev: &D,
     encoder: Encoder<D>,
     train: &Dataset,

@@ -15,7 +15,9 @@ pub mod optim;
 pub mod tree;
 
 pub use checkpoint::{load_tensors, save_tensors, NamedTensor};
-pub use imprint_ops::{linear, Activation, LinearKernel};
+pub use imprint_ops::{
+    linear, with_precision, Activation, Choice, LinearKernel, Precision, ProductKernel,
+};
 pub use layers::{Dropout, Linear, Sequential};
 pub use mode::{Mode, Pass};
 pub use models::{Architecture, BottleneckNet, ConvNet, Decoder, DenseNet, Encoder, ResNet};

@@ -7,7 +7,10 @@
 //! every gradient and an Adam update.
 //!
 //! `cargo run --release -p imprint-ops --example resnet_ops [iterations] [--chain-only]
-//! [--only=NAME_PART] [--cpu-time] [--separate]`
+//! [--only=NAME_PART] [--cpu-time] [--separate] [--kernel=f32|bf16-avx512|bf16-amx]`
+//!
+//! `--kernel` names the kernel of the convolutions' and the linear layer's products (default
+//! f32); a kernel this CPU lacks is refused.
 //!
 //! `--cpu-time` times by process CPU time instead of the wall clock (meaningful with
 //! `RAYON_NUM_THREADS=1` on a busy machine). `--separate` runs the whole step with batch
@@ -16,7 +19,7 @@
 use dfdx::prelude::*;
 use imprint_ops::{
     avg_pool2d, batch_norm2d_add_relu_train, batch_norm2d_relu_train, batch_norm2d_train, conv2d,
-    linear, Activation, Conv2dSpec, Tensor1, Tensor4,
+    linear, with_kernel, Activation, Conv2dSpec, ProductKernel, Tensor1, Tensor4,
 };
 mod common;
 use common::{median, Clock};
@@ -356,9 +359,20 @@ fn main() {
         separate: args.iter().any(|a| a == "--separate"),
         clock: Clock::from_args(&args),
     };
+    let kernel = match args.iter().find_map(|a| a.strip_prefix("--kernel=")) {
+        None => ProductKernel::F32,
+        Some(name) => ProductKernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or_else(|| panic!("--kernel={name}: not f32, bf16-avx512 or bf16-amx")),
+    };
+    if !kernel.available() {
+        eprintln!("error: --kernel={}: this CPU lacks it", kernel.name());
+        std::process::exit(1);
+    }
     let dev = Cpu::seed_from_u64(0);
     println!(
-        "batch {BATCH}, {} rayon threads, median of {} runs, {}",
+        "batch {BATCH}, {} rayon threads, median of {} runs, {}, {kernel}",
         rayon::current_num_threads(),
         opts.iters,
         match opts.clock {
@@ -366,10 +380,12 @@ fn main() {
             Clock::Cpu => "process CPU time",
         }
     );
-    if !opts.chain_only {
-        time_layers(&dev, &opts);
-    }
-    if opts.only.is_empty() {
-        time_train_step(&dev, &opts);
-    }
+    with_kernel(kernel, || {
+        if !opts.chain_only {
+            time_layers(&dev, &opts);
+        }
+        if opts.only.is_empty() {
+            time_train_step(&dev, &opts);
+        }
+    });
 }

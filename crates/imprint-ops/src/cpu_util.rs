@@ -19,42 +19,81 @@ pub(crate) enum Start<'a> {
     Accumulate,
 }
 
-/// Matrix view for [`gemm`]: pointer, rows, columns, row stride, column stride.
-pub(crate) struct View {
-    ptr: *const f32,
+/// Matrix view for [`gemm`] and the bf16 products: a row-major matrix, or the transpose of one.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
     rows: usize,
     cols: usize,
-    row_stride: isize,
-    col_stride: isize,
+    /// Whether `data` holds the transpose, row-major `[cols, rows]`.
+    transposed: bool,
 }
 
 /// `data` as a row-major `[rows, cols]` matrix.
-pub(crate) fn row_major(data: &[f32], rows: usize, cols: usize) -> View {
+pub(crate) fn row_major(data: &[f32], rows: usize, cols: usize) -> View<'_> {
     assert_eq!(data.len(), rows * cols, "matrix size");
     View {
-        ptr: data.as_ptr(),
+        data,
         rows,
         cols,
-        row_stride: cols as isize,
-        col_stride: 1,
+        transposed: false,
     }
 }
 
 /// `data` is row-major `[cols, rows]`; the view is its transpose `[rows, cols]`.
-pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> View {
+pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> View<'_> {
     assert_eq!(data.len(), rows * cols, "matrix size");
     View {
-        ptr: data.as_ptr(),
+        data,
         rows,
         cols,
-        row_stride: 1,
-        col_stride: rows as isize,
+        transposed: true,
+    }
+}
+
+impl<'a> View<'a> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Whether the data holds the transpose, row-major `[cols, rows]`; else it is row-major
+    /// `[rows, cols]`.
+    pub fn is_transposed(&self) -> bool {
+        self.transposed
+    }
+
+    /// The data, laid out as [`Self::is_transposed`] says.
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    /// The transpose, on the same data.
+    pub fn t(&self) -> View<'a> {
+        View {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+        }
+    }
+
+    /// `(row stride, column stride)` in elements.
+    fn strides(&self) -> (isize, isize) {
+        match self.transposed {
+            false => (self.cols as isize, 1),
+            true => (1, self.rows as isize),
+        }
     }
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with `dst` row-major; `accumulate = false` overwrites
 /// `dst` without reading it. Uses up to `threads` threads inside the product.
 pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+    let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) = (lhs.strides(), rhs.strides());
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions differ");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -86,12 +125,12 @@ pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, thre
                 1,
                 n as isize,
                 accumulate,
-                lhs.ptr,
-                lhs.col_stride,
-                lhs.row_stride,
-                rhs.ptr,
-                rhs.col_stride,
-                rhs.row_stride,
+                lhs.data.as_ptr(),
+                lhs_cs,
+                lhs_rs,
+                rhs.data.as_ptr(),
+                rhs_cs,
+                rhs_rs,
                 1.0,
                 1.0,
                 false,
@@ -118,12 +157,12 @@ pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, thre
             1,
             n as isize,
             accumulate,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,
@@ -377,12 +416,16 @@ const KEEP_SCRATCH_BYTES: usize = 64 << 20;
 /// lines (a load that does costs two).
 const LINE_FLOATS: usize = 16;
 
+/// Bytes of a cache line.
+const LINE_BYTES: usize = 64;
+
 /// Index of the first element of `buf` that starts a cache line.
-fn line_start(buf: &[f32]) -> usize {
-    (buf.as_ptr() as usize).wrapping_neg() % (4 * LINE_FLOATS) / 4
+fn line_start<T>(buf: &[T]) -> usize {
+    let size = std::mem::size_of::<T>();
+    (buf.as_ptr() as usize).wrapping_neg() % LINE_BYTES / size
 }
 
-/// Runs `f` on `len` floats of this thread's scratch buffer in `slot`, starting on a cache
+/// Runs `f` on `len` elements of this thread's scratch buffer in `slot`, starting on a cache
 /// line, with unspecified contents (whatever an earlier call left). Reusing the buffer spares a
 /// fresh allocation per chunk, whose pages the kernel would otherwise have to fault in and zero
 /// every time.
@@ -390,18 +433,20 @@ fn line_start(buf: &[f32]) -> usize {
 /// The buffer is taken out of the slot while `f` runs: a nested call on the same thread (rayon
 /// may run another chunk here while a product waits for its helpers) finds the slot empty and
 /// allocates its own.
-pub(crate) fn with_scratch<R>(
-    slot: &'static LocalKey<Cell<Vec<f32>>>,
+pub(crate) fn with_scratch<T: Copy + Default, R>(
+    slot: &'static LocalKey<Cell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
+    let size = std::mem::size_of::<T>();
+    let line = LINE_BYTES / size;
     let mut buf = slot.with(Cell::take);
-    if buf.len() < len + LINE_FLOATS {
-        buf.resize(len + LINE_FLOATS, 0.0);
+    if buf.len() < len + line {
+        buf.resize(len + line, T::default());
     }
     let start = line_start(&buf);
     let r = f(&mut buf[start..start + len]);
-    if buf.len() * 4 <= KEEP_SCRATCH_BYTES {
+    if buf.len() * size <= KEEP_SCRATCH_BYTES {
         slot.with(|s| s.set(buf));
     }
     r
@@ -568,7 +613,7 @@ pub(crate) fn sum_in_order(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
 
 /// Writes the transpose of row-major `src` (`[rows, cols]`) into `dst` (`[cols, rows]`), in
 /// square tiles so that reads and writes both stay within a few cache lines.
-pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     const TILE: usize = 16;
     assert_eq!(src.len(), rows * cols, "transpose source size");
     assert_eq!(dst.len(), rows * cols, "transpose destination size");

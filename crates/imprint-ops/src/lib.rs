@@ -23,10 +23,17 @@
 //! threads, cut by the batch and image size alone, so results do not depend on the thread
 //! count. Another device can implement the traits beside it.
 //!
+//! Convolutions, transposed convolutions and the fused dense layer take their products in the
+//! calling thread's [`Precision`] ([`with_precision`]): f32, or bf16 inputs with f32 sums on
+//! AMX tiles or AVX512-BF16, whichever the CPU has ([`ProductKernel`]); everything else is f32.
+//!
 //! Dropout needs nothing new: dfdx's own [`dfdx::tensor_ops::dropout`] is generic over the
 //! shape, so it already works on [`Tensor4`] (it always drops; apply it only while training).
 
 mod allocator;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod amx;
 mod batch_norm2d;
 mod conv2d;
 mod conv_transpose2d;
@@ -37,7 +44,9 @@ mod direct;
 mod error;
 mod isa;
 mod linear;
+mod matmul;
 mod pool2d;
+mod precision;
 mod shortcut;
 
 #[cfg(test)]
@@ -57,6 +66,9 @@ pub use error::SpecError;
 pub use isa::{avx512, avx512_switched_off, NO_AVX512_VAR};
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
+pub use precision::{
+    current_kernel, with_kernel, with_precision, Choice, Precision, ProductKernel,
+};
 pub use shortcut::{subsample_pad_channels, ShortcutKernel};
 
 use dfdx::prelude::{NoneTape, Tensor};

@@ -279,3 +279,131 @@ pub(crate) fn check_conv_gradients(spec: impl ConvLike, dims: (usize, usize, usi
         run_conv(&spec, &p[0], &p[1], Some(&p[2]), dims)
     });
 }
+
+/// The bound on `|bf16 product - exact product|` for one output element whose terms' absolute
+/// values sum to `abs_sum` over an inner dimension of `k`.
+///
+/// Rounding to bf16 (8 significant bits) moves each input by at most half a unit in the last
+/// place, 2^-8 of itself, so each product `a·b` by at most `(2^-7 + 2^-16)·|a·b|`; the product
+/// of two bf16 is exact in f32,
+/// and each of the `k` additions in f32 rounds by at most 2^-24 of a partial sum, itself at
+/// most (a little over) `abs_sum`. Relative to the sum of absolute terms, not to the result:
+/// where terms cancel, the result's own relative error can be larger.
+pub(crate) fn bf16_bound(abs_sum: f64, k: usize) -> f64 {
+    abs_sum * (2f64.powi(-7) + 2f64.powi(-16) + (k as f64 + 1.0) * 2f64.powi(-24))
+}
+
+/// The kernels of bf16 this CPU runs; prints which it cannot, once per test.
+pub(crate) fn bf16_kernels(test: &str) -> Vec<crate::ProductKernel> {
+    let (have, lack): (Vec<_>, Vec<_>) = [
+        crate::ProductKernel::AmxBf16,
+        crate::ProductKernel::Avx512Bf16,
+    ]
+    .into_iter()
+    .partition(|k| k.available());
+    for k in lack {
+        println!("{test}: skipped {} (this CPU lacks it)", k.name());
+    }
+    have
+}
+
+/// A convolution-like op on `kernel` against its exact (f64) definition, forward and backward
+/// (`L = Σ y · r`), every element of `y`, `dL/dx` and `dL/dW` within [`bf16_bound`] of the sums
+/// of its absolute terms; `dL/db` and the bias, added in f32, to f32 rounding. Also checks the
+/// output is not f32's bit for bit, so that the bf16 path is the one tested.
+pub(crate) fn check_bf16_conv(
+    spec: &impl ConvLike,
+    (n, h, wd): (usize, usize, usize),
+    kernel: crate::ProductKernel,
+    seed: u64,
+) {
+    let dev = Cpu::default();
+    let mut rng = rng(seed);
+    let [x, w, b] = random_conv_inputs(&mut rng, spec, (n, h, wd));
+    let (oh, ow) = spec.output_size(h, wd);
+    let ((cin, cout), g) = (spec.channels(), spec.groups());
+    let r = random(&mut rng, n * cout * oh * ow);
+    let xt: Tensor4<Cpu> = dev.tensor_from_vec(x.clone(), (n, cin, h, wd));
+    let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
+    let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
+    let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, cout, oh, ow));
+    let run = || {
+        let y = spec.apply(xt.leaky_trace(), &wt, Some(&bt));
+        let y_vals = y.as_vec();
+        let grads = (y * rt.clone()).sum().backward();
+        let [gx, gw, gb] = gradients!(grads, &xt, &wt, &bt);
+        [y_vals, gx, gw, gb]
+    };
+    let [y, gx, gw, gb] = crate::with_kernel(kernel, run);
+    let f32_y = crate::with_kernel(crate::ProductKernel::F32, run)[0].clone();
+    let label = format!("{} {spec:?} on {n}x{h}x{wd}", kernel.name());
+    assert!(y != f32_y, "{label}: the same bits as f32");
+
+    // Exact sums and sums of absolute terms, with the number of terms, per element.
+    let (cgi, cgo) = (cin / g, cout / g);
+    let window = spec.window();
+    let taps = window[0].0 * window[0].1;
+    let links: Vec<_> = match spec.transposed() {
+        true => window_links(window, (h, wd), (oh, ow)),
+        false => window_links(window, (oh, ow), (h, wd))
+            .into_iter()
+            .map(|(o, k, i)| (i, k, o))
+            .collect(),
+    };
+    let (in_len, out_len) = (h * wd, oh * ow);
+    let mut ey = vec![(0.0f64, 0.0f64, 0usize); y.len()];
+    let mut ex = vec![(0.0f64, 0.0f64, 0usize); x.len()];
+    let mut ew = vec![(0.0f64, 0.0f64, 0usize); w.len()];
+    let add = |e: &mut (f64, f64, usize), a: f32, b: f32| {
+        let p = a as f64 * b as f64;
+        *e = (e.0 + p, e.1 + p.abs(), e.2 + 1);
+    };
+    for i in 0..n {
+        for (c, o) in (0..cin).flat_map(|c| (0..cgo).map(move |co| (c, c / cgi * cgo + co))) {
+            let at = match spec.transposed() {
+                true => (c * cgo + o % cgo) * taps,
+                false => (o * cgi + c % cgi) * taps,
+            };
+            let (xs, ys) = ((i * cin + c) * in_len, (i * cout + o) * out_len);
+            for &(p, k, q) in &links {
+                add(&mut ey[ys + q], x[xs + p], w[at + k]);
+                add(&mut ex[xs + p], w[at + k], r[ys + q]);
+                add(&mut ew[at + k], x[xs + p], r[ys + q]);
+            }
+        }
+    }
+    let check = |what: &str,
+                 got: &[f32],
+                 exact: &[(f64, f64, usize)],
+                 extra: &dyn Fn(usize) -> (f64, f64)| {
+        for (e, (&v, &(sum, abs, k))) in got.iter().zip(exact).enumerate() {
+            let (shift, slack) = extra(e);
+            let err = (v as f64 - shift - sum).abs();
+            let bound = bf16_bound(abs, k) + slack;
+            assert!(
+                err <= bound,
+                "{label}: {what}[{e}] = {v}, exact {}: error {err:e} over the bound {bound:e}",
+                sum + shift
+            );
+        }
+    };
+    // The bias is added to f32 sums: one more f32 rounding.
+    let f32_ulp = 2f64.powi(-24);
+    check("y", &y, &ey, &|e| {
+        let bias = b[e / out_len % cout] as f64;
+        (bias, (bias.abs() + ey[e].1) * 2.0 * f32_ulp)
+    });
+    check("dL/dx", &gx, &ex, &|_| (0.0, 0.0));
+    check("dL/dW", &gw, &ew, &|_| (0.0, 0.0));
+    for (o, &got) in gb.iter().enumerate() {
+        let rows = (0..n).map(|i| &r[(i * cout + o) * out_len..][..out_len]);
+        let (sum, abs) = rows.flatten().fold((0.0f64, 0.0f64), |(s, a), &v| {
+            (s + v as f64, a + v.abs() as f64)
+        });
+        let bound = abs * (n * out_len + 1) as f64 * f32_ulp;
+        assert!(
+            (got as f64 - sum).abs() <= bound,
+            "{label}: dL/db[{o}] = {got}, exact {sum}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ use imprint_data::augment::Augment;
 use imprint_data::{default_cache_dir, ImageShape, Preprocess, Storage, DEFAULT_MEMORY_BUDGET_MB};
 use imprint_finetune::{FinetuneConfig, Strategy};
 use imprint_fs::Input;
+use imprint_nn::Precision;
 use imprint_pretrain::{Noise, PretrainConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -757,6 +758,8 @@ pub struct Overrides {
     pub labels_per_class: Option<Vec<usize>>,
     pub seeds: Option<Vec<u64>>,
     pub max_unlabeled: Option<usize>,
+    /// `pretrain.precision` and `finetune.precision` both (the budgets' own included).
+    pub precision: Option<Precision>,
 }
 
 impl Overrides {
@@ -808,6 +811,15 @@ impl Overrides {
         }
         if let Some(v) = self.max_unlabeled {
             p.data.max_unlabeled = v;
+        }
+        if let Some(v) = self.precision {
+            p.pretrain.precision = v;
+            p.finetune.precision = v;
+            for table in p.finetune_by_budget.values_mut() {
+                if table.contains_key("precision") {
+                    table.insert("precision".into(), toml::Value::String(v.name().into()));
+                }
+            }
         }
     }
 }
@@ -888,6 +900,38 @@ seeds = [0]
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `epochs`"), "{e}");
+    }
+
+    #[test]
+    fn precision_is_f32_unless_set_and_an_unknown_one_names_the_key_and_line() {
+        let p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        assert_eq!(
+            (p.pretrain.precision, p.finetune.precision),
+            (Precision::F32, Precision::F32)
+        );
+        let bf16 = MINIMAL.replace("epochs = 1", "epochs = 1\nprecision = \"bf16\"");
+        let p = Pipeline::from_toml(&bf16, Path::new("p.toml")).unwrap();
+        assert_eq!(p.pretrain.precision, Precision::Bf16);
+        let bad = MINIMAL.replace("epochs = 1", "epochs = 1\nprecision = \"fp16\"");
+        let e = Pipeline::from_toml(&bad, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("fp16") && e.contains("bf16"),
+            "{e}"
+        );
+        assert!(e.contains("precision") && e.contains("line 9"), "{e}");
+        let mut p = Pipeline::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        Overrides {
+            precision: Some(Precision::Bf16),
+            ..Default::default()
+        }
+        .apply(&mut p)
+        .unwrap();
+        assert_eq!(
+            (p.pretrain.precision, p.finetune.precision),
+            (Precision::Bf16, Precision::Bf16)
+        );
     }
 
     #[test]

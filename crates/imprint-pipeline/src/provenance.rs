@@ -1,6 +1,7 @@
 //! `run.json`: what produced an output folder. The program version, the source revision, the
-//! resolved pipeline, each data source's file count, bytes and digest, seeds, thread count and
-//! per-stage timings; beside it `data-manifest.csv.gz` lists every file of the sources once.
+//! resolved pipeline, each data source's file count, bytes and digest, seeds, thread count, the
+//! kernel of the products of each training section and per-stage timings; beside it
+//! `data-manifest.csv.gz` lists every file of the sources once.
 //! Everything here is recorded only; nothing in it steers a run (the start time included), so
 //! results stay a function of the pipeline, the data and the seeds.
 
@@ -10,7 +11,9 @@ use imprint_data::{
     first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,
     MANIFEST_FILE,
 };
+use imprint_nn::{Choice, Precision};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +48,27 @@ pub struct Stage {
     pub reused: bool,
 }
 
+/// The kernel that computed a training section's convolution and linear products: what its
+/// `precision` asked for and what this CPU ran (f32 where bf16 was asked of a CPU without bf16
+/// products).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductsRecord {
+    pub precision: Precision,
+    /// `f32`, `bf16-avx512` or `bf16-amx`.
+    pub kernel: String,
+    pub description: String,
+}
+
+impl ProductsRecord {
+    fn of(choice: Choice) -> Self {
+        Self {
+            precision: choice.asked,
+            kernel: choice.kernel.name().into(),
+            description: choice.to_string(),
+        }
+    }
+}
+
 /// The content of `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
@@ -66,6 +90,10 @@ pub struct RunInfo {
     pub finished: bool,
     pub pipeline: Pipeline,
     pub data: DataSources,
+    /// By section (`pretrain`, `finetune`), the kernel of its products; absent in records of
+    /// older versions.
+    #[serde(default)]
+    pub products: BTreeMap<String, ProductsRecord>,
     pub stages: Vec<Stage>,
     pub total_seconds: f64,
 }
@@ -82,6 +110,18 @@ impl RunLog {
     /// Starts the record of `command` on the resolved pipeline `p`.
     pub fn start(command: &str, p: &Pipeline, seeds: Vec<u64>) -> RunLog {
         let (git_revision, git_dirty) = git_state();
+        let sections = match command {
+            "pretrain" => vec![("pretrain", p.pretrain.precision)],
+            "finetune" => vec![("finetune", p.finetune.precision)],
+            _ => vec![
+                ("pretrain", p.pretrain.precision),
+                ("finetune", p.finetune.precision),
+            ],
+        };
+        let products = sections
+            .into_iter()
+            .map(|(name, asked)| (name.to_string(), ProductsRecord::of(Choice::of(asked))))
+            .collect();
         RunLog {
             info: RunInfo {
                 format: RUN_FORMAT.into(),
@@ -96,6 +136,7 @@ impl RunLog {
                 finished: false,
                 pipeline: p.clone(),
                 data: DataSources::default(),
+                products,
                 stages: Vec::new(),
                 total_seconds: 0.0,
             },
@@ -126,6 +167,24 @@ impl RunLog {
 
     pub fn info(&self) -> &RunInfo {
         &self.info
+    }
+
+    /// One line per kind of products the job computes, sections that share one together:
+    /// `pretrain, finetune: bf16 products with f32 sums on AMX tiles (tdpbf16ps)`.
+    pub fn products_lines(&self) -> Vec<String> {
+        let mut by_kind: Vec<(Vec<&str>, &str)> = Vec::new();
+        let sections = ["pretrain", "finetune"].into_iter();
+        let records = sections.filter_map(|s| self.info.products.get(s).map(|r| (s, r)));
+        for (section, record) in records {
+            match by_kind.iter_mut().find(|(_, d)| *d == record.description) {
+                Some((sections, _)) => sections.push(section),
+                None => by_kind.push((vec![section], &record.description)),
+            }
+        }
+        by_kind
+            .into_iter()
+            .map(|(sections, description)| format!("{}: {description}", sections.join(", ")))
+            .collect()
     }
 
     /// Writes `out/run.json` (and, the first time, `out/data-manifest.csv.gz`); jobs call it as

@@ -3,7 +3,7 @@
 use crate::{PretrainError, Result};
 use imprint_data::augment::Augment;
 use imprint_nn::loss::Reconstruction;
-use imprint_nn::Architecture;
+use imprint_nn::{Architecture, Precision};
 use imprint_train::OptimSettings;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,10 @@ pub struct PretrainConfig {
     /// Labeled images the monitor classifies, as evenly spread over the classes as they allow.
     #[serde(default = "default_monitor_queries")]
     pub monitor_queries: usize,
+    /// Number format of the convolution and linear products: `f32`, or `bf16` (inputs rounded
+    /// to bf16, sums in f32; weights, optimizer state and batch-norm statistics stay f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_noise() -> Noise {
@@ -131,6 +135,7 @@ impl PretrainConfig {
             rotation_weight: 0.0,
             monitor_labels_per_class: 0,
             monitor_queries: default_monitor_queries(),
+            precision: Precision::F32,
         }
     }
 

@@ -445,8 +445,22 @@ pub enum Start<'a, D: ImprintDevice> {
 }
 
 /// Trains an encoder on `images` from `start`. Every random draw (init, held-out split,
-/// shuffles, noise) follows from `seed`.
+/// shuffles, noise) follows from `seed`. The products of every op it runs (training, the
+/// held-out loss, the monitor) are in `cfg.precision`.
 pub fn pretrain<D: ImprintDevice>(
+    dev: &D,
+    images: Images,
+    cfg: &PretrainConfig,
+    seed: u64,
+    start: Start<'_, D>,
+    hooks: Hooks<'_>,
+) -> Result<Pretrained<D>> {
+    imprint_nn::with_precision(cfg.precision, || {
+        pretrain_in_precision(dev, images, cfg, seed, start, hooks)
+    })
+}
+
+fn pretrain_in_precision<D: ImprintDevice>(
     dev: &D,
     images: Images,
     cfg: &PretrainConfig,

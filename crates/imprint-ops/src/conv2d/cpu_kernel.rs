@@ -1,11 +1,14 @@
 #[cfg(target_arch = "x86_64")]
-use super::direct_kernel;
+use super::bf16_kernel::Bf16Passes;
+use super::gemm_kernel::GemmPasses;
+#[cfg(target_arch = "x86_64")]
+use super::{bf16_amx, bf16_avx512, direct_kernel};
 use super::{Conv2dKernel, Conv2dSpec};
 use crate::cpu_util::{
-    col2im, gather, gemm, im2col, optional_chunks, row_major, sum_in_order, transposed,
-    with_scratch, zeros, Chunks, Geometry, PooledVec, Start, CHUNK_SCRATCH, IO_SCRATCH,
+    optional_chunks, sum_in_order, with_scratch, zeros, Geometry, PooledVec, Start, IO_SCRATCH,
 };
 use crate::error::SpecError;
+use crate::precision::{current_kernel, ProductKernel};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -54,130 +57,9 @@ impl Dims {
         self.groups * self.out_per_group * self.geo.cols()
     }
 
-    fn col_len(&self) -> usize {
+    pub fn col_len(&self) -> usize {
         self.geo.rows() * self.geo.cols()
     }
-}
-
-/// `y = start + conv(x)` on plain slices: `x` is `[batch, in, h, w]`, `w` the weight, `y`
-/// `[batch, out, oh, ow]`.
-///
-/// Each chunk of images is one column matrix `[in * kh * kw, images * oh * ow]`, so each group
-/// costs one wide product per chunk rather than one narrow product per image.
-fn forward_into(x: &[f32], w: &[f32], start: Start, y: &mut [f32], d: &Dims) {
-    let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
-    let out_channels = d.groups * cgo;
-    let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    y.par_chunks_mut(chunks.images * d.out_len())
-        .zip(x.par_chunks(chunks.images * d.in_len()))
-        .for_each(|(ys, xs)| {
-            let images = xs.len() / d.in_len();
-            let pitch = images * l;
-            let col_len = d.geo.rows() * pitch;
-            with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
-                let (col, prod) = buf.split_at_mut(col_len);
-                for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                    im2col(&d.geo, xi, &mut col[i * l..], pitch);
-                }
-                for g in 0..d.groups {
-                    // prod_g[cgo, images * l] = W_g[cgo, kg] · col_g[kg, images * l]
-                    gemm(
-                        &mut prod[g * cgo * pitch..(g + 1) * cgo * pitch],
-                        row_major(&w[g * cgo * kg..(g + 1) * cgo * kg], cgo, kg),
-                        row_major(&col[g * kg * pitch..(g + 1) * kg * pitch], kg, pitch),
-                        false,
-                        chunks.gemm_threads,
-                    );
-                }
-                for (i, yi) in ys.chunks_exact_mut(d.out_len()).enumerate() {
-                    for (c, row) in yi.chunks_exact_mut(l).enumerate() {
-                        let src = &prod[c * pitch + i * l..][..l];
-                        let pairs = row.iter_mut().zip(src);
-                        match start {
-                            Start::Zero => row.copy_from_slice(src),
-                            Start::Bias(b) => pairs.for_each(|(y, p)| *y = p + b[c]),
-                            Start::Accumulate => pairs.for_each(|(y, p)| *y += p),
-                        }
-                    }
-                }
-            });
-        });
-}
-
-/// `gx += convᵀ(dy)` on plain slices: the input gradient alone, which is the transposed
-/// convolution's forward pass.
-fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims) {
-    let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
-    let out_channels = d.groups * cgo;
-    let chunks = Chunks::new(d.batch, d.col_len() + d.out_len());
-    gx.par_chunks_mut(chunks.images * d.in_len())
-        .zip(dy.par_chunks(chunks.images * d.out_len()))
-        .for_each(|(gxs, dys)| {
-            let pitch = dys.len() / d.out_len() * l;
-            with_scratch(&CHUNK_SCRATCH, dys.len() + d.geo.rows() * pitch, |buf| {
-                let (dyc, col) = buf.split_at_mut(dys.len());
-                gather(dys, dyc, out_channels, l);
-                for g in 0..d.groups {
-                    // dcol_g[kg, images * l] = W_gᵀ[kg, cgo] · dY_g[cgo, images * l]
-                    gemm(
-                        &mut col[g * kg * pitch..(g + 1) * kg * pitch],
-                        transposed(&w[g * cgo * kg..(g + 1) * cgo * kg], kg, cgo),
-                        row_major(&dyc[g * cgo * pitch..(g + 1) * cgo * pitch], cgo, pitch),
-                        false,
-                        chunks.gemm_threads,
-                    );
-                }
-                for (i, gxi) in gxs.chunks_exact_mut(d.in_len()).enumerate() {
-                    col2im(&d.geo, &col[i * l..], pitch, gxi);
-                }
-            });
-        });
-}
-
-/// Backward pass on plain slices: adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
-fn backward(x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>, d: &Dims) -> Vec<f32> {
-    let (l, cgo, kg) = (d.geo.cols(), d.out_per_group, d.k_per_group);
-    let out_channels = d.groups * cgo;
-    let Chunks {
-        images,
-        gemm_threads,
-    } = Chunks::new(d.batch, d.col_len() + d.out_len());
-    weight_grad_by_chunks((x, dy, gx), d, images, w.len(), |xs, dys, gxs, gw| {
-        let pitch = xs.len() / d.in_len() * l;
-        let col_len = d.geo.rows() * pitch;
-        with_scratch(&CHUNK_SCRATCH, col_len + out_channels * pitch, |buf| {
-            // `col` holds first the chunk's columns for dW, then dL/dcol for dx.
-            let (col, dyc) = buf.split_at_mut(col_len);
-            for (i, xi) in xs.chunks_exact(d.in_len()).enumerate() {
-                im2col(&d.geo, xi, &mut col[i * l..], pitch);
-            }
-            gather(dys, dyc, out_channels, l);
-            for g in 0..d.groups {
-                let dy_g = &dyc[g * cgo * pitch..(g + 1) * cgo * pitch];
-                let col_g = &mut col[g * kg * pitch..(g + 1) * kg * pitch];
-                let w_g = &w[g * cgo * kg..(g + 1) * cgo * kg];
-                // dW_g[cgo, kg] += dY_g[cgo, images * l] · col_gᵀ[images * l, kg]
-                let dw_lhs = row_major(dy_g, cgo, pitch);
-                let gw_g = &mut gw[g * cgo * kg..(g + 1) * cgo * kg];
-                gemm(
-                    gw_g,
-                    dw_lhs,
-                    transposed(col_g, pitch, kg),
-                    true,
-                    gemm_threads,
-                );
-                if gxs.is_some() {
-                    // dcol_g = W_gᵀ · dY_g over this group's columns, which dW no longer needs.
-                    let w_t = transposed(w_g, kg, cgo);
-                    gemm(col_g, w_t, row_major(dy_g, cgo, pitch), false, gemm_threads);
-                }
-            }
-            let gxs = gxs.into_iter().flat_map(|g| g.chunks_exact_mut(d.in_len()));
-            for (i, gxi) in gxs.enumerate() {
-                col2im(&d.geo, &col[i * l..], pitch, gxi);
-            }
-        });
-    })
 }
 
 /// The weight gradient summed over chunks of `images` images in chunk order, `grad(xs, dys,
@@ -208,58 +90,50 @@ where
     sum_in_order(&parts, w_len)
 }
 
-/// How a convolution's passes are computed: im2col + gemm, or the direct kernels where the
-/// CPU and the layer allow them.
-pub(crate) enum Passes {
-    Gemm(Dims),
-    #[cfg(target_arch = "x86_64")]
-    Direct(Dims, crate::direct::Plan),
-}
+/// A convolution's three products on plain slices, one implementation per way of computing
+/// them (im2col and matrix products, the direct kernels): the trait below the tape glue
+/// ([`on_tape`]), so that another kernel is another implementation of it.
+pub(crate) trait ConvPasses: Send + Sync {
+    fn dims(&self) -> &Dims;
 
-impl Passes {
-    /// The direct kernels where they take `d`, else gemm.
-    pub fn choose(d: Dims) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(plan) = super::direct_kernel::plan(&d) {
-            return Self::Direct(d, plan);
-        }
-        Self::Gemm(d)
-    }
-
-    fn dims(&self) -> &Dims {
-        match self {
-            Self::Gemm(d) => d,
-            #[cfg(target_arch = "x86_64")]
-            Self::Direct(d, _) => d,
-        }
-    }
+    /// How the passes compute, for tests and timings.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn name(&self) -> &'static str;
 
     /// `y = start + conv(x)`.
-    fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]) {
-        match self {
-            Self::Gemm(d) => forward_into(x, w, start, y, d),
-            #[cfg(target_arch = "x86_64")]
-            Self::Direct(d, plan) => direct_kernel::forward_into(x, w, start, y, d, plan),
-        }
-    }
+    fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]);
 
     /// `gx += convᵀ(dy)`.
-    fn adjoint_into(&self, w: &[f32], dy: &[f32], gx: &mut [f32]) {
-        match self {
-            Self::Gemm(d) => adjoint_into(w, dy, gx, d),
-            #[cfg(target_arch = "x86_64")]
-            Self::Direct(d, plan) => direct_kernel::adjoint_into(w, dy, gx, d, plan),
-        }
-    }
+    fn adjoint_into(&self, w: &[f32], dy: &[f32], gx: &mut [f32]);
 
     /// Adds `dL/dx` to `gx` (where given) and returns `dL/dW`.
-    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>) -> Vec<f32> {
-        match self {
-            Self::Gemm(d) => backward(x, w, dy, gx, d),
-            #[cfg(target_arch = "x86_64")]
-            Self::Direct(d, plan) => direct_kernel::backward(x, w, dy, gx, d, plan),
+    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>) -> Vec<f32>;
+}
+
+pub(crate) type Passes = Box<dyn ConvPasses>;
+
+/// The passes of `d` with products on `kernel`: the direct kernels of f32 or AMX where the CPU
+/// and the layer allow them; otherwise im2col and the kernel's matrix products.
+pub(crate) fn choose(d: Dims, kernel: ProductKernel) -> Passes {
+    #[cfg(target_arch = "x86_64")]
+    match kernel {
+        ProductKernel::F32 => {
+            if let Some(plan) = direct_kernel::plan(&d) {
+                return Box::new(direct_kernel::DirectPasses { d, plan });
+            }
+        }
+        ProductKernel::AmxBf16 => {
+            if let Some(passes) = Bf16Passes::<bf16_amx::Amx>::new(&d) {
+                return Box::new(passes);
+            }
+        }
+        ProductKernel::Avx512Bf16 => {
+            if let Some(passes) = Bf16Passes::<bf16_avx512::Avx512>::new(&d) {
+                return Box::new(passes);
+            }
         }
     }
+    Box::new(GemmPasses::new(d, kernel))
 }
 
 /// A convolution-like op on plain slices: a convolution, or its adjoint (the transposed
@@ -424,7 +298,8 @@ impl Conv2dKernel for Cpu {
     ) -> Result<Tensor4<Self, T>, Self::Err> {
         let out = checked_output("conv2d", &x, weight, bias, |i, w, b| spec.check(i, w, b));
         let (n, _, h, w) = *x.shape();
-        let op = SliceOp::Conv(Passes::choose(Dims::new(spec, n, (h, w), out)));
+        let dims = Dims::new(spec, n, (h, w), out);
+        let op = SliceOp::Conv(choose(dims, current_kernel()));
         on_tape(
             x,
             weight,

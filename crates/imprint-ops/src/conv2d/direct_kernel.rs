@@ -4,13 +4,41 @@
 //! Images go to the kernels in stacks (see [`Stack`]): small grids stacked into one taller
 //! grid fill their vectors and pay the per-image costs once per stack.
 
-use super::cpu_kernel::{weight_grad_by_chunks, Dims};
+use super::cpu_kernel::{weight_grad_by_chunks, ConvPasses, Dims};
 use crate::cpu_util::{with_scratch, Chunks, Start, CHUNK_SCRATCH, IO_SCRATCH, OUT_SCRATCH};
 use crate::direct::{self, padded_stride, Packed, Plan, Stack, TapSet};
 use rayon::prelude::*;
 
 /// Output pixels a stack of images should reach: 16 vectors.
 const STACK_PIXELS: usize = 256;
+
+/// The passes of one convolution on the direct f32 kernels.
+pub(crate) struct DirectPasses {
+    pub d: Dims,
+    pub plan: Plan,
+}
+
+impl ConvPasses for DirectPasses {
+    fn dims(&self) -> &Dims {
+        &self.d
+    }
+
+    fn name(&self) -> &'static str {
+        "direct f32"
+    }
+
+    fn forward_into(&self, x: &[f32], w: &[f32], start: Start, y: &mut [f32]) {
+        forward_into(x, w, start, y, &self.d, &self.plan)
+    }
+
+    fn adjoint_into(&self, w: &[f32], dy: &[f32], gx: &mut [f32]) {
+        adjoint_into(w, dy, gx, &self.d, &self.plan)
+    }
+
+    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], gx: Option<&mut [f32]>) -> Vec<f32> {
+        backward(x, w, dy, gx, &self.d, &self.plan)
+    }
+}
 
 /// The direct plan of `d`, where the CPU and the convolution allow one.
 pub(crate) fn plan(d: &Dims) -> Option<Plan> {
@@ -74,14 +102,7 @@ impl<T> PerStack<T> {
 }
 
 /// `y = start + conv(x)` over a batch, stacks in parallel.
-pub(crate) fn forward_into(
-    x: &[f32],
-    w: &[f32],
-    start: Start,
-    y: &mut [f32],
-    d: &Dims,
-    plan: &Plan,
-) {
+fn forward_into(x: &[f32], w: &[f32], start: Start, y: &mut [f32], d: &Dims, plan: &Plan) {
     let (cin, cout, ntaps) = (d.geo.channels, d.out_per_group, plan.taps.len());
     let packed = Packed::new((cout, cin, ntaps), |o, i, t| w[(o * cin + i) * ntaps + t]);
     let g = stack_images(plan);
@@ -112,7 +133,7 @@ pub(crate) fn forward_into(
 
 /// `gx += convᵀ(dy)` over a batch, stacks in parallel: the input gradient without the weight
 /// gradient.
-pub(crate) fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan: &Plan) {
+fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan: &Plan) {
     let g = stack_images(plan);
     let adjoints = PerStack::new(d.batch, g, |n| adjoints(w, d, plan, n));
     gx.par_chunks_mut(g * d.in_len())
@@ -133,7 +154,7 @@ pub(crate) fn adjoint_into(w: &[f32], dy: &[f32], gx: &mut [f32], d: &Dims, plan
 /// Chunk by chunk (cut by the batch alone), `x` and `dy` are put in the kernels' layout once,
 /// stack by stack, for both gradients; one dW per chunk, summed in chunk order, so that the
 /// result does not depend on the thread count.
-pub(crate) fn backward(
+fn backward(
     x: &[f32],
     w: &[f32],
     dy: &[f32],

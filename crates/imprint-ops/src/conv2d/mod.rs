@@ -1,9 +1,19 @@
 //! 2-D convolution (cross-correlation, as in PyTorch's `nn.Conv2d`) with stride, padding,
 //! dilation and groups.
 
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod bf16_amx;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod bf16_avx512;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod bf16_kernel;
 pub(crate) mod cpu_kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod direct_kernel;
+mod gemm_kernel;
 
 use crate::error::{nonzero, SpecError};
 use crate::{Tensor1, Tensor4};

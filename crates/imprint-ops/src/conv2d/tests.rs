@@ -265,6 +265,9 @@ fn direct_gradients_match_finite_differences() {
 #[test]
 fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
     use super::cpu_kernel::{Dims, Passes, SliceOp};
+    use super::direct_kernel::{plan, DirectPasses};
+    use super::gemm_kernel::GemmPasses;
+    use crate::precision::ProductKernel;
     use crate::ConvTranspose2dSpec;
     if !crate::direct::available() {
         return;
@@ -295,16 +298,13 @@ fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
         (format!("{spec:?} on {hw}x{hw}"), d, true)
     });
     for (label, d, is_transposed) in convs.into_iter().chain(transposed) {
-        let op = |passes| match is_transposed {
+        let op = |passes: Passes| match is_transposed {
             true => SliceOp::Transposed(passes),
             false => SliceOp::Conv(passes),
         };
-        let direct = op(Passes::choose(d));
-        let (SliceOp::Conv(Passes::Direct(..)) | SliceOp::Transposed(Passes::Direct(..))) = direct
-        else {
-            panic!("{label}: no direct plan");
-        };
-        let gemm = op(Passes::Gemm(d));
+        let plan = plan(&d).unwrap_or_else(|| panic!("{label}: no direct plan"));
+        let direct = op(Box::new(DirectPasses { d, plan }));
+        let gemm = op(Box::new(GemmPasses::new(d, ProductKernel::F32)));
         let (x_len, y_len, bias_len) = match is_transposed {
             true => (d.out_len(), d.in_len(), d.geo.channels),
             false => (d.in_len(), d.out_len(), d.groups * d.out_per_group),
@@ -332,9 +332,17 @@ fn direct_kernels_agree_with_the_column_kernels_on_model_layers() {
 }
 
 /// Forward output and every gradient of a ResNet-sized convolution, bit for bit the same in
-/// pools of one and three threads.
+/// pools of one and three threads, on every kernel this CPU has.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
+    let mut kernels = vec![crate::ProductKernel::F32];
+    kernels.extend(bf16_kernels("results_do_not_depend_on_the_thread_count"));
+    for kernel in kernels {
+        results_do_not_depend_on_the_thread_count_on(kernel);
+    }
+}
+
+fn results_do_not_depend_on_the_thread_count_on(kernel: crate::ProductKernel) {
     let mut rng = rng(35);
     for (spec, hw) in [
         (Conv2dSpec::new(16, 16, 3).padding(1), 32),
@@ -354,12 +362,15 @@ fn results_do_not_depend_on_the_thread_count() {
             let wt = dev.tensor_from_vec(w.clone(), (w.len(),));
             let bt = dev.tensor_from_vec(b.clone(), (b.len(),));
             let rt: Tensor4<Cpu> = dev.tensor_from_vec(r.clone(), (n, spec.out_channels, oh, ow));
-            let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
-            let y_vals = y.as_vec();
-            let g = (y * rt).sum().backward();
-            (y_vals, gradients!(g, &xt, &wt, &bt))
+            crate::with_kernel(kernel, || {
+                let y = conv2d(xt.leaky_trace(), &wt, Some(&bt), &spec).unwrap();
+                let y_vals = y.as_vec();
+                let g = (y * rt).sum().backward();
+                (y_vals, gradients!(g, &xt, &wt, &bt))
+            })
         };
-        assert!(on_threads(1, results) == on_threads(3, results), "{spec:?}");
+        let label = format!("{} {spec:?}", kernel.name());
+        assert!(on_threads(1, results) == on_threads(3, results), "{label}");
     }
 }
 
@@ -385,5 +396,37 @@ fn without_input_grad_the_input_gets_no_gradient() {
         assert!(with.get(&xt).as_vec().iter().any(|&v| v != 0.0));
         let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| without.get(&xt)));
         assert!(missing.is_err(), "{spec:?}: the input has a gradient");
+    }
+}
+
+/// Every bf16 kernel this CPU has, forward and both gradients, within the bound of rounding the
+/// inputs to bf16: channel counts off the kernels' blocks, one image, stride 2, 1x1 and 3x3,
+/// groups, and ResNet's layers.
+#[test]
+fn bf16_kernels_stay_within_the_rounding_bound() {
+    let cases = [
+        (Conv2dSpec::new(3, 5, 3).padding(1), (2, 7, 9)),
+        (Conv2dSpec::new(17, 33, 3).stride(2).padding(1), (1, 9, 8)),
+        (Conv2dSpec::new(17, 33, 3).stride(2).padding(1), (1, 10, 8)),
+        (Conv2dSpec::new(3, 4, 3).dilation(2).padding(2), (2, 5, 5)),
+        (Conv2dSpec::new(40, 24, 5).stride(2).padding(2), (3, 14, 14)),
+        (Conv2dSpec::new(5, 3, 1), (3, 4, 6)),
+        (Conv2dSpec::new(20, 40, 1).stride(2), (2, 6, 6)),
+        (
+            Conv2dSpec::new(4, 6, 3).dilation(2).padding(1).groups(2),
+            (2, 7, 6),
+        ),
+        (Conv2dSpec::new(16, 16, 3).padding(1), (3, 16, 16)),
+        (Conv2dSpec::new(32, 64, 3).stride(2).padding(1), (2, 16, 16)),
+        (Conv2dSpec::new(64, 64, 3).padding(1), (2, 8, 8)),
+    ];
+    for kernel in bf16_kernels("bf16_kernels_stay_within_the_rounding_bound") {
+        for (seed, (spec, dims)) in cases.iter().enumerate() {
+            let (n, h, w) = *dims;
+            let d = cpu_kernel::Dims::new(spec, n, (h, w), spec.output_size(h, w));
+            let passes = cpu_kernel::choose(d, kernel).name();
+            println!("{} {spec:?} on {dims:?}: {passes}", kernel.name());
+            check_bf16_conv(spec, *dims, kernel, 60 + seed as u64);
+        }
     }
 }

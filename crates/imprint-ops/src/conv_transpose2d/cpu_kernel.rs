@@ -1,5 +1,6 @@
 use super::{ConvTranspose2dKernel, ConvTranspose2dSpec};
-use crate::conv2d::cpu_kernel::{checked_output, on_tape, Dims, Passes, SliceOp};
+use crate::conv2d::cpu_kernel::{checked_output, choose, on_tape, Dims, SliceOp};
+use crate::precision::current_kernel;
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
 
@@ -14,7 +15,7 @@ impl ConvTranspose2dKernel for Cpu {
         let out = checked_output("conv_transpose2d", &x, weight, bias, check);
         let (n, _, h, w) = *x.shape();
         // The convolution this op is the adjoint of maps its output back to its input.
-        let passes = Passes::choose(Dims::new(&spec.as_conv(), n, out, (h, w)));
+        let passes = choose(Dims::new(&spec.as_conv(), n, out, (h, w)), current_kernel());
         on_tape(
             x,
             weight,

@@ -162,3 +162,25 @@ fn direct_path_matches_naive_scatter_and_finite_differences() {
         check_conv_gradients(spec, dims, 70 + seed as u64);
     }
 }
+
+/// Every bf16 kernel this CPU has on transposed convolutions (the autoencoder's decoder), within
+/// the bound of rounding the inputs to bf16.
+#[test]
+fn bf16_kernels_stay_within_the_rounding_bound() {
+    let cases = [
+        (
+            ConvTranspose2dSpec::new(64, 32, 4).stride(2).padding(1),
+            (2, 7, 7),
+        ),
+        (
+            ConvTranspose2dSpec::new(32, 1, 4).stride(2).padding(1),
+            (1, 14, 14),
+        ),
+        (ConvTranspose2dSpec::new(5, 7, 3).padding(1), (2, 5, 6)),
+    ];
+    for kernel in bf16_kernels("conv_transpose2d bf16_kernels_stay_within_the_rounding_bound") {
+        for (seed, (spec, dims)) in cases.iter().enumerate() {
+            check_bf16_conv(spec, *dims, kernel, 80 + seed as u64);
+        }
+    }
+}

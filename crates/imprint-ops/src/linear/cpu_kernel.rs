@@ -1,14 +1,16 @@
 use super::{Activation, LinearKernel};
 use crate::cpu_util::{gemm, row_major, transpose, transposed, View};
+use crate::matmul::matmul;
+use crate::precision::{current_kernel, ProductKernel};
 use crate::{Matrix, Tensor1 as Vector};
 use dfdx::prelude::*;
 use std::sync::Arc;
 
-/// `dst[m, n] += lhs[m, k] · rhs[k, n]` on the rayon pool. gemm splits one product itself,
-/// sharing the packed operands between threads, which measured faster than handing each thread
-/// a block of rows (each repacks all of `rhs`).
-fn gemm_acc(dst: &mut [f32], lhs: View, rhs: View) {
-    gemm(dst, lhs, rhs, true, rayon::current_num_threads());
+/// `dst[m, n] += lhs[m, k] · rhs[k, n]` on `kernel`, on the rayon pool. The product is split
+/// between threads inside, sharing the packed operands, which measured faster than handing
+/// each thread a block of rows (each repacks all of `rhs`).
+fn gemm_acc(kernel: ProductKernel, dst: &mut [f32], lhs: View, rhs: View) {
+    matmul(kernel).product(dst, lhs, rhs, true, rayon::current_num_threads());
 }
 
 /// Applies `act` in place; the match sits outside the loop so each arm vectorises.
@@ -25,10 +27,12 @@ fn activate(act: Activation, y: &mut [f32]) {
 /// Below this many units on either side of a layer, `x·Wᵀ` beats `(W·xᵀ)ᵀ` (see [`forward`]).
 const TRANSPOSED_PRODUCT_MIN_UNITS: usize = 128;
 
-/// Forward pass into `y` (`[batch, out]`, contents overwritten): product, bias, activation.
-/// Plain slices and sizes rather than a struct, so tests can call it on hand-made data.
+/// Forward pass into `y` (`[batch, out]`, contents overwritten): product on `kernel`, bias,
+/// activation. Plain slices and sizes rather than a struct, so tests can call it on hand-made
+/// data.
 ///
-/// Which layout gemm runs faster depends on the layer (`examples/gemm_layouts.rs`, batch 128):
+/// The bf16 kernels pack both operands themselves, whatever their layout. For f32, which
+/// layout gemm runs faster depends on the layer (`examples/gemm_layouts.rs`, batch 128):
 /// with a few hundred units on both sides, `yᵀ = W·xᵀ` with both operands row-major ran
 /// 1.2-2x faster than `x·Wᵀ` with `W` read transposed, the two transposes included; with 64
 /// units on one side, `x·Wᵀ` ran about twice as fast.
@@ -41,12 +45,13 @@ pub(crate) fn forward(
     n_in: usize,
     n_out: usize,
     act: Activation,
+    kernel: ProductKernel,
     y: &mut [f32],
 ) {
     assert_eq!(y.len(), batch * n_out, "output size");
     // Elementwise passes run on the calling thread: at these sizes they are a few microseconds,
     // less than waking the pool.
-    if n_in.min(n_out) >= TRANSPOSED_PRODUCT_MIN_UNITS {
+    if kernel == ProductKernel::F32 && n_in.min(n_out) >= TRANSPOSED_PRODUCT_MIN_UNITS {
         let mut xt = vec![0.0; n_in * batch];
         transpose(x, batch, n_in, &mut xt);
         let mut yt = vec![0.0; n_out * batch];
@@ -62,7 +67,8 @@ pub(crate) fn forward(
             .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     } else {
         y.chunks_exact_mut(n_out).for_each(|r| r.copy_from_slice(b));
-        gemm_acc(y, row_major(x, batch, n_in), transposed(w, n_in, n_out));
+        let (lhs, rhs) = (row_major(x, batch, n_in), transposed(w, n_in, n_out));
+        gemm_acc(kernel, y, lhs, rhs);
     }
     activate(act, y);
 }
@@ -107,7 +113,10 @@ impl LinearKernel for Cpu {
         let mut bs = vec![0.0; n_out];
         bias.copy_into(&mut bs);
         let mut y = vec![0.0; batch * n_out];
-        forward(&xs, &ws, &bs, batch, n_in, n_out, activation, &mut y);
+        let kernel = current_kernel();
+        forward(
+            &xs, &ws, &bs, batch, n_in, n_out, activation, kernel, &mut y,
+        );
 
         if !T::OWNS_TAPE {
             return Ok(dev.tensor_from_vec(y, (batch, n_out)).put_tape(tape));
@@ -131,6 +140,7 @@ impl LinearKernel for Cpu {
             // one thread each, measured slower here.
             // dW[out, in] += dzᵀ[out, batch] · x[batch, in]
             gemm_acc(
+                kernel,
                 grads.get_or_alloc_mut(&w_g)?,
                 transposed(&dz, n_out, batch),
                 row_major(&saved.x, batch, n_in),
@@ -138,6 +148,7 @@ impl LinearKernel for Cpu {
             if input_grad {
                 // dx[batch, in] += dz[batch, out] · W[out, in]
                 gemm_acc(
+                    kernel,
                     grads.get_or_alloc_mut(&x_g)?,
                     row_major(&dz, batch, n_out),
                     row_major(&saved.w, n_out, n_in),

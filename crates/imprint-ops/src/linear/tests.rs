@@ -1,6 +1,7 @@
 //! The fused op against plain loops (forward) and central finite differences (backward).
 
 use super::*;
+use crate::precision::ProductKernel;
 use crate::test_util::{check_finite_differences, gradients, random, rng};
 use crate::{Matrix, Tensor1 as Vector};
 
@@ -14,7 +15,7 @@ fn forward(
 ) -> Vec<f32> {
     let (batch, n_in, n_out) = dims;
     let mut y = vec![0.0; batch * n_out];
-    super::cpu_kernel::forward(x, w, b, batch, n_in, n_out, act, &mut y);
+    super::cpu_kernel::forward(x, w, b, batch, n_in, n_out, act, ProductKernel::F32, &mut y);
     y
 }
 
@@ -116,4 +117,81 @@ fn input_gradient_is_skipped_when_not_needed() {
     assert_eq!(grads.get(&w).as_vec(), vec![1.0, 2.0]);
     let dx = grads.get_or_alloc_mut(&x).unwrap();
     assert_eq!(dx.as_slice(), &[0.0, 0.0], "dx never computed");
+}
+
+/// Every bf16 kernel this CPU has: output, `dL/dx` and `dL/dW` (with `L = Σ y · r`) within the
+/// bound of rounding the inputs to bf16, at sizes off the kernels' blocks; an identity
+/// activation, so that the output's error is the product's.
+#[test]
+fn bf16_kernels_stay_within_the_rounding_bound() {
+    use crate::test_util::{bf16_bound, bf16_kernels};
+    let dev = Cpu::default();
+    let mut rng = rng(9);
+    for kernel in bf16_kernels("linear bf16_kernels_stay_within_the_rounding_bound") {
+        for (batch, n_in, n_out) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 9),
+            (130, 70, 65),
+            (64, 300, 200),
+        ] {
+            let (x, w, b) = (
+                random(&mut rng, batch * n_in),
+                random(&mut rng, n_out * n_in),
+                random(&mut rng, n_out),
+            );
+            let r = random(&mut rng, batch * n_out);
+            let xt: Matrix<Cpu> = dev.tensor_from_vec(x.clone(), (batch, n_in));
+            let wt: Vector<Cpu> = dev.tensor_from_vec(w.clone(), (w.len(),));
+            let bt: Vector<Cpu> = dev.tensor_from_vec(b.clone(), (n_out,));
+            let rt: Matrix<Cpu> = dev.tensor_from_vec(r.clone(), (batch, n_out));
+            let [y, gx, gw] = crate::with_kernel(kernel, || {
+                let y = linear(
+                    xt.leaky_trace(),
+                    &wt,
+                    &bt,
+                    n_out,
+                    Activation::Identity,
+                    true,
+                )
+                .unwrap();
+                let y_vals = y.as_vec();
+                let grads = (y * rt.clone()).sum().backward();
+                let [gx, gw] = gradients!(grads, &xt, &wt);
+                [y_vals, gx, gw]
+            });
+            let label = format!("{} ({batch}, {n_in}, {n_out})", kernel.name());
+            let exact = |terms: &mut dyn Iterator<Item = (f32, f32)>| {
+                terms.fold((0.0f64, 0.0f64, 0usize), |(s, a, k), (u, v)| {
+                    let p = u as f64 * v as f64;
+                    (s + p, a + p.abs(), k + 1)
+                })
+            };
+            let within = |what: &str, got: f32, (sum, abs, k): (f64, f64, usize), shift: f64| {
+                let err = (got as f64 - shift - sum).abs();
+                let bound = bf16_bound(abs, k) + (abs + shift.abs()) * 2f64.powi(-23);
+                assert!(
+                    err <= bound,
+                    "{label}: {what} = {got}, exact {}: error {err:e} over {bound:e}",
+                    sum + shift
+                );
+            };
+            for i in 0..batch {
+                for o in 0..n_out {
+                    let e = exact(&mut (0..n_in).map(|k| (x[i * n_in + k], w[o * n_in + k])));
+                    within("y", y[i * n_out + o], e, b[o] as f64);
+                }
+                for k in 0..n_in {
+                    let e = exact(&mut (0..n_out).map(|o| (r[i * n_out + o], w[o * n_in + k])));
+                    within("dx", gx[i * n_in + k], e, 0.0);
+                }
+            }
+            for o in 0..n_out {
+                for k in 0..n_in {
+                    let e = exact(&mut (0..batch).map(|i| (r[i * n_out + o], x[i * n_in + k])));
+                    within("dW", gw[o * n_in + k], e, 0.0);
+                }
+            }
+        }
+    }
 }
