@@ -877,7 +877,12 @@ fn print_inspection(checkpoint: &Path, key: Option<String>, prefix: Option<Strin
         }
         Some(Sidecar::Model(s)) => {
             println!("kind: classifier ({})", s.format);
-            println!("classes ({}): {}", s.classes.len(), s.classes.join(" "));
+            let classes: Vec<String> = s
+                .classes
+                .iter()
+                .map(|c| c.escape_debug().to_string())
+                .collect();
+            println!("classes ({}): {}", classes.len(), classes.join(" "));
             println!(
                 "provenance: program version {}, git revision {}, strategy {}, seed {}",
                 s.program_version,
@@ -942,8 +947,14 @@ fn print_tensors(tensors: &[(String, Vec<usize>)]) {
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
     println!("tensors ({}, {params} parameters, f32):", tensors.len());
-    let width = tensors.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (name, shape) in tensors {
+    // Names come from the file: escaped, a control character cannot move the cursor or recolour
+    // the terminal.
+    let names: Vec<String> = tensors
+        .iter()
+        .map(|(n, _)| n.escape_debug().to_string())
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (name, (_, shape)) in names.iter().zip(tensors) {
         println!("  {name:width$}  {shape:?}");
     }
 }

@@ -373,7 +373,7 @@ fn sorted_classes(names: &[String]) -> Vec<String> {
 
 /// Images larger than this are refused before they are decoded: a 20000 x 20000 photo would
 /// take 1.6 GB as RGBA, a corrupt header promises anything.
-const MAX_IMAGE_SIDE: u32 = 16_384;
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
 const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 fn decode_limits() -> image::Limits {
