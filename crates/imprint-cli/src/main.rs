@@ -7,7 +7,7 @@ mod progress;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imprint_data::SourceRecord;
+use imprint_data::{ReadFailure, SourceRecord};
 use imprint_finetune::Strategy;
 use imprint_pipeline::config::check_budget_settings;
 use imprint_pipeline::{
@@ -551,7 +551,7 @@ fn run_command(cli: Cli) -> Result<()> {
             let inputs = applied_inputs("--model", &model, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb)?;
+            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb, &bars)?;
             println!("{n} predictions in {}", out.display());
         }
         Command::Evaluate {
@@ -568,8 +568,13 @@ fn run_command(cli: Cli) -> Result<()> {
                 .map(|path| prepare_output_file(path, force, &inputs))
                 .transpose()?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let e =
-                imprint_pipeline::evaluate_job(&model, &input, file.as_deref(), memory_budget_mb)?;
+            let e = imprint_pipeline::evaluate_job(
+                &model,
+                &input,
+                file.as_deref(),
+                memory_budget_mb,
+                &bars,
+            )?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
                 e.images,
@@ -672,7 +677,7 @@ fn run_command(cli: Cli) -> Result<()> {
             let inputs = applied_inputs("--encoder", &encoder, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&encoder));
-            let n = imprint_pipeline::embed(&encoder, &input, &file, memory_budget_mb)?;
+            let n = imprint_pipeline::embed(&encoder, &input, &file, memory_budget_mb, &bars)?;
             println!("features of {n} images in {}", out.display());
         }
         Command::Data { command } => match command {
@@ -959,10 +964,29 @@ fn print_tensors(tensors: &[(String, Vec<usize>)]) {
     }
 }
 
+/// Runs the command; images on disk that fail to read in the middle of a job (a cache file cut
+/// short or changed by another process) stop it by unwinding with a [`ReadFailure`], reported
+/// here as the command's error, after the job's own clean-up has run on the way out.
+fn run_reporting_read_failures(cli: Cli) -> Result<()> {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<ReadFailure>().is_none() {
+            report(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(outcome) => outcome,
+        Err(payload) => match payload.downcast::<ReadFailure>() {
+            Ok(failure) => Err(anyhow::anyhow!(failure.0)),
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     imprint_ops::tune_allocator();
     imprint_ops::flush_denormals();
-    match run(Cli::parse()) {
+    match run_reporting_read_failures(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors already quote their cause; print each cause only once.

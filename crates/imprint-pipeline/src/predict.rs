@@ -4,7 +4,7 @@
 use crate::bounds;
 use crate::finetune_job::encoder_of;
 use crate::sidecar::{read_encoder_sidecar, read_model_sidecar, read_sidecar, sidecar_path};
-use crate::{ModelSidecar, PipelineError, Result, Sidecar};
+use crate::{ModelSidecar, Observer, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Preprocess, Storage};
 use imprint_finetune::{evaluate, Classifier, Head, Metrics};
@@ -23,10 +23,11 @@ pub fn predict(
     input: &Path,
     out_csv: &Path,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<usize> {
     let side = read_model_sidecar(&sidecar_path(model_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     let mut model = model_of(model_weights, &side)?;
     model.encoder.memory_budget = storage.memory_budget;
     let mut out = CsvOut::create(out_csv, "path,predicted,confidence\n")?;
@@ -100,10 +101,11 @@ pub fn evaluate_job(
     input: &Path,
     logits_csv: Option<&Path>,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<Evaluation> {
     let side = read_model_sidecar(&sidecar_path(model_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     if images.labels.is_none() {
         return Err(PipelineError::Input {
             path: input.display().to_string(),
@@ -219,15 +221,20 @@ pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier
 }
 
 /// The images of `input` brought to a checkpoint's input shape, within the memory budget and
-/// cache folder of `storage`.
+/// cache folder of `storage`; what loading had to say goes to `obs`.
 fn load_input(
     input: &Path,
     shape: ImageShape,
     recorded: &Preprocess,
     storage: &Storage,
+    obs: &dyn Observer,
 ) -> Result<Dataset> {
     let prep = to_input(shape, recorded);
-    Ok(imprint_data::load_with(input, &prep, storage)?)
+    let images = imprint_data::load_with(input, &prep, storage)?;
+    for notice in storage.notices.take() {
+        obs.info(&notice);
+    }
+    Ok(images)
 }
 
 /// Preprocessing that brings any source to a checkpoint's input shape.
@@ -260,10 +267,11 @@ pub fn embed(
     input: &Path,
     out_csv: &Path,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<usize> {
     let side = read_encoder_sidecar(&sidecar_path(encoder_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     let mut encoder = encoder_of(encoder_weights, &side)?.within_memory(storage.memory_budget);
     let width = side.architecture.latent();
     let mut header = String::from("path,label");

@@ -490,6 +490,9 @@ impl Prepared {
                 message: format!("{problem}; its images have {}", labeled.shape),
             });
         }
+        for notice in storage.notices.take() {
+            obs.info(&notice);
+        }
         obs.info(&format!("unlabeled: {}", unlabeled.describe()));
         obs.info(&format!("labeled pool: {}", labeled.describe()));
         obs.info(&format!("test: {}", test.describe()));
