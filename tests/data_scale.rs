@@ -166,7 +166,7 @@ fn data_bench_reports_every_figure_at_tiny_sizes() {
     let dir = t.join("bench");
     let mut args = vec!["bench", "--data", arg(&dir)];
     args.extend(words(
-        "--png-images 40 --idx-images 60 --idx-budget-mb 1 --busy-ok",
+        "--png-images 40 --idx-images 60 --idx-budget-mb 0 --busy-ok",
     ));
     for _ in 0..2 {
         let run = imprint(t, &args);

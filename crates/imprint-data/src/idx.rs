@@ -116,8 +116,9 @@ fn parse_header(
     Ok((dims, header))
 }
 
-/// An idx file: left on disk when stored raw (its images read when asked for), decompressed
-/// into memory once when gzipped (whatever the name says, by the gzip magic).
+/// An idx file: read into memory when stored raw and within the memory budget, left on disk
+/// when larger (its images read when asked for), decompressed into memory once when gzipped
+/// (whatever the name says, by the gzip magic).
 enum IdxBytes {
     /// The open file, its first bytes (enough for any header) and its length.
     OnDisk {
@@ -129,7 +130,7 @@ enum IdxBytes {
 }
 
 impl IdxBytes {
-    fn read(path: &Path) -> Result<IdxBytes> {
+    fn read(path: &Path, budget: u64) -> Result<IdxBytes> {
         let mut file = imprint_fs::open_regular(path)?;
         let len = file.metadata().map_err(io_err(path))?.len();
         let len = usize::try_from(len).map_err(|_| invalid(path, "too large to read"))?;
@@ -138,8 +139,14 @@ impl IdxBytes {
             .take(20)
             .read_to_end(&mut head)
             .map_err(io_err(path))?;
-        if !head.starts_with(&[0x1f, 0x8b]) {
+        let raw = !head.starts_with(&[0x1f, 0x8b]);
+        if raw && len as u64 > budget {
             return Ok(IdxBytes::OnDisk { file, head, len });
+        }
+        if raw {
+            return IdxBytes::OnDisk { file, head, len }
+                .all(path)
+                .map(IdxBytes::Owned);
         }
         let mut compressed = head;
         file.read_to_end(&mut compressed).map_err(io_err(path))?;
@@ -253,7 +260,7 @@ pub(crate) fn load_idx(
     prep: &Preprocess,
     storage: &Storage,
 ) -> Result<Dataset> {
-    let image_bytes = IdxBytes::read(path)?;
+    let image_bytes = IdxBytes::read(path, storage.memory_budget)?;
     let (head, total) = image_bytes.head();
     let (header, n, stored) = parse_images(path, head, total)?;
     let mut files = vec![path.to_path_buf()];
@@ -261,7 +268,7 @@ pub(crate) fn load_idx(
     let (labels, classes) = match labels_path(path) {
         None => (None, Vec::new()),
         Some(lp) => {
-            let lbytes = IdxBytes::read(&lp)?.all(&lp)?;
+            let lbytes = IdxBytes::read(&lp, u64::MAX)?.all(&lp)?;
             files.push(lp.clone());
             let larr = parse_idx(&lp, &lbytes, LABELS_MAGIC)?;
             if larr.data.len() != n {
