@@ -758,7 +758,8 @@ fn parse_shape(text: &str) -> Result<imprint_data::ImageShape> {
 }
 
 /// Where the state dict was, the prefix stripped and what was left out: the first lines of
-/// `import` and of `inspect` on a PyTorch checkpoint.
+/// `import` and of `inspect` on a PyTorch checkpoint. Keys and names come from the file, so they
+/// are escaped, as in [`print_tensors`].
 fn print_found(found: &imprint_pipeline::Found) {
     let also = if found.location.others.is_empty() {
         String::new()
@@ -767,7 +768,7 @@ fn print_found(found: &imprint_pipeline::Found) {
             .location
             .others
             .iter()
-            .map(|k| format!("`{k}`"))
+            .map(|k| format!("`{}`", k.escape_debug()))
             .collect();
         format!(
             " (also holding tensors: {}; --state-dict-key reads another)",
@@ -775,20 +776,20 @@ fn print_found(found: &imprint_pipeline::Found) {
         )
     };
     match &found.location.key {
-        Some(key) => println!("state dict: under `{key}`{also}"),
+        Some(key) => println!("state dict: under `{}`{also}", key.escape_debug()),
         None => println!("state dict: the file's top level{also}"),
     }
     if found.prefix.is_empty() {
         println!("prefix: none");
     } else {
-        println!("prefix: `{}` stripped", found.prefix);
+        println!("prefix: `{}` stripped", found.prefix.escape_debug());
     }
     if !found.ignored.is_empty() {
         let shown: Vec<String> = found
             .ignored
             .iter()
             .take(5)
-            .map(|n| format!("`{n}`"))
+            .map(|n| format!("`{}`", n.escape_debug()))
             .collect();
         println!(
             "left out: {} outside the prefix ({}{})",

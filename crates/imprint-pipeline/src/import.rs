@@ -320,12 +320,22 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
     let head_classes = match tensors.get("head.weight") {
         Some(t) if t.shape.len() == 2 => Some(t.shape[0]),
         Some(t) => {
+            // The file's own name of the head (`fc.weight`, `linear.weight`, under its prefix).
+            let name = found
+                .shapes
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| {
+                    n.strip_prefix(&found.prefix).and_then(our_name).as_deref()
+                        == Some("head.weight")
+                })
+                .map_or("head.weight", |n| n.as_str());
             return Err(input(format!(
-                "tensor `{}` has shape {:?}: a classifier's weight has 2 dimensions, [classes, \
+                "tensor {} has shape {:?}: a classifier's weight has 2 dimensions, [classes, \
                  features]",
-                torch_name(&found.prefix, "head.weight"),
+                imprint_nn::checkpoint::quoted(name),
                 t.shape
-            )))
+            )));
         }
         None if spec.classes.is_some() => {
             return Err(PipelineError::Input {
@@ -437,16 +447,6 @@ fn check_torch_tensor(t: &imprint_torch::TorchTensor) -> std::result::Result<(),
     bounds::check_tensor(&t.name, &t.shape, &t.data)
 }
 
-/// The file's name of our tensor `ours`, under the network's `prefix`: the classifier was
-/// `linear` or `fc`, the rest as the file had it.
-fn torch_name(prefix: &str, ours: &str) -> String {
-    let name = ours
-        .strip_prefix("encoder.")
-        .map(str::to_string)
-        .unwrap_or_else(|| ours.replacen("head.", "linear/fc.", 1));
-    format!("{prefix}{name}")
-}
-
 /// A bound of the network refused, named by the flag that set it.
 fn flag_error(message: String) -> PipelineError {
     let flags = [
@@ -489,8 +489,8 @@ fn check_fit(
         .find(|n| !expected.iter().any(|t| &t.name == *n))
     {
         return Err(format!(
-            "unexpected tensor `{}`: {arch} has no such tensor (a network of another depth or kind?)",
-            torch(name)
+            "unexpected tensor {}: {arch} has no such tensor (a network of another depth or kind?)",
+            imprint_nn::checkpoint::quoted(&torch(name))
         ));
     }
     for t in needed {
