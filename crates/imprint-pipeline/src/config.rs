@@ -474,6 +474,17 @@ impl Pipeline {
         if let Some(problem) = prep.normalize_problem(channels) {
             return Err(format!("data.preprocess: {problem}"));
         }
+        // A side no image can have is refused before any image is resized to it.
+        for (key, side) in [("height", prep.height), ("width", prep.width)] {
+            if side.is_some_and(|px| !(1..=crate::bounds::MAX_SIDE).contains(&px)) {
+                return Err(format!(
+                    "data.preprocess.{key}: {} px: images have 1 to {} pixels a side (the \
+                     largest the image decoder reads)",
+                    side.unwrap_or(0),
+                    crate::bounds::MAX_SIDE
+                ));
+            }
+        }
         if let (Some(height), Some(width)) = (prep.height, prep.width) {
             let shape = ImageShape {
                 channels: 1,
