@@ -689,6 +689,11 @@ description = "end-to-end test"
 unlabeled = {unlabeled}
 labeled = {labeled}
 {test}
+# The size of the images the tests write (a folder's images are 32x32 unless set).
+[data.preprocess]
+height = {side}
+width = {side}
+
 [pretrain]
 architecture = {{ kind = "dense", hidden = [{hidden}], latent = 8 }}
 epochs = {epochs}
@@ -708,6 +713,7 @@ seeds = [0]
         hidden = hidden.join(", "),
         epochs = t.epochs,
         steps = t.steps,
+        side = SIDE,
     );
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path.to_path_buf()

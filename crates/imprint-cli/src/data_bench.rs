@@ -225,8 +225,8 @@ fn timed_load(source: &Path, storage: &Storage) -> Result<f64> {
     println!(
         "  loaded {} in {seconds:.2} s, {}",
         ds.describe().split(',').next().unwrap_or(""),
-        if ds.pixels.is_mapped() {
-            "mapped"
+        if ds.pixels.is_on_disk() {
+            "on disk"
         } else {
             "in memory"
         }
@@ -319,7 +319,7 @@ pub fn run(dir: &Path, sizes: &Sizes) -> Result<()> {
         100.0 * cached.images_per_second / in_memory.images_per_second
     );
 
-    // The idx file: mapped, of which about the budget stays resident.
+    // The idx file: read from disk image by image, never held whole.
     let cache = fresh_cache(dir, "idx")?;
     let budget = sizes.idx_budget_mb;
     let storage = Storage {
@@ -330,10 +330,10 @@ pub fn run(dir: &Path, sizes: &Sizes) -> Result<()> {
     println!("{} idx images, memory budget {budget} MB:", sizes.idx);
     let first = timed_load(&idx, &storage)?;
     let second = timed_load(&idx, &storage)?;
-    let mapped = pretrain(dir, "idx", (&idx, &labeled), budget, &cache)?;
-    report("idx file, mapped", first, second, &mapped);
+    let on_disk = pretrain(dir, "idx", (&idx, &labeled), budget, &cache)?;
+    report("idx file, on disk", first, second, &on_disk);
 
-    let peak = mb(mapped.peak_bytes);
+    let peak = mb(on_disk.peak_bytes);
     goal(
         "peak memory, idx source",
         format!("{peak:.0} MB for {} images", sizes.idx),
@@ -342,7 +342,7 @@ pub fn run(dir: &Path, sizes: &Sizes) -> Result<()> {
     );
     let largest = records(&cached)
         .max(records(&in_memory))
-        .max(records(&mapped));
+        .max(records(&on_disk));
     goal(
         "run.json and sidecars",
         format!("{largest} bytes at most"),

@@ -7,7 +7,7 @@ mod progress;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imprint_data::SourceRecord;
+use imprint_data::{ReadFailure, SourceRecord};
 use imprint_finetune::Strategy;
 use imprint_pipeline::config::check_budget_settings;
 use imprint_pipeline::{
@@ -551,7 +551,7 @@ fn run_command(cli: Cli) -> Result<()> {
             let inputs = applied_inputs("--model", &model, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb)?;
+            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb, &bars)?;
             println!("{n} predictions in {}", out.display());
         }
         Command::Evaluate {
@@ -568,8 +568,13 @@ fn run_command(cli: Cli) -> Result<()> {
                 .map(|path| prepare_output_file(path, force, &inputs))
                 .transpose()?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let e =
-                imprint_pipeline::evaluate_job(&model, &input, file.as_deref(), memory_budget_mb)?;
+            let e = imprint_pipeline::evaluate_job(
+                &model,
+                &input,
+                file.as_deref(),
+                memory_budget_mb,
+                &bars,
+            )?;
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
                 e.images,
@@ -672,7 +677,7 @@ fn run_command(cli: Cli) -> Result<()> {
             let inputs = applied_inputs("--encoder", &encoder, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&encoder));
-            let n = imprint_pipeline::embed(&encoder, &input, &file, memory_budget_mb)?;
+            let n = imprint_pipeline::embed(&encoder, &input, &file, memory_budget_mb, &bars)?;
             println!("features of {n} images in {}", out.display());
         }
         Command::Data { command } => match command {
@@ -753,7 +758,8 @@ fn parse_shape(text: &str) -> Result<imprint_data::ImageShape> {
 }
 
 /// Where the state dict was, the prefix stripped and what was left out: the first lines of
-/// `import` and of `inspect` on a PyTorch checkpoint.
+/// `import` and of `inspect` on a PyTorch checkpoint. Keys and names come from the file, so they
+/// are escaped, as in [`print_tensors`].
 fn print_found(found: &imprint_pipeline::Found) {
     let also = if found.location.others.is_empty() {
         String::new()
@@ -762,7 +768,7 @@ fn print_found(found: &imprint_pipeline::Found) {
             .location
             .others
             .iter()
-            .map(|k| format!("`{k}`"))
+            .map(|k| format!("`{}`", k.escape_debug()))
             .collect();
         format!(
             " (also holding tensors: {}; --state-dict-key reads another)",
@@ -770,20 +776,20 @@ fn print_found(found: &imprint_pipeline::Found) {
         )
     };
     match &found.location.key {
-        Some(key) => println!("state dict: under `{key}`{also}"),
+        Some(key) => println!("state dict: under `{}`{also}", key.escape_debug()),
         None => println!("state dict: the file's top level{also}"),
     }
     if found.prefix.is_empty() {
         println!("prefix: none");
     } else {
-        println!("prefix: `{}` stripped", found.prefix);
+        println!("prefix: `{}` stripped", found.prefix.escape_debug());
     }
     if !found.ignored.is_empty() {
         let shown: Vec<String> = found
             .ignored
             .iter()
             .take(5)
-            .map(|n| format!("`{n}`"))
+            .map(|n| format!("`{}`", n.escape_debug()))
             .collect();
         println!(
             "left out: {} outside the prefix ({}{})",
@@ -877,7 +883,12 @@ fn print_inspection(checkpoint: &Path, key: Option<String>, prefix: Option<Strin
         }
         Some(Sidecar::Model(s)) => {
             println!("kind: classifier ({})", s.format);
-            println!("classes ({}): {}", s.classes.len(), s.classes.join(" "));
+            let classes: Vec<String> = s
+                .classes
+                .iter()
+                .map(|c| c.escape_debug().to_string())
+                .collect();
+            println!("classes ({}): {}", classes.len(), classes.join(" "));
             println!(
                 "provenance: program version {}, git revision {}, strategy {}, seed {}",
                 s.program_version,
@@ -942,16 +953,41 @@ fn print_tensors(tensors: &[(String, Vec<usize>)]) {
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
     println!("tensors ({}, {params} parameters, f32):", tensors.len());
-    let width = tensors.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (name, shape) in tensors {
+    // Names come from the file: escaped, a control character cannot move the cursor or recolour
+    // the terminal.
+    let names: Vec<String> = tensors
+        .iter()
+        .map(|(n, _)| n.escape_debug().to_string())
+        .collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (name, (_, shape)) in names.iter().zip(tensors) {
         println!("  {name:width$}  {shape:?}");
+    }
+}
+
+/// Runs the command; images on disk that fail to read in the middle of a job (a cache file cut
+/// short or changed by another process) stop it by unwinding with a [`ReadFailure`], reported
+/// here as the command's error, after the job's own clean-up has run on the way out.
+fn run_reporting_read_failures(cli: Cli) -> Result<()> {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<ReadFailure>().is_none() {
+            report(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(outcome) => outcome,
+        Err(payload) => match payload.downcast::<ReadFailure>() {
+            Ok(failure) => Err(anyhow::anyhow!(failure.0)),
+            Err(other) => std::panic::resume_unwind(other),
+        },
     }
 }
 
 fn main() -> ExitCode {
     imprint_ops::tune_allocator();
     imprint_ops::flush_denormals();
-    match run(Cli::parse()) {
+    match run_reporting_read_failures(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Library errors already quote their cause; print each cause only once.

@@ -84,7 +84,7 @@ fn pairs(source: &str, t: &str, show: Option<&str>) -> Result<()> {
             let n = by_hash
                 .iter()
                 .filter(|&&(i, j, _)| {
-                    correlation(ds.pixels.bytes(i), ds.pixels.bytes(j), ds.shape, false) >= floor
+                    correlation(&ds.pixels.bytes(i), &ds.pixels.bytes(j), ds.shape, false) >= floor
                 })
                 .count();
             format!("{floor}:{n}")
@@ -140,10 +140,13 @@ fn recall(source: &str, copies: &[&str]) -> Result<()> {
                 let (c, o) = (prints[i], original_prints[i]);
                 let (a, b) = (ds.pixels.bytes(i), originals.pixels.bytes(i));
                 [
-                    (distance(c.hash, o.hash), correlation(a, b, ds.shape, false)),
+                    (
+                        distance(c.hash, o.hash),
+                        correlation(&a, &b, ds.shape, false),
+                    ),
                     (
                         distance(c.mirror, o.hash),
-                        correlation(a, b, ds.shape, true),
+                        correlation(&a, &b, ds.shape, true),
                     ),
                 ]
             })

@@ -9,7 +9,7 @@ use crate::{
     Result, Storage,
 };
 use image::{DynamicImage, GrayImage, RgbImage};
-use memmap2::Mmap;
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,14 +41,26 @@ fn what(magic: u32) -> &'static str {
 /// The data length must match the header exactly: short means truncated, long means the file
 /// is not what its header says.
 pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32) -> Result<IdxArray<'a>> {
+    let (dims, header) = parse_header(path, bytes, bytes.len(), expected)?;
+    Ok(IdxArray {
+        dims,
+        data: &bytes[header..],
+    })
+}
+
+/// The dimensions and header length of an idx file of `total` bytes that starts with `bytes`
+/// (its first 20 bytes are enough), checked as [`parse_idx`] checks them.
+fn parse_header(
+    path: &Path,
+    bytes: &[u8],
+    total: usize,
+    expected: u32,
+) -> Result<(Vec<usize>, usize)> {
     let kind = what(expected);
     let Some(head) = bytes.get(..4) else {
         return Err(invalid(
             path,
-            format!(
-                "truncated idx file: {} bytes, too short for the 4-byte magic number",
-                bytes.len()
-            ),
+            format!("truncated idx file: {total} bytes, too short for the 4-byte magic number"),
         ));
     };
     let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
@@ -70,10 +82,7 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32) -> Result<IdxA
     let Some(dim_bytes) = bytes.get(4..header) else {
         return Err(invalid(
             path,
-            format!(
-                "truncated idx file: header needs {header} bytes, found {}",
-                bytes.len()
-            ),
+            format!("truncated idx file: header needs {header} bytes, found {total}"),
         ));
     };
     let dims: Vec<usize> = dim_bytes
@@ -84,60 +93,87 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32) -> Result<IdxA
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| invalid(path, format!("idx dimensions {dims:?} are too large")))?;
-    let data = bytes.get(header..).unwrap_or_default();
+    let data = total.saturating_sub(header);
     let noun = if expected == LABELS_MAGIC {
         "labels"
     } else {
         "pixels"
     };
-    if data.len() < promised {
+    if data < promised {
+        return Err(invalid(
+            path,
+            format!("truncated idx file: header promises {promised} bytes of {noun}, found {data}"),
+        ));
+    }
+    if data > promised {
         return Err(invalid(
             path,
             format!(
-                "truncated idx file: header promises {promised} bytes of {noun}, found {}",
-                data.len()
+                "trailing bytes after idx data: header promises {promised} bytes of {noun}, found {data}"
             ),
         ));
     }
-    if data.len() > promised {
-        return Err(invalid(
-            path,
-            format!(
-                "trailing bytes after idx data: header promises {promised} bytes of {noun}, found {}",
-                data.len()
-            ),
-        ));
-    }
-    Ok(IdxArray { dims, data })
+    Ok((dims, header))
 }
 
-/// An idx file's bytes: mapped when stored raw, decompressed into memory once when gzipped
+/// An idx file: read into memory when stored raw and within the memory budget, left on disk
+/// when larger (its images read when asked for), decompressed into memory once when gzipped
 /// (whatever the name says, by the gzip magic).
 enum IdxBytes {
-    Mapped(Mmap),
+    /// The open file, its first bytes (enough for any header) and its length.
+    OnDisk {
+        file: File,
+        head: Vec<u8>,
+        len: usize,
+    },
     Owned(Vec<u8>),
 }
 
 impl IdxBytes {
-    fn read(path: &Path) -> Result<IdxBytes> {
-        let file = std::fs::File::open(path).map_err(io_err(path))?;
-        // SAFETY: data files are read, never written, by this program; one changed underneath
-        // a run is outside what any reader can guard against (as for a plain read).
-        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
-        if !map.starts_with(&[0x1f, 0x8b]) {
-            return Ok(IdxBytes::Mapped(map));
+    fn read(path: &Path, budget: u64) -> Result<IdxBytes> {
+        let mut file = imprint_fs::open_regular(path)?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let len = usize::try_from(len).map_err(|_| invalid(path, "too large to read"))?;
+        let mut head = Vec::with_capacity(20);
+        (&mut file)
+            .take(20)
+            .read_to_end(&mut head)
+            .map_err(io_err(path))?;
+        let raw = !head.starts_with(&[0x1f, 0x8b]);
+        if raw && len as u64 > budget {
+            return Ok(IdxBytes::OnDisk { file, head, len });
         }
+        if raw {
+            return IdxBytes::OnDisk { file, head, len }
+                .all(path)
+                .map(IdxBytes::Owned);
+        }
+        let mut compressed = head;
+        file.read_to_end(&mut compressed).map_err(io_err(path))?;
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&map[..])
+        flate2::read::MultiGzDecoder::new(compressed.as_slice())
             .read_to_end(&mut out)
             .map_err(|e| invalid(path, format!("corrupt gzip data: {e}")))?;
         Ok(IdxBytes::Owned(out))
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The bytes the header is read from, and the file's length.
+    fn head(&self) -> (&[u8], usize) {
         match self {
-            IdxBytes::Mapped(m) => m,
-            IdxBytes::Owned(v) => v,
+            IdxBytes::OnDisk { head, len, .. } => (head, *len),
+            IdxBytes::Owned(v) => (v, v.len()),
+        }
+    }
+
+    /// Every byte, for a file small enough to hold (a labels file).
+    fn all(self, path: &Path) -> Result<Vec<u8>> {
+        match self {
+            IdxBytes::Owned(v) => Ok(v),
+            IdxBytes::OnDisk { mut file, head, .. } => {
+                let mut out = head;
+                file.read_to_end(&mut out).map_err(io_err(path))?;
+                Ok(out)
+            }
         }
     }
 }
@@ -160,9 +196,9 @@ fn labels_path(images: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Images, their count and stored shape (channels, height, width), of idx bytes with either
-/// image magic.
-fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(IdxArray<'a>, usize, ImageShape)> {
+/// The header length, image count and stored shape (channels, height, width) of an idx image
+/// file of `total` bytes starting with `bytes`, with either image magic.
+fn parse_images(path: &Path, bytes: &[u8], total: usize) -> Result<(usize, usize, ImageShape)> {
     let magic = bytes
         .get(..4)
         .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
@@ -171,8 +207,8 @@ fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(IdxArray<'a>, usize
     } else {
         IMAGES_MAGIC
     };
-    let arr = parse_idx(path, bytes, expected)?;
-    let (n, c, h, w) = match arr.dims[..] {
+    let (dims, header) = parse_header(path, bytes, total, expected)?;
+    let (n, c, h, w) = match dims[..] {
         [n, h, w] => (n, 1, h, w),
         [n, c, h, w] if c == 1 || c == 3 => (n, c, h, w),
         [_, c, _, _] => {
@@ -194,7 +230,7 @@ fn parse_images<'a>(path: &Path, bytes: &'a [u8]) -> Result<(IdxArray<'a>, usize
         height: h,
         width: w,
     };
-    Ok((arr, n, shape))
+    Ok((header, n, shape))
 }
 
 /// One stored image (CHW bytes of `stored`) as a decoded image the resizer takes.
@@ -224,17 +260,17 @@ pub(crate) fn load_idx(
     prep: &Preprocess,
     storage: &Storage,
 ) -> Result<Dataset> {
-    let image_bytes = IdxBytes::read(path)?;
-    let (arr, n, stored) = parse_images(path, image_bytes.bytes())?;
-    let header = image_bytes.bytes().len() - arr.data.len();
+    let image_bytes = IdxBytes::read(path, storage.memory_budget)?;
+    let (head, total) = image_bytes.head();
+    let (header, n, stored) = parse_images(path, head, total)?;
     let mut files = vec![path.to_path_buf()];
 
     let (labels, classes) = match labels_path(path) {
         None => (None, Vec::new()),
         Some(lp) => {
-            let lbytes = IdxBytes::read(&lp)?;
+            let lbytes = IdxBytes::read(&lp, u64::MAX)?.all(&lp)?;
             files.push(lp.clone());
-            let larr = parse_idx(&lp, lbytes.bytes(), LABELS_MAGIC)?;
+            let larr = parse_idx(&lp, &lbytes, LABELS_MAGIC)?;
             if larr.data.len() != n {
                 return Err(invalid(
                     &lp,
@@ -258,9 +294,13 @@ pub(crate) fn load_idx(
     let target = Target::resolve(prep, stored.channels, stored.height, stored.width)
         .map_err(|m| invalid(path, m))?;
     let shape = target.shape;
-    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    let stored_pixels = match image_bytes {
+        IdxBytes::OnDisk { file, .. } => {
+            Pixels::on_disk(file, path, header, (n, stored.len()), None)
+        }
+        IdxBytes::Owned(bytes) => Pixels::from_bytes_at(bytes, header, stored.len()),
+    };
     let pixels = if shape != stored {
-        let src_len = stored.len();
         let cache = image_cache::cache_file(storage, source, prep);
         let digest = &manifest.summary().sha256;
         decode_images(
@@ -270,16 +310,13 @@ pub(crate) fn load_idx(
             storage,
             cache.as_deref().map(|c| (c, digest.as_str())),
             |i, out| {
-                let img = as_image(path, &arr.data[i * src_len..(i + 1) * src_len], stored)?;
+                let img = as_image(path, &stored_pixels.bytes(i), stored)?;
                 fit_image(&img, &target, out);
                 Ok(())
             },
         )?
     } else {
-        match image_bytes {
-            IdxBytes::Mapped(map) => Pixels::mapped(map, header, n, shape.len(), resident),
-            IdxBytes::Owned(bytes) => Pixels::from_bytes_at(bytes, header, shape.len()),
-        }
+        stored_pixels
     };
     let name = path.display().to_string();
     Ok(Dataset {

@@ -1,16 +1,17 @@
 //! Folders of image files and CSV lists of them, decoded in parallel into one pixel buffer.
 
 use crate::hash_cache::digest_files;
+use crate::image_cache::Cached;
 use crate::pixels::to_byte;
 use crate::{
     decode_images, image_cache, invalid, io_err, DataError, Dataset, ImageShape, Manifest,
     Preprocess, Result, Storage,
 };
 use image::imageops::{resize, FilterType};
-use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Luma, Rgb};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Luma, Rgb};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
@@ -373,7 +374,7 @@ fn sorted_classes(names: &[String]) -> Vec<String> {
 
 /// Images larger than this are refused before they are decoded: a 20000 x 20000 photo would
 /// take 1.6 GB as RGBA, a corrupt header promises anything.
-const MAX_IMAGE_SIDE: u32 = 16_384;
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
 const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 fn decode_limits() -> image::Limits {
@@ -403,8 +404,60 @@ fn has_colour(path: &Path) -> Result<bool> {
     Ok(image::ImageDecoder::color_type(&decoder).has_color())
 }
 
-/// Reads and decodes one image.
-fn decode(path: &Path) -> Result<DynamicImage> {
+/// Bytes of images being decoded at once, kept within the memory budget: a folder of a few
+/// huge photos among small ones decodes the huge ones a few at a time (one alone when it takes
+/// more than the budget by itself), never every one at once on every core.
+pub(crate) struct DecodeGate {
+    budget: u64,
+    in_flight: Mutex<u64>,
+    freed: Condvar,
+}
+
+/// Room taken in a [`DecodeGate`], given back when dropped.
+pub(crate) struct Room<'a> {
+    gate: &'a DecodeGate,
+    bytes: u64,
+}
+
+impl DecodeGate {
+    pub(crate) fn new(budget: u64) -> DecodeGate {
+        DecodeGate {
+            budget,
+            in_flight: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `bytes` fit beside what is in flight (or nothing is), then takes them.
+    fn admit(&self, bytes: u64) -> Room<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight > 0 && in_flight.saturating_add(bytes) > self.budget {
+            in_flight = self
+                .freed
+                .wait(in_flight)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *in_flight += bytes;
+        Room { gate: self, bytes }
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .gate
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *in_flight -= self.bytes;
+        self.gate.freed.notify_all();
+    }
+}
+
+/// Reads and decodes one image and brings it to `target` into `out`, taking room in `gate` for
+/// what its decoding holds at once (the file, the decoded image and its values as `f32`), known
+/// from its header before anything is decoded.
+fn decode_into(path: &Path, target: &Target, gate: &DecodeGate, out: &mut [u8]) -> Result<()> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice()));
     if let Ok(format) = ImageFormat::from_path(path) {
@@ -412,11 +465,23 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     }
     let mut reader = reader.with_guessed_format().map_err(io_err(path))?;
     reader.limits(decode_limits());
-    let img = reader.decode().map_err(decode_err(path))?;
-    if img.width() == 0 || img.height() == 0 {
+    let decoder = reader.into_decoder().map_err(decode_err(path))?;
+    decoder_limits_allow(&decoder).map_err(decode_err(path))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
         return Err(invalid(path, "image has zero size"));
     }
-    Ok(img)
+    let values = u64::from(w) * u64::from(h) * 4 * target.channels() as u64;
+    let _room = gate.admit(bytes.len() as u64 + decoder.total_bytes() + values);
+    let img = DynamicImage::from_decoder(decoder).map_err(decode_err(path))?;
+    drop(bytes);
+    fit_image(&img, target, out);
+    Ok(())
+}
+
+/// The allocation limit [`ImageReader::decode`] checks before decoding, checked here too.
+fn decoder_limits_allow(decoder: &impl ImageDecoder) -> image::ImageResult<()> {
+    decode_limits().reserve(decoder.total_bytes())
 }
 
 /// Where a list of image files came from: the source as named, the folder its manifest's
@@ -427,32 +492,30 @@ struct Listing<'a> {
     list: Option<&'a Path>,
 }
 
-/// The shape images are brought to: preprocess settings, else the first image's size, and
+/// The height and width of the images of a folder or list unless `data.preprocess` sets them:
+/// CIFAR-10's size, which the ResNets of the CIFAR layout take, small enough to train on a CPU;
+/// a size of its own, never that of whichever file comes first (a 6000x6000 photo would make
+/// every image 108 MB).
+pub const DEFAULT_SIDE: usize = 32;
+
+/// The shape images are brought to: preprocess settings, else [`DEFAULT_SIDE`] a side, and
 /// colour when any image has it (so no photo loses its colour to a grey first file).
 fn resolve_target(origin: &Path, paths: &[PathBuf], prep: &Preprocess) -> Result<Target> {
-    let Some(first) = paths.first() else {
+    if paths.is_empty() {
         return Err(invalid(origin, "no images found"));
-    };
-    match (prep.channels, prep.height, prep.width) {
-        (Some(c), Some(h), Some(w)) => Target::resolve(prep, c, h, w),
-        _ => {
-            let img = decode(first)?;
-            let channels = match prep.channels {
-                Some(c) => c,
-                None => {
-                    let colour: Result<Vec<bool>> =
-                        paths.par_iter().map(|p| has_colour(p)).collect();
-                    if colour?.into_iter().any(|c| c) {
-                        3
-                    } else {
-                        1
-                    }
-                }
-            };
-            Target::resolve(prep, channels, img.height() as usize, img.width() as usize)
-        }
     }
-    .map_err(|m| invalid(origin, m))
+    let channels = match prep.channels {
+        Some(c) => c,
+        None => {
+            let colour: Result<Vec<bool>> = paths.par_iter().map(|p| has_colour(p)).collect();
+            if colour?.into_iter().any(|c| c) {
+                3
+            } else {
+                1
+            }
+        }
+    };
+    Target::resolve(prep, channels, DEFAULT_SIDE, DEFAULT_SIDE).map_err(|m| invalid(origin, m))
 }
 
 /// Hashes the files (through the digest cache), then decodes the images: from the image cache
@@ -478,28 +541,31 @@ fn decode_dataset(
     let manifest = Manifest::new(listed.origin, listed.root, entries);
     let digest = manifest.summary().sha256.as_str();
     let cache = image_cache::cache_file(storage, listed.origin, prep);
-    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
-    // A cache of this content serves a source over the budget; within it, the images are
-    // decoded into memory as the budget allows.
+    let budget = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    // A cache of this content serves a source over the budget (without reading every file's
+    // header for its colour); within it, the images are decoded into memory as the budget
+    // allows. A damaged cache is left to `decode_images`, which says so and rebuilds it.
     let cached = match &cache {
-        Some(file) => image_cache::open(file, paths.len(), digest, resident)?
-            .filter(|(shape, _)| paths.len().saturating_mul(shape.len()) > resident),
+        Some(file) => match image_cache::open(file, paths.len(), digest)? {
+            Cached::Usable(shape, pixels) if paths.len().saturating_mul(shape.len()) > budget => {
+                Some((shape, pixels))
+            }
+            _ => None,
+        },
         None => None,
     };
     let (shape, pixels) = match cached {
         Some(found) => found,
         None => {
             let target = resolve_target(listed.origin, &paths, prep)?;
+            let gate = DecodeGate::new(storage.memory_budget);
             let pixels = decode_images(
                 listed.origin,
                 paths.len(),
                 target.shape,
                 storage,
                 cache.as_deref().map(|c| (c, digest)),
-                |i, out| {
-                    fit_image(&decode(&paths[i])?, &target, out);
-                    Ok(())
-                },
+                |i, out| decode_into(&paths[i], &target, &gate, out),
             )?;
             (target.shape, pixels)
         }
@@ -524,6 +590,59 @@ mod tests {
         ImageBuffer::from_pixel(w, h, Luma([v])).save(path).unwrap();
     }
 
+    /// Images brought to `height` x `width`.
+    fn size(height: usize, width: usize) -> Preprocess {
+        Preprocess {
+            height: Some(height),
+            width: Some(width),
+            ..Default::default()
+        }
+    }
+
+    /// Unless set, a folder's images take the default size, whatever size its first file has:
+    /// a large photo sorting first no longer makes every image its size.
+    #[test]
+    fn a_folder_takes_the_default_size_not_its_first_files() {
+        let dir = tempfile::tempdir().unwrap();
+        grey(&dir.path().join("0.png"), 1500, 1500, 200);
+        for i in 1..4 {
+            grey(&dir.path().join(format!("{i}.png")), 8, 8, 10 * i as u8);
+        }
+        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        assert_eq!(
+            ds.shape,
+            ImageShape {
+                channels: 1,
+                height: 32,
+                width: 32
+            }
+        );
+        assert!(ds.image(0).iter().all(|&v| v == 200.0 / 255.0));
+        assert!(ds.image(2).iter().all(|&v| v == 20.0 / 255.0));
+        // Set, the size is the setting's.
+        assert_eq!(load(dir.path(), &size(8, 8)).unwrap().shape.len(), 64);
+    }
+
+    /// Decoding takes room in the gate before it starts: past the budget, a second image waits
+    /// for the first to be done; one image larger than the budget goes alone.
+    #[test]
+    fn decoding_waits_for_room_within_the_budget() {
+        let gate = super::DecodeGate::new(100);
+        let first = gate.admit(60);
+        let order = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _second = gate.admit(60);
+                order.lock().unwrap().push("second admitted");
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            order.lock().unwrap().push("first done");
+            drop(first);
+        });
+        assert_eq!(*order.lock().unwrap(), ["first done", "second admitted"]);
+        let _alone = gate.admit(1000);
+    }
+
     #[test]
     fn folder_per_class_mixed_formats_and_sizes() {
         let dir = tempfile::tempdir().unwrap();
@@ -544,7 +663,12 @@ mod tests {
         std::fs::write(root.join(".hidden.png"), "ignored").unwrap();
 
         // One file has colour channels (RGBA), so all are read as RGB, whichever comes first.
-        let ds = load(root, &Preprocess::default()).unwrap();
+        let sized = Preprocess {
+            height: Some(3),
+            width: Some(4),
+            ..Default::default()
+        };
+        let ds = load(root, &sized).unwrap();
         assert_eq!(ds.classes, vec!["a_dog", "b_cat"]);
         assert_eq!(ds.labels, Some(vec![0, 0, 1]));
         assert_eq!(
@@ -565,7 +689,7 @@ mod tests {
         // Asked for grey, every file is read as grey: alpha dropped, colour kept as luma.
         let grey_prep = Preprocess {
             channels: Some(1),
-            ..Default::default()
+            ..sized.clone()
         };
         let ds = load(root, &grey_prep).unwrap();
         assert_eq!(ds.describe(), "3 images 1x3x4, 2 classes: a_dog:2 b_cat:1");
@@ -589,7 +713,7 @@ mod tests {
         let mut img = ImageBuffer::from_pixel(2, 1, Rgb([255u8, 0, 0]));
         img.put_pixel(1, 0, Rgb([0, 0, 255]));
         img.save(dir.path().join("a.bmp")).unwrap();
-        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        let ds = load(dir.path(), &size(1, 2)).unwrap();
         assert!(ds.labels.is_none());
         assert_eq!(ds.shape.channels, 3);
         assert_eq!(ds.image(0), &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
@@ -690,7 +814,7 @@ mod tests {
         ImageBuffer::from_pixel(2, 2, Rgb([255u8, 0, 102]))
             .save(dir.path().join("1.png"))
             .unwrap();
-        let ds = load(dir.path(), &Preprocess::default()).unwrap();
+        let ds = load(dir.path(), &size(2, 2)).unwrap();
         assert_eq!(ds.shape.channels, 3);
         let near = |got: &[f32], want: f32| got.iter().all(|v| (v - want).abs() < 1e-6);
         assert!(

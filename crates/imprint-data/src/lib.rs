@@ -34,13 +34,14 @@ pub use idx::{
     parse_idx, IdxArray, IMAGES4_MAGIC as IDX_IMAGES4_MAGIC, IMAGES_MAGIC as IDX_IMAGES_MAGIC,
     LABELS_MAGIC as IDX_LABELS_MAGIC,
 };
+pub use images::{DEFAULT_SIDE, MAX_IMAGE_SIDE};
 pub use manifest::{
     first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,
     SourceSummary, MANIFEST_FILE,
 };
 pub use near::{near_pairs_between, near_pairs_within, NearIndex, NearPair, MIN_CORRELATION};
-pub use pixels::Pixels;
-pub use storage::{default_cache_dir, Storage, DEFAULT_MEMORY_BUDGET_MB};
+pub use pixels::{Pixels, ReadFailure};
+pub use storage::{default_cache_dir, Notices, Storage, DEFAULT_MEMORY_BUDGET_MB};
 
 /// Everything that can go wrong reading, sampling or fetching data. Each message is one line that
 /// starts with the file (or item) concerned, so it can be printed as is.
@@ -96,8 +97,8 @@ pub(crate) fn invalid(path: &Path, msg: impl Into<String>) -> DataError {
 }
 
 /// `n` images of `shape`, image `i` decoded by `fill(i, bytes)` in parallel: in memory when
-/// they fit the budget (or there is no cache folder), else into the cache file `cache` (a path
-/// and the source's manifest digest) and read back through a mapping. An error instead of an
+/// they fit the budget (or there is no cache folder), else from the cache file `cache` (a path
+/// and the source's manifest digest) when it holds them, checked, or into a new one. An error instead of an
 /// abort when the size cannot be held, e.g. from a corrupt header or a mistyped preprocess size.
 pub(crate) fn decode_images(
     path: &Path,
@@ -112,14 +113,17 @@ pub(crate) fn decode_images(
         .try_fold(n, |acc, &d| acc.checked_mul(d));
     let too_big = || invalid(path, format!("{n} images of {shape} do not fit in memory"));
     let total = total.ok_or_else(too_big)?;
-    let resident = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
-    if let Some((file, digest)) = cache.filter(|_| total > resident) {
-        if let Some((cached, pixels)) = image_cache::open(file, n, digest, resident)? {
-            if cached == shape {
-                return Ok(pixels);
-            }
+    let budget = usize::try_from(storage.memory_budget).unwrap_or(usize::MAX);
+    if let Some((file, digest)) = cache.filter(|_| total > budget) {
+        match image_cache::open(file, n, digest)? {
+            image_cache::Cached::Usable(cached, pixels) if cached == shape => return Ok(pixels),
+            image_cache::Cached::Damaged(why) => storage.notices.push(format!(
+                "{}: the image cache's bytes are not those written ({why}); rebuilding it",
+                file.display()
+            )),
+            _ => {}
         }
-        return image_cache::build(file, shape, n, digest, resident, fill);
+        return image_cache::build(file, shape, n, digest, budget, fill);
     }
     let mut v = Vec::new();
     v.try_reserve_exact(total).map_err(|_| too_big())?;
@@ -329,7 +333,7 @@ impl Dataset {
     pub fn fingerprints(&self) -> Vec<Fingerprint> {
         (0..self.len())
             .into_par_iter()
-            .map(|i| fingerprint(self.pixels.bytes(i), self.shape))
+            .map(|i| fingerprint(&self.pixels.bytes(i), self.shape))
             .collect()
     }
 

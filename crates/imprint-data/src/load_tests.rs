@@ -1,4 +1,4 @@
-//! Loading within a memory budget: mapped idx files, the image cache's reuse and rebuilding,
+//! Loading within a memory budget: idx files read from disk, the image cache's reuse and rebuilding,
 //! and colour idx files.
 
 use crate::tests::{idx_in_tempdir, load_err, shape};
@@ -12,6 +12,7 @@ fn cached(dir: &Path, budget: u64) -> Storage {
     Storage {
         memory_budget: budget,
         cache_dir: Some(dir.to_path_buf()),
+        ..Storage::default()
     }
 }
 
@@ -52,32 +53,26 @@ fn modified(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
+/// A raw idx file over the budget is read from disk image by image, within it into memory;
+/// either way it reads as its gzipped copy does.
 #[test]
-fn a_raw_idx_file_is_mapped_and_reads_as_its_gzipped_copy() {
+fn a_raw_idx_file_over_the_budget_is_read_from_disk_as_its_gzipped_copy() {
     let dir = tempfile::tempdir().unwrap();
     let pixels: Vec<u8> = (0..5 * 6).map(|i| (i * 37 % 256) as u8).collect();
     let raw = dir.path().join("raw-images-idx3-ubyte");
     let gz = dir.path().join("gz-images-idx3-ubyte.gz");
     write_idx_images(&raw, 5, 2, 3, &pixels);
     write_idx_images(&gz, 5, 2, 3, &pixels);
-    let mapped = load(&raw, &Preprocess::default()).unwrap();
-    let read = load(&gz, &Preprocess::default()).unwrap();
-    assert!(mapped.pixels.is_mapped() && !read.pixels.is_mapped());
-    assert_eq!(mapped.pixels.to_vec(), read.pixels.to_vec());
-    assert_eq!(
-        mapped.pixels.to_vec(),
-        pixels
-            .iter()
-            .map(|&b| f32::from(b) / 255.0)
-            .collect::<Vec<_>>()
-    );
-    // a mapping as small as one image still reads every image right
-    let tight = load_with(
-        &raw,
-        &Preprocess::default(),
-        &Storage::default().with_budget_mb(0),
-    );
-    assert_eq!(tight.unwrap().pixels.to_vec(), read.pixels.to_vec());
+    let tight = Storage::default().with_budget_mb(0);
+    let on_disk = load_with(&raw, &Preprocess::default(), &tight).unwrap();
+    let in_memory = load(&raw, &Preprocess::default()).unwrap();
+    let read = load_with(&gz, &Preprocess::default(), &tight).unwrap();
+    assert!(on_disk.pixels.is_on_disk());
+    assert!(!in_memory.pixels.is_on_disk() && !read.pixels.is_on_disk());
+    let values: Vec<f32> = pixels.iter().map(|&b| f32::from(b) / 255.0).collect();
+    for ds in [&on_disk, &in_memory, &read] {
+        assert_eq!(ds.pixels.to_vec(), values);
+    }
 }
 
 #[test]
@@ -130,7 +125,7 @@ fn a_folder_over_budget_is_cached_reused_and_rebuilt_when_a_file_changes() {
     let storage = cached(&cache, 0);
     let in_memory = load(&root, &Preprocess::default()).unwrap();
     let first = load_with(&root, &Preprocess::default(), &storage).unwrap();
-    assert!(first.pixels.is_mapped() && !in_memory.pixels.is_mapped());
+    assert!(first.pixels.is_on_disk() && !in_memory.pixels.is_on_disk());
     assert_eq!(first.pixels.to_vec(), in_memory.pixels.to_vec());
     assert_eq!(first.source.summary(), in_memory.source.summary());
     let file = cache_file(&cache);
@@ -187,6 +182,36 @@ fn a_truncated_or_corrupt_cache_is_rebuilt() {
     }
 }
 
+/// A cache whose image bytes changed since they were written is rebuilt, with a notice saying
+/// which file and why; the images read are the source's.
+#[test]
+fn a_cache_whose_bytes_changed_is_rebuilt_with_a_notice() {
+    let (_tmp, root, cache) = colour_folder(3);
+    let storage = cached(&cache, 0);
+    let good = load_with(&root, &Preprocess::default(), &storage)
+        .unwrap()
+        .pixels
+        .to_vec();
+    assert!(storage.notices.take().is_empty());
+    let file = cache_file(&cache);
+    let whole = std::fs::read(&file).unwrap();
+    let mut changed = whole.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x40;
+    std::fs::write(&file, &changed).unwrap();
+    let ds = load_with(&root, &Preprocess::default(), &storage).unwrap();
+    assert_eq!(ds.pixels.to_vec(), good);
+    assert_eq!(std::fs::read(&file).unwrap(), whole);
+    assert_eq!(
+        storage.notices.take(),
+        [format!(
+            "{}: the image cache's bytes are not those written (image 5 no longer matches its \
+             checksum); rebuilding it",
+            file.display()
+        )]
+    );
+}
+
 #[test]
 fn converted_idx_images_over_budget_are_cached_too() {
     let pixels = [0, 60, 120, 180, 1, 2, 3, 4, 255, 0, 255, 0];
@@ -200,7 +225,7 @@ fn converted_idx_images_over_budget_are_cached_too() {
     let cache = tmp.path().join("cache");
     let in_memory = load(&img, &prep).unwrap();
     let first = load_with(&img, &prep, &cached(&cache, 0)).unwrap();
-    assert!(first.pixels.is_mapped());
+    assert!(first.pixels.is_on_disk());
     assert_eq!(first.pixels.to_vec(), in_memory.pixels.to_vec());
     let file = cache_file(&cache);
     let written = backdate(&file);
@@ -213,7 +238,7 @@ fn converted_idx_images_over_budget_are_cached_too() {
 fn within_budget_nothing_is_cached_but_digests() {
     let (_tmp, root, cache) = colour_folder(2);
     let ds = load_with(&root, &Preprocess::default(), &cached(&cache, 1 << 20)).unwrap();
-    assert!(!ds.pixels.is_mapped());
+    assert!(!ds.pixels.is_on_disk());
     assert!(!cache.join("images").exists());
     assert!(cache.join("hashes").is_dir());
 }

@@ -32,7 +32,7 @@ fn confirm(
     distance: u32,
     mirrored: bool,
 ) -> Option<NearPair> {
-    let correlation = correlation(da.pixels.bytes(a), db.pixels.bytes(b), da.shape, mirrored);
+    let correlation = correlation(&da.pixels.bytes(a), &db.pixels.bytes(b), da.shape, mirrored);
     (correlation >= MIN_CORRELATION).then_some(NearPair {
         a,
         b,

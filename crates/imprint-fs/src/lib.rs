@@ -14,6 +14,8 @@ mod output;
 pub use output::{
     output_file, resolved, Claim, Input, NewFolders, OutputDir, OutputError, HOLDER, MARKER,
 };
+mod input;
+pub use input::{open_regular, read_regular, regular_file_size};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
@@ -96,7 +98,7 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 /// Size in bytes and lowercase hex sha256 of a file, for provenance records.
 pub fn size_and_sha256(path: impl AsRef<Path>) -> Result<(u64, String)> {
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(at(path))?;
+    let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;

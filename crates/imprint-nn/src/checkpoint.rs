@@ -49,12 +49,81 @@ pub fn save_tensors(
     Ok(())
 }
 
-/// A safetensors reading error in plain words.
-fn explain(e: &safetensors::SafeTensorError) -> String {
+/// `text` from a file in backticks, escaped onto one line (a tensor name may hold anything).
+pub fn quoted(text: &str) -> String {
+    format!("`{}`", text.escape_debug())
+}
+
+/// Whether `bytes` start as a PyTorch checkpoint does: a zip archive (`torch.save` since 1.6)
+/// or a pickle's PROTO opcode (the legacy format).
+fn looks_like_pytorch(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+}
+
+/// Bytes of tensor data the header of `bytes` promises (the largest end offset), when the
+/// header reads as JSON.
+fn promised_data(bytes: &[u8]) -> Option<u64> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .try_fold(0u64, |most, end| Some(most.max(end?)))
+}
+
+/// A safetensors reading error of the file `bytes`, in plain words.
+fn explain(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
+    if looks_like_pytorch(bytes) {
+        return "a PyTorch checkpoint, not safetensors: `imprint import` reads it into one of our \
+                architectures (and writes the safetensors file and sidecar the other commands \
+                take)"
+            .into();
+    }
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
     match e {
-        E::HeaderTooSmall | E::MetadataIncompleteBuffer | E::InvalidOffset(_) => {
-            "the file is cut short: its header promises more bytes than it holds".into()
+        E::HeaderTooSmall => format!(
+            "the file is cut short: {} bytes, too few for the 8-byte length of its header",
+            bytes.len()
+        ),
+        E::InvalidHeaderLength | E::HeaderTooLarge => match header_len {
+            Some(n) if n.saturating_add(8) > bytes.len() as u64 => format!(
+                "the file is cut short inside its header: the header is {n} bytes long, and \
+                 {} bytes follow its length",
+                bytes.len() - 8
+            ),
+            _ => "not a safetensors file: the length of its header is not valid".into(),
+        },
+        E::InvalidOffset(name) => format!(
+            "tensor {}: its data does not start where the tensor before it ends (offsets \
+             that overlap or leave a gap): the header is damaged",
+            quoted(name)
+        ),
+        E::TensorInvalidInfo => {
+            "a tensor's data offsets do not span the bytes its shape and dtype need: the \
+             header is damaged"
+                .into()
+        }
+        E::ValidationOverflow => "a tensor's shape is too large to count its bytes".into(),
+        E::MetadataIncompleteBuffer => {
+            let data = (bytes.len() as u64).saturating_sub(8 + header_len.unwrap_or(0));
+            match promised_data(bytes) {
+                Some(promised) if promised > data => format!(
+                    "the file is cut short: its header promises {promised} bytes of tensor \
+                     data, {data} follow it"
+                ),
+                Some(promised) => format!(
+                    "{} bytes follow the tensor data its header describes ({promised} bytes): \
+                     not one safetensors file",
+                    data - promised
+                ),
+                None => "the tensors its header describes do not end where the file does".into(),
+            }
         }
         E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
             "not a safetensors file: its header is not valid".into()
@@ -63,19 +132,24 @@ fn explain(e: &safetensors::SafeTensorError) -> String {
     }
 }
 
-/// Reads every tensor of a safetensors file (f32 only, every value finite) and its string
-/// metadata.
+/// Reads every tensor of a safetensors file (f32 only) and its string metadata. The path must
+/// name a regular file: a named pipe or a device is refused before it is opened. The values are
+/// not checked here: the loaders do, through one set of bounds.
 pub fn load_tensors(
     path: &Path,
 ) -> Result<(BTreeMap<String, NamedTensor>, BTreeMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, explain(&e)))?;
+    let bytes = imprint_fs::read_regular(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, explain(&e, &bytes)))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(err(
                 path,
-                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+                format!(
+                    "tensor {} is {:?}, expected F32 (weights are floating point)",
+                    quoted(&name),
+                    view.dtype()
+                ),
             ));
         }
         let data: Vec<f32> = view
@@ -84,12 +158,6 @@ pub fn load_tensors(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let shape = view.shape().to_vec();
-        if let Some(bad) = data.iter().find(|v: &&f32| !v.is_finite()) {
-            return Err(err(
-                path,
-                format!("tensor `{name}` holds {bad}: the weights are broken (a diverged run?)"),
-            ));
-        }
         tensors.insert(name.clone(), NamedTensor { name, shape, data });
     }
     let (_, meta) =
@@ -125,6 +193,72 @@ mod tests {
         let (tensors, back) = load_tensors(&path).unwrap();
         assert_eq!(tensors["encoder.0.weight"], sample()[0]);
         assert_eq!(back, meta);
+    }
+
+    /// The message `bytes` written as a safetensors file give, without the path.
+    fn problem(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let e = load_tensors(&path).unwrap_err().to_string();
+        let prefix = format!("{}: ", path.display());
+        e.strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{e}"))
+            .to_string()
+    }
+
+    #[test]
+    fn damaged_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let two = vec![
+            sample()[0].clone(),
+            NamedTensor {
+                name: "encoder.0.bias".into(),
+                shape: vec![2],
+                data: vec![0.5, 0.25],
+            },
+        ];
+        save_tensors(&path, &two, &BTreeMap::new()).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(
+            problem(&whole[..5]),
+            "the file is cut short: 5 bytes, too few for the 8-byte length of its header"
+        );
+        let header = u64::from_le_bytes(whole[..8].try_into().unwrap());
+        assert_eq!(
+            problem(&whole[..20]),
+            format!(
+                "the file is cut short inside its header: the header is {header} bytes long, \
+                 and 12 bytes follow its length"
+            )
+        );
+        assert_eq!(
+            problem(&whole[..whole.len() - 3]),
+            "the file is cut short: its header promises 32 bytes of tensor data, 29 follow it"
+        );
+        assert_eq!(
+            problem(&[whole.as_slice(), b"xyz"].concat()),
+            "3 bytes follow the tensor data its header describes (32 bytes): not one \
+             safetensors file"
+        );
+        // The second tensor's data starting inside the first's.
+        let text = String::from_utf8_lossy(&whole[8..8 + header as usize]).to_string();
+        let overlapping = text.replace("[8,32]", "[4,28]");
+        assert_ne!(overlapping, text, "{text}");
+        let mut bytes = whole[..8].to_vec();
+        bytes.extend(overlapping.as_bytes());
+        bytes.extend(&whole[8 + header as usize..]);
+        assert_eq!(
+            problem(&bytes),
+            "tensor `encoder.0.weight`: its data does not start where the tensor before it \
+             ends (offsets that overlap or leave a gap): the header is damaged"
+        );
+        // A PyTorch file, zip or legacy.
+        for start in [b"PK\x03\x04rest".as_slice(), b"\x80\x02}q\x00."] {
+            assert!(problem(start)
+                .starts_with("a PyTorch checkpoint, not safetensors: `imprint import`"));
+        }
     }
 
     proptest! {

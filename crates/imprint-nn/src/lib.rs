@@ -20,7 +20,9 @@ pub use imprint_ops::{
 };
 pub use layers::{Dropout, Linear, Sequential};
 pub use mode::{Mode, Pass};
-pub use models::{Architecture, BottleneckNet, ConvNet, Decoder, DenseNet, Encoder, ResNet};
+pub use models::{
+    Activations, Architecture, BottleneckNet, ConvNet, Decoder, DenseNet, Encoder, ResNet,
+};
 pub use optim::{HostBuffer, Optimizer, ParamGroup, Rule};
 pub use tree::{Kind, Params, ParamsExt, Var};
 

@@ -5,8 +5,8 @@ use crate::config::Route;
 use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one, StartPoint};
 use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
 use crate::provenance::{data_change, read_run_info, threads_phrase, RunLog};
-use crate::sidecar::{read_json, sidecar_path, ENCODER_FORMAT, SIDECAR};
-use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
+use crate::sidecar::{read_encoder_sidecar, sidecar_path};
+use crate::{create_dir, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::SourceFile;
 use imprint_finetune::Strategy;
@@ -405,7 +405,7 @@ fn finished_pretraining(
     from: Option<&SourceFile>,
 ) -> Option<(Encoder<Cpu>, f64)> {
     let weights = pre_dir.join("encoder.safetensors");
-    let side: EncoderSidecar = read_json(&sidecar_path(&weights), ENCODER_FORMAT, SIDECAR).ok()?;
+    let side = read_encoder_sidecar(&sidecar_path(&weights)).ok()?;
     let fits = side.seed == seed
         && side.epochs == p.pretrain.epochs
         && side.preprocess == p.data.preprocess

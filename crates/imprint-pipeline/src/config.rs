@@ -69,10 +69,10 @@ pub struct DataConfig {
     #[serde(default)]
     pub near_duplicate_distance: NearDuplicates,
     /// Decoded images beyond this many MiB are not held in memory: an uncompressed idx file is
-    /// read through a file mapping, other sources through a cache file of their 8-bit pixels,
-    /// and of a mapping about this much stays resident. Inference (test scores, the kNN
-    /// monitor, self-training's teacher) runs as many images at once as a quarter of it holds
-    /// the activations of. Changes speed and memory, never results.
+    /// read from disk image by image, other sources through a cache file of their 8-bit pixels,
+    /// and images being decoded at once take about this much at most. Inference (test scores,
+    /// the kNN monitor, self-training's teacher) runs as many images at once as a quarter of it
+    /// holds the activations of. Changes speed and memory, never results.
     #[serde(default = "default_memory_budget_mb")]
     pub memory_budget_mb: u64,
     /// Where file digests and the image caches of large sources are kept; by default
@@ -473,6 +473,17 @@ impl Pipeline {
         let channels = prep.mean.as_ref().map_or(0, Vec::len);
         if let Some(problem) = prep.normalize_problem(channels) {
             return Err(format!("data.preprocess: {problem}"));
+        }
+        // A side no image can have is refused before any image is resized to it.
+        for (key, side) in [("height", prep.height), ("width", prep.width)] {
+            if side.is_some_and(|px| !(1..=crate::bounds::MAX_SIDE).contains(&px)) {
+                return Err(format!(
+                    "data.preprocess.{key}: {} px: images have 1 to {} pixels a side (the \
+                     largest the image decoder reads)",
+                    side.unwrap_or(0),
+                    crate::bounds::MAX_SIDE
+                ));
+            }
         }
         if let (Some(height), Some(width)) = (prep.height, prep.width) {
             let shape = ImageShape {

@@ -8,6 +8,7 @@
 //! counted per stage the depth, and the first block's inner width a wide ResNet.
 
 use imprint_data::ImageShape;
+use imprint_nn::checkpoint::quoted;
 use imprint_nn::models::{Layout, ShortcutKind};
 use imprint_nn::{Architecture, BottleneckNet, ResNet};
 use std::collections::BTreeMap;
@@ -137,7 +138,7 @@ pub fn find_prefix(
             several.len(),
             several
                 .iter()
-                .map(|p| format!("`{p}`"))
+                .map(|p| quoted(p))
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
@@ -160,7 +161,7 @@ fn beginnings(shapes: &BTreeMap<String, Vec<usize>>) -> String {
     let mut text: Vec<String> = counts
         .iter()
         .take(SHOWN)
-        .map(|(head, n)| format!("`{head}` ({n})"))
+        .map(|(head, n)| format!("{} ({n})", quoted(head)))
         .collect();
     if counts.len() > SHOWN {
         text.push(format!("and {} more", counts.len() - SHOWN));

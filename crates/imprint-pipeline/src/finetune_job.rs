@@ -14,7 +14,7 @@ use imprint_finetune::{
     evaluate, finetune_with, Classifier, FinetuneError, FinetuneHooks, FinetuneSnapshot, Head,
     Metrics, Strategy,
 };
-use imprint_nn::{load_tensors, save_tensors, Architecture, Encoder, ParamsExt};
+use imprint_nn::{save_tensors, Architecture, Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -114,7 +114,7 @@ fn encoder_from(
     input: ImageShape,
     preprocess: &Preprocess,
 ) -> Result<Encoder<Cpu>> {
-    let (tensors, _) = load_tensors(weights)?;
+    let tensors = crate::bounds::weights(weights)?;
     let mut encoder = Encoder::new(
         &Cpu::default(),
         architecture,

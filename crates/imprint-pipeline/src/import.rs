@@ -3,6 +3,7 @@
 //! its state dict is, the prefix of its names and its architecture are found (see
 //! [`crate::detect`]) unless the user says; how its inputs were normalised is the user's to say.
 
+use crate::bounds::{self, Use};
 use crate::detect::{self, architecture_name, named_architecture, Detection};
 use crate::provenance::{git_state, VERSION};
 use crate::sidecar::{write_json, ENCODER_FORMAT, MODEL_FORMAT};
@@ -115,6 +116,7 @@ pub fn examine(file: &Path, key: Option<&str>, prefix: Option<&str>) -> Result<F
         path: file.display().to_string(),
         message,
     };
+    bounds::check_file(file)?;
     let read = imprint_torch::read_state_dict(file, key).map_err(|e| match e {
         imprint_torch::Error::Invalid {
             problem: problem @ imprint_torch::Problem::AmbiguousStateDict(_),
@@ -146,6 +148,7 @@ pub fn examine(file: &Path, key: Option<&str>, prefix: Option<&str>) -> Result<F
             continue;
         };
         if let Some(ours) = our_name(name) {
+            check_torch_tensor(&t).map_err(input)?;
             let tensor = NamedTensor {
                 name: ours.clone(),
                 shape: t.shape,
@@ -303,6 +306,7 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
         std,
         ..Default::default()
     };
+    bounds::check_network(&architecture, shape, &preprocess, Use::Inference).map_err(flag_error)?;
     let dev = Cpu::default();
     let encoder = Encoder::new(
         &dev,
@@ -313,7 +317,38 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
     .map_err(|e| input(e.to_string()))?
     .normalized(preprocess.normalize());
     let tensors = &found.tensors;
-    let head_classes = tensors.get("head.weight").map(|t| t.shape[0]);
+    let head_classes = match tensors.get("head.weight") {
+        Some(t) if t.shape.len() == 2 => Some(t.shape[0]),
+        Some(t) => {
+            // The file's own name of the head (`fc.weight`, `linear.weight`, under its prefix).
+            let name = found
+                .shapes
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| {
+                    n.strip_prefix(&found.prefix).and_then(our_name).as_deref()
+                        == Some("head.weight")
+                })
+                .map_or("head.weight", |n| n.as_str());
+            return Err(input(format!(
+                "tensor {} has shape {:?}: a classifier's weight has 2 dimensions, [classes, \
+                 features]",
+                imprint_nn::checkpoint::quoted(name),
+                t.shape
+            )));
+        }
+        None if spec.classes.is_some() => {
+            return Err(PipelineError::Input {
+                path: "--classes".into(),
+                message: format!(
+                    "{} holds no classifier (no `linear.weight` or `fc.weight`): it is imported \
+                     as an encoder, whose features have no classes to name; leave --classes out",
+                    file.display()
+                ),
+            })
+        }
+        None => None,
+    };
     let classes = head_classes.map(|n| match &spec.classes {
         Some(names) => names.clone(),
         None => (0..n).map(|i| i.to_string()).collect(),
@@ -397,6 +432,38 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
     })
 }
 
+/// A tensor of the state dict within the bounds every load keeps (`crate::bounds`), stored as
+/// floating point: an integer or bool tensor is a counter or a mask, and converting it would
+/// make weights of what never was one.
+fn check_torch_tensor(t: &imprint_torch::TorchTensor) -> std::result::Result<(), String> {
+    use imprint_torch::Dtype;
+    if !matches!(t.dtype, Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
+        return Err(format!(
+            "tensor {} is stored as {:?}: weights are floating point (F32, F64, F16 or BF16)",
+            imprint_nn::checkpoint::quoted(&t.name),
+            t.dtype
+        ));
+    }
+    bounds::check_tensor(&t.name, &t.shape, &t.data)
+}
+
+/// A bound of the network refused, named by the flag that set it.
+fn flag_error(message: String) -> PipelineError {
+    let flags = [
+        ("`input` ", "--input"),
+        ("`architecture` ", "--arch"),
+        ("`preprocess`: ", "--mean/--std"),
+    ];
+    let (flag, rest) = flags
+        .iter()
+        .find_map(|(key, flag)| message.strip_prefix(key).map(|rest| (*flag, rest)))
+        .unwrap_or(("--arch", message.as_str()));
+    PipelineError::Input {
+        path: flag.into(),
+        message: rest.to_string(),
+    }
+}
+
 /// Every tensor the model needs is in the file with its shape, and the file holds no other:
 /// otherwise the first missing, unexpected or misshapen tensor, in name order.
 fn check_fit(
@@ -422,8 +489,8 @@ fn check_fit(
         .find(|n| !expected.iter().any(|t| &t.name == *n))
     {
         return Err(format!(
-            "unexpected tensor `{}`: {arch} has no such tensor (a network of another depth or kind?)",
-            torch(name)
+            "unexpected tensor {}: {arch} has no such tensor (a network of another depth or kind?)",
+            imprint_nn::checkpoint::quoted(&torch(name))
         ));
     }
     for t in needed {

@@ -2,6 +2,7 @@
 //! writes its artifacts into an output folder (every file crash-safely), reports progress to an
 //! [`Observer`] and returns its results; presentation stays with the caller.
 
+pub mod bounds;
 mod compare;
 pub mod config;
 pub mod detect;

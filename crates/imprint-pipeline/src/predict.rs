@@ -1,16 +1,15 @@
 //! Using a trained model: `predict` (classes of new images), `embed` (an encoder's features)
 //! and `inspect` (what a checkpoint holds).
 
+use crate::bounds;
 use crate::finetune_job::encoder_of;
-use crate::sidecar::{
-    read_json, read_sidecar, sidecar_path, ENCODER_FORMAT, MODEL_FORMAT, SIDECAR,
-};
-use crate::{EncoderSidecar, ModelSidecar, PipelineError, Result, Sidecar};
+use crate::sidecar::{read_encoder_sidecar, read_model_sidecar, read_sidecar, sidecar_path};
+use crate::{ModelSidecar, Observer, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Preprocess, Storage};
 use imprint_finetune::{evaluate, Classifier, Head, Metrics};
 use imprint_nn::knn::{Bank, KnnSettings};
-use imprint_nn::{load_tensors, Encoder, ParamsExt};
+use imprint_nn::{Encoder, ParamsExt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
@@ -24,10 +23,11 @@ pub fn predict(
     input: &Path,
     out_csv: &Path,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<usize> {
-    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
+    let side = read_model_sidecar(&sidecar_path(model_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     let mut model = model_of(model_weights, &side)?;
     model.encoder.memory_budget = storage.memory_budget;
     let mut out = CsvOut::create(out_csv, "path,predicted,confidence\n")?;
@@ -101,10 +101,11 @@ pub fn evaluate_job(
     input: &Path,
     logits_csv: Option<&Path>,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<Evaluation> {
-    let side: ModelSidecar = read_json(&sidecar_path(model_weights), MODEL_FORMAT, SIDECAR)?;
+    let side = read_model_sidecar(&sidecar_path(model_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     if images.labels.is_none() {
         return Err(PipelineError::Input {
             path: input.display().to_string(),
@@ -176,7 +177,7 @@ fn write_logits(
 
 /// The classifier a sidecar describes, with the weights of `weights`.
 pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier<Cpu>> {
-    let (tensors, _) = load_tensors(weights)?;
+    let tensors = bounds::weights(weights)?;
     let dev = Cpu::default();
     let encoder = Encoder::new(
         &dev,
@@ -187,8 +188,12 @@ pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier
     .normalized(side.preprocess.normalize());
     let mut model = Classifier::new(&dev, encoder, side.classes.clone(), side.input, 0);
     if let Some(vote) = side.knn {
-        // A bank of the saved size, to load the saved one into.
-        let rows = tensors.get("head.bank").map_or(0, |t| t.shape[0]);
+        // A bank of the saved size, to load the saved one into (a bank of another shape or
+        // labels outside the classes are refused when it is loaded).
+        let rows = tensors
+            .get("head.bank")
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(0);
         let bank = Bank::empty(&dev, rows, model.encoder.features(), side.classes.len());
         let settings = KnnSettings {
             k: vote.k,
@@ -197,19 +202,39 @@ pub(crate) fn model_of(weights: &Path, side: &ModelSidecar) -> Result<Classifier
         model.head = Head::Knn(bank, settings);
     }
     model.load_named("", &tensors, &weights.display().to_string())?;
+    if let Some(labels) = tensors.get("head.labels") {
+        let classes = side.classes.len() as f32;
+        if let Some(bad) = labels
+            .data
+            .iter()
+            .find(|l| **l < 0.0 || **l >= classes || l.fract() != 0.0)
+        {
+            return Err(PipelineError::Input {
+                path: weights.display().to_string(),
+                message: format!(
+                    "tensor `head.labels` holds {bad}, not a class index below {classes}"
+                ),
+            });
+        }
+    }
     Ok(model)
 }
 
 /// The images of `input` brought to a checkpoint's input shape, within the memory budget and
-/// cache folder of `storage`.
+/// cache folder of `storage`; what loading had to say goes to `obs`.
 fn load_input(
     input: &Path,
     shape: ImageShape,
     recorded: &Preprocess,
     storage: &Storage,
+    obs: &dyn Observer,
 ) -> Result<Dataset> {
     let prep = to_input(shape, recorded);
-    Ok(imprint_data::load_with(input, &prep, storage)?)
+    let images = imprint_data::load_with(input, &prep, storage)?;
+    for notice in storage.notices.take() {
+        obs.info(&notice);
+    }
+    Ok(images)
 }
 
 /// Preprocessing that brings any source to a checkpoint's input shape.
@@ -242,10 +267,11 @@ pub fn embed(
     input: &Path,
     out_csv: &Path,
     memory_budget_mb: u64,
+    obs: &dyn Observer,
 ) -> Result<usize> {
-    let side: EncoderSidecar = read_json(&sidecar_path(encoder_weights), ENCODER_FORMAT, SIDECAR)?;
+    let side = read_encoder_sidecar(&sidecar_path(encoder_weights))?;
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
-    let images = load_input(input, side.input, &side.preprocess, &storage)?;
+    let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     let mut encoder = encoder_of(encoder_weights, &side)?.within_memory(storage.memory_budget);
     let width = side.architecture.latent();
     let mut header = String::from("path,label");
@@ -298,7 +324,7 @@ pub struct Inspection {
 
 /// Reads a checkpoint and its sidecar without needing a pipeline, and checks they agree.
 pub fn inspect(weights: &Path) -> Result<Inspection> {
-    let (tensors, _) = load_tensors(weights)?;
+    let tensors = bounds::weights(weights)?;
     let sidecar_path = sidecar_path(weights);
     let sidecar = if sidecar_path.exists() {
         Some(read_sidecar(&sidecar_path)?)

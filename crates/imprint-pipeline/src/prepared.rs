@@ -490,10 +490,13 @@ impl Prepared {
                 message: format!("{problem}; its images have {}", labeled.shape),
             });
         }
+        for notice in storage.notices.take() {
+            obs.info(&notice);
+        }
         obs.info(&format!("unlabeled: {}", unlabeled.describe()));
         obs.info(&format!("labeled pool: {}", labeled.describe()));
         obs.info(&format!("test: {}", test.describe()));
-        check_memory(p, labeled.shape)?;
+        crate::bounds::check_pipeline(p, labeled.shape, labeled.num_classes(), labeled.len())?;
         if let Some((key, message)) = p.shape_problem(labeled.shape) {
             return Err(PipelineError::Input { path: key, message });
         }
@@ -512,44 +515,6 @@ impl Prepared {
     pub fn shape(&self) -> ImageShape {
         self.labeled.shape
     }
-}
-
-/// Refuses an architecture whose training would not fit in memory (weights, gradients and two
-/// optimizer moments of the encoder and decoder), before any of it is allocated.
-fn check_memory(p: &Pipeline, shape: ImageShape) -> Result<()> {
-    let refuse = |message: String| PipelineError::Input {
-        path: "pretrain.architecture".into(),
-        message,
-    };
-    let describe = p.pretrain.architecture.describe(shape);
-    let params = p
-        .pretrain
-        .architecture
-        .parameter_count(shape)
-        .ok_or_else(|| refuse(format!("{describe}: too large to count")))?;
-    let needed = params.saturating_mul(4 * 4);
-    let available = available_memory();
-    if needed > available as u128 {
-        return Err(refuse(format!(
-            "{describe} has {params} parameters: training them takes about {} GB, and {} GB \
-             of memory is available",
-            needed / (1 << 30),
-            available / (1 << 30)
-        )));
-    }
-    Ok(())
-}
-
-/// Memory the system can give (Linux's `MemAvailable`), or 16 GB where that cannot be read.
-fn available_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(16 << 30, |kb| kb * 1024)
 }
 
 fn check_shape(a: &ImageShape, b: &ImageShape, pa: &Path, pb: &Path) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use crate::provenance::{data_change, RunLog, VERSION};
 use crate::resume_point;
-use crate::sidecar::{read_json, write_json, ENCODER_FORMAT};
+use crate::sidecar::{read_encoder_sidecar, write_json, ENCODER_FORMAT};
 use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, LabelBudget};
@@ -55,7 +55,7 @@ fn refuse_other_run(p: &Pipeline, data: &Prepared, seed: u64, out: &Path) -> Res
     if !sidecar.exists() {
         return Ok(());
     }
-    let side: EncoderSidecar = read_json(&sidecar, ENCODER_FORMAT, "encoder's sidecar")?;
+    let side = read_encoder_sidecar(&sidecar)?;
     let differs = [
         (
             "pretrain.architecture",

@@ -6,7 +6,7 @@
 
 use crate::{Pipeline, PipelineError, Prepared, Result};
 use imprint_finetune::{FinetuneSnapshot, FinetuneState, Strategy};
-use imprint_nn::{load_tensors, save_tensors, NamedTensor};
+use imprint_nn::{save_tensors, NamedTensor};
 use imprint_pretrain::{Snapshot, TrainingState};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ fn load<S: DeserializeOwned>(
         ),
     }
     };
-    let (tensors, metadata) = load_tensors(path)?;
+    let (tensors, metadata) = crate::bounds::weights_and_metadata(path)?;
     if metadata.get("format").map(String::as_str) != Some(format) {
         return Err(fail(&format!("its format is not `{format}`")));
     }

@@ -83,8 +83,16 @@ fn read_value(path: &Path, what: &str) -> Result<serde_json::Value> {
         path: path.display().to_string(),
         message,
     };
+    let len = imprint_fs::regular_file_size(path)?;
+    if len > crate::bounds::MAX_SIDECAR_BYTES {
+        return Err(input(format!(
+            "holds {len} bytes, not the page of JSON a {what} is (at most {} bytes are read)",
+            crate::bounds::MAX_SIDECAR_BYTES
+        )));
+    }
+    let bytes = imprint_fs::read_regular(path)?;
     let text =
-        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read the {what}: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| input(format!("cannot read the {what}: {e}")))?;
     serde_json::from_str(&text).map_err(|e| input(format!("not JSON: {e}")))
 }
 
@@ -119,17 +127,36 @@ pub enum Sidecar {
     Model(ModelSidecar),
 }
 
-/// Reads an encoder's or a classifier's sidecar, whichever its `format` says.
+/// Reads an encoder's or a classifier's sidecar, whichever its `format` says, and checks what
+/// it declares against the bounds (`crate::bounds`) before anything is built from it.
 pub fn read_sidecar(path: &Path) -> Result<Sidecar> {
-    let value = read_value(path, "checkpoint's sidecar")?;
-    match format_of(&value) {
-        MODEL_FORMAT => Ok(Sidecar::Model(parse(path, value)?)),
-        ENCODER_FORMAT => Ok(Sidecar::Encoder(parse(path, value)?)),
-        other => Err(PipelineError::Input {
-            path: path.display().to_string(),
-            message: format!(
-                "format is `{other}`, expected `{ENCODER_FORMAT}` or `{MODEL_FORMAT}`"
-            ),
-        }),
-    }
+    let value = read_value(path, SIDECAR)?;
+    let sidecar = match format_of(&value) {
+        MODEL_FORMAT => Sidecar::Model(parse(path, value)?),
+        ENCODER_FORMAT => Sidecar::Encoder(parse(path, value)?),
+        other => {
+            return Err(PipelineError::Input {
+                path: path.display().to_string(),
+                message: format!(
+                    "format is `{other}`, expected `{ENCODER_FORMAT}` or `{MODEL_FORMAT}`"
+                ),
+            })
+        }
+    };
+    crate::bounds::check_sidecar(path, &sidecar)?;
+    Ok(sidecar)
+}
+
+/// A classifier's sidecar, checked (see [`read_sidecar`]).
+pub fn read_model_sidecar(path: &Path) -> Result<ModelSidecar> {
+    let side: ModelSidecar = read_json(path, MODEL_FORMAT, SIDECAR)?;
+    crate::bounds::check_sidecar(path, &Sidecar::Model(side.clone()))?;
+    Ok(side)
+}
+
+/// An encoder's sidecar, checked (see [`read_sidecar`]).
+pub fn read_encoder_sidecar(path: &Path) -> Result<EncoderSidecar> {
+    let side: EncoderSidecar = read_json(path, ENCODER_FORMAT, SIDECAR)?;
+    crate::bounds::check_sidecar(path, &Sidecar::Encoder(side.clone()))?;
+    Ok(side)
 }

@@ -8,7 +8,7 @@
 //! The decoder, for the reconstruction pretexts, is the basic ResNets' (see `resnet.rs`).
 
 use super::resnet::{conv_bn, decoder_of_levels, imagenet_stem, IMAGENET_POOL};
-use super::{linear_parameters, Kind, Net};
+use super::{linear_parameters, Activations, Kind, Net};
 use crate::layers::{Bottleneck, Layer, Sequential};
 use crate::ImprintDevice;
 use imprint_data::ImageShape;
@@ -181,6 +181,32 @@ impl Kind for BottleneckNet {
 
     fn widest_row(&self, _input: ImageShape) -> usize {
         self.latent()
+    }
+
+    fn activations(&self, input: ImageShape) -> Option<Activations> {
+        let blocks = self.blocks().ok()?;
+        let levels = self.levels(input).ok()?;
+        let mut a = Activations::default();
+        // The input and the decoder's output; the stem's convolution, batch norm and ReLU, and
+        // the decoder's transposed convolution, batch norm and ReLU back up to each level.
+        a.add(input.len() as u128, 2)?;
+        for level in &levels {
+            a.add(level.len() as u128, 3)?;
+        }
+        a.add(levels.first()?.len() as u128, 3)?;
+        // Each block's first two convolutions with their batch norms and ReLUs (six outputs of
+        // the inner width), its third convolution, batch norm, sum and ReLU (four of the outer
+        // width), and a stage's downsampling convolution and batch norm, at the stage's size.
+        for (s, &count) in blocks.iter().enumerate() {
+            let at = levels.get(1 + s)?;
+            let plane = (at.height * at.width) as u128;
+            let inner = self.inner(s) as u128 * plane;
+            let out = (PLANES[s] * EXPANSION) as u128 * plane;
+            let count = count as u128;
+            a.add(inner, 6 * count)?;
+            a.add(out, 4 * count + 2)?;
+        }
+        Some(a)
     }
 
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {

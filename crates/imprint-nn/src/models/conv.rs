@@ -4,7 +4,7 @@
 //! `encoder.{2n+1}`) and `nn.Sequential(Linear, ReLU, Unflatten, ConvTranspose2d, ReLU, ...)`
 //! (`decoder.0`, `decoder.3`, `decoder.5`, ...).
 
-use super::{linear_parameters, Kind, Net, ZERO_WIDTH};
+use super::{linear_parameters, Activations, Kind, Net, ZERO_WIDTH};
 use crate::layers::{Conv2d, ConvTranspose2d, Layer, Linear, Sequential};
 use crate::ImprintDevice;
 use imprint_data::ImageShape;
@@ -116,6 +116,20 @@ impl Kind for ConvNet {
         self.stages(input)
             .map_or(0, |(_, last)| last.len())
             .max(self.latent)
+    }
+
+    fn activations(&self, input: ImageShape) -> Option<Activations> {
+        let (stages, last) = self.stages(input).ok()?;
+        let mut a = Activations::default();
+        // The input and the decoder's output; each convolution's and ReLU's outputs, on the
+        // way in and (transposed) on the way back; the code.
+        a.add(input.len() as u128, 2)?;
+        for (_, from) in stages.iter().skip(1) {
+            a.add(from.len() as u128, 4)?;
+        }
+        a.add(last.len() as u128, 4)?;
+        a.add(self.latent as u128, 1)?;
+        Some(a)
     }
 
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {

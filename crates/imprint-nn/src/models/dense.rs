@@ -2,7 +2,7 @@
 //! mirrored decoder. Named as a PyTorch `nn.Sequential` of `Linear` and `ReLU`, so the linear
 //! layers sit at the even indices (`encoder.0`, `encoder.2`, ...).
 
-use super::{linear_parameters, Kind, Net, ZERO_WIDTH};
+use super::{linear_parameters, Activations, Kind, Net, ZERO_WIDTH};
 use crate::layers::{Layer, Linear, Sequential};
 use crate::ImprintDevice;
 use imprint_data::ImageShape;
@@ -62,6 +62,19 @@ impl Kind for DenseNet {
 
     fn widest_row(&self, input: ImageShape) -> usize {
         self.widest(input)
+    }
+
+    fn activations(&self, input: ImageShape) -> Option<Activations> {
+        let dims = self.widths(input);
+        let mut a = Activations::default();
+        // The input and the decoder's output; each hidden layer's linear and ReLU outputs, on
+        // the way in and on the way back; the code.
+        a.add(dims[0] as u128, 2)?;
+        for &h in &dims[1..dims.len() - 1] {
+            a.add(h as u128, 4)?;
+        }
+        a.add(self.latent as u128, 1)?;
+        Some(a)
     }
 
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {

@@ -67,6 +67,9 @@ trait Kind {
     /// Values per image of the widest row a linear layer of the encoder reads or gives (the
     /// features, when it has none).
     fn widest_row(&self, input: ImageShape) -> usize;
+    /// Values the layers of the encoder and its decoder produce for one image of `input`;
+    /// `None` when the layers do not fit the images or the count overflows.
+    fn activations(&self, input: ImageShape) -> Option<Activations>;
     /// The encoder's layers, images of `shape` to features (the architecture validated).
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D>;
     /// The decoder's layers, features back to images of `shape`.
@@ -75,6 +78,27 @@ trait Kind {
 
 /// A net's layers, or why they cannot be built.
 type Net<D> = std::result::Result<Sequential<D>, String>;
+
+/// The values a net's layers produce for one image: counted from the layer sizes, without
+/// building anything, to bound the memory a forward and backward pass will ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activations {
+    /// Every layer's output, the input's included: what a training step keeps for its backward
+    /// pass.
+    pub total: u128,
+    /// The largest single layer output (or the input): what inference holds at once, besides
+    /// the layer it feeds.
+    pub largest: u128,
+}
+
+impl Activations {
+    /// Adds `count` layer outputs of `len` values each.
+    fn add(&mut self, len: u128, count: u128) -> Option<()> {
+        self.total = self.total.checked_add(len.checked_mul(count)?)?;
+        self.largest = self.largest.max(len);
+        Some(())
+    }
+}
 
 /// Trainable values of a linear layer from `i` to `o` features.
 fn linear_parameters(i: usize, o: usize) -> u128 {
@@ -123,6 +147,13 @@ impl Architecture {
     /// images of `input` (the features, when it has none).
     pub fn widest_row(&self, input: ImageShape) -> usize {
         each_kind!(self, k => k.widest_row(input))
+    }
+
+    /// Values the encoder's and decoder's layers produce for one image of `input`, counted
+    /// without building them; `None` when the layers do not fit the images or the count
+    /// overflows.
+    pub fn activations(&self, input: ImageShape) -> Option<Activations> {
+        each_kind!(self, k => k.activations(input))
     }
 
     /// The validated architecture, or an error naming it and what does not fit.

@@ -9,7 +9,7 @@
 //! feature maps (linear, ReLU), then doubles the size with a transposed convolution (batch norm,
 //! ReLU) wherever the encoder halved it, and ends in a 3x3 convolution to the image's channels.
 
-use super::{linear_parameters, Kind, Net};
+use super::{linear_parameters, Activations, Kind, Net};
 use crate::layers::{
     BasicBlock, BatchNorm2d, Conv2d, ConvTranspose2d, Layer, Linear, Sequential, Shortcut,
 };
@@ -90,6 +90,31 @@ impl Kind for ResNet {
 
     fn widest_row(&self, _input: ImageShape) -> usize {
         self.latent()
+    }
+
+    fn activations(&self, input: ImageShape) -> Option<Activations> {
+        let plan = self.plan().ok()?;
+        let levels = plan.levels(input).ok()?;
+        let mut a = Activations::default();
+        // The input and the decoder's output.
+        a.add(input.len() as u128, 2)?;
+        // The stem's convolution, batch norm and ReLU, and the decoder's transposed
+        // convolution, batch norm and ReLU back up to each level.
+        for level in &levels {
+            a.add(level.len() as u128, 3)?;
+        }
+        a.add(levels.first()?.len() as u128, 3)?;
+        // Each block's two convolutions, two batch norms, sum and ReLU (seven outputs), and a
+        // projection shortcut's convolution and batch norm, at the size of its stage.
+        let first_stage = levels.len().checked_sub(plan.blocks.len())?;
+        for (stage, &blocks) in plan.blocks.iter().enumerate() {
+            let len = levels.get(first_stage + stage)?.len() as u128;
+            a.add(len, 7u128.checked_mul(blocks as u128)?)?;
+            if plan.shortcut == ShortcutKind::B {
+                a.add(len, 2)?;
+            }
+        }
+        Some(a)
     }
 
     fn encoder<D: ImprintDevice>(&self, dev: &D, shape: ImageShape, rng: &mut impl Rng) -> Net<D> {

@@ -420,3 +420,39 @@ fn features_do_not_depend_on_how_many_images_run_at_once() {
         assert_eq!(enc.forward(x, &mut Pass::eval()).as_vec(), whole);
     }
 }
+
+/// The counts of layer outputs follow the layers: a dense net's widths, a ResNet's stages.
+#[test]
+fn activations_are_counted_from_the_layer_sizes() {
+    let dense = Architecture::Dense(DenseNet {
+        hidden: vec![16],
+        latent: 4,
+    });
+    let a = dense.activations(shape(1, 8, 8)).unwrap();
+    // input and output 64 each, the hidden layer's 16 four times, the code's 4
+    assert_eq!(a.total, 2 * 64 + 4 * 16 + 4);
+    assert_eq!(a.largest, 64);
+    let resnet20 = Architecture::Resnet(ResNet {
+        depth: 20,
+        layout: Default::default(),
+        widths: None,
+        shortcut: None,
+    });
+    let a = resnet20.activations(shape(3, 32, 32)).unwrap();
+    let (l1, l2, l3) = (16 * 32 * 32, 32 * 16 * 16, 64 * 8 * 8);
+    assert_eq!(
+        a.total,
+        2 * 3072 + 3 * (l1 + l2 + l3) + 3 * l1 + 21 * (l1 + l2 + l3)
+    );
+    assert_eq!(a.largest, l1);
+    // A tall, thin input makes every stage as large: the counts grow with it, parameters do not.
+    let tall = resnet20.activations(shape(3, 100_000, 1)).unwrap();
+    assert!(tall.total > 90_000_000, "{tall:?}");
+    let huge = Architecture::Resnet(ResNet {
+        depth: 6_000_002,
+        layout: Default::default(),
+        widths: None,
+        shortcut: None,
+    });
+    assert!(huge.activations(shape(3, 32, 32)).unwrap().total > 100_000_000_000);
+}
