@@ -1244,8 +1244,8 @@ seeds = [0]
         .unwrap();
         let new = with_settings(&[
             "pretrain.augment_flip=true",
-            "pretrain.pretexts=[{ kind = \"reconstruction\" }, { kind = \"contrastive\", \
-             temperature = 0.2 }]",
+            "pretrain.pretexts=[{ kind = \"contrastive\", temperature = 0.2 }, \
+             { kind = \"reconstruction\" }]",
         ])
         .unwrap();
         assert_eq!(old, new);

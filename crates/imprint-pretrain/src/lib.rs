@@ -183,7 +183,8 @@ impl<D: ImprintDevice> imprint_nn::Params<D> for Nets<D> {
 
 impl<D: ImprintDevice> Nets<D> {
     /// The encoder drawn from `rng` (or `start`'s, reading images through `normalize`), then
-    /// each pretext's nets in turn; a teacher starts as a copy of the encoder.
+    /// the pretexts' nets in the registry's order (see [`PretextConfig::rank`]); a teacher
+    /// starts as a copy of the encoder.
     fn new(
         dev: &D,
         cfg: &PretrainConfig,
@@ -207,11 +208,14 @@ impl<D: ImprintDevice> Nets<D> {
             encoder = from.clone();
         }
         encoder.normalize = normalize.cloned();
-        let pretexts = cfg
-            .pretexts
-            .iter()
-            .map(|p| p.build(dev, &encoder, rng))
-            .collect::<Result<_>>()?;
+        // Drawn in the registry's order, kept in the list's.
+        let mut order: Vec<usize> = (0..cfg.pretexts.len()).collect();
+        order.sort_by_key(|&i| cfg.pretexts[i].rank());
+        let mut built: Vec<Option<Box<dyn Pretext<D>>>> = order.iter().map(|_| None).collect();
+        for i in order {
+            built[i] = Some(cfg.pretexts[i].build(dev, &encoder, rng)?);
+        }
+        let pretexts = built.into_iter().flatten().collect();
         Ok(Self { encoder, pretexts })
     }
 

@@ -2,9 +2,8 @@
 //! `loss`, `loss_on_hidden_only`, `augment_as_noise`, `contrast_weight`,
 //! `contrast_temperature` and `rotation_weight`. Files that use them, and the `pipeline.toml`
 //! that older runs left in their output folders, keep working: the keys are translated into
-//! the list they mean, with the order of its entries chosen so that the run draws and sums what
-//! it drew and summed before. A section that writes both spellings is refused, naming the new
-//! one.
+//! the list they mean, ordered so that the run draws, sums and differentiates exactly as it
+//! did. A section that writes both spellings is refused, naming the new one.
 
 use crate::pretext::{contrastive, reconstruction, rotation, PretextConfig};
 use imprint_nn::loss::Reconstruction;
@@ -84,10 +83,10 @@ impl OldKeys {
         }
     }
 
-    /// The list the keys meant: reconstruction (weight 1 unless set to 0), then the
-    /// contrastive term and rotation prediction where their weights are above 0. Their heads
-    /// are drawn in this order, as they were; the losses, taken in it too, sum alike when two
-    /// terms meet (three would add in another order).
+    /// The list the keys meant, in the order the losses were taken: the contrastive term and
+    /// rotation prediction where their weights are above 0, then reconstruction (weight 1
+    /// unless set to 0), which consumed the first view's code last. The heads are drawn in the
+    /// registry's order, which is the order they were drawn in.
     fn translate(self) -> Result<Vec<PretextConfig>, String> {
         let weight = |value: Option<f64>, default: f64, key: &str| {
             let w = value.unwrap_or(default);
@@ -98,15 +97,6 @@ impl OldKeys {
             }
         };
         let mut list = Vec::new();
-        let reconstruction = weight(self.reconstruction_weight, 1.0, "reconstruction_weight")?;
-        if reconstruction > 0.0 {
-            list.push(PretextConfig::Reconstruction(reconstruction::Settings {
-                weight: reconstruction,
-                loss: self.loss.unwrap_or(Reconstruction::Mse),
-                loss_on_hidden_only: self.loss_on_hidden_only.unwrap_or(false),
-                augment_as_noise: self.augment_as_noise.unwrap_or(false),
-            }));
-        }
         let contrast = weight(self.contrast_weight, 0.0, "contrast_weight")?;
         if contrast > 0.0 {
             let temperature = self
@@ -121,6 +111,15 @@ impl OldKeys {
         if rotation > 0.0 {
             list.push(PretextConfig::Rotation(rotation::Settings {
                 weight: rotation,
+            }));
+        }
+        let reconstruction = weight(self.reconstruction_weight, 1.0, "reconstruction_weight")?;
+        if reconstruction > 0.0 {
+            list.push(PretextConfig::Reconstruction(reconstruction::Settings {
+                weight: reconstruction,
+                loss: self.loss.unwrap_or(Reconstruction::Mse),
+                loss_on_hidden_only: self.loss_on_hidden_only.unwrap_or(false),
+                augment_as_noise: self.augment_as_noise.unwrap_or(false),
             }));
         }
         if list.is_empty() {

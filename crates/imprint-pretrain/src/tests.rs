@@ -700,8 +700,8 @@ fn section(text: &str) -> std::result::Result<PretrainConfig, String> {
     toml::from_str(&format!("{head}{text}")).map_err(|e| e.message().to_string())
 }
 
-/// Files written before `pretexts` keep their meaning: the old keys become the list, in the
-/// order that draws and sums as before (reconstruction's decoder first).
+/// Files written before `pretexts` keep their meaning: the old keys become the list, ordered
+/// as the losses were taken (reconstruction's last).
 #[test]
 fn old_keys_are_translated_into_the_list() {
     let old = section(
@@ -710,8 +710,8 @@ fn old_keys_are_translated_into_the_list() {
     )
     .unwrap();
     let new = section(
-        "pretexts = [{ kind = \"reconstruction\", loss = \"bce\" },\n\
-         { kind = \"contrastive\", temperature = 0.2 }]\n",
+        "pretexts = [{ kind = \"contrastive\", temperature = 0.2 },\n\
+         { kind = \"reconstruction\", loss = \"bce\" }]\n",
     )
     .unwrap();
     assert_eq!(old, new);
@@ -727,11 +727,11 @@ fn old_keys_are_translated_into_the_list() {
     assert_eq!(
         rotation.pretexts,
         [
+            PretextConfig::Rotation(rotation::Settings { weight: 2.0 }),
             PretextConfig::Reconstruction(reconstruction::Settings {
                 weight: 0.5,
                 ..Default::default()
             }),
-            PretextConfig::Rotation(rotation::Settings { weight: 2.0 }),
         ]
     );
     // No key at all: reconstruction alone, as before.
@@ -863,4 +863,23 @@ fn momentum_teachers_make_views_of_an_image_find_each_other() {
             cfg.pretexts[0].kind()
         );
     }
+}
+
+/// The heads are drawn in the registry's order, so the list's order (the order the losses are
+/// taken in) leaves the initial weights as they are.
+#[test]
+fn the_order_of_the_list_leaves_the_init_alone() {
+    let dev = Cpu::default();
+    let mut cfg = two_view_config();
+    cfg.pretexts.push(contrastive(1.0, 0.5));
+    let init = |cfg: &PretrainConfig| {
+        let rng = &mut ChaCha8Rng::seed_from_u64(3);
+        let nets = Nets::new(&dev, cfg, SIDE8, None, None, rng).unwrap();
+        let mut tensors = nets.named_tensors("");
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    };
+    let forward = init(&cfg);
+    cfg.pretexts.reverse();
+    assert_eq!(init(&cfg), forward);
 }

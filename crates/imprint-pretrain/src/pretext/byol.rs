@@ -59,10 +59,6 @@ impl Default for Settings {
 }
 
 impl Method for Settings {
-    fn kind(&self) -> &'static str {
-        "byol"
-    }
-
     fn weight(&self) -> f64 {
         self.weight
     }

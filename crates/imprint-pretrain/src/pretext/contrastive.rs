@@ -57,10 +57,6 @@ impl Settings {
 }
 
 impl Method for Settings {
-    fn kind(&self) -> &'static str {
-        "contrastive"
-    }
-
     fn weight(&self) -> f64 {
         self.weight
     }

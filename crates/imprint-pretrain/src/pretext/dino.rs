@@ -117,10 +117,6 @@ impl Default for Settings {
 }
 
 impl Method for Settings {
-    fn kind(&self) -> &'static str {
-        "dino"
-    }
-
     fn weight(&self) -> f64 {
         self.weight
     }

@@ -20,8 +20,9 @@ use imprint_train::Loss;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// Declares the methods: each `Variant(module)` is `kind = "variant"` in a pipeline file, with
-/// the settings `module::Settings`, which implement [`Method`].
+/// Declares the methods: each `Variant(module)` is `kind = "module"` in a pipeline file (the
+/// variant's name in snake case), with the settings `module::Settings`, which implement
+/// [`Method`]. The order here is the order a run draws the methods' heads in.
 macro_rules! registry {
     ($($(#[$doc:meta])* $variant:ident($module:ident),)*) => {
         $(pub mod $module;)*
@@ -34,6 +35,17 @@ macro_rules! registry {
         }
 
         impl PretextConfig {
+            /// Every kind, in the registry's order.
+            const KINDS: &[&'static str] = &[$(stringify!($module),)*];
+
+            /// The name a pipeline file gives it (`kind`), which names its keys in errors:
+            /// `pretexts.contrastive.temperature`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => stringify!($module),)*
+                }
+            }
+
             /// The method's checks, views and description.
             pub(crate) fn method(&self) -> &dyn Method {
                 match self {
@@ -71,17 +83,19 @@ registry! {
 }
 
 impl PretextConfig {
-    /// The name a pipeline file gives it (`kind`), which names its keys in errors:
-    /// `pretexts.contrastive.temperature`.
-    pub fn kind(&self) -> &'static str {
-        self.method().kind()
+    /// Its place in the registry: a run draws the heads in this order whatever the order of
+    /// the list (which orders the losses), so that reordering the list changes only how the
+    /// losses add up.
+    pub(crate) fn rank(&self) -> usize {
+        Self::KINDS
+            .iter()
+            .position(|k| *k == self.kind())
+            .expect("every kind is in the registry")
     }
 }
 
 /// What the loop needs to know of a method before building it.
 pub(crate) trait Method {
-    /// Its `kind`.
-    fn kind(&self) -> &'static str;
     /// Its factor in the sum of the losses.
     fn weight(&self) -> f64;
     /// The views it reads.

@@ -52,10 +52,6 @@ impl Default for Settings {
 }
 
 impl Method for Settings {
-    fn kind(&self) -> &'static str {
-        "reconstruction"
-    }
-
     fn weight(&self) -> f64 {
         self.weight
     }

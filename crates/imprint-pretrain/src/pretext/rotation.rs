@@ -26,10 +26,6 @@ fn one() -> f64 {
 }
 
 impl Method for Settings {
-    fn kind(&self) -> &'static str {
-        "rotation"
-    }
-
     fn weight(&self) -> f64 {
         self.weight
     }
