@@ -267,7 +267,12 @@ impl PretrainConfig {
                 );
             }
             if let Some((key, message)) = method.problem(self) {
-                return bad(&format!(".{key}"), message);
+                let key = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{key}")
+                };
+                return bad(&key, message);
             }
             let needs = method.views();
             if needs.global > 1 && self.augment.is_identity() && self.noise == Noise::None {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::pretext::{byol, contrastive, dino, reconstruction, rotation, LocalCrops};
+use crate::pretext::{byol, contrastive, dino, reconstruction, rotation, vicreg, LocalCrops};
 use crate::views::corrupt;
 use imprint_data::augment::augment_batch;
 use imprint_nn::loss::Reconstruction;
@@ -828,11 +828,12 @@ fn small_crops_are_drawn_and_trained_on() {
     assert!(losses(&run).iter().all(|l| l.is_finite()));
 }
 
-/// BYOL and DINO learn without negatives and without collapsing: their codes make two views
-/// of an image find each other far more often than an untrained encoder's do (45 and 44 of 64
-/// against 14 when written; a collapsed encoder, every code alike, would find next to none).
+/// BYOL, DINO and VICReg learn without negatives and without collapsing: their codes make two
+/// views of an image find each other far more often than an untrained encoder's do (45, 44 and
+/// 44 of 64 against 14 when written; a collapsed encoder, every code alike, would
+/// find next to none).
 #[test]
-fn momentum_teachers_make_views_of_an_image_find_each_other() {
+fn methods_without_negatives_make_views_of_an_image_find_each_other() {
     let dev = Cpu::default();
     let images = bars(600, 8, 5);
     let base = two_view_config();
@@ -850,6 +851,11 @@ fn momentum_teachers_make_views_of_an_image_find_each_other() {
             bottleneck: 16,
             output_dim: 64,
             ..dino::Settings::default()
+        }),
+        PretextConfig::Vicreg(vicreg::Settings {
+            hidden: 64,
+            dim: 64,
+            ..vicreg::Settings::default()
         }),
     ];
     for method in methods {

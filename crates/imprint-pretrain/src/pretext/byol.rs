@@ -96,8 +96,8 @@ impl Method for Settings {
         encoder: &Encoder<D>,
         rng: &mut ChaCha8Rng,
     ) -> Result<Box<dyn Pretext<D>>> {
-        let projector = mlp_bn(dev, encoder.features(), self.hidden, self.dim, rng);
-        let predictor = mlp_bn(dev, self.dim, self.hidden, self.dim, rng);
+        let projector = mlp_bn(dev, &[encoder.features(), self.hidden, self.dim], rng);
+        let predictor = mlp_bn(dev, &[self.dim, self.hidden, self.dim], rng);
         Ok(Box::new(Net {
             teacher: Teacher {
                 encoder: frozen(encoder),

@@ -182,13 +182,7 @@ impl Method for Settings {
         rng: &mut ChaCha8Rng,
     ) -> Result<Box<dyn Pretext<D>>> {
         let head = Head {
-            mlp: mlp_bn(
-                dev,
-                encoder.features(),
-                self.hidden,
-                self.bottleneck,
-                rng,
-            ),
+            mlp: mlp_bn(dev, &[encoder.features(), self.hidden, self.bottleneck], rng),
             last: NormedLinear::new(dev, self.bottleneck, self.output_dim, rng),
         };
         let center = Var::new(

@@ -5,30 +5,35 @@ use imprint_nn::layers::{Act, BatchNorm2d, Layer};
 use imprint_nn::{ImprintDevice, Linear, Matrix, Pass, Sequential};
 use rand::Rng;
 
-/// `Linear(input, hidden)`, batch norm, ReLU, `Linear(hidden, output)`: BYOL's projector and
-/// predictor (section 3.3 of the paper; lightly's `BYOLProjectionHead`) and the two-layer
-/// head lightly's CIFAR-10 benchmark gives DINO. The batch norm of rows is a 2-D one over maps
-/// of 1x1, which normalises each feature over the batch alike.
+/// Linear layers through `widths` (`[input, hidden, ..., output]`), each but the last followed
+/// by batch norm and ReLU: BYOL's projector and predictor (`[in, hidden, out]`, section 3.3 of
+/// the paper; lightly's `BYOLProjectionHead`), the two-layer head lightly's CIFAR-10 benchmark
+/// gives DINO, VICReg's three-layer expander. The batch norm of rows is a 2-D one over maps of
+/// 1x1, which normalises each feature over the batch alike.
 pub(crate) fn mlp_bn<D: ImprintDevice>(
     dev: &D,
-    input: usize,
-    hidden: usize,
-    output: usize,
+    widths: &[usize],
     rng: &mut impl Rng,
 ) -> Sequential<D> {
-    let point = ImageShape {
-        channels: hidden,
-        height: 1,
-        width: 1,
-    };
-    Sequential::indexed(vec![
-        Layer::Linear(Linear::new(dev, input, hidden, rng)),
-        Layer::Unflatten(point),
-        Layer::BatchNorm2d(BatchNorm2d::new(dev, hidden)),
-        Layer::Relu,
-        Layer::Flatten,
-        Layer::Linear(Linear::new(dev, hidden, output, rng)),
-    ])
+    let mut layers = Vec::new();
+    for (i, pair) in widths.windows(2).enumerate() {
+        let (input, output) = (pair[0], pair[1]);
+        layers.push(Layer::Linear(Linear::new(dev, input, output, rng)));
+        if i + 2 < widths.len() {
+            let point = ImageShape {
+                channels: output,
+                height: 1,
+                width: 1,
+            };
+            layers.extend([
+                Layer::Unflatten(point),
+                Layer::BatchNorm2d(BatchNorm2d::new(dev, output)),
+                Layer::Relu,
+                Layer::Flatten,
+            ]);
+        }
+    }
+    Sequential::indexed(layers)
 }
 
 /// `head` applied to the rows `z` (a code, so the gradient flows back into it).

@@ -80,6 +80,8 @@ registry! {
     Byol(byol),
     /// DINO: a student matches a momentum teacher's centred, sharpened distribution.
     Dino(dino),
+    /// VICReg: two views' expanded codes agree, spread and decorrelate.
+    Vicreg(vicreg),
 }
 
 impl PretextConfig {
@@ -101,7 +103,7 @@ pub(crate) trait Method {
     /// The views it reads.
     fn views(&self) -> ViewNeeds;
     /// A setting of its entry that is out of range or does not fit the rest of `cfg`: the
-    /// key (within the entry) and why.
+    /// key (within the entry; empty for the entry as a whole) and why.
     fn problem(&self, cfg: &PretrainConfig) -> Option<(&'static str, String)>;
     /// Its phrase in a report's description of the run.
     fn describe(&self) -> String;
