@@ -1254,6 +1254,20 @@ seeds = [0]
         let back = Pipeline::from_toml(&resolved, Path::new("pipeline.toml")).unwrap();
         assert_eq!(back, new);
 
+        // `--set`s are read one after another; one that leaves no pretext for a moment is fine
+        // when a later one names another.
+        let rotation = with_settings(&[
+            "pretrain.reconstruction_weight=0.0",
+            "pretrain.rotation_weight=1.0",
+        ])
+        .unwrap();
+        let named = with_settings(&["pretrain.pretexts=[{ kind = \"rotation\" }]"]).unwrap();
+        assert_eq!(rotation, named);
+        let e = with_settings(&["pretrain.reconstruction_weight=0.0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing would be trained"), "{e}");
+
         let e = with_settings(&[
             "pretrain.pretexts=[{ kind = \"byol\" }]",
             "pretrain.augment_flip=true",

@@ -241,7 +241,11 @@ impl PretrainConfig {
         if self.pretexts.is_empty() {
             return Err(PretrainError::Config {
                 key: "pretexts".into(),
-                message: "name at least one, e.g. [{ kind = \"reconstruction\" }]".into(),
+                message: "nothing would be trained: name at least one, e.g. \
+                          [{ kind = \"reconstruction\" }] (the keys from before `pretexts` \
+                          name none when `reconstruction_weight`, `contrast_weight` and \
+                          `rotation_weight` are all 0)"
+                    .into(),
             });
         }
         for (i, p) in self.pretexts.iter().enumerate() {

@@ -86,7 +86,8 @@ impl OldKeys {
     /// The list the keys meant, in the order the losses were taken: the contrastive term and
     /// rotation prediction where their weights are above 0, then reconstruction (weight 1
     /// unless set to 0), which consumed the first view's code last. The heads are drawn in the
-    /// registry's order, which is the order they were drawn in.
+    /// registry's order, which is the order they were drawn in. All weights 0 give an empty
+    /// list.
     fn translate(self) -> Result<Vec<PretextConfig>, String> {
         let weight = |value: Option<f64>, default: f64, key: &str| {
             let w = value.unwrap_or(default);
@@ -122,14 +123,9 @@ impl OldKeys {
                 augment_as_noise: self.augment_as_noise.unwrap_or(false),
             }));
         }
-        if list.is_empty() {
-            return Err(
-                "`reconstruction_weight` is 0 and so are `contrast_weight` and \
-                 `rotation_weight`: nothing would be trained (name the pretexts in \
-                 `pretexts = [{ kind = ... }]`)"
-                    .into(),
-            );
-        }
+        // All weights 0 gives an empty list, which the settings' check refuses; not here, so
+        // that `--set`s passing through it on their way (`contrast_weight=0.0
+        // rotation_weight=1.0` on a file with `reconstruction_weight = 0.0`) still read.
         Ok(list)
     }
 }

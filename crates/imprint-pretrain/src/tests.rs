@@ -749,7 +749,9 @@ fn old_keys_beside_pretexts_or_meaning_nothing_are_refused() {
             && e.contains("{ kind = \"contrastive\", temperature = ... }"),
         "{e}"
     );
-    let e = section("reconstruction_weight = 0.0\n").unwrap_err();
+    // All weights 0 read (a `--set` may pass through them), and the check refuses them.
+    let none = section("reconstruction_weight = 0.0\n").unwrap();
+    let e = none.validate().unwrap_err().to_string();
     assert!(e.contains("nothing would be trained"), "{e}");
     let e = section("rotation_weight = -1.0\n").unwrap_err();
     assert!(
