@@ -711,3 +711,34 @@ fn an_unknown_precision_is_refused_naming_the_key() {
     let set = ["--set", "pretrain.precision=fp16"];
     forced.assert_refused(&set, &[arg(&forced.pipeline), "unknown variant `fp16`"]);
 }
+
+/// `[pretrain] pretexts`: a key of the old spelling beside the list is refused naming the new
+/// spelling; an unknown method and small crops for an encoder of one input size are refused
+/// naming the entry.
+#[test]
+fn pretexts_misspelled_or_misfit() {
+    let t: &Path = &test_dir();
+    let forced = ForcedRun::on_pngs(t);
+    let list = "pretrain.pretexts=[{ kind = \"reconstruction\" }]";
+    forced.assert_refused(
+        &["--set", list, "--set", "pretrain.contrast_temperature=0.3"],
+        &[
+            arg(&forced.pipeline),
+            "--set `pretrain.contrast_temperature=0.3`",
+            "{ kind = \"contrastive\", temperature = ... }",
+        ],
+    );
+    forced.assert_refused(
+        &["--set", "pretrain.pretexts=[{ kind = \"simsiam\" }]"],
+        &[arg(&forced.pipeline), "unknown variant `simsiam`"],
+    );
+    let dino = "pretrain.pretexts=[{ kind = \"dino\", local_crops = 2 }]";
+    forced.assert_refused(
+        &["--set", dino, "--set", "pretrain.augment_flip=true"],
+        &[
+            arg(&forced.pipeline),
+            "`pretexts.dino.local_crops`",
+            "reads any image size",
+        ],
+    );
+}

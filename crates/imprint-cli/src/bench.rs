@@ -18,7 +18,8 @@ use imprint_nn::models::Layout;
 use imprint_nn::{Architecture, Encoder};
 use imprint_pipeline::named_architecture;
 use imprint_pipeline::provenance::threads_phrase;
-use imprint_pretrain::{pretrain, Hooks, Images, PretrainConfig, Start};
+use imprint_pretrain::pretext::contrastive;
+use imprint_pretrain::{pretrain, Hooks, Images, PretextConfig, PretrainConfig, Start};
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use std::process::Command;
@@ -242,9 +243,10 @@ fn ours(args: &BenchArgs, images: &Pixels) -> Result<f64> {
                 batch_size: args.batch,
                 holdout_fraction: 0.0,
                 precision: args.precision,
-                reconstruction_weight: 0.0,
-                contrast_weight: 1.0,
-                contrast_temperature: args.temperature,
+                pretexts: vec![PretextConfig::Contrastive(contrastive::Settings::new(
+                    1.0,
+                    args.temperature,
+                ))],
                 augment: imprint_data::augment::Augment {
                     flip: true,
                     ..Default::default()

@@ -149,19 +149,46 @@ pub fn augment_batch(
     seed: u64,
     out: &mut [f32],
 ) {
-    let n = shape.len();
     assert_eq!(images.len(), out.len(), "augment_batch: output length");
-    if n == 0 {
+    augment_batch_to(images, shape, augment, seed, shape, out)
+}
+
+/// [`augment_batch`] giving images of `out_shape` (same channels): each image is moved at its
+/// own size, then its crop (the whole image without `crop_scale`) is resized to `out_shape`
+/// ([`Augment::apply_photo_to`]), as multi-crop's small views are. With `out_shape == shape`
+/// it is `augment_batch`, draw for draw.
+///
+/// Panics if `images` is not a whole number of images or `out` does not hold as many of
+/// `out_shape` (caller bugs, not data problems).
+pub fn augment_batch_to(
+    images: &[f32],
+    shape: ImageShape,
+    augment: &Augment,
+    seed: u64,
+    out_shape: ImageShape,
+    out: &mut [f32],
+) {
+    let (n, n_out) = (shape.len(), out_shape.len());
+    if n == 0 || n_out == 0 {
         return;
     }
     assert_eq!(images.len() % n, 0, "augment_batch: partial image");
+    assert_eq!(
+        out.len(),
+        images.len() / n * n_out,
+        "augment_batch: output length"
+    );
+    let resized = out_shape != shape;
     let (h, w) = (shape.height, shape.width);
     let m = augment.shift as i64;
     let max_angle = augment.rotate_degrees.abs().to_radians();
-    out.par_chunks_mut(n)
+    out.par_chunks_mut(n_out)
         .zip(images.par_chunks(n))
         .enumerate()
-        .for_each(|(i, (dst, src))| {
+        .for_each(|(i, (out, src))| {
+            // Moved at the source's size: in `out` itself unless it is of another size.
+            let mut moved_apart = if resized { vec![0.0; n] } else { Vec::new() };
+            let dst: &mut [f32] = if resized { &mut moved_apart } else { &mut *out };
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(i as u64);
             let dx = rng.gen_range(-m..=m);
@@ -188,9 +215,11 @@ pub fn augment_batch(
                 };
                 warp(src, dst, shape, &moves);
             }
-            if !augment.photo_is_identity() {
-                let moved = dst.to_vec();
-                augment.apply_photo(&moved, shape, &mut rng, dst);
+            if resized {
+                augment.apply_photo_to(&moved_apart, shape, &mut rng, out_shape, out);
+            } else if !augment.photo_is_identity() {
+                let moved = out.to_vec();
+                augment.apply_photo(&moved, shape, &mut rng, out);
             }
         });
 }

@@ -108,18 +108,36 @@ fn copy_window(src: &[f32], shape: ImageShape, dy: i64, dx: i64, dst: &mut [f32]
 pub fn resized_crop(
     src: &[f32],
     shape: ImageShape,
-    (top, left, crop_h, crop_w): (usize, usize, usize, usize),
+    window: (usize, usize, usize, usize),
     dst: &mut [f32],
 ) {
-    check_image("resized_crop", src, dst, shape);
+    resized_crop_to(src, shape, window, shape, dst)
+}
+
+/// [`resized_crop`] to an image of `out`'s height and width (same channels): the small crops
+/// of multi-crop views.
+///
+/// Panics if `src` is not one image of `shape`, `dst` not one of `out`, or the channel counts
+/// differ (caller bugs).
+pub fn resized_crop_to(
+    src: &[f32],
+    shape: ImageShape,
+    (top, left, crop_h, crop_w): (usize, usize, usize, usize),
+    out: ImageShape,
+    dst: &mut [f32],
+) {
+    assert_eq!(src.len(), shape.len(), "resized_crop: input length");
+    assert_eq!(dst.len(), out.len(), "resized_crop: output length");
+    assert_eq!(shape.channels, out.channels, "resized_crop: channels");
     let (h, w) = (shape.height, shape.width);
-    if crop_h == 0 || crop_w == 0 || h * w == 0 {
+    let (oh, ow) = (out.height, out.width);
+    if crop_h == 0 || crop_w == 0 || h * w == 0 || oh * ow == 0 {
         dst.fill(0.0);
         return;
     }
-    let rows = bilinear_taps(crop_h, h);
-    let cols = bilinear_taps(crop_w, w);
-    for (s, d) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
+    let rows = bilinear_taps(crop_h, oh);
+    let cols = bilinear_taps(crop_w, ow);
+    for (s, d) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(oh * ow)) {
         let at = |r: usize, c: usize| -> f64 {
             let (y, x) = (top + r, left + c);
             if y < h && x < w {
@@ -132,7 +150,7 @@ pub fn resized_crop(
             for (x, col) in cols.iter().enumerate() {
                 let upper = col.blend(at(row.near, col.near), at(row.near, col.far));
                 let lower = col.blend(at(row.far, col.near), at(row.far, col.far));
-                d[y * w + x] = row.blend(upper, lower) as f32;
+                d[y * ow + x] = row.blend(upper, lower) as f32;
             }
         }
     }
@@ -610,27 +628,54 @@ impl Augment {
     /// Panics if `src` or `dst` is not one image of `shape` (a caller bug).
     pub fn apply_photo(&self, src: &[f32], shape: ImageShape, rng: &mut impl Rng, dst: &mut [f32]) {
         check_image("Augment::apply_photo", src, dst, shape);
+        self.apply_photo_to(src, shape, rng, shape, dst)
+    }
+
+    /// [`apply_photo`](Self::apply_photo) giving an image of `out`'s size (same channels): the
+    /// crop (the whole image without `crop_scale`) is resized to `out`, and the operations after
+    /// it work there. The draws are those of `apply_photo`.
+    ///
+    /// Panics if `src` is not one image of `shape` or `dst` not one of `out` (caller bugs).
+    pub fn apply_photo_to(
+        &self,
+        src: &[f32],
+        shape: ImageShape,
+        rng: &mut impl Rng,
+        out: ImageShape,
+        dst: &mut [f32],
+    ) {
+        assert_eq!(src.len(), shape.len(), "Augment::apply_photo: input length");
+        assert_eq!(dst.len(), out.len(), "Augment::apply_photo: output length");
         let (h, w) = (shape.height, shape.width);
-        dst.copy_from_slice(src);
+        let mut img = src.to_vec();
         if self.pad_crop > 0 {
             let (top, left) = pad_crop_params(self.pad_crop, rng);
-            let before = dst.to_vec();
-            pad_crop(&before, shape, self.pad_crop, (top, left), dst);
+            let before = img.clone();
+            pad_crop(&before, shape, self.pad_crop, (top, left), &mut img);
         }
-        if let Some(scale) = self.crop_scale {
-            let (top, left, ch, cw) = random_resized_crop_params(h, w, scale, self.crop_ratio, rng);
-            let before = dst.to_vec();
-            resized_crop(&before, shape, (top, left, ch, cw), dst);
+        let window = match self.crop_scale {
+            Some(scale) => Some(random_resized_crop_params(
+                h,
+                w,
+                scale,
+                self.crop_ratio,
+                rng,
+            )),
+            None => (out != shape).then_some((0, 0, h, w)),
+        };
+        match window {
+            Some(window) => resized_crop_to(&img, shape, window, out, dst),
+            None => dst.copy_from_slice(&img),
         }
         if self.jitters() && happens(self.jitter_probability, rng) {
-            Jitter::draw(self.jitter, rng).apply(dst, shape);
+            Jitter::draw(self.jitter, rng).apply(dst, out);
         }
         if happens(self.grayscale, rng) {
-            to_grayscale(dst, shape);
+            to_grayscale(dst, out);
         }
         if happens(self.blur, rng) {
             let sigma = uniform(rng, BLUR_SIGMA);
-            gaussian_blur(dst, shape, sigma, blur_kernel_size(h.min(w)));
+            gaussian_blur(dst, out, sigma, blur_kernel_size(out.height.min(out.width)));
         }
     }
 }

@@ -653,3 +653,38 @@ fn settings_read_with_defaults_for_missing_fields() {
     let text = serde_json::to_string(&full).unwrap();
     assert_eq!(serde_json::from_str::<Augment>(&text).unwrap(), full);
 }
+
+#[test]
+fn resized_crop_to_halves_a_ramp_by_hand() {
+    // The whole ramp 0 1 2 3 to 2 columns: output x reads s = (x + 0.5) * 2 - 0.5 = 0.5, 2.5.
+    let src = [0.0, 1.0, 2.0, 3.0];
+    let mut dst = [0.0; 2];
+    resized_crop_to(&src, shape(1, 1, 4), (0, 0, 1, 4), shape(1, 1, 2), &mut dst);
+    assert_eq!(dst, [0.5, 2.5]);
+}
+
+#[test]
+fn small_crops_are_of_the_asked_size_and_repeat() {
+    use crate::augment::augment_batch_to;
+    // Each image one grey level per channel: any crop of it, at any size, keeps the levels.
+    let (big, small) = (shape(3, 8, 8), shape(3, 4, 4));
+    let images: Vec<f32> = (0..5)
+        .flat_map(|i| (0..3).flat_map(move |c| vec![(i * 3 + c) as f32 / 20.0; 64]))
+        .collect();
+    let augment = Augment {
+        crop_scale: Some((0.1, 0.4)),
+        flip: true,
+        ..Augment::default()
+    };
+    let mut out = vec![0.0; 5 * small.len()];
+    augment_batch_to(&images, big, &augment, 7, small, &mut out);
+    for (i, img) in out.chunks(small.len()).enumerate() {
+        for (c, plane) in img.chunks(16).enumerate() {
+            let level = (i * 3 + c) as f32 / 20.0;
+            assert!(plane.iter().all(|v| (v - level).abs() < 1e-6), "{plane:?}");
+        }
+    }
+    let mut again = vec![0.0; out.len()];
+    augment_batch_to(&images, big, &augment, 7, small, &mut again);
+    assert_eq!(out, again);
+}

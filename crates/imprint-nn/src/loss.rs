@@ -84,7 +84,7 @@ pub fn contrastive_loss<D: ImprintDevice, T: Tape<f32, D> + Merge<T>>(
 }
 
 /// Each row divided by its Euclidean norm.
-fn unit_rows<D: ImprintDevice, T: Tape<f32, D>>(x: Matrix<D, T>) -> Matrix<D, T> {
+pub fn unit_rows<D: ImprintDevice, T: Tape<f32, D>>(x: Matrix<D, T>) -> Matrix<D, T> {
     let shape = *x.shape();
     let norms = (x.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
     x / norms.broadcast_like::<(usize, usize), Axis<1>>(&shape)

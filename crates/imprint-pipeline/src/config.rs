@@ -1242,6 +1242,57 @@ seeds = [0]
         );
     }
 
+    /// Files and `--set`s written for the keys before `[pretrain] pretexts` keep their meaning;
+    /// beside `pretexts` they are refused, naming how `pretexts` spells them. The resolved
+    /// file a run writes uses the new spelling and reads back the same.
+    #[test]
+    fn old_pretext_keys_are_translated_or_refused_with_the_new_spelling() {
+        let old = with_settings(&[
+            "pretrain.augment_flip=true",
+            "pretrain.contrast_weight=1.0",
+            "pretrain.contrast_temperature=0.2",
+        ])
+        .unwrap();
+        let new = with_settings(&[
+            "pretrain.augment_flip=true",
+            "pretrain.pretexts=[{ kind = \"contrastive\", temperature = 0.2 }, \
+             { kind = \"reconstruction\" }]",
+        ])
+        .unwrap();
+        assert_eq!(old, new);
+        let resolved = toml::to_string_pretty(&new).unwrap();
+        assert!(!resolved.contains("contrast_weight"), "{resolved}");
+        let back = Pipeline::from_toml(&resolved, Path::new("pipeline.toml")).unwrap();
+        assert_eq!(back, new);
+
+        // `--set`s are read one after another; one that leaves no pretext for a moment is fine
+        // when a later one names another.
+        let rotation = with_settings(&[
+            "pretrain.reconstruction_weight=0.0",
+            "pretrain.rotation_weight=1.0",
+        ])
+        .unwrap();
+        let named = with_settings(&["pretrain.pretexts=[{ kind = \"rotation\" }]"]).unwrap();
+        assert_eq!(rotation, named);
+        let e = with_settings(&["pretrain.reconstruction_weight=0.0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing would be trained"), "{e}");
+
+        let e = with_settings(&[
+            "pretrain.pretexts=[{ kind = \"byol\" }]",
+            "pretrain.augment_flip=true",
+            "pretrain.contrast_temperature=0.3",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--set `pretrain.contrast_temperature=0.3`")
+                && e.contains("{ kind = \"contrastive\", temperature = ... }"),
+            "{e}"
+        );
+    }
+
     proptest::proptest! {
         /// Any text, and any single-byte corruption of a valid file, is an error or a pipeline,
         /// never a panic (`PROPTEST_CASES` raises the count for longer fuzzing runs).

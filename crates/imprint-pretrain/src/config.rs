@@ -1,8 +1,9 @@
 //! The `[pretrain]` settings of a pipeline file.
 
+use crate::old_keys::OldKeys;
+use crate::pretext::{reconstruction, PretextConfig, ViewNeeds};
 use crate::{PretrainError, Result};
 use imprint_data::augment::Augment;
-use imprint_nn::loss::Reconstruction;
 use imprint_nn::{Architecture, Precision};
 use imprint_train::OptimSettings;
 use serde::{Deserialize, Serialize};
@@ -29,71 +30,90 @@ pub enum Noise {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "Written")]
 pub struct PretrainConfig {
     pub architecture: Architecture,
-    #[serde(default = "default_noise")]
+    /// Corruption of every view the encoder reads (the reconstruction target stays clean).
     pub noise: Noise,
-    #[serde(default = "default_loss")]
-    pub loss: Reconstruction,
     pub epochs: usize,
-    #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// `lr`, `weight_decay`, `optimizer`, `momentum`, `nesterov`, `schedule`, `warmup_fraction`.
     #[serde(flatten)]
     pub optim: OptimSettings,
     /// Share of the unlabeled images kept out of training to report a held-out loss.
-    #[serde(default = "default_holdout")]
     pub holdout_fraction: f64,
-    /// With `Patches` noise: score only the hidden pixels, as masked autoencoders do.
-    #[serde(default)]
-    pub loss_on_hidden_only: bool,
-    /// `augment_shift`, `augment_rotate`, `augment_flip`, `augment_scale`: applied to input and
-    /// target alike before the corruption, so the encoder sees the variety fine-tuning's
-    /// augmentation brings.
+    /// `augment_shift`, `augment_rotate`, `augment_flip`, `augment_scale`, `augment_crop_*`,
+    /// `augment_jitter*`, ...: drawn afresh for each view before the corruption, so the encoder
+    /// sees the variety fine-tuning's augmentation brings.
     #[serde(flatten)]
     pub augment: Augment,
-    /// Make the augmentation part of the corruption: the encoder sees the moved image, the
-    /// decoder must draw the original, so the code learns to ignore the moves, as a classifier
-    /// must. Off: input and target move alike.
-    #[serde(default)]
-    pub augment_as_noise: bool,
-    /// Weight of the reconstruction loss; 0 trains no decoder (a contrastive pretext alone).
-    #[serde(default = "one")]
-    pub reconstruction_weight: f64,
-    /// Weight of a contrastive term (NT-Xent, SimCLR's loss) added to the reconstruction loss:
-    /// the codes of two views of each image (augmentation and corruption drawn twice) must pick
-    /// each other out of all views of the batch, which pulls the images a classifier should tell
-    /// apart away from each other. 0 = off.
-    #[serde(default)]
-    pub contrast_weight: f64,
-    /// Temperature of the contrastive term's cosine similarities.
-    #[serde(default = "default_temperature")]
-    pub contrast_temperature: f64,
-    /// Weight of rotation prediction (RotNet): the first view's images are each turned by a
-    /// multiple of 90° (180° for oblong ones), and a head on the code must tell which; 0 = off.
-    #[serde(default)]
-    pub rotation_weight: f64,
+    /// What pre-training asks of the encoder: each entry a method (`kind`) with its settings,
+    /// their weighted losses summed in this order. Absent: reconstruction alone.
+    pub pretexts: Vec<PretextConfig>,
     /// Labeled images per class whose features vote (k nearest neighbours) for the classes of
     /// `monitor_queries` others at every epoch end, a score in `loss.csv` to compare pretexts
     /// and settings without fine-tuning; 0 = no monitor. Both come from the labeled pool, never
     /// the test set.
-    #[serde(default)]
     pub monitor_labels_per_class: usize,
     /// Labeled images the monitor classifies, as evenly spread over the classes as they allow.
-    #[serde(default = "default_monitor_queries")]
     pub monitor_queries: usize,
     /// Number format of the convolution and linear products: `f32`, or `bf16` (inputs rounded
     /// to bf16, sums in f32; weights, optimizer state and batch-norm statistics stay f32).
-    #[serde(default)]
     pub precision: Precision,
+}
+
+/// `[pretrain]` as a file writes it: the settings, and the keys that named the pretexts before
+/// `pretexts` did, translated into it ([`crate::old_keys`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    architecture: Architecture,
+    #[serde(default = "default_noise")]
+    noise: Noise,
+    epochs: usize,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+    #[serde(flatten)]
+    optim: OptimSettings,
+    #[serde(default = "default_holdout")]
+    holdout_fraction: f64,
+    #[serde(flatten)]
+    augment: Augment,
+    #[serde(default)]
+    pretexts: Option<Vec<PretextConfig>>,
+    #[serde(default)]
+    monitor_labels_per_class: usize,
+    #[serde(default = "default_monitor_queries")]
+    monitor_queries: usize,
+    #[serde(default)]
+    precision: Precision,
+    #[serde(flatten)]
+    old: OldKeys,
+}
+
+impl TryFrom<Written> for PretrainConfig {
+    type Error = String;
+
+    fn try_from(w: Written) -> std::result::Result<Self, String> {
+        let pretexts = w.old.pretexts(w.pretexts)?;
+        Ok(Self {
+            architecture: w.architecture,
+            noise: w.noise,
+            epochs: w.epochs,
+            batch_size: w.batch_size,
+            optim: w.optim,
+            holdout_fraction: w.holdout_fraction,
+            augment: w.augment,
+            pretexts,
+            monitor_labels_per_class: w.monitor_labels_per_class,
+            monitor_queries: w.monitor_queries,
+            precision: w.precision,
+        })
+    }
 }
 
 fn default_noise() -> Noise {
     Noise::None
-}
-fn default_loss() -> Reconstruction {
-    Reconstruction::Mse
 }
 fn default_batch() -> usize {
     128
@@ -101,17 +121,8 @@ fn default_batch() -> usize {
 fn default_holdout() -> f64 {
     0.05
 }
-fn one() -> f64 {
-    1.0
-}
 fn default_monitor_queries() -> usize {
     1000
-}
-// With ten classes a tenth of a batch's negatives are the same digit; 0.1 pushes those apart as
-// hard as the rest, and left MNIST's frozen codes 1.6-1.8 points worse than 0.5 at k = 10, on the
-// test set and on a dev split (pipelines/mnist-conv.md).
-fn default_temperature() -> f64 {
-    0.5
 }
 
 impl PretrainConfig {
@@ -121,33 +132,66 @@ impl PretrainConfig {
         Self {
             architecture,
             noise: default_noise(),
-            loss: default_loss(),
             epochs,
             batch_size: default_batch(),
             optim: OptimSettings::default(),
             holdout_fraction: default_holdout(),
-            loss_on_hidden_only: false,
             augment: Augment::default(),
-            augment_as_noise: false,
-            reconstruction_weight: 1.0,
-            contrast_weight: 0.0,
-            contrast_temperature: default_temperature(),
-            rotation_weight: 0.0,
+            pretexts: vec![PretextConfig::Reconstruction(Default::default())],
             monitor_labels_per_class: 0,
             monitor_queries: default_monitor_queries(),
             precision: Precision::F32,
         }
     }
 
+    /// The reconstruction pretext's settings, when there is one: it trains a decoder (saved).
+    pub fn reconstruction(&self) -> Option<&reconstruction::Settings> {
+        self.pretexts.iter().find_map(|p| match p {
+            PretextConfig::Reconstruction(r) => Some(r),
+            _ => None,
+        })
+    }
+
     /// Whether a decoder is trained (and saved).
     pub fn reconstructs(&self) -> bool {
-        self.reconstruction_weight > 0.0
+        self.reconstruction().is_some()
+    }
+
+    /// The views a step draws for all the pretexts; an error names a pretext whose small
+    /// crops differ from another's (the crops are drawn once for all).
+    pub(crate) fn view_needs(&self) -> Result<ViewNeeds> {
+        let mut all = ViewNeeds::default();
+        let mut crops_of: Option<&'static str> = None;
+        for p in &self.pretexts {
+            let needs = p.method().views();
+            all.global = all.global.max(needs.global);
+            all.turned |= needs.turned;
+            all.original_target |= needs.original_target;
+            if let Some(crops) = needs.local {
+                match (all.local, crops_of) {
+                    (Some(other), Some(first)) if other != crops => {
+                        return Err(PretrainError::Config {
+                            key: format!("pretexts.{}.local_crops", p.kind()),
+                            message: format!(
+                                "the small crops differ from those of pretexts.{first}; a step \
+                                 draws one set for every pretext"
+                            ),
+                        });
+                    }
+                    _ => {
+                        all.local = Some(crops);
+                        crops_of = Some(p.kind());
+                    }
+                }
+            }
+        }
+        Ok(all)
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |key, message: &str| {
+        let bad = |key: &str, message: &str| {
             Err(PretrainError::Config {
-                key,
+                key: key.to_string(),
                 message: message.to_string(),
             })
         };
@@ -173,12 +217,6 @@ impl PretrainConfig {
                 return bad("noise", "patches need patch >= 1 and fraction in (0, 1)");
             }
         }
-        if self.loss_on_hidden_only && !matches!(self.noise, Noise::Patches { .. }) {
-            return bad(
-                "loss_on_hidden_only",
-                "needs noise = { kind = \"patches\", ... }",
-            );
-        }
         if let Noise::Gaussian { std } = self.noise {
             if !(std >= 0.0 && std.is_finite()) {
                 return bad("noise.std", "must be a non-negative number");
@@ -187,56 +225,80 @@ impl PretrainConfig {
         if let Some((key, message)) = self.augment.problem() {
             return bad(key, message);
         }
-        if self.augment_as_noise && self.augment.is_identity() {
-            return bad(
-                "augment_as_noise",
-                "needs augmentation (augment_shift, augment_rotate, augment_flip or augment_scale)",
-            );
-        }
-        if self.augment_as_noise && self.loss_on_hidden_only {
-            return bad(
-                "augment_as_noise",
-                "cannot go with loss_on_hidden_only: the hidden pixels are those of the moved \
-                 image, the target is the original",
-            );
-        }
-        if !(self.reconstruction_weight >= 0.0 && self.reconstruction_weight.is_finite()) {
-            return bad("reconstruction_weight", "must be a non-negative number");
-        }
-        if !(self.contrast_weight >= 0.0 && self.contrast_weight.is_finite()) {
-            return bad("contrast_weight", "must be a non-negative number");
-        }
-        if !(self.rotation_weight >= 0.0 && self.rotation_weight.is_finite()) {
-            return bad("rotation_weight", "must be a non-negative number");
-        }
-        if !self.reconstructs() && self.contrast_weight == 0.0 && self.rotation_weight == 0.0 {
-            return bad(
-                "reconstruction_weight",
-                "is 0 and so are contrast_weight and rotation_weight: nothing would be trained",
-            );
-        }
         if self.monitor_labels_per_class > 0 && self.monitor_queries == 0 {
             return bad("monitor_queries", "must be at least 1 with a monitor");
-        }
-        if !(self.contrast_temperature > 0.0 && self.contrast_temperature.is_finite()) {
-            return bad("contrast_temperature", "must be a positive number");
-        }
-        if self.contrast_weight > 0.0 && self.augment.is_identity() && self.noise == Noise::None {
-            return bad(
-                "contrast_weight",
-                "needs two different views of each image: set augmentation or noise",
-            );
         }
         self.architecture
             .check_widths()
             .map_err(|message| PretrainError::Config {
-                key: "architecture",
+                key: "architecture".into(),
                 message,
-            })
+            })?;
+        self.validate_pretexts()
+    }
+
+    fn validate_pretexts(&self) -> Result<()> {
+        if self.pretexts.is_empty() {
+            return Err(PretrainError::Config {
+                key: "pretexts".into(),
+                message: "nothing would be trained: name at least one, e.g. \
+                          [{ kind = \"reconstruction\" }] (the keys from before `pretexts` \
+                          name none when `reconstruction_weight`, `contrast_weight` and \
+                          `rotation_weight` are all 0)"
+                    .into(),
+            });
+        }
+        for (i, p) in self.pretexts.iter().enumerate() {
+            let kind = p.kind();
+            let bad = |key: &str, message: String| {
+                Err(PretrainError::Config {
+                    key: format!("pretexts.{kind}{key}"),
+                    message,
+                })
+            };
+            if self.pretexts[..i].iter().any(|q| q.kind() == kind) {
+                return bad(
+                    "",
+                    "is named twice; give each method once, with its weight".into(),
+                );
+            }
+            let method = p.method();
+            let weight = method.weight();
+            if !(weight > 0.0 && weight.is_finite()) {
+                return bad(
+                    ".weight",
+                    "must be a positive number (leave the pretext out to turn it off)".into(),
+                );
+            }
+            if let Some((key, message)) = method.problem(self) {
+                let key = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{key}")
+                };
+                return bad(&key, message);
+            }
+            let needs = method.views();
+            if needs.global > 1 && self.augment.is_identity() && self.noise == Noise::None {
+                return bad(
+                    "",
+                    "needs two different views of each image: set augmentation or noise".into(),
+                );
+            }
+            if needs.local.is_some() && !self.architecture.any_size() {
+                return bad(
+                    ".local_crops",
+                    "need an encoder that reads any image size, as a ResNet does (its maps \
+                     pooled): architecture = { kind = \"resnet\", ... }"
+                        .into(),
+                );
+            }
+        }
+        self.view_needs().map(drop)
     }
 
     /// The settings in a phrase for reports, e.g. "15 epochs of 128 images (lr 0.001, 4x4
-    /// patches 50% hidden, BCE loss on the hidden pixels, shifts ±2 px)".
+    /// patches 50% hidden, shifts ±2 px, BCE loss on the hidden pixels)".
     pub fn describe(&self) -> String {
         let mut parts = self.optim.describe();
         parts.push(match self.noise {
@@ -247,40 +309,8 @@ impl PretrainConfig {
                 format!("{patch}x{patch} patches {:.0}% hidden", fraction * 100.0)
             }
         });
-        let loss = match self.loss {
-            Reconstruction::Mse => "MSE loss",
-            Reconstruction::Bce => "BCE loss",
-        };
-        if self.reconstructs() {
-            parts.push(if self.loss_on_hidden_only {
-                format!("{loss} on the hidden pixels")
-            } else {
-                loss.to_string()
-            });
-        }
-        let augment = self.augment.describe();
-        if self.augment_as_noise {
-            parts.push(format!(
-                "{} as noise (the original the target)",
-                augment.join(", ")
-            ));
-        } else {
-            parts.extend(augment);
-        }
-        if self.rotation_weight > 0.0 {
-            parts.push(format!("rotation prediction x{}", self.rotation_weight));
-        }
-        if self.contrast_weight > 0.0 {
-            let term = if self.reconstructs() {
-                "contrastive term"
-            } else {
-                "contrastive loss alone"
-            };
-            parts.push(format!(
-                "{term} x{} at temperature {}",
-                self.contrast_weight, self.contrast_temperature
-            ));
-        }
+        parts.extend(self.augment.describe());
+        parts.extend(self.pretexts.iter().map(|p| p.method().describe()));
         format!(
             "{} epochs of {} images ({})",
             self.epochs,

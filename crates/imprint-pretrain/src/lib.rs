@@ -1,38 +1,38 @@
 //! Self-supervised pre-training on unlabeled images: an encoder trained by its pretexts
-//! (reconstruction, denoising, masked patches, a contrastive term) on the shared training loop.
-//! Generic over the dfdx device; it returns its history and prints nothing, callers render
-//! progress through [`Hooks`].
+//! (reconstruction, denoising, masked patches, contrast, rotation, BYOL, DINO; see
+//! [`pretext`]) on the shared training loop. Generic over the dfdx device; it returns its
+//! history and prints nothing, callers render progress through [`Hooks`].
 
 mod config;
-mod pretext;
+mod old_keys;
+pub mod pretext;
 mod views;
 
 pub use config::{Noise, PretrainConfig};
+pub use pretext::PretextConfig;
 
 use dfdx::prelude::*;
 use imprint_data::{ImageShape, Normalize, Pixels};
 use imprint_nn::infer::over_images;
 use imprint_nn::knn::{Bank, KnnSettings};
-use imprint_nn::loss::reconstruction_loss;
-use imprint_nn::tree::ParamsExt;
+use imprint_nn::tree::{join, ParamsExt};
 use imprint_nn::{
-    models::mlp, Decoder, Encoder, ImprintDevice, Linear, Matrix, NamedTensor, Optimizer, Pass,
-    Vector,
+    Decoder, Encoder, ImprintDevice, Matrix, NamedTensor, Optimizer, Pass, Var, Vector,
 };
 use imprint_train::{train, Flow, Group, Loss, Run, Task, TrainError};
-use pretext::{Codes, Contrastive, Pretext, Reconstruct, Rotation, PROJECTION_WIDTH, TURNS};
+use pretext::{Batch, Codes, Pretext, Progress};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use views::draw_views;
+use views::{draw_views, ViewPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainError {
     #[error("invalid pre-training setting `{key}`: {message}")]
-    Config { key: &'static str, message: String },
+    Config { key: String, message: String },
     /// A NaN or infinite loss, naming the setting most likely to blame.
     #[error("pre-training seed {seed}: {source}")]
     Diverged { seed: u64, source: TrainError },
@@ -137,7 +137,8 @@ pub struct Hooks<'a> {
 /// The run's state at an epoch end: resuming from it gives what the uninterrupted run gives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
-    /// Weights (`encoder.*`, `decoder.*`, `projection.*`) and the optimizer's moments
+    /// Weights (`encoder.*` and the pretexts' own: `decoder.*`, `projection.*`, `byol.*`,
+    /// `dino.*`, ..., teachers and their statistics included) and the optimizer's moments
     /// (`optimizer.m1.<weight>`, ...).
     pub tensors: Vec<NamedTensor>,
     pub state: TrainingState,
@@ -157,85 +158,81 @@ pub struct TrainingState {
     pub history: Vec<EpochStats>,
 }
 
-/// The encoder and everything its pretexts train beside it.
+/// The encoder and its pretexts' nets, in the order of `[pretrain] pretexts`.
 struct Nets<D: ImprintDevice> {
     encoder: Encoder<D>,
-    contrastive: Option<Contrastive<D>>,
-    rotation: Option<Rotation<D>>,
-    reconstruct: Option<Reconstruct<D>>,
+    pretexts: Vec<Box<dyn Pretext<D>>>,
 }
 
-imprint_nn::params!(Nets {
-    encoder,
-    contrastive as _,
-    rotation as _,
-    reconstruct as _,
-});
+// The pretexts name their own tensors (`decoder`, `projection`, `byol.teacher`, ...), each
+// method once in a run.
+impl<D: ImprintDevice> imprint_nn::Params<D> for Nets<D> {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Var<D>)) {
+        self.encoder.visit(&join(prefix, "encoder"), f);
+        for p in &self.pretexts {
+            p.visit(prefix, f);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Var<D>)) {
+        self.encoder.visit_mut(&join(prefix, "encoder"), f);
+        for p in &mut self.pretexts {
+            p.visit_mut(prefix, f);
+        }
+    }
+}
 
 impl<D: ImprintDevice> Nets<D> {
-    /// A fresh init drawn from `rng`: encoder, decoder (when reconstructing), projection head
-    /// (with the contrastive term), in that order.
-    fn new(dev: &D, cfg: &PretrainConfig, input: ImageShape, rng: &mut ChaCha8Rng) -> Result<Self> {
-        let encoder = Encoder::new(dev, &cfg.architecture, input, rng)?;
-        let reconstruct = cfg
-            .reconstructs()
-            .then(|| Decoder::new(dev, &cfg.architecture, input, rng))
-            .transpose()?
-            .map(|decoder| Reconstruct {
-                decoder,
-                loss: cfg.loss,
-                hidden_only: cfg.loss_on_hidden_only,
-                weight: cfg.reconstruction_weight as f32,
-                shape: input,
-            });
-        let contrastive = (cfg.contrast_weight > 0.0).then(|| {
-            let latent = cfg.architecture.latent();
-            Contrastive {
-                projection: mlp(dev, &[latent, latent, PROJECTION_WIDTH], rng),
-                temperature: cfg.contrast_temperature as f32,
-                weight: cfg.contrast_weight as f32,
+    /// The encoder drawn from `rng` (or `start`'s, reading images through `normalize`), then
+    /// the pretexts' nets in the registry's order (see [`PretextConfig::rank`]); a teacher
+    /// starts as a copy of the encoder.
+    fn new(
+        dev: &D,
+        cfg: &PretrainConfig,
+        input: ImageShape,
+        normalize: Option<&Normalize>,
+        start: Option<&Encoder<D>>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let mut encoder = Encoder::new(dev, &cfg.architecture, input, rng)?;
+        if let Some(from) = start {
+            if from.architecture != cfg.architecture || from.input != input {
+                return Err(PretrainError::Config {
+                    key: "architecture".into(),
+                    message: format!(
+                        "the encoder to start from is {}, pre-training asks for {}",
+                        from.architecture.describe(from.input),
+                        cfg.architecture.describe(input)
+                    ),
+                });
             }
-        });
-        let rotation = (cfg.rotation_weight > 0.0).then(|| Rotation {
-            head: Linear::new(dev, encoder.features(), TURNS, rng),
-            weight: cfg.rotation_weight as f32,
-        });
-        Ok(Self {
-            encoder,
-            contrastive,
-            rotation,
-            reconstruct,
-        })
+            encoder = from.clone();
+        }
+        encoder.normalize = normalize.cloned();
+        // Drawn in the registry's order, kept in the list's.
+        let mut order: Vec<usize> = (0..cfg.pretexts.len()).collect();
+        order.sort_by_key(|&i| cfg.pretexts[i].rank());
+        let mut built: Vec<Option<Box<dyn Pretext<D>>>> = order.iter().map(|_| None).collect();
+        for i in order {
+            built[i] = Some(cfg.pretexts[i].build(dev, &encoder, rng)?);
+        }
+        let pretexts = built.into_iter().flatten().collect();
+        Ok(Self { encoder, pretexts })
     }
 
-    /// The pretexts in the order their losses are taken: the contrastive term reads the first
-    /// view's code before the decoder consumes it.
-    fn pretexts(&mut self) -> Vec<&mut dyn Pretext<D>> {
-        let mut out: Vec<&mut dyn Pretext<D>> = Vec::new();
-        if let Some(p) = &mut self.contrastive {
-            out.push(p);
-        }
-        if let Some(p) = &mut self.rotation {
-            out.push(p);
-        }
-        if let Some(p) = &mut self.reconstruct {
-            out.push(p);
-        }
-        out
-    }
-
-    /// The mean reconstruction loss of the uncorrupted `ids`, without a tape.
+    /// The mean reconstruction loss of the uncorrupted `ids`, without a tape; `None` when no
+    /// pretext reconstructs.
     fn heldout_loss(&mut self, dev: &D, images: &Pixels, ids: &[usize]) -> Option<f64> {
-        let r = self.reconstruct.as_mut()?;
         let len = images.image_len();
         let mut total = 0.0;
         for chunk in ids.chunks(self.encoder.inference_chunks().images) {
             let mut buf = vec![0.0; chunk.len() * len];
             images.gather(chunk, &mut buf);
             let x: Matrix<D> = dev.tensor_from_vec(buf, (chunk.len(), len));
-            let code = self.encoder.forward(x.clone(), &mut Pass::eval());
-            let logits = r.decoder.forward(code, &mut Pass::eval());
-            let value = reconstruction_loss(r.loss, logits, x).as_vec()[0];
+            let encoder = &mut self.encoder;
+            let value = self
+                .pretexts
+                .iter_mut()
+                .find_map(|p| p.heldout_loss(encoder, x.clone()))?;
             total += value as f64 * chunk.len() as f64;
         }
         Some(total / ids.len().max(1) as f64)
@@ -250,6 +247,8 @@ struct Pretraining<'a, 'h, D: ImprintDevice> {
     cfg: &'a PretrainConfig,
     seed: u64,
     nets: Nets<D>,
+    /// The views each step draws.
+    plan: ViewPlan,
     rng: ChaCha8Rng,
     /// Dropout's masks, a stream of their own so that layers with dropout leave the batch
     /// order and noise draws as they were.
@@ -258,6 +257,8 @@ struct Pretraining<'a, 'h, D: ImprintDevice> {
     heldout: Vec<usize>,
     batch: usize,
     steps_per_epoch: usize,
+    /// Of the whole run, for the pretexts' schedules.
+    steps: usize,
     history: Vec<EpochStats>,
     epoch_loss: f64,
     epoch_start: Instant,
@@ -314,34 +315,45 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
         let views = draw_views(
             &original,
             self.input,
-            self.cfg,
-            self.nets.contrastive.is_some(),
+            &self.plan,
+            &self.cfg.augment,
+            self.cfg.noise,
             &mut self.rng,
         );
         let dev = self.dev;
-        let shape = (self.batch, len);
         let mut pass = Pass::train(&mut self.pass_rng);
-        let x: Matrix<D> = dev.tensor_from_vec(views.input.clone(), shape);
-        let mut codes = Codes {
-            first: Some(self.nets.encoder.forward(x.leaky_trace(), &mut pass)),
-            second: views.second.as_ref().map(|v| {
-                let x2: Matrix<D> = dev.tensor_from_vec(v.clone(), shape);
-                self.nets.encoder.forward(x2.leaky_trace(), &mut pass)
-            }),
+        let encoder = &mut self.nets.encoder;
+        let mut code = |view: &Vec<f32>, shape: ImageShape| {
+            let x: Matrix<D> = dev.tensor_from_vec(view.clone(), (self.batch, shape.len()));
+            encoder.forward_at(x.leaky_trace(), shape, &mut pass)
+        };
+        let global = views.global.iter().map(|v| code(v, self.input)).collect();
+        let local = match self.plan.local {
+            Some((_, shape, _)) => views.local.iter().map(|v| code(v, shape)).collect(),
+            None => Vec::new(),
+        };
+        let codes = Codes { global, local };
+        let batch = Batch {
+            views: &views,
+            codes: &codes,
+            at: Progress {
+                step,
+                steps: self.steps,
+            },
         };
         let mut total: Option<Loss<D>> = None;
-        for pretext in self.nets.pretexts() {
-            let loss = pretext.loss(&mut codes, &views, &mut pass);
+        for pretext in &mut self.nets.pretexts {
+            let loss = pretext.loss(&batch, &mut pass);
             total = Some(match total {
                 None => loss,
                 Some(t) => loss + t,
             });
         }
         let total = total.expect("validation keeps at least one pretext");
-        // A code no pretext consumed (the pretexts read retaped copies of it) still holds the
-        // encoder's part of the tape: without it the encoder would get no gradient from there.
+        // The pretexts read copies of the codes: the codes' own tapes hold the encoder's part,
+        // without which the encoder would get no gradient.
         let (total, mut tape) = total.split_tape();
-        for code in [codes.first, codes.second].into_iter().flatten() {
+        for code in codes.global.into_iter().chain(codes.local) {
             tape = tape.merge(code.split_tape().1);
         }
         Ok(total.put_tape(tape))
@@ -366,6 +378,13 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
     }
 
     fn after_step(&mut self, step: usize, loss: f32, optimizer: &mut Optimizer<D>) -> Result<Flow> {
+        let at = Progress {
+            step,
+            steps: self.steps,
+        };
+        for pretext in &mut self.nets.pretexts {
+            pretext.after_step(&self.nets.encoder, at);
+        }
         let (epoch, within) = self.epoch_and_step(step);
         self.epoch_loss += loss as f64;
         if let Some(f) = self.hooks.on_batch.as_mut() {
@@ -468,83 +487,111 @@ fn pretrain_in_precision<D: ImprintDevice>(
     start: Start<'_, D>,
     hooks: Hooks<'_>,
 ) -> Result<Pretrained<D>> {
-    cfg.validate()?;
-    let Images {
-        pixels: images,
-        shape: input,
-        normalize,
-    } = images;
-    let n = images.len();
-    if n == 0 {
-        return Err(PretrainError::Config {
-            key: "data",
-            message: "no unlabeled images to pre-train on".into(),
-        });
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut nets = Nets::new(dev, cfg, input, &mut rng)?;
-    if let Start::From(encoder) = start {
-        if encoder.architecture != cfg.architecture || encoder.input != input {
-            return Err(PretrainError::Config {
-                key: "architecture",
-                message: format!(
-                    "the encoder to start from is {}, pre-training asks for {}",
-                    encoder.architecture.describe(encoder.input),
-                    cfg.architecture.describe(input)
-                ),
-            });
-        }
-        nets.encoder = encoder.clone();
-    }
-    nets.encoder.normalize = normalize.cloned();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rng);
-    let n_heldout = ((n as f64) * cfg.holdout_fraction).round() as usize;
-    let heldout: Vec<usize> = order[..n_heldout].to_vec();
-    let train_ids: Vec<usize> = order[n_heldout..].to_vec();
-    let batch = cfg.batch_size.min(train_ids.len()).max(1);
-    let steps_per_epoch = (train_ids.len() / batch).max(1);
-    let mut task = Pretraining {
-        dev,
-        images,
-        input,
-        cfg,
-        seed,
-        nets,
-        rng,
-        pass_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75),
-        train: train_ids,
-        heldout,
-        batch,
-        steps_per_epoch,
-        history: Vec::new(),
-        epoch_loss: 0.0,
-        epoch_start: Instant::now(),
-        hooks,
-    };
-    let mut optimizer = Optimizer::new(cfg.optim.rule());
-    if let Start::Resume(snapshot) = start {
-        restore(snapshot, cfg, &mut task, &mut optimizer)?;
-    }
+    let (mut task, mut optimizer) = Pretraining::prepare(dev, images, cfg, seed, start, hooks)?;
     let run = Run {
         settings: &cfg.optim,
-        steps: cfg.epochs * steps_per_epoch,
+        steps: task.steps,
         lr_key: "pretrain.lr",
     };
-    let first = task.history.len() * steps_per_epoch;
+    let first = task.history.len() * task.steps_per_epoch;
     train(&mut task, &run, first..run.steps, &mut optimizer).map_err(|e| match e {
         PretrainError::Train(source @ TrainError::Diverged { .. }) => {
             PretrainError::Diverged { seed, source }
         }
         e => e,
     })?;
-    let (encoder, decoder) = (task.nets.encoder, task.nets.reconstruct.map(|r| r.decoder));
+    let decoder = task
+        .nets
+        .pretexts
+        .into_iter()
+        .find_map(|p| p.into_decoder());
     Ok(Pretrained {
-        encoder,
+        encoder: task.nets.encoder,
         decoder,
         history: task.history,
         heldout: task.heldout,
     })
+}
+
+impl<'a, 'h, D: ImprintDevice> Pretraining<'a, 'h, D> {
+    /// The run of [`pretrain`] before its first step, with its optimizer (restored from a
+    /// snapshot when resuming).
+    fn prepare(
+        dev: &'a D,
+        images: Images<'a>,
+        cfg: &'a PretrainConfig,
+        seed: u64,
+        start: Start<'_, D>,
+        hooks: Hooks<'h>,
+    ) -> Result<(Self, Optimizer<D>)> {
+        cfg.validate()?;
+        let Images {
+            pixels: images,
+            shape: input,
+            normalize,
+        } = images;
+        let n = images.len();
+        if n == 0 {
+            return Err(PretrainError::Config {
+                key: "data".into(),
+                message: "no unlabeled images to pre-train on".into(),
+            });
+        }
+        let plan = ViewPlan::new(cfg.view_needs()?, input);
+        if let Some((_, crop, _)) = plan.local {
+            if let Err(message) = cfg.architecture.validate(crop) {
+                let with_crops = cfg
+                    .pretexts
+                    .iter()
+                    .find(|p| p.method().views().local.is_some());
+                return Err(PretrainError::Config {
+                    key: format!(
+                        "pretexts.{}.local_size",
+                        with_crops.map_or("", |p| p.kind())
+                    ),
+                    message: format!("the encoder cannot read crops of {crop}: {message}"),
+                });
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let from = match start {
+            Start::From(encoder) => Some(encoder),
+            _ => None,
+        };
+        let nets = Nets::new(dev, cfg, input, normalize, from, &mut rng)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let n_heldout = ((n as f64) * cfg.holdout_fraction).round() as usize;
+        let heldout: Vec<usize> = order[..n_heldout].to_vec();
+        let train_ids: Vec<usize> = order[n_heldout..].to_vec();
+        let batch = cfg.batch_size.min(train_ids.len()).max(1);
+        let steps_per_epoch = (train_ids.len() / batch).max(1);
+        let mut task = Pretraining {
+            dev,
+            images,
+            input,
+            cfg,
+            seed,
+            nets,
+            plan,
+            rng,
+            pass_rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd209_0a75),
+            train: train_ids,
+            heldout,
+            batch,
+            steps_per_epoch,
+            steps: cfg.epochs * steps_per_epoch,
+            history: Vec::new(),
+            epoch_loss: 0.0,
+            epoch_start: Instant::now(),
+            hooks,
+        };
+        let mut optimizer = Optimizer::new(cfg.optim.rule());
+        if let Start::Resume(snapshot) = start {
+            restore(snapshot, cfg, &mut task, &mut optimizer)?;
+        }
+        Ok((task, optimizer))
+    }
 }
 
 /// Loads `snapshot` into a freshly built run after checking that it is a snapshot of this run:

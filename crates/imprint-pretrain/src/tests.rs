@@ -1,8 +1,9 @@
 use super::*;
+use crate::pretext::{byol, contrastive, dino, reconstruction, rotation, vicreg, LocalCrops};
 use crate::views::corrupt;
 use imprint_data::augment::augment_batch;
 use imprint_nn::loss::Reconstruction;
-use imprint_nn::Architecture;
+use imprint_nn::{Architecture, ParamGroup};
 use rand::Rng;
 
 /// Images with structure an autoencoder can learn: bars at random positions.
@@ -48,7 +49,7 @@ fn conv_autoencoder_loss_falls() {
                 patch: 2,
                 fraction: 0.25,
             };
-            cfg.loss_on_hidden_only = true;
+            reconstruction_of(&mut cfg).loss_on_hidden_only = true;
         }
         let run = fresh(&dev, &images, &cfg, 3);
         let (first, last) = (&run.history[0], run.history.last().unwrap());
@@ -89,6 +90,7 @@ fn fresh(dev: &Cpu, images: &[f32], cfg: &PretrainConfig, seed: u64) -> Pretrain
     pretrain_images(dev, images, cfg, seed, Start::Fresh).unwrap()
 }
 
+/// A dense autoencoder of 8x8 images with the reconstruction loss `loss`, 8 epochs of 32.
 fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
     let dense = Architecture::Dense(imprint_nn::DenseNet {
         hidden: vec![32],
@@ -96,41 +98,98 @@ fn config(noise: Noise, loss: Reconstruction) -> PretrainConfig {
     });
     let mut cfg = PretrainConfig {
         noise,
-        loss,
         batch_size: 32,
         holdout_fraction: 0.1,
         ..PretrainConfig::new(dense, 8)
     };
+    reconstruction_of(&mut cfg).loss = loss;
     cfg.optim.lr = 3e-3;
     cfg
 }
 
+/// The settings of `cfg`'s reconstruction pretext.
+fn reconstruction_of(cfg: &mut PretrainConfig) -> &mut reconstruction::Settings {
+    cfg.pretexts
+        .iter_mut()
+        .find_map(|p| match p {
+            PretextConfig::Reconstruction(r) => Some(r),
+            _ => None,
+        })
+        .expect("a reconstruction pretext")
+}
+
+fn contrastive(weight: f64, temperature: f64) -> PretextConfig {
+    PretextConfig::Contrastive(contrastive::Settings::new(weight, temperature))
+}
+
+/// A small conv net for 8x8 images.
+fn conv() -> Architecture {
+    Architecture::Conv(imprint_nn::ConvNet {
+        channels: vec![4, 8],
+        kernel: 3,
+        stride: 2,
+        latent: 8,
+    })
+}
+
+/// A tiny ResNet (8 layers) for 8x8 images: it pools its maps, so it reads small crops too.
+fn resnet8() -> Architecture {
+    toml::from_str::<Architecture>("kind = \"resnet\"\ndepth = 8").unwrap()
+}
+
+/// The run's cases of [`resumed_run_equals_uninterrupted_run`]: a dense autoencoder; a conv
+/// net with augmentation and the contrastive term's second view; BYOL's momentum teacher on the
+/// conv net; DINO's teacher and centre on a ResNet with two small crops.
+fn resume_cases() -> Vec<(&'static str, PretrainConfig)> {
+    let mut dense = config(Noise::Masking { fraction: 0.3 }, Reconstruction::Bce);
+    dense.epochs = 4;
+    let mut contrast = dense.clone();
+    contrast.architecture = conv();
+    contrast.augment.shift = 1;
+    contrast.augment.rotate_degrees = 10.0;
+    contrast.pretexts.push(contrastive(0.5, 0.5));
+    let mut byol = contrast.clone();
+    byol.pretexts = vec![PretextConfig::Byol(byol::Settings {
+        hidden: 16,
+        dim: 8,
+        ..byol::Settings::default()
+    })];
+    let mut dino = byol.clone();
+    dino.architecture = resnet8();
+    dino.batch_size = 16;
+    dino.pretexts = vec![PretextConfig::Dino(dino::Settings {
+        hidden: 16,
+        bottleneck: 8,
+        output_dim: 12,
+        crops: LocalCrops {
+            local_crops: 2,
+            local_size: Some(4),
+            local_scale: (0.2, 0.5),
+        },
+        ..dino::Settings::default()
+    })];
+    vec![
+        ("dense", dense),
+        ("contrastive", contrast),
+        ("byol", byol),
+        ("dino", dino),
+    ]
+}
+
 /// A run stopped after an epoch and resumed from its snapshot ends with the weights and
-/// losses of the run that never stopped, for a dense and a conv net with noise (and, for the
-/// conv net, augmentation and the contrastive term's second view) drawn each step: the
-/// random stream must continue, not restart, and the projection head's weights and moments
-/// come back too.
+/// losses of the run that never stopped: the random stream must continue, not restart, and the
+/// heads' weights and moments, the teachers (weights and batch-norm statistics) and DINO's
+/// centre come back too.
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let dev = Cpu::default();
-    let images = bars(300, 8, 2);
-    let mut cfg = config(Noise::Masking { fraction: 0.3 }, Reconstruction::Bce);
-    cfg.epochs = 4;
-    for conv in [false, true] {
-        if conv {
-            cfg.architecture = Architecture::Conv(imprint_nn::ConvNet {
-                channels: vec![4, 8],
-                kernel: 3,
-                stride: 2,
-                latent: 8,
-            });
-            cfg.augment.shift = 1;
-            cfg.augment.rotate_degrees = 10.0;
-            cfg.contrast_weight = 0.5;
-        }
+    let images = bars(200, 8, 2);
+    for (case, cfg) in resume_cases() {
         let weights = |run: &Pretrained<Cpu>| {
             let mut t = run.encoder.named_tensors("encoder");
-            t.extend(run.decoder.as_ref().unwrap().named_tensors("decoder"));
+            if let Some(decoder) = &run.decoder {
+                t.extend(decoder.named_tensors("decoder"));
+            }
             t
         };
         let losses = |run: &Pretrained<Cpu>| {
@@ -163,16 +222,102 @@ fn resumed_run_equals_uninterrupted_run() {
         assert!(crashed.is_err());
         let snapshot = saved.expect("a snapshot after epoch 2");
         assert_eq!(snapshot.state.epochs_done, 2);
+        let held = |prefix: &str| snapshot.tensors.iter().any(|t| t.name.starts_with(prefix));
+        match case {
+            "byol" => assert!(held("byol.teacher.encoder.") && held("byol.teacher.projector.")),
+            "dino" => assert!(held("dino.teacher.head.") && held("dino.center")),
+            _ => {}
+        }
 
         let resumed = pretrain_images(&dev, &images, &cfg, 5, Start::Resume(&snapshot)).unwrap();
-        assert_eq!(weights(&resumed), weights(&whole), "conv {conv}");
-        assert_eq!(losses(&resumed), losses(&whole), "conv {conv}");
+        assert_eq!(weights(&resumed), weights(&whole), "{case}");
+        assert_eq!(losses(&resumed), losses(&whole), "{case}");
 
         let err = pretrain_images(&dev, &images, &cfg, 6, Start::Resume(&snapshot))
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("seed 5, not 6"), "{err}");
+    }
+}
+
+/// BYOL's teacher is no parameter of the run: the optimizer's list leaves it out, a step of
+/// the optimizer leaves it as it was, and only the hook after the step moves it, by the
+/// momentum of the first step towards the student's new weights; its batch-norm statistics
+/// are its own, gathered by its forward passes, and the hook leaves them alone.
+#[test]
+fn the_teacher_is_no_parameter_and_moves_only_after_the_step() {
+    let dev = Cpu::default();
+    let images = pixels(&bars(96, 8, 3));
+    let (_, cfg) = resume_cases().swap_remove(2);
+    let images = Images::new(&images, SIDE8);
+    let (mut task, mut optimizer) =
+        Pretraining::prepare(&dev, images, &cfg, 0, Start::Fresh, Hooks::default()).unwrap();
+    let trained: Vec<String> = task
+        .nets
+        .trainable_mut("")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(trained.iter().any(|n| n.starts_with("byol.predictor.")));
+    assert!(trained.iter().any(|n| n.starts_with("encoder.")));
+    assert!(
+        !trained.iter().any(|n| n.contains("teacher")),
+        "{trained:?}"
+    );
+
+    let tensors = |task: &Pretraining<Cpu>, prefix: &str| -> BTreeMap<String, Vec<f32>> {
+        let all = task.nets.named_tensors("").into_iter();
+        all.filter_map(|t| t.name.strip_prefix(prefix).map(|n| (n.to_string(), t.data)))
+            .collect()
+    };
+    // The teacher starts as a copy of the student.
+    assert_eq!(
+        tensors(&task, "byol.teacher.encoder."),
+        tensors(&task, "encoder.")
+    );
+    let loss = task.loss(0).unwrap();
+    let value = loss.as_vec()[0];
+    let mut grads = loss.backward();
+    let before = tensors(&task, "byol.teacher.");
+    let mut groups: Vec<ParamGroup<'_, Cpu>> = task
+        .groups(0)
+        .into_iter()
+        .map(|g| ParamGroup {
+            lr: 0.01,
+            weight_decay: 0.0,
+            params: g.params,
+        })
+        .collect();
+    optimizer.step(&mut groups, &mut grads).unwrap();
+    drop(groups);
+    assert_eq!(
+        tensors(&task, "byol.teacher."),
+        before,
+        "the step moved the teacher"
+    );
+    let student = tensors(&task, "encoder.");
+    assert_ne!(student, tensors(&task, "byol.teacher.encoder."));
+
+    task.after_step(0, value, &mut optimizer).unwrap();
+    let m = Progress {
+        step: 0,
+        steps: task.steps,
+    }
+    .cosine(0.99, 1.0) as f32;
+    let after = tensors(&task, "byol.teacher.encoder.");
+    for (name, moved) in &after {
+        let was = &before[&format!("encoder.{name}")];
+        if name.contains("running_") {
+            assert_eq!(moved, was, "{name}: the hook moved a statistic");
+            continue;
+        }
+        let expected: Vec<f32> = was
+            .iter()
+            .zip(&student[name])
+            .map(|(t, s)| t * m + s * (1.0 - m))
+            .collect();
+        assert_eq!(moved, &expected, "{name}");
     }
 }
 
@@ -259,7 +404,7 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
         squares.sum::<f32>() / drawn.len() as f32
     };
     let copies_the_moves = error_to_originals(&cfg);
-    cfg.augment_as_noise = true;
+    reconstruction_of(&mut cfg).augment_as_noise = true;
     let undoes_them = error_to_originals(&cfg);
     assert!(
         undoes_them < 0.5 * copies_the_moves,
@@ -267,22 +412,11 @@ fn augmentation_as_noise_learns_to_undo_the_moves() {
     );
 }
 
-/// With the contrastive term the codes of two views of an image find each other: among the
-/// codes of 64 distinct images' second views, the nearest (by cosine) to a first view's code
-/// is its own more often than for the autoencoder alone (58 against 49 when written).
-#[test]
-fn contrastive_term_makes_views_of_an_image_find_each_other() {
+/// Of 64 distinct images (every bar cross once) seen in two views drawn as `cfg` draws them,
+/// how many find their own other view nearest (by the cosine of `encoder`'s codes) among the
+/// 64 second views.
+fn views_that_find_each_other(cfg: &PretrainConfig, encoder: &mut Encoder<Cpu>) -> usize {
     let dev = Cpu::default();
-    let images = bars(600, 8, 5);
-    // Views differ by rotation and masked pixels (a shift would turn one cross into
-    // another, so there would be nothing to find).
-    let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
-    cfg.augment.rotate_degrees = 20.0;
-    cfg.epochs = 20;
-    // Telling single images apart is what a low temperature weighs most (the default 0.5
-    // trades some of it for codes that group alike images: 40 found against 49 here).
-    cfg.contrast_temperature = 0.1;
-    // Every bar cross once: row r, column c.
     let mut distinct = vec![0.0f32; 64 * 64];
     for (i, img) in distinct.chunks_exact_mut(64).enumerate() {
         for k in 0..8 {
@@ -290,49 +424,65 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
             img[k * 8 + i % 8] = 1.0;
         }
     }
-    let views: Vec<Vec<f32>> = (0..2u64)
+    let codes: Vec<Vec<Vec<f32>>> = (0..2u64)
         .map(|v| {
             let mut rng = ChaCha8Rng::seed_from_u64(v);
             let mut view = vec![0.0; distinct.len()];
             augment_batch(&distinct, SIDE8, &cfg.augment, rng.gen(), &mut view);
             let mut hidden = vec![0.0; view.len()];
             corrupt(&mut view, SIDE8, cfg.noise, &mut rng, &mut hidden);
-            view
+            let x: Matrix<Cpu> = dev.tensor_from_vec(view, (64, 64));
+            let z = encoder.forward(x, &mut Pass::eval()).as_vec();
+            z.chunks(z.len() / 64)
+                .map(|c| {
+                    let norm = c.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    c.iter().map(|v| v / norm).collect()
+                })
+                .collect()
         })
         .collect();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    (0..64)
+        .filter(|&i| {
+            let nearest = (0..64)
+                .max_by(|&a, &b| {
+                    let (sa, sb) = (
+                        cosine(&codes[0][i], &codes[1][a]),
+                        cosine(&codes[0][i], &codes[1][b]),
+                    );
+                    sa.total_cmp(&sb)
+                })
+                .unwrap();
+            nearest == i
+        })
+        .count()
+}
+
+/// Views that differ by rotation and masked pixels (a shift would turn one cross into another,
+/// so there would be nothing to find), 20 epochs.
+fn two_view_config() -> PretrainConfig {
+    let mut cfg = config(Noise::Masking { fraction: 0.2 }, Reconstruction::Bce);
+    cfg.augment.rotate_degrees = 20.0;
+    cfg.epochs = 20;
+    cfg
+}
+
+/// With the contrastive term the codes of two views of an image find each other: the nearest
+/// second view to a first view's code is its own more often than for the autoencoder alone
+/// (58 against 49 of 64 when written).
+#[test]
+fn contrastive_term_makes_views_of_an_image_find_each_other() {
+    let dev = Cpu::default();
+    let images = bars(600, 8, 5);
+    let mut cfg = two_view_config();
     let found = |cfg: &PretrainConfig| {
         let mut run = fresh(&dev, &images, cfg, 7);
-        let codes: Vec<Vec<Vec<f32>>> = views
-            .iter()
-            .map(|v| {
-                let x: Matrix<Cpu> = dev.tensor_from_vec(v.clone(), (64, 64));
-                let z = run.encoder.forward(x, &mut Pass::eval()).as_vec();
-                z.chunks(z.len() / 64)
-                    .map(|c| {
-                        let norm = c.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                        c.iter().map(|v| v / norm).collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        (0..64)
-            .filter(|&i| {
-                let nearest = (0..64)
-                    .max_by(|&a, &b| {
-                        let (sa, sb) = (
-                            cosine(&codes[0][i], &codes[1][a]),
-                            cosine(&codes[0][i], &codes[1][b]),
-                        );
-                        sa.total_cmp(&sb)
-                    })
-                    .unwrap();
-                nearest == i
-            })
-            .count()
+        views_that_find_each_other(cfg, &mut run.encoder)
     };
     let alone = found(&cfg);
-    cfg.contrast_weight = 1.0;
+    // Telling single images apart is what a low temperature weighs most (the default 0.5
+    // trades some of it for codes that group alike images: 40 found against 49 here).
+    cfg.pretexts.push(contrastive(1.0, 0.1));
     let with_term = found(&cfg);
     assert!(
         with_term >= alone + 5,
@@ -363,25 +513,25 @@ fn description_names_the_settings_in_use() {
         },
         Reconstruction::Bce,
     );
-    cfg.loss_on_hidden_only = true;
+    reconstruction_of(&mut cfg).loss_on_hidden_only = true;
     cfg.augment.rotate_degrees = 12.0;
     assert_eq!(
         cfg.describe(),
-        "8 epochs of 32 images (lr 0.003, 4x4 patches 50% hidden, BCE loss on the hidden \
-         pixels, rotations ±12°)"
+        "8 epochs of 32 images (lr 0.003, 4x4 patches 50% hidden, rotations ±12°, BCE loss on \
+         the hidden pixels)"
     );
-    cfg.loss_on_hidden_only = false;
-    cfg.augment_as_noise = true;
+    reconstruction_of(&mut cfg).loss_on_hidden_only = false;
+    reconstruction_of(&mut cfg).augment_as_noise = true;
     assert!(
         cfg.describe()
-            .ends_with("BCE loss, rotations ±12° as noise (the original the target))"),
+            .ends_with("rotations ±12°, BCE loss of the original (the moves as noise))"),
         "{}",
         cfg.describe()
     );
-    cfg.contrast_weight = 0.5;
+    cfg.pretexts.push(contrastive(0.5, 0.5));
     assert!(
         cfg.describe()
-            .ends_with("target), contrastive term x0.5 at temperature 0.5)"),
+            .ends_with("(the moves as noise), contrastive x0.5 at temperature 0.5)"),
         "{}",
         cfg.describe()
     );
@@ -389,6 +539,16 @@ fn description_names_the_settings_in_use() {
     assert_eq!(
         plain,
         "8 epochs of 32 images (lr 0.003, no noise, MSE loss)"
+    );
+    let (_, dino) = resume_cases().swap_remove(3);
+    assert!(
+        dino.describe().ends_with(
+            "DINO x1 (12 outputs, student temperature 0.1, teacher 0.04 -> 0.07 over 30% of \
+             the steps, teacher momentum 0.996 -> 1, 2 local crops of 4 px (20-50% of the \
+             image)))"
+        ),
+        "{}",
+        dino.describe()
     );
 }
 
@@ -410,10 +570,10 @@ fn bad_settings_are_rejected_by_name() {
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("augment_rotate"), "{e}");
     cfg.augment.rotate_degrees = 0.0;
-    cfg.augment_as_noise = true;
+    reconstruction_of(&mut cfg).augment_as_noise = true;
     let e = cfg.validate().unwrap_err().to_string();
     assert!(
-        e.contains("augment_as_noise") && e.contains("needs augmentation"),
+        e.contains("pretexts.reconstruction.augment_as_noise") && e.contains("needs augmentation"),
         "{e}"
     );
     cfg.augment.shift = 2;
@@ -421,24 +581,82 @@ fn bad_settings_are_rejected_by_name() {
         patch: 2,
         fraction: 0.5,
     };
-    cfg.loss_on_hidden_only = true;
+    reconstruction_of(&mut cfg).loss_on_hidden_only = true;
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("loss_on_hidden_only"), "{e}");
+
     let mut cfg = config(Noise::None, Reconstruction::Mse);
-    cfg.contrast_weight = 1.0;
+    cfg.pretexts.push(contrastive(1.0, 0.5));
     let e = cfg.validate().unwrap_err().to_string();
     assert!(
-        e.contains("contrast_weight") && e.contains("two different views"),
+        e.contains("`pretexts.contrastive`") && e.contains("two different views"),
         "{e}"
     );
     cfg.noise = Noise::Masking { fraction: 0.2 };
-    cfg.contrast_temperature = 0.0;
+    let cases: [(PretextConfig, &str); 6] = [
+        (contrastive(1.0, 0.0), "pretexts.contrastive.temperature"),
+        (contrastive(-1.0, 0.5), "pretexts.contrastive.weight"),
+        (contrastive(0.0, 0.5), "pretexts.contrastive.weight"),
+        (
+            PretextConfig::Byol(byol::Settings {
+                momentum: 1.5,
+                ..byol::Settings::default()
+            }),
+            "pretexts.byol.momentum",
+        ),
+        (
+            PretextConfig::Dino(dino::Settings {
+                teacher_temperature: 0.0,
+                ..dino::Settings::default()
+            }),
+            "pretexts.dino.teacher_temperature",
+        ),
+        (
+            PretextConfig::Dino(dino::Settings {
+                crops: LocalCrops {
+                    local_crops: 2,
+                    ..LocalCrops::default()
+                },
+                ..dino::Settings::default()
+            }),
+            "pretexts.dino.local_crops",
+        ),
+    ];
+    for (pretext, key) in cases {
+        cfg.pretexts = vec![pretext];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+    }
+    cfg.pretexts = vec![contrastive(1.0, 0.5), contrastive(0.5, 0.5)];
     let e = cfg.validate().unwrap_err().to_string();
-    assert!(e.contains("contrast_temperature"), "{e}");
-    cfg.contrast_temperature = 0.1;
-    cfg.contrast_weight = -1.0;
+    assert!(e.contains("named twice"), "{e}");
+    cfg.pretexts.clear();
     let e = cfg.validate().unwrap_err().to_string();
-    assert!(e.contains("contrast_weight"), "{e}");
+    assert!(e.contains("`pretexts`"), "{e}");
+}
+
+/// Two methods with small crops draw one set: they must ask for the same.
+#[test]
+fn pretexts_must_agree_on_their_small_crops() {
+    let mut cfg = resume_cases().swap_remove(3).1;
+    let crops = |n| LocalCrops {
+        local_crops: n,
+        local_size: Some(4),
+        local_scale: (0.2, 0.5),
+    };
+    let with = |n| {
+        let mut c = contrastive::Settings::new(1.0, 0.5);
+        c.crops = crops(n);
+        PretextConfig::Contrastive(c)
+    };
+    cfg.pretexts.push(with(2));
+    cfg.validate().unwrap();
+    cfg.pretexts[1] = with(3);
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("pretexts.contrastive.local_crops") && e.contains("pretexts.dino"),
+        "{e}"
+    );
 }
 
 /// With rotation prediction alone, the code learns to tell an "L"'s four turns apart: the loss
@@ -458,8 +676,7 @@ fn rotation_pretext_learns_the_turns() {
         }
     }
     let mut cfg = config(Noise::None, Reconstruction::Mse);
-    cfg.reconstruction_weight = 0.0;
-    cfg.rotation_weight = 1.0;
+    cfg.pretexts = vec![PretextConfig::Rotation(rotation::Settings { weight: 1.0 })];
     cfg.architecture = Architecture::Conv(imprint_nn::ConvNet {
         channels: vec![8, 16],
         kernel: 3,
@@ -475,4 +692,202 @@ fn rotation_pretext_learns_the_turns() {
     assert!(first > 1.0, "starts near chance (ln 4 = 1.39): {first}");
     assert!(last < 0.5 * 4f64.ln(), "{first} -> {last}");
     assert!(run.decoder.is_none(), "no reconstruction, no decoder");
+}
+
+/// `[pretrain]` read from TOML `text` after the architecture and epochs.
+fn section(text: &str) -> std::result::Result<PretrainConfig, String> {
+    let head = "epochs = 3\narchitecture = { kind = \"dense\", hidden = [32], latent = 8 }\n";
+    toml::from_str(&format!("{head}{text}")).map_err(|e| e.message().to_string())
+}
+
+/// Files written before `pretexts` keep their meaning: the old keys become the list, ordered
+/// as the losses were taken (reconstruction's last).
+#[test]
+fn old_keys_are_translated_into_the_list() {
+    let old = section(
+        "loss = \"bce\"\nloss_on_hidden_only = false\ncontrast_weight = 1.0\n\
+         contrast_temperature = 0.2\n",
+    )
+    .unwrap();
+    let new = section(
+        "pretexts = [{ kind = \"contrastive\", temperature = 0.2 },\n\
+         { kind = \"reconstruction\", loss = \"bce\" }]\n",
+    )
+    .unwrap();
+    assert_eq!(old, new);
+    // What an older run wrote into its `pipeline.toml`: every key, the unused weights at 0.
+    let resolved = section(
+        "reconstruction_weight = 0.0\ncontrast_weight = 1.0\ncontrast_temperature = 0.2\n\
+         rotation_weight = 0.0\nloss = \"mse\"\nloss_on_hidden_only = false\n\
+         augment_as_noise = false\n",
+    )
+    .unwrap();
+    assert_eq!(resolved.pretexts, vec![contrastive(1.0, 0.2)]);
+    let rotation = section("reconstruction_weight = 0.5\nrotation_weight = 2.0\n").unwrap();
+    assert_eq!(
+        rotation.pretexts,
+        [
+            PretextConfig::Rotation(rotation::Settings { weight: 2.0 }),
+            PretextConfig::Reconstruction(reconstruction::Settings {
+                weight: 0.5,
+                ..Default::default()
+            }),
+        ]
+    );
+    // No key at all: reconstruction alone, as before.
+    assert_eq!(
+        section("").unwrap().pretexts,
+        PretrainConfig::new(conv(), 1).pretexts
+    );
+}
+
+#[test]
+fn old_keys_beside_pretexts_or_meaning_nothing_are_refused() {
+    let e = section("pretexts = [{ kind = \"byol\" }]\ncontrast_temperature = 0.3\n").unwrap_err();
+    assert!(
+        e.contains("`contrast_temperature`")
+            && e.contains("{ kind = \"contrastive\", temperature = ... }"),
+        "{e}"
+    );
+    // All weights 0 read (a `--set` may pass through them), and the check refuses them.
+    let none = section("reconstruction_weight = 0.0\n").unwrap();
+    let e = none.validate().unwrap_err().to_string();
+    assert!(e.contains("nothing would be trained"), "{e}");
+    let e = section("rotation_weight = -1.0\n").unwrap_err();
+    assert!(
+        e.contains("`rotation_weight` must be a non-negative number"),
+        "{e}"
+    );
+    let e = section("pretexts = [{ kind = \"dino\", temprature = 0.1 }]\n").unwrap_err();
+    assert!(e.contains("unknown field `temprature`"), "{e}");
+    let e = section("pretexts = [{ kind = \"simsiam\" }]\n").unwrap_err();
+    assert!(e.contains("unknown variant `simsiam`"), "{e}");
+}
+
+/// What a run writes into its output folder (`pipeline.toml`) reads back as the same
+/// settings, every method with settings away from the defaults.
+#[test]
+fn settings_written_out_read_back_the_same() {
+    let mut cfg = resume_cases().swap_remove(3).1;
+    let mut c = contrastive::Settings::new(0.5, 0.2);
+    c.crops = LocalCrops {
+        local_crops: 2,
+        local_size: Some(4),
+        local_scale: (0.2, 0.5),
+    };
+    cfg.pretexts.extend([
+        PretextConfig::Contrastive(c),
+        PretextConfig::Byol(byol::Settings {
+            momentum: 0.996,
+            ..byol::Settings::default()
+        }),
+        PretextConfig::Rotation(rotation::Settings { weight: 0.3 }),
+        PretextConfig::Reconstruction(reconstruction::Settings {
+            loss: Reconstruction::Bce,
+            augment_as_noise: true,
+            ..Default::default()
+        }),
+    ]);
+    cfg.monitor_labels_per_class = 3;
+    let text = toml::to_string(&cfg).unwrap();
+    let back: PretrainConfig = toml::from_str(&text).unwrap();
+    assert_eq!(back, cfg, "{text}");
+}
+
+/// Multi-crop views: two full-size views and the small crops, each of the asked size, every
+/// one drawn afresh; a run with them trains (the contrastive term pairs each crop with both
+/// full-size views) and repeats.
+#[test]
+fn small_crops_are_drawn_and_trained_on() {
+    let mut cfg = resume_cases().swap_remove(3).1;
+    let mut c = contrastive::Settings::new(1.0, 0.5);
+    c.crops = LocalCrops {
+        local_crops: 3,
+        local_size: Some(4),
+        local_scale: (0.2, 0.5),
+    };
+    cfg.pretexts = vec![PretextConfig::Contrastive(c)];
+    cfg.epochs = 2;
+    let plan = ViewPlan::new(cfg.view_needs().unwrap(), SIDE8);
+    let images = bars(8, 8, 1);
+    let views = draw_views(
+        &images,
+        SIDE8,
+        &plan,
+        &cfg.augment,
+        cfg.noise,
+        &mut ChaCha8Rng::seed_from_u64(0),
+    );
+    assert_eq!(views.global.len(), 2);
+    assert_eq!(views.local.len(), 3);
+    assert!(views.local.iter().all(|v| v.len() == 8 * 16));
+    assert_ne!(views.local[0], views.local[1]);
+    let dev = Cpu::default();
+    let run = fresh(&dev, &bars(200, 8, 2), &cfg, 1);
+    let again = fresh(&dev, &bars(200, 8, 2), &cfg, 1);
+    let losses = |r: &Pretrained<Cpu>| r.history.iter().map(|h| h.train_loss).collect::<Vec<_>>();
+    assert_eq!(losses(&run), losses(&again));
+    assert!(losses(&run).iter().all(|l| l.is_finite()));
+}
+
+/// BYOL, DINO and VICReg learn without negatives and without collapsing: their codes make two
+/// views of an image find each other far more often than an untrained encoder's do (45, 44 and
+/// 44 of 64 against 14 when written; a collapsed encoder, every code alike, would
+/// find next to none).
+#[test]
+fn methods_without_negatives_make_views_of_an_image_find_each_other() {
+    let dev = Cpu::default();
+    let images = bars(600, 8, 5);
+    let base = two_view_config();
+    let rng = &mut ChaCha8Rng::seed_from_u64(7);
+    let mut untrained = Encoder::new(&dev, &base.architecture, SIDE8, rng).unwrap();
+    let before = views_that_find_each_other(&base, &mut untrained);
+    let methods = [
+        PretextConfig::Byol(byol::Settings {
+            hidden: 64,
+            dim: 32,
+            ..byol::Settings::default()
+        }),
+        PretextConfig::Dino(dino::Settings {
+            hidden: 64,
+            bottleneck: 16,
+            output_dim: 64,
+            ..dino::Settings::default()
+        }),
+        PretextConfig::Vicreg(vicreg::Settings {
+            hidden: 64,
+            dim: 64,
+            ..vicreg::Settings::default()
+        }),
+    ];
+    for method in methods {
+        let mut cfg = base.clone();
+        cfg.pretexts = vec![method];
+        let mut run = fresh(&dev, &images, &cfg, 7);
+        let after = views_that_find_each_other(&cfg, &mut run.encoder);
+        assert!(
+            after >= before + 20,
+            "{}: views that found each other, of 64: {after} trained, {before} untrained",
+            cfg.pretexts[0].kind()
+        );
+    }
+}
+
+/// The heads are drawn in the registry's order, so the list's order (the order the losses are
+/// taken in) leaves the initial weights as they are.
+#[test]
+fn the_order_of_the_list_leaves_the_init_alone() {
+    let dev = Cpu::default();
+    let mut cfg = two_view_config();
+    cfg.pretexts.push(contrastive(1.0, 0.5));
+    let init = |cfg: &PretrainConfig| {
+        let rng = &mut ChaCha8Rng::seed_from_u64(3);
+        let nets = Nets::new(&dev, cfg, SIDE8, None, None, rng).unwrap();
+        let mut tensors = nets.named_tensors("");
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    };
+    let forward = init(&cfg);
+    cfg.pretexts.reverse();
+    assert_eq!(init(&cfg), forward);
 }

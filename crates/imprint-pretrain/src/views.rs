@@ -2,7 +2,8 @@
 //! and corrupted by the noise, drawn afresh for every view.
 
 use crate::config::Noise;
-use imprint_data::augment::{augment_batch, Augment};
+use crate::pretext::ViewNeeds;
+use imprint_data::augment::{augment_batch, augment_batch_to, Augment};
 use imprint_data::ImageShape;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -76,17 +77,43 @@ pub(crate) fn corrupt(
 
 /// One training batch as the pretexts see it.
 pub(crate) struct Views {
-    /// What the encoder reads first: the moved, corrupted images.
-    pub input: Vec<f32>,
-    /// What the decoder must draw: the moved images (the originals with `augment_as_noise`).
+    /// The full-size views, each the batch moved and corrupted afresh, the first first.
+    pub global: Vec<Vec<f32>>,
+    /// What the decoder must draw from the first view: its moved images (the originals with
+    /// [`ViewPlan::original_target`]).
     pub target: Vec<f32>,
     /// 1 where the first view's patches were hidden.
     pub hidden: Vec<f32>,
-    /// A second view of each image, moved and corrupted afresh, for the contrastive term.
-    pub second: Option<Vec<f32>>,
-    /// Quarter turns of each image of the first view (input, target and mask alike), for the
-    /// rotation pretext.
+    /// Quarter turns of each image of the first view (input, target and mask alike), with
+    /// [`ViewPlan::turned`].
     pub turns: Option<Vec<usize>>,
+    /// The small crops, each the batch cropped, moved and corrupted afresh.
+    pub local: Vec<Vec<f32>>,
+}
+
+/// The views a step draws: what every pretext of the run needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ViewPlan {
+    pub global: usize,
+    pub turned: bool,
+    pub original_target: bool,
+    /// How many small crops, their shape, and the range of the share of the image they cover.
+    pub local: Option<(usize, ImageShape, (f64, f64))>,
+}
+
+impl ViewPlan {
+    /// The plan for `needs` (merged over the pretexts, see [`crate::PretrainConfig`]) on images
+    /// of `input`.
+    pub fn new(needs: ViewNeeds, input: ImageShape) -> Self {
+        Self {
+            global: needs.global,
+            turned: needs.turned,
+            original_target: needs.original_target,
+            local: needs
+                .local
+                .map(|c| (c.local_crops, c.shape(input), c.local_scale)),
+        }
+    }
 }
 
 /// `img` (channel by channel) turned counter-clockwise by `turns` quarter turns; a turn by 90°
@@ -127,39 +154,58 @@ fn turn_each(batches: &mut [&mut Vec<f32>], shape: ImageShape, rng: &mut impl Rn
 }
 
 /// Draws the views of `original` (a batch of images of `shape`) in a fixed order: the first
-/// view's move, its corruption, its turns (with the rotation pretext), then the second view's
-/// move and corruption.
+/// view's move, its corruption, its turns (with [`ViewPlan::turned`]); then each further
+/// full-size view's move and corruption; then each small crop's crop-and-move and corruption.
 pub(crate) fn draw_views(
     original: &[f32],
     shape: ImageShape,
-    cfg: &crate::PretrainConfig,
-    two: bool,
+    plan: &ViewPlan,
+    augment: &Augment,
+    noise: Noise,
     rng: &mut impl Rng,
 ) -> Views {
     let len = original.len();
+    let mut global = Vec::with_capacity(plan.global);
     let mut target = vec![0.0; len];
-    move_batch(original, shape, &cfg.augment, rng, &mut target);
+    move_batch(original, shape, augment, rng, &mut target);
     let mut input = target.clone();
-    if cfg.augment_as_noise {
+    if plan.original_target {
         target.copy_from_slice(original);
     }
     let mut hidden = vec![0.0; len];
-    corrupt(&mut input, shape, cfg.noise, rng, &mut hidden);
-    let turns = (cfg.rotation_weight > 0.0)
+    corrupt(&mut input, shape, noise, rng, &mut hidden);
+    let turns = plan
+        .turned
         .then(|| turn_each(&mut [&mut input, &mut target, &mut hidden], shape, rng));
-    let second = two.then(|| {
+    global.push(input);
+    for _ in 1..plan.global {
         let mut view = vec![0.0; len];
-        move_batch(original, shape, &cfg.augment, rng, &mut view);
+        move_batch(original, shape, augment, rng, &mut view);
         let mut view_hidden = vec![0.0; len];
-        corrupt(&mut view, shape, cfg.noise, rng, &mut view_hidden);
-        view
-    });
+        corrupt(&mut view, shape, noise, rng, &mut view_hidden);
+        global.push(view);
+    }
+    let mut local = Vec::new();
+    if let Some((count, crop, scale)) = plan.local {
+        let cropping = Augment {
+            crop_scale: Some(scale),
+            ..*augment
+        };
+        let crop_len = len / shape.len() * crop.len();
+        for _ in 0..count {
+            let mut view = vec![0.0; crop_len];
+            augment_batch_to(original, shape, &cropping, rng.gen(), crop, &mut view);
+            let mut view_hidden = vec![0.0; crop_len];
+            corrupt(&mut view, crop, noise, rng, &mut view_hidden);
+            local.push(view);
+        }
+    }
     Views {
-        input,
+        global,
         target,
         hidden,
-        second,
         turns,
+        local,
     }
 }
 

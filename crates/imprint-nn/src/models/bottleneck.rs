@@ -140,6 +140,11 @@ impl Kind for BottleneckNet {
         self.blocks().map(drop)
     }
 
+    // Global average pooling before the features.
+    fn any_size(&self) -> bool {
+        true
+    }
+
     fn fits(&self, input: ImageShape) -> Result<(), String> {
         self.levels(input).map(drop)
     }

@@ -82,6 +82,11 @@ impl Kind for ConvNet {
         }
     }
 
+    // The last maps are flattened into a linear layer of one size.
+    fn any_size(&self) -> bool {
+        false
+    }
+
     fn fits(&self, input: ImageShape) -> Result<(), String> {
         self.stages(input).map(drop)
     }

@@ -40,6 +40,10 @@ impl Kind for DenseNet {
         }
     }
 
+    fn any_size(&self) -> bool {
+        false
+    }
+
     fn fits(&self, _input: ImageShape) -> Result<(), String> {
         Ok(())
     }

@@ -57,6 +57,9 @@ trait Kind {
     fn check_widths(&self) -> std::result::Result<(), String>;
     /// Checks that the layers fit images of `input`'s size; widths are checked first.
     fn fits(&self, input: ImageShape) -> std::result::Result<(), String>;
+    /// Whether the encoder takes images of any size that [`fits`](Kind::fits), not only the
+    /// one it was built for (its features pooled over the image, not flattened).
+    fn any_size(&self) -> bool;
     fn describe(&self, input: ImageShape) -> String;
     /// Trainable values of the encoder and its decoder on images of `input`; `None` when the
     /// layers do not fit the images or the count overflows.
@@ -127,6 +130,12 @@ impl Architecture {
 
     pub fn describe(&self, input: ImageShape) -> String {
         each_kind!(self, k => k.describe(input))
+    }
+
+    /// Whether the encoder takes images of other sizes than its input's (see
+    /// [`Encoder::forward_at`]).
+    pub fn any_size(&self) -> bool {
+        each_kind!(self, k => k.any_size())
     }
 
     /// Trainable values of the encoder and its decoder on images of `input`, counted without
@@ -310,12 +319,23 @@ impl<D: ImprintDevice> Encoder<D> {
         x: Matrix<D, T>,
         pass: &mut Pass,
     ) -> Matrix<D, T> {
+        self.forward_at(x, self.input, pass)
+    }
+
+    /// Features of images `x` of `shape` (same channels as the input), for an architecture that
+    /// takes [any size](Architecture::any_size): the small crops of multi-crop views.
+    pub fn forward_at<T: Tape<f32, D> + Merge<T>>(
+        &mut self,
+        x: Matrix<D, T>,
+        shape: ImageShape,
+        pass: &mut Pass,
+    ) -> Matrix<D, T> {
         let x = match &self.normalize {
-            Some(n) => normalize(x, n, self.input),
+            Some(n) => normalize(x, n, shape),
             None => x,
         };
         let x = if self.takes_maps() {
-            Act::Maps(Act::Flat(x).into_maps(self.input))
+            Act::Maps(Act::Flat(x).into_maps(shape))
         } else {
             Act::Flat(x)
         };

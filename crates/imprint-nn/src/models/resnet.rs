@@ -57,6 +57,11 @@ impl Kind for ResNet {
         self.plan().map(drop)
     }
 
+    // Global average pooling before the features.
+    fn any_size(&self) -> bool {
+        true
+    }
+
     fn fits(&self, input: ImageShape) -> Result<(), String> {
         self.plan()?.levels(input).map(drop)
     }

@@ -456,3 +456,22 @@ fn activations_are_counted_from_the_layer_sizes() {
     });
     assert!(huge.activations(shape(3, 32, 32)).unwrap().total > 100_000_000_000);
 }
+
+/// A ResNet pools its last maps, so it reads images smaller than it was built for (multi-crop's
+/// small views) into features of the same width; nets that flatten their maps take one size.
+#[test]
+fn a_resnet_reads_other_sizes_and_says_so() {
+    let arch = resnet(8, None);
+    assert!(arch.any_size());
+    assert!(!conv_arch().any_size());
+    let mut enc = encoder(&arch, shape(3, 32, 32), 1);
+    let dev = Cpu::default();
+    let small = shape(3, 16, 16);
+    let x: Matrix<Cpu> = dev.tensor_from_vec(
+        (0..2 * small.len()).map(|i| (i % 7) as f32 / 7.0).collect(),
+        (2, small.len()),
+    );
+    let z = enc.forward_at(x, small, &mut Pass::eval());
+    assert_eq!(*z.shape(), (2, enc.features()));
+    assert!(z.as_vec().iter().all(|v| v.is_finite()));
+}
