@@ -62,15 +62,22 @@ impl Bars {
         }
     }
 
-    /// Moves the job `name` (begun anew when another was on) to `done` of `total` units of
-    /// `unit`, with `detail` (the loss, say).
-    fn advance(&self, name: &str, unit: &str, done: u64, total: u64, detail: &str) {
+    /// Moves the job `name` (begun anew when another was on) to `done` of `total` units
+    /// (`unit`, and `units` for the rate), with `detail` (the loss, say).
+    fn advance(
+        &self,
+        name: &str,
+        (unit, units): (&str, &str),
+        done: u64,
+        total: u64,
+        detail: &str,
+    ) {
         let mut slot = self.job.borrow_mut();
         if slot.as_ref().is_none_or(|j| j.name != name) {
             if let Some(bar) = slot.take().and_then(|j| j.bar) {
                 bar.finish_and_clear();
             }
-            let bar = self.terminal.then(|| new_bar(unit));
+            let bar = self.terminal.then(|| new_bar(units));
             *slot = Some(Job {
                 name: name.to_string(),
                 started: Instant::now(),
@@ -104,23 +111,23 @@ impl Bars {
                 d => format!(", {d}"),
             };
             eprintln!(
-                "{name}: {unit} {done}/{total}{detail}, {} {unit}s/s{left}",
+                "{name}: {unit} {done}/{total}{detail}, {} {units}/s{left}",
                 rate_text(rate)
             );
         }
     }
 }
 
-/// A bar: prefix, bar, position, the job's message, its rate and the time left.
-fn new_bar(unit: &str) -> ProgressBar {
-    let unit = unit.to_string();
+/// A bar: prefix, bar, position, the job's message, its rate in `units` and the time left.
+fn new_bar(units: &str) -> ProgressBar {
+    let units = units.to_string();
     let style =
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}{msg}, {rate}, {eta} left")
             .expect("valid template")
             .with_key(
                 "rate",
                 move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{} {unit}s/s", rate_text(s.per_sec()));
+                    let _ = write!(w, "{} {units}/s", rate_text(s.per_sec()));
                 },
             )
             .progress_chars("=> ");
@@ -170,7 +177,7 @@ impl Observer for Bars {
     }
 
     fn progress(&self, job: &str, done: usize, total: usize) {
-        self.advance(job, "image", done as u64, total as u64, "");
+        self.advance(job, ("image", "images"), done as u64, total as u64, "");
     }
 
     fn pretrain_batch(
@@ -186,7 +193,7 @@ impl Observer for Bars {
         let at = (epoch * total + done) as u64;
         self.advance(
             &format!("pre-training seed {seed}"),
-            "batch",
+            ("batch", "batches"),
             at,
             all,
             &format!("epoch {}/{epochs}, loss {loss:.4}", epoch + 1),
@@ -223,7 +230,7 @@ impl Observer for Bars {
         };
         self.advance(
             &name,
-            "step",
+            ("step", "steps"),
             done as u64,
             total as u64,
             &format!("loss {loss:.4}"),
