@@ -252,6 +252,13 @@ fn routes_of_different_architectures_stand_in_one_table() {
     let (train, test) = photos(t);
     let wide = "pretrain.architecture={kind=\"resnet\",depth=8,widths=[8,8,16]}";
     let net = trained_network(t, "net", &train, wide, 30);
+    // As `import` writes it: the file the network was read from, which the report names too.
+    let sidecar = net.with_file_name("model.json");
+    let mut side = read_json(&sidecar);
+    side["started_from"] = serde_json::json!({
+        "path": "elsewhere/net.pth", "bytes": 1234, "sha256": "ab12cd34"
+    });
+    std::fs::write(&sidecar, side.to_string()).unwrap();
     let out = t.join("cmp");
     let imported = format!("compare.imported=\"{}\"", arg(&net));
     let args = [
@@ -302,6 +309,7 @@ fn routes_of_different_architectures_stand_in_one_table() {
     for needle in [
         arg(&net),
         digest.as_str(),
+        "made from `elsewhere/net.pth` (sha256 ab12cd34)",
         "Route `self`",
         "Route `imported`",
         "pretrain/seed-0/encoder.safetensors",

@@ -262,8 +262,9 @@ impl Observer for Bars {
                 (0, _) | (_, true) => String::new(),
                 (rest, false) => {
                     let mean = grid.seconds.iter().sum::<f64>() / grid.seconds.len() as f64;
+                    let runs = if rest == 1 { "run" } else { "runs" };
                     format!(
-                        "; {rest} runs left, about {} of fine-tuning",
+                        "; {rest} {runs} left, about {} of fine-tuning",
                         duration(mean * rest as f64)
                     )
                 }

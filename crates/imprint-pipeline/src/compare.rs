@@ -631,8 +631,14 @@ impl Pretrained<'_> {
         }
         if let Some(net) = self.imported {
             let arch = net.start.architecture.describe(shape);
+            let made_from = net
+                .start
+                .origin
+                .as_ref()
+                .map(|o| format!(", made from `{}` (sha256 {})", o.path, o.sha256))
+                .unwrap_or_default();
             let origin = format!(
-                "`{}` (sha256 {})",
+                "`{}` (sha256 {}){made_from}",
                 net.start.source.path, net.start.source.sha256
             );
             if ran(Some(Route::Imported)) {

@@ -34,6 +34,9 @@ pub struct StartPoint {
     pub preprocess: Preprocess,
     /// The file, its size and digest, for the new model's sidecar.
     pub source: SourceFile,
+    /// The file this one was made from (the PyTorch checkpoint of an imported network), as its
+    /// sidecar records it.
+    pub origin: Option<SourceFile>,
     /// A classifier's linear head; `None` for an encoder or a kNN classifier.
     pub head: Option<OldHead>,
 }
@@ -41,19 +44,22 @@ pub struct StartPoint {
 impl StartPoint {
     /// Reads the sidecar beside `weights`, an encoder's or a classifier's.
     pub fn read(weights: &Path) -> Result<Self> {
-        let (architecture, input, preprocess, classes) = match read_sidecar(&sidecar_path(weights))?
-        {
-            Sidecar::Encoder(s) => (s.architecture, s.input, s.preprocess, None),
-            Sidecar::Model(s) => {
-                let linear = s.knn.is_none();
-                (
-                    s.architecture,
-                    s.input,
-                    s.preprocess,
-                    linear.then_some(s.classes),
-                )
-            }
-        };
+        let (architecture, input, preprocess, classes, origin) =
+            match read_sidecar(&sidecar_path(weights))? {
+                Sidecar::Encoder(s) => {
+                    (s.architecture, s.input, s.preprocess, None, s.started_from)
+                }
+                Sidecar::Model(s) => {
+                    let linear = s.knn.is_none();
+                    (
+                        s.architecture,
+                        s.input,
+                        s.preprocess,
+                        linear.then_some(s.classes),
+                        s.started_from,
+                    )
+                }
+            };
         let head = match classes {
             Some(classes) => old_head(weights, classes)?,
             None => None,
@@ -69,6 +75,7 @@ impl StartPoint {
                 bytes,
                 sha256,
             },
+            origin,
             head,
         })
     }

@@ -375,49 +375,47 @@ pub fn plot_curves_on_two_axes(
         if right.is_some() {
             builder.right_y_label_area_size(80);
         }
+        // The right-hand axis is set before the primary mesh is drawn, which takes the right
+        // label area away from it: drawn first, the loss's ticks land on the right too.
         let mut chart = builder
             .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
-            .map_err(&err)?;
+            .map_err(&err)?
+            .set_secondary_coord(x_lo..x_hi, r_lo..r_hi);
         house_style(&mut chart.configure_mesh())
             .x_desc("epoch")
             .y_desc(y_label)
             .x_label_formatter(&|x| fmt_tick(*x))
             .draw()
             .map_err(&err)?;
-        let mut chart = match right {
-            Some((label, curves)) if !right_points.is_empty() => {
-                let mut chart = chart.set_secondary_coord(x_lo..x_hi, r_lo..r_hi);
+        if let Some((label, curves)) = right.filter(|_| !right_points.is_empty()) {
+            chart
+                .configure_secondary_axes()
+                .y_desc(label)
+                .y_label_formatter(&|y| fmt_tick(*y))
+                .axis_desc_style((FONT, 18))
+                .label_style((FONT, 15))
+                .draw()
+                .map_err(&err)?;
+            for (j, (name, points)) in curves.iter().enumerate() {
+                let c = colour(series.len() + j);
+                let pts: Vec<(f64, f64)> = points.iter().filter(finite).copied().collect();
                 chart
-                    .configure_secondary_axes()
-                    .y_desc(label)
-                    .y_label_formatter(&|y| fmt_tick(*y))
-                    .axis_desc_style((FONT, 18))
-                    .label_style((FONT, 15))
-                    .draw()
+                    .draw_secondary_series(DashedLineSeries::new(
+                        pts.iter().copied(),
+                        10,
+                        5,
+                        c.stroke_width(3),
+                    ))
+                    .map_err(&err)?
+                    .label(format!("{name} (right axis)"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
+                    });
+                chart
+                    .draw_secondary_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
                     .map_err(&err)?;
-                for (j, (name, points)) in curves.iter().enumerate() {
-                    let c = colour(series.len() + j);
-                    let pts: Vec<(f64, f64)> = points.iter().filter(finite).copied().collect();
-                    chart
-                        .draw_secondary_series(DashedLineSeries::new(
-                            pts.iter().copied(),
-                            10,
-                            5,
-                            c.stroke_width(3),
-                        ))
-                        .map_err(&err)?
-                        .label(format!("{name} (right axis)"))
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
-                        });
-                    chart
-                        .draw_secondary_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-                        .map_err(&err)?;
-                }
-                chart
             }
-            _ => chart.set_secondary_coord(x_lo..x_hi, r_lo..r_hi),
-        };
+        }
         for (i, (name, points)) in series.iter().enumerate() {
             let c = colour(i);
             let pts: Vec<(f64, f64)> = points.iter().filter(finite).copied().collect();
