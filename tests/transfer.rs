@@ -279,6 +279,7 @@ fn routes_of_different_architectures_stand_in_one_table() {
         &args,
         "--set compare.routes=[\"self\",\"imported\"] --strategies scratch,probe \
          --labels-per-class 3 --seeds 0 --epochs 1 --steps 6 --set pretrain.batch_size=8 \
+         --set pretrain.monitor_labels_per_class=0 \
          --set data.preprocess.channels=1 --set data.preprocess.height=8 \
          --set data.preprocess.width=8 --set data.preprocess.mean=[0.5] \
          --set data.preprocess.std=[0.25] --keep-models",

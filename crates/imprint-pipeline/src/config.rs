@@ -371,11 +371,6 @@ impl Pipeline {
         Self::checked_with(read, &path.display().to_string(), settings, overrides)
     }
 
-    /// The built-in pipeline ([`DEFAULTS_TOML`]) with `settings`.
-    pub fn defaults_with_settings(settings: &[String]) -> Result<Pipeline> {
-        Self::defaults_with_overrides(settings, &Overrides::default())
-    }
-
     /// The built-in pipeline ([`DEFAULTS_TOML`]) with `settings` and `overrides`, for a job run
     /// without a pipeline file; its name is the data folder's.
     pub fn defaults_with_overrides(settings: &[String], overrides: &Overrides) -> Result<Pipeline> {
@@ -1014,7 +1009,8 @@ seeds = [0]
                 "defaults.toml lacks [{section}]"
             );
         }
-        let p = Pipeline::defaults_with_settings(&[]).unwrap();
+        // Unchecked: the built-in pipeline takes its name from the data it is given.
+        let p = Pipeline::with_settings(DEFAULTS_TOML, BUILT_IN, &[]).unwrap();
         assert_eq!(p, *DEFAULTS);
         assert_eq!(
             (p.data.labeled.clone(), p.data.unlabeled.clone()),

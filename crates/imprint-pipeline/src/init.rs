@@ -287,7 +287,7 @@ mod tests {
         assert!(text.contains("cat 1000, dog 1000"), "{text}");
         assert!(text.contains("median side 375 px"), "{text}");
         // The built-in pretexts and recipe are kept as they are.
-        let builtin = Pipeline::defaults_with_settings(&[]).unwrap();
+        let builtin: Pipeline = toml::from_str(DEFAULTS_TOML).unwrap();
         assert_eq!(p.finetune, builtin.finetune);
         assert_eq!(p.pretrain.architecture, builtin.pretrain.architecture);
     }
