@@ -186,21 +186,30 @@ fn encoder_checkpoint_of_another_architecture() {
     let before = snapshot(&pre);
     let encoder = pre.join("encoder.safetensors");
 
-    // A comparison needs its imported network to be the pipeline's architecture, so that
-    // scratch and every route train the same net: refused before anything is written.
+    // A comparison runs the imported network as it is, beside scratch of the pipeline's own
+    // architecture, and its report says which is which.
     let compared = t.join("compared");
     let imported = format!("compare.imported=\"{}\"", encoder.display());
     let routes = ["--set", "compare.routes=[\"imported\"]", "--set", &imported];
-    let run = imprint(t, &run_args(&wide, &compared, &routes));
-    run.assert_error_after_progress(&[
-        arg(&encoder),
-        "architecture mismatch",
-        "64-16-8",
-        "64-24-8",
+    imprint(t, &run_args(&wide, &compared, &routes)).assert_success();
+    let report = std::fs::read_to_string(compared.join("report.md")).unwrap();
+    for needle in ["dense 64-16-8", "dense 64-24-8", arg(&encoder)] {
+        assert!(report.contains(needle), "no {needle:?} in\n{report}");
+    }
+    // Its input size must be the data's: refused before anything is written.
+    let resized = t.join("resized");
+    let mut six = routes.to_vec();
+    six.extend([
+        "--set",
+        "data.preprocess.height=6",
+        "--set",
+        "data.preprocess.width=6",
     ]);
+    let run = imprint(t, &run_args(&wide, &resized, &six));
+    run.assert_error_after_progress(&[arg(&encoder), "takes 1x8x8 images", "the data is 1x6x6"]);
     assert_eq!(snapshot(&pre), before, "the checkpoint changed");
     assert!(
-        std::fs::read_dir(&compared).map_or(true, |mut d| d.next().is_none()),
+        std::fs::read_dir(&resized).map_or(true, |mut d| d.next().is_none()),
         "the refused comparison wrote into its folder"
     );
 

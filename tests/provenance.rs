@@ -85,7 +85,7 @@ fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
     assert_eq!(side["git_revision"], run["git_revision"], "{side}");
 
     let encoder = pre.join("encoder.safetensors");
-    // no --strategy: the default one
+    // no --strategy: the default one from a given network, probe
     let mut args = vec![
         "finetune",
         "--pipeline",
@@ -99,7 +99,7 @@ fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
     let run = check_run_json(&ft, "finetune", &[3]);
     assert_eq!(
         stage_names(&run),
-        ["load data", "load encoder", "k2-seed3-full"]
+        ["load data", "load encoder", "k2-seed3-probe"]
     );
 
     imprint(
@@ -148,7 +148,7 @@ fn every_job_writes_run_json_and_inspect_reads_checkpoints() {
     let shown = imprint(t, &["inspect", arg(&ft.join("model.safetensors"))]);
     shown.assert_success();
     assert!(lists_tensor(&shown.stdout, "head.weight", "[2, 8]"));
-    shown.assert_stdout_has(&["classifier", "classes (2): a b", "strategy full"]);
+    shown.assert_stdout_has(&["classifier", "classes (2): a b", "strategy probe"]);
 }
 
 /// Whether `inspect` output lists a tensor `name` of `shape` (`[a, b]`) on a line of its own.

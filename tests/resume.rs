@@ -132,9 +132,10 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     }
 }
 
-/// `pretrain --threads 2 --epochs 400 --out OUT`, then `extra`.
+/// `pretrain --pipeline pipelines/digits.toml --threads 2 --epochs 400 --out OUT`, then `extra`.
 fn pretrain_400<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args: Vec<&str> = words("pretrain --threads 2 --epochs 400 --out");
+    let mut args: Vec<&str> =
+        words("pretrain --pipeline pipelines/digits.toml --threads 2 --epochs 400 --out");
     args.push(arg(out));
     args.extend(extra);
     args
@@ -197,7 +198,8 @@ fn run_resume_reuses_a_pretraining_made_beforehand() {
     let pre = staged.join("pretrain/seed-0");
     let grid = "--threads 2 --epochs 3 --steps 20 --seeds 0 --labels-per-class 2 \
                 --strategies scratch,probe-then-full";
-    let mut pretrain = words("pretrain --threads 2 --epochs 3 --out");
+    let mut pretrain =
+        words("pretrain --pipeline pipelines/digits.toml --threads 2 --epochs 3 --out");
     pretrain.push(arg(&pre));
     in_workspace(&pretrain).assert_success();
     let encoder = pre.join("encoder.safetensors");

@@ -11,8 +11,8 @@ use imprint_data::{ReadFailure, SourceRecord};
 use imprint_finetune::Strategy;
 use imprint_pipeline::config::check_budget_settings;
 use imprint_pipeline::{
-    checkpoint_inputs, prepare_output_dir, prepare_output_file, Input, Labels, Observer, OutputDir,
-    Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
+    checkpoint_inputs, prepare_output_dir, prepare_output_file, CompareOptions, Input, Labels,
+    Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
 };
 use progress::Bars;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,8 @@ use std::process::ExitCode;
 #[command(
     name = "imprint",
     version,
-    about = "Autoencoder pre-training and few-label fine-tuning for images"
+    about = "Self-supervised pre-training (contrast, reconstruction, rotation) and few-label \
+             fine-tuning for images, from scratch or from a network trained elsewhere"
 )]
 struct Cli {
     /// Worker threads (default: all cores).
@@ -42,6 +43,10 @@ struct ComparisonArgs {
     /// Complete an interrupted run in --out: keep its finished runs and pre-trainings.
     #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Keep each run's fine-tuned model (model.safetensors + model.json in its folder); the
+    /// report names the one to deploy.
+    #[arg(long)]
+    keep_models: bool,
 }
 
 #[derive(Subcommand)]
@@ -53,15 +58,17 @@ enum Command {
         #[command(flatten)]
         comparison: ComparisonArgs,
     },
-    /// Same as `run`, with the pipeline as a flag (default: pipelines/digits.toml).
+    /// Same as `run`, with the pipeline as a flag (without one, the built-in settings for photos
+    /// and the data of --labeled, --unlabeled, --test).
     Compare {
         /// Pipeline file (TOML) giving the data and settings.
-        #[arg(long, default_value = "pipelines/digits.toml")]
-        pipeline: PathBuf,
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
         #[command(flatten)]
         comparison: ComparisonArgs,
     },
-    /// Pre-train the autoencoder on unlabeled images; writes encoder weights, loss curves, pictures.
+    /// Pre-train an encoder on unlabeled images by the pipeline's pretexts (by default contrast
+    /// between two views of each photo); writes its weights, loss curves and pictures.
     Pretrain {
         #[command(flatten)]
         job: JobArgs,
@@ -76,9 +83,10 @@ enum Command {
         /// needed for scratch.
         #[arg(long, alias = "encoder")]
         init: Option<PathBuf>,
-        /// scratch, probe (frozen encoder, new head), full, or probe-then-full.
-        #[arg(long, default_value = "full")]
-        strategy: Strategy,
+        /// How the classifier is trained (default: probe with --init, the network kept as it
+        /// is and a new head trained; scratch without).
+        #[arg(long, value_parser = strategy_parser())]
+        strategy: Option<Strategy>,
         /// Labeled images per class drawn from the labeled source.
         #[arg(long, default_value_t = 10)]
         labels_per_class: usize,
@@ -87,7 +95,8 @@ enum Command {
         #[arg(long, conflicts_with = "labels_per_class")]
         all_labels: bool,
     },
-    /// Classify images with a fine-tuned model into a CSV `path,predicted,confidence`.
+    /// Classify images with a fine-tuned model into a CSV `path,predicted,confidence` (and, with
+    /// --top K, the next likeliest classes).
     Predict {
         /// `model.safetensors` written by `finetune` (its `model.json` beside it).
         #[arg(long)]
@@ -105,6 +114,10 @@ enum Command {
         /// cache, and as many images run at once as a quarter of it holds the activations of.
         #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
         memory_budget_mb: u64,
+        /// Also write the next likeliest classes, up to this many in all (columns
+        /// predicted_2,confidence_2, ...).
+        #[arg(long, default_value_t = 1)]
+        top: usize,
     },
     /// Score a classifier on labeled images: accuracy, per-class accuracy, confusion matrix.
     Evaluate {
@@ -124,6 +137,18 @@ enum Command {
         /// cache, and as many images run at once as a quarter of it holds the activations of.
         #[arg(long, default_value_t = imprint_data::DEFAULT_MEMORY_BUDGET_MB)]
         memory_budget_mb: u64,
+    },
+    /// Write a commented pipeline file for a folder of images: its classes and counts, the
+    /// sizes seen, and the built-in settings sized for it and for this machine's cores.
+    Init {
+        /// A folder with a sub-folder of images per class, or of unlabeled images.
+        dir: PathBuf,
+        /// The file to write (default: the folder's name with `.toml`, here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Read a network trained elsewhere (PyTorch .pt/.pth/.th/.ckpt, zip or legacy, or
     /// safetensors) into one of our architectures: writes model.safetensors + model.json (or
@@ -317,9 +342,10 @@ struct Common {
 /// What `pretrain` and `finetune` share: one pipeline, one seed, the output options, resuming.
 #[derive(Args)]
 struct JobArgs {
-    /// Pipeline file (TOML) giving the data and settings.
-    #[arg(long, default_value = "pipelines/digits.toml")]
-    pipeline: PathBuf,
+    /// Pipeline file (TOML) giving the data and settings; without one, the built-in settings
+    /// for photos (`imprint init` writes them out) and the data of --unlabeled, --labeled, --test.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
     /// Seed of the job's random choices: initialisation, corruption and batches, and
     /// finetune's labeled draw.
     #[arg(long, default_value_t = 0)]
@@ -338,15 +364,15 @@ impl JobArgs {
     fn resolve(&self, job: &str, inputs: &[Input]) -> Result<(Pipeline, OutputDir)> {
         let grid = Grid::default();
         self.common
-            .resolve(&self.pipeline, job, &grid, self.resume, inputs)
+            .resolve(self.pipeline.as_deref(), job, &grid, self.resume, inputs)
     }
 }
 
 /// The comparison grid; `finetune` names its single strategy, budget and seed instead.
 #[derive(Args, Default)]
 struct Grid {
-    /// Strategies to compare, comma-separated: scratch, probe, full, probe-then-full.
-    #[arg(long, value_delimiter = ',')]
+    /// Strategies to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = strategy_parser())]
     strategies: Option<Vec<Strategy>>,
     /// Labeled images per class to fine-tune on, comma-separated budgets, e.g. 10,100.
     #[arg(long = "labels-per-class", value_delimiter = ',')]
@@ -361,7 +387,7 @@ impl Common {
     /// With `resume`, an existing output folder is accepted (the job checks its content).
     fn resolve(
         &self,
-        path: &Path,
+        path: Option<&Path>,
         job: &str,
         grid: &Grid,
         resume: bool,
@@ -380,7 +406,10 @@ impl Common {
             seeds: grid.seeds.clone(),
             max_unlabeled: self.max_unlabeled,
         };
-        let p = Pipeline::from_file_with_overrides(path, &self.settings, &overrides)?;
+        let p = match path {
+            Some(path) => Pipeline::from_file_with_overrides(path, &self.settings, &overrides)?,
+            None => Pipeline::defaults_with_overrides(&self.settings, &overrides)?,
+        };
         let out = self
             .out
             .clone()
@@ -425,35 +454,16 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Run {
             pipeline,
             comparison,
-        }
-        | Command::Compare {
+        } => compare_command(Some(pipeline), comparison, &bars)?,
+        Command::Compare {
             pipeline,
             comparison,
-        } => {
-            let ComparisonArgs {
-                common,
-                grid,
-                resume,
-            } = comparison;
-            let (p, out) = common.resolve(&pipeline, "", &grid, resume, &[])?;
-            check_budget_settings(&common.settings, &p.compare.labels_per_class)?;
-            let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
-            let data = log.time("load data", || Prepared::load(&p, &bars))?;
-            for line in log.products_lines() {
-                bars.info(&line);
-            }
-            let outcome =
-                imprint_pipeline::compare(&p, &data, out.path(), &bars, &mut log, resume)?;
-            let out = out.finish()?;
-            bars.finish();
-            println!("\n{}", outcome.table);
-            println!("results, summary, report and plot in {}", out.display());
-        }
+        } => compare_command(pipeline, comparison, &bars)?,
         Command::Pretrain { job } => {
             let (seed, resume) = (job.seed, job.resume);
             let (p, out) = job.resolve("-pretrain", &[])?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
-            let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            let data = log.time("load data", || Prepared::load_for_pretraining(&p, &bars))?;
             for line in log.products_lines() {
                 bars.info(&line);
             }
@@ -491,6 +501,12 @@ fn run_command(cli: Cli) -> Result<()> {
             } else {
                 Labels::PerClass(labels_per_class)
             };
+            // A trained network is kept frozen unless asked: with few labels, training its
+            // encoder lost what it knew at every rate measured (docs/transfer.md).
+            let strategy = strategy.unwrap_or(match init {
+                Some(_) => Strategy::PROBE,
+                None => Strategy::SCRATCH,
+            });
             let init_inputs = init
                 .as_deref()
                 .map_or(Vec::new(), |i| checkpoint_inputs("--init", i));
@@ -527,10 +543,31 @@ fn run_command(cli: Cli) -> Result<()> {
                 labels,
                 seed,
                 out.path(),
+                &bars,
                 &mut log,
                 resume,
             )?;
             let out = out.finish()?;
+            bars.finish();
+            if let Some(old) = &o.old_head {
+                println!(
+                    "the network's own head on these classes (its rows started the new head): \
+                     test accuracy {:.2}%, macro-F1 {:.4}",
+                    100.0 * old.accuracy,
+                    old.macro_f1
+                );
+            }
+            if let Some((frozen, last)) = o.history.below_frozen_phase() {
+                println!(
+                    "warning: training the whole network ended at {:.2}% on the validation \
+                     labels, below the {:.2}% of its frozen-head phase (step {}); the model kept \
+                     is the best validated one (step {})",
+                    100.0 * last.accuracy,
+                    100.0 * frozen.accuracy,
+                    frozen.step,
+                    o.history.best_step.unwrap_or(last.step)
+                );
+            }
             println!(
                 "{} with {}: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
                 strategy.name(),
@@ -546,12 +583,14 @@ fn run_command(cli: Cli) -> Result<()> {
             out,
             force,
             memory_budget_mb,
+            top,
         } => {
             check_budget(memory_budget_mb)?;
             let inputs = applied_inputs("--model", &model, &input);
             let file = prepare_output_file(&out, force, &inputs)?;
             warn(&imprint_pipeline::run_warnings(&model));
-            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb, &bars)?;
+            let n = imprint_pipeline::predict(&model, &input, &file, memory_budget_mb, top, &bars)?;
+            bars.finish();
             println!("{n} predictions in {}", out.display());
         }
         Command::Evaluate {
@@ -575,6 +614,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 memory_budget_mb,
                 &bars,
             )?;
+            bars.finish();
             println!(
                 "{} images of {}: accuracy {:.2}%, macro-F1 {:.4}",
                 e.images,
@@ -627,7 +667,10 @@ fn run_command(cli: Cli) -> Result<()> {
             };
             let inputs = [Input::new("the checkpoint", &checkpoint)];
             let staged = prepare_output_dir(&out, force, false, &inputs)?;
-            let imported = imprint_pipeline::import(&checkpoint, &spec, staged.path())?;
+            let imported = bars
+                .while_running(&format!("importing {}", checkpoint.display()), || {
+                    imprint_pipeline::import(&checkpoint, &spec, staged.path())
+                })?;
             let out = staged.finish()?;
             print_found(&imported.found);
             println!(
@@ -666,6 +709,7 @@ fn run_command(cli: Cli) -> Result<()> {
             state_dict_key,
             strip_prefix,
         } => print_inspection(&checkpoint, state_dict_key, strip_prefix)?,
+        Command::Init { dir, out, force } => init_command(&dir, out, force)?,
         Command::Embed {
             encoder,
             input,
@@ -737,6 +781,88 @@ fn applied_inputs(flag: &str, checkpoint: &Path, images: &Path) -> Vec<Input> {
 fn check_budget(mb: u64) -> Result<()> {
     anyhow::ensure!(mb >= 1, "--memory-budget-mb {mb}: must be at least 1 (MiB)");
     Ok(())
+}
+
+/// `run` and `compare`: the whole grid of one pipeline (or of the built-in one).
+fn compare_command(
+    pipeline: Option<PathBuf>,
+    comparison: ComparisonArgs,
+    bars: &Bars,
+) -> Result<()> {
+    let ComparisonArgs {
+        common,
+        grid,
+        resume,
+        keep_models,
+    } = comparison;
+    let (p, out) = common.resolve(pipeline.as_deref(), "", &grid, resume, &[])?;
+    check_budget_settings(&common.settings, &p.compare.labels_per_class)?;
+    let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
+    let data = log.time("load data", || Prepared::load(&p, bars))?;
+    for line in log.products_lines() {
+        bars.info(&line);
+    }
+    let options = CompareOptions {
+        resume,
+        keep_models,
+    };
+    let outcome = imprint_pipeline::compare(&p, &data, out.path(), bars, &mut log, options)?;
+    let out = out.finish()?;
+    bars.finish();
+    println!("\n{}", outcome.table);
+    for (k, record, path) in &outcome.best_models {
+        let shown = path.strip_prefix(&out).unwrap_or(path);
+        println!(
+            "to deploy at {k} labels/class: {} ({}, seed {})",
+            out.join(shown).display(),
+            record.strategy,
+            record.seed
+        );
+    }
+    println!("results, summary, report and plot in {}", out.display());
+    Ok(())
+}
+
+/// `imprint init`: surveys `dir` and writes its pipeline file, never over an existing file
+/// unless `force`.
+fn init_command(dir: &Path, out: Option<PathBuf>, force: bool) -> Result<()> {
+    let out = match out {
+        Some(out) => out,
+        None => {
+            let name = dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "photos".into());
+            PathBuf::from(format!("{name}.toml"))
+        }
+    };
+    let out = prepare_output_file(&out, force, &[Input::new("the folder", dir)])?;
+    let survey = imprint_data::survey_folder(dir)?;
+    let cores = rayon::current_num_threads();
+    let text = imprint_pipeline::init_text(dir, &survey, cores)?;
+    imprint_fs::write_atomic(&out, text.as_bytes())?;
+    let what = match survey.classes.len() {
+        0 => "unlabeled".to_string(),
+        n => format!("in {n} classes"),
+    };
+    println!(
+        "{} images {what}; pipeline written to {} (run it with `imprint run {}`)",
+        survey.images(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Reads a strategy by name; `--help` lists each with what it does.
+fn strategy_parser() -> impl clap::builder::TypedValueParser<Value = Strategy> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = Strategy::all().map(|s| PossibleValue::new(s.name()).help(s.about()));
+    PossibleValuesParser::new(values).map(|name| {
+        name.parse::<Strategy>()
+            .expect("the possible values are the strategies' names")
+    })
 }
 
 /// `3x32x32` as channels, height, width.

@@ -171,6 +171,81 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(images_among(&entries(dir)?))
 }
 
+/// What a folder of images holds, read from the files' headers alone (nothing is decoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Survey {
+    /// Class folders and their image counts, in name order; empty for a folder of loose images.
+    pub classes: Vec<(String, usize)>,
+    /// Every image's width and height, in no particular order.
+    pub sizes: Vec<(u32, u32)>,
+    /// Whether any image has colour.
+    pub colour: bool,
+}
+
+impl Survey {
+    pub fn images(&self) -> usize {
+        self.sizes.len()
+    }
+}
+
+/// Surveys `dir` as [`load_dir`] would read it: one sub-folder per class, or loose images.
+pub fn survey_folder(dir: &Path) -> Result<Survey> {
+    let all = entries(dir)?;
+    let loose = images_among(&all);
+    let mut classes = Vec::new();
+    let mut paths = Vec::new();
+    for sub in all.iter().filter(|e| e.is_dir).map(|e| &e.path) {
+        let imgs = images_in(sub)?;
+        if imgs.is_empty() {
+            continue;
+        }
+        let name = sub
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        classes.push((name, imgs.len()));
+        paths.extend(imgs);
+    }
+    if !classes.is_empty() && !loose.is_empty() {
+        return Err(invalid(
+            dir,
+            format!(
+                "has class sub-folders and also loose images such as {}; move every image into \
+                 a class folder",
+                loose[0].display()
+            ),
+        ));
+    }
+    if classes.is_empty() {
+        paths = loose;
+    }
+    if paths.is_empty() {
+        return Err(invalid(
+            dir,
+            "no images found (PNG, JPEG or BMP, directly inside or in one sub-folder per class)",
+        ));
+    }
+    let headers: Vec<(u32, u32, bool)> =
+        paths.par_iter().map(|p| header(p)).collect::<Result<_>>()?;
+    Ok(Survey {
+        classes,
+        sizes: headers.iter().map(|&(w, h, _)| (w, h)).collect(),
+        colour: headers.iter().any(|h| h.2),
+    })
+}
+
+/// An image file's width, height and whether it has colour, from its header.
+fn header(path: &Path) -> Result<(u32, u32, bool)> {
+    let mut reader = ImageReader::open(path)
+        .map_err(io_err(path))?
+        .with_guessed_format()
+        .map_err(io_err(path))?;
+    reader.limits(decode_limits());
+    let decoder = reader.into_decoder().map_err(decode_err(path))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    Ok((w, h, image::ImageDecoder::color_type(&decoder).has_color()))
+}
+
 /// One sub-folder per class, or images directly inside for unlabeled data.
 pub(crate) fn load_dir(dir: &Path, prep: &Preprocess, storage: &Storage) -> Result<Dataset> {
     let all = entries(dir)?;

@@ -34,6 +34,7 @@ pub use idx::{
     parse_idx, IdxArray, IMAGES4_MAGIC as IDX_IMAGES4_MAGIC, IMAGES_MAGIC as IDX_IMAGES_MAGIC,
     LABELS_MAGIC as IDX_LABELS_MAGIC,
 };
+pub use images::{survey_folder, Survey};
 pub use images::{DEFAULT_SIDE, MAX_IMAGE_SIDE};
 pub use manifest::{
     first_change, read_manifest, write_manifests, Manifest, ManifestEntry, SourceRecord,

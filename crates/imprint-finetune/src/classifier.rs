@@ -158,6 +158,18 @@ impl<D: ImprintDevice> Classifier<D> {
         images: &Pixels,
         mut sink: impl FnMut(usize, &[(usize, f32)]),
     ) {
+        self.predict_each_with_probabilities(dev, images, |first, best, _| sink(first, best));
+    }
+
+    /// [`Classifier::predict_each`] with each image's probability of every class (softmax, or
+    /// share of the vote) beside its prediction: `sink(first, predictions, rows)`, a row of
+    /// `classes.len()` values per image.
+    pub fn predict_each_with_probabilities(
+        &mut self,
+        dev: &D,
+        images: &Pixels,
+        mut sink: impl FnMut(usize, &[(usize, f32)], &[f32]),
+    ) {
         let chunks = self.encoder.inference_chunks();
         let classes = self.classes.len();
         let Classifier { encoder, head, .. } = self;
@@ -169,7 +181,10 @@ impl<D: ImprintDevice> Classifier<D> {
                     images,
                     chunks,
                     |f| f,
-                    |r, features| sink(r.start, &bank.predict(&features, settings)),
+                    |r, features| {
+                        let best = bank.predict(&features, settings);
+                        sink(r.start, &best, &bank.shares(&features, settings))
+                    },
                 );
             }
             Head::Linear(head) => {
@@ -180,9 +195,66 @@ impl<D: ImprintDevice> Classifier<D> {
                 encoder.infer_each(dev, images, chunks, probabilities, |r, probs| {
                     let best: Vec<(usize, f32)> =
                         probs.chunks_exact(classes).map(best_class).collect();
-                    sink(r.start, &best)
+                    sink(r.start, &best, &probs)
                 });
             }
+        }
+    }
+}
+
+/// A trained linear head of the network fine-tuning starts from: its classes and tensors, whose
+/// rows can start a new head for some of those classes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OldHead {
+    pub classes: Vec<String>,
+    /// `[classes, features]`, row-major.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl OldHead {
+    /// A head for `classes` made of this head's rows for them, in their order; `None` unless
+    /// every one of them is among this head's classes (by name) and the widths agree.
+    pub fn rows_for<D: ImprintDevice>(
+        &self,
+        dev: &D,
+        classes: &[String],
+        features: usize,
+    ) -> Option<Linear<D>> {
+        if self.bias.len() != self.classes.len() || self.weight.len() != self.bias.len() * features
+        {
+            return None;
+        }
+        let rows: Vec<usize> = classes
+            .iter()
+            .map(|c| self.classes.iter().position(|o| o == c))
+            .collect::<Option<_>>()?;
+        let weight = rows
+            .iter()
+            .flat_map(|&r| {
+                self.weight[r * features..(r + 1) * features]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let bias = rows.iter().map(|&r| self.bias[r]).collect();
+        Some(Linear::from_values(dev, weight, bias))
+    }
+}
+
+/// Where fine-tuning starts: an encoder (pre-trained, imported, or fresh for `scratch`), and the
+/// trained head of the network it came from when it had one.
+#[derive(Clone, Debug)]
+pub struct Init<D: ImprintDevice> {
+    pub encoder: Encoder<D>,
+    pub head: Option<OldHead>,
+}
+
+impl<D: ImprintDevice> From<Encoder<D>> for Init<D> {
+    fn from(encoder: Encoder<D>) -> Self {
+        Self {
+            encoder,
+            head: None,
         }
     }
 }

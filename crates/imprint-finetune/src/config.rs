@@ -50,8 +50,9 @@ pub struct FinetuneConfig {
     /// `fraction / classes` of them, those the teacher is surest of.
     #[serde(default = "default_self_train_fraction")]
     pub self_train_fraction: f64,
-    /// Keep batch norm's running statistics frozen (eval mode) while the encoder trains; a
-    /// frozen encoder (`probe`) always keeps them.
+    /// Keep batch norm's running statistics frozen (eval mode) while the encoder of a given
+    /// network trains (not `scratch`'s, whose fresh statistics hold nothing); a frozen encoder
+    /// (`probe`) always keeps them.
     #[serde(default)]
     pub freeze_bn: bool,
     /// Layer-wise learning-rate decay: the encoder's layers (a ResNet's blocks) train at
@@ -62,6 +63,11 @@ pub struct FinetuneConfig {
     /// 0 = none.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// When fine-tuning starts from a classifier whose classes include every labeled class (by
+    /// name), its head's rows for them start the new head instead of a random init (every
+    /// strategy that starts from the given network).
+    #[serde(default = "yes")]
+    pub head_from_init: bool,
     /// Neighbours that vote in the `knn` strategy.
     #[serde(default = "default_knn_k")]
     pub knn_k: usize,
@@ -79,6 +85,9 @@ fn default_steps() -> usize {
 }
 fn one() -> f64 {
     1.0
+}
+fn yes() -> bool {
+    true
 }
 fn default_probe_fraction() -> f64 {
     0.3
@@ -117,6 +126,7 @@ impl Default for FinetuneConfig {
             freeze_bn: false,
             layer_decay: 1.0,
             checkpoint_every: default_checkpoint_every(),
+            head_from_init: true,
             knn_k: default_knn_k(),
             knn_temperature: default_knn_temperature(),
             precision: Precision::F32,

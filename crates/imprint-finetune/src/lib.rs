@@ -9,8 +9,7 @@ mod round;
 mod self_train;
 mod strategy;
 
-pub use classifier::Classifier;
-pub use classifier::Head;
+pub use classifier::{Classifier, Head, Init, OldHead};
 pub use config::FinetuneConfig;
 pub use metrics::{evaluate, Metrics};
 pub use strategy::{Definition, EncoderRole, Fit, Phase, Start, Strategy, STRATEGIES};
@@ -52,16 +51,40 @@ pub struct History {
     /// Unlabeled images the self-training student saw pseudo-labeled (0 without self-training).
     #[serde(default)]
     pub pseudo_labels: usize,
+    /// Whether the head started from the rows of the given network's head ([`OldHead`]).
+    #[serde(default)]
+    pub head_from_init: bool,
+    /// The validation check at the end of a head-only phase that precedes training the
+    /// encoder (`probe-then-full`, with a validation split): what the frozen network scored.
+    #[serde(default)]
+    pub frozen_phase: Option<Validation>,
+}
+
+impl History {
+    /// The last validation check, when it scored below the check that ended the head-only
+    /// phase: training the encoder lost what the frozen network knew, on the validation labels.
+    /// (The model returned is the best checked one either way.)
+    pub fn below_frozen_phase(&self) -> Option<(Validation, Validation)> {
+        let frozen = self.frozen_phase?;
+        let last = *self.validation.last()?;
+        (last.step > frozen.step && last.accuracy < frozen.accuracy).then_some((frozen, last))
+    }
 }
 
 /// Receives each checkpoint of a fine-tuning, e.g. to write it to disk; an error stops the run.
 pub type SaveFinetuneCheckpoint<'a> = dyn FnMut(&FinetuneSnapshot) -> Result<()> + 'a;
 
-/// Checkpoints of a fine-tuning: every `every` steps (0 = never), handed to `on_checkpoint`.
+/// Progress after each optimizer step: steps done and in all (every round of the run
+/// together), and the step's loss.
+pub type StepProgress<'a> = dyn FnMut(usize, usize, f32) + 'a;
+
+/// What the caller hears of a fine-tuning as it goes: checkpoints every `every` steps (0 =
+/// never), handed to `on_checkpoint`, and each step's progress.
 #[derive(Default)]
 pub struct FinetuneHooks<'a> {
     pub every: usize,
     pub on_checkpoint: Option<&'a mut SaveFinetuneCheckpoint<'a>>,
+    pub on_step: Option<&'a mut StepProgress<'a>>,
 }
 
 /// A fine-tuning's state after some steps of one of its rounds: resuming from it gives what the
@@ -111,7 +134,7 @@ pub struct Validation {
 /// is returned.
 pub fn finetune<D: ImprintDevice>(
     dev: &D,
-    encoder: Encoder<D>,
+    init: impl Into<Init<D>>,
     train: &Dataset,
     unlabeled: Option<&Dataset>,
     cfg: &FinetuneConfig,
@@ -120,7 +143,7 @@ pub fn finetune<D: ImprintDevice>(
 ) -> Result<(Classifier<D>, History)> {
     let hooks = FinetuneHooks::default();
     finetune_with(
-        dev, encoder, train, unlabeled, cfg, strategy, seed, hooks, None,
+        dev, init, train, unlabeled, cfg, strategy, seed, hooks, None,
     )
 }
 
@@ -130,7 +153,7 @@ pub fn finetune<D: ImprintDevice>(
 #[allow(clippy::too_many_arguments)]
 pub fn finetune_with<D: ImprintDevice>(
     dev: &D,
-    encoder: Encoder<D>,
+    init: impl Into<Init<D>>,
     train: &Dataset,
     unlabeled: Option<&Dataset>,
     cfg: &FinetuneConfig,
@@ -141,7 +164,15 @@ pub fn finetune_with<D: ImprintDevice>(
 ) -> Result<(Classifier<D>, History)> {
     imprint_nn::with_precision(cfg.precision, || {
         finetune_in_precision(
-            dev, encoder, train, unlabeled, cfg, strategy, seed, hooks, resume,
+            dev,
+            init.into(),
+            train,
+            unlabeled,
+            cfg,
+            strategy,
+            seed,
+            hooks,
+            resume,
         )
     })
 }
@@ -149,7 +180,7 @@ pub fn finetune_with<D: ImprintDevice>(
 #[allow(clippy::too_many_arguments)]
 fn finetune_in_precision<D: ImprintDevice>(
     dev: &D,
-    encoder: Encoder<D>,
+    init: Init<D>,
     train: &Dataset,
     unlabeled: Option<&Dataset>,
     cfg: &FinetuneConfig,
@@ -159,6 +190,10 @@ fn finetune_in_precision<D: ImprintDevice>(
     resume: Option<&FinetuneSnapshot>,
 ) -> Result<(Classifier<D>, History)> {
     cfg.validate()?;
+    let Init {
+        encoder,
+        head: old_head,
+    } = init;
     if let Some(snapshot) = resume {
         if snapshot.state.seed != seed {
             return Err(FinetuneError::Data(format!(
@@ -205,7 +240,18 @@ fn finetune_in_precision<D: ImprintDevice>(
     let (fit, held_out) = validation_split(train, labels, cfg.validation_fraction, seed)?;
     let validation = (!held_out.is_empty()).then(|| train.subset(&held_out));
     let student_encoder = pool.is_some().then(|| encoder.clone());
-    let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
+    // The given network's head rows for these classes, when it has them and may lend them.
+    let head_start = old_head
+        .filter(|_| cfg.head_from_init && strategy.uses_pretrained())
+        .and_then(|old| old.rows_for(dev, &train.classes, encoder.features()));
+    let new_model = |encoder| {
+        let mut model = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
+        if let Some(head) = &head_start {
+            model.head = Head::Linear(head.clone());
+        }
+        model
+    };
+    let mut model = new_model(encoder);
     let batch = match cfg.batch_size {
         0 => fit.len(),
         b => b.min(fit.len()),
@@ -218,7 +264,10 @@ fn finetune_in_precision<D: ImprintDevice>(
         index: 0,
         seed,
     };
-    let mut history = History::default();
+    let mut history = History {
+        head_from_init: head_start.is_some(),
+        ..History::default()
+    };
     let student_resumes = resume.filter(|s| s.state.round == 1);
     match student_resumes {
         // The teacher finished before the checkpoint: it is in the snapshot.
@@ -258,7 +307,7 @@ fn finetune_in_precision<D: ImprintDevice>(
         )));
     }
     history.pseudo_labels = ids.len();
-    let mut student = Classifier::new(dev, encoder, train.classes.clone(), train.shape, seed);
+    let mut student = new_model(encoder);
     let half = cfg.batch_size / 2;
     let round = Round {
         steps: cfg.self_train_steps,

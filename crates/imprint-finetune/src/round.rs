@@ -100,6 +100,9 @@ struct Training<'a, 's, 'h, D: ImprintDevice> {
     /// steps (a probe without augmentation): the encoder then runs once, not every step.
     features: Option<Vec<Vec<f32>>>,
     checkpoints: Checkpoints<'a, 'h>,
+    /// Batch norm in eval mode while the encoder trains: `freeze_bn`, for a given network
+    /// (a fresh one's statistics hold nothing to keep).
+    freeze_bn: bool,
 }
 
 impl<D: ImprintDevice> Training<'_, '_, '_, D> {
@@ -229,7 +232,7 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
         }
         let encoder = match self.phase(step).1.encoder {
             EncoderRole::Frozen => None,
-            EncoderRole::Trained { .. } if self.cfg.freeze_bn => Some(Mode::Eval),
+            EncoderRole::Trained { .. } if self.freeze_bn => Some(Mode::Eval),
             EncoderRole::Trained { .. } => Some(Mode::Train),
         };
         let mut pass = Pass::train(&mut self.dropout_rng);
@@ -313,6 +316,10 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
 
     fn after_step(&mut self, step: usize, loss: f32, optimizer: &mut Optimizer<D>) -> Result<Flow> {
         let flow = self.record_step(step, loss)?;
+        if let Some(report) = self.checkpoints.hooks.on_step.as_mut() {
+            let total = self.cfg.steps + self.cfg.self_train_steps;
+            report(self.round.first_step + step + 1, total, loss);
+        }
         let every = self.checkpoints.hooks.every;
         if flow == Flow::Continue
             && every > 0
@@ -337,11 +344,23 @@ impl<D: ImprintDevice> Training<'_, '_, '_, D> {
         let Some(held_out) = self.validation else {
             return Ok(Flow::Continue);
         };
-        if !(step + 1).is_multiple_of(self.cfg.eval_every) && step + 1 != self.round.steps {
+        // The end of a head-only phase before the encoder trains is checked too: what the
+        // frozen network scored, for the end of the run to be read against.
+        let (range, phase) = self.phase(step);
+        let ends_frozen_phase = phase.encoder == EncoderRole::Frozen
+            && range.end == step + 1
+            && step + 1 < self.round.steps;
+        if !(step + 1).is_multiple_of(self.cfg.eval_every)
+            && step + 1 != self.round.steps
+            && !ends_frozen_phase
+        {
             return Ok(Flow::Continue);
         }
         let check = validate(self.dev, self.model, held_out, done);
         self.history.validation.push(check);
+        if ends_frozen_phase {
+            self.history.frozen_phase = Some(check);
+        }
         // Better: more accurate, or as accurate with a lower loss (small validation sets tie).
         let better = self.best.as_ref().is_none_or(|(b, _)| {
             check.accuracy > b.accuracy || (check.accuracy == b.accuracy && check.loss < b.loss)
@@ -401,6 +420,7 @@ impl Round {
             checks_without_gain: 0,
             features,
             checkpoints,
+            freeze_bn: cfg.freeze_bn && strategy.uses_pretrained(),
         };
         let run = Run {
             settings: &cfg.optim,

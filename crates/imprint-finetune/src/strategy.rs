@@ -137,6 +137,11 @@ impl Strategy {
         self.0.name
     }
 
+    /// What the strategy does, in a phrase.
+    pub fn about(self) -> &'static str {
+        self.0.about
+    }
+
     pub fn start(self) -> Start {
         self.0.start
     }

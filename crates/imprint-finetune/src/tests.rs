@@ -640,6 +640,7 @@ fn resumed_finetuning_equals_uninterrupted() {
         let hooks = FinetuneHooks {
             every: 5,
             on_checkpoint: Some(&mut crash),
+            ..Default::default()
         };
         assert!(run(hooks, None).is_err());
         let snapshot = saved.expect("a checkpoint before the crash");
@@ -671,29 +672,162 @@ fn freeze_bn_trains_the_weights_and_keeps_the_running_statistics() {
             .partition(|t| t.name.contains("running_"))
     };
     let (stats, weights) = split(enc.named_tensors("encoder"));
-    let trained = |freeze_bn: bool| {
+    let trained = |freeze_bn: bool, strategy: Strategy| {
         let cfg = FinetuneConfig {
             batch_size: 8,
             freeze_bn,
             ..quick(5)
         };
-        let (model, _) = finetune(
-            &dev,
-            enc.clone(),
-            &bars(16, 1),
-            None,
-            &cfg,
-            Strategy::FULL,
-            0,
-        )
-        .unwrap();
+        let (model, _) =
+            finetune(&dev, enc.clone(), &bars(16, 1), None, &cfg, strategy, 0).unwrap();
         split(model.encoder.named_tensors("encoder"))
     };
-    let (frozen_stats, frozen_weights) = trained(true);
+    let (frozen_stats, frozen_weights) = trained(true, Strategy::FULL);
     assert_eq!(frozen_stats, stats);
     assert_ne!(frozen_weights, weights);
-    let (moved_stats, _) = trained(false);
+    let (moved_stats, _) = trained(false, Strategy::FULL);
     assert_ne!(moved_stats, stats);
+    // A fresh network (`scratch`) has no statistics worth keeping: they move either way.
+    let (scratch_stats, _) = trained(true, Strategy::SCRATCH);
+    assert_ne!(scratch_stats, stats);
+}
+
+/// A classifier's head lends a new head its rows for the classes it knows, in the new order;
+/// a class it does not know leaves the new head to its random init.
+#[test]
+fn the_old_heads_rows_start_the_new_head_when_it_knows_every_class() {
+    let dev = Cpu::default();
+    let features = 8;
+    let old = OldHead {
+        classes: vec!["v".into(), "x".into(), "h".into()],
+        weight: (0..3 * features).map(|i| i as f32).collect(),
+        bias: vec![10.0, 20.0, 30.0],
+    };
+    let head = old
+        .rows_for(&dev, &["h".into(), "v".into()], features)
+        .unwrap();
+    let rows = head.weight.value.as_vec();
+    assert_eq!(&rows[..features], &old.weight[2 * features..]);
+    assert_eq!(&rows[features..], &old.weight[..features]);
+    assert_eq!(head.bias.value.as_vec(), [30.0, 10.0]);
+    assert!(old
+        .rows_for(&dev, &["h".into(), "z".into()], features)
+        .is_none());
+    assert!(old.rows_for(&dev, &["h".into()], features + 1).is_none());
+
+    // Fine-tuning from it: a probe with no steps to speak of keeps the old head's predictions.
+    let train = bars(20, 1);
+    let classes = ["h".to_string(), "v".to_string()];
+    let (mut trained, _) = finetune(
+        &dev,
+        pretrained_encoder(),
+        &train,
+        None,
+        &quick(40),
+        Strategy::PROBE,
+        0,
+    )
+    .unwrap();
+    let Head::Linear(lin) = &trained.head else {
+        panic!("a linear head")
+    };
+    let lent = OldHead {
+        classes: vec!["other".into(), classes[1].clone(), classes[0].clone()],
+        weight: [
+            vec![0.0; features],
+            lin.weight.value.as_vec()[features..].to_vec(),
+            lin.weight.value.as_vec()[..features].to_vec(),
+        ]
+        .concat(),
+        bias: vec![0.0, lin.bias.value.as_vec()[1], lin.bias.value.as_vec()[0]],
+    };
+    let expected = trained.predict(&dev, &train.pixels);
+    let tiny = FinetuneConfig {
+        optim: lr(1e-9),
+        ..quick(1)
+    };
+    let init = Init {
+        encoder: pretrained_encoder(),
+        head: Some(lent.clone()),
+    };
+    let (mut model, history) =
+        finetune(&dev, init.clone(), &train, None, &tiny, Strategy::PROBE, 5).unwrap();
+    assert!(history.head_from_init);
+    let got: Vec<usize> = model
+        .predict(&dev, &train.pixels)
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    let want: Vec<usize> = expected.iter().map(|p| p.0).collect();
+    assert_eq!(got, want);
+    // Switched off, or for scratch, the head starts afresh.
+    let off = FinetuneConfig {
+        head_from_init: false,
+        ..tiny.clone()
+    };
+    let (_, history) =
+        finetune(&dev, init.clone(), &train, None, &off, Strategy::PROBE, 5).unwrap();
+    assert!(!history.head_from_init);
+    let (_, history) = finetune(&dev, init, &train, None, &tiny, Strategy::SCRATCH, 5).unwrap();
+    assert!(!history.head_from_init);
+}
+
+/// With a validation split, `probe-then-full` checks the end of its head-only phase, and the
+/// history says when the last check fell below it.
+#[test]
+fn the_end_of_the_head_only_phase_is_checked_and_compared_with_the_end() {
+    let dev = Cpu::default();
+    let cfg = FinetuneConfig {
+        validation_fraction: 0.25,
+        eval_every: 7,
+        ..quick(20)
+    };
+    let (_, history) = finetune(
+        &dev,
+        pretrained_encoder(),
+        &bars(40, 1),
+        None,
+        &cfg,
+        Strategy::PROBE_THEN_FULL,
+        0,
+    )
+    .unwrap();
+    // 30% of 20 steps: the head trains alone for 6.
+    let frozen = history
+        .frozen_phase
+        .expect("a check at the end of the probe phase");
+    assert_eq!(frozen.step, 6);
+    let steps: Vec<usize> = history.validation.iter().map(|v| v.step).collect();
+    assert_eq!(steps, [6, 7, 14, 20]);
+
+    let check = |step, accuracy| Validation {
+        step,
+        accuracy,
+        loss: 0.0,
+    };
+    let mut h = History {
+        frozen_phase: Some(check(6, 0.9)),
+        validation: vec![check(6, 0.9), check(20, 0.8)],
+        ..History::default()
+    };
+    assert_eq!(
+        h.below_frozen_phase(),
+        Some((check(6, 0.9), check(20, 0.8)))
+    );
+    h.validation.push(check(30, 0.95));
+    assert_eq!(h.below_frozen_phase(), None);
+    // `probe` has no such phase.
+    let (_, history) = finetune(
+        &dev,
+        pretrained_encoder(),
+        &bars(40, 1),
+        None,
+        &cfg,
+        Strategy::PROBE,
+        0,
+    )
+    .unwrap();
+    assert_eq!(history.frozen_phase, None);
 }
 
 /// A small ResNet (its convolutions and head on bf16 products, the rest in f32) learns the bars

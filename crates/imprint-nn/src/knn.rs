@@ -96,10 +96,37 @@ impl<D: ImprintDevice> Bank<D> {
 
     /// The predicted class of each query row and its share of the vote.
     pub fn predict(&self, queries: &[f32], settings: KnnSettings) -> Vec<(usize, f32)> {
+        self.votes(queries, settings)
+            .iter()
+            .map(|row| {
+                let (best, share) = row.iter().enumerate().fold((0, f64::MIN), |acc, (c, &v)| {
+                    if v > acc.1 {
+                        (c, v)
+                    } else {
+                        acc
+                    }
+                });
+                (best, share as f32)
+            })
+            .collect()
+    }
+
+    /// Each query row's share of the vote per class (`classes` values a row, summing to 1, or
+    /// to 0 from an empty bank).
+    pub fn shares(&self, queries: &[f32], settings: KnnSettings) -> Vec<f32> {
+        self.votes(queries, settings)
+            .iter()
+            .flat_map(|row| row.iter().map(|&v| v as f32))
+            .collect()
+    }
+
+    /// Each query row's shares of the vote, one per class.
+    fn votes(&self, queries: &[f32], settings: KnnSettings) -> Vec<Vec<f64>> {
         let dim = self.dim();
         let q = queries.len() / dim.max(1);
         if q == 0 || self.is_empty() {
-            return vec![(0, 0.0); q];
+            // An empty bank casts no vote.
+            return vec![vec![0.0; self.classes.max(1)]; q];
         }
         let dev = self.bank.value.device();
         let queries: Matrix<D> = dev.tensor_from_vec(unit_rows(queries.to_vec(), dim), (q, dim));
@@ -119,15 +146,8 @@ impl<D: ImprintDevice> Bank<D> {
             .collect()
     }
 
-    /// The class with the largest weighted vote of the `k` most similar items (the lowest
-    /// class on a tie), and its share of the total.
-    fn vote(
-        &self,
-        similarity: &[f32],
-        labels: &[usize],
-        k: usize,
-        temperature: f32,
-    ) -> (usize, f32) {
+    /// The weighted votes of the `k` nearest bank rows, as shares per class.
+    fn vote(&self, similarity: &[f32], labels: &[usize], k: usize, temperature: f32) -> Vec<f64> {
         let mut order: Vec<usize> = (0..similarity.len()).collect();
         // Nearest first; ties by index so the choice does not depend on the sort.
         order.select_nth_unstable_by(k - 1, |&a, &b| {
@@ -137,13 +157,8 @@ impl<D: ImprintDevice> Bank<D> {
         for &i in &order[..k] {
             votes[labels[i].min(self.classes - 1)] += ((similarity[i] / temperature) as f64).exp();
         }
-        let total: f64 = votes.iter().sum();
-        let (best, weight) =
-            votes.iter().enumerate().fold(
-                (0, f64::MIN),
-                |acc, (c, &v)| if v > acc.1 { (c, v) } else { acc },
-            );
-        (best, (weight / total.max(f64::MIN_POSITIVE)) as f32)
+        let total: f64 = votes.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        votes.iter().map(|v| v / total).collect()
     }
 }
 

@@ -2,29 +2,62 @@
 //! without pre-training, and its resumption.
 
 use crate::config::Route;
-use crate::finetune_job::{labeled_subset, load_encoder, run_name, run_one, StartPoint};
+use crate::finetune_job::{
+    labeled_subset, load_encoder, old_head_accuracy, run_name, run_one, write_model, RunStart,
+    StartPoint,
+};
 use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
 use crate::provenance::{data_change, read_run_info, threads_phrase, RunLog};
 use crate::sidecar::{read_encoder_sidecar, sidecar_path};
 use crate::{create_dir, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::SourceFile;
-use imprint_finetune::Strategy;
+use imprint_finetune::{Init, Metrics, Strategy};
 use imprint_nn::Encoder;
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub struct CompareOutcome {
     pub records: Vec<RunRecord>,
     pub summary: Vec<SummaryRow>,
     pub table: String,
+    /// Per label budget, the kept model to deploy (with `keep_models`): the run of the strategy
+    /// with the best mean accuracy that scored best.
+    pub best_models: Vec<(usize, RunRecord, PathBuf)>,
+}
+
+/// How a comparison runs besides its pipeline.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompareOptions {
+    /// Complete an interrupted comparison in the output folder (see [`compare`]).
+    pub resume: bool,
+    /// Keep each run's fine-tuned model (`model.safetensors` + `model.json` in its folder).
+    pub keep_models: bool,
+}
+
+/// The name of the baseline row of an imported classifier's own head, on the labeled classes.
+pub const OLD_HEAD: &str = "imported:old-head";
+
+/// The network of `compare.imported`, as each run from it starts, and what it is.
+struct ImportedNet {
+    start: StartPoint,
+    init: Init<Cpu>,
+    /// `p` with the network's architecture and normalisation: what its runs see.
+    pipeline: Pipeline,
+    /// Its old head's score on the test set, when that head knows every labeled class.
+    old_head: Option<Metrics>,
 }
 
 /// Every strategy on the identical labeled subset for each seed and budget, pre-training once
 /// per seed. Writes `results.csv` and `run.json` (after every run), `summary.csv`, `report.md`,
 /// `accuracy.png`, the resolved `pipeline.toml`, the labeled items and per-run metrics.
+///
+/// Each route runs its own network: `self` the pipeline's architecture pre-trained here,
+/// `imported` the network of `compare.imported` whatever its architecture (it must take the
+/// data's image size), `imported+self` that network pre-trained further here; `scratch` is the
+/// pipeline's architecture from a fresh init.
 ///
 /// With `resume`, an interrupted run in `out` is completed: runs already in `results.csv` are
 /// kept, and a seed's finished pre-training is loaded instead of repeated. Every random draw
@@ -36,15 +69,32 @@ pub fn compare(
     out: &Path,
     obs: &dyn Observer,
     log: &mut RunLog,
-    resume: bool,
+    options: CompareOptions,
 ) -> Result<CompareOutcome> {
+    let CompareOptions {
+        resume,
+        keep_models,
+    } = options;
     // The imported network is checked before anything is written.
     let c = &p.compare;
     let imported = match &c.imported {
         Some(path) if c.routes.iter().any(|r| *r != Route::SelfSupervised) => {
             let start = StartPoint::read(path)?;
-            let encoder = start.encoder_for(p, data.shape())?;
-            Some((encoder, start.source))
+            let encoder = start.encoder_of_shape(data.shape())?;
+            let mut pipeline = p.clone();
+            pipeline.pretrain.architecture = start.architecture.clone();
+            pipeline.data.preprocess.mean = start.preprocess.mean.clone();
+            pipeline.data.preprocess.std = start.preprocess.std.clone();
+            let init = start.init(encoder);
+            let old_head = (c.routes.contains(&Route::Imported) && p.finetune.head_from_init)
+                .then(|| old_head_accuracy(&init, &data.test))
+                .flatten();
+            Some(ImportedNet {
+                start,
+                init,
+                pipeline,
+                old_head,
+            })
         }
         _ => None,
     };
@@ -74,6 +124,19 @@ pub fn compare(
         done.iter()
             .find(|r| r.strategy == name && r.labels_per_class == k && r.seed == seed)
     };
+    let per_budget: usize = c
+        .strategies
+        .iter()
+        .map(|s| {
+            if s.uses_pretrained() {
+                c.routes.len()
+            } else {
+                1
+            }
+        })
+        .sum();
+    let count = per_budget * c.labels_per_class.len() * c.seeds.len();
+    let mut index = 0;
     for &seed in &c.seeds {
         // Each route's encoder first, as a run of the seed will need it (none when every run
         // that would is kept).
@@ -105,27 +168,55 @@ pub fn compare(
                     let name =
                         route.map_or(strategy.name().to_string(), |r| r.record_name(strategy));
                     let folder = run_name(&name, k, seed);
+                    index += 1;
+                    obs.run_started(index, count, &format!("{name}, k={k}, seed {seed}"));
                     let record = match kept(&name, k, seed) {
                         Some(record) => {
                             log.stage(folder, record.finetune_seconds, true);
                             record.clone()
                         }
                         None => {
-                            let encoder = route.map(|r| encoders.get(r, seed, log)).transpose()?;
+                            let from = route.map(|r| encoders.get(r, seed, log)).transpose()?;
+                            let net = imported.as_ref().filter(|_| {
+                                matches!(route, Some(Route::Imported | Route::ImportedThenSelf))
+                            });
+                            let run_p = net.map_or(p, |n| &n.pipeline);
+                            let dir = out.join("runs").join(&folder);
                             let mut outcome = run_one(
-                                p,
+                                run_p,
                                 data,
                                 &train,
-                                encoder.as_ref().map(|(e, _)| e),
+                                RunStart {
+                                    init: from.as_ref().map(|(init, _)| init),
+                                    old_head: None,
+                                    obs,
+                                },
                                 strategy,
                                 k,
                                 seed,
-                                &out.join("runs").join(&folder),
+                                &dir,
                                 resume,
                             )?;
+                            if keep_models {
+                                let source = match route {
+                                    Some(Route::Imported) => net.map(|n| n.start.source.clone()),
+                                    Some(r) => encoders.file(r, seed),
+                                    None => None,
+                                };
+                                write_model(
+                                    &dir,
+                                    run_p,
+                                    data,
+                                    &outcome.model,
+                                    strategy,
+                                    seed,
+                                    source,
+                                    log,
+                                )?;
+                            }
                             outcome.record.strategy = name;
                             outcome.record.pretrain_seconds =
-                                encoder.map_or(0.0, |(_, seconds)| seconds);
+                                from.map_or(0.0, |(_, seconds)| seconds);
                             log.stage(folder, outcome.record.finetune_seconds, false);
                             outcome.record
                         }
@@ -136,19 +227,36 @@ pub fn compare(
                     log.write(out, data, false)?;
                 }
             }
+            // The imported classifier's own head on these classes: a baseline row.
+            if let Some(metrics) = imported.as_ref().and_then(|n| n.old_head.as_ref()) {
+                records.push(RunRecord {
+                    strategy: OLD_HEAD.into(),
+                    labels_per_class: k,
+                    seed,
+                    test_accuracy: metrics.accuracy,
+                    macro_f1: metrics.macro_f1,
+                    pretrain_seconds: 0.0,
+                    finetune_seconds: 0.0,
+                    epochs_run: 0,
+                });
+                report::write_results_csv(&out.join("results.csv"), &records)?;
+            }
         }
     }
     let report_start = Instant::now();
     let summary = report::summarize(&records, Strategy::SCRATCH.name());
     report::write_summary_csv(&out.join("summary.csv"), &summary)?;
+    let best_models = if keep_models {
+        best_models(&summary, &records, out)
+    } else {
+        Vec::new()
+    };
     let context = format!(
-        "Pipeline `{}`: {}. Encoder {}, pre-trained on {} unlabeled images for {}; \
-         fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time {:.1} s on {}{}.",
+        "Pipeline `{}`: {}. {} Fine-tuned {}; test set of {} images{}; seeds {:?}. Wall time \
+         {:.1} s on {}{}.",
         p.name,
         p.description,
-        p.pretrain.architecture.describe(data.shape()),
-        data.unlabeled.len(),
-        p.pretrain.describe(),
+        encoders.describe(&records),
         fine_tuning(p)?,
         data.test.len(),
         match p.data.test {
@@ -173,16 +281,18 @@ pub fn compare(
     } else {
         format!("{context} Content checks: {checks}.")
     };
-    let md = report::render_markdown(
+    let mut md = report::render_markdown(
         &format!("Pre-training vs scratch: {}", p.name),
         &context,
         &summary,
     );
+    md.push_str(&models_section(&best_models, keep_models, out));
     imprint_fs::write_atomic(out.join("report.md"), md.as_bytes())?;
     report::plot_accuracy(
         &out.join("accuracy.png"),
         &format!("{}: test accuracy", p.name),
         &summary,
+        data.labeled.num_classes(),
     )?;
     log.stage("report", report_start.elapsed().as_secs_f64(), false);
     log.write(out, data, true)?;
@@ -190,7 +300,65 @@ pub fn compare(
         table: report::render_terminal_table(&summary),
         records,
         summary,
+        best_models,
     })
+}
+
+/// Per label budget: the strategy with the best mean accuracy, and of its runs with a kept
+/// model the one that scored best.
+fn best_models(
+    summary: &[SummaryRow],
+    records: &[RunRecord],
+    out: &Path,
+) -> Vec<(usize, RunRecord, PathBuf)> {
+    let mut budgets: Vec<usize> = summary.iter().map(|r| r.labels_per_class).collect();
+    budgets.dedup();
+    budgets
+        .into_iter()
+        .filter_map(|k| {
+            let best = summary
+                .iter()
+                .filter(|r| r.labels_per_class == k && r.mean_accuracy.is_finite())
+                .filter(|r| r.strategy != OLD_HEAD)
+                .max_by(|a, b| a.mean_accuracy.total_cmp(&b.mean_accuracy))?;
+            records
+                .iter()
+                .filter(|r| r.labels_per_class == k && r.strategy == best.strategy)
+                .map(|r| {
+                    let folder = run_name(&r.strategy, k, r.seed);
+                    (r, out.join("runs").join(folder).join("model.safetensors"))
+                })
+                .filter(|(_, path)| path.exists())
+                .max_by(|a, b| a.0.test_accuracy.total_cmp(&b.0.test_accuracy))
+                .map(|(r, path)| (k, r.clone(), path))
+        })
+        .collect()
+}
+
+/// The report's section on the models: which to deploy, or how to keep them.
+fn models_section(best: &[(usize, RunRecord, PathBuf)], kept: bool, out: &Path) -> String {
+    if !kept {
+        return "\nThe fine-tuned models were not kept; `--keep-models` keeps each run's \
+                `model.safetensors` and names the one to deploy here.\n"
+            .into();
+    }
+    let mut text = String::from("\n## The model to deploy\n\n");
+    for (k, record, path) in best {
+        let shown = path.strip_prefix(out).unwrap_or(path);
+        text.push_str(&format!(
+            "- {k} labels/class: `{}` ({}, seed {}: {:.1}% on the test set), the best-scoring \
+             run of the strategy with the best mean accuracy; picked by its test score, so a \
+             new test set would judge it without that advantage\n",
+            shown.display(),
+            record.strategy,
+            record.seed,
+            100.0 * record.test_accuracy
+        ));
+    }
+    if best.is_empty() {
+        text.push_str("No run of this folder kept its model (the kept runs came from --resume).\n");
+    }
+    text
 }
 
 /// Checks that `out` holds an earlier run of this pipeline (its `[compare]` grid aside), on the
@@ -325,30 +493,34 @@ struct Pretrained<'a> {
     out: &'a Path,
     obs: &'a dyn Observer,
     resume: bool,
-    imported: Option<&'a (Encoder<Cpu>, SourceFile)>,
-    /// By route and pre-training seed: the encoder and the seconds its pre-training took.
-    made: BTreeMap<(Route, u64), (Encoder<Cpu>, f64)>,
+    imported: Option<&'a ImportedNet>,
+    /// By route and pre-training seed: the encoder, the seconds its pre-training took, and its
+    /// file with its digest.
+    made: BTreeMap<(Route, u64), (Encoder<Cpu>, f64, SourceFile)>,
 }
 
 impl Pretrained<'_> {
-    /// The encoder `route` gives the runs of `seed`, and its pre-training's seconds.
-    fn get(&mut self, route: Route, seed: u64, log: &mut RunLog) -> Result<(Encoder<Cpu>, f64)> {
+    /// Where the runs of `route` and `seed` start, and the seconds its pre-training took.
+    fn get(&mut self, route: Route, seed: u64, log: &mut RunLog) -> Result<(Init<Cpu>, f64)> {
         let imported = || {
             self.imported
                 .expect("validation requires compare.imported for the imported routes")
         };
         if route == Route::Imported {
-            return Ok((imported().0.clone(), 0.0));
+            return Ok((imported().init.clone(), 0.0));
         }
         let c = &self.p.compare;
         let seed = if c.pretrain_once { c.seeds[0] } else { seed };
-        if let Some((encoder, seconds)) = self.made.get(&(route, seed)) {
-            return Ok((encoder.clone(), *seconds));
+        if let Some((encoder, seconds, _)) = self.made.get(&(route, seed)) {
+            return Ok((encoder.clone().into(), *seconds));
         }
-        let from = (route == Route::ImportedThenSelf).then(|| {
-            let (encoder, source) = imported();
-            (encoder, source)
-        });
+        let (p, from) = match route {
+            Route::ImportedThenSelf => {
+                let net = imported();
+                (&net.pipeline, Some((&net.init.encoder, &net.start.source)))
+            }
+            _ => (self.p, None),
+        };
         let folder = match route {
             Route::ImportedThenSelf => format!("pretrain/seed-{seed}-from-imported"),
             _ => format!("pretrain/seed-{seed}"),
@@ -360,7 +532,7 @@ impl Pretrained<'_> {
         };
         let reused = self
             .resume
-            .then(|| finished_pretraining(self.p, self.data, seed, &dir, from.map(|f| f.1)))
+            .then(|| finished_pretraining(p, self.data, seed, &dir, from.map(|f| f.1)))
             .flatten();
         let (encoder, seconds) = match reused {
             Some((encoder, seconds)) => {
@@ -384,14 +556,112 @@ impl Pretrained<'_> {
                     resume: self.resume,
                     from,
                 };
-                let (encoder, _, seconds) =
-                    pretrain_artifacts(self.p, self.data, &at, self.obs, log)?;
+                let (encoder, _, seconds) = pretrain_artifacts(p, self.data, &at, self.obs, log)?;
                 log.stage(stage, seconds, false);
                 (encoder, seconds)
             }
         };
-        self.made.insert((route, seed), (encoder.clone(), seconds));
-        Ok((encoder, seconds))
+        let weights = dir.join("encoder.safetensors");
+        let (bytes, sha256) = imprint_fs::size_and_sha256(&weights)?;
+        let file = SourceFile {
+            path: weights.display().to_string(),
+            bytes,
+            sha256,
+        };
+        self.made
+            .insert((route, seed), (encoder.clone(), seconds, file));
+        Ok((encoder.into(), seconds))
+    }
+
+    /// The file of the encoder `route` gave the runs of `seed`, once made.
+    fn file(&self, route: Route, seed: u64) -> Option<SourceFile> {
+        let c = &self.p.compare;
+        let seed = if c.pretrain_once { c.seeds[0] } else { seed };
+        self.made.get(&(route, seed)).map(|(_, _, f)| f.clone())
+    }
+
+    /// Where each network of the runs in `records` came from, in sentences for the report:
+    /// the architecture, the file and its digest, and what was done to it here. Only what ran
+    /// is described.
+    fn describe(&self, records: &[RunRecord]) -> String {
+        let shape = self.data.shape();
+        let ran = |route: Option<Route>| {
+            records.iter().any(|r| match route {
+                None => r.strategy == Strategy::SCRATCH.name(),
+                Some(route) => Strategy::all()
+                    .filter(|s| s.uses_pretrained())
+                    .any(|s| r.strategy == route.record_name(s)),
+            })
+        };
+        let files = |route: Route| {
+            let listed: Vec<String> = self
+                .made
+                .iter()
+                .filter(|((r, _), _)| *r == route)
+                .map(|((_, seed), (_, _, f))| {
+                    let shown = Path::new(&f.path)
+                        .strip_prefix(self.out)
+                        .map_or_else(|_| f.path.clone(), |p| p.display().to_string());
+                    format!("seed {seed}: `{shown}` (sha256 {})", f.sha256)
+                })
+                .collect();
+            listed.join(", ")
+        };
+        let pretraining = |p: &Pipeline| {
+            format!(
+                "pre-trained here on {} unlabeled images for {}",
+                self.data.unlabeled.len(),
+                p.pretrain.describe()
+            )
+        };
+        let mut parts = Vec::new();
+        if ran(None) {
+            parts.push(format!(
+                "`scratch`: {} from a fresh init.",
+                self.p.pretrain.architecture.describe(shape)
+            ));
+        }
+        if ran(Some(Route::SelfSupervised)) {
+            parts.push(format!(
+                "Route `self`: {}, {} ({}).",
+                self.p.pretrain.architecture.describe(shape),
+                pretraining(self.p),
+                files(Route::SelfSupervised)
+            ));
+        }
+        if let Some(net) = self.imported {
+            let arch = net.start.architecture.describe(shape);
+            let made_from = net
+                .start
+                .origin
+                .as_ref()
+                .map(|o| format!(", made from `{}` (sha256 {})", o.path, o.sha256))
+                .unwrap_or_default();
+            let origin = format!(
+                "`{}` (sha256 {}){made_from}",
+                net.start.source.path, net.start.source.sha256
+            );
+            if ran(Some(Route::Imported)) {
+                let head = match (&net.old_head, self.p.finetune.head_from_init) {
+                    (Some(_), true) => {
+                        "; its classifier's rows for the labeled classes started each new head, \
+                         and that head alone is the `imported:old-head` row"
+                    }
+                    _ => "",
+                };
+                parts.push(format!(
+                    "Route `imported`: {arch} read from {origin}, as it is{head}."
+                ));
+            }
+            if ran(Some(Route::ImportedThenSelf)) {
+                parts.push(format!(
+                    "Route `imported+self`: {arch} read from {origin}, then {} ({}).",
+                    pretraining(&net.pipeline),
+                    files(Route::ImportedThenSelf)
+                ));
+            }
+        }
+        parts.join(" ")
     }
 }
 

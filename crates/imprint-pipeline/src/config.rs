@@ -2,6 +2,9 @@
 //! fine-tuning settings, and the comparison grid. Each library crate owns its section's type;
 //! this file only nests them. Unknown keys, wrong types and missing fields are rejected with the
 //! key and line, as the TOML parser reports them.
+//!
+//! Every section is optional: one a file leaves out (and every section, with no file at all) is
+//! the built-in one of `defaults.toml`, settings for colour photos on a CPU.
 
 use crate::{PipelineError, Result};
 use imprint_data::augment::Augment;
@@ -13,32 +16,70 @@ use imprint_pretrain::{Noise, PretrainConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+/// The built-in pipeline: what a job runs with no pipeline file, and the sections a file
+/// leaves out.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// How an error names the built-in pipeline.
+const BUILT_IN: &str = "built-in pipeline";
+
+/// [`DEFAULTS_TOML`] read once. It names every section, so reading it needs no default.
+static DEFAULTS: LazyLock<Pipeline> = LazyLock::new(|| {
+    toml::from_str(DEFAULTS_TOML)
+        .unwrap_or_else(|e| panic!("the built-in defaults.toml does not parse: {e}"))
+});
+
+/// The sections of a pipeline file that take the built-in one when left out.
+const SECTIONS: [&str; 4] = ["data", "pretrain", "finetune", "compare"];
+
+fn default_data() -> DataConfig {
+    DEFAULTS.data.clone()
+}
+fn default_pretrain() -> PretrainConfig {
+    DEFAULTS.pretrain.clone()
+}
+fn default_finetune() -> FinetuneConfig {
+    DEFAULTS.finetune.clone()
+}
+fn default_compare() -> CompareConfig {
+    DEFAULTS.compare.clone()
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
-    /// Short name, used for the default output folder.
+    /// Short name, used for the default output folder; by default the pipeline file's name,
+    /// or the data folder's with no file.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[serde(default = "default_data")]
     pub data: DataConfig,
+    #[serde(default = "default_pretrain")]
     pub pretrain: PretrainConfig,
-    #[serde(default)]
+    #[serde(default = "default_finetune")]
     pub finetune: FinetuneConfig,
     /// `[finetune_by_budget.K]`: `[finetune]` keys whose values replace that section's for the
     /// runs with K labels per class (fewer steps for fewer labels, say).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub finetune_by_budget: BTreeMap<String, toml::Table>,
+    #[serde(default = "default_compare")]
     pub compare: CompareConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Images for pre-training; their labels, if any, are never read.
-    pub unlabeled: PathBuf,
-    /// Labeled images the few-label subsets are drawn from.
-    pub labeled: PathBuf,
+    /// Images for pre-training; their labels, if any, are never read. By default the labeled
+    /// images (their test part kept out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlabeled: Option<PathBuf>,
+    /// Labeled images the few-label subsets are drawn from; a pre-training alone needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labeled: Option<PathBuf>,
     /// Test images; when absent, `test_fraction` of `labeled` is held out (and kept out of
     /// pre-training when `unlabeled` is the same source).
     #[serde(default)]
@@ -82,6 +123,39 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// The labeled images, or an error saying how to give them.
+    pub fn labeled(&self) -> Result<&Path> {
+        self.labeled.as_deref().ok_or_else(|| PipelineError::Input {
+            path: "data.labeled".into(),
+            message: "no labeled images given: pass --labeled (a folder with a sub-folder per \
+                      class, or a CSV list of path,label) or set data.labeled in a pipeline file"
+                .into(),
+        })
+    }
+
+    /// The images pre-training reads: `unlabeled`, else the labeled ones; an error saying how
+    /// to give them when there are neither.
+    pub fn unlabeled(&self) -> Result<&Path> {
+        match (&self.unlabeled, &self.labeled) {
+            (Some(path), _) | (None, Some(path)) => Ok(path),
+            (None, None) => Err(PipelineError::Input {
+                path: "data.unlabeled".into(),
+                message: "no images given: pass --unlabeled (a folder of images, a CSV list or \
+                          an idx file) or set data.unlabeled in a pipeline file"
+                    .into(),
+            }),
+        }
+    }
+
+    /// A name for runs of this data: the labeled (else unlabeled) source's file or folder name.
+    fn folder_name(&self) -> String {
+        self.labeled
+            .as_deref()
+            .or(self.unlabeled.as_deref())
+            .and_then(Path::file_stem)
+            .map_or("imprint".into(), |n| n.to_string_lossy().into_owned())
+    }
+
     /// The memory budget and cache folder loading works within.
     pub fn storage(&self) -> Storage {
         Storage {
@@ -270,7 +344,7 @@ fn default_routes() -> Vec<Route> {
 impl Pipeline {
     /// Reads and checks a pipeline file; relative data paths are taken from the working directory.
     pub fn from_file(path: &Path) -> Result<Pipeline> {
-        Self::from_toml(&read_text(path)?, path)
+        Self::from_file_with_settings(path, &[])
     }
 
     /// [`Pipeline::from_file`], then `settings` (`section.key=value`, as given to `--set`)
@@ -280,7 +354,7 @@ impl Pipeline {
         let pipeline = Self::read_with_settings(path, settings)?;
         pipeline
             .validate()
-            .map_err(|m| settings_error(path, settings, m))?;
+            .map_err(|m| settings_error(&path.display().to_string(), settings, m))?;
         Ok(pipeline)
     }
 
@@ -294,11 +368,29 @@ impl Pipeline {
         overrides: &Overrides,
     ) -> Result<Pipeline> {
         let read = Self::read_with_settings(path, settings)?;
+        Self::checked_with(read, &path.display().to_string(), settings, overrides)
+    }
+
+    /// The built-in pipeline ([`DEFAULTS_TOML`]) with `settings` and `overrides`, for a job run
+    /// without a pipeline file; its name is the data folder's.
+    pub fn defaults_with_overrides(settings: &[String], overrides: &Overrides) -> Result<Pipeline> {
+        let read = Self::with_settings(DEFAULTS_TOML, BUILT_IN, settings)?;
+        Self::checked_with(read, BUILT_IN, settings, overrides)
+    }
+
+    /// `read` with `overrides` in, checked; a problem is blamed on `shown` and its settings when
+    /// they have it without the flags, else on the command line.
+    fn checked_with(
+        read: Pipeline,
+        shown: &str,
+        settings: &[String],
+        overrides: &Overrides,
+    ) -> Result<Pipeline> {
         let mut pipeline = read.clone();
         overrides.set(&mut pipeline);
         if let Err(m) = pipeline.validate() {
             return Err(if read.validate().err().as_ref() == Some(&m) {
-                settings_error(path, settings, m)
+                settings_error(shown, settings, m)
             } else {
                 PipelineError::Input {
                     path: "command line".into(),
@@ -309,15 +401,26 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// The file with `settings` in, its keys and types checked, its values not yet.
+    /// The file with `settings` in, its keys and types checked, its values not yet; a file
+    /// without a name is named after itself.
     fn read_with_settings(path: &Path, settings: &[String]) -> Result<Pipeline> {
-        let text = read_text(path)?;
+        let mut p = Self::with_settings(&read_text(path)?, &path.display().to_string(), settings)?;
+        if p.name.is_empty() {
+            p.name = path
+                .file_stem()
+                .map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        }
+        Ok(p)
+    }
+
+    /// The pipeline `text` (read from `shown`) with `settings` in, unchecked.
+    fn with_settings(text: &str, shown: &str, settings: &[String]) -> Result<Pipeline> {
         let bad = |message: String| PipelineError::Input {
-            path: path.display().to_string(),
+            path: shown.to_string(),
             message,
         };
-        let mut pipeline = Self::parse(&text, path)?;
-        let mut table: toml::Table = text.parse().map_err(|e| bad(one_line(&e, &text)))?;
+        let mut pipeline = Self::parse(text, shown)?;
+        let mut table: toml::Table = text.parse().map_err(|e| bad(one_line(&e, text)))?;
         // Keys and types are checked after each setting, so that an error names the setting
         // that caused it.
         for setting in settings {
@@ -331,15 +434,15 @@ impl Pipeline {
     }
 
     /// Reads a pipeline's keys and types, without checking the values.
-    fn parse(text: &str, path: &Path) -> Result<Pipeline> {
+    fn parse(text: &str, shown: &str) -> Result<Pipeline> {
         toml::from_str(text).map_err(|e| PipelineError::Input {
-            path: path.display().to_string(),
+            path: shown.to_string(),
             message: one_line(&e, text),
         })
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<Pipeline> {
-        let pipeline = Self::parse(text, path)?;
+        let pipeline = Self::parse(text, &path.display().to_string())?;
         pipeline
             .validate()
             .map_err(|message| PipelineError::Input {
@@ -365,14 +468,20 @@ impl Pipeline {
     }
 
     /// What a job of this pipeline (read from `file`) reads, which its outputs must leave alone:
-    /// the file, the data sources, the imported network and the image cache folder.
-    pub fn inputs(&self, file: &Path) -> Vec<Input> {
+    /// the file (none for the built-in pipeline), the data sources, the imported network and the
+    /// image cache folder.
+    pub fn inputs(&self, file: Option<&Path>) -> Vec<Input> {
         let d = &self.data;
-        let mut inputs = vec![
-            Input::new("the pipeline file", file),
-            Input::new("data.unlabeled", &d.unlabeled),
-            Input::new("data.labeled", &d.labeled),
-        ];
+        let mut inputs: Vec<Input> = file
+            .map(|f| Input::new("the pipeline file", f))
+            .into_iter()
+            .collect();
+        if let Some(unlabeled) = &d.unlabeled {
+            inputs.push(Input::new("data.unlabeled", unlabeled));
+        }
+        if let Some(labeled) = &d.labeled {
+            inputs.push(Input::new("data.labeled", labeled));
+        }
         if let Some(test) = &d.test {
             inputs.push(Input::new("data.test", test));
         }
@@ -611,9 +720,9 @@ fn repeated<T: PartialEq + std::fmt::Debug>(list: &[T], key: &str) -> Option<Str
 }
 
 /// A problem of the file, or of the file with `settings`, named so.
-fn settings_error(path: &Path, settings: &[String], message: String) -> PipelineError {
+fn settings_error(shown: &str, settings: &[String], message: String) -> PipelineError {
     PipelineError::Input {
-        path: path.display().to_string(),
+        path: shown.to_string(),
         message: if settings.is_empty() {
             message
         } else {
@@ -713,6 +822,16 @@ fn set_key(table: &mut toml::Table, setting: &str) -> std::result::Result<(), St
              that the others keep their values"
         ));
     }
+    // A section the file leaves out is the built-in one: a setting changes one of its keys,
+    // and the others keep their built-in values.
+    if let Some(&section) = parts.first().filter(|s| SECTIONS.contains(s)) {
+        if !table.contains_key(section) {
+            let builtin: toml::Table = DEFAULTS_TOML.parse().map_err(|e| format!("{e}"))?;
+            if let Some(value) = builtin.get(section) {
+                table.insert(section.to_string(), value.clone());
+            }
+        }
+    }
     let mut at = table;
     for part in parts {
         at = at
@@ -786,10 +905,13 @@ impl Overrides {
     /// Puts the overrides into `p`, unchecked.
     pub fn set(&self, p: &mut Pipeline) {
         if let Some(v) = &self.unlabeled {
-            p.data.unlabeled = v.clone();
+            p.data.unlabeled = Some(v.clone());
         }
         if let Some(v) = &self.labeled {
-            p.data.labeled = v.clone();
+            p.data.labeled = Some(v.clone());
+        }
+        if p.name.is_empty() {
+            p.name = p.data.folder_name();
         }
         if let Some(v) = &self.test {
             p.data.test = Some(v.clone());
@@ -887,6 +1009,63 @@ seeds = [0]
         );
         assert_eq!(p.finetune.steps, 300);
         assert_eq!(p.pretrain.batch_size, 128);
+    }
+
+    #[test]
+    fn the_built_in_pipeline_reads_and_names_every_section() {
+        let builtin: toml::Table = DEFAULTS_TOML.parse().unwrap();
+        for section in SECTIONS {
+            assert!(
+                builtin.contains_key(section),
+                "defaults.toml lacks [{section}]"
+            );
+        }
+        // Unchecked: the built-in pipeline takes its name from the data it is given.
+        let p = Pipeline::with_settings(DEFAULTS_TOML, BUILT_IN, &[]).unwrap();
+        assert_eq!(p, *DEFAULTS);
+        assert_eq!(
+            (p.data.labeled.clone(), p.data.unlabeled.clone()),
+            (None, None)
+        );
+        let e = p.data.labeled().unwrap_err().to_string();
+        assert!(e.contains("--labeled"), "{e}");
+    }
+
+    /// A file may leave out any section, or be empty: each missing one is the built-in one,
+    /// and a setting of one of its keys keeps the others built-in.
+    #[test]
+    fn sections_left_out_are_the_built_in_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.toml");
+        std::fs::write(&path, "[data]\nlabeled = \"photos\"\n").unwrap();
+        let p = Pipeline::from_file(&path).unwrap();
+        assert_eq!(p.name, "mine");
+        assert_eq!(p.data.labeled.as_deref(), Some(Path::new("photos")));
+        assert_eq!(p.data.unlabeled().unwrap(), Path::new("photos"));
+        assert_eq!(
+            (&p.pretrain, &p.finetune, &p.compare),
+            (&DEFAULTS.pretrain, &DEFAULTS.finetune, &DEFAULTS.compare)
+        );
+        let set = |s: &str| Pipeline::from_file_with_settings(&path, &[s.to_string()]).unwrap();
+        let p = set("finetune.steps=7");
+        assert_eq!(p.finetune.steps, 7);
+        assert_eq!(
+            p.finetune,
+            FinetuneConfig {
+                steps: 7,
+                ..DEFAULTS.finetune.clone()
+            }
+        );
+        let p = set("pretrain.epochs=2");
+        assert_eq!(
+            p.pretrain.contrast_weight,
+            DEFAULTS.pretrain.contrast_weight
+        );
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(
+            Pipeline::from_file(&path).unwrap().finetune,
+            DEFAULTS.finetune
+        );
     }
 
     #[test]
@@ -1053,7 +1232,9 @@ seeds = [0]
             let p = with_settings(&order).unwrap();
             assert_eq!((p.finetune.self_train_steps, p.finetune.batch_size), (2, 2));
         }
-        let e = with_settings(&[steps]).unwrap_err().to_string();
+        let e = with_settings(&[steps, "finetune.batch_size=1"])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("with the --set settings") && e.contains("self_train_steps"),
             "{e}"

@@ -5,14 +5,15 @@ use crate::provenance::{RunLog, VERSION};
 use crate::resume_point;
 use crate::sidecar::{read_sidecar, sidecar_path, write_json, KnnVote, MODEL_FORMAT};
 use crate::{
-    create_dir, EncoderSidecar, ModelSidecar, Pipeline, PipelineError, Prepared, Result, Sidecar,
+    create_dir, EncoderSidecar, ModelSidecar, Observer, Pipeline, PipelineError, Prepared, Result,
+    Sidecar,
 };
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
 use imprint_data::{Dataset, ImageShape, Preprocess, SourceFile, SourceRecord};
 use imprint_finetune::{
     evaluate, finetune_with, Classifier, FinetuneError, FinetuneHooks, FinetuneSnapshot, Head,
-    Metrics, Strategy,
+    History, Init, Metrics, OldHead, Strategy,
 };
 use imprint_nn::{save_tensors, Architecture, Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord};
@@ -23,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// A checkpoint fine-tuning can start from: a pre-trained or imported encoder, or any
-/// classifier, whose head is then dropped for a new one.
+/// classifier, whose head is then dropped for a new one (or lends it its rows, when its classes
+/// include the labeled ones).
 #[derive(Clone, Debug)]
 pub struct StartPoint {
     pub weights: PathBuf,
@@ -32,14 +34,35 @@ pub struct StartPoint {
     pub preprocess: Preprocess,
     /// The file, its size and digest, for the new model's sidecar.
     pub source: SourceFile,
+    /// The file this one was made from (the PyTorch checkpoint of an imported network), as its
+    /// sidecar records it.
+    pub origin: Option<SourceFile>,
+    /// A classifier's linear head; `None` for an encoder or a kNN classifier.
+    pub head: Option<OldHead>,
 }
 
 impl StartPoint {
     /// Reads the sidecar beside `weights`, an encoder's or a classifier's.
     pub fn read(weights: &Path) -> Result<Self> {
-        let (architecture, input, preprocess) = match read_sidecar(&sidecar_path(weights))? {
-            Sidecar::Encoder(s) => (s.architecture, s.input, s.preprocess),
-            Sidecar::Model(s) => (s.architecture, s.input, s.preprocess),
+        let (architecture, input, preprocess, classes, origin) =
+            match read_sidecar(&sidecar_path(weights))? {
+                Sidecar::Encoder(s) => {
+                    (s.architecture, s.input, s.preprocess, None, s.started_from)
+                }
+                Sidecar::Model(s) => {
+                    let linear = s.knn.is_none();
+                    (
+                        s.architecture,
+                        s.input,
+                        s.preprocess,
+                        linear.then_some(s.classes),
+                        s.started_from,
+                    )
+                }
+            };
+        let head = match classes {
+            Some(classes) => old_head(weights, classes)?,
+            None => None,
         };
         let (bytes, sha256) = imprint_fs::size_and_sha256(weights)?;
         Ok(Self {
@@ -52,6 +75,8 @@ impl StartPoint {
                 bytes,
                 sha256,
             },
+            origin,
+            head,
         })
     }
 
@@ -70,22 +95,30 @@ impl StartPoint {
     /// The encoder, refusing one whose architecture or input shape differs from what `p` and
     /// the data need.
     pub fn encoder_for(&self, p: &Pipeline, shape: ImageShape) -> Result<Encoder<Cpu>> {
-        let input = |message: String| PipelineError::Input {
-            path: self.weights.display().to_string(),
-            message,
-        };
         if self.architecture != p.pretrain.architecture {
-            return Err(input(format!(
-                "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
-                self.architecture.describe(self.input),
-                p.pretrain.architecture.describe(shape)
-            )));
+            return Err(PipelineError::Input {
+                path: self.weights.display().to_string(),
+                message: format!(
+                    "checkpoint architecture is {}, the pipeline asks for {} (architecture mismatch)",
+                    self.architecture.describe(self.input),
+                    p.pretrain.architecture.describe(shape)
+                ),
+            });
         }
+        self.encoder_of_shape(shape)
+    }
+
+    /// The encoder, of its own architecture, refusing one whose input shape differs from the
+    /// data's.
+    pub fn encoder_of_shape(&self, shape: ImageShape) -> Result<Encoder<Cpu>> {
         if self.input != shape {
-            return Err(input(format!(
-                "checkpoint takes {} images, the data is {}; set [data.preprocess] to {}",
-                self.input, shape, self.input
-            )));
+            return Err(PipelineError::Input {
+                path: self.weights.display().to_string(),
+                message: format!(
+                    "checkpoint takes {} images, the data is {}; set [data.preprocess] to {}",
+                    self.input, shape, self.input
+                ),
+            });
         }
         encoder_from(
             &self.weights,
@@ -94,6 +127,43 @@ impl StartPoint {
             &self.preprocess,
         )
     }
+
+    /// Where fine-tuning from this checkpoint starts: its encoder and its head.
+    pub fn init(&self, encoder: Encoder<Cpu>) -> Init<Cpu> {
+        Init {
+            encoder,
+            head: self.head.clone(),
+        }
+    }
+}
+
+/// A classifier checkpoint's linear head, with its class names.
+fn old_head(weights: &Path, classes: Vec<String>) -> Result<Option<OldHead>> {
+    let mut tensors = crate::bounds::weights(weights)?;
+    let (Some(weight), Some(bias)) = (tensors.remove("head.weight"), tensors.remove("head.bias"))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(OldHead {
+        classes,
+        weight: weight.data,
+        bias: bias.data,
+    }))
+}
+
+/// The accuracy on `test` of the old head alone, its rows for the test's classes (the new
+/// head's start), when the network has a head with every one of those classes.
+pub(crate) fn old_head_accuracy(init: &Init<Cpu>, test: &Dataset) -> Option<Metrics> {
+    let dev = Cpu::default();
+    let old = init.head.as_ref()?;
+    let head = old.rows_for(&dev, &test.classes, init.encoder.features())?;
+    let mut model = Classifier::with_head(
+        init.encoder.clone(),
+        Head::Linear(head),
+        test.classes.clone(),
+        test.shape,
+    );
+    evaluate(&dev, &mut model, test)
 }
 
 /// Loads a pre-trained encoder (or a classifier's), refusing one whose architecture or input
@@ -136,6 +206,9 @@ pub struct FinetuneOutcome {
     pub model: Classifier<Cpu>,
     pub metrics: Metrics,
     pub record: RunRecord,
+    pub history: History,
+    /// The old head's score on the test set, when the network started from lent it its rows.
+    pub old_head: Option<Metrics>,
 }
 
 /// The labeled images one `finetune` run trains on.
@@ -229,13 +302,22 @@ fn write_confusion(path: &Path, classes: &[String], m: &Metrics) -> Result<()> {
     Ok(())
 }
 
+/// What a fine-tuning run starts from (`None` for `scratch`), the old head's test score when
+/// that network has one for these classes (for `metrics.json`), and who hears of its steps.
+#[derive(Clone, Copy)]
+pub(crate) struct RunStart<'a> {
+    pub init: Option<&'a Init<Cpu>>,
+    pub old_head: Option<&'a Metrics>,
+    pub obs: &'a dyn Observer,
+}
+
 /// Fine-tunes one strategy on one labeled subset and evaluates it on the test set.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_one(
     p: &Pipeline,
     data: &Prepared,
     train: &Dataset,
-    pretrained: Option<&Encoder<Cpu>>,
+    start: RunStart,
     strategy: Strategy,
     k: usize,
     seed: u64,
@@ -244,9 +326,9 @@ pub(crate) fn run_one(
 ) -> Result<FinetuneOutcome> {
     let p = &p.for_budget(k)?;
     let dev = Cpu::default();
-    let encoder = match (strategy.uses_pretrained(), pretrained) {
-        (false, _) => fresh_encoder(p, train.shape, seed)?,
-        (true, Some(e)) => e.clone(),
+    let mut init: Init<Cpu> = match (strategy.uses_pretrained(), start.init) {
+        (false, _) => fresh_encoder(p, train.shape, seed)?.into(),
+        (true, Some(init)) => init.clone(),
         (true, None) => {
             return Err(PipelineError::Output(format!(
                 "strategy `{}` needs a pre-trained encoder",
@@ -255,7 +337,7 @@ pub(crate) fn run_one(
         }
     };
     // Self-training's teacher and the test set's scores run within the data's budget.
-    let encoder = encoder.within_memory(p.data.storage().memory_budget);
+    init.encoder = init.encoder.within_memory(p.data.storage().memory_budget);
     create_dir(out)?;
     let checkpoint = resume_point::checkpoint_path(out);
     let run = (strategy, k);
@@ -266,14 +348,16 @@ pub(crate) fn run_one(
         resume_point::save_finetune(&checkpoint, p, data, run, s)
             .map_err(|e| FinetuneError::Data(e.to_string()))
     };
+    let mut on_step = |done, total, loss| start.obs.finetune_step(done, total, loss);
     let hooks = FinetuneHooks {
         every: p.finetune.checkpoint_every,
         on_checkpoint: Some(&mut save),
+        on_step: Some(&mut on_step),
     };
-    let start = Instant::now();
+    let clock = Instant::now();
     let (mut model, history) = finetune_with(
         &dev,
-        encoder,
+        init,
         train,
         Some(&data.unlabeled),
         &p.finetune,
@@ -282,7 +366,7 @@ pub(crate) fn run_one(
         hooks,
         snapshot.as_ref(),
     )?;
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock.elapsed().as_secs_f64();
     let metrics = evaluate(&dev, &mut model, &data.test)
         .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
     resume_point::remove(&checkpoint)?;
@@ -309,20 +393,33 @@ pub(crate) fn run_one(
         finetune_seconds: seconds,
         epochs_run: history.steps_run,
     };
-    write_json(
-        &out.join("metrics.json"),
-        &serde_json::json!({
-            "strategy": record.strategy, "labels_per_class": k, "seed": seed,
-            "test_accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
-            "labeled_images": train.len(), "test_images": data.test.len(),
-            "finetune_seconds": seconds,
-            "pseudo_labels": history.pseudo_labels,
-        }),
-    )?;
+    let mut json = serde_json::json!({
+        "strategy": record.strategy, "labels_per_class": k, "seed": seed,
+        "test_accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
+        "labeled_images": train.len(), "test_images": data.test.len(),
+        "finetune_seconds": seconds,
+        "pseudo_labels": history.pseudo_labels,
+        "head_from_init": history.head_from_init,
+    });
+    let old_head = start.old_head.filter(|_| strategy.uses_pretrained());
+    if let Some(old) = old_head {
+        json["old_head_test_accuracy"] = old.accuracy.into();
+    }
+    if let Some(frozen) = history.frozen_phase {
+        json["frozen_phase_validation_accuracy"] = frozen.accuracy.into();
+        json["frozen_phase_step"] = frozen.step.into();
+        if let Some(last) = history.validation.last() {
+            json["final_validation_accuracy"] = last.accuracy.into();
+        }
+        json["below_frozen_phase"] = history.below_frozen_phase().is_some().into();
+    }
+    write_json(&out.join("metrics.json"), &json)?;
     Ok(FinetuneOutcome {
         model,
         metrics,
         record,
+        old_head: old_head.cloned(),
+        history,
     })
 }
 
@@ -338,12 +435,15 @@ pub fn finetune_job(
     labels: Labels,
     seed: u64,
     out: &Path,
+    obs: &dyn Observer,
     log: &mut RunLog,
     resume: bool,
 ) -> Result<FinetuneOutcome> {
     // Check the encoder before writing anything.
     let pretrained = match (strategy.uses_pretrained(), start) {
-        (true, Some(s)) => Some(log.time("load encoder", || s.encoder_for(p, data.shape()))?),
+        (true, Some(s)) => Some(log.time("load encoder", || {
+            s.encoder_for(p, data.shape()).map(|e| s.init(e))
+        })?),
         (true, None) => {
             return Err(PipelineError::Input {
                 path: "command line".into(),
@@ -365,11 +465,19 @@ pub fn finetune_job(
         }
     };
     let k = labels.per_class();
+    let old_head = pretrained
+        .as_ref()
+        .filter(|_| p.finetune.head_from_init)
+        .and_then(|init| old_head_accuracy(init, &data.test));
     let outcome = run_one(
         p,
         data,
         &train,
-        pretrained.as_ref(),
+        RunStart {
+            init: pretrained.as_ref(),
+            old_head: old_head.as_ref(),
+            obs,
+        },
         strategy,
         k,
         seed,
@@ -381,9 +489,38 @@ pub fn finetune_job(
         outcome.record.finetune_seconds,
         false,
     );
+    write_model(
+        out,
+        p,
+        data,
+        &outcome.model,
+        strategy,
+        seed,
+        start
+            .filter(|_| strategy.uses_pretrained())
+            .map(|s| s.source.clone()),
+        log,
+    )?;
+    log.write(out, data, true)?;
+    Ok(outcome)
+}
+
+/// Writes a fine-tuned `model` into `out`: `model.safetensors`, and `model.json` with its
+/// architecture, input, classes, strategy, seed, data and the file it `started_from`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_model(
+    out: &Path,
+    p: &Pipeline,
+    data: &Prepared,
+    model: &Classifier<Cpu>,
+    strategy: Strategy,
+    seed: u64,
+    started_from: Option<SourceFile>,
+    log: &RunLog,
+) -> Result<()> {
     save_tensors(
         &out.join("model.safetensors"),
-        &outcome.model.named_tensors(""),
+        &model.named_tensors(""),
         &BTreeMap::new(),
     )?;
     write_json(
@@ -393,26 +530,22 @@ pub fn finetune_job(
             architecture: p.pretrain.architecture.clone(),
             input: data.shape(),
             preprocess: p.data.preprocess.clone(),
-            classes: outcome.model.classes.clone(),
+            classes: model.classes.clone(),
             strategy: strategy.name().into(),
             seed,
             program_version: VERSION.into(),
             data: SourceRecord::of(&data.labeled.source),
             git_revision: log.info().git_revision.clone(),
-            knn: match &outcome.model.head {
+            knn: match &model.head {
                 Head::Knn(_, settings) => Some(KnnVote {
                     k: settings.k,
                     temperature: settings.temperature,
                 }),
                 Head::Linear(_) => None,
             },
-            started_from: start
-                .filter(|_| strategy.uses_pretrained())
-                .map(|s| s.source.clone()),
+            started_from,
         },
-    )?;
-    log.write(out, data, true)?;
-    Ok(outcome)
+    )
 }
 
 /// A fine-tuning run's name in folders and `run.json`, from its name in `results.csv`.

@@ -9,6 +9,7 @@ pub mod detect;
 mod export;
 mod finetune_job;
 mod import;
+mod init;
 mod outputs;
 mod predict;
 mod prepared;
@@ -17,13 +18,14 @@ pub mod provenance;
 mod resume_point;
 mod sidecar;
 
-pub use compare::{compare, CompareOutcome};
+pub use compare::{compare, CompareOptions, CompareOutcome, OLD_HEAD};
 pub use config::{NearDuplicates, Overrides, Pipeline, Route};
 pub use detect::named_architecture;
 pub use export::{export_onnx, Exported};
 pub use finetune_job::{finetune_job, FinetuneOutcome, Labels, StartPoint};
 pub use import::{examine, import, Found, ImportSpec, Imported};
 pub use imprint_fs::{Input, OutputDir};
+pub use init::init_text;
 pub use outputs::{checkpoint_inputs, prepare_output_dir, prepare_output_file};
 pub use predict::{embed, evaluate_job, inspect, predict, run_warnings, Evaluation, Inspection};
 pub use prepared::{write_split, Prepared};
@@ -71,6 +73,13 @@ pub trait Observer {
     ) {
     }
     fn pretrain_epoch(&self, _seed: u64, _stats: &EpochStats, _epochs: usize) {}
+    /// Within a fine-tuning: steps done, steps in all, the step's loss.
+    fn finetune_step(&self, _done: usize, _total: usize, _loss: f32) {}
+    /// A fine-tuning run of a comparison begins: the `index`-th (from 1) of `count`, by name.
+    fn run_started(&self, _index: usize, _count: usize, _name: &str) {}
+    /// Within a job over images (predicting, evaluating): images done and in all.
+    fn progress(&self, _job: &str, _done: usize, _total: usize) {}
+    /// A fine-tuning run of a comparison ended (or was kept from an earlier run).
     fn run_finished(&self, _record: &RunRecord) {}
 }
 

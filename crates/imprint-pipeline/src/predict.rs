@@ -7,7 +7,7 @@ use crate::sidecar::{read_encoder_sidecar, read_model_sidecar, read_sidecar, sid
 use crate::{ModelSidecar, Observer, PipelineError, Result, Sidecar};
 use dfdx::prelude::Cpu;
 use imprint_data::{Dataset, ImageShape, Preprocess, Storage};
-use imprint_finetune::{evaluate, Classifier, Head, Metrics};
+use imprint_finetune::{Classifier, Head, Metrics};
 use imprint_nn::knn::{Bank, KnnSettings};
 use imprint_nn::{Encoder, ParamsExt};
 use rand::SeedableRng;
@@ -15,35 +15,65 @@ use rand_chacha::ChaCha8Rng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Classifies the images of `input` with a fine-tuned model into `out_csv`
-/// (`path,predicted,confidence`), within `memory_budget_mb` MiB of decoded images and a share
-/// of it for the activations of the images run at once; rows are written as they come.
+/// Classifies the images of `input` with a fine-tuned model into `out_csv`: `path,predicted,
+/// confidence`, and with `top` > 1 the next likeliest classes as `predicted_2,confidence_2`, ...;
+/// within `memory_budget_mb` MiB of decoded images and a share of it for the activations of the
+/// images run at once; rows are written as they come.
 pub fn predict(
     model_weights: &Path,
     input: &Path,
     out_csv: &Path,
     memory_budget_mb: u64,
+    top: usize,
     obs: &dyn Observer,
 ) -> Result<usize> {
     let side = read_model_sidecar(&sidecar_path(model_weights))?;
+    let classes = side.classes.len();
+    if top == 0 || top > classes {
+        return Err(PipelineError::Input {
+            path: "--top".into(),
+            message: format!("{top}: must be between 1 and the model's {classes} classes"),
+        });
+    }
     let storage = Storage::standard().with_budget_mb(memory_budget_mb);
     let images = load_input(input, side.input, &side.preprocess, &storage, obs)?;
     let mut model = model_of(model_weights, &side)?;
     model.encoder.memory_budget = storage.memory_budget;
-    let mut out = CsvOut::create(out_csv, "path,predicted,confidence\n")?;
-    model.predict_each(&Cpu::default(), &images.pixels, |first, predictions| {
+    let mut header = String::from("path,predicted,confidence");
+    for rank in 2..=top {
+        header.push_str(&format!(",predicted_{rank},confidence_{rank}"));
+    }
+    header.push('\n');
+    let mut out = CsvOut::create(out_csv, &header)?;
+    let n = images.len();
+    let dev = Cpu::default();
+    model.predict_each_with_probabilities(&dev, &images.pixels, |first, predictions, rows| {
         let mut text = String::new();
-        for (i, (class, p)) in (first..).zip(predictions) {
-            text.push_str(&format!(
-                "{},{},{p:.6}\n",
-                csv_field(&images.items[i]),
-                csv_field(&side.classes[*class])
-            ));
+        for ((i, best), row) in (first..).zip(predictions).zip(rows.chunks_exact(classes)) {
+            text.push_str(&csv_field(&images.items[i]));
+            for (class, p) in ranked(*best, row, top) {
+                text.push_str(&format!(",{},{p:.6}", csv_field(&side.classes[class])));
+            }
+            text.push('\n');
         }
         out.write(&text);
+        obs.progress("predicting", first + predictions.len(), n);
     });
     out.commit()?;
-    Ok(images.len())
+    Ok(n)
+}
+
+/// The `top` likeliest classes: the model's prediction `best` first (as `evaluate` counts it),
+/// then the others by their probability in `row`.
+fn ranked(best: (usize, f32), row: &[f32], top: usize) -> Vec<(usize, f32)> {
+    let mut others: Vec<(usize, f32)> = row
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(c, _)| c != best.0)
+        .collect();
+    others.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    std::iter::once(best).chain(others).take(top).collect()
 }
 
 /// A CSV written through a temporary name a chunk of rows at a time; the first write error is
@@ -126,7 +156,14 @@ pub fn evaluate_job(
         };
         write_logits(&dev, &mut model, path, &images, &side.classes)?;
     }
-    let metrics = evaluate(&dev, &mut model, &images).expect("the images are labeled");
+    let n = images.len();
+    let mut predicted: Vec<usize> = Vec::with_capacity(n);
+    model.predict_each(&dev, &images.pixels, |_, chunk| {
+        predicted.extend(chunk.iter().map(|(c, _)| *c));
+        obs.progress("evaluating", predicted.len(), n);
+    });
+    let truth = images.labels.as_deref().unwrap_or_default();
+    let metrics = Metrics::from_predictions(truth, &predicted, side.classes.len());
     let per_class = metrics
         .confusion
         .iter()

@@ -16,11 +16,14 @@ use std::path::Path;
 pub struct Prepared {
     /// Images for pre-training, labels dropped.
     pub unlabeled: Dataset,
-    /// The pool labeled subsets are drawn from.
+    /// The pool labeled subsets are drawn from; empty for a pre-training given no labeled
+    /// images ([`Prepared::load_for_pretraining`]).
     pub labeled: Dataset,
     pub test: Dataset,
     /// What the content checks found and did, for the report.
     pub checks: ContentChecks,
+    /// Whether labeled images were given (and with them a test set).
+    pub has_labels: bool,
 }
 
 /// Images the labeled source held more than once, and test images seen elsewhere.
@@ -357,12 +360,45 @@ pub fn write_split(
 }
 
 impl Prepared {
+    /// What a pre-training reads: [`Prepared::load`] when labeled images are given (for the
+    /// kNN monitor, and to keep their test part out of pre-training), else the unlabeled images
+    /// alone, every one of them.
+    pub fn load_for_pretraining(p: &Pipeline, obs: &dyn Observer) -> Result<Prepared> {
+        let d = &p.data;
+        if d.labeled.is_some() {
+            return Self::load(p, obs);
+        }
+        let path = d.unlabeled()?;
+        let mut unlabeled = imprint_data::load_with(path, &d.preprocess, &d.storage())?;
+        unlabeled = keep_at_most(unlabeled, d.max_unlabeled, d.split_seed);
+        unlabeled.labels = None;
+        if let Some(problem) = d.preprocess.normalize_problem(unlabeled.shape.channels) {
+            return Err(PipelineError::Input {
+                path: path.display().to_string(),
+                message: format!("{problem}; its images have {}", unlabeled.shape),
+            });
+        }
+        obs.info(&format!("unlabeled: {}", unlabeled.describe()));
+        crate::bounds::check_pipeline(p, unlabeled.shape, 0, 0)?;
+        let mut none = unlabeled.subset(&[]);
+        none.labels = Some(Vec::new());
+        Ok(Prepared {
+            labeled: none.clone(),
+            test: none,
+            unlabeled,
+            checks: ContentChecks::default(),
+            has_labels: false,
+        })
+    }
+
     pub fn load(p: &Pipeline, obs: &dyn Observer) -> Result<Prepared> {
         let d = &p.data;
         let storage = d.storage();
-        let all = imprint_data::load_with(&d.labeled, &d.preprocess, &storage)?;
-        require_labels(&all, &d.labeled, "data.labeled")?;
-        let (all, mut checks) = check_duplicates(all, d.duplicates, &d.labeled)?;
+        let labeled_path = d.labeled()?;
+        let unlabeled_path = d.unlabeled()?;
+        let all = imprint_data::load_with(labeled_path, &d.preprocess, &storage)?;
+        require_labels(&all, labeled_path, "data.labeled")?;
+        let (all, mut checks) = check_duplicates(all, d.duplicates, labeled_path)?;
         let near = d.near_duplicate_distance.distance();
         // Fingerprints of the labeled images, kept beside them through every subset below.
         let (all, all_prints) = match near {
@@ -372,7 +408,7 @@ impl Prepared {
                     (all, prints),
                     d.duplicates,
                     distance,
-                    &d.labeled,
+                    labeled_path,
                     &mut checks,
                 )?;
                 (all, Some(prints))
@@ -381,7 +417,7 @@ impl Prepared {
         };
         if all.num_classes() < 2 {
             return Err(PipelineError::Input {
-                path: d.labeled.display().to_string(),
+                path: labeled_path.display().to_string(),
                 message: format!(
                     "has one class ({}); a classifier needs at least two",
                     all.classes.join(", ")
@@ -414,37 +450,26 @@ impl Prepared {
                 ),
             });
         }
-        let unlabeled_is_labeled = same_file(&d.unlabeled, &d.labeled);
-        let mut unlabeled = if unlabeled_is_labeled {
+        let unlabeled_is_labeled = same_file(unlabeled_path, labeled_path);
+        let unlabeled = if unlabeled_is_labeled {
             // Test images split off this source must stay unseen by pre-training.
             match &pool_idx {
                 Some(train) => all.subset(train),
                 None => all,
             }
         } else {
-            imprint_data::load_with(&d.unlabeled, &d.preprocess, &storage)?
+            imprint_data::load_with(unlabeled_path, &d.preprocess, &storage)?
         };
-        if d.max_unlabeled > 0 && unlabeled.len() > d.max_unlabeled {
-            let mut ids: Vec<usize> = (0..unlabeled.len()).collect();
-            ids.shuffle(&mut ChaCha8Rng::seed_from_u64(d.split_seed));
-            ids.truncate(d.max_unlabeled);
-            ids.sort_unstable();
-            unlabeled = unlabeled.subset(&ids);
-        }
+        let mut unlabeled = keep_at_most(unlabeled, d.max_unlabeled, d.split_seed);
         unlabeled.labels = None;
         check_shape(
             &unlabeled.shape,
             &labeled.shape,
-            d.unlabeled.as_path(),
-            d.labeled.as_path(),
+            unlabeled_path,
+            labeled_path,
         )?;
-        check_shape(
-            &test.shape,
-            &labeled.shape,
-            d.test.as_deref().unwrap_or(&d.labeled),
-            &d.labeled,
-        )?;
-        let test_path = d.test.as_deref().unwrap_or(&d.labeled);
+        let test_path = d.test.as_deref().unwrap_or(labeled_path);
+        check_shape(&test.shape, &labeled.shape, test_path, labeled_path)?;
         let mut overlap = check_test_overlap(
             &test,
             &[&labeled, &unlabeled],
@@ -486,7 +511,7 @@ impl Prepared {
         checks.test_overlap = overlap.len();
         if let Some(problem) = d.preprocess.normalize_problem(labeled.shape.channels) {
             return Err(PipelineError::Input {
-                path: d.labeled.display().to_string(),
+                path: labeled_path.display().to_string(),
                 message: format!("{problem}; its images have {}", labeled.shape),
             });
         }
@@ -509,6 +534,7 @@ impl Prepared {
             labeled,
             test,
             checks,
+            has_labels: true,
         })
     }
 
@@ -528,4 +554,16 @@ fn check_shape(a: &ImageShape, b: &ImageShape, pa: &Path, pb: &Path) -> Result<(
         });
     }
     Ok(())
+}
+
+/// A seeded random `most` of `ds`'s images, in their order; all of them when `most` is 0.
+fn keep_at_most(ds: Dataset, most: usize, seed: u64) -> Dataset {
+    if most == 0 || ds.len() <= most {
+        return ds;
+    }
+    let mut ids: Vec<usize> = (0..ds.len()).collect();
+    ids.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    ids.truncate(most);
+    ids.sort_unstable();
+    ds.subset(&ids)
 }

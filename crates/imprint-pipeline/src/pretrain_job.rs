@@ -18,9 +18,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// The `pretrain` command: trains the autoencoder of `p` on the unlabeled images and writes into
-/// `out`: `encoder.safetensors` + `encoder.json`, `decoder.safetensors`, `loss.csv`, `loss.png`,
-/// `reconstructions.png` (held-out originals over their reconstructions) and `run.json`. With
+/// The `pretrain` command: trains the encoder of `p` by its pretexts on the unlabeled images and
+/// writes into `out`: `encoder.safetensors` + `encoder.json`, `loss.csv`, `loss.png`, and with a
+/// reconstruction pretext `decoder.safetensors` and `reconstructions.png` (held-out originals over
+/// their reconstructions), and `run.json`. With
 /// `resume`, an interrupted pre-training in `out` continues from its last epoch checkpoint.
 pub fn pretrain_job(
     p: &Pipeline,
@@ -139,7 +140,7 @@ pub(crate) fn pretrain_artifacts(
         last_saved = Some(snapshot.state.epochs_done);
         Ok(())
     };
-    let monitored = monitor_sets(p, data)?;
+    let monitored = monitor_sets(p, data, obs)?;
     let hooks = Hooks {
         on_batch: Some(&mut on_batch),
         on_epoch: Some(&mut on_epoch),
@@ -235,18 +236,29 @@ pub(crate) fn pretrain_artifacts(
                 .collect(),
         ));
     }
-    if trained.history.iter().all(|h| h.knn_accuracy.is_some()) {
-        series.push((
-            "kNN accuracy (monitor)".to_string(),
-            trained
+    // An accuracy is no loss: the monitor has an axis of its own, in percent.
+    let monitor: Vec<report::Curve> = trained
+        .history
+        .iter()
+        .all(|h| h.knn_accuracy.is_some())
+        .then(|| {
+            let points = trained
                 .history
                 .iter()
-                .filter_map(|h| h.knn_accuracy.map(|a| (h.epoch as f64 + 1.0, a)))
-                .collect(),
-        ));
-    }
+                .filter_map(|h| h.knn_accuracy.map(|a| (h.epoch as f64 + 1.0, 100.0 * a)))
+                .collect();
+            ("kNN monitor accuracy".to_string(), points)
+        })
+        .into_iter()
+        .collect();
     if !trained.history.is_empty() {
-        report::plot_curves(&out.join("loss.png"), "Pre-training loss", "loss", &series)?;
+        report::plot_curves_on_two_axes(
+            &out.join("loss.png"),
+            "Pre-training loss",
+            "loss",
+            &series,
+            (!monitor.is_empty()).then_some(("kNN monitor accuracy (%)", monitor.as_slice())),
+        )?;
     }
     if let Some(decoder) = trained.decoder.as_mut() {
         write_reconstructions(
@@ -291,10 +303,20 @@ pub(crate) fn pretrain_artifacts(
 }
 
 /// The kNN monitor's labeled bank and queries, drawn from the labeled pool (never the test
-/// set) with a seed of their own, the same for every pre-training seed; `None` without one.
-fn monitor_sets(p: &Pipeline, data: &Prepared) -> Result<Option<(Dataset, Dataset)>> {
+/// set) with a seed of their own, the same for every pre-training seed; `None` without one, or
+/// (said through `obs`) when the labeled images cannot supply it: a monitor is a check, not a
+/// reason to stop.
+fn monitor_sets(
+    p: &Pipeline,
+    data: &Prepared,
+    obs: &dyn Observer,
+) -> Result<Option<(Dataset, Dataset)>> {
     let per_class = p.pretrain.monitor_labels_per_class;
     if per_class == 0 {
+        return Ok(None);
+    }
+    if !data.has_labels {
+        obs.info("no labeled images given (--labeled): the kNN monitor is off");
         return Ok(None);
     }
     let pool = &data.labeled;

@@ -30,11 +30,16 @@ pub struct DataSources {
 }
 
 impl DataSources {
+    /// The sources of `data`; none for the labeled and test roles when no labels were given.
     pub fn of(data: &Prepared) -> DataSources {
+        let given = |d: &imprint_data::Dataset| match data.has_labels {
+            true => SourceRecord::of(&d.source),
+            false => SourceRecord::default(),
+        };
         DataSources {
             unlabeled: SourceRecord::of(&data.unlabeled.source),
-            labeled: SourceRecord::of(&data.labeled.source),
-            test: SourceRecord::of(&data.test.source),
+            labeled: given(&data.labeled),
+            test: given(&data.test),
         }
     }
 }

@@ -54,13 +54,14 @@ fn main() -> Result<()> {
         &dir.join("accuracy.png"),
         "Test accuracy vs labels per class",
         &rows,
+        10,
     )?;
     let linear: Vec<SummaryRow> = rows
         .iter()
         .filter(|r| r.labels_per_class <= 5)
         .cloned()
         .collect();
-    plot_accuracy(&dir.join("accuracy-linear.png"), "Few labels", &linear)?;
+    plot_accuracy(&dir.join("accuracy-linear.png"), "Few labels", &linear, 10)?;
 
     let train: Vec<(f64, f64)> = (1..=40)
         .map(|e| (e as f64, 0.02 + 0.3 / e as f64))

@@ -19,7 +19,7 @@ mod stats;
 mod tables;
 
 pub use grids::{grid_scale, image_grid};
-pub use plots::{plot_accuracy, plot_curves, PLOT_SIZE};
+pub use plots::{plot_accuracy, plot_curves, plot_curves_on_two_axes, Curve, PLOT_SIZE};
 pub use records::{read_results_csv, write_results_csv, write_table_csv, RunRecord};
 pub use stats::{summarize, write_summary_csv, Gain, SummaryRow};
 pub use tables::{render_markdown, render_terminal_table};

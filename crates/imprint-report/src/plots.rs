@@ -164,10 +164,12 @@ fn fmt_budget(x: f64) -> String {
 }
 
 /// PNG line plot of mean test accuracy (%) against labels per class: one coloured line with
-/// markers and ± std error bars per strategy, legend, axis labels and title. The x axis is
-/// logarithmic when the largest budget is at least 10 times the smallest, else linear; ticks sit
-/// at the budgets. Strategies are dodged sideways a little so their error bars do not overlap.
-pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()> {
+/// markers and ± std error bars per strategy, a dashed line at chance (100 / `classes` %),
+/// legend, axis labels, title, and a note under the axes saying what the points and bars are.
+/// The x axis is logarithmic when the largest budget is at least 10 times the smallest, else
+/// linear; ticks sit at the budgets. Strategies are dodged sideways a little so their error bars
+/// do not overlap.
+pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow], classes: usize) -> Result<()> {
     let rows: Vec<&SummaryRow> = rows
         .iter()
         .filter(|r| r.mean_accuracy.is_finite())
@@ -206,10 +208,11 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
             0.0
         }
     };
+    let chance = 100.0 / classes.max(1) as f64;
     let y_min = rows
         .iter()
         .map(|r| 100.0 * (r.mean_accuracy - std_of(r)))
-        .fold(f64::INFINITY, f64::min);
+        .fold(chance, f64::min);
     let y_max = rows
         .iter()
         .map(|r| 100.0 * (r.mean_accuracy + std_of(r)))
@@ -223,9 +226,17 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
         ticks: budgets.iter().map(|&b| to_x(b as f64)).collect(),
         log: log_x,
     };
+    let seeds = rows.iter().map(|r| r.runs).max().unwrap_or(0);
+    let note = format!(
+        "Points: mean test accuracy over the seeds (up to {seeds} runs each); error bars: \
+         ± 1 standard deviation across them; dashed: chance, {chance:.0}% for {classes} classes."
+    );
     render_plot(path, |root| {
         let err = plot_err(path);
-        let mut chart = titled(root, title, 70)
+        let (area, foot) = root.split_vertically(PLOT_SIZE.1 - 30);
+        foot.draw_text(&note, &(FONT, 15).into_font().color(&BLACK), (16, 4))
+            .map_err(&err)?;
+        let mut chart = titled(&area, title, 70)
             .build_cartesian_2d(x_axis, y_lo..y_hi)
             .map_err(&err)?;
         house_style(&mut chart.configure_mesh())
@@ -238,6 +249,19 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
             .draw()
             .map_err(&err)?;
 
+        let grey = RGBColor(110, 110, 110);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x_lo, chance), (x_hi, chance)],
+                8,
+                6,
+                grey.stroke_width(2),
+            ))
+            .map_err(&err)?
+            .label(format!("chance ({chance:.0}%)"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2))
+            });
         for (i, strategy) in strategies.iter().enumerate() {
             let c = colour(i);
             let offset = (i as f64 - (n_strat - 1.0) / 2.0) * dodge_step;
@@ -288,13 +312,23 @@ pub fn plot_accuracy(path: &Path, title: &str, rows: &[SummaryRow]) -> Result<()
     })
 }
 
+/// One curve of [`plot_curves`]: its name and `(epoch, value)` points.
+pub type Curve = (String, Vec<(f64, f64)>);
+
 /// PNG line plot of curves such as per-epoch losses: each series is `(name, [(epoch, value)])`,
 /// drawn as a coloured line with a legend; x axis "epoch", y axis `y_label`.
-pub fn plot_curves(
+pub fn plot_curves(path: &Path, title: &str, y_label: &str, series: &[Curve]) -> Result<()> {
+    plot_curves_on_two_axes(path, title, y_label, series, None)
+}
+
+/// [`plot_curves`], with `right`'s curves (e.g. an accuracy beside losses) drawn dashed against
+/// a second y axis on the right, labelled with its `.0`.
+pub fn plot_curves_on_two_axes(
     path: &Path,
     title: &str,
     y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
+    series: &[Curve],
+    right: Option<(&str, &[Curve])>,
 ) -> Result<()> {
     let finite = |&&(x, y): &&(f64, f64)| x.is_finite() && y.is_finite();
     let all: Vec<(f64, f64)> = series
@@ -314,17 +348,74 @@ pub fn plot_curves(
     // Losses are non-negative: do not let padding push the axis below zero needlessly.
     let y_lo = if y_min >= 0.0 { y_lo.max(0.0) } else { y_lo };
 
+    let right_points: Vec<(f64, f64)> = right
+        .iter()
+        .flat_map(|(_, curves)| curves.iter())
+        .flat_map(|(_, pts)| pts.iter().filter(finite).copied())
+        .collect();
+    let (r_lo, r_hi) = match right_points.is_empty() {
+        true => (0.0, 1.0),
+        false => padded(
+            right_points
+                .iter()
+                .map(|p| p.1)
+                .fold(f64::INFINITY, f64::min),
+            right_points
+                .iter()
+                .map(|p| p.1)
+                .fold(f64::NEG_INFINITY, f64::max),
+            0.06,
+            1e-3,
+        ),
+    };
+
     render_plot(path, |root| {
         let err = plot_err(path);
-        let mut chart = titled(root, title, 80)
+        let mut builder = titled(root, title, 80);
+        if right.is_some() {
+            builder.right_y_label_area_size(80);
+        }
+        // The right-hand axis is set before the primary mesh is drawn, which takes the right
+        // label area away from it: drawn first, the loss's ticks land on the right too.
+        let mut chart = builder
             .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
-            .map_err(&err)?;
+            .map_err(&err)?
+            .set_secondary_coord(x_lo..x_hi, r_lo..r_hi);
         house_style(&mut chart.configure_mesh())
             .x_desc("epoch")
             .y_desc(y_label)
             .x_label_formatter(&|x| fmt_tick(*x))
             .draw()
             .map_err(&err)?;
+        if let Some((label, curves)) = right.filter(|_| !right_points.is_empty()) {
+            chart
+                .configure_secondary_axes()
+                .y_desc(label)
+                .y_label_formatter(&|y| fmt_tick(*y))
+                .axis_desc_style((FONT, 18))
+                .label_style((FONT, 15))
+                .draw()
+                .map_err(&err)?;
+            for (j, (name, points)) in curves.iter().enumerate() {
+                let c = colour(series.len() + j);
+                let pts: Vec<(f64, f64)> = points.iter().filter(finite).copied().collect();
+                chart
+                    .draw_secondary_series(DashedLineSeries::new(
+                        pts.iter().copied(),
+                        10,
+                        5,
+                        c.stroke_width(3),
+                    ))
+                    .map_err(&err)?
+                    .label(format!("{name} (right axis)"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
+                    });
+                chart
+                    .draw_secondary_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                    .map_err(&err)?;
+            }
+        }
         for (i, (name, points)) in series.iter().enumerate() {
             let c = colour(i);
             let pts: Vec<(f64, f64)> = points.iter().filter(finite).copied().collect();
@@ -340,7 +431,15 @@ pub fn plot_curves(
                     .map_err(&err)?;
             }
         }
-        draw_legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(&err)
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 16))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(160, 160, 160))
+            .legend_area_size(34)
+            .draw()
+            .map_err(&err)
     })
 }
 

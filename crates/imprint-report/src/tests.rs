@@ -329,7 +329,7 @@ fn accuracy_plot_is_a_nonblank_png() {
         ),
     ] {
         let path = dir.path().join(name);
-        plot_accuracy(&path, "Test accuracy vs labels per class", &rows).unwrap();
+        plot_accuracy(&path, "Test accuracy vs labels per class", &rows, 10).unwrap();
         let img = decode(&path);
         assert_eq!(img.dimensions(), PLOT_SIZE);
         assert!(distinct_colours(&img) > 20, "{name} looks blank");
@@ -339,7 +339,7 @@ fn accuracy_plot_is_a_nonblank_png() {
             "{name}: first strategy's line is missing"
         );
     }
-    let err = plot_accuracy(&dir.path().join("empty.png"), "t", &[]).unwrap_err();
+    let err = plot_accuracy(&dir.path().join("empty.png"), "t", &[], 2).unwrap_err();
     assert!(err.to_string().contains("empty.png"));
 }
 
