@@ -1057,10 +1057,8 @@ seeds = [0]
             }
         );
         let p = set("pretrain.epochs=2");
-        assert_eq!(
-            p.pretrain.contrast_weight,
-            DEFAULTS.pretrain.contrast_weight
-        );
+        assert_eq!(p.pretrain.pretexts, DEFAULTS.pretrain.pretexts);
+        assert_eq!(p.pretrain.epochs, 2);
         std::fs::write(&path, "").unwrap();
         assert_eq!(
             Pipeline::from_file(&path).unwrap().finetune,
