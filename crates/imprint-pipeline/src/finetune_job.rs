@@ -353,6 +353,7 @@ pub(crate) fn run_one(
         every: p.finetune.checkpoint_every,
         on_checkpoint: Some(&mut save),
         on_step: Some(&mut on_step),
+        replicas: None,
     };
     let clock = Instant::now();
     let (mut model, history) = finetune_with(

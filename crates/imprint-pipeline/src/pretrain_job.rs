@@ -154,6 +154,7 @@ pub(crate) fn pretrain_artifacts(
             knn: KnnSettings::default(),
             memory_budget: p.data.storage().memory_budget,
         }),
+        replicas: None,
     };
     let normalize = p.data.preprocess.normalize();
     let images = Images {
