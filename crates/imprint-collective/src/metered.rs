@@ -41,6 +41,11 @@ impl<C: Collective> Metered<C> {
         }
     }
 
+    /// The collective it counts.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
     /// Sums, gathers and broadcasts so far.
     pub fn traffic(&self) -> [Traffic; 3] {
         [self.sums.get(), self.gathers.get(), self.broadcasts.get()]

@@ -130,6 +130,21 @@ impl Mpi {
     }
 }
 
+/// Makes a panic on this process end every process of the job once its message is printed:
+/// under a launcher that does not end a job when one of its processes dies, the others would
+/// wait for it forever in their next sum.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        // SAFETY: MPI is initialised (an `Mpi` exists, or existed, before any training); the
+        // world communicator is a constant of the library.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101);
+        }
+    }));
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize
