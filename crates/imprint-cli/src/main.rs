@@ -589,7 +589,9 @@ fn run_command(cli: Cli, processes: &Processes) -> Result<()> {
             if let Some(start) = &start {
                 let small =
                     imprint_pipeline::detect::small_input_warning(&start.architecture, start.input);
-                warn(&Vec::from_iter(small));
+                if processes.leads() {
+                    warn(&Vec::from_iter(small));
+                }
                 if start.architecture != p.pretrain.architecture {
                     obs.info(&format!(
                         "architecture {} taken from the checkpoint (the pipeline names {})",

@@ -7,7 +7,7 @@ use imprint_nn::load_tensors;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// SimCLR with a ResNet-8 on 400 of the shipped digits, 2 epochs of 5 steps, one thread.
+/// SimCLR with a ResNet-8 on 400 of the shipped digits, epochs of 5 steps, one thread.
 const SIMCLR: &[&str] = &[
     "pretrain",
     "--set",
@@ -20,8 +20,6 @@ const SIMCLR: &[&str] = &[
     "pretrain.noise={kind=\"none\"}",
     "--set",
     "pretrain.augment_shift=1",
-    "--epochs",
-    "2",
     "--max-unlabeled",
     "400",
     "--threads",
@@ -53,10 +51,11 @@ fn imprint(ranks: usize, args: &[&str], out: &Path) -> Output {
         .expect("imprint, and mpirun (Open MPI) on the PATH")
 }
 
+/// What a run that succeeded printed, stdout then stderr.
 fn succeeded(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}{err}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
     text
 }
 
@@ -67,8 +66,10 @@ fn succeeded(out: Output) -> String {
 fn two_processes_pretrain_the_encoder_one_process_pretrains() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    succeeded(imprint(0, SIMCLR, &one));
-    let printed = succeeded(imprint(2, SIMCLR, &two));
+    let mut args = SIMCLR.to_vec();
+    args.extend(["--epochs", "2"]);
+    succeeded(imprint(0, &args, &one));
+    let printed = succeeded(imprint(2, &args, &two));
     assert_eq!(
         printed.matches("pre-trained 2 epochs").count(),
         1,
@@ -98,7 +99,7 @@ fn a_failing_job_ends_every_process_with_one_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut args = SIMCLR.to_vec();
-    args.extend(["--set", "pretrain.batch_size=1"]);
+    args.extend(["--epochs", "2", "--set", "pretrain.batch_size=1"]);
     let run = imprint(2, &args, &out);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{err}");
@@ -106,4 +107,59 @@ fn a_failing_job_ends_every_process_with_one_error() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("batch_size"), "{err}");
     assert!(!out.join("encoder.safetensors").exists());
+}
+
+/// A 2-process pre-training stopped after a checkpoint (mpirun ended) and resumed with
+/// `--resume` on 2 processes ends with the encoder of the run that never stopped, bit for bit:
+/// process 0 reads the checkpoint and hands it to the other, and the sums run in the same order.
+#[test]
+fn two_processes_resume_where_they_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, stopped) = (dir.path().join("whole"), dir.path().join("stopped"));
+    let mut args = SIMCLR.to_vec();
+    args.extend(["--epochs", "40"]);
+    succeeded(imprint(2, &args, &whole));
+    let exe = env!("CARGO_BIN_EXE_imprint");
+    let mut job = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", exe])
+        .args(&args)
+        .arg("--out")
+        .arg(&stopped)
+        .current_dir(workspace())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The folder is the staging one until the job ends: wait for a checkpoint anywhere below.
+    let checkpoint = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("checkpoint.safetensors").exists())
+    };
+    let started = std::time::Instant::now();
+    while !checkpoint() && job.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGTERM, which mpirun passes on to the processes before it leaves (SIGKILL would leave
+    // them running).
+    // SAFETY: a signal to the child this test started, which has not been waited for.
+    unsafe { libc::kill(job.id() as libc::pid_t, libc::SIGTERM) };
+    job.wait().unwrap();
+    assert!(
+        !stopped.join("encoder.safetensors").exists(),
+        "the job ended before it could be stopped"
+    );
+    args.push("--resume");
+    let printed = succeeded(imprint(2, &args, &stopped));
+    assert!(printed.contains("pre-trained 40 epochs"), "{printed}");
+    assert!(
+        printed.contains("continuing pre-training after epoch"),
+        "{printed}"
+    );
+    let weights = |dir: &Path| load_tensors(&dir.join("encoder.safetensors")).unwrap().0;
+    assert_eq!(weights(&whole), weights(&stopped));
 }
