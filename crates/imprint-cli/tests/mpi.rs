@@ -7,19 +7,24 @@ use imprint_nn::load_tensors;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// SimCLR with a ResNet-8 on 400 of the shipped digits, epochs of 5 steps, one thread.
+/// SimCLR with a ResNet-8 on 400 of the shipped digits as they are (one channel of 28x28, not
+/// the default photos' three of 32x32), epochs of 5 steps, one thread.
 const SIMCLR: &[&str] = &[
     "pretrain",
+    "--unlabeled",
+    "data/digits/digits-images-idx3-ubyte.gz",
     "--set",
     "pretrain.architecture={kind=\"resnet\",depth=8,widths=[4,8,16]}",
     "--set",
-    "pretrain.reconstruction_weight=0",
-    "--set",
-    "pretrain.contrast_weight=1",
+    "pretrain.pretexts=[{kind=\"contrastive\"}]",
     "--set",
     "pretrain.noise={kind=\"none\"}",
     "--set",
     "pretrain.augment_shift=1",
+    "--set",
+    "pretrain.batch_size=80",
+    "--set",
+    "data.preprocess={channels=1,height=28,width=28}",
     "--max-unlabeled",
     "400",
     "--threads",
@@ -105,7 +110,25 @@ fn a_failing_job_ends_every_process_with_one_error() {
     assert!(!run.status.success(), "{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].contains("batch_size"), "{err}");
+    assert!(
+        errors[0].contains("`batch_size`: batches of 1 images cannot be shared by 2 processes"),
+        "{err}"
+    );
+    assert!(!out.join("encoder.safetensors").exists());
+    // A pretext that cannot yet be shared by several processes is named.
+    let mut args = SIMCLR.to_vec();
+    args.extend([
+        "--epochs",
+        "2",
+        "--set",
+        "pretrain.pretexts=[{kind=\"dino\"}]",
+    ]);
+    let run = imprint(2, &args, &out);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("pretexts.dino"), "{err}");
     assert!(!out.join("encoder.safetensors").exists());
 }
 
