@@ -3,6 +3,7 @@
 
 mod bench;
 mod data_bench;
+mod processes;
 mod progress;
 
 use anyhow::{Context, Result};
@@ -11,9 +12,11 @@ use imprint_data::{ReadFailure, SourceRecord};
 use imprint_finetune::Strategy;
 use imprint_pipeline::config::check_budget_settings;
 use imprint_pipeline::{
-    checkpoint_inputs, prepare_output_dir, prepare_output_file, CompareOptions, Input, Labels,
-    Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar, StartPoint,
+    checkpoint_inputs, prepare_output_dir, prepare_output_file, Artifacts, CompareOptions, Input,
+    Labels, Observer, OutputDir, Overrides, Pipeline, Prepared, RunLog, Sidecar, Silent,
+    StartPoint,
 };
+use processes::Processes;
 use progress::Bars;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -360,11 +363,47 @@ struct JobArgs {
 impl JobArgs {
     /// The pipeline with this command line's overrides, and the output folder (named after the
     /// pipeline and `job` unless --out says), which may not touch `inputs` besides the
-    /// pipeline's own.
-    fn resolve(&self, job: &str, inputs: &[Input]) -> Result<(Pipeline, OutputDir)> {
+    /// pipeline's own; claimed by the process that writes.
+    fn resolve(
+        &self,
+        job: &str,
+        inputs: &[Input],
+        processes: &Processes,
+    ) -> Result<(Pipeline, Output)> {
         let grid = Grid::default();
-        self.common
-            .resolve(self.pipeline.as_deref(), job, &grid, self.resume, inputs)
+        self.common.resolve(
+            self.pipeline.as_deref(),
+            job,
+            &grid,
+            (self.resume, inputs),
+            processes,
+        )
+    }
+}
+
+/// A job's output folder: claimed (marker, lock, staging) by the process that writes, only
+/// named on the others, which write nothing.
+enum Output {
+    Claimed(OutputDir),
+    Named(PathBuf),
+}
+
+impl Output {
+    /// Where the job writes, on the processes of `processes`.
+    fn artifacts(&self, processes: &Processes) -> Artifacts {
+        let dir = match self {
+            Output::Claimed(out) => out.path(),
+            Output::Named(path) => path,
+        };
+        Artifacts::new(dir, processes.replicas.clone())
+    }
+
+    /// The folder's final path, once the job has finished in it.
+    fn finish(self) -> Result<PathBuf> {
+        Ok(match self {
+            Output::Claimed(out) => out.finish()?,
+            Output::Named(path) => path,
+        })
     }
 }
 
@@ -383,16 +422,17 @@ struct Grid {
 }
 
 impl Common {
-    /// The pipeline file with this command line's overrides applied, and the output folder.
-    /// With `resume`, an existing output folder is accepted (the job checks its content).
+    /// The pipeline file with this command line's overrides applied, and the output folder,
+    /// claimed by the process that writes. With `resume`, an existing output folder is
+    /// accepted (the job checks its content).
     fn resolve(
         &self,
         path: Option<&Path>,
         job: &str,
         grid: &Grid,
-        resume: bool,
-        inputs: &[Input],
-    ) -> Result<(Pipeline, OutputDir)> {
+        (resume, inputs): (bool, &[Input]),
+        processes: &Processes,
+    ) -> Result<(Pipeline, Output)> {
         let overrides = Overrides {
             unlabeled: self.unlabeled.clone(),
             labeled: self.labeled.clone(),
@@ -414,10 +454,13 @@ impl Common {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{job}", p.name)));
+        if !processes.leads() {
+            return Ok((p, Output::Named(out)));
+        }
         let mut all = p.inputs(path);
         all.extend_from_slice(inputs);
         let out = prepare_output_dir(&out, self.force, resume, &all)?;
-        Ok((p, out))
+        Ok((p, Output::Claimed(out)))
     }
 }
 
@@ -445,47 +488,73 @@ fn run(cli: Cli) -> Result<()> {
         pool = pool.num_threads(n);
     }
     let pool = pool.build().context("cannot start the worker threads")?;
-    pool.install(|| run_command(cli))
+    pool.install(|| {
+        let processes = Processes::join()?;
+        let result = run_command(cli, &processes);
+        processes.end(result)
+    })
 }
 
-fn run_command(cli: Cli) -> Result<()> {
+/// Whether every process of a data-parallel job runs `command`: the training commands do;
+/// every other command runs on process 0 alone.
+fn on_every_process(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Run { .. }
+            | Command::Compare { .. }
+            | Command::Pretrain { .. }
+            | Command::Finetune { .. }
+    )
+}
+
+fn run_command(cli: Cli, processes: &Processes) -> Result<()> {
+    if !processes.leads() && !on_every_process(&cli.command) {
+        return Ok(());
+    }
     let bars = Bars::new();
+    // Process 0 reports; the others compute alike in silence.
+    let obs: &dyn Observer = if processes.leads() { &bars } else { &Silent };
+    let say = |line: String| {
+        if processes.leads() {
+            println!("{line}")
+        }
+    };
     match cli.command {
         Command::Run {
             pipeline,
             comparison,
-        } => compare_command(Some(pipeline), comparison, &bars)?,
+        } => compare_command(Some(pipeline), comparison, &bars, processes)?,
         Command::Compare {
             pipeline,
             comparison,
-        } => compare_command(pipeline, comparison, &bars)?,
+        } => compare_command(pipeline, comparison, &bars, processes)?,
         Command::Pretrain { job } => {
             let (seed, resume) = (job.seed, job.resume);
-            let (p, out) = job.resolve("-pretrain", &[])?;
+            let (p, out) = job.resolve("-pretrain", &[], processes)?;
             let mut log = RunLog::start("pretrain", &p, vec![seed]);
-            let data = log.time("load data", || Prepared::load_for_pretraining(&p, &bars))?;
+            let data = log.time("load data", || Prepared::load_for_pretraining(&p, obs))?;
             for line in log.products_lines() {
-                bars.info(&line);
+                obs.info(&line);
             }
             let (_, history) = imprint_pipeline::pretrain_job(
                 &p,
                 &data,
                 seed,
-                out.path(),
-                &bars,
+                &out.artifacts(processes),
+                obs,
                 &mut log,
                 resume,
             )?;
             let out = out.finish()?;
             bars.finish();
             if let Some(last) = history.last() {
-                println!(
+                say(format!(
                     "pre-trained {} epochs: train loss {:.4}, {:.0} images/s; encoder in {}",
                     history.len(),
                     last.train_loss,
                     last.images_per_second,
                     out.join("encoder.safetensors").display()
-                );
+                ));
             }
         }
         Command::Finetune {
@@ -510,7 +579,7 @@ fn run_command(cli: Cli) -> Result<()> {
             let init_inputs = init
                 .as_deref()
                 .map_or(Vec::new(), |i| checkpoint_inputs("--init", i));
-            let (mut p, out) = job.resolve("-finetune", &init_inputs)?;
+            let (mut p, out) = job.resolve("-finetune", &init_inputs, processes)?;
             let budgets = match labels {
                 Labels::PerClass(k) => vec![k],
                 Labels::All => Vec::new(),
@@ -520,9 +589,11 @@ fn run_command(cli: Cli) -> Result<()> {
             if let Some(start) = &start {
                 let small =
                     imprint_pipeline::detect::small_input_warning(&start.architecture, start.input);
-                warn(&Vec::from_iter(small));
+                if processes.leads() {
+                    warn(&Vec::from_iter(small));
+                }
                 if start.architecture != p.pretrain.architecture {
-                    bars.info(&format!(
+                    obs.info(&format!(
                         "architecture {} taken from the checkpoint (the pipeline names {})",
                         start.architecture.describe(start.input),
                         p.pretrain.architecture.describe(start.input)
@@ -531,9 +602,9 @@ fn run_command(cli: Cli) -> Result<()> {
                 start.adopt(&mut p);
             }
             let mut log = RunLog::start("finetune", &p, vec![seed]);
-            let data = log.time("load data", || Prepared::load(&p, &bars))?;
+            let data = log.time("load data", || Prepared::load(&p, obs))?;
             for line in log.products_lines() {
-                bars.info(&line);
+                obs.info(&line);
             }
             let o = imprint_pipeline::finetune_job(
                 &p,
@@ -542,23 +613,23 @@ fn run_command(cli: Cli) -> Result<()> {
                 strategy,
                 labels,
                 seed,
-                out.path(),
-                &bars,
+                &out.artifacts(processes),
+                obs,
                 &mut log,
                 resume,
             )?;
             let out = out.finish()?;
             bars.finish();
             if let Some(old) = &o.old_head {
-                println!(
+                say(format!(
                     "the network's own head on these classes (its rows started the new head): \
                      test accuracy {:.2}%, macro-F1 {:.4}",
                     100.0 * old.accuracy,
                     old.macro_f1
-                );
+                ));
             }
             if let Some((frozen, last)) = o.history.below_frozen_phase() {
-                println!(
+                say(format!(
                     "warning: training the whole network ended at {:.2}% on the validation \
                      labels, below the {:.2}% of its frozen-head phase (step {}); the model kept \
                      is the best validated one (step {})",
@@ -566,16 +637,16 @@ fn run_command(cli: Cli) -> Result<()> {
                     100.0 * frozen.accuracy,
                     frozen.step,
                     o.history.best_step.unwrap_or(last.step)
-                );
+                ));
             }
-            println!(
+            say(format!(
                 "{} with {}: test accuracy {:.2}%, macro-F1 {:.4}; model in {}",
                 strategy.name(),
                 labels,
                 100.0 * o.metrics.accuracy,
                 o.metrics.macro_f1,
                 out.join("model.safetensors").display()
-            );
+            ));
         }
         Command::Predict {
             model,
@@ -784,42 +855,55 @@ fn check_budget(mb: u64) -> Result<()> {
 }
 
 /// `run` and `compare`: the whole grid of one pipeline (or of the built-in one).
+/// `imprint run|compare`, on every process of a data-parallel job: process 0 reports and
+/// writes, the others compute alike in silence.
 fn compare_command(
     pipeline: Option<PathBuf>,
     comparison: ComparisonArgs,
     bars: &Bars,
+    processes: &Processes,
 ) -> Result<()> {
+    let obs: &dyn Observer = if processes.leads() { bars } else { &Silent };
+    let say = |line: String| {
+        if processes.leads() {
+            println!("{line}")
+        }
+    };
     let ComparisonArgs {
         common,
         grid,
         resume,
         keep_models,
     } = comparison;
-    let (p, out) = common.resolve(pipeline.as_deref(), "", &grid, resume, &[])?;
+    let (p, out) = common.resolve(pipeline.as_deref(), "", &grid, (resume, &[]), processes)?;
     check_budget_settings(&common.settings, &p.compare.labels_per_class)?;
     let mut log = RunLog::start("compare", &p, p.compare.seeds.clone());
-    let data = log.time("load data", || Prepared::load(&p, bars))?;
+    let data = log.time("load data", || Prepared::load(&p, obs))?;
     for line in log.products_lines() {
-        bars.info(&line);
+        obs.info(&line);
     }
     let options = CompareOptions {
         resume,
         keep_models,
     };
-    let outcome = imprint_pipeline::compare(&p, &data, out.path(), bars, &mut log, options)?;
+    let artifacts = out.artifacts(processes);
+    let outcome = imprint_pipeline::compare(&p, &data, &artifacts, obs, &mut log, options)?;
     let out = out.finish()?;
     bars.finish();
-    println!("\n{}", outcome.table);
+    say(format!("\n{}", outcome.table));
     for (k, record, path) in &outcome.best_models {
         let shown = path.strip_prefix(&out).unwrap_or(path);
-        println!(
+        say(format!(
             "to deploy at {k} labels/class: {} ({}, seed {})",
             out.join(shown).display(),
             record.strategy,
             record.seed
-        );
+        ));
     }
-    println!("results, summary, report and plot in {}", out.display());
+    say(format!(
+        "results, summary, report and plot in {}",
+        out.display()
+    ));
     Ok(())
 }
 
@@ -1110,23 +1194,28 @@ fn run_reporting_read_failures(cli: Cli) -> Result<()> {
     }
 }
 
+/// `e` and its causes in one line. Library errors already quote their cause; each cause is
+/// printed only once.
+fn error_message(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !message.contains(&cause) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
 fn main() -> ExitCode {
     imprint_ops::tune_allocator();
     imprint_ops::flush_denormals();
     match run_reporting_read_failures(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Library errors already quote their cause; print each cause only once.
-            let mut message = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !message.contains(&cause) {
-                    if !message.is_empty() {
-                        message.push_str(": ");
-                    }
-                    message.push_str(&cause);
-                }
-            }
-            eprintln!("error: {message}");
+            eprintln!("error: {}", error_message(&e));
             ExitCode::FAILURE
         }
     }

@@ -78,6 +78,15 @@ pub struct FinetuneConfig {
     /// to bf16, sums in f32; weights, optimizer state and batch-norm statistics stay f32).
     #[serde(default)]
     pub precision: Precision,
+    /// In a data-parallel run, batch norms take their statistics over the whole global batch,
+    /// every process's share together, as one process would; off, each over its own share.
+    /// Left out when off, so that pipelines and checkpoints written before it read as before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sync_batch_norm: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_steps() -> usize {
@@ -130,6 +139,7 @@ impl Default for FinetuneConfig {
             knn_k: default_knn_k(),
             knn_temperature: default_knn_temperature(),
             precision: Precision::F32,
+            sync_batch_norm: false,
         }
     }
 }
@@ -205,6 +215,9 @@ impl FinetuneConfig {
         }
         if self.freeze_bn {
             parts.push("batch-norm statistics frozen".into());
+        }
+        if self.sync_batch_norm {
+            parts.push("batch norm synchronised across processes".into());
         }
         if self.layer_decay < 1.0 {
             parts.push(format!("layer-wise lr decay {}", self.layer_decay));

@@ -14,6 +14,7 @@ pub use config::FinetuneConfig;
 pub use metrics::{evaluate, Metrics};
 pub use strategy::{Definition, EncoderRole, Fit, Phase, Start, Strategy, STRATEGIES};
 
+use imprint_collective::Replicas;
 use imprint_data::split::stratified_split;
 use imprint_data::Dataset;
 use imprint_nn::knn::Bank;
@@ -79,12 +80,15 @@ pub type SaveFinetuneCheckpoint<'a> = dyn FnMut(&FinetuneSnapshot) -> Result<()>
 pub type StepProgress<'a> = dyn FnMut(usize, usize, f32) + 'a;
 
 /// What the caller hears of a fine-tuning as it goes: checkpoints every `every` steps (0 =
-/// never), handed to `on_checkpoint`, and each step's progress.
+/// never), handed to `on_checkpoint`, and each step's progress; and the replicas of a
+/// data-parallel run this process is one of.
 #[derive(Default)]
 pub struct FinetuneHooks<'a> {
     pub every: usize,
     pub on_checkpoint: Option<&'a mut SaveFinetuneCheckpoint<'a>>,
     pub on_step: Option<&'a mut StepProgress<'a>>,
+    /// `None`: this process alone.
+    pub replicas: Option<Replicas>,
 }
 
 /// A fine-tuning's state after some steps of one of its rounds: resuming from it gives what the
@@ -256,6 +260,16 @@ fn finetune_in_precision<D: ImprintDevice>(
         0 => fit.len(),
         b => b.min(fit.len()),
     };
+    let processes = hooks.replicas.as_ref().map_or(1, |r| r.size());
+    if batch < processes {
+        return Err(FinetuneError::Config {
+            key: "batch_size",
+            message: format!(
+                "batches of {batch} images cannot be shared by {processes} processes; use at \
+                 least one image per process"
+            ),
+        });
+    }
     let labeled = Source::new(train, labels, fit);
     let teacher = Round {
         steps: cfg.steps,

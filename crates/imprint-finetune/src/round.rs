@@ -9,6 +9,7 @@ use crate::{
     Result, Validation,
 };
 use dfdx::prelude::*;
+use imprint_collective::{share, single, Replicas};
 use imprint_data::augment::augment_batch;
 use imprint_data::Dataset;
 use imprint_nn::loss::cross_entropy;
@@ -103,6 +104,7 @@ struct Training<'a, 's, 'h, D: ImprintDevice> {
     /// Batch norm in eval mode while the encoder trains: `freeze_bn`, for a given network
     /// (a fresh one's statistics hold nothing to keep).
     freeze_bn: bool,
+    replicas: Replicas,
 }
 
 impl<D: ImprintDevice> Training<'_, '_, '_, D> {
@@ -213,52 +215,68 @@ impl<D: ImprintDevice> Training<'_, '_, '_, D> {
 impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
     type Error = FinetuneError;
 
+    /// The batch of `step` is drawn whole on every replica (so their generators move alike);
+    /// each trains on its share of the rows, and its loss is weighted by that share.
     fn loss(&mut self, step: usize) -> Result<Loss<D>> {
         let shape = self.model.shape;
-        let mut images = Vec::new();
-        let mut labels = Vec::new();
-        let mut cached = Vec::new();
+        let mut drawn = Vec::new();
         for (k, (source, count)) in self.sources.iter_mut().enumerate() {
-            for i in source.draw(*count, &mut self.rng) {
-                labels.push(source.labels[i]);
-                match &self.features {
-                    Some(features) => {
-                        let width = self.model.encoder.features();
-                        cached.extend_from_slice(&features[k][i * width..(i + 1) * width]);
-                    }
-                    None => images.extend(source.data.image(i)),
-                }
-            }
+            drawn.extend(
+                source
+                    .draw(*count, &mut self.rng)
+                    .into_iter()
+                    .map(|i| (k, i)),
+            );
         }
+        let total = drawn.len();
+        let rows = share(total, self.replicas.rank(), self.replicas.size());
+        let labels: Vec<usize> = drawn[rows.clone()]
+            .iter()
+            .map(|&(k, i)| self.sources[k].0.labels[i])
+            .collect();
         let encoder = match self.phase(step).1.encoder {
             EncoderRole::Frozen => None,
             EncoderRole::Trained { .. } if self.freeze_bn => Some(Mode::Eval),
             EncoderRole::Trained { .. } => Some(Mode::Train),
         };
-        let mut pass = Pass::train(&mut self.dropout_rng);
-        if self.features.is_some() {
+        let mut pass = Pass::train(&mut self.dropout_rng).for_rows(rows.clone(), total);
+        let weighted = |loss: Loss<D>| match rows.len() == total {
+            true => loss,
+            false => loss * (rows.len() as f32 / total as f32),
+        };
+        if let Some(features) = &self.features {
             let width = self.model.encoder.features();
+            let cached: Vec<f32> = drawn[rows.clone()]
+                .iter()
+                .flat_map(|&(k, i)| features[k][i * width..(i + 1) * width].iter().copied())
+                .collect();
             let features: Matrix<D> = self.dev.tensor_from_vec(cached, (labels.len(), width));
             let logits = self
                 .model
                 .head_logits(features.leaky_trace(), &mut pass, false);
-            return Ok(cross_entropy(logits, &labels));
+            return Ok(weighted(cross_entropy(logits, &labels)));
         }
-        if !self.cfg.augment.is_identity() {
+        let image = |&(k, i): &(usize, usize)| self.sources[k].0.data.image(i);
+        let images: Vec<f32> = if self.cfg.augment.is_identity() {
+            drawn[rows.clone()].iter().flat_map(image).collect()
+        } else {
+            // Each image's draw follows from its place in the whole batch: the whole batch is
+            // moved, and this replica keeps its rows.
             let step_seed = self
                 .round
                 .streams
                 .wrapping_mul(1_000_003)
                 .wrapping_add(step as u64);
+            let images: Vec<f32> = drawn.iter().flat_map(image).collect();
             let mut augmented = vec![0.0f32; images.len()];
             augment_batch(&images, shape, &self.cfg.augment, step_seed, &mut augmented);
-            images = augmented;
-        }
+            augmented[rows.start * shape.len()..rows.end * shape.len()].to_vec()
+        };
         let x: Matrix<D> = self
             .dev
             .tensor_from_vec(images, (labels.len(), shape.len()));
         let logits = self.model.train_logits(x, encoder, &mut pass);
-        Ok(cross_entropy(logits, &labels))
+        Ok(weighted(cross_entropy(logits, &labels)))
     }
 
     fn groups(&mut self, step: usize) -> Vec<Group<'_, D>> {
@@ -312,6 +330,10 @@ impl<D: ImprintDevice> Task<D> for Training<'_, '_, '_, D> {
 
     fn position(&self, step: usize) -> String {
         format!("step {}", self.round.first_step + step + 1)
+    }
+
+    fn batch_norm_statistics(&mut self) -> Vec<&mut Vector<D>> {
+        self.model.encoder.batch_norm_statistics_mut()
     }
 
     fn after_step(&mut self, step: usize, loss: f32, optimizer: &mut Optimizer<D>) -> Result<Flow> {
@@ -395,6 +417,7 @@ impl Round {
         checkpoints: Checkpoints<'_, '_>,
     ) -> Result<()> {
         let seed = self.streams;
+        let replicas = checkpoints.hooks.replicas.clone().unwrap_or_else(single);
         model.dropout.p = cfg.dropout;
         let phases = strategy.phases(cfg, self.steps);
         let frozen = phases.iter().all(|(_, p)| p.encoder == EncoderRole::Frozen);
@@ -421,11 +444,14 @@ impl Round {
             features,
             checkpoints,
             freeze_bn: cfg.freeze_bn && strategy.uses_pretrained(),
+            replicas,
         };
         let run = Run {
             settings: &cfg.optim,
             steps: self.steps,
             lr_key: "finetune.lr",
+            replicas: &task.replicas.clone(),
+            sync_batch_norm: cfg.sync_batch_norm,
         };
         let mut optimizer = Optimizer::new(cfg.optim.rule());
         let first = match task.checkpoints.resume {

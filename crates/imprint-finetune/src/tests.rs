@@ -878,3 +878,69 @@ fn bf16_training_follows_the_losses_of_f32() {
         "{bf16_accuracy} vs {f32_accuracy}"
     );
 }
+
+/// Two replicas, threads of this process with half of every batch each, fine-tune the model one
+/// process fine-tunes on the whole batch: a ResNet-8 trained whole (`full`) with augmentation,
+/// dropout and synchronised batch norms, 10 steps. The sums over the batch run in another order
+/// (each share, then the two added), so the weights agree to that rounding, not bit for bit;
+/// the two replicas hold the same bits.
+#[test]
+fn two_replicas_finetune_the_model_one_process_finetunes() {
+    use imprint_collective::local_group;
+    let run = |replicas: Option<imprint_collective::Replicas>| {
+        let dev = Cpu::default();
+        let arch = Architecture::Resnet(imprint_nn::ResNet {
+            depth: 8,
+            layout: imprint_nn::models::Layout::Cifar,
+            widths: Some(vec![4, 8, 8]),
+            shortcut: None,
+        });
+        let enc = Encoder::new(&dev, &arch, SIDE8, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let cfg = FinetuneConfig {
+            batch_size: 8,
+            augment: shift(1),
+            dropout: 0.2,
+            sync_batch_norm: true,
+            ..quick(10)
+        };
+        let hooks = FinetuneHooks {
+            replicas,
+            ..FinetuneHooks::default()
+        };
+        let (model, _) = finetune_with(
+            &dev,
+            enc,
+            &bars(32, 1),
+            None,
+            &cfg,
+            Strategy::FULL,
+            2,
+            hooks,
+            None,
+        )
+        .unwrap();
+        model.named_tensors("")
+    };
+    let one = run(None);
+    let two: Vec<Vec<imprint_nn::NamedTensor>> = std::thread::scope(|s| {
+        let handles: Vec<_> = local_group(2)
+            .into_iter()
+            .map(|member| s.spawn(move || run(Some(std::rc::Rc::new(member)))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(two[0], two[1], "the replicas differ");
+    let mut worst: f32 = 0.0;
+    for (a, b) in one.iter().zip(&two[0]) {
+        assert_eq!(a.name, b.name);
+        let scale = a.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(diff / scale);
+    }
+    eprintln!("largest difference, relative to its tensor's largest value: {worst:e}");
+    assert!(worst < 1e-4, "2 replicas vs 1 process: {worst:e}");
+}

@@ -192,10 +192,14 @@ impl OutputDir {
             None => {
                 let marker = match open_marker(target, false)? {
                     Some(existing) => existing,
-                    None => {
-                        dir.made_marker = true;
-                        open_marker(target, true)?.expect("created")
-                    }
+                    None => match open_marker(target, true)? {
+                        Some(made) => {
+                            dir.made_marker = true;
+                            made
+                        }
+                        // Another job made it between the two looks: its lock decides.
+                        None => open_marker(target, false)?.expect("made by another job"),
+                    },
                 };
                 lock(&marker, target)?;
                 marker
@@ -215,6 +219,7 @@ impl OutputDir {
             remove_dir_if_present(&staging)?;
             fs::create_dir(&staging).map_err(at(&staging))?;
             dir.staging = Some(staging.clone());
+            // A fresh folder only this job, holding the lock, writes into.
             let marker = open_marker(&staging, true)?.expect("created");
             lock(&marker, &staging)?;
             dir.locks.push(marker);
@@ -370,15 +375,16 @@ fn contents(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Opens the marker of `dir` for locking: the existing one, or with `create` a new one (which
-/// must not exist yet). `None` when there is none and `create` is off.
+/// must not exist yet). `None` when there is none and `create` is off, or when `create` finds
+/// one another job has just made.
 fn open_marker(dir: &Path, create: bool) -> Result<Option<File>> {
     let path = dir.join(MARKER);
     if create {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(at(&path))?;
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(at(&path)(e).into()),
+        };
         file.write_all(MARKER_TEXT.as_bytes()).map_err(at(&path))?;
         return Ok(Some(file));
     }

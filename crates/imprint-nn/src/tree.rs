@@ -176,6 +176,19 @@ pub trait ParamsExt<D: Storage<f32>>: Params<D> {
         out
     }
 
+    /// Batch norm's running statistics (`*.running_mean`, `*.running_var`), which training
+    /// moves towards each batch's rather than through the optimizer.
+    fn batch_norm_statistics_mut(&mut self) -> Vec<&mut Vector<D>> {
+        let mut out = Vec::new();
+        self.visit_mut("", &mut |name, v| {
+            let running = name.ends_with("running_mean") || name.ends_with("running_var");
+            if v.kind == Kind::Buffer && running {
+                out.push(&mut v.value)
+            }
+        });
+        out
+    }
+
     /// Number of trainable values.
     fn param_count(&self) -> usize {
         let mut n = 0;

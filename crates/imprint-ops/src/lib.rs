@@ -57,7 +57,8 @@ mod test_util;
 pub use allocator::tune_allocator;
 pub use batch_norm2d::{
     batch_norm2d_add_relu_train, batch_norm2d_eval, batch_norm2d_relu_train, batch_norm2d_train,
-    BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput,
+    with_synced_statistics, BatchNorm2dKernel, FusedBatchNorm2dKernel, SumOverReplicas,
+    TrainOutput,
 };
 pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};

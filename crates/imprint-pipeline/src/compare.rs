@@ -3,17 +3,17 @@
 
 use crate::config::Route;
 use crate::finetune_job::{
-    labeled_subset, load_encoder, old_head_accuracy, run_name, run_one, write_model, RunStart,
-    StartPoint,
+    fresh_encoder, labeled_subset, load_encoder, old_head_accuracy, run_name, run_one, write_model,
+    RunStart, StartPoint,
 };
 use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
 use crate::provenance::{data_change, read_run_info, threads_phrase, RunLog};
 use crate::sidecar::{read_encoder_sidecar, sidecar_path};
-use crate::{create_dir, Observer, Pipeline, PipelineError, Prepared, Result};
+use crate::{create_dir, Artifacts, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
 use imprint_data::SourceFile;
 use imprint_finetune::{Init, Metrics, Strategy};
-use imprint_nn::Encoder;
+use imprint_nn::{Encoder, ParamsExt};
 use imprint_report::{self as report, RunRecord, SummaryRow};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ struct ImportedNet {
 pub fn compare(
     p: &Pipeline,
     data: &Prepared,
-    out: &Path,
+    out: &Artifacts,
     obs: &dyn Observer,
     log: &mut RunLog,
     options: CompareOptions,
@@ -98,17 +98,19 @@ pub fn compare(
         }
         _ => None,
     };
-    create_dir(out)?;
+    out.write(|| create_dir(out.dir()))?;
     let done = if resume {
         log.set_resumed();
-        resume_state(p, data, out)?
+        out.read_back(|| resume_state(p, data, out.dir()))?
     } else {
         Vec::new()
     };
     let resolved = toml::to_string_pretty(p)
         .map_err(|e| PipelineError::Output(format!("pipeline.toml: {e}")))?;
-    imprint_fs::write_atomic(out.join("pipeline.toml"), resolved.as_bytes())?;
-    log.write(out, data, false)?;
+    out.write(|| {
+        imprint_fs::write_atomic(out.join("pipeline.toml"), resolved.as_bytes())?;
+        log.write(out.dir(), data, false)
+    })?;
     let started = Instant::now();
     let mut encoders = Pretrained {
         p,
@@ -156,6 +158,7 @@ pub fn compare(
                 data,
                 k,
                 seed,
+                out,
                 &out.join(format!("labeled/k{k}-seed{seed}.csv")),
             )?;
             for &strategy in &c.strategies {
@@ -181,7 +184,7 @@ pub fn compare(
                                 matches!(route, Some(Route::Imported | Route::ImportedThenSelf))
                             });
                             let run_p = net.map_or(p, |n| &n.pipeline);
-                            let dir = out.join("runs").join(&folder);
+                            let dir = out.sub(Path::new("runs").join(&folder));
                             let mut outcome = run_one(
                                 run_p,
                                 data,
@@ -203,16 +206,18 @@ pub fn compare(
                                     Some(r) => encoders.file(r, seed),
                                     None => None,
                                 };
-                                write_model(
-                                    &dir,
-                                    run_p,
-                                    data,
-                                    &outcome.model,
-                                    strategy,
-                                    seed,
-                                    source,
-                                    log,
-                                )?;
+                                dir.write(|| {
+                                    write_model(
+                                        dir.dir(),
+                                        run_p,
+                                        data,
+                                        &outcome.model,
+                                        strategy,
+                                        seed,
+                                        source,
+                                        log,
+                                    )
+                                })?;
                             }
                             outcome.record.strategy = name;
                             outcome.record.pretrain_seconds =
@@ -223,8 +228,10 @@ pub fn compare(
                     };
                     obs.run_finished(&record);
                     records.push(record);
-                    report::write_results_csv(&out.join("results.csv"), &records)?;
-                    log.write(out, data, false)?;
+                    out.write(|| {
+                        report::write_results_csv(&out.join("results.csv"), &records)?;
+                        log.write(out.dir(), data, false)
+                    })?;
                 }
             }
             // The imported classifier's own head on these classes: a baseline row.
@@ -239,15 +246,25 @@ pub fn compare(
                     finetune_seconds: 0.0,
                     epochs_run: 0,
                 });
-                report::write_results_csv(&out.join("results.csv"), &records)?;
+                out.write(|| {
+                    Ok(report::write_results_csv(
+                        &out.join("results.csv"),
+                        &records,
+                    )?)
+                })?;
             }
         }
     }
     let report_start = Instant::now();
     let summary = report::summarize(&records, Strategy::SCRATCH.name());
-    report::write_summary_csv(&out.join("summary.csv"), &summary)?;
+    out.write(|| {
+        Ok(report::write_summary_csv(
+            &out.join("summary.csv"),
+            &summary,
+        )?)
+    })?;
     let best_models = if keep_models {
-        best_models(&summary, &records, out)
+        best_models(&summary, &records, out.dir())
     } else {
         Vec::new()
     };
@@ -286,16 +303,18 @@ pub fn compare(
         &context,
         &summary,
     );
-    md.push_str(&models_section(&best_models, keep_models, out));
-    imprint_fs::write_atomic(out.join("report.md"), md.as_bytes())?;
-    report::plot_accuracy(
-        &out.join("accuracy.png"),
-        &format!("{}: test accuracy", p.name),
-        &summary,
-        data.labeled.num_classes(),
-    )?;
+    md.push_str(&models_section(&best_models, keep_models, out.dir()));
+    out.write(|| {
+        imprint_fs::write_atomic(out.join("report.md"), md.as_bytes())?;
+        Ok(report::plot_accuracy(
+            &out.join("accuracy.png"),
+            &format!("{}: test accuracy", p.name),
+            &summary,
+            data.labeled.num_classes(),
+        )?)
+    })?;
     log.stage("report", report_start.elapsed().as_secs_f64(), false);
-    log.write(out, data, true)?;
+    out.write(|| log.write(out.dir(), data, true))?;
     Ok(CompareOutcome {
         table: report::render_terminal_table(&summary),
         records,
@@ -490,7 +509,7 @@ fn first_difference(
 struct Pretrained<'a> {
     p: &'a Pipeline,
     data: &'a Prepared,
-    out: &'a Path,
+    out: &'a Artifacts,
     obs: &'a dyn Observer,
     resume: bool,
     imported: Option<&'a ImportedNet>,
@@ -525,20 +544,20 @@ impl Pretrained<'_> {
             Route::ImportedThenSelf => format!("pretrain/seed-{seed}-from-imported"),
             _ => format!("pretrain/seed-{seed}"),
         };
-        let dir = self.out.join(folder);
+        let dir = self.out.sub(folder);
         let stage = match route {
             Route::ImportedThenSelf => format!("pretrain from the imported network seed {seed}"),
             _ => format!("pretrain seed {seed}"),
         };
-        let reused = self
-            .resume
-            .then(|| finished_pretraining(p, self.data, seed, &dir, from.map(|f| f.1)))
-            .flatten();
+        let reused = match self.resume {
+            true => finished_pretraining(p, self.data, seed, &dir, from.map(|f| f.1))?,
+            false => None,
+        };
         let (encoder, seconds) = match reused {
             Some((encoder, seconds)) => {
                 self.obs.info(&format!(
                     "seed {seed}: reusing the pre-trained encoder in {}",
-                    dir.display()
+                    dir.dir().display()
                 ));
                 log.stage(stage, seconds, true);
                 (encoder, seconds)
@@ -562,7 +581,8 @@ impl Pretrained<'_> {
             }
         };
         let weights = dir.join("encoder.safetensors");
-        let (bytes, sha256) = imprint_fs::size_and_sha256(&weights)?;
+        // Process 0 wrote it; the others learn its digest from it.
+        let (bytes, sha256) = dir.read_back(|| Ok(imprint_fs::size_and_sha256(&weights)?))?;
         let file = SourceFile {
             path: weights.display().to_string(),
             bytes,
@@ -600,7 +620,7 @@ impl Pretrained<'_> {
                 .filter(|((r, _), _)| *r == route)
                 .map(|((_, seed), (_, _, f))| {
                     let shown = Path::new(&f.path)
-                        .strip_prefix(self.out)
+                        .strip_prefix(self.out.dir())
                         .map_or_else(|_| f.path.clone(), |p| p.display().to_string());
                     format!("seed {seed}: `{shown}` (sha256 {})", f.sha256)
                 })
@@ -665,9 +685,36 @@ impl Pretrained<'_> {
     }
 }
 
-/// A seed's earlier pre-training in `pre_dir`, when it finished (its sidecar is written last)
-/// and fits this pipeline, data and start; `None` means pre-train again.
+/// A seed's earlier pre-training in `pre_dir`, when it finished and fits this pipeline, data
+/// and start ([`finished_on_disk`]), read by replica 0 and handed to every replica; `None`
+/// means pre-train again.
 fn finished_pretraining(
+    p: &Pipeline,
+    data: &Prepared,
+    seed: u64,
+    pre_dir: &Artifacts,
+    from: Option<&SourceFile>,
+) -> Result<Option<(Encoder<Cpu>, f64)>> {
+    let (tensors, seconds) = pre_dir.read_back_with_tensors(|| {
+        Ok(match finished_on_disk(p, data, seed, pre_dir.dir(), from) {
+            Some((encoder, seconds)) => (encoder.named_tensors("encoder"), Some(seconds)),
+            None => (Vec::new(), None),
+        })
+    })?;
+    let Some(seconds) = seconds else {
+        return Ok(None);
+    };
+    // The sidecar's architecture and preprocessing are the pipeline's (it fits).
+    let mut encoder = fresh_encoder(p, data.shape(), seed)?;
+    let tensors: BTreeMap<_, _> = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let weights = pre_dir.join("encoder.safetensors");
+    encoder.load_named("encoder", &tensors, &weights.display().to_string())?;
+    Ok(Some((encoder, seconds)))
+}
+
+/// A seed's earlier pre-training in `pre_dir`, when it finished (its sidecar is written last)
+/// and fits this pipeline, data and start.
+fn finished_on_disk(
     p: &Pipeline,
     data: &Prepared,
     seed: u64,

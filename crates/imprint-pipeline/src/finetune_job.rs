@@ -5,8 +5,8 @@ use crate::provenance::{RunLog, VERSION};
 use crate::resume_point;
 use crate::sidecar::{read_sidecar, sidecar_path, write_json, KnnVote, MODEL_FORMAT};
 use crate::{
-    create_dir, EncoderSidecar, ModelSidecar, Observer, Pipeline, PipelineError, Prepared, Result,
-    Sidecar,
+    create_dir, Artifacts, EncoderSidecar, ModelSidecar, Observer, Pipeline, PipelineError,
+    Prepared, Result, Sidecar,
 };
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, write_selection_csv, LabelBudget};
@@ -240,20 +240,28 @@ impl std::fmt::Display for Labels {
     }
 }
 
-/// The labeled images `ids` as a dataset, their list written to `selection_csv`.
-fn selected(data: &Prepared, ids: &[usize], selection_csv: &Path) -> Result<Dataset> {
-    if let Some(parent) = selection_csv.parent() {
-        create_dir(parent)?;
-    }
-    write_selection_csv(selection_csv, &data.labeled, ids)?;
+/// The labeled images `ids` as a dataset, their list written to `selection_csv` in `out`.
+fn selected(
+    data: &Prepared,
+    ids: &[usize],
+    out: &Artifacts,
+    selection_csv: &Path,
+) -> Result<Dataset> {
+    out.write(|| {
+        if let Some(parent) = selection_csv.parent() {
+            create_dir(parent)?;
+        }
+        Ok(write_selection_csv(selection_csv, &data.labeled, ids)?)
+    })?;
     Ok(data.labeled.subset(ids))
 }
 
-/// The labeled subset for (`labels_per_class`, `seed`), recorded in `selection_csv`.
+/// The labeled subset for (`labels_per_class`, `seed`), recorded in `selection_csv` in `out`.
 pub(crate) fn labeled_subset(
     data: &Prepared,
     k: usize,
     seed: u64,
+    out: &Artifacts,
     selection_csv: &Path,
 ) -> Result<Dataset> {
     let labels = data.labeled.labels.as_deref().unwrap_or_default();
@@ -281,7 +289,7 @@ pub(crate) fn labeled_subset(
         LabelBudget::PerClass(k),
         seed,
     )?;
-    selected(data, &ids, selection_csv)
+    selected(data, &ids, out, selection_csv)
 }
 
 fn write_confusion(path: &Path, classes: &[String], m: &Metrics) -> Result<()> {
@@ -321,7 +329,7 @@ pub(crate) fn run_one(
     strategy: Strategy,
     k: usize,
     seed: u64,
-    out: &Path,
+    out: &Artifacts,
     resume: bool,
 ) -> Result<FinetuneOutcome> {
     let p = &p.for_budget(k)?;
@@ -338,14 +346,14 @@ pub(crate) fn run_one(
     };
     // Self-training's teacher and the test set's scores run within the data's budget.
     init.encoder = init.encoder.within_memory(p.data.storage().memory_budget);
-    create_dir(out)?;
-    let checkpoint = resume_point::checkpoint_path(out);
+    out.write(|| create_dir(out.dir()))?;
     let run = (strategy, k);
-    let snapshot = (resume && checkpoint.exists())
-        .then(|| resume_point::load_finetune(&checkpoint, p, data, run))
-        .transpose()?;
+    let snapshot = match resume {
+        true => resume_point::load_finetune(out, p, data, run)?,
+        false => None,
+    };
     let mut save = |s: &FinetuneSnapshot| {
-        resume_point::save_finetune(&checkpoint, p, data, run, s)
+        resume_point::save_finetune(out, p, data, run, s)
             .map_err(|e| FinetuneError::Data(e.to_string()))
     };
     let mut on_step = |done, total, loss| start.obs.finetune_step(done, total, loss);
@@ -353,6 +361,7 @@ pub(crate) fn run_one(
         every: p.finetune.checkpoint_every,
         on_checkpoint: Some(&mut save),
         on_step: Some(&mut on_step),
+        replicas: Some(out.replicas().clone()),
     };
     let clock = Instant::now();
     let (mut model, history) = finetune_with(
@@ -369,20 +378,23 @@ pub(crate) fn run_one(
     let seconds = clock.elapsed().as_secs_f64();
     let metrics = evaluate(&dev, &mut model, &data.test)
         .ok_or_else(|| PipelineError::Output("test set has no labels".into()))?;
-    resume_point::remove(&checkpoint)?;
-    write_confusion(&out.join("confusion.csv"), &model.classes, &metrics)?;
-    if !history.validation.is_empty() {
-        let rows: Vec<Vec<f64>> = history
-            .validation
-            .iter()
-            .map(|v| vec![v.step as f64, v.accuracy, v.loss])
-            .collect();
-        report::write_table_csv(
-            &out.join("validation.csv"),
-            &["step", "accuracy", "loss"],
-            &rows,
-        )?;
-    }
+    resume_point::remove(out)?;
+    out.write(|| {
+        write_confusion(&out.join("confusion.csv"), &model.classes, &metrics)?;
+        if !history.validation.is_empty() {
+            let rows: Vec<Vec<f64>> = history
+                .validation
+                .iter()
+                .map(|v| vec![v.step as f64, v.accuracy, v.loss])
+                .collect();
+            report::write_table_csv(
+                &out.join("validation.csv"),
+                &["step", "accuracy", "loss"],
+                &rows,
+            )?;
+        }
+        Ok(())
+    })?;
     let record = RunRecord {
         strategy: strategy.name().into(),
         labels_per_class: k,
@@ -413,7 +425,7 @@ pub(crate) fn run_one(
         }
         json["below_frozen_phase"] = history.below_frozen_phase().is_some().into();
     }
-    write_json(&out.join("metrics.json"), &json)?;
+    out.write(|| write_json(&out.join("metrics.json"), &json))?;
     Ok(FinetuneOutcome {
         model,
         metrics,
@@ -434,7 +446,7 @@ pub fn finetune_job(
     strategy: Strategy,
     labels: Labels,
     seed: u64,
-    out: &Path,
+    out: &Artifacts,
     obs: &dyn Observer,
     log: &mut RunLog,
     resume: bool,
@@ -455,13 +467,13 @@ pub fn finetune_job(
         }
         (false, _) => None,
     };
-    create_dir(out)?;
+    out.write(|| create_dir(out.dir()))?;
     let selection = out.join("labeled.csv");
     let train = match labels {
-        Labels::PerClass(k) => labeled_subset(data, k, seed, &selection)?,
+        Labels::PerClass(k) => labeled_subset(data, k, seed, out, &selection)?,
         Labels::All => {
             let every: Vec<usize> = (0..data.labeled.len()).collect();
-            selected(data, &every, &selection)?
+            selected(data, &every, out, &selection)?
         }
     };
     let k = labels.per_class();
@@ -489,19 +501,21 @@ pub fn finetune_job(
         outcome.record.finetune_seconds,
         false,
     );
-    write_model(
-        out,
-        p,
-        data,
-        &outcome.model,
-        strategy,
-        seed,
-        start
-            .filter(|_| strategy.uses_pretrained())
-            .map(|s| s.source.clone()),
-        log,
-    )?;
-    log.write(out, data, true)?;
+    out.write(|| {
+        write_model(
+            out.dir(),
+            p,
+            data,
+            &outcome.model,
+            strategy,
+            seed,
+            start
+                .filter(|_| strategy.uses_pretrained())
+                .map(|s| s.source.clone()),
+            log,
+        )?;
+        log.write(out.dir(), data, true)
+    })?;
     Ok(outcome)
 }
 

@@ -2,6 +2,7 @@
 //! writes its artifacts into an output folder (every file crash-safely), reports progress to an
 //! [`Observer`] and returns its results; presentation stays with the caller.
 
+mod artifacts;
 pub mod bounds;
 mod compare;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod provenance;
 mod resume_point;
 mod sidecar;
 
+pub use artifacts::Artifacts;
 pub use compare::{compare, CompareOptions, CompareOutcome, OLD_HEAD};
 pub use config::{NearDuplicates, Overrides, Pipeline, Route};
 pub use detect::named_architecture;

@@ -4,7 +4,9 @@
 use crate::provenance::{data_change, RunLog, VERSION};
 use crate::resume_point;
 use crate::sidecar::{read_encoder_sidecar, write_json, ENCODER_FORMAT};
-use crate::{create_dir, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result};
+use crate::{
+    create_dir, Artifacts, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result,
+};
 use dfdx::prelude::Cpu;
 use imprint_data::split::{sample_labeled, LabelBudget};
 use imprint_data::{Dataset, SourceFile, SourceRecord};
@@ -27,14 +29,14 @@ pub fn pretrain_job(
     p: &Pipeline,
     data: &Prepared,
     seed: u64,
-    out: &Path,
+    out: &Artifacts,
     obs: &dyn Observer,
     log: &mut RunLog,
     resume: bool,
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
     if resume {
         log.set_resumed();
-        refuse_other_run(p, data, seed, out)?;
+        out.read_back(|| refuse_other_run(p, data, seed, out.dir()))?;
     }
     let at = PretrainAt {
         seed,
@@ -44,7 +46,7 @@ pub fn pretrain_job(
     };
     let (encoder, history, seconds) = pretrain_artifacts(p, data, &at, obs, log)?;
     log.stage(format!("pretrain seed {seed}"), seconds, false);
-    log.write(out, data, true)?;
+    out.write(|| log.write(out.dir(), data, true))?;
     Ok((encoder, history))
 }
 
@@ -91,7 +93,7 @@ fn refuse_other_run(p: &Pipeline, data: &Prepared, seed: u64, out: &Path) -> Res
 #[derive(Clone, Copy)]
 pub(crate) struct PretrainAt<'a> {
     pub seed: u64,
-    pub dir: &'a Path,
+    pub dir: &'a Artifacts,
     pub resume: bool,
     pub from: Option<(&'a Encoder<Cpu>, &'a SourceFile)>,
 }
@@ -114,28 +116,28 @@ pub(crate) fn pretrain_artifacts(
         from,
     } = *at;
     let start = Instant::now();
-    create_dir(out)?;
+    out.write(|| create_dir(out.dir()))?;
     let dev = Cpu::default();
     let shape = data.unlabeled.shape;
     let epochs = p.pretrain.epochs;
     let checkpoint = resume_point::checkpoint_path(out);
-    let snapshot = if resume && checkpoint.exists() {
-        let snapshot = resume_point::load_pretrain(&checkpoint, p, data)?;
+    let snapshot = match resume {
+        true => resume_point::load_pretrain(out, p, data)?,
+        false => None,
+    };
+    if let Some(snapshot) = &snapshot {
         obs.info(&format!(
             "seed {seed}: continuing pre-training after epoch {} from {}",
             snapshot.state.epochs_done,
             checkpoint.display()
         ));
-        Some(snapshot)
-    } else {
-        None
-    };
+    }
     let mut on_batch =
         |epoch, done, total, loss| obs.pretrain_batch(seed, epoch, epochs, done, total, loss);
     let mut on_epoch = |stats: &EpochStats| obs.pretrain_epoch(seed, stats, epochs);
     let mut last_saved = snapshot.as_ref().map(|s| s.state.epochs_done);
     let mut on_checkpoint = |snapshot: &Snapshot| {
-        resume_point::save_pretrain(&checkpoint, p, data, snapshot)
+        resume_point::save_pretrain(out, p, data, snapshot)
             .map_err(|e| PretrainError::Checkpoint(e.to_string()))?;
         last_saved = Some(snapshot.state.epochs_done);
         Ok(())
@@ -154,6 +156,7 @@ pub(crate) fn pretrain_artifacts(
             knn: KnnSettings::default(),
             memory_budget: p.data.storage().memory_budget,
         }),
+        replicas: Some(out.replicas().clone()),
     };
     let normalize = p.data.preprocess.normalize();
     let images = Images {
@@ -180,125 +183,131 @@ pub(crate) fn pretrain_artifacts(
         }
         Err(e) => return Err(e.into()),
     };
-    save_tensors(
-        &out.join("encoder.safetensors"),
-        &trained.encoder.named_tensors("encoder"),
-        &BTreeMap::new(),
-    )?;
-    if let Some(decoder) = &trained.decoder {
+    // The weights, curves and pictures, on the process that writes.
+    out.write(|| {
         save_tensors(
-            &out.join("decoder.safetensors"),
-            &decoder.named_tensors("decoder"),
+            &out.join("encoder.safetensors"),
+            &trained.encoder.named_tensors("encoder"),
             &BTreeMap::new(),
         )?;
-    }
-    let rows: Vec<Vec<f64>> = trained
-        .history
-        .iter()
-        .map(|h| {
-            vec![
-                h.epoch as f64 + 1.0,
-                h.train_loss,
-                h.heldout_loss.unwrap_or(f64::NAN),
-                h.images_per_second,
-                h.seconds,
-                h.knn_accuracy.unwrap_or(f64::NAN),
-            ]
-        })
-        .collect();
-    report::write_table_csv(
-        &out.join("loss.csv"),
-        &[
-            "epoch",
-            "train_loss",
-            "heldout_loss",
-            "images_per_second",
-            "seconds",
-            "knn_accuracy",
-        ],
-        &rows,
-    )?;
-    let mut series = vec![(
-        "train".to_string(),
-        trained
+        if let Some(decoder) = &trained.decoder {
+            save_tensors(
+                &out.join("decoder.safetensors"),
+                &decoder.named_tensors("decoder"),
+                &BTreeMap::new(),
+            )?;
+        }
+        let rows: Vec<Vec<f64>> = trained
             .history
             .iter()
-            .map(|h| (h.epoch as f64 + 1.0, h.train_loss))
-            .collect::<Vec<_>>(),
-    )];
-    if trained.history.iter().all(|h| h.heldout_loss.is_some()) {
-        series.push((
-            "held-out".to_string(),
+            .map(|h| {
+                vec![
+                    h.epoch as f64 + 1.0,
+                    h.train_loss,
+                    h.heldout_loss.unwrap_or(f64::NAN),
+                    h.images_per_second,
+                    h.seconds,
+                    h.knn_accuracy.unwrap_or(f64::NAN),
+                ]
+            })
+            .collect();
+        report::write_table_csv(
+            &out.join("loss.csv"),
+            &[
+                "epoch",
+                "train_loss",
+                "heldout_loss",
+                "images_per_second",
+                "seconds",
+                "knn_accuracy",
+            ],
+            &rows,
+        )?;
+        let mut series = vec![(
+            "train".to_string(),
             trained
                 .history
                 .iter()
-                .filter_map(|h| h.heldout_loss.map(|l| (h.epoch as f64 + 1.0, l)))
-                .collect(),
-        ));
-    }
-    // An accuracy is no loss: the monitor has an axis of its own, in percent.
-    let monitor: Vec<report::Curve> = trained
-        .history
-        .iter()
-        .all(|h| h.knn_accuracy.is_some())
-        .then(|| {
-            let points = trained
-                .history
-                .iter()
-                .filter_map(|h| h.knn_accuracy.map(|a| (h.epoch as f64 + 1.0, 100.0 * a)))
-                .collect();
-            ("kNN monitor accuracy".to_string(), points)
-        })
-        .into_iter()
-        .collect();
-    if !trained.history.is_empty() {
-        report::plot_curves_on_two_axes(
-            &out.join("loss.png"),
-            "Pre-training loss",
-            "loss",
-            &series,
-            (!monitor.is_empty()).then_some(("kNN monitor accuracy (%)", monitor.as_slice())),
-        )?;
-    }
-    if let Some(decoder) = trained.decoder.as_mut() {
-        write_reconstructions(
-            &out.join("reconstructions.png"),
-            data,
-            &trained.heldout,
-            &mut trained.encoder,
-            decoder,
-        )?;
-    }
-    if let Some((weights, [filters, channels, kh, kw])) = trained.encoder.first_filters() {
-        write_filters(
-            &out.join("filters.png"),
-            &weights,
-            filters,
-            channels,
-            kh,
-            kw,
-        )?;
-    }
+                .map(|h| (h.epoch as f64 + 1.0, h.train_loss))
+                .collect::<Vec<_>>(),
+        )];
+        if trained.history.iter().all(|h| h.heldout_loss.is_some()) {
+            series.push((
+                "held-out".to_string(),
+                trained
+                    .history
+                    .iter()
+                    .filter_map(|h| h.heldout_loss.map(|l| (h.epoch as f64 + 1.0, l)))
+                    .collect(),
+            ));
+        }
+        // An accuracy is no loss: the monitor has an axis of its own, in percent.
+        let monitor: Vec<report::Curve> = trained
+            .history
+            .iter()
+            .all(|h| h.knn_accuracy.is_some())
+            .then(|| {
+                let points = trained
+                    .history
+                    .iter()
+                    .filter_map(|h| h.knn_accuracy.map(|a| (h.epoch as f64 + 1.0, 100.0 * a)))
+                    .collect();
+                ("kNN monitor accuracy".to_string(), points)
+            })
+            .into_iter()
+            .collect();
+        if !trained.history.is_empty() {
+            report::plot_curves_on_two_axes(
+                &out.join("loss.png"),
+                "Pre-training loss",
+                "loss",
+                &series,
+                (!monitor.is_empty()).then_some(("kNN monitor accuracy (%)", monitor.as_slice())),
+            )?;
+        }
+        if let Some(decoder) = trained.decoder.as_mut() {
+            write_reconstructions(
+                &out.join("reconstructions.png"),
+                data,
+                &trained.heldout,
+                &mut trained.encoder,
+                decoder,
+            )?;
+        }
+        if let Some((weights, [filters, channels, kh, kw])) = trained.encoder.first_filters() {
+            write_filters(
+                &out.join("filters.png"),
+                &weights,
+                filters,
+                channels,
+                kh,
+                kw,
+            )?;
+        }
+        Ok(())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
-    write_json(
-        &out.join("encoder.json"),
-        &EncoderSidecar {
-            format: ENCODER_FORMAT.into(),
-            architecture: p.pretrain.architecture.clone(),
-            input: shape,
-            preprocess: p.data.preprocess.clone(),
-            seed,
-            epochs,
-            program_version: VERSION.into(),
-            data: SourceRecord::of(&data.unlabeled.source),
-            git_revision: log.info().git_revision.clone(),
-            seconds: Some(seconds),
-            started_from: from.map(|(_, source)| source.clone()),
-        },
-    )?;
+    out.write(|| {
+        write_json(
+            &out.join("encoder.json"),
+            &EncoderSidecar {
+                format: ENCODER_FORMAT.into(),
+                architecture: p.pretrain.architecture.clone(),
+                input: shape,
+                preprocess: p.data.preprocess.clone(),
+                seed,
+                epochs,
+                program_version: VERSION.into(),
+                data: SourceRecord::of(&data.unlabeled.source),
+                git_revision: log.info().git_revision.clone(),
+                seconds: Some(seconds),
+                started_from: from.map(|(_, source)| source.clone()),
+            },
+        )
+    })?;
     // The finished encoder supersedes it; a crash before this line leaves both, and either
     // resumes correctly.
-    resume_point::remove(&checkpoint)?;
+    resume_point::remove(out)?;
     Ok((trained.encoder, trained.history, seconds))
 }
 

@@ -2,9 +2,10 @@
 //! weights, optimizer moments, random-stream positions and history in one file, written
 //! atomically, with a fingerprint of what must be unchanged for it to be continued. A
 //! pre-training leaves one at every epoch end, a fine-tuning every `finetune.checkpoint_every`
-//! steps.
+//! steps. They are written and read through [`Artifacts`]: by replica 0 alone, which hands what
+//! it read to every replica.
 
-use crate::{Pipeline, PipelineError, Prepared, Result};
+use crate::{Artifacts, Pipeline, PipelineError, Prepared, Result};
 use imprint_finetune::{FinetuneSnapshot, FinetuneState, Strategy};
 use imprint_nn::{save_tensors, NamedTensor};
 use imprint_pretrain::{Snapshot, TrainingState};
@@ -15,8 +16,8 @@ use std::path::{Path, PathBuf};
 const PRETRAIN_FORMAT: &str = "imprint-pretrain-checkpoint/2";
 const FINETUNE_FORMAT: &str = "imprint-finetune-checkpoint/1";
 
-pub fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoint.safetensors")
+pub fn checkpoint_path(out: &Artifacts) -> PathBuf {
+    out.join("checkpoint.safetensors")
 }
 
 fn json<T: Serialize>(value: &T, path: &Path) -> Result<String> {
@@ -85,22 +86,28 @@ fn pretrain_run(p: &Pipeline, data: &Prepared, path: &Path) -> Result<String> {
     )
 }
 
-pub fn save_pretrain(path: &Path, p: &Pipeline, data: &Prepared, s: &Snapshot) -> Result<()> {
-    save(
-        path,
-        PRETRAIN_FORMAT,
-        pretrain_run(p, data, path)?,
-        &s.tensors,
-        &s.state,
-    )
+pub fn save_pretrain(out: &Artifacts, p: &Pipeline, data: &Prepared, s: &Snapshot) -> Result<()> {
+    out.write(|| {
+        let path = checkpoint_path(out);
+        let run = pretrain_run(p, data, &path)?;
+        save(&path, PRETRAIN_FORMAT, run, &s.tensors, &s.state)
+    })
 }
 
-/// The pre-training checkpoint at `path`, after checking that it belongs to this pipeline and
-/// data.
-pub fn load_pretrain(path: &Path, p: &Pipeline, data: &Prepared) -> Result<Snapshot> {
-    let run = pretrain_run(p, data, path)?;
-    let (tensors, state): (_, TrainingState) = load(path, PRETRAIN_FORMAT, run, "pre-training")?;
-    Ok(Snapshot { tensors, state })
+/// The pre-training checkpoint in `out`, if there is one, after checking that it belongs to
+/// this pipeline and data.
+pub fn load_pretrain(out: &Artifacts, p: &Pipeline, data: &Prepared) -> Result<Option<Snapshot>> {
+    let (tensors, state) = out.read_back_with_tensors(|| {
+        let path = checkpoint_path(out);
+        if !path.exists() {
+            return Ok((Vec::new(), None));
+        }
+        let run = pretrain_run(p, data, &path)?;
+        let (tensors, state): (_, TrainingState) =
+            load(&path, PRETRAIN_FORMAT, run, "pre-training")?;
+        Ok((tensors, Some(state)))
+    })?;
+    Ok(state.map(|state| Snapshot { tensors, state }))
 }
 
 /// What a fine-tuning checkpoint must match: the fine-tuning settings and architecture, the
@@ -126,35 +133,49 @@ fn finetune_run(
 }
 
 pub fn save_finetune(
-    path: &Path,
+    out: &Artifacts,
     p: &Pipeline,
     data: &Prepared,
     run: (Strategy, usize),
     s: &FinetuneSnapshot,
 ) -> Result<()> {
-    let fingerprint = finetune_run(p, data, run, path)?;
-    save(path, FINETUNE_FORMAT, fingerprint, &s.tensors, &s.state)
+    out.write(|| {
+        let path = checkpoint_path(out);
+        let fingerprint = finetune_run(p, data, run, &path)?;
+        save(&path, FINETUNE_FORMAT, fingerprint, &s.tensors, &s.state)
+    })
 }
 
-/// The fine-tuning checkpoint at `path`, after checking that it belongs to this run.
+/// The fine-tuning checkpoint in `out`, if there is one, after checking that it belongs to
+/// this run.
 pub fn load_finetune(
-    path: &Path,
+    out: &Artifacts,
     p: &Pipeline,
     data: &Prepared,
     run: (Strategy, usize),
-) -> Result<FinetuneSnapshot> {
-    let fingerprint = finetune_run(p, data, run, path)?;
-    let (tensors, state): (_, FinetuneState) =
-        load(path, FINETUNE_FORMAT, fingerprint, "fine-tuning")?;
-    Ok(FinetuneSnapshot { tensors, state })
+) -> Result<Option<FinetuneSnapshot>> {
+    let (tensors, state) = out.read_back_with_tensors(|| {
+        let path = checkpoint_path(out);
+        if !path.exists() {
+            return Ok((Vec::new(), None));
+        }
+        let fingerprint = finetune_run(p, data, run, &path)?;
+        let (tensors, state): (_, FinetuneState) =
+            load(&path, FINETUNE_FORMAT, fingerprint, "fine-tuning")?;
+        Ok((tensors, Some(state)))
+    })?;
+    Ok(state.map(|state| FinetuneSnapshot { tensors, state }))
 }
 
 /// Removes a finished job's checkpoint (absent is fine).
-pub fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(PipelineError::Output(format!("{}: {e}", path.display())))
+pub fn remove(out: &Artifacts) -> Result<()> {
+    out.write(|| {
+        let path = checkpoint_path(out);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(PipelineError::Output(format!("{}: {e}", path.display())))
+            }
+            _ => Ok(()),
         }
-        _ => Ok(()),
-    }
+    })
 }

@@ -60,6 +60,14 @@ pub struct PretrainConfig {
     /// Number format of the convolution and linear products: `f32`, or `bf16` (inputs rounded
     /// to bf16, sums in f32; weights, optimizer state and batch-norm statistics stay f32).
     pub precision: Precision,
+    /// In a data-parallel run, whether batch norms take their statistics over the whole global
+    /// batch, every process's share together, as one process would (true), or over each share
+    /// (false). Left out: synchronised when a pretext compares the images of the batch or
+    /// normalises its heads over it (every one but reconstruction and rotation), per share
+    /// otherwise. Left out of the file when left out, so that
+    /// checkpoints written before it read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_batch_norm: Option<bool>,
 }
 
 /// `[pretrain]` as a file writes it: the settings, and the keys that named the pretexts before
@@ -87,6 +95,8 @@ struct Written {
     monitor_queries: usize,
     #[serde(default)]
     precision: Precision,
+    #[serde(default)]
+    sync_batch_norm: Option<bool>,
     #[serde(flatten)]
     old: OldKeys,
 }
@@ -108,6 +118,7 @@ impl TryFrom<Written> for PretrainConfig {
             monitor_labels_per_class: w.monitor_labels_per_class,
             monitor_queries: w.monitor_queries,
             precision: w.precision,
+            sync_batch_norm: w.sync_batch_norm,
         })
     }
 }
@@ -141,6 +152,7 @@ impl PretrainConfig {
             monitor_labels_per_class: 0,
             monitor_queries: default_monitor_queries(),
             precision: Precision::F32,
+            sync_batch_norm: None,
         }
     }
 
@@ -149,6 +161,18 @@ impl PretrainConfig {
         self.pretexts.iter().find_map(|p| match p {
             PretextConfig::Reconstruction(r) => Some(r),
             _ => None,
+        })
+    }
+
+    /// Whether the batch norms of a data-parallel run are synchronised ([`Self::sync_batch_norm`]).
+    pub fn synced_batch_norm(&self) -> bool {
+        self.sync_batch_norm.unwrap_or_else(|| {
+            self.pretexts.iter().any(|p| {
+                !matches!(
+                    p,
+                    PretextConfig::Reconstruction(_) | PretextConfig::Rotation(_)
+                )
+            })
         })
     }
 

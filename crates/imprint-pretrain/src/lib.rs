@@ -2,6 +2,12 @@
 //! (reconstruction, denoising, masked patches, contrast, rotation, BYOL, DINO; see
 //! [`pretext`]) on the shared training loop. Generic over the dfdx device; it returns its
 //! history and prints nothing, callers render progress through [`Hooks`].
+//!
+//! Data-parallel with [`Hooks::replicas`]: every replica draws the whole global batch's views
+//! and trains on its share of the rows; the loop sums the gradients, each pretext weighs its
+//! loss by the share (the contrastive term and VICReg gather the projections so that they see
+//! the whole global batch), and batch norms are synchronised by default
+//! ([`PretrainConfig::sync_batch_norm`]).
 
 mod config;
 mod old_keys;
@@ -12,6 +18,7 @@ pub use config::{Noise, PretrainConfig};
 pub use pretext::PretextConfig;
 
 use dfdx::prelude::*;
+use imprint_collective::{share, single, Replicas};
 use imprint_data::{ImageShape, Normalize, Pixels};
 use imprint_nn::infer::over_images;
 use imprint_nn::knn::{Bank, KnnSettings};
@@ -20,7 +27,7 @@ use imprint_nn::{
     Decoder, Encoder, ImprintDevice, Matrix, NamedTensor, Optimizer, Pass, Var, Vector,
 };
 use imprint_train::{train, Flow, Group, Loss, Run, Task, TrainError};
-use pretext::{Batch, Codes, Pretext, Progress};
+use pretext::{Batch, Codes, Pretext, Progress, Share};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -132,6 +139,8 @@ pub struct Hooks<'a> {
     pub on_checkpoint: Option<&'a mut SaveCheckpoint<'a>>,
     /// Scores the encoder at each epoch end, into [`EpochStats::knn_accuracy`].
     pub monitor: Option<Monitor<'a>>,
+    /// The replicas of a data-parallel run this process is one of; `None`: this process alone.
+    pub replicas: Option<Replicas>,
 }
 
 /// The run's state at an epoch end: resuming from it gives what the uninterrupted run gives.
@@ -263,6 +272,8 @@ struct Pretraining<'a, 'h, D: ImprintDevice> {
     epoch_loss: f64,
     epoch_start: Instant,
     hooks: Hooks<'h>,
+    /// The replicas of a data-parallel run, [`imprint_collective::single`] alone.
+    replicas: Replicas,
 }
 
 impl<D: ImprintDevice> Pretraining<'_, '_, D> {
@@ -298,6 +309,8 @@ impl<D: ImprintDevice> Pretraining<'_, '_, D> {
 impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
     type Error = PretrainError;
 
+    /// The views of the whole batch are drawn on every replica (so that their generators move
+    /// alike); each encodes its share of the rows.
     fn loss(&mut self, step: usize) -> Result<Loss<D>> {
         let (_, within) = self.epoch_and_step(step);
         if within == 0 {
@@ -320,11 +333,16 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
             self.cfg.noise,
             &mut self.rng,
         );
+        let rows = share(self.batch, self.replicas.rank(), self.replicas.size());
+        let views = match rows.len() == self.batch {
+            true => views,
+            false => views.rows(rows.clone(), self.batch),
+        };
         let dev = self.dev;
-        let mut pass = Pass::train(&mut self.pass_rng);
+        let mut pass = Pass::train(&mut self.pass_rng).for_rows(rows.clone(), self.batch);
         let encoder = &mut self.nets.encoder;
         let mut code = |view: &Vec<f32>, shape: ImageShape| {
-            let x: Matrix<D> = dev.tensor_from_vec(view.clone(), (self.batch, shape.len()));
+            let x: Matrix<D> = dev.tensor_from_vec(view.clone(), (rows.len(), shape.len()));
             encoder.forward_at(x.leaky_trace(), shape, &mut pass)
         };
         let global = views.global.iter().map(|v| code(v, self.input)).collect();
@@ -339,6 +357,11 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
             at: Progress {
                 step,
                 steps: self.steps,
+            },
+            share: Share {
+                rows: rows.clone(),
+                total: self.batch,
+                replicas: self.replicas.clone(),
             },
         };
         let mut total: Option<Loss<D>> = None;
@@ -369,6 +392,10 @@ impl<D: ImprintDevice> Task<D> for Pretraining<'_, '_, D> {
                 .map(|(_, v)| v)
                 .collect(),
         }]
+    }
+
+    fn batch_norm_statistics(&mut self) -> Vec<&mut Vector<D>> {
+        self.nets.batch_norm_statistics_mut()
     }
 
     fn position(&self, step: usize) -> String {
@@ -492,6 +519,8 @@ fn pretrain_in_precision<D: ImprintDevice>(
         settings: &cfg.optim,
         steps: task.steps,
         lr_key: "pretrain.lr",
+        replicas: &task.replicas.clone(),
+        sync_batch_norm: cfg.synced_batch_norm(),
     };
     let first = task.history.len() * task.steps_per_epoch;
     train(&mut task, &run, first..run.steps, &mut optimizer).map_err(|e| match e {
@@ -566,6 +595,31 @@ impl<'a, 'h, D: ImprintDevice> Pretraining<'a, 'h, D> {
         let train_ids: Vec<usize> = order[n_heldout..].to_vec();
         let batch = cfg.batch_size.min(train_ids.len()).max(1);
         let steps_per_epoch = (train_ids.len() / batch).max(1);
+        let replicas = hooks.replicas.clone().unwrap_or_else(single);
+        if batch < replicas.size() {
+            return Err(PretrainError::Config {
+                key: "batch_size".into(),
+                message: format!(
+                    "batches of {batch} images cannot be shared by {} processes; use at least \
+                     one image per process",
+                    replicas.size()
+                ),
+            });
+        }
+        if replicas.size() > 1 {
+            for p in &cfg.pretexts {
+                if let Some(why) = p.method().not_shared() {
+                    return Err(PretrainError::Config {
+                        key: format!("pretexts.{}", p.kind()),
+                        message: format!(
+                            "cannot be shared by {} processes ({why}); pre-train it in one \
+                             process",
+                            replicas.size()
+                        ),
+                    });
+                }
+            }
+        }
         let mut task = Pretraining {
             dev,
             images,
@@ -585,6 +639,7 @@ impl<'a, 'h, D: ImprintDevice> Pretraining<'a, 'h, D> {
             epoch_loss: 0.0,
             epoch_start: Instant::now(),
             hooks,
+            replicas,
         };
         let mut optimizer = Optimizer::new(cfg.optim.rule());
         if let Start::Resume(snapshot) = start {

@@ -891,3 +891,205 @@ fn the_order_of_the_list_leaves_the_init_alone() {
     cfg.pretexts.reverse();
     assert_eq!(init(&cfg), forward);
 }
+/// The pre-training by `pretexts` of a small ResNet on `pixels` (images of `shape`), by
+/// `replicas`, with `optimizer`; with masked reconstruction, half of the 4x4 patches of each
+/// view hidden.
+fn resnet_pretraining(
+    pixels: &Pixels,
+    shape: ImageShape,
+    pretexts: &[PretextConfig],
+    optimizer: imprint_train::OptimizerKind,
+    replicas: Option<imprint_collective::Replicas>,
+) -> Result<Pretrained<Cpu>> {
+    let masked = pretexts
+        .iter()
+        .any(|p| matches!(p, PretextConfig::Reconstruction(r) if r.loss_on_hidden_only));
+    let mut cfg = PretrainConfig {
+        pretexts: pretexts.to_vec(),
+        noise: match masked {
+            true => Noise::Patches {
+                patch: 4,
+                fraction: 0.5,
+            },
+            false => Noise::None,
+        },
+        sync_batch_norm: Some(true),
+        batch_size: 64,
+        holdout_fraction: 0.0,
+        ..PretrainConfig::new(
+            Architecture::Resnet(imprint_nn::ResNet {
+                depth: 8,
+                layout: Default::default(),
+                widths: Some(vec![4, 8, 16]),
+                shortcut: None,
+            }),
+            2,
+        )
+    };
+    cfg.augment.shift = 1;
+    cfg.optim.optimizer = optimizer;
+    cfg.optim.lr = match optimizer {
+        imprint_train::OptimizerKind::Adam => 3e-3,
+        imprint_train::OptimizerKind::Sgd => 0.05,
+    };
+    let hooks = Hooks {
+        replicas,
+        ..Hooks::default()
+    };
+    let images = Images::new(pixels, shape);
+    pretrain(&Cpu::default(), images, &cfg, 5, Start::Fresh, hooks)
+}
+
+/// 320 of the shipped digits.
+fn digits_320() -> (Pixels, ImageShape) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/digits");
+    let digits = imprint_data::load(
+        &dir.join("digits-images-idx3-ubyte.gz"),
+        &imprint_data::Preprocess::default(),
+    )
+    .unwrap();
+    let ids: Vec<usize> = (0..320).collect();
+    (digits.pixels.subset(&ids), digits.shape)
+}
+
+/// Two replicas, threads of this process with half of every batch each, pre-train by
+/// `pretexts` (batch norms synchronised) the encoder one process trains on the whole batch:
+/// ResNet-8 on 320 of the shipped digits, 10 steps. Not bit for bit: the replicas take the sums
+/// over the batch in another order (each its share, then the two shares added), so the weights
+/// agree to the rounding of f32 sums, carried through 10 Adam steps. The two replicas hold the
+/// same bits, and each epoch's loss is the global batch's on both.
+fn two_replicas_train_what_one_process_trains(
+    pretexts: &[PretextConfig],
+    optimizer: imprint_train::OptimizerKind,
+) {
+    use imprint_collective::local_group;
+    let (pixels, shape) = digits_320();
+    let one = resnet_pretraining(&pixels, shape, pretexts, optimizer, None).unwrap();
+    let two: Vec<(Vec<NamedTensor>, Vec<EpochStats>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = local_group(2)
+            .into_iter()
+            .map(|member| {
+                let pixels = &pixels;
+                s.spawn(move || {
+                    let member: imprint_collective::Replicas = std::rc::Rc::new(member);
+                    assert_eq!(member.size(), 2);
+                    let run = resnet_pretraining(pixels, shape, pretexts, optimizer, Some(member))
+                        .unwrap();
+                    (run.encoder.named_tensors("encoder"), run.history)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(two[0].0, two[1].0, "the replicas differ");
+    let mut worst: f32 = 0.0;
+    for (a, b) in one.encoder.named_tensors("encoder").iter().zip(&two[0].0) {
+        assert_eq!(a.name, b.name);
+        let scale = a.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(diff / scale);
+    }
+    eprintln!("largest difference, relative to its tensor's largest value: {worst:e}");
+    assert!(worst < 1e-4, "2 replicas vs 1 process: {worst:e}");
+    for (a, b) in one.history.iter().zip(&two[0].1) {
+        let (a, b) = (a.train_loss, b.train_loss);
+        assert!((a - b).abs() < 1e-4 * a.abs(), "train loss {a} vs {b}");
+    }
+}
+
+/// SimCLR: the projections gathered, so that the negatives are the whole global batch; then
+/// with two small crops of each image beside the two views.
+#[test]
+fn two_replicas_train_the_encoder_one_process_trains() {
+    two_replicas_train_what_one_process_trains(&[contrastive(1.0, 0.5)], Default::default());
+    let crops = contrastive::Settings {
+        crops: LocalCrops {
+            local_crops: 2,
+            local_size: Some(14),
+            local_scale: (0.2, 0.5),
+        },
+        ..contrastive::Settings::new(1.0, 0.5)
+    };
+    two_replicas_train_what_one_process_trains(
+        &[PretextConfig::Contrastive(crops)],
+        Default::default(),
+    );
+}
+
+/// BYOL (a mean over the rows, each replica's share weighted by its rows; the teacher's and
+/// heads' batch norms synchronised too) beside masked reconstruction (a mean over the hidden
+/// pixels, weighted by each share's count of them). With SGD: the biases of the projector's
+/// linear layers, each followed by a batch norm in the student's path, get no gradient but the
+/// rounding of the sums, which Adam scales up to steps of the learning rate, and the teacher
+/// copies them into targets that no batch norm follows: under Adam the 2 replicas ended 5.2e-3
+/// of a tensor's largest value from one process, though the gradients agreed to rounding.
+#[test]
+fn two_replicas_train_byol_and_masked_reconstruction_as_one_process() {
+    two_replicas_train_what_one_process_trains(
+        &[
+            PretextConfig::Byol(byol::Settings {
+                hidden: 32,
+                dim: 16,
+                ..Default::default()
+            }),
+            PretextConfig::Reconstruction(reconstruction::Settings {
+                weight: 0.5,
+                loss_on_hidden_only: true,
+                ..Default::default()
+            }),
+        ],
+        imprint_train::OptimizerKind::Sgd,
+    );
+}
+
+/// VICReg: the expansions gathered, so that the variance and covariance are the global batch's.
+#[test]
+fn two_replicas_train_vicreg_as_one_process() {
+    two_replicas_train_what_one_process_trains(
+        &[PretextConfig::Vicreg(vicreg::Settings {
+            hidden: 32,
+            dim: 32,
+            ..Default::default()
+        })],
+        Default::default(),
+    );
+}
+
+/// DINO's centre is a mean over the batch the replicas do not share: refused, naming it.
+#[test]
+fn dino_on_two_replicas_is_refused_naming_it() {
+    let (pixels, shape) = digits_320();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = imprint_collective::local_group(2)
+            .into_iter()
+            .map(|member| {
+                let pixels = &pixels;
+                s.spawn(move || {
+                    let member: imprint_collective::Replicas = std::rc::Rc::new(member);
+                    let pretexts = [PretextConfig::Dino(Default::default())];
+                    match resnet_pretraining(
+                        pixels,
+                        shape,
+                        &pretexts,
+                        Default::default(),
+                        Some(member),
+                    ) {
+                        Ok(_) => "trained".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in errors {
+        assert!(
+            e.contains("pretexts.dino") && e.contains("2 processes"),
+            "{e}"
+        );
+    }
+}

@@ -116,6 +116,23 @@ impl ViewPlan {
     }
 }
 
+impl Views {
+    /// The views of the images `rows` of a batch of `batch` images (a replica's share).
+    pub(crate) fn rows(self, rows: std::ops::Range<usize>, batch: usize) -> Views {
+        let cut = |v: Vec<f32>| {
+            let len = v.len() / batch;
+            v[rows.start * len..rows.end * len].to_vec()
+        };
+        Views {
+            global: self.global.into_iter().map(cut).collect(),
+            target: cut(self.target),
+            hidden: cut(self.hidden),
+            turns: self.turns.map(|t| t[rows.clone()].to_vec()),
+            local: self.local.into_iter().map(cut).collect(),
+        }
+    }
+}
+
 /// `img` (channel by channel) turned counter-clockwise by `turns` quarter turns; a turn by 90°
 /// or 270° needs a square image.
 pub(crate) fn turn(img: &[f32], shape: ImageShape, turns: usize) -> Vec<f32> {

@@ -54,9 +54,8 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
     pub fn forward<T: Tape<f32, D>>(&mut self, x: Tensor4<D, T>, mode: Mode) -> Tensor4<D, T> {
         match mode {
             Mode::Train => {
-                let m = values_per_channel(&x);
                 let out = batch_norm2d_train(x, &self.weight.value, &self.bias.value, self.eps);
-                self.tracked(out, m)
+                self.tracked(out)
             }
             Mode::Eval => self.eval(x),
         }
@@ -66,10 +65,9 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
     pub fn forward_relu<T: Tape<f32, D>>(&mut self, x: Tensor4<D, T>, mode: Mode) -> Tensor4<D, T> {
         match mode {
             Mode::Train => {
-                let m = values_per_channel(&x);
                 let out =
                     batch_norm2d_relu_train(x, &self.weight.value, &self.bias.value, self.eps);
-                self.tracked(out, m)
+                self.tracked(out)
             }
             Mode::Eval => self.eval(x).relu(),
         }
@@ -84,7 +82,6 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
     ) -> Tensor4<D, T> {
         match mode {
             Mode::Train => {
-                let m = values_per_channel(&x);
                 let out = batch_norm2d_add_relu_train(
                     x,
                     residual,
@@ -92,7 +89,7 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
                     &self.bias.value,
                     self.eps,
                 );
-                self.tracked(out, m)
+                self.tracked(out)
             }
             Mode::Eval => (self.eval(x) + residual).relu(),
         }
@@ -111,13 +108,9 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
     }
 
     /// The output of a training-mode op, after moving the running statistics towards its
-    /// batch's (`m` values per channel).
-    fn tracked<T>(
-        &mut self,
-        out: std::result::Result<TrainOutput<D, T>, D::Err>,
-        m: usize,
-    ) -> Tensor4<D, T> {
-        let (y, mean, var) = out.expect("batch_norm2d failed on the device");
+    /// batch's (over `m` values per channel: every replica's, when they are synchronised).
+    fn tracked<T>(&mut self, out: std::result::Result<TrainOutput<D, T>, D::Err>) -> Tensor4<D, T> {
+        let (y, mean, var, m) = out.expect("batch_norm2d failed on the device");
         let m = m as f32;
         let unbiased = m / (m - 1.0);
         let k = self.momentum;
@@ -136,12 +129,6 @@ impl<D: ImprintDevice> BatchNorm2d<D> {
         self.running_var.set(new_var);
         y
     }
-}
-
-/// Values per channel of an NCHW batch: `n * h * w`.
-fn values_per_channel<D: ImprintDevice, T>(x: &Tensor4<D, T>) -> usize {
-    let (n, _, h, w) = *x.shape();
-    n * h * w
 }
 
 #[cfg(test)]

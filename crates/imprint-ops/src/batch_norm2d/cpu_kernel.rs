@@ -1,4 +1,4 @@
-use super::{BatchNorm2dKernel, FusedBatchNorm2dKernel, TrainOutput};
+use super::{synced, BatchNorm2dKernel, FusedBatchNorm2dKernel, SumOverReplicas, TrainOutput};
 use crate::cpu_util::{with_wide_vectors, zeros, PooledVec};
 use crate::{Tensor1, Tensor4};
 use dfdx::prelude::*;
@@ -110,16 +110,72 @@ fn channel_stats(planes: &[&[f32]], gamma: f32, beta: f32, eps: f32) -> Channel 
     let m = planes.iter().map(|p| p.len()).sum::<usize>() as f64;
     let mean = lane_sum(planes, |v| v as f64) / m;
     let var = (lane_sum(planes, |v| (v as f64 - mean).powi(2)) / m) as f32;
-    let (mean, inv_std) = (mean as f32, 1.0 / (var + eps).sqrt());
-    let scale = gamma * inv_std;
-    Channel {
-        mean,
-        var,
-        inv_std,
-        gamma,
-        scale,
-        shift: beta - mean * scale,
+    Channel::new(mean, var, (gamma, beta, eps))
+}
+
+impl Channel {
+    /// The affine map of a channel of this mean and biased variance.
+    #[inline(always)]
+    fn new(mean: f64, var: f32, (gamma, beta, eps): (f32, f32, f32)) -> Self {
+        let (mean, inv_std) = (mean as f32, 1.0 / (var + eps).sqrt());
+        let scale = gamma * inv_std;
+        Channel {
+            mean,
+            var,
+            inv_std,
+            gamma,
+            scale,
+            shift: beta - mean * scale,
+        }
     }
+}
+
+with_wide_vectors! {
+    /// `Σ v` over a channel's planes, as [`channel_stats`] takes it.
+    fn channel_sum(planes: &[&[f32]]) -> f64 = channel_sum_body
+}
+
+#[inline(always)]
+fn channel_sum_body(planes: &[&[f32]]) -> f64 {
+    lane_sum(planes, |v| v as f64)
+}
+
+with_wide_vectors! {
+    /// `Σ (v - mean)²` over a channel's planes, as [`channel_stats`] takes it.
+    fn channel_deviations(planes: &[&[f32]], mean: f64) -> f64 = channel_deviations_body
+}
+
+#[inline(always)]
+fn channel_deviations_body(planes: &[&[f32]], mean: f64) -> f64 {
+    lane_sum(planes, |v| (v as f64 - mean).powi(2))
+}
+
+/// Every channel's statistics over every replica's share of the batch: the sums of this
+/// share's values, and their count, summed over the replicas for the means; then the squared
+/// deviations from those means, summed likewise for the variances. The same two passes as
+/// [`channel_stats`], with the replicas' partial sums added between them. Returns the channels
+/// and the count of values each is over.
+fn synced_stats(
+    xs: &[Vec<&[f32]>],
+    (gamma, beta, eps): (&[f32], &[f32], f32),
+    sum: &SumOverReplicas,
+) -> (Vec<Channel>, usize) {
+    let local: usize = xs.first().map_or(0, |p| p.iter().map(|p| p.len()).sum());
+    let mut sums: Vec<f64> = xs.par_iter().map(|p| channel_sum(p)).collect();
+    sums.push(local as f64);
+    sum(&mut sums);
+    let m = sums.pop().expect("the count follows the sums");
+    let means: Vec<f64> = sums.iter().map(|s| s / m).collect();
+    let mut squares: Vec<f64> = xs
+        .par_iter()
+        .zip(&means)
+        .map(|(p, &mean)| channel_deviations(p, mean))
+        .collect();
+    sum(&mut squares);
+    let channels = (0..xs.len())
+        .map(|c| Channel::new(means[c], (squares[c] / m) as f32, (gamma[c], beta[c], eps)))
+        .collect();
+    (channels, m as usize)
 }
 
 /// `y = x * scale + shift`, followed by `after` (the residual `r` added first where given).
@@ -259,6 +315,8 @@ struct Saved {
     channels: Vec<Channel>,
     plane: usize,
     after: After,
+    /// Values per channel the statistics are over (every replica's, when synchronised).
+    count: usize,
 }
 
 /// The gradient reaching the normalisation of one plane: `dy`, or where a ReLU follows, `dy`
@@ -462,7 +520,7 @@ fn train_sums(s: &Saved, dy: &[f32], gr: Option<&mut [f32]>) -> Vec<(f64, f64)> 
 /// Training-mode backward, second pass, one task per channel: adds `dL/dx` to `gx`.
 fn train_input_grad(s: &Saved, dy: &[f32], sums: &[(f64, f64)], gx: &mut [f32]) {
     let n = s.channels.len();
-    let m = (s.x.as_slice().len() / n) as f64;
+    let m = s.count as f64;
     let planes = Planes::new(s, dy);
     channel_planes_mut(gx, n, s.plane)
         .into_par_iter()
@@ -475,28 +533,40 @@ fn train_input_grad(s: &Saved, dy: &[f32], sums: &[(f64, f64)], gx: &mut [f32]) 
 }
 
 /// Training-mode forward on plain slices: every channel's statistics, then its output planes,
-/// one task per channel.
+/// one task per channel; with `synced`, all the statistics first, over every replica. Returns
+/// the output, the channels and the count of values each channel's statistics are over.
 fn train_forward(
     x: &[f32],
     residual: Option<&[f32]>,
     after: After,
     (gamma, beta, eps): (&[f32], &[f32], f32),
     plane: usize,
-) -> (Vec<f32>, Vec<Channel>) {
+    synced: Option<&SumOverReplicas>,
+) -> (Vec<f32>, Vec<Channel>, usize) {
     let n = gamma.len();
     let xs = channel_planes(x, n, plane);
     let rs = residual.map(|r| channel_planes(r, n, plane));
     let mut y = zeros(x.len());
     let ys = channel_planes_mut(&mut y, n, plane);
-    let channels = ys
-        .into_par_iter()
-        .enumerate()
-        .map(|(c, mut yc)| {
-            let r = rs.as_ref().map(|r| &r[c][..]);
-            channel_forward(&xs[c], r, (gamma[c], beta[c], eps), after, &mut yc)
-        })
-        .collect();
-    (y, channels)
+    let Some(sum) = synced else {
+        let channels = ys
+            .into_par_iter()
+            .enumerate()
+            .map(|(c, mut yc)| {
+                let r = rs.as_ref().map(|r| &r[c][..]);
+                channel_forward(&xs[c], r, (gamma[c], beta[c], eps), after, &mut yc)
+            })
+            .collect();
+        return (y, channels, x.len() / n);
+    };
+    let (channels, count) = synced_stats(&xs, (gamma, beta, eps), sum);
+    ys.into_par_iter().enumerate().for_each(|(c, yc)| {
+        for (i, (xp, yp)) in xs[c].iter().zip(yc).enumerate() {
+            let r = rs.as_ref().map(|r| r[c][i]);
+            normalise(&channels[c], after, xp, r, yp);
+        }
+    });
+    (y, channels, count)
 }
 
 /// A training-mode batch norm followed by `after`, on the tape: the op behind
@@ -539,12 +609,20 @@ where
     };
     let (xs, rs) = (copy(&x), residual.as_ref().map(copy));
     let r = rs.as_ref().map(|r| r.as_slice());
-    let (y, stats) = train_forward(xs.as_slice(), r, after, (&g, &b, eps), plane);
+    let synced = synced();
+    let (y, stats, count) = train_forward(
+        xs.as_slice(),
+        r,
+        after,
+        (&g, &b, eps),
+        plane,
+        synced.as_ref(),
+    );
     let y = dev.try_tensor_from_vec(y, shape)?;
     let mean: Vec<f32> = stats.iter().map(|c| c.mean).collect();
     let var: Vec<f32> = stats.iter().map(|c| c.var).collect();
     if !T::OWNS_TAPE {
-        return Ok((y.put_tape(tape), mean, var));
+        return Ok((y.put_tape(tape), mean, var, count));
     }
     let saved = Saved {
         x: xs,
@@ -552,6 +630,7 @@ where
         channels: stats,
         plane,
         after,
+        count,
     };
     let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
     let r_g = residual.map(|r| r.ghost());
@@ -566,7 +645,16 @@ where
             None => None,
         };
         let sums = train_sums(&saved, &dy, gr);
-        train_input_grad(&saved, &dy, &sums, grads.get_or_alloc_mut(&x_g)?);
+        // dL/dx reads the sums over the whole batch; gamma and beta take this share's, which
+        // the loop sums over the replicas with every other gradient.
+        // The backward pass sums over the replicas when the forward pass did.
+        let whole: Option<Vec<(f64, f64)>> = synced.as_ref().map(|sum| {
+            let mut flat: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
+            sum(&mut flat);
+            flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+        });
+        let whole = whole.as_deref().unwrap_or(&sums);
+        train_input_grad(&saved, &dy, whole, grads.get_or_alloc_mut(&x_g)?);
         **grads.get_or_alloc_mut(&y_g)? = dy;
         let dgamma: Vec<f32> = sums.iter().map(|&(_, v)| v as f32).collect();
         let dbeta: Vec<f32> = sums.iter().map(|&(v, _)| v as f32).collect();
@@ -574,7 +662,7 @@ where
         add_into(grads.get_or_alloc_mut(&b_g)?, &dbeta);
         Ok(())
     });
-    Ok((y.put_tape(tape), mean, var))
+    Ok((y.put_tape(tape), mean, var, count))
 }
 
 fn add_into(acc: &mut [f32], v: &[f32]) {

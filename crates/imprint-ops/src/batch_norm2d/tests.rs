@@ -63,8 +63,9 @@ fn train_output_is_normalised_per_channel_and_returns_the_batch_statistics() {
     let shape = (3, 2, 4, 5);
     let x = spread(random(&mut rng(1), 120), 3.0, 1.0);
     let (g, b) = params(&dev, &[2.0, 0.5], &[1.0, -1.0]);
-    let (y, batch_mean, batch_var) =
+    let (y, batch_mean, batch_var, count) =
         batch_norm2d_train(dev.tensor_from_vec(x.clone(), shape), &g, &b, 1e-5).unwrap();
+    assert_eq!(count, 3 * 4 * 5);
     let (mean, var) = stats(&y.as_vec(), shape);
     assert!(
         (mean[0] - 1.0).abs() < 1e-5 && (mean[1] + 1.0).abs() < 1e-5,
@@ -102,7 +103,7 @@ fn eval_uses_the_given_statistics_and_matches_train_on_the_batch_statistics() {
         assert!((yv - (xv / (1.0f32 + 1e-5).sqrt() * g + b)).abs() < 1e-6);
     }
     // With the batch's mean and biased variance, eval == train.
-    let (y_train, mean, var) = batch_norm2d_train(input(), &g, &b, 1e-5).unwrap();
+    let (y_train, mean, var, _) = batch_norm2d_train(input(), &g, &b, 1e-5).unwrap();
     let y_eval = batch_norm2d_eval(input(), &g, &b, &mean, &var, 1e-5).unwrap();
     assert_close("eval vs train", &y_eval.as_vec(), &y_train.as_vec(), 1e-5);
 }
@@ -345,5 +346,55 @@ fn train_matches_the_reference_on_resnet_shapes_on_any_thread_count() {
             let d = relative_difference(g, w);
             assert!(d < 1e-5, "{shape:?} output {k}: relative difference {d}");
         }
+    }
+}
+
+/// Synchronised over two replicas, each with half the batch in a thread of its own, the op
+/// gives each half of the whole batch's output and input gradients, and gradients of gamma and
+/// beta that add up to the whole batch's; only the order of the sums differs.
+#[test]
+fn synced_halves_match_the_whole_batch() {
+    use imprint_collective::{local_group, share, Collective};
+    let shape = (6, 4, 3, 5);
+    let p = inputs(90, shape);
+    let w = random(&mut rng(91), p[0].len());
+    let want = run_op(Kind::AddRelu, false, &p, shape, &w);
+    let image = shape.1 * shape.2 * shape.3;
+    let halves: Vec<(Vec<Vec<f32>>, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = local_group(2)
+            .into_iter()
+            .map(|member| {
+                let (p, w) = (&p, &w);
+                s.spawn(move || {
+                    let rows = share(shape.0, member.rank(), 2);
+                    let part = |v: &Vec<f32>| v[rows.start * image..rows.end * image].to_vec();
+                    let mine = vec![part(&p[0]), p[1].clone(), p[2].clone(), part(&p[3])];
+                    let local = (rows.len(), shape.1, shape.2, shape.3);
+                    let sum: SumOverReplicas = std::rc::Rc::new(move |v| member.sum_f64(v));
+                    with_synced_statistics(sum, || {
+                        let dev = Cpu::default();
+                        let (g, b) = params(&dev, &mine[1], &mine[2]);
+                        let x: Tensor4<Cpu> = dev.tensor_from_vec(mine[0].clone(), local);
+                        let count = batch_norm2d_train(x, &g, &b, 1e-5).unwrap().3;
+                        (run_op(Kind::AddRelu, false, &mine, local, &part(w)), count)
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (_, count) in &halves {
+        assert_eq!(*count, shape.0 * shape.2 * shape.3);
+    }
+    let joined = |k: usize| -> Vec<f32> { halves.iter().flat_map(|(h, _)| h[k].clone()).collect() };
+    let added = |k: usize| -> Vec<f32> {
+        let (a, b) = (&halves[0].0[k], &halves[1].0[k]);
+        a.iter().zip(b).map(|(a, b)| a + b).collect()
+    };
+    // Output, dL/dx, dL/dgamma, dL/dbeta, dL/dresidual.
+    let got = [joined(0), joined(1), added(2), added(3), joined(4)];
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let d = relative_difference(g, w);
+        assert!(d < 1e-6, "output {k}: relative difference {d}");
     }
 }

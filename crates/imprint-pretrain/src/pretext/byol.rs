@@ -148,7 +148,8 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
         };
         let (z0, z1) = (target(0, pass), target(1, pass));
         let loss = normalized_mse(p0, z1) + normalized_mse(p1, z0);
-        weighted(loss, self.settings.weight)
+        // A mean over the rows: each replica's share of it adds up to the global batch's.
+        weighted(batch.share.weigh(loss), self.settings.weight)
     }
 
     fn after_step(&mut self, student: &Encoder<D>, at: Progress) {

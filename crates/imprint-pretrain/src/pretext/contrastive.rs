@@ -5,8 +5,13 @@
 //! and never of another crop, as SwAV and DINO pair them: the loss is the mean of the NT-Xent of
 //! the two full-size views and that of every (full-size view, crop) pair, each over its own two
 //! batches of views, so a crop's negatives are the other images' views of that pair.
+//!
+//! In a data-parallel run the batch is the global one: every replica gathers the projections
+//! of every share ([`gather_rows`]), so that each view meets the whole global batch as
+//! negatives, and takes the whole loss on them, the same bits on every replica; its own rows
+//! carry that loss's gradient back into its share of the encoder ([`replicated`]).
 
-use super::{weighted, Batch, LocalCrops, Method, Pretext, ViewNeeds};
+use super::{gather_rows, replicated, weighted, Batch, LocalCrops, Method, Pretext, ViewNeeds};
 use crate::{PretrainConfig, Result};
 use dfdx::prelude::*;
 use imprint_nn::layers::Act;
@@ -115,14 +120,25 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
                 .forward(Act::Flat(code), pass, true)
                 .into_flat()
         };
-        let projected: Vec<_> = batch.codes.all().into_iter().map(&mut project).collect();
+        let mut projected: Vec<_> = batch.codes.all().into_iter().map(&mut project).collect();
+        let shared = batch.share.replicas.size() > 1;
+        if shared {
+            projected = projected
+                .into_iter()
+                .map(|p| gather_rows(p, &batch.share))
+                .collect();
+        }
+        let whole = |loss| match shared {
+            true => replicated(loss, &batch.share),
+            false => loss,
+        };
         let mut views = projected.into_iter();
         let (Some(a), Some(b)) = (views.next(), views.next()) else {
             unreachable!("the contrastive term draws two full-size views")
         };
         let crops: Vec<_> = views.collect();
         if crops.is_empty() {
-            return weighted(contrastive_loss(a, b, self.temperature), self.weight);
+            return weighted(whole(contrastive_loss(a, b, self.temperature)), self.weight);
         }
         // Every projection takes part in several pairs: each pair reads copies under the same
         // ids, and the projections' own tapes join the sum at the end.
@@ -144,6 +160,6 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
         for p in [a, b].into_iter().chain(crops) {
             tape = tape.merge(p.split_tape().1);
         }
-        weighted(sum.put_tape(tape) / count, self.weight)
+        weighted(whole(sum.put_tape(tape) / count), self.weight)
     }
 }

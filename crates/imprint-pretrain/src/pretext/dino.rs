@@ -160,6 +160,10 @@ impl Method for Settings {
         self.crops.problem()
     }
 
+    fn not_shared(&self) -> Option<&'static str> {
+        Some("its teacher's centre is a mean over the whole batch, which the processes do not share")
+    }
+
     fn describe(&self) -> String {
         format!(
             "DINO x{} ({} outputs, student temperature {}, teacher {} -> {} over {}% of the \

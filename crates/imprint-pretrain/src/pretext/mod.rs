@@ -14,11 +14,13 @@ pub(crate) use teacher::{ema, frozen};
 
 use crate::views::Views;
 use crate::{PretrainConfig, Result};
+use imprint_collective::Replicas;
 use imprint_data::ImageShape;
 use imprint_nn::{Decoder, Encoder, ImprintDevice, Matrix, Params, Pass};
 use imprint_train::Loss;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// Declares the methods: each `Variant(module)` is `kind = "module"` in a pipeline file (the
 /// variant's name in snake case), with the settings `module::Settings`, which implement
@@ -107,6 +109,11 @@ pub(crate) trait Method {
     fn problem(&self, cfg: &PretrainConfig) -> Option<(&'static str, String)>;
     /// Its phrase in a report's description of the run.
     fn describe(&self) -> String;
+    /// Why it cannot train data-parallel, on several processes each with a share of the batch
+    /// giving the gradient one process gives; `None` when it can.
+    fn not_shared(&self) -> Option<&'static str> {
+        None
+    }
     /// Its nets, drawn from `rng`; a teacher starts as a copy of `encoder`.
     fn build<D: ImprintDevice>(
         &self,
@@ -121,7 +128,8 @@ pub(crate) trait Method {
 /// A method's nets during a run: its heads (parameters the optimizer trains) and any teacher
 /// (buffers it never sees).
 pub(crate) trait Pretext<D: ImprintDevice>: Params<D> {
-    /// Its weighted share of the step's loss.
+    /// Its weighted share of the step's loss (in a data-parallel run, this replica's part of
+    /// it, see [`Share`]).
     fn loss(&mut self, batch: &Batch<'_, D>, pass: &mut Pass) -> Loss<D>;
 
     /// After each optimizer step, with the student's new weights: a teacher's move.
@@ -144,6 +152,26 @@ pub(crate) struct Batch<'a, D: ImprintDevice> {
     pub views: &'a Views,
     pub codes: &'a Codes<D>,
     pub at: Progress,
+    /// The rows of the global batch the views and codes are of.
+    pub share: Share,
+}
+
+/// The rows of the global batch this replica computes, and the replicas.
+pub(crate) struct Share {
+    pub rows: Range<usize>,
+    pub total: usize,
+    pub replicas: Replicas,
+}
+
+impl Share {
+    /// This replica's part of a loss that is a mean over the rows of its share: the parts of
+    /// all replicas add up to the mean over the global batch.
+    pub fn weigh<D: ImprintDevice>(&self, loss: Loss<D>) -> Loss<D> {
+        match self.rows.len() == self.total {
+            true => loss,
+            false => loss * (self.rows.len() as f32 / self.total as f32),
+        }
+    }
 }
 
 /// Where a step is in the run, for the schedules of momentum and temperature.
@@ -217,6 +245,45 @@ impl<D: ImprintDevice> Codes<D> {
             .map(|c| c.retaped())
             .collect()
     }
+}
+
+/// Every replica's rows of `x` (its share of the batch) one after another in rank order: the
+/// global batch's. Only this replica's rows are on the tape; the others' are constants here,
+/// each on its own replica's tape.
+pub(crate) fn gather_rows<D: ImprintDevice>(x: Code<D>, share_of: &Share) -> Code<D> {
+    use dfdx::prelude::*;
+    let (rows, cols) = *x.shape();
+    let replicas = &share_of.replicas;
+    let all = replicas.gather(&x.as_vec());
+    let total = all.len() / cols;
+    let mine = imprint_collective::share(total, replicas.rank(), replicas.size());
+    assert_eq!(mine.len(), rows, "replicas that disagree on the shares");
+    let dev = x.device().clone();
+    let constant = |range: Range<usize>| {
+        let m: Matrix<D> = dev.tensor_from_vec(
+            all[range.start * cols..range.end * cols].to_vec(),
+            (range.len(), cols),
+        );
+        m.retaped::<OwnedTape<f32, D>>()
+    };
+    let mut y = x;
+    if mine.start > 0 {
+        y = (constant(0..mine.start), y).concat_along(Axis::<0>);
+    }
+    if mine.end < total {
+        y = (y, constant(mine.end..total)).concat_along(Axis::<0>);
+    }
+    y
+}
+
+/// A loss every replica computes whole on gathered rows ([`gather_rows`]), as this replica's
+/// part: the value of one `N`th (so that the replicas' parts add up to it, as the loop sums
+/// them), the gradient of the whole, which reaches the encoder only through this replica's own
+/// rows and so is counted once when the loop sums the gradients.
+pub(crate) fn replicated<D: ImprintDevice>(loss: Loss<D>, share_of: &Share) -> Loss<D> {
+    let n = share_of.replicas.size() as f32;
+    let value = loss.as_vec()[0];
+    loss - value * (1.0 - 1.0 / n)
 }
 
 /// `loss * weight`, or `loss` itself for a weight of 1 (one op fewer).

@@ -2,7 +2,7 @@
 //! first view's code (the view corrupted by `noise`); with `loss_on_hidden_only`, only the
 //! hidden pixels are scored.
 
-use super::{weighted, Batch, Method, Pretext, ViewNeeds};
+use super::{weighted, Batch, Method, Pretext, Share, ViewNeeds};
 use crate::{Noise, PretrainConfig, Result};
 use imprint_data::ImageShape;
 use imprint_nn::loss::{reconstruction_loss, weighted_reconstruction_loss, Reconstruction};
@@ -145,9 +145,12 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
         let logits = self.decoder.forward(z, pass);
         let loss = if self.settings.loss_on_hidden_only {
             let mask: Matrix<D> = dev.tensor_from_vec(views.hidden.clone(), shape);
-            weighted_reconstruction_loss(self.settings.loss, logits, y, mask)
+            let loss = weighted_reconstruction_loss(self.settings.loss, logits, y, mask);
+            hidden_share(loss, &views.hidden, &batch.share)
         } else {
-            reconstruction_loss(self.settings.loss, logits, y)
+            batch
+                .share
+                .weigh(reconstruction_loss(self.settings.loss, logits, y))
         };
         weighted(loss, self.settings.weight)
     }
@@ -161,4 +164,16 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
     fn into_decoder(self: Box<Self>) -> Option<Decoder<D>> {
         Some(self.decoder)
     }
+}
+
+/// This replica's part of a loss that is a mean over the hidden pixels of its share (`hidden`
+/// marks them): the parts of all replicas add up to the mean over the global batch's.
+fn hidden_share<D: ImprintDevice>(loss: Loss<D>, hidden: &[f32], share: &Share) -> Loss<D> {
+    if share.rows.len() == share.total {
+        return loss;
+    }
+    let own: f32 = hidden.iter().sum();
+    let mut all = [own];
+    share.replicas.sum(&mut all);
+    loss * (own.max(1.0) / all[0].max(1.0))
 }

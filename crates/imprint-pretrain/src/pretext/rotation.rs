@@ -77,6 +77,6 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
         let logits = self
             .head
             .forward(batch.codes.global(0), Activation::Identity, true);
-        weighted(cross_entropy(logits, turns), self.weight)
+        weighted(batch.share.weigh(cross_entropy(logits, turns)), self.weight)
     }
 }

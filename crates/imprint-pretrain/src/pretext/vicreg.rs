@@ -6,7 +6,9 @@
 //! be uncorrelated (covariance: the squared off-diagonal covariances), weighted 25, 25 and 1,
 //! as the paper and lightly's `VICRegLoss`.
 
-use super::{mlp_bn, project, weighted, Batch, Method, Pretext, ViewNeeds};
+use super::{
+    gather_rows, mlp_bn, project, replicated, weighted, Batch, Method, Pretext, ViewNeeds,
+};
 use crate::{PretrainConfig, Result};
 use dfdx::prelude::*;
 use imprint_nn::{Encoder, ImprintDevice, Matrix, Pass, Sequential};
@@ -145,7 +147,14 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
             s.variance_weight as f32,
             s.covariance_weight as f32,
         ];
-        weighted(vicreg_loss(a, b, terms, &self.off_diagonal), s.weight)
+        if batch.share.replicas.size() == 1 {
+            return weighted(vicreg_loss(a, b, terms, &self.off_diagonal), s.weight);
+        }
+        // The variance and covariance are the global batch's: every replica takes the loss
+        // whole on every share's expansions, its own rows carrying the gradient back.
+        let (a, b) = (gather_rows(a, &batch.share), gather_rows(b, &batch.share));
+        let loss = vicreg_loss(a, b, terms, &self.off_diagonal);
+        weighted(replicated(loss, &batch.share), s.weight)
     }
 }
 
