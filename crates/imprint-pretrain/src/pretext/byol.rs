@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the projector's and predictor's hidden layer.
     #[serde(default = "default_hidden")]
@@ -34,9 +34,6 @@ pub struct Settings {
     pub momentum: f64,
 }
 
-fn one() -> f64 {
-    1.0
-}
 fn default_hidden() -> usize {
     1024
 }

@@ -30,17 +30,13 @@ const PROJECTION_WIDTH: usize = 64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
     /// Of the cosine similarities.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
     #[serde(flatten)]
     pub crops: LocalCrops,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 // With ten classes a tenth of a batch's negatives are the same digit; 0.1 pushes those apart as

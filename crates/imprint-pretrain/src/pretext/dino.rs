@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the head's hidden layer.
     #[serde(default = "default_hidden")]
@@ -67,9 +67,6 @@ pub struct Settings {
     pub crops: LocalCrops,
 }
 
-fn one() -> f64 {
-    1.0
-}
 fn default_hidden() -> usize {
     2048
 }

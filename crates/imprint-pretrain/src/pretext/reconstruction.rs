@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
     /// `mse` between the sigmoid of the decoder's logits and the image, or `bce` on the logits.
     #[serde(default = "default_loss")]
@@ -30,10 +30,6 @@ pub struct Settings {
     /// must. Off: input and target move alike.
     #[serde(default)]
     pub augment_as_noise: bool,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 fn default_loss() -> Reconstruction {

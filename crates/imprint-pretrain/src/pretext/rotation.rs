@@ -17,12 +17,8 @@ const TURNS: usize = 4;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 impl Method for Settings {

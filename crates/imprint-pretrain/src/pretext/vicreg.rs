@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the expander's two hidden layers.
     #[serde(default = "default_width")]
@@ -35,13 +35,10 @@ pub struct Settings {
     pub invariance_weight: f64,
     #[serde(default = "default_term_weight")]
     pub variance_weight: f64,
-    #[serde(default = "one")]
+    #[serde(default = "super::one")]
     pub covariance_weight: f64,
 }
 
-fn one() -> f64 {
-    1.0
-}
 fn default_width() -> usize {
     2048
 }
