@@ -606,20 +606,6 @@ impl<'a, 'h, D: ImprintDevice> Pretraining<'a, 'h, D> {
                 ),
             });
         }
-        if replicas.size() > 1 {
-            for p in &cfg.pretexts {
-                if let Some(why) = p.method().not_shared() {
-                    return Err(PretrainError::Config {
-                        key: format!("pretexts.{}", p.kind()),
-                        message: format!(
-                            "cannot be shared by {} processes ({why}); pre-train it in one \
-                             process",
-                            replicas.size()
-                        ),
-                    });
-                }
-            }
-        }
         let mut task = Pretraining {
             dev,
             images,

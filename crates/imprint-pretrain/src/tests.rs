@@ -1059,37 +1059,22 @@ fn two_replicas_train_vicreg_as_one_process() {
     );
 }
 
-/// DINO's centre is a mean over the batch the replicas do not share: refused, naming it.
+/// DINO with two small crops: each replica's student loss weighted by its rows, the teacher's
+/// outputs summed over every replica for the centre's move, batch norms synchronised.
 #[test]
-fn dino_on_two_replicas_is_refused_naming_it() {
-    let (pixels, shape) = digits_320();
-    let errors: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = imprint_collective::local_group(2)
-            .into_iter()
-            .map(|member| {
-                let pixels = &pixels;
-                s.spawn(move || {
-                    let member: imprint_collective::Replicas = std::rc::Rc::new(member);
-                    let pretexts = [PretextConfig::Dino(Default::default())];
-                    match resnet_pretraining(
-                        pixels,
-                        shape,
-                        &pretexts,
-                        Default::default(),
-                        Some(member),
-                    ) {
-                        Ok(_) => "trained".to_string(),
-                        Err(e) => e.to_string(),
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for e in errors {
-        assert!(
-            e.contains("pretexts.dino") && e.contains("2 processes"),
-            "{e}"
-        );
-    }
+fn two_replicas_train_dino_with_small_crops_as_one_process() {
+    two_replicas_train_what_one_process_trains(
+        &[PretextConfig::Dino(dino::Settings {
+            hidden: 32,
+            bottleneck: 16,
+            output_dim: 64,
+            crops: LocalCrops {
+                local_crops: 2,
+                local_size: Some(14),
+                local_scale: (0.2, 0.5),
+            },
+            ..Default::default()
+        })],
+        Default::default(),
+    );
 }

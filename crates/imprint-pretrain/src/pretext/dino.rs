@@ -157,10 +157,6 @@ impl Method for Settings {
         self.crops.problem()
     }
 
-    fn not_shared(&self) -> Option<&'static str> {
-        Some("its teacher's centre is a mean over the whole batch, which the processes do not share")
-    }
-
     fn describe(&self) -> String {
         format!(
             "DINO x{} ({} outputs, student temperature {}, teacher {} -> {} over {}% of the \
@@ -287,12 +283,17 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
             let code = self.teacher.encoder.forward(x, pass);
             teacher.push(self.teacher.head.forward(code, pass));
         }
-        let batch_sum = teacher
+        // The centre moves towards the mean over the global batch: every replica's sums.
+        let mut batch_sum = teacher
             .iter()
             .map(|t| t.clone().sum::<(usize,), Axis<0>>())
             .reduce(|a, b| a + b)
-            .expect("two views");
-        self.batch_center = Some(batch_sum / (teacher.len() * rows) as f32);
+            .expect("two views")
+            .as_vec();
+        batch.share.replicas.sum(&mut batch_sum);
+        let global_rows = teacher.len() * batch.share.total;
+        let batch_sum: Vector<D> = dev.tensor_from_vec(batch_sum, (s.output_dim,));
+        self.batch_center = Some(batch_sum / global_rows as f32);
         let students: Vec<_> = batch
             .codes
             .all()
@@ -306,7 +307,8 @@ impl<D: ImprintDevice> Pretext<D> for Net<D> {
             teacher_temperature as f32,
             self.settings.student_temperature as f32,
         );
-        weighted(loss, self.settings.weight)
+        // A mean over the rows: each replica's share of it adds up to the global batch's.
+        weighted(batch.share.weigh(loss), self.settings.weight)
     }
 
     fn after_step(&mut self, student: &Encoder<D>, at: Progress) {

@@ -115,11 +115,6 @@ pub(crate) trait Method {
     fn problem(&self, cfg: &PretrainConfig) -> Option<(&'static str, String)>;
     /// Its phrase in a report's description of the run.
     fn describe(&self) -> String;
-    /// Why it cannot train data-parallel, on several processes each with a share of the batch
-    /// giving the gradient one process gives; `None` when it can.
-    fn not_shared(&self) -> Option<&'static str> {
-        None
-    }
     /// Its nets, drawn from `rng`; a teacher starts as a copy of `encoder`.
     fn build<D: ImprintDevice>(
         &self,
