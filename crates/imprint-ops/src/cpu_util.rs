@@ -107,69 +107,47 @@ pub(crate) fn gemm(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool, thre
         return;
     }
     let parallel = m * n * k >= PARALLEL_MIN_FLOPS && threads > 1;
+    // The two gemm versions share this call, each with its own `Parallelism`.
+    macro_rules! product {
+        ($gemm:ident) => {{
+            let parallelism = match parallel {
+                true => $gemm::Parallelism::Rayon(threads),
+                false => $gemm::Parallelism::None,
+            };
+            // SAFETY: every view was built from a live slice holding exactly rows x cols
+            // elements with matching strides (asserted in `row_major` / `transposed`), the
+            // inner dimensions agree, and `dst` is borrowed mutably with m x n elements.
+            unsafe {
+                $gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    accumulate,
+                    lhs.data.as_ptr(),
+                    lhs_cs,
+                    lhs_rs,
+                    rhs.data.as_ptr(),
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            }
+        }};
+    }
     // gemm 0.19 picks its AVX-512 micro-kernels by itself wherever the CPU has them; with
     // AVX-512 switched off, the products go to gemm 0.15 (the version dfdx brings), whose
     // micro-kernels on stable Rust are FMA at AVX2 width, as on a CPU without AVX-512.
-    if crate::isa::avx512_switched_off() {
-        let parallelism = match parallel {
-            true => gemm_fma::Parallelism::Rayon(threads),
-            false => gemm_fma::Parallelism::None,
-        };
-        // SAFETY: as below.
-        unsafe {
-            gemm_fma::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                lhs.data.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                rhs.data.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            )
-        }
-        return;
-    }
-    let parallelism = match parallel {
-        true => gemm::Parallelism::Rayon(threads),
-        false => gemm::Parallelism::None,
-    };
-    // SAFETY: every view was built from a live slice holding exactly rows x cols elements with
-    // matching strides (asserted in `row_major` / `transposed`), the inner dimensions agree,
-    // and `dst` is borrowed mutably with m x n elements.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.data.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    match crate::isa::avx512_switched_off() {
+        true => product!(gemm_fma),
+        false => product!(gemm),
     }
 }
 

@@ -133,7 +133,11 @@ pub fn check_classes(classes: &[String]) -> std::result::Result<(), String> {
         return Err("no class names".into());
     }
     if let Some(i) = classes.iter().position(|c| c.trim().is_empty()) {
-        return Err(format!("class {i} has an empty name"));
+        return Err(format!(
+            "name {} of {} is empty; give one name per output",
+            i + 1,
+            classes.len()
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(twice) = classes.iter().find(|c| !seen.insert(c.as_str())) {
@@ -383,7 +387,7 @@ mod tests {
         assert_eq!(check_classes(&[]).unwrap_err(), "no class names");
         assert_eq!(
             check_classes(&names(&["a", " "])).unwrap_err(),
-            "class 1 has an empty name"
+            "name 2 of 2 is empty; give one name per output"
         );
         assert_eq!(
             check_classes(&names(&["a", "b", "a"])).unwrap_err(),

@@ -92,23 +92,6 @@ fn our_name(torch: &str) -> Option<String> {
     Some(format!("encoder.{torch}"))
 }
 
-/// Why the names given to `--classes` cannot name a classifier's outputs, if they cannot: each
-/// must be a name, and each output its own.
-fn classes_problem(classes: &[String]) -> Option<String> {
-    if let Some(i) = classes.iter().position(|c| c.trim().is_empty()) {
-        return Some(format!(
-            "name {} of {} is empty; give one name per output, comma-separated",
-            i + 1,
-            classes.len()
-        ));
-    }
-    classes.iter().enumerate().find_map(|(i, c)| {
-        classes[..i]
-            .contains(c)
-            .then(|| format!("`{c}` is named twice; each output needs a name of its own"))
-    })
-}
-
 /// Reads the state dict of `file` (under `key` when given), strips the network's prefix
 /// (`prefix`, or the one found) and detects its architecture: what `import` and `inspect` say.
 pub fn examine(file: &Path, key: Option<&str>, prefix: Option<&str>) -> Result<Found> {
@@ -229,11 +212,11 @@ pub fn import(file: &Path, spec: &ImportSpec, out: &Path) -> Result<Imported> {
             path: "--arch".into(),
             message: m,
         })?;
-    if let Some(problem) = spec.classes.as_deref().and_then(classes_problem) {
-        return Err(PipelineError::Input {
+    if let Some(classes) = spec.classes.as_deref() {
+        bounds::check_classes(classes).map_err(|message| PipelineError::Input {
             path: "--classes".into(),
-            message: problem,
-        });
+            message,
+        })?;
     }
     // A normalisation given is checked before the file is read (per channel once the channels
     // are known); one missing after, so that a file that cannot be read says so first.
