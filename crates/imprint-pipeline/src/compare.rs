@@ -7,7 +7,8 @@ use crate::finetune_job::{
     RunStart, StartPoint,
 };
 use crate::pretrain_job::{pretrain_artifacts, PretrainAt};
-use crate::provenance::{data_change, read_run_info, threads_phrase, RunLog};
+use crate::provenance::{threads_phrase, RunLog};
+use crate::resume_point;
 use crate::sidecar::{read_encoder_sidecar, sidecar_path};
 use crate::{create_dir, Artifacts, Observer, Pipeline, PipelineError, Prepared, Result};
 use dfdx::prelude::Cpu;
@@ -101,7 +102,7 @@ pub fn compare(
     out.write(|| create_dir(out.dir()))?;
     let done = if resume {
         log.set_resumed();
-        out.read_back(|| resume_state(p, data, out.dir()))?
+        out.read_back(|| resume_point::finished_runs(p, data, out.dir()))?
     } else {
         Vec::new()
     };
@@ -380,83 +381,6 @@ fn models_section(best: &[(usize, RunRecord, PathBuf)], kept: bool, out: &Path) 
     text
 }
 
-/// Checks that `out` holds an earlier run of this pipeline (its `[compare]` grid aside), on the
-/// same data and thread count, and returns the runs it finished. A folder with no recorded
-/// pipeline yet starts afresh.
-fn resume_state(p: &Pipeline, data: &Prepared, out: &Path) -> Result<Vec<RunRecord>> {
-    let recorded_path = out.join("pipeline.toml");
-    let refuse = |path: &Path, message: String| PipelineError::Input {
-        path: path.display().to_string(),
-        message: format!("cannot resume: {message}"),
-    };
-    if !recorded_path.exists() {
-        // An empty folder (but for the marker this job holds), or one holding only
-        // pre-trainings made beforehand by `imprint pretrain --out DIR/pretrain/seed-N`: each
-        // is reused where its sidecar fits.
-        let only_pretrainings = std::fs::read_dir(out).map_or(true, |d| {
-            d.flatten().all(|e| {
-                let name = e.file_name();
-                name == imprint_fs::MARKER
-                    || name == imprint_fs::HOLDER
-                    || (name == "pretrain" && e.path().is_dir())
-            })
-        });
-        if only_pretrainings {
-            return Ok(Vec::new());
-        }
-        return Err(refuse(
-            out,
-            "no pipeline.toml here, so this is not an output folder of `imprint run`".into(),
-        ));
-    }
-    let recorded = Pipeline::from_file(&recorded_path)?;
-    // Every run follows from its own (strategy, budget, seed), so the grid itself may grow or
-    // shrink: the runs it still names are kept, new ones run. The name and description are
-    // words for reports, and the memory budget and cache folder change speed: none changes a
-    // result.
-    let settings = |p: &Pipeline| {
-        to_json(p).map(|mut json| {
-            if let Some(o) = json.as_object_mut() {
-                for key in ["compare", "name", "description"] {
-                    o.remove(key);
-                }
-            }
-            if let Some(d) = json.get_mut("data").and_then(|d| d.as_object_mut()) {
-                for key in ["memory_budget_mb", "cache_dir"] {
-                    d.remove(key);
-                }
-            }
-            json
-        })
-    };
-    if let Some(difference) = first_difference(&settings(&recorded)?, &settings(p)?, "") {
-        return Err(refuse(&recorded_path, difference));
-    }
-    let run_json = out.join("run.json");
-    if run_json.exists() {
-        let info = read_run_info(&run_json)?;
-        let roles = [
-            ("unlabeled", &info.data.unlabeled, &data.unlabeled),
-            ("labeled", &info.data.labeled, &data.labeled),
-            ("test", &info.data.test, &data.test),
-        ];
-        for (role, recorded, now) in roles {
-            if let Some(change) = data_change(out, recorded, &now.source) {
-                return Err(refuse(
-                    &run_json,
-                    format!("the data.{role} files differ from the recorded run: {change}"),
-                ));
-            }
-        }
-    }
-    let results = out.join("results.csv");
-    if results.exists() {
-        Ok(report::read_results_csv(&results)?)
-    } else {
-        Ok(Vec::new())
-    }
-}
-
 /// `[finetune]` in words, and each budget's own settings after it.
 fn fine_tuning(p: &Pipeline) -> Result<String> {
     let mut text = p.finetune.describe();
@@ -467,41 +391,6 @@ fn fine_tuning(p: &Pipeline) -> Result<String> {
         }
     }
     Ok(text)
-}
-
-fn to_json(p: &Pipeline) -> Result<serde_json::Value> {
-    serde_json::to_value(p).map_err(|e| PipelineError::Output(format!("pipeline: {e}")))
-}
-
-/// The first setting (dotted key) whose value differs, described for the user.
-fn first_difference(
-    recorded: &serde_json::Value,
-    now: &serde_json::Value,
-    key: &str,
-) -> Option<String> {
-    use serde_json::Value;
-    match (recorded, now) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let sub = if key.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{key}.{k}")
-                };
-                first_difference(
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                    &sub,
-                )
-            })
-        }
-        _ if recorded == now => None,
-        _ => Some(format!(
-            "setting `{key}` is {now} now but {recorded} in the recorded pipeline; \
-             resume with the same pipeline and flags, or start a new --out"
-        )),
-    }
 }
 
 /// The encoders of a comparison's routes, each made when a run first needs it: pre-trained
@@ -733,21 +622,4 @@ fn finished_on_disk(
     }
     let encoder = load_encoder(&weights, p, data.shape()).ok()?;
     Some((encoder, side.seconds.unwrap_or(0.0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_difference_names_the_dotted_key() {
-        let a = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 30}});
-        let b = serde_json::json!({"compare": {"seeds": [0, 1]}, "finetune": {"steps": 31}});
-        assert_eq!(first_difference(&a, &a, ""), None);
-        let d = first_difference(&a, &b, "").unwrap();
-        assert!(
-            d.starts_with("setting `finetune.steps` is 31 now but 30"),
-            "{d}"
-        );
-    }
 }

@@ -1,9 +1,9 @@
 //! The `pretrain` job: an encoder pre-trained on the unlabeled images, with its loss curves,
 //! pictures and epoch checkpoints.
 
-use crate::provenance::{data_change, RunLog, VERSION};
+use crate::provenance::{RunLog, VERSION};
 use crate::resume_point;
-use crate::sidecar::{read_encoder_sidecar, write_json, ENCODER_FORMAT};
+use crate::sidecar::{write_json, ENCODER_FORMAT};
 use crate::{
     create_dir, Artifacts, EncoderSidecar, Observer, Pipeline, PipelineError, Prepared, Result,
 };
@@ -36,7 +36,7 @@ pub fn pretrain_job(
 ) -> Result<(Encoder<Cpu>, Vec<EpochStats>)> {
     if resume {
         log.set_resumed();
-        out.read_back(|| refuse_other_run(p, data, seed, out.dir()))?;
+        out.read_back(|| resume_point::refuse_other_pretraining(p, data, seed, out.dir()))?;
     }
     let at = PretrainAt {
         seed,
@@ -48,44 +48,6 @@ pub fn pretrain_job(
     log.stage(format!("pretrain seed {seed}"), seconds, false);
     out.write(|| log.write(out.dir(), data, true))?;
     Ok((encoder, history))
-}
-
-/// `--resume` continues an interrupted pre-training of this very run, never another one that
-/// happens to sit in `out`: a finished encoder there must be of the same settings, seed and
-/// data, or the command is refused before anything is written.
-fn refuse_other_run(p: &Pipeline, data: &Prepared, seed: u64, out: &Path) -> Result<()> {
-    let sidecar = out.join("encoder.json");
-    if !sidecar.exists() {
-        return Ok(());
-    }
-    let side = read_encoder_sidecar(&sidecar)?;
-    let differs = [
-        (
-            "pretrain.architecture",
-            side.architecture != p.pretrain.architecture,
-        ),
-        ("the seed", side.seed != seed),
-        ("pretrain.epochs", side.epochs != p.pretrain.epochs),
-        ("data.preprocess", side.preprocess != p.data.preprocess),
-    ]
-    .into_iter()
-    .find(|(_, differs)| *differs)
-    .map(|(what, _)| what.to_string())
-    .or_else(|| {
-        data_change(out, &side.data, &data.unlabeled.source)
-            .map(|change| format!("unlabeled data ({change})"))
-    });
-    let message = match differs {
-        Some(what) => format!(
-            "cannot resume: it holds a finished pre-training whose {what} differs from this \
-             run's; choose another --out"
-        ),
-        None => "cannot resume: the pre-training here has already finished".into(),
-    };
-    Err(PipelineError::Input {
-        path: sidecar.display().to_string(),
-        message,
-    })
 }
 
 /// One pre-training: its seed, folder, whether to continue an interrupted one there, and the
