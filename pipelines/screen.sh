@@ -10,6 +10,7 @@
 #
 #   pipelines/screen.sh                                       # every row, a quarter of the steps
 #   FRACTION=1 pipelines/screen.sh simclr dino-multicrop     # chosen rows, the full budget
+#   PRECISION=bf16 pipelines/screen.sh                        # every row in bf16 (docs/precision.md)
 #
 # Writes $OUT/<row>/ (default runs/screen) and prints, for each row, its epochs, steps,
 # pre-training minutes and kNN curve (cumulative minutes: accuracy). IMPRINT names the binary
@@ -19,6 +20,8 @@ set -euo pipefail
 IMPRINT=${IMPRINT:-target/release/imprint}
 OUT=${OUT:-runs/screen}
 FRACTION=${FRACTION:-0.25}
+# Every row, its calibration included, in one precision (`--precision`).
+PRECISION=${PRECISION:-f32}
 PIPELINE=pipelines/cifar10.toml
 # The pipeline's run: 40 epochs of the 40,000 dev-split photos, 156 steps of 256 each.
 PIPELINE_STEPS=6250
@@ -96,7 +99,7 @@ for row in simclr "${ROWS[@]}"; do
     settings_of "$row"
     dir="$OUT/calibrate/$row"
     echo "calibrating $row ..." >&2
-    "$IMPRINT" pretrain --pipeline "$PIPELINE" --dev --seed 0 --epochs 1 \
+    "$IMPRINT" pretrain --pipeline "$PIPELINE" --dev --seed 0 --epochs 1 --precision "$PRECISION" \
         --max-unlabeled $((CALIBRATION_STEPS * 256)) --set pretrain.monitor_labels_per_class=0 \
         "${sets[@]}" --out "$dir" --force >"$dir.log" 2>&1 ||
         { echo "screen.sh: row $row failed, see $dir.log" >&2; exit 1; }
@@ -115,7 +118,7 @@ for row in "${ROWS[@]}"; do
     settings_of "$row"
     echo "$row: $epochs epochs (${per_step[$row]} s a step when calibrated)" >&2
     "$IMPRINT" pretrain --pipeline "$PIPELINE" --dev --seed 0 --epochs "$epochs" \
-        "${sets[@]}" --out "$OUT/$row" --force >"$OUT/$row.log" 2>&1 ||
+        --precision "$PRECISION" "${sets[@]}" --out "$OUT/$row" --force >"$OUT/$row.log" 2>&1 ||
         { echo "screen.sh: row $row failed, see $OUT/$row.log" >&2; exit 1; }
 done
 
