@@ -197,8 +197,12 @@ impl OutputDir {
                             dir.made_marker = true;
                             made
                         }
-                        // Another job made it between the two looks: its lock decides.
-                        None => open_marker(target, false)?.expect("made by another job"),
+                        // Another job made it between the two looks: its lock decides. Gone
+                        // again, that job failed at once, and this one is refused as in use.
+                        None => open_marker(target, false)?.ok_or_else(|| OutputError::InUse {
+                            path: target.to_path_buf(),
+                            pid: holder(target),
+                        })?,
                     },
                 };
                 lock(&marker, target)?;
