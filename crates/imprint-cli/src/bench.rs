@@ -473,10 +473,14 @@ fn cpu_line() -> String {
 fn our_kernels(avx2: bool) -> &'static str {
     if imprint_ops::avx512() && !avx2 {
         "f32; convolutions of stride-aligned shapes on direct AVX-512 kernels, the rest on \
-         im2col + gemm (AVX-512 micro-kernels); batch norm and elementwise loops at AVX-512 width"
+         im2col + gemm (AVX-512 micro-kernels); batch norm loops at AVX-512 width"
     } else if avx2 || imprint_ops::avx512_switched_off() {
-        "f32; AVX-512 switched off (IMPRINT_NO_AVX512): convolutions on im2col + gemm (FMA \
-         micro-kernels at AVX2 width), loops at AVX2 width"
+        "f32; AVX-512 switched off (IMPRINT_NO_AVX512): convolutions of stride-aligned shapes \
+         on direct AVX2 kernels, the rest on im2col + gemm (FMA micro-kernels at AVX2 width); \
+         batch norm loops at AVX2 width"
+    } else if imprint_ops::avx2() {
+        "f32; convolutions of stride-aligned shapes on direct AVX2 kernels, the rest on \
+         im2col + gemm (FMA micro-kernels at AVX2 width); batch norm loops at AVX2 width"
     } else {
         "f32; convolutions on im2col + gemm (the micro-kernels gemm picks for this CPU)"
     }

@@ -351,8 +351,9 @@ pub(crate) fn col2im(g: &Geometry, col: &[f32], pitch: usize, img: &mut [f32]) {
 }
 
 /// `fn $name(args) -> R` calling `$body(args)` (an `#[inline(always)]` function) compiled for
-/// AVX-512 where the CPU has it, else as it is: its plain loops vectorise to 512-bit registers.
-/// The code is the same either way, and so are its results.
+/// AVX-512 where the CPU has it, else for AVX2 where it has that, else as it is: its plain
+/// loops vectorise to 512- or 256-bit registers. The code is the same either way, and so are
+/// its results (no floating-point contraction is allowed, so FMA does not change them).
 macro_rules! with_wide_vectors {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident) => {
         $(#[$doc])*
@@ -363,9 +364,19 @@ macro_rules! with_wide_vectors {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn half_wide($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             if $crate::isa::avx512() {
                 // SAFETY: the CPU has AVX-512F.
                 return unsafe { wide($($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::isa::avx2() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                return unsafe { half_wide($($arg),*) };
             }
             $body($($arg),*)
         }

@@ -27,3 +27,16 @@ pub fn avx512() -> bool {
         false
     }
 }
+
+/// Whether the CPU has AVX2 and FMA (x86 since Intel's Haswell and AMD's Zen), which the
+/// kernels use where AVX-512 is absent or switched off.
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -64,7 +64,7 @@ pub use conv2d::{conv2d, Conv2dKernel, Conv2dSpec};
 pub use conv_transpose2d::{conv_transpose2d, ConvTranspose2dKernel, ConvTranspose2dSpec};
 pub use denormals::flush_denormals;
 pub use error::SpecError;
-pub use isa::{avx512, avx512_switched_off, NO_AVX512_VAR};
+pub use isa::{avx2, avx512, avx512_switched_off, NO_AVX512_VAR};
 pub use linear::{linear, Activation, LinearKernel};
 pub use pool2d::{avg_pool2d, avg_pool2d_padded, max_pool2d, Pool2dKernel, Pool2dSpec};
 pub use precision::{

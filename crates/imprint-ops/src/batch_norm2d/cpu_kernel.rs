@@ -384,6 +384,27 @@ fn channel_sums(
         // SAFETY: the CPU has AVX-512F.
         return unsafe { channel_sums_avx512(c, after, p, gr) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { channel_sums_avx2(c, after, p, gr) };
+    }
+    channel_sums_body(c, after, p, gr, add_grad_sums)
+}
+
+/// [`channel_sums_body`] compiled for AVX2: its loops over planes at AVX2 width, the lane sums
+/// as they are.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn channel_sums_avx2(
+    c: &Channel,
+    after: After,
+    p: &ChannelGrad,
+    gr: Option<&mut [&mut [f32]]>,
+) -> (f64, f64) {
     channel_sums_body(c, after, p, gr, add_grad_sums)
 }
 

@@ -11,10 +11,14 @@
 //! Small grids are stacked: the sub-planes of several images one after another make one
 //! taller grid (see [`Stack`]), the masks keeping each image's taps inside it. The kernels
 //! ([`conv`], [`weight_grad`]) work on one stack or a run of stacks; the callers in `conv2d`
-//! and `conv_transpose2d` spread them over threads.
+//! and `conv_transpose2d` spread them over threads. They come in two forms, AVX-512 and AVX2
+//! (see [`Kernels`]), which read the same layout.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 // AVX-512 intrinsics are stable from Rust 1.89, which the `gemm` dependency's AVX-512 kernels
 // (its `x86-v4` feature) already require of this crate.
+#[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
 mod avx512;
 
@@ -26,9 +30,50 @@ pub(crate) const LANES: usize = 16;
 /// Output channels one call of the forward micro-kernel computes together.
 pub(crate) const CHANNEL_BLOCK: usize = 4;
 
+/// The instruction sets the kernels are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Avx512,
+    /// With FMA: every x86 CPU since 2013-2015 (Intel's Haswell, AMD's Zen).
+    Avx2,
+}
+
+impl Kernels {
+    /// The forms this CPU runs, fastest first (AVX-512 left aside where
+    /// [`crate::isa::NO_AVX512_VAR`] says so), for the tests to check each.
+    #[cfg(test)]
+    pub fn on_this_cpu() -> Vec<Self> {
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
+    }
+
+    /// The fastest form this CPU runs.
+    pub fn best() -> Option<Self> {
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .find(|k| k.runs_here())
+    }
+
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512 => crate::isa::avx512(),
+                Self::Avx2 => crate::isa::avx2(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
 /// Whether this CPU runs the direct kernels.
 pub(crate) fn available() -> bool {
-    crate::isa::avx512()
+    Kernels::best().is_some()
 }
 
 /// Where one kernel tap reads for output pixel `(y, x)`: pixel `(y + dy, x + dx)` of sub-plane
@@ -357,6 +402,20 @@ pub(crate) fn conv(
     dst_stride: usize,
     start: Start,
 ) {
+    let kernels = Kernels::best().expect("conv: the CPU lacks AVX2 and AVX-512");
+    conv_in(kernels, src, src_stride, taps, w, (dst, dst_stride), start)
+}
+
+/// [`conv`] in the given form of the kernels.
+pub(crate) fn conv_in(
+    kernels: Kernels,
+    src: &[f32],
+    src_stride: usize,
+    taps: &TapSet,
+    w: &Packed,
+    (dst, dst_stride): (&mut [f32], usize),
+    start: Start,
+) {
     let plane_len = taps.pixels();
     assert_eq!(taps.len(), w.taps, "conv: taps and weights");
     assert!(src_stride >= taps.planes * plane_len, "conv: source stride");
@@ -369,12 +428,18 @@ pub(crate) fn conv(
     if let Start::Bias(b) = start {
         assert_eq!(b.len(), w.outputs, "conv: bias per output channel");
     }
-    assert!(available(), "conv: the CPU lacks AVX-512");
-    // SAFETY: the CPU has AVX-512F (checked above). Every lane a kernel reads unmasked is pixel
-    // `p + offset_t` of an input channel's sub-plane with `p` on the grid, which the source
-    // stride and size checked above keep inside `src`; every lane it writes is a grid pixel of
-    // an output channel, inside `dst` by the checks on the destination.
-    unsafe { avx512::conv(src, src_stride, taps, w, dst, dst_stride, start) }
+    assert!(kernels.runs_here(), "conv: the CPU lacks {kernels:?}");
+    // SAFETY: the CPU has the kernels' instructions (checked above). Every lane a kernel reads
+    // unmasked is pixel `p + offset_t` of an input channel's sub-plane with `p` on the grid,
+    // which the source stride and size checked above keep inside `src`; every lane it writes
+    // is a grid pixel of an output channel, inside `dst` by the checks on the destination.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match kernels {
+            Kernels::Avx512 => avx512::conv(src, src_stride, taps, w, dst, dst_stride, start),
+            Kernels::Avx2 => avx2::conv(src, src_stride, taps, w, dst, dst_stride, start),
+        }
+    }
 }
 
 /// `gw[(o * inputs + i) * taps + t] += Σ_images Σ_p dy[o][p] · x[i][p + offset_t]` over the
@@ -384,6 +449,19 @@ pub(crate) fn conv(
 pub(crate) fn weight_grad(
     x: &[f32],
     x_stride: usize,
+    dy: (&[f32], usize),
+    channels: (usize, usize),
+    taps: &TapSet,
+    gw: &mut [f32],
+) {
+    let kernels = Kernels::best().expect("weight_grad: the CPU lacks AVX2 and AVX-512");
+    weight_grad_in(kernels, (x, x_stride), dy, channels, taps, gw)
+}
+
+/// [`weight_grad`] in the given form of the kernels.
+pub(crate) fn weight_grad_in(
+    kernels: Kernels,
+    (x, x_stride): (&[f32], usize),
     (dy, dy_stride): (&[f32], usize),
     (outputs, inputs): (usize, usize),
     taps: &TapSet,
@@ -402,12 +480,23 @@ pub(crate) fn weight_grad(
         images == 0 || dy.len() >= (images * outputs - 1) * dy_stride + plane_len,
         "weight_grad: dy size"
     );
-    assert!(available(), "weight_grad: the CPU lacks AVX-512");
-    // SAFETY: the CPU has AVX-512F (checked above). The kernel reads `dy` at grid pixels of
-    // the `images * outputs` channels checked above, and `x` unmasked only at pixel
-    // `p + offset_t` of a sub-plane with `p` on the grid, inside the `images * inputs`
-    // channels of `x_stride` floats checked above; it writes `gw` only through safe indexing.
-    unsafe { avx512::weight_grad(x, x_stride, (dy, dy_stride), (outputs, inputs), taps, gw) }
+    assert!(
+        kernels.runs_here(),
+        "weight_grad: the CPU lacks {kernels:?}"
+    );
+    // SAFETY: the CPU has the kernels' instructions (checked above). The kernel reads `dy`
+    // unmasked only at grid pixels of the `images * outputs` channels checked above, and `x`
+    // only at pixel `p + offset_t` of a sub-plane with `p` on the grid, inside the
+    // `images * inputs` channels of `x_stride` floats checked above; it writes `gw` only
+    // through safe indexing.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        let (dy, channels) = ((dy, dy_stride), (outputs, inputs));
+        match kernels {
+            Kernels::Avx512 => avx512::weight_grad(x, x_stride, dy, channels, taps, gw),
+            Kernels::Avx2 => avx2::weight_grad(x, x_stride, dy, channels, taps, gw),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -154,9 +154,12 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn conv_matches_plain_loops_from_every_start() {
-    if !super::available() {
-        return;
+    for kernels in Kernels::on_this_cpu() {
+        conv_matches_plain_loops_in(kernels);
     }
+}
+
+fn conv_matches_plain_loops_in(kernels: Kernels) {
     let mut rng = rng(5);
     for (inputs, outputs, grid, taps) in cases() {
         let (plane_len, planes) = plane_sizes(grid, &taps);
@@ -169,36 +172,48 @@ fn conv_matches_plain_loops_from_every_start() {
         // Output channels padded apart, the padding left alone.
         let dst_stride = plane_len + 5;
         let mut dst = vec![7.0; outputs * dst_stride];
-        let run =
-            |dst: &mut [f32], start| conv(&src, stride, &set, &packed, dst, dst_stride, start);
+        let run = |dst: &mut [f32], start| {
+            conv_in(
+                kernels,
+                &src,
+                stride,
+                &set,
+                &packed,
+                (dst, dst_stride),
+                start,
+            )
+        };
         run(&mut dst, Start::Zero);
         let got = |dst: &[f32]| -> Vec<f32> {
             dst.chunks(dst_stride)
                 .flat_map(|c| c[..plane_len].to_vec())
                 .collect()
         };
-        assert_close("zero", &got(&dst), &want, 1e-5);
+        assert_close(&format!("{kernels:?} zero"), &got(&dst), &want, 1e-5);
         assert!(dst
             .chunks(dst_stride)
             .all(|c| c[plane_len..].iter().all(|&v| v == 7.0)));
         run(&mut dst, Start::Accumulate);
         let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
-        assert_close("accumulate", &got(&dst), &twice, 1e-5);
+        assert_close(&format!("{kernels:?} accumulate"), &got(&dst), &twice, 1e-5);
         run(&mut dst, Start::Bias(&bias));
         let biased: Vec<f32> = want
             .iter()
             .enumerate()
             .map(|(k, v)| v + bias[k / plane_len])
             .collect();
-        assert_close("bias", &got(&dst), &biased, 1e-5);
+        assert_close(&format!("{kernels:?} bias"), &got(&dst), &biased, 1e-5);
     }
 }
 
 #[test]
 fn weight_grad_matches_plain_loops() {
-    if !super::available() {
-        return;
+    for kernels in Kernels::on_this_cpu() {
+        weight_grad_matches_plain_loops_in(kernels);
     }
+}
+
+fn weight_grad_matches_plain_loops_in(kernels: Kernels) {
     let mut rng = rng(6);
     for (inputs, outputs, grid, taps) in cases() {
         let (plane_len, planes) = plane_sizes(grid, &taps);
@@ -215,7 +230,14 @@ fn weight_grad_matches_plain_loops() {
             d[..plane_len].copy_from_slice(s);
         }
         let dy_arg = (&dy_padded[..], dy_stride);
-        weight_grad(&x, stride, dy_arg, (outputs, inputs), &set, &mut gw);
+        weight_grad_in(
+            kernels,
+            (&x, stride),
+            dy_arg,
+            (outputs, inputs),
+            &set,
+            &mut gw,
+        );
         // dW[o][i][t] = Σ dy[o] · (the conv of x through a one-hot weight at (o, i, t)).
         let mut want = vec![0.5f32; gw.len()];
         for image in 0..images {
@@ -228,7 +250,7 @@ fn weight_grad_matches_plain_loops() {
                 *wk += dot(&y, dyi) as f32;
             }
         }
-        assert_close("weight grad", &gw, &want, 1e-4);
+        assert_close(&format!("{kernels:?} weight grad"), &gw, &want, 1e-4);
     }
 }
 
@@ -236,9 +258,12 @@ fn weight_grad_matches_plain_loops() {
 /// no tap reads across the seams.
 #[test]
 fn stacked_images_stay_apart() {
-    if !super::available() {
-        return;
+    for kernels in Kernels::on_this_cpu() {
+        stacked_images_stay_apart_in(kernels);
     }
+}
+
+fn stacked_images_stay_apart_in(kernels: Kernels) {
     let mut rng = rng(7);
     for (inputs, outputs, grid, taps) in cases() {
         let ((plane_len, planes), images) = (plane_sizes(grid, &taps), 3);
@@ -248,15 +273,8 @@ fn stacked_images_stay_apart() {
         let set = TapSet::new(grid, images, &taps);
         let dst_stride = images * plane_len;
         let mut dst = vec![0.0; outputs * dst_stride];
-        conv(
-            &src,
-            stride,
-            &set,
-            &packed,
-            &mut dst,
-            dst_stride,
-            Start::Zero,
-        );
+        let out = (&mut dst[..], dst_stride);
+        conv_in(kernels, &src, stride, &set, &packed, out, Start::Zero);
         for g in 0..images {
             // Image g's sub-planes, alone.
             let mut one = Vec::new();
@@ -270,7 +288,12 @@ fn stacked_images_stay_apart() {
             let got: Vec<f32> = (0..outputs)
                 .flat_map(|o| dst[o * dst_stride + g * plane_len..][..plane_len].to_vec())
                 .collect();
-            assert_close(&format!("{grid:?} image {g}"), &got, &want, 1e-5);
+            assert_close(
+                &format!("{kernels:?} {grid:?} image {g}"),
+                &got,
+                &want,
+                1e-5,
+            );
         }
     }
 }
