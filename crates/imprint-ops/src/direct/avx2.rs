@@ -322,14 +322,13 @@ unsafe fn grad_block<const CO: usize, const NT: usize>(g: &GradBlock, sums: &mut
             // wrapping arithmetic and never read there.
             let xv = x.wrapping_add(v * LANES);
             for h in 0..2 {
-                let dy_mask = half_mask(tail, h);
                 let mut d = [_mm256_setzero_ps(); CO];
                 for o in 0..CO {
                     let p = dy.wrapping_add(o * g.dy_stride + v * LANES + h * HALF);
                     d[o] = if tail == u16::MAX {
                         _mm256_loadu_ps(p)
                     } else {
-                        _mm256_maskload_ps(p, dy_mask)
+                        _mm256_maskload_ps(p, half_mask(tail, h))
                     };
                 }
                 for t in 0..NT {

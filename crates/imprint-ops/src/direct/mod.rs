@@ -39,21 +39,19 @@ pub(crate) enum Kernels {
 }
 
 impl Kernels {
+    /// Every form, fastest first.
+    const ALL: [Self; 2] = [Self::Avx512, Self::Avx2];
+
     /// The forms this CPU runs, fastest first (AVX-512 left aside where
     /// [`crate::isa::NO_AVX512_VAR`] says so), for the tests to check each.
     #[cfg(test)]
     pub fn on_this_cpu() -> Vec<Self> {
-        [Self::Avx512, Self::Avx2]
-            .into_iter()
-            .filter(|k| k.runs_here())
-            .collect()
+        Self::ALL.into_iter().filter(|k| k.runs_here()).collect()
     }
 
     /// The fastest form this CPU runs.
     pub fn best() -> Option<Self> {
-        [Self::Avx512, Self::Avx2]
-            .into_iter()
-            .find(|k| k.runs_here())
+        Self::ALL.into_iter().find(|k| k.runs_here())
     }
 
     fn runs_here(self) -> bool {
