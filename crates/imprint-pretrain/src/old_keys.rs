@@ -102,7 +102,7 @@ impl OldKeys {
         if contrast > 0.0 {
             let temperature = self
                 .contrast_temperature
-                .unwrap_or_else(contrastive::default_temperature);
+                .unwrap_or(contrastive::Settings::default().temperature);
             list.push(PretextConfig::Contrastive(contrastive::Settings::new(
                 contrast,
                 temperature,

@@ -19,38 +19,24 @@ use serde::{Deserialize, Serialize};
 /// and momentum are lightly's CIFAR-10 benchmark's (solo-learn's CIFAR BYOL also starts at
 /// 0.99; the paper's ImageNet runs at 0.996 with 4096 hidden).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the projector's and predictor's hidden layer.
-    #[serde(default = "default_hidden")]
     pub hidden: usize,
     /// Width of the projections the loss compares.
-    #[serde(default = "default_dim")]
     pub dim: usize,
     /// The teacher's momentum at the first step; it rises to 1 at the last.
-    #[serde(default = "default_momentum")]
     pub momentum: f64,
-}
-
-fn default_hidden() -> usize {
-    1024
-}
-fn default_dim() -> usize {
-    256
-}
-fn default_momentum() -> f64 {
-    0.99
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             weight: 1.0,
-            hidden: default_hidden(),
-            dim: default_dim(),
-            momentum: default_momentum(),
+            hidden: 1024,
+            dim: 256,
+            momentum: 0.99,
         }
     }
 }

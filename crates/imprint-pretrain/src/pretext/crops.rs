@@ -8,20 +8,15 @@ use serde::{Deserialize, Serialize};
 /// The small crops a method reads, flattened into its entry of `pretexts`:
 /// `local_crops = 6, local_size = 16, local_scale = [0.05, 0.4]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocalCrops {
     /// How many per image; 0 for none.
-    #[serde(default)]
     pub local_crops: usize,
     /// Their side in pixels; by default half the input's height (16 for CIFAR's 32).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_size: Option<usize>,
     /// The range of the share of the image's area a crop covers (DINO's 0.05-0.4).
-    #[serde(default = "default_local_scale")]
     pub local_scale: (f64, f64),
-}
-
-fn default_local_scale() -> (f64, f64) {
-    (0.05, 0.4)
 }
 
 impl Default for LocalCrops {
@@ -29,7 +24,7 @@ impl Default for LocalCrops {
         Self {
             local_crops: 0,
             local_size: None,
-            local_scale: default_local_scale(),
+            local_scale: (0.05, 0.4),
         }
     }
 }

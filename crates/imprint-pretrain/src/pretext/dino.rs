@@ -33,81 +33,44 @@ use serde::{Deserialize, Serialize};
 /// steps, centre momentum 0.9 and teacher momentum 0.996 from the paper (its warm-up is 30
 /// epochs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the head's hidden layer.
-    #[serde(default = "default_hidden")]
     pub hidden: usize,
     /// Width of the unit-length rows before the last layer.
-    #[serde(default = "default_bottleneck")]
     pub bottleneck: usize,
     /// The number of outputs the distributions are over (the paper's K).
-    #[serde(default = "default_output_dim")]
     pub output_dim: usize,
-    #[serde(default = "default_student_temperature")]
     pub student_temperature: f64,
     /// The teacher's temperature after the warm-up.
-    #[serde(default = "default_teacher_temperature")]
     pub teacher_temperature: f64,
     /// The teacher's temperature at the first step.
-    #[serde(default = "default_teacher_temperature_start")]
     pub teacher_temperature_start: f64,
     /// Share of the steps over which the teacher's temperature rises.
-    #[serde(default = "default_teacher_warmup_fraction")]
     pub teacher_warmup_fraction: f64,
     /// Momentum of the centre's running mean.
-    #[serde(default = "default_center_momentum")]
     pub center_momentum: f64,
     /// The teacher's momentum at the first step; it rises to 1 at the last.
-    #[serde(default = "default_momentum")]
     pub momentum: f64,
     #[serde(flatten)]
     pub crops: LocalCrops,
 }
 
-fn default_hidden() -> usize {
-    2048
-}
-fn default_bottleneck() -> usize {
-    256
-}
-fn default_output_dim() -> usize {
-    2048
-}
-fn default_student_temperature() -> f64 {
-    0.1
-}
-fn default_teacher_temperature() -> f64 {
-    0.07
-}
-fn default_teacher_temperature_start() -> f64 {
-    0.04
-}
-fn default_teacher_warmup_fraction() -> f64 {
-    0.3
-}
-fn default_center_momentum() -> f64 {
-    0.9
-}
-fn default_momentum() -> f64 {
-    0.996
-}
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             weight: 1.0,
-            hidden: default_hidden(),
-            bottleneck: default_bottleneck(),
-            output_dim: default_output_dim(),
-            student_temperature: default_student_temperature(),
-            teacher_temperature: default_teacher_temperature(),
-            teacher_temperature_start: default_teacher_temperature_start(),
-            teacher_warmup_fraction: default_teacher_warmup_fraction(),
-            center_momentum: default_center_momentum(),
-            momentum: default_momentum(),
+            hidden: 2048,
+            bottleneck: 256,
+            output_dim: 2048,
+            student_temperature: 0.1,
+            teacher_temperature: 0.07,
+            teacher_temperature_start: 0.04,
+            teacher_warmup_fraction: 0.3,
+            center_momentum: 0.9,
+            momentum: 0.996,
             crops: LocalCrops::default(),
         }
     }

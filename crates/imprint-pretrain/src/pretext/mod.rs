@@ -22,12 +22,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
-/// serde's default of the weights and factors that default to 1, shared by every pretext's
-/// settings.
-fn one() -> f64 {
-    1.0
-}
-
 /// Declares the methods: each `Variant(module)` is `kind = "module"` in a pipeline file (the
 /// variant's name in snake case), with the settings `module::Settings`, which implement
 /// [`Method`]. The order here is the order a run draws the methods' heads in.

@@ -14,33 +14,25 @@ use serde::{Deserialize, Serialize};
 /// `{ kind = "reconstruction", weight = 1.0, loss = "mse", loss_on_hidden_only = false,
 /// augment_as_noise = false }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "super::one")]
     pub weight: f64,
     /// `mse` between the sigmoid of the decoder's logits and the image, or `bce` on the logits.
-    #[serde(default = "default_loss")]
     pub loss: Reconstruction,
     /// With `noise = { kind = "patches", ... }`: score only the hidden pixels, as masked
     /// autoencoders do.
-    #[serde(default)]
     pub loss_on_hidden_only: bool,
     /// Make the augmentation part of the corruption: the encoder sees the moved image, the
     /// decoder must draw the original, so the code learns to ignore the moves, as a classifier
     /// must. Off: input and target move alike.
-    #[serde(default)]
     pub augment_as_noise: bool,
-}
-
-fn default_loss() -> Reconstruction {
-    Reconstruction::Mse
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             weight: 1.0,
-            loss: default_loss(),
+            loss: Reconstruction::Mse,
             loss_on_hidden_only: false,
             augment_as_noise: false,
         }

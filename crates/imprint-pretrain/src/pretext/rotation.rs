@@ -15,10 +15,15 @@ const TURNS: usize = 4;
 
 /// `{ kind = "rotation", weight = 1.0 }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "super::one")]
     pub weight: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { weight: 1.0 }
+    }
 }
 
 impl Method for Settings {

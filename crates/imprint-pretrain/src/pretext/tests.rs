@@ -25,3 +25,40 @@ fn the_warm_up_rises_linearly_then_holds() {
         0.07
     );
 }
+
+/// An entry that names only its kind takes every setting's default, and one that sets a few
+/// keys keeps the rest at theirs (each method's defaults are written once, in `Default`).
+#[test]
+fn unset_keys_take_the_methods_defaults() {
+    let parse = |s: &str| toml::from_str::<PretextConfig>(s).unwrap();
+    let defaults = [
+        PretextConfig::Reconstruction(reconstruction::Settings::default()),
+        PretextConfig::Contrastive(contrastive::Settings::default()),
+        PretextConfig::Rotation(rotation::Settings::default()),
+        PretextConfig::Byol(byol::Settings::default()),
+        PretextConfig::Dino(dino::Settings::default()),
+        PretextConfig::Vicreg(vicreg::Settings::default()),
+    ];
+    assert_eq!(defaults.len(), PretextConfig::KINDS.len());
+    for d in defaults {
+        assert_eq!(parse(&format!("kind = \"{}\"", d.kind())), d);
+    }
+    assert_eq!(
+        parse("kind = \"contrastive\"\nweight = 2.0"),
+        PretextConfig::Contrastive(contrastive::Settings::new(2.0, 0.5))
+    );
+    let expected = dino::Settings {
+        momentum: 0.99,
+        crops: LocalCrops {
+            local_crops: 6,
+            ..LocalCrops::default()
+        },
+        ..dino::Settings::default()
+    };
+    assert_eq!(expected.student_temperature, 0.1);
+    assert_eq!(expected.crops.local_scale, (0.05, 0.4));
+    assert_eq!(
+        parse("kind = \"dino\"\nmomentum = 0.99\nlocal_crops = 6"),
+        PretextConfig::Dino(expected)
+    );
+}

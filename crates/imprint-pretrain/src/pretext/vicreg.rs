@@ -21,39 +21,26 @@ use serde::{Deserialize, Serialize};
 /// for CIFAR (`scripts/pretrain/cifar/vicreg.yaml`; the paper's ImageNet expander is 8192
 /// wide), the three weights the paper's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    #[serde(default = "super::one")]
     pub weight: f64,
     /// Width of the expander's two hidden layers.
-    #[serde(default = "default_width")]
     pub hidden: usize,
     /// Width of its output, which the loss reads.
-    #[serde(default = "default_width")]
     pub dim: usize,
-    #[serde(default = "default_term_weight")]
     pub invariance_weight: f64,
-    #[serde(default = "default_term_weight")]
     pub variance_weight: f64,
-    #[serde(default = "super::one")]
     pub covariance_weight: f64,
-}
-
-fn default_width() -> usize {
-    2048
-}
-fn default_term_weight() -> f64 {
-    25.0
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             weight: 1.0,
-            hidden: default_width(),
-            dim: default_width(),
-            invariance_weight: default_term_weight(),
-            variance_weight: default_term_weight(),
+            hidden: 2048,
+            dim: 2048,
+            invariance_weight: 25.0,
+            variance_weight: 25.0,
             covariance_weight: 1.0,
         }
     }
