@@ -7,7 +7,7 @@
 //!
 //! The decoder, for the reconstruction pretexts, is the basic ResNets' (see `resnet.rs`).
 
-use super::resnet::{conv_bn, decoder_of_levels, imagenet_stem, IMAGENET_POOL};
+use super::resnet::{conv_bn, decoder_of_levels, imagenet_stem, stage_levels, IMAGENET_POOL};
 use super::{linear_parameters, Activations, Kind, Net};
 use crate::layers::{Bottleneck, Layer, Sequential};
 use crate::ImprintDevice;
@@ -65,46 +65,12 @@ impl BottleneckNet {
     /// The feature maps' shape after the stem, after its max pool, then after each stage that
     /// halves the size; an error names the first layer too big for the image.
     fn levels(&self, input: ImageShape) -> Result<Vec<ImageShape>, String> {
-        let too_small = |what: &str, s: ImageShape| {
-            format!(
-                "the {what} does not fit {}x{} feature maps",
-                s.height, s.width
-            )
-        };
-        let stem = imagenet_stem(input.channels, PLANES[0]);
-        let (height, width) = stem
-            .output_size_checked(input.height, input.width)
-            .map_err(|_| too_small("stem", input))?;
-        let mut at = ImageShape {
-            channels: PLANES[0],
-            height,
-            width,
-        };
-        let mut levels = vec![at];
-        let (height, width) = IMAGENET_POOL
-            .output_size_checked(at.height, at.width)
-            .map_err(|_| too_small("max pool", at))?;
-        at = ImageShape {
-            height,
-            width,
-            ..at
-        };
-        levels.push(at);
-        for (s, planes) in PLANES.iter().enumerate().skip(1) {
-            let spec = Conv2dSpec::new(at.channels, self.inner(s), 3)
-                .stride(2)
-                .padding(1);
-            let (height, width) = spec
-                .output_size_checked(at.height, at.width)
-                .map_err(|_| too_small(&format!("stage {}", s + 1), at))?;
-            at = ImageShape {
-                channels: planes * EXPANSION,
-                height,
-                width,
-            };
-            levels.push(at);
-        }
-        Ok(levels)
+        stage_levels(
+            input,
+            imagenet_stem(input.channels, PLANES[0]),
+            Some(IMAGENET_POOL),
+            PLANES[1..].iter().map(|planes| planes * EXPANSION),
+        )
     }
 
     /// Trainable values of the encoder: convolutions and the batch norms' scales and shifts.

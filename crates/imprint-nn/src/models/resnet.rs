@@ -240,48 +240,12 @@ impl Plan {
     /// in the ImageNet layout, after its max pool), then after each stage that halves the size.
     /// An error names the first layer too big for the image.
     pub fn levels(&self, input: ImageShape) -> Result<Vec<ImageShape>, String> {
-        let too_small = |what: &str, s: ImageShape| {
-            format!(
-                "the {what} does not fit {}x{} feature maps",
-                s.height, s.width
-            )
-        };
-        let stem = self.stem(input.channels);
-        let (height, width) = stem
-            .output_size_checked(input.height, input.width)
-            .map_err(|_| too_small("stem", input))?;
-        let mut at = ImageShape {
-            channels: stem.out_channels,
-            height,
-            width,
-        };
-        let mut levels = vec![at];
-        if let Some(pool) = self.max_pool() {
-            let (height, width) = pool
-                .output_size_checked(at.height, at.width)
-                .map_err(|_| too_small("max pool", at))?;
-            at = ImageShape {
-                height,
-                width,
-                ..at
-            };
-            levels.push(at);
-        }
-        for (stage, &channels) in self.widths.iter().enumerate().skip(1) {
-            let spec = Conv2dSpec::new(at.channels, channels, 3)
-                .stride(2)
-                .padding(1);
-            let (height, width) = spec
-                .output_size_checked(at.height, at.width)
-                .map_err(|_| too_small(&format!("stage {}", stage + 1), at))?;
-            at = ImageShape {
-                channels,
-                height,
-                width,
-            };
-            levels.push(at);
-        }
-        Ok(levels)
+        stage_levels(
+            input,
+            self.stem(input.channels),
+            self.max_pool(),
+            self.widths[1..].iter().copied(),
+        )
     }
 
     pub fn describe(&self, depth: usize, input: ImageShape) -> String {
@@ -303,6 +267,58 @@ impl Plan {
 }
 
 /// The ImageNet layout's stem: a 7x7 convolution of stride 2 (then [`IMAGENET_POOL`]).
+/// The feature maps' shape after `stem`, after `pool` if there is one, then after each later
+/// stage, which halves the size with a 3x3 stride-2 convolution and gives the next of
+/// `stage_channels`; an error names the first layer too big for the image.
+pub(super) fn stage_levels(
+    input: ImageShape,
+    stem: Conv2dSpec,
+    pool: Option<Pool2dSpec>,
+    stage_channels: impl IntoIterator<Item = usize>,
+) -> Result<Vec<ImageShape>, String> {
+    let too_small = |what: &str, s: ImageShape| {
+        format!(
+            "the {what} does not fit {}x{} feature maps",
+            s.height, s.width
+        )
+    };
+    let (height, width) = stem
+        .output_size_checked(input.height, input.width)
+        .map_err(|_| too_small("stem", input))?;
+    let mut at = ImageShape {
+        channels: stem.out_channels,
+        height,
+        width,
+    };
+    let mut levels = vec![at];
+    if let Some(pool) = pool {
+        let (height, width) = pool
+            .output_size_checked(at.height, at.width)
+            .map_err(|_| too_small("max pool", at))?;
+        at = ImageShape {
+            height,
+            width,
+            ..at
+        };
+        levels.push(at);
+    }
+    for (stage, channels) in stage_channels.into_iter().enumerate() {
+        let spec = Conv2dSpec::new(at.channels, channels, 3)
+            .stride(2)
+            .padding(1);
+        let (height, width) = spec
+            .output_size_checked(at.height, at.width)
+            .map_err(|_| too_small(&format!("stage {}", stage + 2), at))?;
+        at = ImageShape {
+            channels,
+            height,
+            width,
+        };
+        levels.push(at);
+    }
+    Ok(levels)
+}
+
 pub(super) fn imagenet_stem(channels: usize, width: usize) -> Conv2dSpec {
     Conv2dSpec::new(channels, width, 7).stride(2).padding(3)
 }
