@@ -28,7 +28,7 @@ PIPELINE_STEPS=6250
 STEPS_PER_EPOCH=156
 CALIBRATION_STEPS=20
 
-KNOWN=(simclr simclr-multicrop byol byol-sgd byol-996 dino dino-multicrop vicreg)
+KNOWN=(simclr simclr-multicrop simclr-head byol byol-sgd byol-996 dino dino-multicrop vicreg)
 ROWS=("${KNOWN[@]}")
 if [ $# -gt 0 ]; then
     ROWS=("$@")
@@ -48,6 +48,11 @@ row_settings() {
     # The same with 6 small crops of 16 px, each a further positive of both full-size views.
     simclr-multicrop)
         echo 'pretrain.pretexts=[{ kind = "contrastive", temperature = 0.2, local_crops = 6, local_size = 16 }]'
+        ;;
+    # The same with SimCLR's own head, wider and with batch norm: 64 -> 512 -> 128 (the
+    # pipeline's is 64 -> 64 -> 64 without).
+    simclr-head)
+        echo 'pretrain.pretexts=[{ kind = "contrastive", temperature = 0.2, hidden = 512, dim = 128, batch_norm = true }]'
         ;;
     # BYOL at its defaults (lightly's CIFAR-10 heads, momentum 0.99 -> 1), the pipeline's Adam.
     byol)

@@ -488,6 +488,19 @@ fn contrastive_term_makes_views_of_an_image_find_each_other() {
         with_term >= alone + 5,
         "views that found each other, of 64: {with_term} with the term, {alone} without"
     );
+    // SimCLR's own head: wider, batch norm before its ReLU.
+    cfg.pretexts[1] = PretextConfig::Contrastive(contrastive::Settings {
+        hidden: Some(32),
+        dim: 16,
+        batch_norm: true,
+        ..contrastive::Settings::new(1.0, 0.1)
+    });
+    let with_bn_head = found(&cfg);
+    assert!(
+        with_bn_head >= alone + 5,
+        "views that found each other, of 64: {with_bn_head} with the batch-norm head, {alone} \
+         without the term"
+    );
 }
 
 /// `new` is what a pipeline file naming only the architecture and epochs gets.
@@ -593,8 +606,22 @@ fn bad_settings_are_rejected_by_name() {
         "{e}"
     );
     cfg.noise = Noise::Masking { fraction: 0.2 };
-    let cases: [(PretextConfig, &str); 6] = [
+    let cases: [(PretextConfig, &str); 8] = [
         (contrastive(1.0, 0.0), "pretexts.contrastive.temperature"),
+        (
+            PretextConfig::Contrastive(contrastive::Settings {
+                dim: 0,
+                ..contrastive::Settings::new(1.0, 0.5)
+            }),
+            "pretexts.contrastive.dim",
+        ),
+        (
+            PretextConfig::Contrastive(contrastive::Settings {
+                hidden: Some(0),
+                ..contrastive::Settings::new(1.0, 0.5)
+            }),
+            "pretexts.contrastive.hidden",
+        ),
         (contrastive(-1.0, 0.5), "pretexts.contrastive.weight"),
         (contrastive(0.0, 0.5), "pretexts.contrastive.weight"),
         (

@@ -11,7 +11,9 @@
 //! negatives, and takes the whole loss on them, the same bits on every replica; its own rows
 //! carry that loss's gradient back into its share of the encoder ([`replicated`]).
 
-use super::{gather_rows, replicated, weighted, Batch, LocalCrops, Method, Pretext, ViewNeeds};
+use super::{
+    gather_rows, mlp_bn, replicated, weighted, Batch, LocalCrops, Method, Pretext, ViewNeeds,
+};
 use crate::{PretrainConfig, Result};
 use dfdx::prelude::*;
 use imprint_nn::layers::Act;
@@ -22,27 +24,38 @@ use imprint_train::Loss;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// Width of the projection head the contrastive term sees (thrown away after pre-training).
-const PROJECTION_WIDTH: usize = 64;
-
-/// `{ kind = "contrastive", weight = 1.0, temperature = 0.5 }`, with optional small crops
-/// ([`LocalCrops`]).
+/// `{ kind = "contrastive", weight = 1.0, temperature = 0.5, dim = 64 }`, with optional
+/// small crops ([`LocalCrops`]). The projection head the loss reads (thrown away after
+/// pre-training) is `features -> hidden -> dim` with a ReLU between; `batch_norm = true` puts
+/// batch norm before the ReLU, as SimCLR's and lightly's heads do (`hidden = 512, dim = 128,
+/// batch_norm = true` is the `SimCLRProjectionHead(512, 512, 128)` of lightly's examples, on a
+/// 512-wide ResNet-18).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub weight: f64,
     /// Of the cosine similarities.
     pub temperature: f64,
+    /// Width of the head's hidden layer; by default the encoder's features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
+    /// Width of the projections the loss compares.
+    pub dim: usize,
+    /// Batch norm after the head's hidden layer.
+    pub batch_norm: bool,
     #[serde(flatten)]
     pub crops: LocalCrops,
 }
 
 impl Settings {
-    /// Weight `weight` at `temperature`, without crops.
+    /// Weight `weight` at `temperature`, the default head, without crops.
     pub fn new(weight: f64, temperature: f64) -> Self {
         Self {
             weight,
             temperature,
+            hidden: None,
+            dim: 64,
+            batch_norm: false,
             crops: LocalCrops::default(),
         }
     }
@@ -74,12 +87,28 @@ impl Method for Settings {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Some(("temperature", "must be a positive number".into()));
         }
+        if self.hidden == Some(0) {
+            return Some(("hidden", "must be at least 1".into()));
+        }
+        if self.dim == 0 {
+            return Some(("dim", "must be at least 1".into()));
+        }
         self.crops.problem()
     }
 
     fn describe(&self) -> String {
+        let default = Self::new(self.weight, self.temperature);
+        let head = if (self.hidden, self.dim, self.batch_norm)
+            == (default.hidden, default.dim, default.batch_norm)
+        {
+            String::new()
+        } else {
+            let hidden = self.hidden.map_or("the features".into(), |h| h.to_string());
+            let norm = if self.batch_norm { " with batch norm" } else { "" };
+            format!(", projections of {} through {hidden} hidden{norm}", self.dim)
+        };
         format!(
-            "contrastive x{} at temperature {}{}",
+            "contrastive x{} at temperature {}{head}{}",
             self.weight,
             self.temperature,
             self.crops.describe()
@@ -93,8 +122,13 @@ impl Method for Settings {
         rng: &mut ChaCha8Rng,
     ) -> Result<Box<dyn Pretext<D>>> {
         let latent = encoder.features();
+        let widths = [latent, self.hidden.unwrap_or(latent), self.dim];
+        let projection = match self.batch_norm {
+            true => mlp_bn(dev, &widths, rng),
+            false => mlp(dev, &widths, rng),
+        };
         Ok(Box::new(Net {
-            projection: mlp(dev, &[latent, latent, PROJECTION_WIDTH], rng),
+            projection,
             temperature: self.temperature as f32,
             weight: self.weight,
         }))
