@@ -308,6 +308,54 @@ unsafe fn add_grad_sums_avx512(
     add_grad_sums_tail(c, &x[full..], &d[full..], sums);
 }
 
+/// [`add_grad_sums`] in AVX2, the same operations on the same lanes: each 16 values are two
+/// vectors of eight, each widened into two vectors of four f64 lanes.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_grad_sums_avx2(c: &Channel, x: &[f32], d: &[f32], sums: &mut [[f64; SUM_LANES]; 2]) {
+    use std::arch::x86_64::*;
+    let full = x.len().min(d.len()) / SUM_LANES * SUM_LANES;
+    let (mean, inv_std) = (_mm256_set1_ps(c.mean), _mm256_set1_ps(c.inv_std));
+    // Lanes 4q..4q + 4 of each sum in vector q.
+    let mut acc = [[_mm256_setzero_pd(); 4]; 2];
+    for (a, lanes) in acc.iter_mut().zip(sums.iter()) {
+        for (q, v) in a.iter_mut().enumerate() {
+            // SAFETY: lanes 4q..4q + 4 lie within the 16.
+            *v = unsafe { _mm256_loadu_pd(lanes.as_ptr().add(4 * q)) };
+        }
+    }
+    for k in (0..full).step_by(SUM_LANES) {
+        for half in 0..2 {
+            let at = k + 8 * half;
+            // SAFETY: `at + 8 <= k + SUM_LANES <= full`, within both slices.
+            let (xv, dv) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(at)),
+                    _mm256_loadu_ps(d.as_ptr().add(at)),
+                )
+            };
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(xv, mean), inv_std);
+            let dx = _mm256_mul_ps(dv, xhat);
+            for (a, v) in acc.iter_mut().zip([dv, dx]) {
+                let low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                let high = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+                a[2 * half] = _mm256_add_pd(a[2 * half], low);
+                a[2 * half + 1] = _mm256_add_pd(a[2 * half + 1], high);
+            }
+        }
+    }
+    for (lanes, a) in sums.iter_mut().zip(acc) {
+        for (q, v) in a.into_iter().enumerate() {
+            // SAFETY: lanes 4q..4q + 4 lie within the 16.
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * q), v) };
+        }
+    }
+    add_grad_sums_tail(c, &x[full..], &d[full..], sums);
+}
+
 /// Saved for the training-mode backward pass.
 struct Saved {
     x: PooledVec,
@@ -392,8 +440,7 @@ fn channel_sums(
     channel_sums_body(c, after, p, gr, add_grad_sums)
 }
 
-/// [`channel_sums_body`] compiled for AVX2: its loops over planes at AVX2 width, the lane sums
-/// as they are.
+/// [`channel_sums_body`] compiled for AVX2, with its sums in AVX2.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
@@ -405,7 +452,10 @@ unsafe fn channel_sums_avx2(
     p: &ChannelGrad,
     gr: Option<&mut [&mut [f32]]>,
 ) -> (f64, f64) {
-    channel_sums_body(c, after, p, gr, add_grad_sums)
+    channel_sums_body(c, after, p, gr, |c, x, d, s| {
+        // SAFETY: only run where the CPU has AVX2, like this function.
+        unsafe { add_grad_sums_avx2(c, x, d, s) }
+    })
 }
 
 /// [`channel_sums_body`] compiled for AVX-512, with its sums in AVX-512.
@@ -519,9 +569,8 @@ impl<'a> Planes<'a> {
 
 /// Training-mode backward, first pass, one task per channel: each channel's `(Σ d, Σ d x̂)`,
 /// and where a residual was added, `dL/dr` added to `gr`.
-fn train_sums(s: &Saved, dy: &[f32], gr: Option<&mut [f32]>) -> Vec<(f64, f64)> {
+fn train_sums(s: &Saved, planes: &Planes, gr: Option<&mut [f32]>) -> Vec<(f64, f64)> {
     let n = s.channels.len();
-    let planes = Planes::new(s, dy);
     let grs: Vec<Option<Vec<&mut [f32]>>> = match gr {
         Some(g) => channel_planes_mut(g, n, s.plane)
             .into_iter()
@@ -539,10 +588,9 @@ fn train_sums(s: &Saved, dy: &[f32], gr: Option<&mut [f32]>) -> Vec<(f64, f64)> 
 }
 
 /// Training-mode backward, second pass, one task per channel: adds `dL/dx` to `gx`.
-fn train_input_grad(s: &Saved, dy: &[f32], sums: &[(f64, f64)], gx: &mut [f32]) {
+fn train_input_grad(s: &Saved, planes: &Planes, sums: &[(f64, f64)], gx: &mut [f32]) {
     let n = s.channels.len();
     let m = s.count as f64;
-    let planes = Planes::new(s, dy);
     channel_planes_mut(gx, n, s.plane)
         .into_par_iter()
         .enumerate()
@@ -665,7 +713,9 @@ where
             Some(r_g) => Some(&mut grads.get_or_alloc_mut(r_g)?[..]),
             None => None,
         };
-        let sums = train_sums(&saved, &dy, gr);
+        // The planes' slices, listed once for both passes.
+        let planes = Planes::new(&saved, &dy);
+        let sums = train_sums(&saved, &planes, gr);
         // dL/dx reads the sums over the whole batch; gamma and beta take this share's, which
         // the loop sums over the replicas with every other gradient.
         // The backward pass sums over the replicas when the forward pass did.
@@ -675,7 +725,8 @@ where
             flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
         });
         let whole = whole.as_deref().unwrap_or(&sums);
-        train_input_grad(&saved, &dy, whole, grads.get_or_alloc_mut(&x_g)?);
+        train_input_grad(&saved, &planes, whole, grads.get_or_alloc_mut(&x_g)?);
+        drop(planes);
         **grads.get_or_alloc_mut(&y_g)? = dy;
         let dgamma: Vec<f32> = sums.iter().map(|&(_, v)| v as f32).collect();
         let dbeta: Vec<f32> = sums.iter().map(|&(v, _)| v as f32).collect();
@@ -777,5 +828,46 @@ impl FusedBatchNorm2dKernel for Cpu {
         R: Tape<f32, Self>,
     {
         train_op(x, Some(residual), After::Relu, gamma, beta, eps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector forms of the backward pass's sums give the plain form's bits, lane by lane,
+    /// whole runs of 16 values and a tail alike, on lanes that already hold sums.
+    #[test]
+    fn vector_grad_sums_match_the_plain_ones() {
+        let c = Channel::new(0.3, 1.7, (1.2, -0.1, 1e-5));
+        for len in [7, 64, 69, 269] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+                .collect();
+            let d: Vec<f32> = (0..len)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0)
+                .collect();
+            let mut start = [[0.0f64; SUM_LANES]; 2];
+            for (k, lane) in start.iter_mut().flatten().enumerate() {
+                *lane = k as f64 / 3.0;
+            }
+            let mut plain = start;
+            add_grad_sums(&c, &x, &d, &mut plain);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if crate::isa::avx2() {
+                    let mut v = start;
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { add_grad_sums_avx2(&c, &x, &d, &mut v) };
+                    assert_eq!(v, plain, "AVX2, {len} values");
+                }
+                if crate::isa::avx512() {
+                    let mut v = start;
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { add_grad_sums_avx512(&c, &x, &d, &mut v) };
+                    assert_eq!(v, plain, "AVX-512, {len} values");
+                }
+            }
+        }
     }
 }
