@@ -266,7 +266,6 @@ impl Plan {
     }
 }
 
-/// The ImageNet layout's stem: a 7x7 convolution of stride 2 (then [`IMAGENET_POOL`]).
 /// The feature maps' shape after `stem`, after `pool` if there is one, then after each later
 /// stage, which halves the size with a 3x3 stride-2 convolution and gives the next of
 /// `stage_channels`; an error names the first layer too big for the image.
@@ -319,6 +318,7 @@ pub(super) fn stage_levels(
     Ok(levels)
 }
 
+/// The ImageNet layout's stem: a 7x7 convolution of stride 2 (then [`IMAGENET_POOL`]).
 pub(super) fn imagenet_stem(channels: usize, width: usize) -> Conv2dSpec {
     Conv2dSpec::new(channels, width, 7).stride(2).padding(3)
 }

@@ -57,7 +57,6 @@ pub struct Settings {
     pub crops: LocalCrops,
 }
 
-
 impl Default for Settings {
     fn default() -> Self {
         Self {

@@ -9,8 +9,8 @@ use rand::Rng;
 /// by batch norm and ReLU: BYOL's projector and predictor (`[in, hidden, out]`, section 3.3 of
 /// the paper; lightly's `BYOLProjectionHead`), the two-layer head lightly's CIFAR-10 benchmark
 /// gives DINO, VICReg's three-layer expander, SimCLR's head (the contrastive term's with
-/// `batch_norm`). The batch norm of rows is a 2-D one over maps of
-/// 1x1, which normalises each feature over the batch alike.
+/// `batch_norm`). The batch norm of rows is a 2-D one over maps of 1x1, which normalises each
+/// feature over the batch alike.
 pub(crate) fn mlp_bn<D: ImprintDevice>(
     dev: &D,
     widths: &[usize],
