@@ -4,8 +4,8 @@
 # SimCLR (the pipeline as it is, row `simclr`) takes for FRACTION of the pipeline's 6,250 steps.
 # Each row's time per step is measured first (20 steps on 5,120 photos, no monitor, the rows
 # alternated CALIBRATION_RUNS times and the fastest run of each kept, since a shared machine's
-# neighbours only ever slow a run down), which also refuses a bad row before anything long starts; its epochs are then set so that its steps fill
-# the budget, every schedule (learning rate, teacher momentum, temperature) laid over them. The
+# neighbours only ever slow a run down), which also refuses a bad row before anything long
+# starts; its epochs are then set so that its steps fill the budget, every schedule (learning rate, teacher momentum, temperature) laid over them. The
 # kNN monitor is read after every epoch, and `seconds` in loss.csv is each epoch's pre-training
 # time without the monitor.
 #
@@ -41,6 +41,10 @@ for row in "${ROWS[@]}"; do
         exit 2
     fi
 done
+if [[ ! $CALIBRATION_RUNS =~ ^[1-9][0-9]*$ ]]; then
+    echo "screen.sh: CALIBRATION_RUNS must be a whole number from 1, got \`$CALIBRATION_RUNS\`" >&2
+    exit 2
+fi
 
 # The `--set` settings of a row over pipelines/cifar10.toml, one per line.
 row_settings() {
@@ -105,12 +109,14 @@ first_epoch_seconds() {
 }
 
 mkdir -p "$OUT/calibrate"
+# SimCLR and each named row once, in order.
+CALIBRATED=()
+for row in simclr "${ROWS[@]}"; do
+    [[ " ${CALIBRATED[*]} " =~ " $row " ]] || CALIBRATED+=("$row")
+done
 declare -A per_step
 for run in $(seq "$CALIBRATION_RUNS"); do
-    declare -A seen=()
-    for row in simclr "${ROWS[@]}"; do
-        [ -n "${seen[$row]:-}" ] && continue
-        seen[$row]=1
+    for row in "${CALIBRATED[@]}"; do
         settings_of "$row"
         dir="$OUT/calibrate/$row-$run"
         echo "calibrating $row (run $run of $CALIBRATION_RUNS) ..." >&2
@@ -122,7 +128,6 @@ for run in $(seq "$CALIBRATION_RUNS"); do
         per_step[$row]=$(awk -v s="$(first_epoch_seconds "$dir")" -v n=$CALIBRATION_STEPS \
             -v best="${per_step[$row]:-}" 'BEGIN { x = s / n; print (best != "" && best < x ? best : x) }')
     done
-    unset seen
 done
 
 budget=$(awk -v f="$FRACTION" -v n=$PIPELINE_STEPS -v s="${per_step[simclr]}" \
